@@ -1,0 +1,79 @@
+/*
+ * backend.h - the ops interface the forward pass is written against.
+ *
+ * A backend executes the model's operators on its own memory and threads.
+ * The CPU backend (backend/cpu/) is the reference and the default; a CUDA
+ * backend implements the same table. Tensors are described by plain
+ * structs: weights stay in their stored quant format (quant.h), activations
+ * are row-major f32 matrices [rows x cols].
+ *
+ * Ownership: the backend owns its thread pool and scratch memory. Weight
+ * pointers are borrowed from the model. Thread-safety: one caller thread at a
+ * time per backend (ops are internally parallel).
+ */
+#ifndef ENGINE_BACKEND_H
+#define ENGINE_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct kv_cache;
+
+/* A 2-D weight matrix W[n_out][n_in] stored row by row in `type`. */
+typedef struct {
+    const void *data;
+    uint32_t type;  /* quant_type */
+    int64_t n_in;   /* elements per row (ne[0]) */
+    int64_t n_out;  /* rows (ne[1]) */
+    size_t row_bytes;
+} be_weight;
+
+/* Attention over the paged KV cache for one step's flattened batch. */
+typedef struct {
+    int n_tokens;
+    int n_seqs;
+    const int32_t *seq_start;    /* [n_seqs + 1] */
+    const int32_t *positions;    /* [n_tokens] */
+    const int32_t *context_len;  /* [n_seqs] */
+    const int32_t *const *block_tables;
+    int n_head;
+    int n_head_kv;
+    int head_dim;
+    float scale;
+} be_attn;
+
+typedef struct backend backend;
+
+typedef struct backend_ops {
+    const char *name;
+    /* y[rows][W.n_out] = x[rows][W.n_in] * W^T */
+    void (*matmul)(backend *be, const be_weight *w, const float *x, int rows, float *y);
+    /* y = x / rms(x) * g  row by row; y may alias x */
+    void (*rmsnorm)(backend *be, const float *x, const float *g, int rows, int cols, float eps,
+                    float *y);
+    /* rotate pairs (NeoX=0: interleaved pairs as in Llama GGUF) of each head in place */
+    void (*rope)(backend *be, float *x, int rows, int n_heads, int head_dim, int rope_dim,
+                 const int32_t *positions, float theta);
+    /* out = silu(gate) * up, elementwise over n */
+    void (*swiglu)(backend *be, const float *gate, const float *up, size_t n, float *out);
+    /* copy rows' K and V into their slots of `layer` */
+    void (*kv_store)(backend *be, struct kv_cache *kv, int layer, const float *k, const float *v,
+                     int rows, const int32_t *slot_mapping);
+    /* out[n_tokens][n_head*head_dim] = softmax(q k^T * scale, causal) v */
+    void (*attention)(backend *be, struct kv_cache *kv, int layer, const be_attn *a,
+                      const float *q, float *out);
+    /* out[i] = dequantized row ids[i] of the embedding matrix */
+    void (*embed)(backend *be, const be_weight *emb, const int32_t *ids, int n, float *out);
+} backend_ops;
+
+struct backend {
+    const backend_ops *ops;
+    int n_threads;
+    void *impl;
+};
+
+/* Create the CPU backend with n_threads workers (<= 0: number of cores). */
+backend *backend_cpu_create(int n_threads, char *err, size_t errlen);
+void backend_free(backend *be);
+
+#endif

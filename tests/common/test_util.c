@@ -1,0 +1,30 @@
+/* test_util.c - see test_util.h. */
+#include "test_util.h"
+
+#include <unistd.h>
+
+int tu_failures = 0;
+int tu_checks = 0;
+
+int tu_finish(const char *name) {
+    printf("%s: %d checks, %d failed\n", name, tu_checks, tu_failures);
+    return tu_failures ? 1 : 0;
+}
+
+const char *tu_model_path(void) {
+    static char buf[4096];
+    const char *p = getenv("ENGINE_MODEL");
+    if (p && *p) {
+        snprintf(buf, sizeof buf, "%s", p);
+    } else {
+        snprintf(buf, sizeof buf, "%s", tu_src_path("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    }
+    return access(buf, R_OK) == 0 ? buf : NULL;
+}
+
+const char *tu_src_path(const char *rel) {
+    static char buf[4096];
+    const char *root = getenv("ENGINE_SOURCE_DIR");
+    snprintf(buf, sizeof buf, "%s/%s", root && *root ? root : ".", rel);
+    return buf;
+}

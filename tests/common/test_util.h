@@ -1,0 +1,49 @@
+/*
+ * test_util.h - tiny assertion helpers shared by the unit tests.
+ *
+ * A test executable returns 0 when all checks pass, 1 on any failure and 77
+ * (ctest SKIP_RETURN_CODE) when a prerequisite such as the real model file
+ * is missing. CHECK records a failure and continues so one run shows every
+ * broken case.
+ */
+#ifndef TESTS_TEST_UTIL_H
+#define TESTS_TEST_UTIL_H
+
+#include <stdio.h>
+#include <stdlib.h>
+
+extern int tu_failures;
+extern int tu_checks;
+
+#define CHECK(cond)                                                                  \
+    do {                                                                             \
+        tu_checks++;                                                                 \
+        if (!(cond)) {                                                               \
+            tu_failures++;                                                           \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                            \
+    } while (0)
+
+#define CHECKF(cond, ...)                                                     \
+    do {                                                                      \
+        tu_checks++;                                                          \
+        if (!(cond)) {                                                        \
+            tu_failures++;                                                    \
+            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                     \
+            fputc('\n', stderr);                                              \
+        }                                                                     \
+    } while (0)
+
+/* Print the summary and return the process exit code. */
+int tu_finish(const char *name);
+
+/* Path of the real model (ENGINE_MODEL env, else models/...); NULL when the
+ * file is missing. */
+const char *tu_model_path(void);
+/* Path under the source tree (ENGINE_SOURCE_DIR env, else "."); static buffer. */
+const char *tu_src_path(const char *rel);
+
+#define TU_SKIP 77
+
+#endif
