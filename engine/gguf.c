@@ -75,7 +75,7 @@ static int rd(cursor *c, void *dst, size_t n, const char *what) {
 }
 
 static int rd_str(cursor *c, gguf_str *s, const char *what) {
-    uint64_t len;
+    uint64_t len = 0;
     if (rd(c, &len, 8, what)) return GGUF_EFORMAT;
     if (len > remaining(c))
         return fail(c, "%s: string length %llu at offset %zu exceeds the %zu bytes left in the file",
@@ -125,8 +125,8 @@ static int skip_value(cursor *c, gguf_type t, int depth, const char *key) {
         return rd_str(c, &s, key);
     }
     if (t == GGUF_TYPE_ARRAY) {
-        uint32_t et;
-        uint64_t n;
+        uint32_t et = 0;
+        uint64_t n = 0;
         if (rd(c, &et, 4, key) || rd(c, &n, 8, key)) return GGUF_EFORMAT;
         if (et >= GGUF_TYPE_COUNT) return fail(c, "key '%s': invalid array element type %u", key, et);
         size_t es = type_size((gguf_type)et);
@@ -152,7 +152,7 @@ static int parse_kv(cursor *c, kv_rec *kv, int64_t idx) {
     if (key.len == 0) return fail(c, "metadata entry %lld has an empty key", (long long)idx);
     kv->key = dup_str(key);
     if (!kv->key) return GGUF_ENOMEM;
-    uint32_t t;
+    uint32_t t = 0;
     if (rd(c, &t, 4, kv->key)) return GGUF_EFORMAT;
     if (t >= GGUF_TYPE_COUNT) return fail(c, "key '%s': invalid value type %u", kv->key, t);
     kv->type = (gguf_type)t;
@@ -160,8 +160,8 @@ static int parse_kv(cursor *c, kv_rec *kv, int64_t idx) {
         kv->val = c->base + c->pos;
         return skip_value(c, kv->type, 0, kv->key);
     }
-    uint32_t et;
-    uint64_t n;
+    uint32_t et = 0;
+    uint64_t n = 0;
     if (rd(c, &et, 4, kv->key) || rd(c, &n, 8, kv->key)) return GGUF_EFORMAT;
     if (et >= GGUF_TYPE_COUNT) return fail(c, "key '%s': invalid array element type %u", kv->key, et);
     kv->arr_type = (gguf_type)et;
@@ -239,7 +239,7 @@ static int parse(gguf_file *f, char *err, size_t errlen) {
             return fail(&c, "big-endian GGUF files are not supported");
         return fail(&c, "unsupported GGUF version %u (only 2 and 3)", f->version);
     }
-    uint64_t nt, nkv;
+    uint64_t nt = 0, nkv = 0;
     if (rd(&c, &nt, 8, "tensor count") || rd(&c, &nkv, 8, "metadata count")) return GGUF_EFORMAT;
     /* every kv needs >= 12 bytes (key length + type), every tensor >= 28 */
     if (nkv > remaining(&c) / 12)
@@ -460,7 +460,7 @@ int gguf_get_str(const gguf_file *f, const char *key, gguf_str *out) {
     const kv_rec *kv = find(f, key);
     if (!kv) return GGUF_ENOTFOUND;
     if (kv->type != GGUF_TYPE_STRING) return GGUF_ETYPE;
-    uint64_t len;
+    uint64_t len = 0;
     memcpy(&len, kv->val, 8);
     out->ptr = (const char *)kv->val + 8;
     out->len = len;

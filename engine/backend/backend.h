@@ -75,5 +75,7 @@ struct backend {
 /* Create the CPU backend with n_threads workers (<= 0: number of cores). */
 backend *backend_cpu_create(int n_threads, char *err, size_t errlen);
 void backend_free(backend *be);
+/* Kernel family the CPU backend picked ("avx512vnni", "avx2", "scalar"). */
+const char *backend_cpu_isa(const backend *be);
 
 #endif

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Compare our engine's speed with llama.cpp on the same GGUF file, same
+# machine, same run: build/infer-bench and bench/llamacpp_bench.py are run
+# back to back (alternating, --rounds times), then a table is printed:
+#
+#   test    ours t/s    llama.cpp t/s    ours/llama.cpp
+#
+# Usage: bench/compare_llamacpp.sh [-m MODEL] [-p 512] [-n 128] [-r 5] [-t 2]
+#                                  [--rounds N] [--python PY] [--bench PATH]
+#                                  [--llamacpp-only]
+#
+#   -m MODEL      GGUF file (default models/SmolLM2-135M-Instruct.Q4_1.gguf)
+#   -p/-n/-r/-t   prompt tokens, generated tokens, repetitions, threads
+#   --rounds N    alternate ours / llama.cpp N times (default 1); the reported
+#                 value is the median over all samples of all rounds
+#   --python PY   python with llama-cpp-python (default: $REF_PYTHON, else
+#                 .venv-ref/bin/python, else /opt/refenv/bin/python)
+#   --bench PATH  our benchmark binary (default build/infer-bench)
+#   --llamacpp-only  run only the llama.cpp half
+#
+# Set KEEP_JSON=DIR to keep the raw JSON output of every run in DIR.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+model="models/SmolLM2-135M-Instruct.Q4_1.gguf"
+n_prompt=512
+n_gen=128
+reps=5
+threads=2
+rounds=1
+bench="build/infer-bench"
+llamacpp_only=0
+py="${REF_PYTHON:-}"
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -m|--model) model="$2"; shift 2 ;;
+        -p) n_prompt="$2"; shift 2 ;;
+        -n) n_gen="$2"; shift 2 ;;
+        -r) reps="$2"; shift 2 ;;
+        -t) threads="$2"; shift 2 ;;
+        --rounds) rounds="$2"; shift 2 ;;
+        --python) py="$2"; shift 2 ;;
+        --bench) bench="$2"; shift 2 ;;
+        --llamacpp-only) llamacpp_only=1; shift ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+if [ -z "$py" ]; then
+    for cand in .venv-ref/bin/python /opt/refenv/bin/python; do
+        if [ -x "$cand" ]; then py="$cand"; break; fi
+    done
+fi
+if [ -z "$py" ] || ! "$py" -c 'import llama_cpp' 2>/dev/null; then
+    echo "error: no python with llama_cpp found (run tools/setup-reference-env, or pass --python)" >&2
+    exit 1
+fi
+if [ ! -f "$model" ]; then
+    echo "error: model not found: $model (tools/fetch-model fetches it)" >&2
+    exit 1
+fi
+if [ "$llamacpp_only" = 0 ] && [ ! -x "$bench" ]; then
+    echo "error: $bench does not exist (build it: cmake -B build && cmake --build build)." >&2
+    echo "       To time only llama.cpp, pass --llamacpp-only." >&2
+    exit 1
+fi
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+for ((i = 1; i <= rounds; i++)); do
+    if [ "$llamacpp_only" = 0 ]; then
+        echo "[round $i/$rounds] ours: $bench -m $model -p $n_prompt -n $n_gen -r $reps -t $threads --json" >&2
+        "$bench" -m "$model" -p "$n_prompt" -n "$n_gen" -r "$reps" -t "$threads" --json > "$tmp/ours.$i.json"
+    fi
+    echo "[round $i/$rounds] llama.cpp: $py bench/llamacpp_bench.py ..." >&2
+    "$py" bench/llamacpp_bench.py -m "$model" -p "$n_prompt" -n "$n_gen" -r "$reps" -t "$threads" \
+        > "$tmp/llama.$i.json"
+done
+
+if [ -n "${KEEP_JSON:-}" ]; then
+    mkdir -p "$KEEP_JSON" && cp "$tmp"/*.json "$KEEP_JSON"/
+fi
+
+"$py" - "$tmp" "$rounds" "$llamacpp_only" "$model" "$threads" <<'EOF'
+import json, os, statistics, sys
+
+tmp, rounds, llamacpp_only, model, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5]
+
+def load(prefix):
+    """test name -> all samples (t/s) over all rounds; falls back to median_ts."""
+    out = {}
+    order = []
+    for i in range(1, rounds + 1):
+        path = os.path.join(tmp, f"{prefix}.{i}.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            text = f.read()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            sys.exit(f"error: {prefix} run {i} did not print valid JSON:\n{text[:2000]}")
+        if isinstance(data, dict):
+            data = data.get("results", [data])
+        for rec in data:
+            t = rec["test"]
+            if t not in out:
+                out[t] = []
+                order.append(t)
+            s = rec.get("samples_ts") or [rec["median_ts"]]
+            out[t].extend(float(x) for x in s)
+    return order, out
+
+l_order, llama = load("llama")
+o_order, ours = ({}, {}) if llamacpp_only else load("ours")
+tests = list(l_order) + [t for t in (o_order or []) if t not in llama]
+
+def med(d, t):
+    return statistics.median(d[t]) if t in d and d[t] else None
+
+def fmt(x):
+    return f"{x:10.2f}" if x is not None else f"{'-':>10}"
+
+print(f"model: {model}, threads: {threads}, rounds: {rounds}; values are median t/s over all samples")
+print(f"{'test':<8} {'ours t/s':>10} {'llama.cpp t/s':>14} {'ours/llama.cpp':>15}")
+for t in tests:
+    o, l = med(ours, t), med(llama, t)
+    ratio = f"{o / l:15.3f}" if (o is not None and l) else f"{'-':>15}"
+    lstr = f"{l:14.2f}" if l is not None else f"{'-':>14}"
+    print(f"{t:<8} {fmt(o)} {lstr} {ratio}")
+EOF

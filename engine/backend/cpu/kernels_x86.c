@@ -1,0 +1,219 @@
+/*
+ * kernels_x86.c - AVX2 and AVX-512 VNNI variants of the kernels in
+ * kernels.h. One source, two instantiations: the only difference is the
+ * u8 x s8 -> i32 dot of 32 bytes (VNNI vpdpbusd vs AVX2 maddubs + madd).
+ * Functions carry target attributes so the file builds without -march and
+ * the right table is picked at run time.
+ */
+#include <string.h>
+
+#include "kernels.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define T_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define T_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+
+static inline T_AVX2 float hsum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline T_AVX2 __m256i unpack_q4(const uint8_t *qs) {
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m128i t = _mm_loadu_si128((const __m128i *)qs);
+    __m128i lo = _mm_and_si128(t, m4);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(t, 4), m4);
+    return _mm256_set_m128i(hi, lo);
+}
+
+static inline T_AVX2 __m256i dot_u8s8_avx2(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+static inline T_VNNI __m256i dot_u8s8_vnni(__m256i u, __m256i s) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+}
+
+static inline T_AVX2 float f16_avx2(uint16_t h) { return _cvtsh_ss(h); }
+
+/* ---- activation quantization ---- */
+static T_AVX2 void quantize_avx2(const float *x, blk_q8 *y, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int b = 0; b < n / 32; b++, x += 32) {
+        __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+        __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                 _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+        __m128 m1 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m1 = _mm_max_ps(m1, _mm_movehl_ps(m1, m1));
+        m1 = _mm_max_ss(m1, _mm_movehdup_ps(m1));
+        float amax = _mm_cvtss_f32(m1);
+        float d = amax / 127.0f, id = d != 0.0f ? 127.0f / amax : 0.0f;
+        __m256 vid = _mm256_set1_ps(id);
+        const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, vid), rnd));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, vid), rnd));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, vid), rnd));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, vid), rnd));
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i s1 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s1 = _mm_add_epi32(s1, _mm_shuffle_epi32(s1, 0x4e));
+        s1 = _mm_add_epi32(s1, _mm_shuffle_epi32(s1, 0xb1));
+        int sum = _mm_cvtsi128_si32(s1);
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)y[b].qs, p);
+        y[b].d = _cvtsh_ss(_cvtss_sh(d, 0));
+        y[b].s = _cvtsh_ss(_cvtss_sh(d * (float)sum, 0));
+    }
+}
+
+static T_AVX2 float dot_f16_avx2(const uint16_t *a, const float *b, int n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))),
+                               _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i + 8))),
+                               _mm256_loadu_ps(b + i + 8), acc1);
+    }
+    for (; i + 8 <= n; i += 8)
+        acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))),
+                               _mm256_loadu_ps(b + i), acc0);
+    float r = hsum_avx2(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) r += _cvtsh_ss(a[i]) * b[i];
+    return r;
+}
+
+static T_AVX2 void axpy_f16_avx2(float a, const uint16_t *v, float *acc, int n) {
+    __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i))),
+                                                  _mm256_loadu_ps(acc + i)));
+    for (; i < n; i++) acc[i] += a * _cvtsh_ss(v[i]);
+}
+
+/*
+ * The dot kernels, instantiated per ISA (DOT) and per row count (NR, a
+ * compile-time constant so the accumulators live in registers).
+ */
+#define DEFINE_DOTS(SUFFIX, TARGET, DOT)                                                          \
+    static inline TARGET __attribute__((always_inline)) void q4_1_##SUFFIX##_nr(                  \
+        int nb, const block_q4_1 *wb, const blk_q8 *x, size_t xs, const int NR, float *o,         \
+        size_t os) {                                                                              \
+        __m256 acc[KERN_MAX_ROWS];                                                                \
+        float macc[KERN_MAX_ROWS];                                                                \
+        for (int r = 0; r < NR; r++) {                                                            \
+            acc[r] = _mm256_setzero_ps();                                                         \
+            macc[r] = 0;                                                                          \
+        }                                                                                         \
+        for (int b = 0; b < nb; b++) {                                                            \
+            __m256i wq = unpack_q4(wb[b].qs);                                                     \
+            float dw = _cvtsh_ss(wb[b].d), mw = _cvtsh_ss(wb[b].m);                               \
+            for (int r = 0; r < NR; r++) {                                                        \
+                const blk_q8 *xb = x + (size_t)r * xs + b;                                        \
+                __m256i p = DOT(wq, _mm256_loadu_si256((const __m256i *)xb->qs));                 \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * xb->d), acc[r]); \
+                macc[r] += mw * xb->s;                                                            \
+            }                                                                                     \
+        }                                                                                         \
+        for (int r = 0; r < NR; r++) o[(size_t)r * os] = hsum_avx2(acc[r]) + macc[r];            \
+    }                                                                                             \
+    static TARGET void dot_q4_1_##SUFFIX(int nb, const void *w, const blk_q8 *x, size_t xs,       \
+                                         int nr, float *o, size_t os) {                           \
+        switch (nr) {                                                                             \
+        case 1: q4_1_##SUFFIX##_nr(nb, w, x, xs, 1, o, os); break;                                \
+        case 2: q4_1_##SUFFIX##_nr(nb, w, x, xs, 2, o, os); break;                                \
+        case 3: q4_1_##SUFFIX##_nr(nb, w, x, xs, 3, o, os); break;                                \
+        default: q4_1_##SUFFIX##_nr(nb, w, x, xs, 4, o, os); break;                               \
+        }                                                                                         \
+    }                                                                                             \
+    static inline TARGET __attribute__((always_inline)) void q4_0_##SUFFIX##_nr(                  \
+        int nb, const block_q4_0 *wb, const blk_q8 *x, size_t xs, const int NR, float *o,         \
+        size_t os) {                                                                              \
+        __m256 acc[KERN_MAX_ROWS];                                                                \
+        float macc[KERN_MAX_ROWS];                                                                \
+        for (int r = 0; r < NR; r++) {                                                            \
+            acc[r] = _mm256_setzero_ps();                                                         \
+            macc[r] = 0;                                                                          \
+        }                                                                                         \
+        for (int b = 0; b < nb; b++) {                                                            \
+            __m256i wq = unpack_q4(wb[b].qs);                                                     \
+            float dw = _cvtsh_ss(wb[b].d);                                                        \
+            for (int r = 0; r < NR; r++) {                                                        \
+                const blk_q8 *xb = x + (size_t)r * xs + b;                                        \
+                __m256i p = DOT(wq, _mm256_loadu_si256((const __m256i *)xb->qs));                 \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * xb->d), acc[r]); \
+                macc[r] -= 8.0f * dw * xb->s;                                                     \
+            }                                                                                     \
+        }                                                                                         \
+        for (int r = 0; r < NR; r++) o[(size_t)r * os] = hsum_avx2(acc[r]) + macc[r];            \
+    }                                                                                             \
+    static TARGET void dot_q4_0_##SUFFIX(int nb, const void *w, const blk_q8 *x, size_t xs,       \
+                                         int nr, float *o, size_t os) {                           \
+        switch (nr) {                                                                             \
+        case 1: q4_0_##SUFFIX##_nr(nb, w, x, xs, 1, o, os); break;                                \
+        case 2: q4_0_##SUFFIX##_nr(nb, w, x, xs, 2, o, os); break;                                \
+        case 3: q4_0_##SUFFIX##_nr(nb, w, x, xs, 3, o, os); break;                                \
+        default: q4_0_##SUFFIX##_nr(nb, w, x, xs, 4, o, os); break;                               \
+        }                                                                                         \
+    }                                                                                             \
+    static inline TARGET __attribute__((always_inline)) void q8_0_##SUFFIX##_nr(                  \
+        int nb, const block_q8_0 *wb, const blk_q8 *x, size_t xs, const int NR, float *o,         \
+        size_t os) {                                                                              \
+        __m256 acc[KERN_MAX_ROWS];                                                                \
+        for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_ps();                                \
+        for (int b = 0; b < nb; b++) {                                                            \
+            __m256i wq = _mm256_loadu_si256((const __m256i *)wb[b].qs);                           \
+            __m256i wa = _mm256_sign_epi8(wq, wq);                                                \
+            float dw = _cvtsh_ss(wb[b].d);                                                        \
+            for (int r = 0; r < NR; r++) {                                                        \
+                const blk_q8 *xb = x + (size_t)r * xs + b;                                        \
+                __m256i xq = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xb->qs), wq);   \
+                __m256i p = DOT(wa, xq);                                                          \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * xb->d), acc[r]); \
+            }                                                                                     \
+        }                                                                                         \
+        for (int r = 0; r < NR; r++) o[(size_t)r * os] = hsum_avx2(acc[r]);                      \
+    }                                                                                             \
+    static TARGET void dot_q8_0_##SUFFIX(int nb, const void *w, const blk_q8 *x, size_t xs,       \
+                                         int nr, float *o, size_t os) {                           \
+        switch (nr) {                                                                             \
+        case 1: q8_0_##SUFFIX##_nr(nb, w, x, xs, 1, o, os); break;                                \
+        case 2: q8_0_##SUFFIX##_nr(nb, w, x, xs, 2, o, os); break;                                \
+        case 3: q8_0_##SUFFIX##_nr(nb, w, x, xs, 3, o, os); break;                                \
+        default: q8_0_##SUFFIX##_nr(nb, w, x, xs, 4, o, os); break;                               \
+        }                                                                                         \
+    }
+
+DEFINE_DOTS(avx2, T_AVX2, dot_u8s8_avx2)
+DEFINE_DOTS(vnni, T_VNNI, dot_u8s8_vnni)
+
+static const kern_table AVX2 = {"avx2", quantize_avx2, dot_q4_0_avx2, dot_q4_1_avx2, dot_q8_0_avx2,
+                                dot_f16_avx2, axpy_f16_avx2};
+static const kern_table VNNI = {"avx512vnni", quantize_avx2, dot_q4_0_vnni, dot_q4_1_vnni,
+                                dot_q8_0_vnni, dot_f16_avx2, axpy_f16_avx2};
+
+const kern_table *kern_avx2(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        return &AVX2;
+    return NULL;
+}
+
+const kern_table *kern_vnni(void) {
+    __builtin_cpu_init();
+    if (kern_avx2() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl"))
+        return &VNNI;
+    return NULL;
+}
+
+#else
+const kern_table *kern_avx2(void) { return NULL; }
+const kern_table *kern_vnni(void) { return NULL; }
+#endif

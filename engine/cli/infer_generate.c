@@ -1,0 +1,819 @@
+/*
+ * infer_generate.c - `infer-generate`, the offline batch job: load a model,
+ * run a list of prompts through it in static batches, write completions.
+ *
+ * Prompts come from -p (repeatable) and/or --prompts-file (plain lines or
+ * JSON Lines with per-prompt sampling settings). Completions go to stdout,
+ * or as JSON Lines to --output-file; progress and the speed report go to
+ * stderr. Exit codes: 0 ok, 1 model load / generation failure, 2 bad
+ * arguments or bad input.
+ */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "chat.h"
+#include "generate.h"
+#include "gguf.h"
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+#ifndef ENGINE_VERSION
+#define ENGINE_VERSION "0.1.0"
+#endif
+
+#define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+/* One prompt and its settings, as read from the command line or a file. */
+typedef struct {
+    char *text;
+    char *origin; /* "prompt 2" or "prompts.jsonl:7", for messages */
+    sampler_params sp;
+    int max_tokens;
+    int min_tokens;
+    int ignore_eos;
+    char **stop;
+    int n_stop;
+    int seed_set; /* the file gave a seed */
+} prompt_spec;
+
+typedef struct {
+    const char *model;
+    const char *prompts_file;
+    const char *output_file;
+    int max_tokens, min_tokens, ignore_eos;
+    sampler_params sp;
+    int seed_given;
+    int batch_size;
+    int threads;
+    int chat, stream, quiet;
+    char **stop;
+    int n_stop;
+    prompt_spec *prompts;
+    int n_prompts, cap_prompts;
+} cli_args;
+
+static void usage(FILE *f) {
+    fprintf(f,
+"usage: infer-generate [options] (-p PROMPT ... | --prompts-file FILE)\n"
+"\n"
+"Offline batch generation: runs every prompt through the model in static\n"
+"batches and prints the completions (or writes them as JSON Lines).\n"
+"\n"
+"Model and input:\n"
+"  -m, --model PATH         GGUF model file (default: " DEFAULT_MODEL ")\n"
+"  -p, --prompt TEXT        a prompt; repeat for several\n"
+"      --prompts-file FILE  one prompt per line; or JSON Lines when lines start\n"
+"                           with '{': {\"prompt\": \"...\", \"max_tokens\": 64,\n"
+"                           \"temperature\": 0.7, \"top_k\": 40, \"top_p\": 0.9,\n"
+"                           \"min_p\": 0.05, \"repetition_penalty\": 1.1,\n"
+"                           \"min_tokens\": 0, \"seed\": 1, \"ignore_eos\": false,\n"
+"                           \"stop\": [\"...\"]}; fields left out take the\n"
+"                           command-line values; empty lines are skipped\n"
+"      --chat               wrap each prompt as a user message with the model's\n"
+"                           chat template (tokenizer.chat_template)\n"
+"\n"
+"Generation:\n"
+"  -n, --max-tokens N       tokens to generate per prompt (default 128;\n"
+"                           -1 = until end of generation or the context is full)\n"
+"      --min-tokens N       suppress end-of-generation before N tokens (default 0)\n"
+"      --ignore-eos         never stop at end-of-generation tokens\n"
+"      --stop TEXT          stop when the completion contains TEXT (cut from the\n"
+"                           output); repeatable\n"
+"      --temperature T      sampling temperature, 0 = greedy (default 0.8)\n"
+"      --top-k K            keep the K most likely tokens, 0 = off (default 40)\n"
+"      --top-p P            nucleus sampling, 1 = off (default 0.95)\n"
+"      --min-p P            drop tokens below P x the top probability,\n"
+"                           0 = off (default 0.05)\n"
+"      --repeat-penalty R   penalize the last 64 tokens, 1 = off (default 1.0)\n"
+"      --repeat-last-n N    tokens the repeat penalty looks at (default 64)\n"
+"      --seed N             sampling seed (default: random, printed on stderr);\n"
+"                           each prompt's sampler starts from this seed, so its\n"
+"                           output does not depend on the batch it runs in\n"
+"      --greedy             shorthand for --temperature 0\n"
+"\n"
+"Execution and output:\n"
+"  -b, --batch-size N       sequences per batch (default 8)\n"
+"  -t, --threads N          CPU threads (default: number of cores)\n"
+"  -o, --output-file FILE   write JSON Lines, one object per prompt: prompt,\n"
+"                           completion, prompt_tokens, completion_tokens,\n"
+"                           finish_reason (length|eos|stop), timings {prompt_ms,\n"
+"                           generation_ms, prompt_tokens_per_s,\n"
+"                           generation_tokens_per_s}\n"
+"  -s, --stream             print tokens as they are generated (one prompt only)\n"
+"  -q, --quiet              no progress or report on stderr\n"
+"  -h, --help               show this help\n"
+"      --version            show the version\n"
+"\n"
+"Without -o, completions go to stdout; with several prompts each one is\n"
+"preceded by a line '### [i] PROMPT'. The report on stderr gives prompt tokens,\n"
+"prompt eval tokens/s, generated tokens, generation tokens/s and total time.\n"
+"Exit status: 0 success, 1 model load or generation error, 2 bad arguments.\n");
+}
+
+static int bad_arg(const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "infer-generate: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n(see infer-generate --help)\n");
+    return 2;
+}
+
+static int parse_int(const char *s, long lo, long hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_u64(const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    if (*s == '-') return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *s, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+static char *xstrdup(const char *s) {
+    char *p = strdup(s);
+    if (!p) {
+        fprintf(stderr, "infer-generate: out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+static prompt_spec *add_prompt(cli_args *a) {
+    if (a->n_prompts == a->cap_prompts) {
+        int cap = a->cap_prompts ? a->cap_prompts * 2 : 16;
+        prompt_spec *p = realloc(a->prompts, (size_t)cap * sizeof *p);
+        if (!p) {
+            fprintf(stderr, "infer-generate: out of memory\n");
+            exit(1);
+        }
+        a->prompts = p;
+        a->cap_prompts = cap;
+    }
+    prompt_spec *p = &a->prompts[a->n_prompts++];
+    memset(p, 0, sizeof *p);
+    return p;
+}
+
+static void free_args(cli_args *a) {
+    for (int i = 0; i < a->n_prompts; i++) {
+        free(a->prompts[i].text);
+        free(a->prompts[i].origin);
+        if (a->prompts[i].stop != a->stop) {
+            for (int k = 0; k < a->prompts[i].n_stop; k++) free(a->prompts[i].stop[k]);
+            free(a->prompts[i].stop);
+        }
+    }
+    free(a->prompts);
+    free(a->stop);
+}
+
+/* Defaults from the command line; file entries override them field by field. */
+static void spec_defaults(const cli_args *a, prompt_spec *p) {
+    p->sp = a->sp;
+    p->max_tokens = a->max_tokens;
+    p->min_tokens = a->min_tokens;
+    p->ignore_eos = a->ignore_eos;
+    p->stop = a->stop;
+    p->n_stop = a->n_stop;
+}
+
+/* ---- --prompts-file ---- */
+
+static int json_int(const cJSON *v, const char *where, const char *key, long lo, long hi,
+                    int *out) {
+    double d = cJSON_IsNumber(v) ? cJSON_GetNumberValue(v) : NAN;
+    if (!cJSON_IsNumber(v) || d != floor(d) || d < (double)lo || d > (double)hi) {
+        fprintf(stderr, "infer-generate: %s: '%s' must be an integer in [%ld, %ld]\n", where, key,
+                lo, hi);
+        return -1;
+    }
+    *out = (int)d;
+    return 0;
+}
+
+static int json_float(const cJSON *v, const char *where, const char *key, float *out) {
+    if (!cJSON_IsNumber(v)) {
+        fprintf(stderr, "infer-generate: %s: '%s' must be a number\n", where, key);
+        return -1;
+    }
+    *out = (float)cJSON_GetNumberValue(v);
+    return 0;
+}
+
+static int parse_json_prompt(cli_args *a, const char *line, const char *where) {
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithOpts(line, &end, 1);
+    if (!j) {
+        const char *at = cJSON_GetErrorPtr();
+        long col = at && at >= line ? (long)(at - line) + 1 : 1;
+        fprintf(stderr, "infer-generate: %s: invalid JSON at column %ld\n", where, col);
+        return -1;
+    }
+    if (!cJSON_IsObject(j)) {
+        fprintf(stderr, "infer-generate: %s: expected a JSON object {\"prompt\": ...}\n", where);
+        cJSON_Delete(j);
+        return -1;
+    }
+    prompt_spec *p = add_prompt(a);
+    spec_defaults(a, p);
+    p->origin = xstrdup(where);
+    int rc = -1;
+    const cJSON *v;
+    cJSON_ArrayForEach(v, j) {
+        const char *k = v->string;
+        if (strcmp(k, "prompt") == 0) {
+            if (!cJSON_IsString(v)) {
+                fprintf(stderr, "infer-generate: %s: 'prompt' must be a string\n", where);
+                goto out;
+            }
+            p->text = xstrdup(v->valuestring);
+        } else if (strcmp(k, "max_tokens") == 0) {
+            if (json_int(v, where, k, -1, INT_MAX, &p->max_tokens)) goto out;
+        } else if (strcmp(k, "min_tokens") == 0) {
+            if (json_int(v, where, k, 0, INT_MAX, &p->min_tokens)) goto out;
+        } else if (strcmp(k, "top_k") == 0) {
+            if (json_int(v, where, k, 0, INT_MAX, &p->sp.top_k)) goto out;
+        } else if (strcmp(k, "repeat_last_n") == 0) {
+            if (json_int(v, where, k, -1, INT_MAX, &p->sp.repeat_last_n)) goto out;
+        } else if (strcmp(k, "temperature") == 0) {
+            if (json_float(v, where, k, &p->sp.temperature)) goto out;
+        } else if (strcmp(k, "top_p") == 0) {
+            if (json_float(v, where, k, &p->sp.top_p)) goto out;
+        } else if (strcmp(k, "min_p") == 0) {
+            if (json_float(v, where, k, &p->sp.min_p)) goto out;
+        } else if (strcmp(k, "repetition_penalty") == 0) {
+            if (json_float(v, where, k, &p->sp.repetition_penalty)) goto out;
+        } else if (strcmp(k, "seed") == 0) {
+            double d = cJSON_GetNumberValue(v);
+            if (!cJSON_IsNumber(v) || d != floor(d) || d < 0 || d > 9007199254740992.0) {
+                fprintf(stderr, "infer-generate: %s: 'seed' must be a non-negative integer\n",
+                        where);
+                goto out;
+            }
+            p->sp.seed = (uint64_t)d;
+            p->seed_set = 1;
+        } else if (strcmp(k, "ignore_eos") == 0) {
+            if (!cJSON_IsBool(v)) {
+                fprintf(stderr, "infer-generate: %s: 'ignore_eos' must be true or false\n", where);
+                goto out;
+            }
+            p->ignore_eos = cJSON_IsTrue(v);
+        } else if (strcmp(k, "stop") == 0) {
+            int n = cJSON_IsString(v) ? 1 : cJSON_IsArray(v) ? cJSON_GetArraySize(v) : -1;
+            if (n < 0) {
+                fprintf(stderr, "infer-generate: %s: 'stop' must be a string or an array of "
+                        "strings\n", where);
+                goto out;
+            }
+            char **st = calloc((size_t)n + 1, sizeof *st);
+            if (!st) goto out;
+            p->stop = st;
+            p->n_stop = 0;
+            if (cJSON_IsString(v)) {
+                st[p->n_stop++] = xstrdup(v->valuestring);
+            } else {
+                const cJSON *e;
+                cJSON_ArrayForEach(e, v) {
+                    if (!cJSON_IsString(e)) {
+                        fprintf(stderr, "infer-generate: %s: 'stop' entries must be strings\n",
+                                where);
+                        goto out;
+                    }
+                    st[p->n_stop++] = xstrdup(e->valuestring);
+                }
+            }
+        } else {
+            fprintf(stderr, "infer-generate: %s: unknown key '%s' (known: prompt, max_tokens, "
+                    "min_tokens, temperature, top_k, top_p, min_p, repetition_penalty, "
+                    "repeat_last_n, seed, ignore_eos, stop)\n", where, k);
+            goto out;
+        }
+    }
+    if (!p->text) {
+        fprintf(stderr, "infer-generate: %s: missing \"prompt\"\n", where);
+        goto out;
+    }
+    rc = 0;
+out:
+    cJSON_Delete(j);
+    return rc;
+}
+
+static int read_prompts_file(cli_args *a) {
+    FILE *f = strcmp(a->prompts_file, "-") == 0 ? stdin : fopen(a->prompts_file, "r");
+    if (!f) {
+        fprintf(stderr, "infer-generate: cannot open prompts file '%s': %s\n", a->prompts_file,
+                strerror(errno));
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    long lineno = 0;
+    int jsonl = -1, rc = 0;
+    while ((len = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+        const char *s = line;
+        while (*s == ' ' || *s == '\t') s++;
+        if (!*s) continue;
+        if (jsonl < 0) jsonl = *s == '{';
+        char where[512];
+        snprintf(where, sizeof where, "%s:%ld", a->prompts_file, lineno);
+        if (jsonl) {
+            if (parse_json_prompt(a, s, where) != 0) {
+                rc = -1;
+                break;
+            }
+        } else {
+            prompt_spec *p = add_prompt(a);
+            spec_defaults(a, p);
+            p->text = xstrdup(line);
+            p->origin = xstrdup(where);
+        }
+    }
+    if (rc == 0 && ferror(f)) {
+        fprintf(stderr, "infer-generate: error reading '%s': %s\n", a->prompts_file,
+                strerror(errno));
+        rc = -1;
+    }
+    free(line);
+    if (f != stdin) fclose(f);
+    return rc;
+}
+
+/* ---- argument parsing ---- */
+
+enum {
+    OPT_PROMPTS_FILE = 256, OPT_MIN_TOKENS, OPT_TEMPERATURE, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P,
+    OPT_REPEAT_PENALTY, OPT_REPEAT_LAST_N, OPT_SEED, OPT_GREEDY, OPT_IGNORE_EOS, OPT_CHAT,
+    OPT_VERSION, OPT_STOP
+};
+
+/* Returns -1 to go on, or an exit code. */
+static int parse_args(int argc, char **argv, cli_args *a) {
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},
+        {"prompt", required_argument, 0, 'p'},
+        {"prompts-file", required_argument, 0, OPT_PROMPTS_FILE},
+        {"max-tokens", required_argument, 0, 'n'},
+        {"min-tokens", required_argument, 0, OPT_MIN_TOKENS},
+        {"temperature", required_argument, 0, OPT_TEMPERATURE},
+        {"temp", required_argument, 0, OPT_TEMPERATURE},
+        {"top-k", required_argument, 0, OPT_TOP_K},
+        {"top-p", required_argument, 0, OPT_TOP_P},
+        {"min-p", required_argument, 0, OPT_MIN_P},
+        {"repeat-penalty", required_argument, 0, OPT_REPEAT_PENALTY},
+        {"repeat-last-n", required_argument, 0, OPT_REPEAT_LAST_N},
+        {"seed", required_argument, 0, OPT_SEED},
+        {"greedy", no_argument, 0, OPT_GREEDY},
+        {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
+        {"stop", required_argument, 0, OPT_STOP},
+        {"batch-size", required_argument, 0, 'b'},
+        {"output-file", required_argument, 0, 'o'},
+        {"chat", no_argument, 0, OPT_CHAT},
+        {"threads", required_argument, 0, 't'},
+        {"stream", no_argument, 0, 's'},
+        {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, OPT_VERSION},
+        {0, 0, 0, 0},
+    };
+    const char **cli_prompts = calloc((size_t)argc + 1, sizeof *cli_prompts);
+    int n_cli_prompts = 0, c, rc = -1;
+    a->stop = calloc((size_t)argc + 1, sizeof *a->stop);
+    if (!cli_prompts || !a->stop) {
+        free(cli_prompts);
+        fprintf(stderr, "infer-generate: out of memory\n");
+        return 1;
+    }
+#define BAD(...)                   \
+    do {                           \
+        rc = bad_arg(__VA_ARGS__); \
+        goto out;                  \
+    } while (0)
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:p:n:b:o:t:sqh", longopts, NULL)) != -1) {
+        const char *v = optarg;
+        switch (c) {
+        case 'm': a->model = v; break;
+        case 'p': cli_prompts[n_cli_prompts++] = v; break;
+        case OPT_PROMPTS_FILE: a->prompts_file = v; break;
+        case 'n':
+            if (parse_int(v, -1, INT_MAX, &a->max_tokens))
+                BAD("--max-tokens: expected an integer >= -1, got '%s'", v);
+            break;
+        case OPT_MIN_TOKENS:
+            if (parse_int(v, 0, INT_MAX, &a->min_tokens))
+                BAD("--min-tokens: expected an integer >= 0, got '%s'", v);
+            break;
+        case OPT_TEMPERATURE:
+            if (parse_float(v, &a->sp.temperature))
+                BAD("--temperature: expected a number, got '%s'", v);
+            break;
+        case OPT_TOP_K:
+            if (parse_int(v, INT_MIN, INT_MAX, &a->sp.top_k))
+                BAD("--top-k: expected an integer, got '%s'", v);
+            break;
+        case OPT_TOP_P:
+            if (parse_float(v, &a->sp.top_p))
+                BAD("--top-p: expected a number, got '%s'", v);
+            break;
+        case OPT_MIN_P:
+            if (parse_float(v, &a->sp.min_p))
+                BAD("--min-p: expected a number, got '%s'", v);
+            break;
+        case OPT_REPEAT_PENALTY:
+            if (parse_float(v, &a->sp.repetition_penalty))
+                BAD("--repeat-penalty: expected a number, got '%s'", v);
+            break;
+        case OPT_REPEAT_LAST_N:
+            if (parse_int(v, INT_MIN, INT_MAX, &a->sp.repeat_last_n))
+                BAD("--repeat-last-n: expected an integer, got '%s'", v);
+            break;
+        case OPT_SEED:
+            if (parse_u64(v, &a->sp.seed))
+                BAD("--seed: expected a non-negative integer, got '%s'", v);
+            a->seed_given = 1;
+            break;
+        case OPT_GREEDY: a->sp.temperature = 0.0f; break;
+        case OPT_IGNORE_EOS: a->ignore_eos = 1; break;
+        case OPT_STOP:
+            if (!*v) BAD("--stop: the text must not be empty");
+            a->stop[a->n_stop++] = (char *)v;
+            break;
+        case 'b':
+            if (parse_int(v, 1, 4096, &a->batch_size))
+                BAD("--batch-size: expected an integer in [1, 4096], got '%s'", v);
+            break;
+        case 'o': a->output_file = v; break;
+        case OPT_CHAT: a->chat = 1; break;
+        case 't':
+            if (parse_int(v, 1, 1024, &a->threads))
+                BAD("--threads: expected an integer in [1, 1024], got '%s'", v);
+            break;
+        case 's': a->stream = 1; break;
+        case 'q': a->quiet = 1; break;
+        case 'h':
+            usage(stdout);
+            rc = 0;
+            goto out;
+        case OPT_VERSION:
+            printf("infer-generate %s\n", ENGINE_VERSION);
+            rc = 0;
+            goto out;
+        case ':': BAD("option '%s' needs a value", argv[optind - 1]);
+        default:
+            if (optopt > 0 && optopt < 128) BAD("unknown option '-%c'", optopt);
+            BAD("unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) BAD("unexpected argument '%s' (prompts go after -p)", argv[optind]);
+    char perr[256];
+    if (sampler_params_validate(&a->sp, perr, sizeof perr) != 0) BAD("%s", perr);
+    for (int i = 0; i < n_cli_prompts; i++) {
+        prompt_spec *p = add_prompt(a);
+        spec_defaults(a, p);
+        p->text = xstrdup(cli_prompts[i]);
+        char where[32];
+        snprintf(where, sizeof where, "prompt %d", i + 1);
+        p->origin = xstrdup(where);
+    }
+    if (a->prompts_file && read_prompts_file(a) != 0) {
+        rc = 2;
+        goto out;
+    }
+    if (a->n_prompts == 0) {
+        if (a->prompts_file) BAD("no prompts in '%s'", a->prompts_file);
+        BAD("no prompt given (use -p or --prompts-file)");
+    }
+    if (a->stream && a->n_prompts != 1)
+        BAD("--stream works with exactly one prompt (got %d)", a->n_prompts);
+    for (int i = 0; i < a->n_prompts; i++) {
+        prompt_spec *p = &a->prompts[i];
+        if (sampler_params_validate(&p->sp, perr, sizeof perr) != 0)
+            BAD("%s: %s", p->origin, perr);
+    }
+#undef BAD
+out:
+    free(cli_prompts);
+    return rc;
+}
+
+/* ---- progress and output ---- */
+
+typedef struct {
+    int tty;
+    int last_pct;
+} progress_state;
+
+static void on_load_progress(float fraction, void *user) {
+    progress_state *ps = user;
+    int pct = (int)(fraction * 100.0f + 0.5f);
+    if (pct < 0) pct = 0;
+    if (pct > 100) pct = 100;
+    if (pct == ps->last_pct) return;
+    ps->last_pct = pct;
+    if (ps->tty) {
+        char bar[31];
+        int fill = pct * 30 / 100;
+        for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
+        bar[30] = 0;
+        fprintf(stderr, "\rloading model [%s] %3d%%", bar, pct);
+        if (pct == 100) fputc('\n', stderr);
+    } else if (pct % 25 == 0) {
+        fprintf(stderr, "loading model: %d%%\n", pct);
+    }
+}
+
+static int on_stream_token(void *user, int request, int32_t token, const char *text, size_t len) {
+    (void)user;
+    (void)request;
+    (void)token;
+    if (len) {
+        fwrite(text, 1, len, stdout);
+        fflush(stdout);
+    }
+    return 0;
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static double rate(double tokens, double ms) { return ms > 0 ? tokens * 1e3 / ms : 0.0; }
+static double round3(double x) { return round(x * 1e3) / 1e3; }
+
+static int write_jsonl(FILE *f, const prompt_spec *p, const gen_result *r) {
+    cJSON *o = cJSON_CreateObject(), *t = cJSON_CreateObject();
+    if (!o || !t) {
+        cJSON_Delete(o);
+        cJSON_Delete(t);
+        return -1;
+    }
+    cJSON_AddStringToObject(o, "prompt", p->text);
+    cJSON_AddStringToObject(o, "completion", r->text ? r->text : "");
+    cJSON_AddNumberToObject(o, "prompt_tokens", r->n_prompt);
+    cJSON_AddNumberToObject(o, "completion_tokens", r->n_tokens);
+    cJSON_AddStringToObject(o, "finish_reason", gen_finish_name(r->finish));
+    cJSON_AddNumberToObject(t, "prompt_ms", round3(r->prompt_ms));
+    cJSON_AddNumberToObject(t, "generation_ms", round3(r->gen_ms));
+    cJSON_AddNumberToObject(t, "prompt_tokens_per_s", round3(rate(r->n_prompt, r->prompt_ms)));
+    cJSON_AddNumberToObject(t, "generation_tokens_per_s", round3(rate(r->n_tokens, r->gen_ms)));
+    cJSON_AddItemToObject(o, "timings", t);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!s) return -1;
+    int rc = fprintf(f, "%s\n", s) < 0 ? -1 : 0;
+    cJSON_free(s);
+    return rc;
+}
+
+/* The model's chat template as a NUL-terminated copy, or NULL. */
+static char *model_chat_template(const llm_model *m) {
+    gguf_str s;
+    if (gguf_get_str(llm_model_gguf(m), "tokenizer.chat_template", &s) != 0) return NULL;
+    char *t = malloc(s.len + 1);
+    if (!t) return NULL;
+    memcpy(t, s.ptr, s.len);
+    t[s.len] = 0;
+    return t;
+}
+
+int main(int argc, char **argv) {
+    cli_args a = {0};
+    a.model = DEFAULT_MODEL;
+    a.max_tokens = 128;
+    a.batch_size = 8;
+    sampler_params_default(&a.sp);
+    int rc = parse_args(argc, argv, &a);
+    if (rc >= 0) {
+        free_args(&a);
+        return rc;
+    }
+    if (!a.seed_given) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t seed = ((uint64_t)ts.tv_sec * 1000003u) ^ (uint64_t)ts.tv_nsec ^
+                        ((uint64_t)getpid() << 32);
+        seed &= 0xffffffffu; /* short enough to retype */
+        for (int i = 0; i < a.n_prompts; i++)
+            if (!a.prompts[i].seed_set) a.prompts[i].sp.seed = seed;
+        a.sp.seed = seed;
+    }
+
+    double t0 = now_ms();
+    char err[512];
+    llm_model *m = NULL;
+    llm_tokenizer *tok = NULL;
+    backend *be = NULL;
+    char *tmpl = NULL;
+    gen_request *reqs = NULL;
+    gen_result *res = NULL;
+    int32_t **ids = NULL;
+    FILE *out = NULL;
+    rc = 1;
+
+    progress_state ps = {isatty(2), -1};
+    if (llm_model_load(a.model, &m, a.quiet ? NULL : on_load_progress, &ps, err, sizeof err) != 0) {
+        if (!a.quiet && ps.tty && ps.last_pct >= 0 && ps.last_pct < 100) fputc('\n', stderr);
+        fprintf(stderr, "infer-generate: cannot load model '%s': %s\n", a.model, err);
+        goto done;
+    }
+    if (tok_load(llm_model_gguf(m), &tok, err, sizeof err) != 0) {
+        fprintf(stderr, "infer-generate: cannot load the tokenizer of '%s': %s\n", a.model, err);
+        goto done;
+    }
+    be = backend_cpu_create(a.threads, err, sizeof err);
+    if (!be) {
+        fprintf(stderr, "infer-generate: cannot create the CPU backend: %s\n", err);
+        goto done;
+    }
+    double t_loaded = now_ms();
+    const llm_hparams *hp = llm_model_hparams(m);
+
+    if (a.chat) {
+        tmpl = model_chat_template(m);
+        if (!tmpl) {
+            fprintf(stderr, "infer-generate: --chat: the model has no tokenizer.chat_template\n");
+            rc = 2;
+            goto done;
+        }
+        if (!chat_template_family(tmpl)) {
+            chat_msg probe = {"user", ""};
+            char *tmp = NULL;
+            chat_apply(tmpl, &probe, 1, 1, &tmp, err, sizeof err);
+            free(tmp);
+            fprintf(stderr, "infer-generate: --chat: %s\n", err);
+            rc = 2;
+            goto done;
+        }
+    }
+
+    reqs = calloc((size_t)a.n_prompts, sizeof *reqs);
+    res = calloc((size_t)a.n_prompts, sizeof *res);
+    ids = calloc((size_t)a.n_prompts, sizeof *ids);
+    if (!reqs || !res || !ids) {
+        fprintf(stderr, "infer-generate: out of memory\n");
+        goto done;
+    }
+    for (int i = 0; i < a.n_prompts; i++) {
+        prompt_spec *p = &a.prompts[i];
+        char *text = p->text;
+        char *wrapped = NULL;
+        if (a.chat) {
+            chat_msg msg = {"user", p->text};
+            if (chat_apply(tmpl, &msg, 1, 1, &wrapped, err, sizeof err) != 0) {
+                fprintf(stderr, "infer-generate: %s: %s\n", p->origin, err);
+                rc = 2;
+                goto done;
+            }
+            text = wrapped;
+        }
+        int n = tok_encode(tok, text, strlen(text), 1, 1, &ids[i]);
+        free(wrapped);
+        if (n < 0) {
+            fprintf(stderr, "infer-generate: %s: tokenization failed (code %d)\n", p->origin, n);
+            goto done;
+        }
+        if (n == 0) {
+            fprintf(stderr, "infer-generate: %s: the prompt is empty\n", p->origin);
+            rc = 2;
+            goto done;
+        }
+        int max_tokens = p->max_tokens < 0 ? hp->n_ctx_train - n : p->max_tokens;
+        if (n + (long)max_tokens > hp->n_ctx_train) {
+            fprintf(stderr,
+                    "infer-generate: %s: prompt (%d tokens) + max tokens (%d) exceeds the "
+                    "model's context of %d tokens\n",
+                    p->origin, n, max_tokens, hp->n_ctx_train);
+            rc = 2;
+            goto done;
+        }
+        reqs[i] = (gen_request){
+            .prompt = ids[i],
+            .n_prompt = n,
+            .sampling = p->sp,
+            .max_tokens = max_tokens < 0 ? 0 : max_tokens,
+            .min_tokens = p->min_tokens,
+            .ignore_eos = p->ignore_eos,
+            .stop = (const char *const *)p->stop,
+            .n_stop = p->n_stop,
+        };
+    }
+
+    if (a.output_file) {
+        out = fopen(a.output_file, "w");
+        if (!out) {
+            fprintf(stderr, "infer-generate: cannot write '%s': %s\n", a.output_file,
+                    strerror(errno));
+            rc = 2;
+            goto done;
+        }
+    }
+    if (!a.quiet) {
+        fprintf(stderr, "model: %s (%s, %d layers, vocab %d, context %d), threads %d, seed %llu\n",
+                hp->name[0] ? hp->name : a.model, hp->arch, hp->n_layer, hp->n_vocab,
+                hp->n_ctx_train, be->n_threads, (unsigned long long)a.sp.seed);
+        fprintf(stderr, "running %d prompt%s in batches of up to %d\n", a.n_prompts,
+                a.n_prompts == 1 ? "" : "s", a.batch_size);
+    }
+
+    gen_options opt;
+    gen_options_default(&opt);
+    opt.batch_size = a.batch_size;
+    if (a.stream) opt.on_token = on_stream_token;
+    gen_stats st;
+    if (gen_run(m, be, tok, reqs, a.n_prompts, &opt, res, &st, err, sizeof err) != 0) {
+        if (a.stream) fputc('\n', stdout);
+        fprintf(stderr, "infer-generate: generation failed: %s\n", err);
+        goto done;
+    }
+    if (a.stream) {
+        fputc('\n', stdout);
+        fflush(stdout);
+    }
+    for (int i = 0; i < a.n_prompts; i++) {
+        if (out) {
+            if (write_jsonl(out, &a.prompts[i], &res[i]) != 0) {
+                fprintf(stderr, "infer-generate: cannot write '%s'\n", a.output_file);
+                goto done;
+            }
+        } else if (!a.stream) {
+            if (a.n_prompts > 1) {
+                /* the prompt on one line: newlines shown as spaces */
+                printf("### [%d] ", i + 1);
+                for (const char *c = a.prompts[i].text; *c; c++)
+                    putchar(*c == '\n' || *c == '\r' ? ' ' : *c);
+                putchar('\n');
+            }
+            printf("%s\n", res[i].text ? res[i].text : "");
+        }
+    }
+    if (out && fclose(out) != 0) {
+        out = NULL;
+        fprintf(stderr, "infer-generate: cannot write '%s': %s\n", a.output_file, strerror(errno));
+        goto done;
+    }
+    out = NULL;
+    if (!a.quiet) {
+        int by_reason[4] = {0};
+        for (int i = 0; i < a.n_prompts; i++) by_reason[res[i].finish]++;
+        fprintf(stderr, "prompt tokens:    %ld (prompt eval %.1f tokens/s, %.1f ms)\n",
+                st.prompt_tokens, rate((double)st.prompt_tokens, st.prompt_ms), st.prompt_ms);
+        fprintf(stderr, "generated tokens: %ld (generation %.1f tokens/s, %.1f ms)\n",
+                st.gen_tokens, rate((double)st.gen_tokens, st.gen_ms), st.gen_ms);
+        fprintf(stderr, "finished:         %d length, %d eos, %d stop\n", by_reason[0],
+                by_reason[1], by_reason[2]);
+        fprintf(stderr, "total time:       %.3f s (model load %.3f s, generation %.3f s)\n",
+                (now_ms() - t0) / 1e3, (t_loaded - t0) / 1e3, st.total_ms / 1e3);
+    }
+    rc = 0;
+done:
+    if (out) fclose(out);
+    if (res)
+        for (int i = 0; i < a.n_prompts; i++) gen_result_free(&res[i]);
+    if (ids)
+        for (int i = 0; i < a.n_prompts; i++) free(ids[i]);
+    free(ids);
+    free(res);
+    free(reqs);
+    free(tmpl);
+    if (be) backend_free(be);
+    if (tok) tok_free(tok);
+    if (m) llm_model_free(m);
+    free_args(&a);
+    return rc;
+}

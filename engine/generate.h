@@ -1,0 +1,103 @@
+/*
+ * generate.h - offline generation: run a list of requests through the model
+ * in static batches.
+ *
+ * Requests are taken batch_size at a time. A batch prefills all its prompts
+ * in flattened forward calls (several sequences per call, at most
+ * prefill_chunk rows each, logits only for each prompt's last row), then
+ * decodes all still-running sequences together, one row each, until each
+ * hits max_tokens, an end-of-generation token or a stop string. The next
+ * batch starts when the whole batch is done (no continuous batching here;
+ * that is the scheduler's job).
+ *
+ * The KV cache is created per gen_run call, sized for the largest batch
+ * (block_size 16). A request whose prompt + max_tokens exceeds the model's
+ * context is rejected before anything runs.
+ *
+ * Ownership: requests and their prompt ids are borrowed. Results are
+ * allocated by gen_run and released with gen_result_free. The model,
+ * backend and tokenizer are borrowed and used from the calling thread only.
+ * Errors: gen_run returns 0 or -1 with a message; it never aborts.
+ */
+#ifndef ENGINE_GENERATE_H
+#define ENGINE_GENERATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kv_cache.h"
+#include "sampler.h"
+
+struct llm_model;
+struct backend;
+struct llm_tokenizer;
+
+typedef struct {
+    const int32_t *prompt; /* prompt token ids (BOS included if wanted); n_prompt >= 1 */
+    int n_prompt;
+    sampler_params sampling;
+    int max_tokens;   /* >= 0; tokens to generate at most */
+    int min_tokens;   /* end-of-generation tokens are suppressed before this many */
+    int ignore_eos;   /* suppress end-of-generation tokens entirely */
+    const char *const *stop; /* stop strings (borrowed, may be NULL): generation ends
+                                when the text contains one; it is cut from the text */
+    int n_stop;
+} gen_request;
+
+typedef enum {
+    GEN_FINISH_LENGTH = 0,
+    GEN_FINISH_EOS,
+    GEN_FINISH_STOP,
+    GEN_FINISH_CANCELLED,
+} gen_finish;
+
+/* "length", "eos", "stop", "cancelled" */
+const char *gen_finish_name(gen_finish f);
+
+typedef struct {
+    int32_t *tokens;  /* generated ids (an ending EOG token is not included) */
+    int n_tokens;
+    char *text;       /* detokenized completion, valid UTF-8, NUL-terminated */
+    size_t text_len;
+    gen_finish finish;
+    int n_prompt;
+    double prompt_ms; /* wall time of its batch's prefill (shared by the batch) */
+    double gen_ms;    /* from the end of the prefill to this request's last token */
+} gen_result;
+
+void gen_result_free(gen_result *r);
+
+/* Called for every generated token, from the calling thread, in order per
+ * request. text/len is the new completion text that became final with this
+ * token (possibly empty: an incomplete UTF-8 character or a possible stop
+ * string prefix is held back and arrives with a later call). token is -1 for
+ * the final call of a request that releases held-back text (finish set).
+ * Return nonzero to stop that request (finish = cancelled). */
+typedef int (*gen_token_fn)(void *user, int request, int32_t token, const char *text, size_t len);
+
+typedef struct {
+    int batch_size;     /* sequences per static batch (default 8) */
+    int prefill_chunk;  /* max rows per prefill forward call (default 512) */
+    kv_dtype kv_type;   /* default KV_F32 */
+    gen_token_fn on_token; /* may be NULL */
+    void *user;
+} gen_options;
+
+void gen_options_default(gen_options *o);
+
+typedef struct {
+    long prompt_tokens;
+    long gen_tokens;
+    double prompt_ms;   /* sum of prefill wall time over batches */
+    double gen_ms;      /* sum of decode wall time over batches */
+    double total_ms;
+    int n_batches;
+} gen_stats;
+
+/* Run requests reqs[0..n) and fill results[0..n) (zeroed first). On error
+ * the results of finished requests stay filled and must still be freed. */
+int gen_run(struct llm_model *m, struct backend *be, const struct llm_tokenizer *tok,
+            const gen_request *reqs, int n, const gen_options *opt, gen_result *results,
+            gen_stats *stats, char *err, size_t errlen);
+
+#endif

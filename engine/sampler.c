@@ -1,0 +1,368 @@
+/*
+ * sampler.c - per-request token sampling (see sampler.h for the contract).
+ *
+ * Each call copies the logits into scratch (so NaN can be sanitized and the
+ * penalty applied without touching the caller's row), then narrows the
+ * candidate set step by step. Every cut keeps a prefix of the candidates
+ * ordered by (logit desc, id asc), so the final set is the shortest of the
+ * prefixes; that lets us avoid sorting:
+ *   - top-k keeps a bounded min-heap while scanning the vocab;
+ *   - min-p is a plain threshold on exp((l - max) / T) >= min_p;
+ *   - top-p needs order only inside the min-p set, and only when that set
+ *     holds at least top_p of the mass; there a quickselect that tracks the
+ *     settled mass finds the cut in expected linear time, without sorting.
+ * The order (logit desc, id asc) is total, so ties resolve the same way on
+ * every path and the draw is reproducible.
+ */
+#include "sampler.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int32_t id;
+    float logit; /* penalized logit; becomes the unnormalized weight later */
+} cand;
+
+struct sampler {
+    sampler_params p;
+    int n_vocab;
+    uint64_t rng[4];  /* xoshiro256** state */
+    float *work;      /* penalized copy of the logits */
+    cand *cands;      /* candidate scratch, n_vocab entries */
+    uint32_t *stamp;  /* per-token marks to apply the penalty once per token */
+    uint32_t epoch;
+};
+
+/* ---- PRNG: xoshiro256** seeded through splitmix64 ---- */
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t rng_next(uint64_t s[4]) {
+    uint64_t result = rotl64(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl64(s[3], 45);
+    return result;
+}
+
+/* Uniform double in [0, 1) with 53 random bits. */
+static double rng_uniform(uint64_t s[4]) { return (double)(rng_next(s) >> 11) * 0x1.0p-53; }
+
+/* ---- parameters ---- */
+
+void sampler_params_default(sampler_params *p) {
+    p->temperature = 0.8f;
+    p->top_k = 40;
+    p->top_p = 0.95f;
+    p->min_p = 0.05f;
+    p->repetition_penalty = 1.0f;
+    p->repeat_last_n = 64;
+    p->seed = 0;
+}
+
+int sampler_params_validate(const sampler_params *p, char *err, size_t errlen) {
+    if (!(p->temperature >= 0.0f) || isinf(p->temperature)) {
+        snprintf(err, errlen, "temperature must be a finite number >= 0 (got %g)",
+                 (double)p->temperature);
+        return -1;
+    }
+    if (p->top_k < 0) {
+        snprintf(err, errlen, "top_k must be >= 0, 0 = off (got %d)", p->top_k);
+        return -1;
+    }
+    if (!(p->top_p > 0.0f && p->top_p <= 1.0f)) {
+        snprintf(err, errlen, "top_p must be in (0, 1], 1 = off (got %g)", (double)p->top_p);
+        return -1;
+    }
+    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f)) {
+        snprintf(err, errlen, "min_p must be in [0, 1], 0 = off (got %g)", (double)p->min_p);
+        return -1;
+    }
+    if (!(p->repetition_penalty > 0.0f) || isinf(p->repetition_penalty)) {
+        snprintf(err, errlen, "repetition_penalty must be a finite number > 0, 1 = off (got %g)",
+                 (double)p->repetition_penalty);
+        return -1;
+    }
+    if (p->repeat_last_n < -1) {
+        snprintf(err, errlen, "repeat_last_n must be >= -1, -1 = whole history (got %d)",
+                 p->repeat_last_n);
+        return -1;
+    }
+    return 0;
+}
+
+int sampler_create(const sampler_params *p, int n_vocab, sampler **out, char *err,
+                   size_t errlen) {
+    *out = NULL;
+    if (sampler_params_validate(p, err, errlen) != 0) return -1;
+    if (n_vocab <= 0) {
+        snprintf(err, errlen, "sampler: vocabulary size must be > 0 (got %d)", n_vocab);
+        return -1;
+    }
+    sampler *s = calloc(1, sizeof *s);
+    if (!s) goto oom;
+    s->p = *p;
+    s->n_vocab = n_vocab;
+    s->work = malloc((size_t)n_vocab * sizeof *s->work);
+    s->cands = malloc((size_t)n_vocab * sizeof *s->cands);
+    s->stamp = calloc((size_t)n_vocab, sizeof *s->stamp);
+    if (!s->work || !s->cands || !s->stamp) goto oom;
+    uint64_t x = p->seed;
+    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&x);
+    *out = s;
+    return 0;
+oom:
+    sampler_free(s);
+    snprintf(err, errlen, "sampler: out of memory for a vocabulary of %d", n_vocab);
+    return -1;
+}
+
+void sampler_free(sampler *s) {
+    if (!s) return;
+    free(s->work);
+    free(s->cands);
+    free(s->stamp);
+    free(s);
+}
+
+const sampler_params *sampler_get_params(const sampler *s) { return &s->p; }
+
+/* ---- candidate ordering ---- */
+
+/* a ranks before b: higher logit, then lower id. */
+static int cand_better(const cand *a, const cand *b) {
+    return a->logit > b->logit || (a->logit == b->logit && a->id < b->id);
+}
+
+static int cand_cmp(const void *pa, const void *pb) {
+    const cand *a = pa, *b = pb;
+    if (cand_better(a, b)) return -1;
+    if (cand_better(b, a)) return 1;
+    return 0;
+}
+
+static void cand_swap(cand *a, cand *b) {
+    cand t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* Rearrange a[0..n) (weights in .logit) so that its first k elements are
+ * the shortest rank-order prefix whose weights sum to >= target, and return
+ * k (n when the whole set falls short by rounding). A quickselect that
+ * carries the mass of what it has settled: expected O(n), no sorting. The
+ * order is total, so equal weights cannot degrade it. */
+static int cand_take_mass(cand *a, int n, double target) {
+    int lo = 0, hi = n - 1;
+    double acc = 0.0; /* mass of a[0..lo), all ranked before a[lo..hi] */
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        /* median of three, moved to hi */
+        if (cand_better(&a[mid], &a[lo])) cand_swap(&a[mid], &a[lo]);
+        if (cand_better(&a[hi], &a[lo])) cand_swap(&a[hi], &a[lo]);
+        if (cand_better(&a[hi], &a[mid])) cand_swap(&a[hi], &a[mid]);
+        cand_swap(&a[mid], &a[hi]);
+        const cand pivot = a[hi];
+        int store = lo;
+        double better = 0.0;
+        for (int i = lo; i < hi; i++) {
+            if (cand_better(&a[i], &pivot)) {
+                better += a[i].logit;
+                cand_swap(&a[i], &a[store++]);
+            }
+        }
+        cand_swap(&a[store], &a[hi]);
+        /* [lo, store) ranks before the pivot at store, (store, hi] after */
+        if (acc + better >= target) {
+            hi = store - 1;
+        } else if (acc + better + pivot.logit >= target) {
+            return store + 1;
+        } else {
+            acc += better + pivot.logit;
+            lo = store + 1;
+        }
+    }
+    return lo < n ? lo + 1 : n;
+}
+
+/* Min-heap on rank: the root is the worst of the kept candidates. */
+static void heap_sift_down(cand *h, int n, int i) {
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, w = i;
+        if (l < n && cand_better(&h[w], &h[l])) w = l;
+        if (r < n && cand_better(&h[w], &h[r])) w = r;
+        if (w == i) return;
+        cand_swap(&h[i], &h[w]);
+        i = w;
+    }
+}
+
+static void heap_sift_up(cand *h, int i) {
+    while (i > 0) {
+        int parent = (i - 1) / 2;
+        if (!cand_better(&h[parent], &h[i])) return;
+        cand_swap(&h[parent], &h[i]);
+        i = parent;
+    }
+}
+
+/* ---- the pipeline ---- */
+
+/* Copy and sanitize the logits, apply the repetition penalty. Returns the
+ * argmax (ties to the lowest id) or -1 when nothing is finite-or-+inf. */
+static int32_t prepare(sampler *s, const float *logits, const int32_t *history,
+                       size_t n_history) {
+    const int V = s->n_vocab;
+    for (int i = 0; i < V; i++) {
+        float l = logits[i];
+        s->work[i] = isnan(l) ? -INFINITY : l;
+    }
+    float pen = s->p.repetition_penalty;
+    if (pen != 1.0f && s->p.repeat_last_n != 0 && history && n_history > 0) {
+        size_t n = n_history;
+        if (s->p.repeat_last_n > 0 && (size_t)s->p.repeat_last_n < n)
+            n = (size_t)s->p.repeat_last_n;
+        if (++s->epoch == 0) { /* wrapped: clear marks once every 2^32 calls */
+            memset(s->stamp, 0, (size_t)V * sizeof *s->stamp);
+            s->epoch = 1;
+        }
+        for (size_t i = n_history - n; i < n_history; i++) {
+            int32_t id = history[i];
+            if (id < 0 || id >= V || s->stamp[id] == s->epoch) continue;
+            s->stamp[id] = s->epoch;
+            float l = s->work[id];
+            s->work[id] = l > 0.0f ? l / pen : l * pen;
+        }
+    }
+    int32_t best = -1;
+    float bl = -INFINITY;
+    for (int i = 0; i < V; i++) {
+        if (s->work[i] > bl) {
+            bl = s->work[i];
+            best = i;
+        }
+    }
+    return best;
+}
+
+/* Build the final distribution in s->cands[0..n) with unnormalized weights
+ * in .logit; returns n (>= 1), or -1 when no token is possible. *total gets
+ * the weights' sum. */
+static int build_dist(sampler *s, const float *logits, const int32_t *history, size_t n_history,
+                      double *total) {
+    const int V = s->n_vocab;
+    int32_t best = prepare(s, logits, history, n_history);
+    if (best < 0) return -1;
+    const float mx = s->work[best];
+    if (s->p.temperature == 0.0f || s->p.top_k == 1 || isinf(mx)) {
+        /* Greedy, or a +inf logit that takes all the mass. */
+        s->cands[0].id = best;
+        s->cands[0].logit = 1.0f;
+        *total = 1.0;
+        return 1;
+    }
+    const float inv_t = 1.0f / s->p.temperature;
+    cand *c = s->cands;
+    int n;
+
+    /* top-k: keep the k best in a heap while scanning. */
+    if (s->p.top_k > 0 && s->p.top_k < V) {
+        int k = s->p.top_k;
+        n = 0;
+        for (int i = 0; i < V; i++) {
+            cand x = {i, s->work[i]};
+            if (x.logit == -INFINITY) continue;
+            if (n < k) {
+                c[n] = x;
+                heap_sift_up(c, n++);
+            } else if (cand_better(&x, &c[0])) {
+                c[0] = x;
+                heap_sift_down(c, n, 0);
+            }
+        }
+    } else {
+        n = 0;
+        for (int i = 0; i < V; i++) {
+            if (s->work[i] == -INFINITY) continue;
+            c[n].id = i;
+            c[n].logit = s->work[i];
+            n++;
+        }
+    }
+
+    /* Weights relative to the best token (weight 1); Z = top-k set's mass. */
+    double z = 0.0;
+    for (int i = 0; i < n; i++) {
+        float w = expf((c[i].logit - mx) * inv_t);
+        c[i].logit = w;
+        z += w;
+    }
+
+    /* min-p: drop tokens below min_p of the best one's probability. */
+    double mass = z;
+    if (s->p.min_p > 0.0f) {
+        int m = 0;
+        mass = 0.0;
+        for (int i = 0; i < n; i++) {
+            if (c[i].logit >= s->p.min_p) {
+                c[m++] = c[i];
+                mass += c[i].logit;
+            }
+        }
+        n = m;
+    }
+
+    /* top-p over the top-k set: the shortest prefix with mass >= top_p * Z.
+     * When the min-p set holds less than that, min-p is the shorter cut. */
+    if (s->p.top_p < 1.0f && mass >= (double)s->p.top_p * z) {
+        n = cand_take_mass(c, n, (double)s->p.top_p * z);
+        mass = 0.0;
+        for (int i = 0; i < n; i++) mass += c[i].logit;
+    }
+    *total = mass;
+    return n;
+}
+
+int32_t sampler_sample(sampler *s, const float *logits, const int32_t *history,
+                       size_t n_history) {
+    double total;
+    int n = build_dist(s, logits, history, n_history, &total);
+    if (n < 0) return -1;
+    if (n == 1) return s->cands[0].id;
+    double u = rng_uniform(s->rng) * total, acc = 0.0;
+    for (int i = 0; i < n; i++) {
+        acc += s->cands[i].logit;
+        if (u < acc) return s->cands[i].id;
+    }
+    /* u landed in the rounding gap at the top: take the last positive one */
+    for (int i = n - 1; i >= 0; i--)
+        if (s->cands[i].logit > 0.0f) return s->cands[i].id;
+    return s->cands[0].id;
+}
+
+int sampler_probs(sampler *s, const float *logits, const int32_t *history, size_t n_history,
+                  int32_t *ids, float *probs, int cap) {
+    double total;
+    int n = build_dist(s, logits, history, n_history, &total);
+    if (n < 0) return -1;
+    qsort(s->cands, (size_t)n, sizeof *s->cands, cand_cmp);
+    for (int i = 0; i < n && i < cap; i++) {
+        ids[i] = s->cands[i].id;
+        probs[i] = (float)(s->cands[i].logit / total);
+    }
+    return n;
+}
