@@ -168,16 +168,18 @@ static void cpu_rmsnorm(backend *be, const float *x, const float *g, int rows, i
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * cols;
         float *yr = y + (size_t)r * cols;
+        /* float products summed in double, as ggml does */
         double ss = 0;
-        for (int i = 0; i < cols; i++) ss += (double)xr[i] * xr[i];
-        float scale = 1.0f / sqrtf((float)(ss / cols) + eps);
+        for (int i = 0; i < cols; i++) ss += (double)(xr[i] * xr[i]);
+        const float mean = (float)(ss / cols);
+        float scale = 1.0f / sqrtf(mean + eps);
         for (int i = 0; i < cols; i++) yr[i] = xr[i] * scale * g[i];
     }
 }
 
 static void cpu_rope(backend *be, float *x, int rows, int n_heads, int head_dim, int rope_dim,
                      const int32_t *positions, float theta_base) {
-    (void)be;
+    const kern_table *k = impl_of(be)->k;
     const float theta_scale = powf(theta_base, -2.0f / (float)rope_dim);
     float cs[512];
     int half = rope_dim / 2;
@@ -189,23 +191,15 @@ static void cpu_rope(backend *be, float *x, int rows, int n_heads, int head_dim,
             cs[2 * i + 1] = sinf(theta);
             theta *= theta_scale;
         }
-        for (int h = 0; h < n_heads; h++) {
-            float *v = x + ((size_t)r * n_heads + h) * head_dim;
-            for (int i = 0; i < half; i++) {
-                float c = cs[2 * i], s = cs[2 * i + 1];
-                float a = v[2 * i], b = v[2 * i + 1];
-                v[2 * i] = a * c - b * s;
-                v[2 * i + 1] = a * s + b * c;
-            }
-        }
+        k->rope_rows(x + (size_t)r * n_heads * head_dim, cs, n_heads, head_dim, half);
     }
 }
 
 static void cpu_swiglu(backend *be, const float *gate, const float *up, size_t n, float *out) {
-    (void)be;
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+    const kern_table *k = impl_of(be)->k;
+    for (size_t i = 0; i < n; i += 1 << 20) {
+        int c = n - i < (1u << 20) ? (int)(n - i) : 1 << 20;
+        k->silu_mul(gate + i, up + i, out + i, c);
     }
 }
 
@@ -246,65 +240,75 @@ typedef struct {
     int n_tasks;
 } attn_job;
 
+/*
+ * One (row, head) task: scores over the row's causal context read through
+ * the block table, softmax, weighted sum of V. With an f16 cache the
+ * arithmetic follows ggml's f16 matmuls exactly (see kernels.h): q and the
+ * softmax weights are rounded to f16, and the accumulation shape depends on
+ * whether the sequence has one row in this step (llama.cpp's vec_dot path)
+ * or several (its tiled path). The V sum is kept in `lanes` accumulators
+ * indexed by position, so the result does not depend on the block layout.
+ */
 static void attn_worker(void *arg, int ith, int nth) {
     attn_job *j = arg;
     (void)nth;
     const be_attn *a = j->a;
     kv_cache *kv = j->kv;
     const int hd = a->head_dim, group = a->n_head / a->n_head_kv, bs = kv->block_size;
-    float *buf = j->ci->per_thread[ith].buf; /* scores [ctx] then acc [hd] */
+    float *buf = j->ci->per_thread[ith].buf; /* scores[ctx] | q[hd] | acc[64 * hd] */
     const kern_table *k = j->ci->k;
+    const int f16 = kv->dtype == KV_F16;
     for (;;) {
         int task = atomic_fetch_add_explicit(&j->ci->counter, 1, memory_order_relaxed);
         if (task >= j->n_tasks) break;
         int t = task / a->n_head, h = task % a->n_head, kvh = h / group;
         int s = j->row_seq[t];
+        const int single = a->seq_start[s + 1] - a->seq_start[s] == 1;
+        const int lanes = single ? 64 : 16;
         const int32_t *table = a->block_tables[s];
         int n_ctx = a->positions[t] + 1;
         const float *q32 = j->q + ((size_t)t * a->n_head + h) * hd;
-        float *scores = buf, *acc = buf + n_ctx, *q = acc + hd;
-        /* With an f16 cache, q and the softmax weights go through f16 as in
-         * ggml's f16 matmuls, keeping results close to llama.cpp's. */
-        for (int i = 0; i < hd; i++)
-            q[i] = kv->dtype == KV_F16 ? qt_f16_to_f32(qt_f32_to_f16(q32[i])) : q32[i];
+        float *scores = buf, *q = buf + n_ctx, *acc = q + hd;
+        for (int i = 0; i < hd; i++) q[i] = f16 ? qt_f16_to_f32(qt_f32_to_f16(q32[i])) : q32[i];
         float mx = -INFINITY;
         for (int p = 0; p < n_ctx; p++) {
             int32_t slot = table[p / bs] * bs + p % bs;
             const void *kp = (const uint8_t *)kv_slot_ptr(kv, j->layer, 0, slot) +
                              (size_t)kvh * hd * kv->elt_size;
             float sc;
-            if (kv->dtype == KV_F16) {
-                sc = k->dot_f16(kp, q, hd);
+            if (f16) {
+                sc = single ? k->dot_f16_x4(kp, q, hd) : k->dot_f16(kp, q, hd);
             } else {
                 const float *kf = kp;
                 sc = 0;
-                for (int i = 0; i < hd; i++) sc += kf[i] * q[i];
+                for (int i = 0; i < hd; i++) sc = fmaf(kf[i], q[i], sc);
             }
             sc *= a->scale;
             scores[p] = sc;
             if (sc > mx) mx = sc;
         }
-        double sum = 0;
-        for (int p = 0; p < n_ctx; p++) {
-            scores[p] = expf(scores[p] - mx);
-            sum += scores[p];
-        }
+        double sum = k->softmax_exp(scores, n_ctx, mx);
         float inv = (float)(1.0 / sum);
-        memset(acc, 0, (size_t)hd * sizeof *acc);
+        memset(acc, 0, (size_t)hd * (size_t)lanes * sizeof *acc);
         for (int p = 0; p < n_ctx; p++) {
             int32_t slot = table[p / bs] * bs + p % bs;
             const void *vp = (const uint8_t *)kv_slot_ptr(kv, j->layer, 1, slot) +
                              (size_t)kvh * hd * kv->elt_size;
             float wgt = scores[p] * inv;
-            if (kv->dtype == KV_F16) {
-                wgt = qt_f16_to_f32(qt_f32_to_f16(wgt));
-                k->axpy_f16(wgt, vp, acc, hd);
+            float *lane = acc + (size_t)(p % lanes) * hd;
+            if (f16) {
+                k->axpy_f16(qt_f16_to_f32(qt_f32_to_f16(wgt)), vp, lane, hd);
             } else {
                 const float *vf = vp;
-                for (int i = 0; i < hd; i++) acc[i] += wgt * vf[i];
+                for (int i = 0; i < hd; i++) lane[i] = fmaf(wgt, vf[i], lane[i]);
             }
         }
-        memcpy(j->out + ((size_t)t * a->n_head + h) * hd, acc, (size_t)hd * sizeof *acc);
+        float *res = j->out + ((size_t)t * a->n_head + h) * hd;
+        for (int i = 0; i < hd; i++) {
+            float l[64];
+            for (int ln = 0; ln < lanes; ln++) l[ln] = acc[(size_t)ln * hd + i];
+            res[i] = single ? kern_reduce64(l) : kern_tree16(l);
+        }
     }
 }
 
@@ -315,7 +319,7 @@ static void cpu_attention(backend *be, kv_cache *kv, int layer, const be_attn *a
     for (int s = 0; s < a->n_seqs; s++)
         if (a->context_len[s] > max_ctx) max_ctx = a->context_len[s];
     for (int t = 0; t < tp_size(ci->pool); t++)
-        if (ensure(&ci->per_thread[t], (size_t)max_ctx + 2 * (size_t)a->head_dim)) return;
+        if (ensure(&ci->per_thread[t], (size_t)max_ctx + 65 * (size_t)a->head_dim)) return;
     int32_t *row_seq = malloc((size_t)(a->n_tokens > 0 ? a->n_tokens : 1) * sizeof *row_seq);
     if (!row_seq) return;
     for (int s = 0; s < a->n_seqs; s++)

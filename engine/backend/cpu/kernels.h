@@ -32,8 +32,19 @@ typedef void (*kern_vec_dot_fn)(int n_blocks, const void *w_row, const blk_q8 *x
                                 size_t x_stride, int n_rows, float *out, size_t out_stride);
 typedef void (*kern_quantize_fn)(const float *x, blk_q8 *y, int n);
 typedef float (*kern_dot_f16_fn)(const uint16_t *a, const float *b, int n);
-/* acc[i] += a * v[i] with v in f16 */
+/* The same dot with ggml_vec_dot_f16's shape: 4 accumulators of 16 lanes
+ * over steps of 64, reduced (a0 + a2) + (a1 + a3) then as a tree; a tail
+ * beyond the last multiple of 64 is added in double. llama.cpp uses this
+ * shape when a step has a single token and the tiled one otherwise. */
+/* acc[i] = fma(a, v[i], acc[i]) with v in f16 */
 typedef void (*kern_axpy_f16_fn)(float a, const uint16_t *v, float *acc, int n);
+/* out[i] = silu(g[i]) * u[i] */
+typedef void (*kern_silu_mul_fn)(const float *g, const float *u, float *out, int n);
+/* Rotate the first 2*half dims of each head by the (cos, sin) pairs in cs:
+ * x0' = fma(x0, c, -(x1 * s)), x1' = fma(x0, s, x1 * c) (ggml's rounding). */
+typedef void (*kern_rope_fn)(float *x, const float *cs, int n_heads, int head_dim, int half);
+/* x[i] = exp(x[i] - max) in place; returns the sum (see kern_exp_ref). */
+typedef double (*kern_softmax_exp_fn)(float *x, int n, float max);
 
 typedef struct {
     const char *isa; /* "avx512vnni", "avx2", "scalar" */
@@ -42,8 +53,27 @@ typedef struct {
     kern_vec_dot_fn dot_q4_1;
     kern_vec_dot_fn dot_q8_0;
     kern_dot_f16_fn dot_f16;
+    kern_dot_f16_fn dot_f16_x4;
     kern_axpy_f16_fn axpy_f16;
+    kern_silu_mul_fn silu_mul;
+    kern_softmax_exp_fn softmax_exp;
+    kern_rope_fn rope_rows;
 } kern_table;
+
+/*
+ * Numerics contract. The reference data come from llama.cpp, whose results
+ * on this model are chaotic at the bit level (a one-ulp change can flip an
+ * 8-bit activation rounding and move a logit by 0.1). So the kernels follow
+ * ggml's arithmetic exactly where it is cheap to do so:
+ *   - exp is ggml's vectorized expf (a degree-5 polynomial, scaled by 2^n);
+ *   - f16 dot products of length multiple of 16 accumulate in 16 lanes with
+ *     fused multiply-adds and reduce the lanes as a 16 -> 8 -> 4 -> 2 -> 1 tree;
+ *   - softmax sums reduce each run of 16 values by the same tree and add the
+ *     runs in double.
+ * kern_tree16 is that reduction.
+ */
+float kern_tree16(const float *lanes);
+float kern_exp_ref(float x);
 
 /* Best table for this CPU; ENGINE_ISA=scalar|avx2|avx512vnni forces one
  * (falls back when unsupported). */
@@ -59,6 +89,12 @@ void kern_dot_q4_0_scalar(int nb, const void *w, const blk_q8 *x, size_t xs, int
 void kern_dot_q4_1_scalar(int nb, const void *w, const blk_q8 *x, size_t xs, int nr, float *o, size_t os);
 void kern_dot_q8_0_scalar(int nb, const void *w, const blk_q8 *x, size_t xs, int nr, float *o, size_t os);
 float kern_dot_f16_scalar(const uint16_t *a, const float *b, int n);
+float kern_dot_f16_x4_scalar(const uint16_t *a, const float *b, int n);
+/* (l[0..16) + l[32..48)) + (l[16..32) + l[48..64)), then the tree */
+float kern_reduce64(const float *l);
 void kern_axpy_f16_scalar(float a, const uint16_t *v, float *acc, int n);
+void kern_silu_mul_scalar(const float *g, const float *u, float *out, int n);
+double kern_softmax_exp_scalar(float *x, int n, float max);
+void kern_rope_scalar(float *x, const float *cs, int n_heads, int head_dim, int half);
 
 #endif

@@ -75,19 +75,105 @@ void kern_dot_q8_0_scalar(int nb, const void *w, const blk_q8 *x, size_t xs, int
     }
 }
 
+float kern_tree16(const float *l) {
+    float t3[8], t6[4];
+    for (int i = 0; i < 8; i++) t3[i] = l[i + 8] + l[i];
+    for (int i = 0; i < 4; i++) t6[i] = t3[i + 4] + t3[i];
+    return (t6[0] + t6[2]) + (t6[1] + t6[3]);
+}
+
 float kern_dot_f16_scalar(const uint16_t *a, const float *b, int n) {
+    if (n % 16 == 0) {
+        float lanes[16] = {0};
+        for (int i = 0; i < n; i += 16)
+            for (int l = 0; l < 16; l++) lanes[l] = fmaf(qt_f16_to_f32(a[i + l]), b[i + l], lanes[l]);
+        return kern_tree16(lanes);
+    }
     float acc = 0;
-    for (int i = 0; i < n; i++) acc += qt_f16_to_f32(a[i]) * b[i];
+    for (int i = 0; i < n; i++) acc = fmaf(qt_f16_to_f32(a[i]), b[i], acc);
     return acc;
 }
 
+float kern_reduce64(const float *l) {
+    float x[16];
+    for (int i = 0; i < 16; i++) x[i] = (l[i] + l[32 + i]) + (l[16 + i] + l[48 + i]);
+    return kern_tree16(x);
+}
+
+float kern_dot_f16_x4_scalar(const uint16_t *a, const float *b, int n) {
+    float lanes[64] = {0};
+    int np = n & ~63;
+    for (int i = 0; i < np; i += 64)
+        for (int l = 0; l < 64; l++) lanes[l] = fmaf(qt_f16_to_f32(a[i + l]), b[i + l], lanes[l]);
+    double sum = np ? kern_reduce64(lanes) : 0.0;
+    for (int i = np; i < n; i++) sum += (double)(qt_f16_to_f32(a[i]) * b[i]);
+    return (float)sum;
+}
+
 void kern_axpy_f16_scalar(float a, const uint16_t *v, float *acc, int n) {
-    for (int i = 0; i < n; i++) acc[i] += a * qt_f16_to_f32(v[i]);
+    for (int i = 0; i < n; i++) acc[i] = fmaf(a, qt_f16_to_f32(v[i]), acc[i]);
+}
+
+/* 2^n for integral n in [-126, 127], built from its bits. */
+static float pow2i(int n) {
+    uint32_t bits = (uint32_t)(n + 127) << 23;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+float kern_exp_ref(float x) {
+    const float r = 0x1.8p23f;
+    float z = fmaf(x, 0x1.715476p+0f, r);
+    float n = z - r;
+    float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
+    float u = b * b;
+    float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                   u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+    if (isnan(n)) return n;
+    /* j * 2^n in two exact-then-rounded steps (|n| <= 192 splits into halves
+     * that are both normal powers of two), equal to one correctly rounded
+     * scaling */
+    int ni = (int)n, n1 = ni / 2, n2 = ni - n1;
+    return (j * pow2i(n1)) * pow2i(n2);
+}
+
+void kern_silu_mul_scalar(const float *g, const float *u, float *out, int n) {
+    for (int i = 0; i < n; i++) {
+        float x = g[i];
+        out[i] = (x / (1.0f + kern_exp_ref(0.0f - x))) * u[i];
+    }
+}
+
+void kern_rope_scalar(float *x, const float *cs, int n_heads, int head_dim, int half) {
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            float c = cs[2 * i], s = cs[2 * i + 1], a = v[2 * i], b = v[2 * i + 1];
+            v[2 * i] = fmaf(a, c, -(b * s));
+            v[2 * i + 1] = fmaf(a, s, b * c);
+        }
+    }
+}
+
+double kern_softmax_exp_scalar(float *x, int n, float max) {
+    double sum = 0;
+    for (int i = 0; i < n; i += 16) {
+        float lanes[16];
+        for (int l = 0; l < 16; l++) {
+            lanes[l] = i + l < n ? kern_exp_ref(x[i + l] - max) : 0.0f;
+            if (i + l < n) x[i + l] = lanes[l];
+        }
+        sum += (double)kern_tree16(lanes);
+    }
+    return sum;
 }
 
 static const kern_table SCALAR = {"scalar",           kern_quantize_scalar, kern_dot_q4_0_scalar,
                                   kern_dot_q4_1_scalar, kern_dot_q8_0_scalar, kern_dot_f16_scalar,
-                                  kern_axpy_f16_scalar};
+                                  kern_dot_f16_x4_scalar, kern_axpy_f16_scalar, kern_silu_mul_scalar,
+                                  kern_softmax_exp_scalar, kern_rope_scalar};
 
 const kern_table *kern_scalar(void) { return &SCALAR; }
 

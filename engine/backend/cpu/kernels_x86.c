@@ -5,6 +5,7 @@
  * Functions carry target attributes so the file builds without -march and
  * the right table is picked at run time.
  */
+#include <math.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -72,20 +73,105 @@ static T_AVX2 void quantize_avx2(const float *x, blk_q8 *y, int n) {
 }
 
 static T_AVX2 float dot_f16_avx2(const uint16_t *a, const float *b, int n) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    if (n % 16) return kern_dot_f16_scalar(a, b, n);
+    /* lanes 0-7 and 8-15 of ggml's 16-lane accumulator */
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+        lo = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))),
+                             _mm256_loadu_ps(b + i), lo);
+        hi = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i + 8))),
+                             _mm256_loadu_ps(b + i + 8), hi);
+    }
+    return hsum_avx2(_mm256_add_ps(hi, lo));
+}
+
+static T_AVX2 float dot_f16_x4_avx2(const uint16_t *a, const float *b, int n) {
+    __m256 acc[8];
+    for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+    int np = n & ~63;
+    for (int i = 0; i < np; i += 64)
+        for (int j = 0; j < 8; j++)
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i + 8 * j))),
+                                     _mm256_loadu_ps(b + i + 8 * j), acc[j]);
+    /* lanes 0-15 = acc0|acc1, 16-31 = acc2|acc3, ... */
+    __m256 lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+    __m256 hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+    double sum = np ? hsum_avx2(_mm256_add_ps(hi, lo)) : 0.0;
+    for (int i = np; i < n; i++) sum += (double)(_cvtsh_ss(a[i]) * b[i]);
+    return (float)sum;
+}
+
+/* ggml's vectorized expf (see kernels.h), 8 lanes; same operation order as
+ * kern_exp_ref so results are bit-identical. */
+static inline T_AVX2 __m256 pow2i_avx2(__m256i n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
+}
+
+static inline T_AVX2 __m256 exp_avx2(__m256 x) {
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+    __m256 n = _mm256_sub_ps(z, r);
+    __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    __m256 u = _mm256_mul_ps(b, b);
+    __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
+    __m256 absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
+    __m256 big = _mm256_cmp_ps(absn, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
+    /* clamp so the integer split below stays in range for lanes replaced anyway */
+    __m256 nc = _mm256_min_ps(_mm256_max_ps(n, _mm256_set1_ps(-192.0f)), _mm256_set1_ps(192.0f));
+    __m256i ni = _mm256_cvttps_epi32(nc);
+    /* n1 = ni / 2 rounded toward zero, n2 = ni - n1 */
+    __m256i n1 = _mm256_srai_epi32(_mm256_add_epi32(ni, _mm256_srli_epi32(ni, 31)), 1);
+    __m256i n2 = _mm256_sub_epi32(ni, n1);
+    __m256 res = _mm256_mul_ps(_mm256_mul_ps(j, pow2i_avx2(n1)), pow2i_avx2(n2));
+    __m256 alt = _mm256_andnot_ps(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ),
+                                  _mm256_set1_ps(INFINITY));
+    res = _mm256_blendv_ps(res, alt, big);
+    /* NaN input: propagate (n is NaN there) */
+    return _mm256_blendv_ps(res, n, _mm256_cmp_ps(n, n, _CMP_UNORD_Q));
+}
+
+static T_AVX2 void silu_mul_avx2(const float *g, const float *u, float *out, int n) {
+    int i = 0;
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 e = exp_avx2(_mm256_sub_ps(zero, x));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)),
+                                                _mm256_loadu_ps(u + i)));
+    }
+    if (i < n) kern_silu_mul_scalar(g + i, u + i, out + i, n - i);
+}
+
+/* Same arithmetic as kern_rope_scalar; the target attribute turns fmaf
+ * into the fma instruction. */
+static T_AVX2 void rope_avx2(float *x, const float *cs, int n_heads, int head_dim, int half) {
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            float c = cs[2 * i], s = cs[2 * i + 1], a = v[2 * i], b = v[2 * i + 1];
+            v[2 * i] = __builtin_fmaf(a, c, -(b * s));
+            v[2 * i + 1] = __builtin_fmaf(a, s, b * c);
+        }
+    }
+}
+
+static T_AVX2 double softmax_exp_avx2(float *x, int n, float max) {
+    const __m256 vmax = _mm256_set1_ps(max);
+    double sum = 0;
     int i = 0;
     for (; i + 16 <= n; i += 16) {
-        acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))),
-                               _mm256_loadu_ps(b + i), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i + 8))),
-                               _mm256_loadu_ps(b + i + 8), acc1);
+        __m256 lo = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+        __m256 hi = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vmax));
+        _mm256_storeu_ps(x + i, lo);
+        _mm256_storeu_ps(x + i + 8, hi);
+        sum += (double)hsum_avx2(_mm256_add_ps(hi, lo));
     }
-    for (; i + 8 <= n; i += 8)
-        acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))),
-                               _mm256_loadu_ps(b + i), acc0);
-    float r = hsum_avx2(_mm256_add_ps(acc0, acc1));
-    for (; i < n; i++) r += _cvtsh_ss(a[i]) * b[i];
-    return r;
+    if (i < n) sum += kern_softmax_exp_scalar(x + i, n - i, max);
+    return sum;
 }
 
 static T_AVX2 void axpy_f16_avx2(float a, const uint16_t *v, float *acc, int n) {
@@ -194,9 +280,9 @@ DEFINE_DOTS(avx2, T_AVX2, dot_u8s8_avx2)
 DEFINE_DOTS(vnni, T_VNNI, dot_u8s8_vnni)
 
 static const kern_table AVX2 = {"avx2", quantize_avx2, dot_q4_0_avx2, dot_q4_1_avx2, dot_q8_0_avx2,
-                                dot_f16_avx2, axpy_f16_avx2};
+                                dot_f16_avx2, dot_f16_x4_avx2, axpy_f16_avx2, silu_mul_avx2, softmax_exp_avx2, rope_avx2};
 static const kern_table VNNI = {"avx512vnni", quantize_avx2, dot_q4_0_vnni, dot_q4_1_vnni,
-                                dot_q8_0_vnni, dot_f16_avx2, axpy_f16_avx2};
+                                dot_q8_0_vnni, dot_f16_avx2, dot_f16_x4_avx2, axpy_f16_avx2, silu_mul_avx2, softmax_exp_avx2, rope_avx2};
 
 const kern_table *kern_avx2(void) {
     __builtin_cpu_init();
