@@ -58,7 +58,7 @@ typedef struct {
     const float *x;
     int rows;
     float *y;
-    kern_vec_dot_fn dot; /* NULL: float path */
+    kern_gemm_fn gemm; /* NULL: float path */
     int nb;
     int n_chunks;
 } mm_job;
@@ -72,16 +72,11 @@ static void mm_quant_worker(void *arg, int ith, int nth) {
         int c = atomic_fetch_add_explicit(&j->ci->counter, 1, memory_order_relaxed);
         if (c >= j->n_chunks) break;
         int64_t c0 = (int64_t)c * COL_CHUNK, c1 = c0 + COL_CHUNK < n_out ? c0 + COL_CHUNK : n_out;
+        const uint8_t *w0 = (const uint8_t *)j->w->data + (size_t)c0 * j->w->row_bytes;
         for (int r0 = 0; r0 < j->rows; r0 += ROW_TILE) {
-            int r1 = r0 + ROW_TILE < j->rows ? r0 + ROW_TILE : j->rows;
-            for (int64_t col = c0; col < c1; col++) {
-                const uint8_t *wrow = (const uint8_t *)j->w->data + (size_t)col * j->w->row_bytes;
-                for (int r = r0; r < r1; r += KERN_MAX_ROWS) {
-                    int nr = r1 - r < KERN_MAX_ROWS ? r1 - r : KERN_MAX_ROWS;
-                    j->dot(j->nb, wrow, j->ci->xq + (size_t)r * j->nb, (size_t)j->nb, nr,
-                           j->y + (size_t)r * n_out + col, (size_t)n_out);
-                }
-            }
+            int nr = j->rows - r0 < ROW_TILE ? j->rows - r0 : ROW_TILE;
+            j->gemm(j->nb, w0, j->w->row_bytes, (int)(c1 - c0), j->ci->xq + (size_t)r0 * j->nb,
+                    (size_t)j->nb, nr, j->y + (size_t)r0 * n_out + c0, (size_t)n_out);
         }
     }
 }
@@ -126,24 +121,24 @@ static void cpu_matmul(backend *be, const be_weight *w, const float *x, int rows
     cpu_impl *ci = impl_of(be);
     mm_job j = {ci, w, x, rows, y, NULL, 0, (int)((w->n_out + COL_CHUNK - 1) / COL_CHUNK)};
     if (w->n_in % 32 == 0) {
-        if (w->type == QT_Q4_1) j.dot = ci->k->dot_q4_1;
-        else if (w->type == QT_Q4_0) j.dot = ci->k->dot_q4_0;
-        else if (w->type == QT_Q8_0) j.dot = ci->k->dot_q8_0;
+        if (w->type == QT_Q4_1) j.gemm = ci->k->gemm_q4_1;
+        else if (w->type == QT_Q4_0) j.gemm = ci->k->gemm_q4_0;
+        else if (w->type == QT_Q8_0) j.gemm = ci->k->gemm_q8_0;
     }
-    if (j.dot) {
+    if (j.gemm) {
         j.nb = (int)(w->n_in / 32);
         size_t need = (size_t)rows * (size_t)j.nb;
         if (need > ci->xq_cap) {
             blk_q8 *p = realloc(ci->xq, need * sizeof *p);
             if (!p) { /* out of memory: fall back to the float path */
-                j.dot = NULL;
+                j.gemm = NULL;
             } else {
                 ci->xq = p;
                 ci->xq_cap = need;
             }
         }
     }
-    if (j.dot) {
+    if (j.gemm) {
         q_job q = {ci, x, rows, (int)w->n_in};
         if (rows >= 8) {
             tp_run(ci->pool, quant_worker, &q);

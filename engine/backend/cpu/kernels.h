@@ -7,9 +7,9 @@
  * integer dot plus one or two multiplies (s serves Q4_1's min term and
  * Q4_0's offset of 8).
  *
- * vec_dot kernels take one weight row and up to KERN_MAX_ROWS activation
- * rows: the weight block is loaded and unpacked once and reused for every
- * activation row while it sits in registers.
+ * GEMM kernels take a tile of weight rows and activation rows, so each
+ * weight block is loaded and unpacked once and reused for every activation
+ * row while it sits in registers.
  */
 #ifndef CPU_KERNELS_H
 #define CPU_KERNELS_H
@@ -27,9 +27,11 @@ typedef struct {
     int8_t qs[32];
 } blk_q8;
 
-/* out[r * out_stride] = dot(w_row, x[r * x_stride ...]) for r < n_rows */
-typedef void (*kern_vec_dot_fn)(int n_blocks, const void *w_row, const blk_q8 *x,
-                                size_t x_stride, int n_rows, float *out, size_t out_stride);
+/* y[r * ys + c] = dot(weight row c, activation row r) for c < nc, r < nr.
+ * Weight rows are ws bytes apart, activation rows xs blocks apart; every
+ * row has nb blocks. */
+typedef void (*kern_gemm_fn)(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
+                             int nr, float *y, size_t ys);
 typedef void (*kern_quantize_fn)(const float *x, blk_q8 *y, int n);
 typedef float (*kern_dot_f16_fn)(const uint16_t *a, const float *b, int n);
 /* The same dot with ggml_vec_dot_f16's shape: 4 accumulators of 16 lanes
@@ -49,9 +51,9 @@ typedef double (*kern_softmax_exp_fn)(float *x, int n, float max);
 typedef struct {
     const char *isa; /* "avx512vnni", "avx2", "scalar" */
     kern_quantize_fn quantize;
-    kern_vec_dot_fn dot_q4_0;
-    kern_vec_dot_fn dot_q4_1;
-    kern_vec_dot_fn dot_q8_0;
+    kern_gemm_fn gemm_q4_0;
+    kern_gemm_fn gemm_q4_1;
+    kern_gemm_fn gemm_q8_0;
     kern_dot_f16_fn dot_f16;
     kern_dot_f16_fn dot_f16_x4;
     kern_axpy_f16_fn axpy_f16;
@@ -85,9 +87,12 @@ const kern_table *kern_vnni(void);
 
 /* Scalar references (also used by the SIMD tables for tails). */
 void kern_quantize_scalar(const float *x, blk_q8 *y, int n);
-void kern_dot_q4_0_scalar(int nb, const void *w, const blk_q8 *x, size_t xs, int nr, float *o, size_t os);
-void kern_dot_q4_1_scalar(int nb, const void *w, const blk_q8 *x, size_t xs, int nr, float *o, size_t os);
-void kern_dot_q8_0_scalar(int nb, const void *w, const blk_q8 *x, size_t xs, int nr, float *o, size_t os);
+void kern_gemm_q4_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs, int nr,
+                           float *y, size_t ys);
+void kern_gemm_q4_1_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs, int nr,
+                           float *y, size_t ys);
+void kern_gemm_q8_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs, int nr,
+                           float *y, size_t ys);
 float kern_dot_f16_scalar(const uint16_t *a, const float *b, int n);
 float kern_dot_f16_x4_scalar(const uint16_t *a, const float *b, int n);
 /* (l[0..16) + l[32..48)) + (l[16..32) + l[48..64)), then the tree */

@@ -27,52 +27,77 @@ void kern_quantize_scalar(const float *x, blk_q8 *y, int n) {
     }
 }
 
-void kern_dot_q4_0_scalar(int nb, const void *w, const blk_q8 *x, size_t xs, int nr, float *o,
-                          size_t os) {
-    const block_q4_0 *wb = w;
-    for (int r = 0; r < nr; r++) {
-        const blk_q8 *xr = x + (size_t)r * xs;
-        float acc = 0;
-        for (int b = 0; b < nb; b++) {
-            int s = 0;
-            for (int j = 0; j < 16; j++)
-                s += (wb[b].qs[j] & 0xf) * xr[b].qs[j] + (wb[b].qs[j] >> 4) * xr[b].qs[j + 16];
-            float d = qt_f16_to_f32(wb[b].d);
-            acc += d * (xr[b].d * (float)s - 8.0f * xr[b].s);
+/* Sum of 8 lanes in the order of an AVX hsum: (i, i+4), then (0,2)+(1,3). */
+static float hsum8(const float *l) {
+    float t[4];
+    for (int i = 0; i < 4; i++) t[i] = l[i] + l[i + 4];
+    return (t[0] + t[2]) + (t[1] + t[3]);
+}
+
+/*
+ * The scalar references emulate the SIMD arithmetic exactly: 8 int32 lanes
+ * each summing 4 consecutive byte products of the 32-byte unpacked block,
+ * one fma per lane per block, the 8-lane sum at the end. Integer sums are
+ * exact, so results are bit-identical to the AVX2 and VNNI kernels.
+ */
+typedef enum { W_Q4_0, W_Q4_1, W_Q8_0 } wkind;
+
+static void gemm_scalar(wkind kind, int nb, const void *w, size_t ws, int nc, const blk_q8 *x,
+                        size_t xs, int nr, float *y, size_t ys) {
+    for (int c = 0; c < nc; c++) {
+        const uint8_t *wrow = (const uint8_t *)w + (size_t)c * ws;
+        for (int r = 0; r < nr; r++) {
+            const blk_q8 *xr = x + (size_t)r * xs;
+            float lanes[8] = {0}, macc = 0;
+            for (int b = 0; b < nb; b++) {
+                int wq[32];
+                float dw, mw = 0;
+                if (kind == W_Q8_0) {
+                    const block_q8_0 *wb = (const block_q8_0 *)wrow + b;
+                    for (int k = 0; k < 32; k++) wq[k] = wb->qs[k];
+                    dw = qt_f16_to_f32(wb->d);
+                } else {
+                    const uint8_t *qs;
+                    if (kind == W_Q4_1) {
+                        const block_q4_1 *wb = (const block_q4_1 *)wrow + b;
+                        qs = wb->qs;
+                        dw = qt_f16_to_f32(wb->d);
+                        mw = qt_f16_to_f32(wb->m);
+                    } else {
+                        const block_q4_0 *wb = (const block_q4_0 *)wrow + b;
+                        qs = wb->qs;
+                        dw = qt_f16_to_f32(wb->d);
+                        mw = -8.0f * dw;
+                    }
+                    for (int k = 0; k < 16; k++) {
+                        wq[k] = qs[k] & 0xf;
+                        wq[k + 16] = qs[k] >> 4;
+                    }
+                }
+                float scale = dw * xr[b].d;
+                for (int l = 0; l < 8; l++) {
+                    int sum = 0;
+                    for (int k = 4 * l; k < 4 * l + 4; k++) sum += wq[k] * xr[b].qs[k];
+                    lanes[l] = fmaf((float)sum, scale, lanes[l]);
+                }
+                if (kind != W_Q8_0) macc += mw * xr[b].s;
+            }
+            y[(size_t)r * ys + c] = hsum8(lanes) + macc;
         }
-        o[(size_t)r * os] = acc;
     }
 }
 
-void kern_dot_q4_1_scalar(int nb, const void *w, const blk_q8 *x, size_t xs, int nr, float *o,
-                          size_t os) {
-    const block_q4_1 *wb = w;
-    for (int r = 0; r < nr; r++) {
-        const blk_q8 *xr = x + (size_t)r * xs;
-        float acc = 0;
-        for (int b = 0; b < nb; b++) {
-            int s = 0;
-            for (int j = 0; j < 16; j++)
-                s += (wb[b].qs[j] & 0xf) * xr[b].qs[j] + (wb[b].qs[j] >> 4) * xr[b].qs[j + 16];
-            acc += qt_f16_to_f32(wb[b].d) * xr[b].d * (float)s + qt_f16_to_f32(wb[b].m) * xr[b].s;
-        }
-        o[(size_t)r * os] = acc;
-    }
+void kern_gemm_q4_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs, int nr,
+                           float *y, size_t ys) {
+    gemm_scalar(W_Q4_0, nb, w, ws, nc, x, xs, nr, y, ys);
 }
-
-void kern_dot_q8_0_scalar(int nb, const void *w, const blk_q8 *x, size_t xs, int nr, float *o,
-                          size_t os) {
-    const block_q8_0 *wb = w;
-    for (int r = 0; r < nr; r++) {
-        const blk_q8 *xr = x + (size_t)r * xs;
-        float acc = 0;
-        for (int b = 0; b < nb; b++) {
-            int s = 0;
-            for (int j = 0; j < 32; j++) s += wb[b].qs[j] * xr[b].qs[j];
-            acc += qt_f16_to_f32(wb[b].d) * xr[b].d * (float)s;
-        }
-        o[(size_t)r * os] = acc;
-    }
+void kern_gemm_q4_1_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs, int nr,
+                           float *y, size_t ys) {
+    gemm_scalar(W_Q4_1, nb, w, ws, nc, x, xs, nr, y, ys);
+}
+void kern_gemm_q8_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs, int nr,
+                           float *y, size_t ys) {
+    gemm_scalar(W_Q8_0, nb, w, ws, nc, x, xs, nr, y, ys);
 }
 
 float kern_tree16(const float *l) {
@@ -170,8 +195,8 @@ double kern_softmax_exp_scalar(float *x, int n, float max) {
     return sum;
 }
 
-static const kern_table SCALAR = {"scalar",           kern_quantize_scalar, kern_dot_q4_0_scalar,
-                                  kern_dot_q4_1_scalar, kern_dot_q8_0_scalar, kern_dot_f16_scalar,
+static const kern_table SCALAR = {"scalar",           kern_quantize_scalar, kern_gemm_q4_0_scalar,
+                                  kern_gemm_q4_1_scalar, kern_gemm_q8_0_scalar, kern_dot_f16_scalar,
                                   kern_dot_f16_x4_scalar, kern_axpy_f16_scalar, kern_silu_mul_scalar,
                                   kern_softmax_exp_scalar, kern_rope_scalar};
 
