@@ -78,7 +78,7 @@ typedef int (*gen_token_fn)(void *user, int request, int32_t token, const char *
 typedef struct {
     int batch_size;     /* sequences per static batch (default 8) */
     int prefill_chunk;  /* max rows per prefill forward call (default 512) */
-    kv_dtype kv_type;   /* default KV_F32 */
+    kv_dtype kv_type;   /* default KV_F16 */
     gen_token_fn on_token; /* may be NULL */
     void *user;
 } gen_options;

@@ -18,6 +18,9 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
+/* Pure spinning for a few microseconds, then spinning with sched_yield()
+ * (so an oversubscribed machine still makes progress), then sleeping. */
+#define SPIN_PAUSE_ITERS 4096
 #define SPIN_ITERS 200000
 
 struct tp_pool {
@@ -49,7 +52,8 @@ static void *worker(void *a) {
         while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) {
             if (atomic_load(&p->stop)) return NULL;
             if (++spins < SPIN_ITERS) {
-                CPU_RELAX();
+                if (spins < SPIN_PAUSE_ITERS) CPU_RELAX();
+                else sched_yield();
                 continue;
             }
             pthread_mutex_lock(&p->mu);
@@ -128,5 +132,8 @@ void tp_run(tp_pool *p, tp_fn fn, void *arg) {
         pthread_mutex_unlock(&p->mu);
     }
     fn(arg, 0, p->n);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) CPU_RELAX();
+    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
+        if (spins < SPIN_PAUSE_ITERS) CPU_RELAX();
+        else sched_yield();
+    }
 }
