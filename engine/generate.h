@@ -1,23 +1,19 @@
 /*
- * generate.h - offline generation: run a list of requests through the model
- * in static batches.
+ * generate.h - offline generation on the serving engine: submit every
+ * request at once and collect the completions.
  *
- * Requests are taken batch_size at a time. A batch prefills all its prompts
- * in flattened forward calls (several sequences per call, at most
- * prefill_chunk rows each, logits only for each prompt's last row), then
- * decodes all still-running sequences together, one row each, until each
- * hits max_tokens, an end-of-generation token or a stop string. The next
- * batch starts when the whole batch is done (no continuous batching here;
- * that is the scheduler's job).
- *
- * The KV cache is created per gen_run call, sized for the largest batch
- * (block_size 16). A request whose prompt + max_tokens exceeds the model's
- * context is rejected before anything runs.
+ * gen_run starts an engine (engine.h) over the given model, submits all
+ * requests, and gathers each stream's events into results. By default the
+ * engine batches continuously (a finished sequence's place is taken by the
+ * next waiting one at the very next step); static batching (collect a batch,
+ * run it to completion) is available to compare against.
  *
  * Ownership: requests and their prompt ids are borrowed. Results are
  * allocated by gen_run and released with gen_result_free. The model,
- * backend and tokenizer are borrowed and used from the calling thread only.
- * Errors: gen_run returns 0 or -1 with a message; it never aborts.
+ * backend and tokenizer are borrowed; the engine thread uses them during
+ * the call.
+ * Errors: gen_run returns 0 or -1 with a message; a request that fails
+ * validation fails the call before anything runs.
  */
 #ifndef ENGINE_GENERATE_H
 #define ENGINE_GENERATE_H
@@ -49,9 +45,10 @@ typedef enum {
     GEN_FINISH_EOS,
     GEN_FINISH_STOP,
     GEN_FINISH_CANCELLED,
+    GEN_FINISH_ERROR,
 } gen_finish;
 
-/* "length", "eos", "stop", "cancelled" */
+/* "length", "eos", "stop", "cancelled", "error" */
 const char *gen_finish_name(gen_finish f);
 
 typedef struct {
@@ -75,10 +72,16 @@ void gen_result_free(gen_result *r);
  * Return nonzero to stop that request (finish = cancelled). */
 typedef int (*gen_token_fn)(void *user, int request, int32_t token, const char *text, size_t len);
 
+struct engine_options;
+
 typedef struct {
-    int batch_size;     /* sequences per static batch (default 8) */
-    int prefill_chunk;  /* max rows per prefill forward call (default 512) */
+    int batch_size;     /* engine batch_max_seqs (default 8) */
+    int prefill_chunk;  /* engine batch_max_tokens: rows per step (default 512) */
     kv_dtype kv_type;   /* default KV_F16 */
+    int static_batching;/* 1: static batches instead of continuous batching */
+    /* Full engine options (block counts, swap, watermark...). When set, it
+     * is used as is and the four fields above are ignored. */
+    const struct engine_options *engine;
     gen_token_fn on_token; /* may be NULL */
     void *user;
 } gen_options;
@@ -88,10 +91,11 @@ void gen_options_default(gen_options *o);
 typedef struct {
     long prompt_tokens;
     long gen_tokens;
-    double prompt_ms;   /* sum of prefill wall time over batches */
-    double gen_ms;      /* sum of decode wall time over batches */
+    double prompt_ms;   /* wall time until every request had its first token */
+    double gen_ms;      /* the rest of the wall time */
     double total_ms;
-    int n_batches;
+    long steps;         /* engine steps */
+    long preemptions;   /* swap + recompute */
 } gen_stats;
 
 /* Run requests reqs[0..n) and fill results[0..n) (zeroed first). On error

@@ -295,7 +295,8 @@ int llm_forward(llm_model *m, backend *be, kv_cache *kv, const llm_batch *b, flo
 
     op->embed(be, &m->tok_embd, b->token_ids, T, x);
     be_attn ad = {T, b->n_seqs, b->seq_start, b->positions, b->context_len, b->block_tables,
-                  hp->n_head, hp->n_head_kv, hp->head_dim, 1.0f / sqrtf((float)hp->head_dim)};
+                  hp->n_head, hp->n_head_kv, hp->head_dim, 1.0f / sqrtf((float)hp->head_dim),
+                  b->row_single};
     for (int il = 0; il < hp->n_layer; il++) {
         const llm_layer *L = &m->layers[il];
         op->rmsnorm(be, x, L->attn_norm, T, E, hp->rms_eps, h);

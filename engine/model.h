@@ -77,6 +77,10 @@ typedef struct {
     const int32_t *const *block_tables;
     int n_logits;
     const int32_t *logit_rows;
+    /* Optional, per row: 1 = attention in llama.cpp's single-token shape,
+     * 0 = its multi-token shape. NULL: single iff the row's sequence has one
+     * row in this batch. (Only rounding differs; see kernels.h.) */
+    const uint8_t *row_single;
 } llm_batch;
 
 /* Run the batch; writes n_logits x n_vocab floats to logits_out.

@@ -40,6 +40,7 @@ typedef struct {
     int n_head_kv;
     int head_dim;
     float scale;
+    const uint8_t *row_single; /* optional, see llm_batch */
 } be_attn;
 
 typedef struct backend backend;

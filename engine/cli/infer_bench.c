@@ -343,7 +343,7 @@ static int ctx_reset_seqs(bench_ctx *c, int n_seqs, int ctx) {
 
 static int forward(bench_ctx *c, int n_tokens, int n_seqs, int n_logits) {
     llm_batch b = {n_tokens,     c->tokens,  c->positions, c->slots, n_seqs,
-                   c->seq_start, c->ctx_len, c->tables,    n_logits, c->logit_rows};
+                   c->seq_start, c->ctx_len, c->tables,    n_logits, c->logit_rows, NULL};
     char ferr[256];
     if (llm_forward(c->m, c->be, c->kv, &b, c->logits, ferr, sizeof ferr) != 0) {
         snprintf(c->err, sizeof c->err, "forward pass failed: %s", ferr);

@@ -63,7 +63,7 @@ static float *eval_all(const int32_t *tokens, int n, int chunk) {
         int c = n - p0 < chunk ? n - p0 : chunk;
         for (int i = 0; i < c; i++) rows[i] = i;
         int32_t ss[2] = {0, c}, cl = p0 + c;
-        llm_batch b = {c, tokens + p0, pos + p0, slots + p0, 1, ss, &cl, &bt, c, rows};
+        llm_batch b = {c, tokens + p0, pos + p0, slots + p0, 1, ss, &cl, &bt, c, rows, NULL};
         if (llm_forward(M, BE, kv, &b, logits + (size_t)p0 * hp->n_vocab, err, sizeof err)) {
             fprintf(stderr, "forward: %s\n", err);
             free(logits);
@@ -199,7 +199,7 @@ static void test_greedy(void) {
         int n_in = np;
         for (int g = 0; g < ng; g++) {
             int32_t ss[2] = {0, n_in}, cl = cur + n_in, lr = n_in - 1;
-            llm_batch b = {n_in, toks + cur, pos + cur, slots + cur, 1, ss, &cl, &bt, 1, &lr};
+            llm_batch b = {n_in, toks + cur, pos + cur, slots + cur, 1, ss, &cl, &bt, 1, &lr, NULL};
             if (llm_forward(M, BE, kv, &b, logits, err, sizeof err)) {
                 same = 0;
                 break;

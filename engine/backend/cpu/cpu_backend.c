@@ -258,7 +258,8 @@ static void attn_worker(void *arg, int ith, int nth) {
         if (task >= j->n_tasks) break;
         int t = task / a->n_head, h = task % a->n_head, kvh = h / group;
         int s = j->row_seq[t];
-        const int single = a->seq_start[s + 1] - a->seq_start[s] == 1;
+        const int single = a->row_single ? a->row_single[t] != 0
+                                         : a->seq_start[s + 1] - a->seq_start[s] == 1;
         const int lanes = single ? 64 : 16;
         const int32_t *table = a->block_tables[s];
         int n_ctx = a->positions[t] + 1;

@@ -1,0 +1,133 @@
+/*
+ * engine.h - the serving engine: one thread runs the step loop over the
+ * paged KV pool and the scheduler; callers submit requests from any thread
+ * and receive tokens through a per-request stream as they are sampled.
+ *
+ * Each step: the scheduler picks sequences and token counts within its
+ * budgets, the engine flattens them into one llm_batch (prompt chunks and
+ * decodes together), runs the forward pass, samples the sequences whose
+ * chunk reached their last token with each one's own sampler, detokenizes
+ * incrementally, applies stop strings / stop ids / EOS / max_tokens, and
+ * pushes events. A finished or cancelled sequence frees its blocks at once.
+ *
+ * Numerics: a row uses the single-token attention shape when it is a
+ * generated token (or the prompt is one token long), the multi-token shape
+ * otherwise - the shapes llama.cpp uses for decode and prompt evaluation -
+ * so results do not depend on how the scheduler chunks, batches, preempts
+ * or recomputes a sequence.
+ *
+ * Ownership: the model, backend and tokenizer are borrowed and must outlive
+ * the engine; only the engine thread uses them while it runs.
+ * Thread-safety: engine_submit, engine_cancel, engine_get_stats and the
+ * stream functions may be called from any thread.
+ */
+#ifndef ENGINE_ENGINE_H
+#define ENGINE_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "generate.h"
+#include "kv_cache.h"
+#include "sampler.h"
+
+struct llm_model;
+struct backend;
+struct llm_tokenizer;
+
+typedef struct engine_options {
+    int batch_max_tokens;  /* rows per step (default 512) */
+    int batch_max_seqs;    /* sequences per step (default 64) */
+    int static_batching;   /* collect a batch, run it to completion */
+    int max_waiting;       /* submit fails with ENGINE_EBUSY beyond this (default 1024) */
+    int num_blocks;        /* device tier blocks; <= 0: from kv_memory_mb */
+    double kv_memory_mb;   /* budget for num_blocks <= 0 (default 256) */
+    int num_blocks_cpu;    /* swap tier (default 0: no swapping) */
+    int block_size;        /* tokens per block (default 16) */
+    double watermark;      /* default 0.01 */
+    const char *swap_path; /* NULL: swap tier in RAM */
+    int preempt_mode;      /* 0 auto, 1 swap, 2 recompute */
+    kv_dtype kv_type;      /* default KV_F16 */
+    int max_context;       /* 0: the model's training context */
+} engine_options;
+
+void engine_options_default(engine_options *o);
+
+enum {
+    ENGINE_OK = 0,
+    ENGINE_EINVAL = -1,  /* bad request parameters (message says which) */
+    ENGINE_EBUSY = -2,   /* waiting queue full */
+    ENGINE_ESTOPPED = -3,/* engine shutting down */
+    ENGINE_ENOMEM = -4,
+};
+
+typedef struct {
+    const int32_t *prompt; /* borrowed for the duration of engine_submit */
+    int n_prompt;
+    sampler_params sampling;
+    int max_tokens;
+    int min_tokens;
+    int ignore_eos;
+    const char *const *stop; /* copied */
+    int n_stop;
+    const int32_t *stop_ids; /* copied; generation ends after one of these */
+    int n_stop_ids;
+    int n;                   /* completions for this prompt (>= 1); they share the prompt's blocks */
+} engine_request;
+
+typedef enum { ENGINE_EV_TOKEN = 0, ENGINE_EV_FINISH } engine_ev_type;
+
+typedef struct {
+    engine_ev_type type;
+    int index;          /* completion index, 0 .. n-1 */
+    int32_t token;      /* TOKEN: sampled id */
+    char *text;         /* TOKEN/FINISH: newly final text (may be empty), NUL-terminated */
+    size_t text_len;
+    gen_finish finish;  /* FINISH */
+    int prompt_tokens, completion_tokens;
+    double queue_ms;    /* submit -> first scheduled */
+    double ttft_ms;     /* submit -> first token */
+    double total_ms;    /* submit -> finish */
+    int n_preempted;
+} engine_event;
+
+/* Free an event's text. */
+void engine_event_clear(engine_event *ev);
+
+typedef struct engine engine;
+typedef struct engine_stream engine_stream;
+
+int engine_create(struct llm_model *m, struct backend *be, const struct llm_tokenizer *tok,
+                  const engine_options *opt, engine **out, char *err, size_t errlen);
+/* Stops the thread; unfinished requests finish as cancelled. Streams stay
+ * valid until freed. */
+void engine_destroy(engine *e);
+
+/* Queue a request. On success *out is a stream the caller reads and frees;
+ * *id (if not NULL) identifies it for engine_cancel. */
+int engine_submit(engine *e, const engine_request *r, engine_stream **out, int64_t *id, char *err,
+                  size_t errlen);
+/* Cancel a request by id (no-op if it already finished). */
+void engine_cancel(engine *e, int64_t id);
+
+/* Next event: 1 = got one, 0 = timed out (timeout_ms >= 0), -1 = the stream
+ * has ended (every completion finished and all events were read). */
+int engine_stream_next(engine_stream *s, engine_event *ev, int timeout_ms);
+int64_t engine_stream_id(const engine_stream *s);
+/* Cancels the request if it is still running, then releases the stream. */
+void engine_stream_free(engine_stream *s);
+
+typedef struct {
+    int n_waiting, n_running, n_swapped;
+    int blocks_total[2], blocks_free[2];
+    long steps, preempt_swap, preempt_recompute, swap_in;
+    long prompt_tokens, generated_tokens, requests_finished;
+    int last_step_tokens;
+    int block_size, num_blocks, num_blocks_cpu;
+} engine_stats;
+
+void engine_get_stats(engine *e, engine_stats *st);
+/* Block until no request is waiting, running or swapped. */
+void engine_wait_idle(engine *e);
+
+#endif
