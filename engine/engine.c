@@ -560,6 +560,14 @@ static void publish_stats(engine *e) {
     st->generated_tokens = e->generated_tokens;
     st->requests_finished = e->finished;
     st->last_step_tokens = ss.last_step_tokens;
+    st->kv_tokens = ps.tokens[PKV_DEVICE];
+    int used = ps.total[PKV_DEVICE] - ps.free[PKV_DEVICE];
+    if (used > st->peak_blocks_used) {
+        st->peak_blocks_used = used;
+        double slots = (double)used * st->block_size;
+        st->kv_efficiency_peak = slots > 0 ? (double)ps.tokens[PKV_DEVICE] / slots : 0;
+        if (st->kv_efficiency_peak > 1) st->kv_efficiency_peak = 1;
+    }
     e->busy = e->n_live > 0 || sched_has_work(e->sc);
     if (!e->busy && e->n_pending == 0) pthread_cond_broadcast(&e->cv_idle);
     pthread_mutex_unlock(&e->mu);
@@ -718,10 +726,10 @@ int engine_create(llm_model *m, backend *be, const llm_tokenizer *tok, const eng
     if (!e->b_tok || !e->b_pos || !e->b_slot || !e->b_single || !e->b_seq_start || !e->b_ctx ||
         !e->b_logit_rows || !e->b_tables || !e->logits || !e->row || !e->piece)
         goto oom;
-    publish_stats(e);
     e->stats.block_size = opt->block_size;
     e->stats.num_blocks = num_blocks;
     e->stats.num_blocks_cpu = opt->num_blocks_cpu;
+    publish_stats(e);
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         snprintf(err, errlen, "cannot start the engine thread");
         goto fail;

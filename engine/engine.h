@@ -124,6 +124,9 @@ typedef struct {
     long prompt_tokens, generated_tokens, requests_finished;
     int last_step_tokens;
     int block_size, num_blocks, num_blocks_cpu;
+    long kv_tokens;            /* tokens held in the device tier now */
+    int peak_blocks_used;      /* most device blocks in use at once */
+    double kv_efficiency_peak; /* tokens / allocated slots at that peak */
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *st);

@@ -96,6 +96,8 @@ typedef struct {
     double total_ms;
     long steps;         /* engine steps */
     long preemptions;   /* swap + recompute */
+    int peak_blocks;    /* most device KV blocks in use at once */
+    double kv_efficiency_peak; /* tokens held / allocated KV slots at that peak */
 } gen_stats;
 
 /* Run requests reqs[0..n) and fill results[0..n) (zeroed first). On error

@@ -249,11 +249,18 @@ static int check_batch(const llm_model *m, const kv_cache *kv, const llm_batch *
         return errf(err, errlen, "KV cache shape does not match the model");
     if (b->seq_start[0] != 0 || b->seq_start[b->n_seqs] != b->n_tokens)
         return errf(err, errlen, "seq_start must run from 0 to n_tokens");
+    for (int s = 0; s < b->n_seqs; s++)
+        if (b->seq_start[s + 1] <= b->seq_start[s] || b->seq_start[s + 1] > b->n_tokens)
+            return errf(err, errlen, "sequence %d has no rows (seq_start must increase strictly)", s);
     for (int s = 0; s < b->n_seqs; s++) {
         if (b->seq_start[s + 1] <= b->seq_start[s])
             return errf(err, errlen, "sequence %d has no rows", s);
         if (b->context_len[s] < 1 || !b->block_tables[s])
             return errf(err, errlen, "sequence %d has no context or block table", s);
+        for (int k = 0; k < (b->context_len[s] + kv->block_size - 1) / kv->block_size; k++)
+            if (b->block_tables[s][k] < 0 || b->block_tables[s][k] >= kv->num_blocks)
+                return errf(err, errlen, "sequence %d: block table entry %d = %d outside the pool",
+                            s, k, b->block_tables[s][k]);
         for (int r = b->seq_start[s]; r < b->seq_start[s + 1]; r++)
             if (b->positions[r] < 0 || b->positions[r] >= b->context_len[s])
                 return errf(err, errlen, "row %d: position %d outside the context of %d tokens", r,

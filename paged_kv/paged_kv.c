@@ -577,6 +577,8 @@ void pkv_get_stats(const pkv_pool *p, pkv_stats *s) {
         s->total[t] = p->tier[t].total;
         s->free[t] = p->tier[t].n_free;
     }
+    for (int i = 0; i < p->n_seqs; i++)
+        if (p->seqs[i].live) s->tokens[p->seqs[i].tier] += p->seqs[i].len;
     s->swaps_out = p->swaps_out;
     s->swaps_in = p->swaps_in;
     s->blocks_copied_cow = p->blocks_copied_cow;

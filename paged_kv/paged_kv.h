@@ -115,6 +115,7 @@ int pkv_check(const pkv_pool *p, char *err, size_t errlen);
 
 typedef struct {
     int total[2], free[2];
+    long tokens[2]; /* tokens held by live sequences per tier (shared blocks count per sequence) */
     long swaps_out, swaps_in, blocks_copied_cow;
 } pkv_stats;
 void pkv_get_stats(const pkv_pool *p, pkv_stats *s);

@@ -125,6 +125,12 @@ static int watermark_blocks(const sched *s) {
     return (int)(s->cfg.watermark * pkv_n_total(s->pool, PKV_DEVICE));
 }
 
+/* Blocks a swap-in or admission must leave free. The reserve is for the
+ * running sequences to grow into; with none running it protects nothing,
+ * and keeping it would shut out forever a sequence that fits the pool but
+ * not the pool less the reserve (and, FCFS, everything queued behind it). */
+static int reserve(const sched *s, int wm) { return s->running.n > 0 ? wm : 0; }
+
 static int blocks_for(const sched *s, int n_tokens) {
     int bs = pkv_block_size(s->pool);
     return (n_tokens + bs - 1) / bs;
@@ -225,7 +231,7 @@ int sched_step(sched *s, sched_batch *b) {
             if (take > budget_tok) take = budget_tok;
             int len = pkv_seq_len(s->pool, q->kv);
             int need = blocks_for(s, len + take);
-            if (pkv_n_free(s->pool, PKV_DEVICE) - need < wm) break;
+            if (pkv_n_free(s->pool, PKV_DEVICE) - need < reserve(s, wm)) break;
             if (pkv_swap_in(s->pool, q->kv) != 0) break;
             q_remove(&s->swapped, q);
             q->state = SEQ_RUNNING;
@@ -244,7 +250,7 @@ int sched_step(sched *s, sched_batch *b) {
         while (s->waiting.head && budget_tok > 0 && budget_seq > 0) {
             sched_seq *q = s->waiting.head;
             int need_total = blocks_for(s, q->n_tokens);
-            if (pkv_n_free(s->pool, PKV_DEVICE) - need_total < wm) break;
+            if (pkv_n_free(s->pool, PKV_DEVICE) - need_total < reserve(s, wm)) break;
             int take = q->n_tokens < budget_tok ? q->n_tokens : budget_tok;
             int kv = pkv_seq_new(s->pool);
             if (kv < 0) break;

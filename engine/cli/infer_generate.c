@@ -1,12 +1,17 @@
 /*
  * infer_generate.c - `infer-generate`, the offline batch job: load a model,
- * run a list of prompts through it in static batches, write completions.
+ * run a list of prompts through the serving engine, write completions.
  *
  * Prompts come from -p (repeatable) and/or --prompts-file (plain lines or
- * JSON Lines with per-prompt sampling settings). Completions go to stdout,
- * or as JSON Lines to --output-file; progress and the speed report go to
- * stderr. Exit codes: 0 ok, 1 model load / generation failure, 2 bad
- * arguments or bad input.
+ * JSON Lines with per-prompt settings). All of them are submitted to the
+ * engine at once; it batches them continuously (or in static batches with
+ * --batching static) under the batching and KV cache settings of an
+ * engine_config: defaults < --config FILE < ENGINE_API_KEY < flags and
+ * --set KEY=VALUE in the order given (docs/config.md).
+ *
+ * Completions go to stdout, or as JSON Lines to --output-file; progress and
+ * the report go to stderr. Exit codes: 0 ok, 1 model load / generation
+ * failure, 2 bad arguments, bad config or bad input.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -22,6 +27,8 @@
 
 #include "backend.h"
 #include "chat.h"
+#include "config.h"
+#include "engine.h"
 #include "generate.h"
 #include "gguf.h"
 #include "model.h"
@@ -47,15 +54,27 @@ typedef struct {
     int seed_set; /* the file gave a seed */
 } prompt_spec;
 
+/* A command-line setting of the engine config, applied with config_set
+ * after the --config file, in command-line order. */
 typedef struct {
-    const char *model;
+    const char *flag; /* "--block-size", or NULL for --set */
+    const char *key;  /* dotted key */
+    const char *value;
+} cfg_override;
+
+typedef struct {
+    const char *config_file;
+    cfg_override *overrides;
+    int n_overrides;
+    char **set_args; /* copies of --set arguments, split at '=' */
+    int n_set_args;
+    int print_config;
+    engine_config cfg; /* resolved: defaults, file, env, overrides, validated */
     const char *prompts_file;
     const char *output_file;
     int max_tokens, min_tokens, ignore_eos;
     sampler_params sp;
     int seed_given;
-    int batch_size;
-    int threads;
     int chat, stream, quiet;
     char **stop;
     int n_stop;
@@ -67,11 +86,13 @@ static void usage(FILE *f) {
     fprintf(f,
 "usage: infer-generate [options] (-p PROMPT ... | --prompts-file FILE)\n"
 "\n"
-"Offline batch generation: runs every prompt through the model in static\n"
-"batches and prints the completions (or writes them as JSON Lines).\n"
+"Offline batch generation: submits every prompt to the serving engine at\n"
+"once, which batches them continuously, and prints the completions (or\n"
+"writes them as JSON Lines).\n"
 "\n"
 "Model and input:\n"
-"  -m, --model PATH         GGUF model file (default: " DEFAULT_MODEL ")\n"
+"  -m, --model PATH         GGUF model file (model_loading_config.model_path;\n"
+"                           default: " DEFAULT_MODEL ")\n"
 "  -p, --prompt TEXT        a prompt; repeat for several\n"
 "      --prompts-file FILE  one prompt per line; or JSON Lines when lines start\n"
 "                           with '{': {\"prompt\": \"...\", \"max_tokens\": 64,\n"
@@ -84,8 +105,8 @@ static void usage(FILE *f) {
 "                           chat template (tokenizer.chat_template)\n"
 "\n"
 "Generation:\n"
-"  -n, --max-tokens N       tokens to generate per prompt (default 128;\n"
-"                           -1 = until end of generation or the context is full)\n"
+"  -n, --max-tokens N       tokens to generate per prompt (default 128; -1 = until\n"
+"                           end of generation, the context or the KV cache is full)\n"
 "      --min-tokens N       suppress end-of-generation before N tokens (default 0)\n"
 "      --ignore-eos         never stop at end-of-generation tokens\n"
 "      --stop TEXT          stop when the completion contains TEXT (cut from the\n"
@@ -102,23 +123,58 @@ static void usage(FILE *f) {
 "                           output does not depend on the batch it runs in\n"
 "      --greedy             shorthand for --temperature 0\n"
 "\n"
+"Engine (batching and KV cache; every key is described in docs/config.md):\n"
+"      --config FILE        engine config JSON (model_loading_config,\n"
+"                           batcher_config, cache_config, server sections)\n"
+"      --set KEY=VALUE      set one config key, e.g. --set\n"
+"                           cache_config.kv_memory_mb=512; repeatable\n"
+"      --batching MODE      continuous (default): a finished sequence's place is\n"
+"                           taken by a waiting one at the next step; static: a\n"
+"                           batch runs to its end before the next is formed\n"
+"                           (batcher_config.policy)\n"
+"  -b, --batch-size N       sequences per step (batcher_config.batch_max_seqs,\n"
+"                           default 64)\n"
+"      --batch-max-tokens N tokens per step over all sequences: prompt chunks\n"
+"                           plus one per decoding sequence (default 512)\n"
+"      --num-blocks N|auto  KV blocks in the device tier; auto (default) fills\n"
+"                           cache_config.kv_memory_mb (default 256 MiB)\n"
+"      --num-blocks-cpu N   KV blocks in the CPU swap tier (default 0: none)\n"
+"      --block-size N       tokens per KV block, a power of two (default 16)\n"
+"      --watermark F        fraction of device blocks kept free when admitting\n"
+"                           a request, 0 .. 0.5 (default 0.01)\n"
+"      --swap-path PATH     back the CPU swap tier with this file, not RAM\n"
+"      --preemption MODE    when the device tier runs out: auto (default: swap\n"
+"                           if there is a CPU tier, else recompute), swap,\n"
+"                           recompute (cache_config.preemption_mode)\n"
+"      --kv f16|f32         KV cache element type (model_loading_config.dtype,\n"
+"                           default f16)\n"
+"      --print-config       print the effective config as JSON and exit\n"
+"  Precedence: built-in defaults < --config < ENGINE_API_KEY < the flags above,\n"
+"  -m, -t and --set, applied in the order given.\n"
+"\n"
 "Execution and output:\n"
-"  -b, --batch-size N       sequences per batch (default 8)\n"
-"  -t, --threads N          CPU threads (default: number of cores)\n"
+"  -t, --threads N          CPU threads (model_loading_config.n_threads;\n"
+"                           default 0 = number of cores)\n"
 "  -o, --output-file FILE   write JSON Lines, one object per prompt: prompt,\n"
 "                           completion, prompt_tokens, completion_tokens,\n"
-"                           finish_reason (length|eos|stop), timings {prompt_ms,\n"
-"                           generation_ms, prompt_tokens_per_s,\n"
-"                           generation_tokens_per_s}\n"
+"                           finish_reason (length|eos|stop), timings {ttft_ms\n"
+"                           (submit to first token, queueing included),\n"
+"                           latency_ms (submit to last token), prompt_ms (=\n"
+"                           ttft_ms), generation_ms (first to last token),\n"
+"                           prompt_tokens_per_s, generation_tokens_per_s}\n"
 "  -s, --stream             print tokens as they are generated (one prompt only)\n"
 "  -q, --quiet              no progress or report on stderr\n"
 "  -h, --help               show this help\n"
 "      --version            show the version\n"
 "\n"
 "Without -o, completions go to stdout; with several prompts each one is\n"
-"preceded by a line '### [i] PROMPT'. The report on stderr gives prompt tokens,\n"
-"prompt eval tokens/s, generated tokens, generation tokens/s and total time.\n"
-"Exit status: 0 success, 1 model load or generation error, 2 bad arguments.\n");
+"preceded by a line '### [i] PROMPT'. At start, stderr shows the model, the KV\n"
+"cache (blocks and MiB per tier, block size) and the batching budgets; at the\n"
+"end, prompt and generated tokens with their rates, output throughput over\n"
+"the whole run, request latency and time-to-first-token percentiles, engine\n"
+"steps and preemptions, and the total time.\n"
+"Exit status: 0 success, 1 model load or generation error, 2 bad arguments,\n"
+"bad config or bad input.\n");
 }
 
 static int bad_arg(const char *fmt, ...) {
@@ -195,6 +251,9 @@ static void free_args(cli_args *a) {
     }
     free(a->prompts);
     free(a->stop);
+    for (int i = 0; i < a->n_set_args; i++) free(a->set_args[i]);
+    free(a->set_args);
+    free(a->overrides);
 }
 
 /* Defaults from the command line; file entries override them field by field. */
@@ -377,8 +436,50 @@ static int read_prompts_file(cli_args *a) {
 enum {
     OPT_PROMPTS_FILE = 256, OPT_MIN_TOKENS, OPT_TEMPERATURE, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P,
     OPT_REPEAT_PENALTY, OPT_REPEAT_LAST_N, OPT_SEED, OPT_GREEDY, OPT_IGNORE_EOS, OPT_CHAT,
-    OPT_VERSION, OPT_STOP
+    OPT_VERSION, OPT_STOP, OPT_CONFIG, OPT_SET, OPT_BATCHING, OPT_BATCH_MAX_TOKENS,
+    OPT_NUM_BLOCKS, OPT_NUM_BLOCKS_CPU, OPT_BLOCK_SIZE, OPT_WATERMARK, OPT_SWAP_PATH,
+    OPT_PREEMPTION, OPT_KV, OPT_PRINT_CONFIG
 };
+
+/* Shortcut flags that set one engine_config key each. */
+static const struct {
+    int opt;
+    const char *flag, *key;
+} config_flags[] = {
+    {'m', "--model", "model_loading_config.model_path"},
+    {'t', "--threads", "model_loading_config.n_threads"},
+    {OPT_KV, "--kv", "model_loading_config.dtype"},
+    {'b', "--batch-size", "batcher_config.batch_max_seqs"},
+    {OPT_BATCH_MAX_TOKENS, "--batch-max-tokens", "batcher_config.batch_max_tokens"},
+    {OPT_BATCHING, "--batching", "batcher_config.policy"},
+    {OPT_NUM_BLOCKS, "--num-blocks", "cache_config.num_blocks"},
+    {OPT_NUM_BLOCKS_CPU, "--num-blocks-cpu", "cache_config.num_blocks_cpu"},
+    {OPT_BLOCK_SIZE, "--block-size", "cache_config.block_size"},
+    {OPT_WATERMARK, "--watermark", "cache_config.watermark"},
+    {OPT_SWAP_PATH, "--swap-path", "cache_config.swap_path"},
+    {OPT_PREEMPTION, "--preemption", "cache_config.preemption_mode"},
+};
+
+/* defaults < --config < ENGINE_API_KEY < overrides in command-line order,
+ * then the cross-field rules. Returns 0, or 2 after printing the error. */
+static int resolve_config(cli_args *a) {
+    char err[1024];
+    engine_config *c = &a->cfg;
+    config_defaults(c);
+    if (a->config_file && config_load_file(c, a->config_file, err, sizeof err) != 0)
+        return bad_arg("--config: %s", err);
+    if (config_apply_env(c, err, sizeof err) != 0) return bad_arg("ENGINE_API_KEY: %s", err);
+    for (int i = 0; i < a->n_overrides; i++) {
+        const cfg_override *o = &a->overrides[i];
+        if (config_set(c, o->key, o->value, err, sizeof err) != 0) {
+            if (o->flag) return bad_arg("%s: %s", o->flag, err);
+            return bad_arg("--set %s: %s", o->key, err);
+        }
+    }
+    if (!c->model_path[0]) snprintf(c->model_path, sizeof c->model_path, "%s", DEFAULT_MODEL);
+    if (config_validate(c, err, sizeof err) != 0) return bad_arg("%s", err);
+    return 0;
+}
 
 /* Returns -1 to go on, or an exit code. */
 static int parse_args(int argc, char **argv, cli_args *a) {
@@ -407,12 +508,26 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, OPT_VERSION},
+        {"config", required_argument, 0, OPT_CONFIG},
+        {"set", required_argument, 0, OPT_SET},
+        {"batching", required_argument, 0, OPT_BATCHING},
+        {"batch-max-tokens", required_argument, 0, OPT_BATCH_MAX_TOKENS},
+        {"num-blocks", required_argument, 0, OPT_NUM_BLOCKS},
+        {"num-blocks-cpu", required_argument, 0, OPT_NUM_BLOCKS_CPU},
+        {"block-size", required_argument, 0, OPT_BLOCK_SIZE},
+        {"watermark", required_argument, 0, OPT_WATERMARK},
+        {"swap-path", required_argument, 0, OPT_SWAP_PATH},
+        {"preemption", required_argument, 0, OPT_PREEMPTION},
+        {"kv", required_argument, 0, OPT_KV},
+        {"print-config", no_argument, 0, OPT_PRINT_CONFIG},
         {0, 0, 0, 0},
     };
     const char **cli_prompts = calloc((size_t)argc + 1, sizeof *cli_prompts);
     int n_cli_prompts = 0, c, rc = -1;
     a->stop = calloc((size_t)argc + 1, sizeof *a->stop);
-    if (!cli_prompts || !a->stop) {
+    a->overrides = calloc((size_t)argc + 1, sizeof *a->overrides);
+    a->set_args = calloc((size_t)argc + 1, sizeof *a->set_args);
+    if (!cli_prompts || !a->stop || !a->overrides || !a->set_args) {
         free(cli_prompts);
         fprintf(stderr, "infer-generate: out of memory\n");
         return 1;
@@ -425,8 +540,27 @@ static int parse_args(int argc, char **argv, cli_args *a) {
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":m:p:n:b:o:t:sqh", longopts, NULL)) != -1) {
         const char *v = optarg;
+        int is_config_flag = 0;
+        for (size_t k = 0; k < sizeof config_flags / sizeof config_flags[0]; k++) {
+            if (config_flags[k].opt != c) continue;
+            a->overrides[a->n_overrides++] = (cfg_override){config_flags[k].flag,
+                                                            config_flags[k].key, v};
+            is_config_flag = 1;
+        }
+        if (is_config_flag) continue;
         switch (c) {
-        case 'm': a->model = v; break;
+        case OPT_CONFIG: a->config_file = v; break;
+        case OPT_SET: {
+            const char *eq = strchr(v, '=');
+            if (!eq || eq == v) BAD("--set: expected KEY=VALUE (e.g. cache_config.block_size=32), "
+                                    "got '%s'", v);
+            char *copy = xstrdup(v);
+            copy[eq - v] = 0;
+            a->set_args[a->n_set_args++] = copy;
+            a->overrides[a->n_overrides++] = (cfg_override){NULL, copy, copy + (eq - v) + 1};
+            break;
+        }
+        case OPT_PRINT_CONFIG: a->print_config = 1; break;
         case 'p': cli_prompts[n_cli_prompts++] = v; break;
         case OPT_PROMPTS_FILE: a->prompts_file = v; break;
         case 'n':
@@ -472,16 +606,8 @@ static int parse_args(int argc, char **argv, cli_args *a) {
             if (!*v) BAD("--stop: the text must not be empty");
             a->stop[a->n_stop++] = (char *)v;
             break;
-        case 'b':
-            if (parse_int(v, 1, 4096, &a->batch_size))
-                BAD("--batch-size: expected an integer in [1, 4096], got '%s'", v);
-            break;
         case 'o': a->output_file = v; break;
         case OPT_CHAT: a->chat = 1; break;
-        case 't':
-            if (parse_int(v, 1, 1024, &a->threads))
-                BAD("--threads: expected an integer in [1, 1024], got '%s'", v);
-            break;
         case 's': a->stream = 1; break;
         case 'q': a->quiet = 1; break;
         case 'h':
@@ -499,6 +625,22 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         }
     }
     if (optind < argc) BAD("unexpected argument '%s' (prompts go after -p)", argv[optind]);
+    if (resolve_config(a) != 0) {
+        rc = 2;
+        goto out;
+    }
+    if (a->print_config) {
+        char *json = NULL;
+        if (config_to_json(&a->cfg, &json) != 0) {
+            fprintf(stderr, "infer-generate: out of memory\n");
+            rc = 1;
+            goto out;
+        }
+        printf("%s\n", json);
+        free(json);
+        rc = 0;
+        goto out;
+    }
     char perr[256];
     if (sampler_params_validate(&a->sp, perr, sizeof perr) != 0) BAD("%s", perr);
     for (int i = 0; i < n_cli_prompts; i++) {
@@ -588,6 +730,9 @@ static int write_jsonl(FILE *f, const prompt_spec *p, const gen_result *r) {
     cJSON_AddNumberToObject(o, "prompt_tokens", r->n_prompt);
     cJSON_AddNumberToObject(o, "completion_tokens", r->n_tokens);
     cJSON_AddStringToObject(o, "finish_reason", gen_finish_name(r->finish));
+    /* gen_result: prompt_ms is submit -> first token, gen_ms the rest */
+    cJSON_AddNumberToObject(t, "ttft_ms", round3(r->prompt_ms));
+    cJSON_AddNumberToObject(t, "latency_ms", round3(r->prompt_ms + r->gen_ms));
     cJSON_AddNumberToObject(t, "prompt_ms", round3(r->prompt_ms));
     cJSON_AddNumberToObject(t, "generation_ms", round3(r->gen_ms));
     cJSON_AddNumberToObject(t, "prompt_tokens_per_s", round3(rate(r->n_prompt, r->prompt_ms)));
@@ -612,11 +757,109 @@ static char *model_chat_template(const llm_model *m) {
     return t;
 }
 
+/* ---- engine setup and report ---- */
+
+static const char *preempt_name(cfg_preempt p) {
+    return p == CFG_PREEMPT_SWAP ? "swap" : p == CFG_PREEMPT_RECOMPUTE ? "recompute" : "auto";
+}
+
+/* The resolved config as engine options; num_blocks is already resolved
+ * against the model. swap_path points into c. */
+static void engine_options_from_config(const engine_config *c, int num_blocks, engine_options *o) {
+    engine_options_default(o);
+    o->batch_max_tokens = c->batch_max_tokens;
+    o->batch_max_seqs = c->batch_max_seqs;
+    o->static_batching = c->batching == CFG_BATCH_STATIC;
+    o->max_waiting = c->max_waiting;
+    o->num_blocks = num_blocks;
+    o->kv_memory_mb = c->kv_memory_mb;
+    o->num_blocks_cpu = c->num_blocks_cpu;
+    o->block_size = c->block_size;
+    o->watermark = c->watermark;
+    o->swap_path = c->swap_path[0] ? c->swap_path : NULL;
+    o->preempt_mode = c->preemption_mode == CFG_PREEMPT_SWAP        ? 1
+                      : c->preemption_mode == CFG_PREEMPT_RECOMPUTE ? 2
+                                                                    : 0;
+    o->kv_type = c->kv_dtype;
+    o->max_context = c->model_max_length;
+}
+
+static double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
+
+static void print_setup(const engine_config *c, const engine_options *eo, size_t block_bytes,
+                        int n_prompts) {
+    fprintf(stderr, "kv cache:  %s, %d tokens per block (%.1f KiB); device %d blocks (%.1f MiB, "
+            "%ld tokens)",
+            c->kv_dtype == KV_F16 ? "f16" : "f32", eo->block_size, (double)block_bytes / 1024.0,
+            eo->num_blocks, mib((double)block_bytes * eo->num_blocks),
+            (long)eo->num_blocks * eo->block_size);
+    if (eo->num_blocks_cpu > 0)
+        fprintf(stderr, "; cpu %d blocks (%.1f MiB, %s%s)\n", eo->num_blocks_cpu,
+                mib((double)block_bytes * eo->num_blocks_cpu), eo->swap_path ? "file " : "RAM",
+                eo->swap_path ? eo->swap_path : "");
+    else
+        fprintf(stderr, "; cpu tier none\n");
+    const char *eff = c->preemption_mode != CFG_PREEMPT_AUTO ? ""
+                      : eo->num_blocks_cpu > 0               ? " (swap)"
+                                                             : " (recompute)";
+    fprintf(stderr, "batching:  %s, up to %d sequences and %d tokens per step; watermark %g "
+            "(%d blocks); preemption %s%s\n",
+            eo->static_batching ? "static" : "continuous", eo->batch_max_seqs,
+            eo->batch_max_tokens, eo->watermark, (int)(eo->watermark * eo->num_blocks),
+            preempt_name(c->preemption_mode), eff);
+    fprintf(stderr, "running %d prompt%s\n", n_prompts, n_prompts == 1 ? "" : "s");
+}
+
+static int cmp_double(const void *x, const void *y) {
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+/* Nearest-rank percentile of sorted v[0..n). */
+static double percentile(const double *v, int n, double p) {
+    if (n <= 0) return 0.0;
+    int k = (int)ceil(p / 100.0 * n) - 1;
+    if (k < 0) k = 0;
+    if (k >= n) k = n - 1;
+    return v[k];
+}
+
+static void print_report(const cli_args *a, const gen_result *res, const gen_stats *st,
+                         double t0, double t_loaded) {
+    int n = a->n_prompts, by_reason[5] = {0};
+    for (int i = 0; i < n; i++) by_reason[res[i].finish]++;
+    fprintf(stderr, "prompt tokens:    %ld (prompt eval %.1f tokens/s, %.1f ms)\n",
+            st->prompt_tokens, rate((double)st->prompt_tokens, st->prompt_ms), st->prompt_ms);
+    fprintf(stderr, "generated tokens: %ld (generation %.1f tokens/s, %.1f ms)\n", st->gen_tokens,
+            rate((double)st->gen_tokens, st->gen_ms), st->gen_ms);
+    fprintf(stderr, "throughput:       %.1f output tokens/s, %.1f tokens/s with prompts\n",
+            rate((double)st->gen_tokens, st->total_ms),
+            rate((double)(st->gen_tokens + st->prompt_tokens), st->total_ms));
+    double *lat = malloc((size_t)n * sizeof *lat), *ttft = malloc((size_t)n * sizeof *ttft);
+    if (lat && ttft) {
+        for (int i = 0; i < n; i++) {
+            ttft[i] = res[i].prompt_ms;
+            lat[i] = res[i].prompt_ms + res[i].gen_ms;
+        }
+        qsort(lat, (size_t)n, sizeof *lat, cmp_double);
+        qsort(ttft, (size_t)n, sizeof *ttft, cmp_double);
+        fprintf(stderr, "latency ms:       p50 %.0f, p90 %.0f, p99 %.0f (first token p50 %.0f, "
+                "p90 %.0f, p99 %.0f)\n",
+                percentile(lat, n, 50), percentile(lat, n, 90), percentile(lat, n, 99),
+                percentile(ttft, n, 50), percentile(ttft, n, 90), percentile(ttft, n, 99));
+    }
+    free(lat);
+    free(ttft);
+    fprintf(stderr, "engine:           %ld steps, %ld preemptions\n", st->steps, st->preemptions);
+    fprintf(stderr, "finished:         %d length, %d eos, %d stop\n", by_reason[GEN_FINISH_LENGTH],
+            by_reason[GEN_FINISH_EOS], by_reason[GEN_FINISH_STOP]);
+    fprintf(stderr, "total time:       %.3f s (model load %.3f s, generation %.3f s)\n",
+            (now_ms() - t0) / 1e3, (t_loaded - t0) / 1e3, st->total_ms / 1e3);
+}
+
 int main(int argc, char **argv) {
     cli_args a = {0};
-    a.model = DEFAULT_MODEL;
     a.max_tokens = 128;
-    a.batch_size = 8;
     sampler_params_default(&a.sp);
     int rc = parse_args(argc, argv, &a);
     if (rc >= 0) {
@@ -634,6 +877,8 @@ int main(int argc, char **argv) {
         a.sp.seed = seed;
     }
 
+    const engine_config *cfg = &a.cfg;
+    const char *model_path = cfg->model_path;
     double t0 = now_ms();
     char err[512];
     llm_model *m = NULL;
@@ -647,22 +892,42 @@ int main(int argc, char **argv) {
     rc = 1;
 
     progress_state ps = {isatty(2), -1};
-    if (llm_model_load(a.model, &m, a.quiet ? NULL : on_load_progress, &ps, err, sizeof err) != 0) {
+    if (llm_model_load(model_path, &m, a.quiet ? NULL : on_load_progress, &ps, err, sizeof err) !=
+        0) {
         if (!a.quiet && ps.tty && ps.last_pct >= 0 && ps.last_pct < 100) fputc('\n', stderr);
-        fprintf(stderr, "infer-generate: cannot load model '%s': %s\n", a.model, err);
+        fprintf(stderr, "infer-generate: cannot load model '%s': %s\n", model_path, err);
         goto done;
     }
     if (tok_load(llm_model_gguf(m), &tok, err, sizeof err) != 0) {
-        fprintf(stderr, "infer-generate: cannot load the tokenizer of '%s': %s\n", a.model, err);
+        fprintf(stderr, "infer-generate: cannot load the tokenizer of '%s': %s\n", model_path,
+                err);
         goto done;
     }
-    be = backend_cpu_create(a.threads, err, sizeof err);
+    be = backend_cpu_create(cfg->n_threads, err, sizeof err);
     if (!be) {
         fprintf(stderr, "infer-generate: cannot create the CPU backend: %s\n", err);
         goto done;
     }
     double t_loaded = now_ms();
     const llm_hparams *hp = llm_model_hparams(m);
+
+    /* The KV pool against this model's shape. */
+    const int kv_dim = hp->n_head_kv * hp->head_dim;
+    int num_blocks = config_resolve_num_blocks(cfg, hp->n_layer, kv_dim, err, sizeof err);
+    if (num_blocks < 0) {
+        fprintf(stderr, "infer-generate: %s\n", err);
+        rc = 2;
+        goto done;
+    }
+    engine_options eo;
+    engine_options_from_config(cfg, num_blocks, &eo);
+    size_t block_bytes = (size_t)hp->n_layer * 2 * (size_t)eo.block_size * (size_t)kv_dim *
+                         (eo.kv_type == KV_F16 ? 2 : 4);
+    /* What one request may hold: the context, and the device pool less the
+     * watermark (the engine refuses more, see engine.c). */
+    long context = eo.max_context > 0 && eo.max_context < hp->n_ctx_train ? eo.max_context
+                                                                          : hp->n_ctx_train;
+    long capacity = ((long)num_blocks - (long)(eo.watermark * num_blocks)) * eo.block_size;
 
     if (a.chat) {
         tmpl = model_chat_template(m);
@@ -713,12 +978,23 @@ int main(int argc, char **argv) {
             rc = 2;
             goto done;
         }
-        int max_tokens = p->max_tokens < 0 ? hp->n_ctx_train - n : p->max_tokens;
-        if (n + (long)max_tokens > hp->n_ctx_train) {
+        long limit = context < capacity ? context : capacity;
+        long max_tokens = p->max_tokens < 0 ? limit - n : p->max_tokens;
+        if (max_tokens < 0) max_tokens = 0; /* -1 and the prompt alone is too long */
+        if (n + max_tokens > context) {
             fprintf(stderr,
-                    "infer-generate: %s: prompt (%d tokens) + max tokens (%d) exceeds the "
-                    "model's context of %d tokens\n",
-                    p->origin, n, max_tokens, hp->n_ctx_train);
+                    "infer-generate: %s: prompt (%d tokens) + max tokens (%ld) exceeds the "
+                    "context of %ld tokens\n",
+                    p->origin, n, max_tokens, context);
+            rc = 2;
+            goto done;
+        }
+        if (n + max_tokens > capacity) {
+            fprintf(stderr,
+                    "infer-generate: %s: prompt (%d tokens) + max tokens (%ld) exceeds the KV "
+                    "cache capacity of %ld tokens (%d blocks of %d, less the watermark); raise "
+                    "cache_config.num_blocks or kv_memory_mb\n",
+                    p->origin, n, max_tokens, capacity, num_blocks, eo.block_size);
             rc = 2;
             goto done;
         }
@@ -726,7 +1002,7 @@ int main(int argc, char **argv) {
             .prompt = ids[i],
             .n_prompt = n,
             .sampling = p->sp,
-            .max_tokens = max_tokens < 0 ? 0 : max_tokens,
+            .max_tokens = (int)max_tokens,
             .min_tokens = p->min_tokens,
             .ignore_eos = p->ignore_eos,
             .stop = (const char *const *)p->stop,
@@ -744,16 +1020,16 @@ int main(int argc, char **argv) {
         }
     }
     if (!a.quiet) {
-        fprintf(stderr, "model: %s (%s, %d layers, vocab %d, context %d), threads %d, seed %llu\n",
-                hp->name[0] ? hp->name : a.model, hp->arch, hp->n_layer, hp->n_vocab,
+        fprintf(stderr, "model:     %s (%s, %d layers, vocab %d, context %d), threads %d, "
+                "seed %llu\n",
+                hp->name[0] ? hp->name : model_path, hp->arch, hp->n_layer, hp->n_vocab,
                 hp->n_ctx_train, be->n_threads, (unsigned long long)a.sp.seed);
-        fprintf(stderr, "running %d prompt%s in batches of up to %d\n", a.n_prompts,
-                a.n_prompts == 1 ? "" : "s", a.batch_size);
+        print_setup(cfg, &eo, block_bytes, a.n_prompts);
     }
 
     gen_options opt;
     gen_options_default(&opt);
-    opt.batch_size = a.batch_size;
+    opt.engine = &eo;
     if (a.stream) opt.on_token = on_stream_token;
     gen_stats st;
     if (gen_run(m, be, tok, reqs, a.n_prompts, &opt, res, &st, err, sizeof err) != 0) {
@@ -788,18 +1064,7 @@ int main(int argc, char **argv) {
         goto done;
     }
     out = NULL;
-    if (!a.quiet) {
-        int by_reason[4] = {0};
-        for (int i = 0; i < a.n_prompts; i++) by_reason[res[i].finish]++;
-        fprintf(stderr, "prompt tokens:    %ld (prompt eval %.1f tokens/s, %.1f ms)\n",
-                st.prompt_tokens, rate((double)st.prompt_tokens, st.prompt_ms), st.prompt_ms);
-        fprintf(stderr, "generated tokens: %ld (generation %.1f tokens/s, %.1f ms)\n",
-                st.gen_tokens, rate((double)st.gen_tokens, st.gen_ms), st.gen_ms);
-        fprintf(stderr, "finished:         %d length, %d eos, %d stop\n", by_reason[0],
-                by_reason[1], by_reason[2]);
-        fprintf(stderr, "total time:       %.3f s (model load %.3f s, generation %.3f s)\n",
-                (now_ms() - t0) / 1e3, (t_loaded - t0) / 1e3, st.total_ms / 1e3);
-    }
+    if (!a.quiet) print_report(&a, res, &st, t0, t_loaded);
     rc = 0;
 done:
     if (out) fclose(out);

@@ -180,7 +180,7 @@ static T_AVX2 void axpy_f16_avx2(float a, const uint16_t *v, float *acc, int n) 
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i))),
                                                   _mm256_loadu_ps(acc + i)));
-    for (; i < n; i++) acc[i] += a * _cvtsh_ss(v[i]);
+    for (; i < n; i++) acc[i] = __builtin_fmaf(a, _cvtsh_ss(v[i]), acc[i]);
 }
 
 /*
