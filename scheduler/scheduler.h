@@ -10,7 +10,9 @@
  *   2. swapped-out sequences, oldest first, if nothing was preempted in this
  *      step and the device pool has room above the watermark;
  *   3. waiting sequences in arrival order, if no sequence is swapped out,
- *      while the pool keeps `watermark` of its blocks free after admission.
+ *      while the pool keeps `watermark` of its blocks free after admission
+ *      (the reserve is not kept when nothing is running, so a sequence that
+ *      fits the whole pool always runs eventually).
  * When a running sequence cannot get the blocks it needs, the newest running
  * sequence is preempted: swapped to the CPU tier when the mode allows and
  * the tier has room, otherwise its blocks are freed and it is recomputed
