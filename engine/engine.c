@@ -568,8 +568,10 @@ static void publish_stats(engine *e) {
         st->kv_efficiency_peak = slots > 0 ? (double)ps.tokens[PKV_DEVICE] / slots : 0;
         if (st->kv_efficiency_peak > 1) st->kv_efficiency_peak = 1;
     }
-    e->busy = e->n_live > 0 || sched_has_work(e->sc);
-    if (!e->busy && e->n_pending == 0) pthread_cond_broadcast(&e->cv_idle);
+    /* submissions and cancels not yet taken in keep the engine busy, so
+     * engine_wait_idle never returns on a stale snapshot */
+    e->busy = e->n_live > 0 || sched_has_work(e->sc) || e->n_pending > 0 || e->n_cancels > 0;
+    if (!e->busy) pthread_cond_broadcast(&e->cv_idle);
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -952,6 +954,6 @@ void engine_get_stats(engine *e, engine_stats *st) {
 
 void engine_wait_idle(engine *e) {
     pthread_mutex_lock(&e->mu);
-    while (e->busy || e->n_pending > 0) pthread_cond_wait(&e->cv_idle, &e->mu);
+    while (e->busy || e->n_pending > 0 || e->n_cancels > 0) pthread_cond_wait(&e->cv_idle, &e->mu);
     pthread_mutex_unlock(&e->mu);
 }
