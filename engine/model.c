@@ -307,9 +307,9 @@ int llm_forward(llm_model *m, backend *be, kv_cache *kv, const llm_batch *b, flo
     for (int il = 0; il < hp->n_layer; il++) {
         const llm_layer *L = &m->layers[il];
         op->rmsnorm(be, x, L->attn_norm, T, E, hp->rms_eps, h);
-        op->matmul(be, &L->wq, h, T, q);
-        op->matmul(be, &L->wk, h, T, k);
-        op->matmul(be, &L->wv, h, T, v);
+        const be_weight *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
+        float *qkv_y[3] = {q, k, v};
+        op->matmul_n(be, 3, qkv_w, h, T, qkv_y);
         op->rope(be, q, T, hp->n_head, hp->head_dim, hp->rope_dim, b->positions, hp->rope_theta);
         op->rope(be, k, T, hp->n_head_kv, hp->head_dim, hp->rope_dim, b->positions, hp->rope_theta);
         op->kv_store(be, kv, il, k, v, T, b->slot_mapping);
@@ -317,8 +317,9 @@ int llm_forward(llm_model *m, backend *be, kv_cache *kv, const llm_batch *b, flo
         op->matmul(be, &L->wo, att, T, o);
         for (size_t i = 0; i < (size_t)T * E; i++) x[i] += o[i];
         op->rmsnorm(be, x, L->ffn_norm, T, E, hp->rms_eps, h);
-        op->matmul(be, &L->w_gate, h, T, g);
-        op->matmul(be, &L->w_up, h, T, u);
+        const be_weight *ffn_w[2] = {&L->w_gate, &L->w_up};
+        float *ffn_y[2] = {g, u};
+        op->matmul_n(be, 2, ffn_w, h, T, ffn_y);
         op->swiglu(be, g, u, (size_t)T * F, g);
         op->matmul(be, &L->w_down, g, T, o);
         for (size_t i = 0; i < (size_t)T * E; i++) x[i] += o[i];

@@ -11,6 +11,7 @@
 #define SERVER_METRICS_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 
 #define SRV_HIST_BUCKETS 14 /* upper bounds in ms: see metrics.c */
 #define SRV_N_STATUS 17     /* gRPC codes 0..16 */

@@ -37,6 +37,7 @@ typedef struct srv {
     atomic_int active_calls;   /* calls in flight, all front ends */
     atomic_int connections;    /* open RPC connections */
     srv_metrics metrics;
+    struct srv_http *http;     /* HTTP front end (server/http.c); NULL when off */
 } srv;
 
 /* gRPC status codes (rpc.proto StatusCode). */
@@ -81,5 +82,12 @@ int srv_check_key(const srv *s, const char *presented);
 
 /* "length", "stop", ... for an engine finish reason. */
 const char *srv_finish_reason(int gen_finish_value);
+
+/* HTTP front end (server/http.c) */
+/* Serve HTTP at url ("http://host:port"). Returns 0, or -1 with a message. */
+int srv_http_start(srv *s, const char *url, char *err, size_t errlen);
+/* Cancel the HTTP calls in flight, wait for their threads, close the
+ * listener. A no-op when srv_http_start was not called or failed. */
+void srv_http_stop(srv *s);
 
 #endif

@@ -49,6 +49,10 @@ typedef struct backend_ops {
     const char *name;
     /* y[rows][W.n_out] = x[rows][W.n_in] * W^T */
     void (*matmul)(backend *be, const be_weight *w, const float *x, int rows, float *y);
+    /* y[i] = x * W[i]^T for i < n (n <= 3, all W[i] with the same n_in): the
+     * same results as n matmul calls, with x prepared once */
+    void (*matmul_n)(backend *be, int n, const be_weight *const *w, const float *x, int rows,
+                     float *const *y);
     /* y = x / rms(x) * g  row by row; y may alias x */
     void (*rmsnorm)(backend *be, const float *x, const float *g, int rows, int cols, float eps,
                     float *y);

@@ -149,6 +149,10 @@ static kern_gemm_fn wgemm(const kern_table *t, wkind k) {
     return k == WQ4_0 ? t->gemm_q4_0 : k == WQ4_1 ? t->gemm_q4_1 : t->gemm_q8_0;
 }
 
+static kern_gemm_panel_fn wpanel(const kern_table *t, wkind k) {
+    return k == WQ4_0 ? t->gemm_panel_q4_0 : k == WQ4_1 ? t->gemm_panel_q4_1 : t->gemm_panel_q8_0;
+}
+
 /* Random weight rows of nb blocks, ws bytes apart (ws > row bytes: padding
  * the kernels must skip). Codes span the full range (Q8_0 includes -128). */
 static void fill_weights(wkind k, uint8_t *w, int nc, int nb, size_t ws) {
@@ -182,7 +186,7 @@ static double ref_dot(wkind k, const uint8_t *wrow, int nb, const float *x) {
 
 static void test_gemm(void) {
     const int ncs[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 33};
-    const int nrs[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 64};
+    const int nrs[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 40, 64};
     const int nbs[] = {1, 2, 18, 48};
     const kern_table *S = kern_scalar();
     const int NCMAX = 33, NRMAX = 64, NBMAX = 48;
@@ -196,6 +200,8 @@ static void test_gemm(void) {
     float *y0 = malloc(ysz * sizeof *y0), *y1 = malloc(ysz * sizeof *y1);
     int mismatch[3][2] = {{0}}, outside[3][2] = {{0}}, outside_scalar[3] = {0}, calls = 0;
     int ref_bad[3] = {0}, ref_bad_orig[3] = {0};
+    int pmismatch[3][2] = {{0}}, poutside[3][2] = {{0}}, panel_calls = 0;
+    blk_q8x16 *panels = malloc((size_t)((NRMAX + 15) / 16) * NBMAX * sizeof *panels);
     double worst_rel[3] = {0};
     for (int kk = 0; kk < 3; kk++) {
         wkind k = (wkind)kk;
@@ -222,6 +228,27 @@ static void test_gemm(void) {
                             if (f32_bits(y0[i]) != f32_bits(y1[i])) {
                                 if (in) mismatch[kk][ti]++;
                                 else outside[kk][ti]++;
+                            }
+                        }
+                        /* the panel kernel on the same rows, packed 16 to a panel */
+                        kern_gemm_panel_fn pg = wpanel(tables[ti].t, k);
+                        if (!pg) continue;
+                        memset(panels, 0x5a, (size_t)((NRMAX + 15) / 16) * NBMAX * sizeof *panels);
+                        for (int r = 0; r < nr; r++) /* one row at a time, as the backend does */
+                            kern_pack_panel(xq + (size_t)r * xs, xs, r % KERN_PANEL_ROWS, 1, nb,
+                                            k == WQ8_0, panels + (size_t)(r / KERN_PANEL_ROWS) * nb);
+                        if (nr % KERN_PANEL_ROWS)
+                            kern_pack_panel(NULL, 0, nr % KERN_PANEL_ROWS,
+                                            KERN_PANEL_ROWS - nr % KERN_PANEL_ROWS, nb, k == WQ8_0,
+                                            panels + (size_t)(nr / KERN_PANEL_ROWS) * nb);
+                        for (size_t i = 0; i < ysz; i++) y1[i] = -12345.0f;
+                        pg(nb, w, ws, nc, panels, nr, y1, ys);
+                        panel_calls++;
+                        for (size_t i = 0; i < ysz; i++) {
+                            int in = i / ys < (size_t)nr && i % ys < (size_t)nc;
+                            if (f32_bits(y0[i]) != f32_bits(y1[i])) {
+                                if (in) pmismatch[kk][ti]++;
+                                else poutside[kk][ti]++;
                             }
                         }
                     }
@@ -295,6 +322,13 @@ static void test_gemm(void) {
             CHECKF(outside[kk][ti] == 0, "%s gemm_%s: %d writes outside the output tile",
                    tables[ti].name, wname[kk], outside[kk][ti]);
         }
+        for (int ti = 0; ti < n_tables; ti++) {
+            if (!wpanel(tables[ti].t, k)) continue;
+            CHECKF(pmismatch[kk][ti] == 0, "%s gemm_panel_%s: %d outputs differ from scalar",
+                   tables[ti].name, wname[kk], pmismatch[kk][ti]);
+            CHECKF(poutside[kk][ti] == 0, "%s gemm_panel_%s: %d writes outside the output tile",
+                   tables[ti].name, wname[kk], poutside[kk][ti]);
+        }
         CHECKF(outside_scalar[kk] == 0, "scalar gemm_%s: %d writes outside the output tile",
                wname[kk], outside_scalar[kk]);
         CHECKF(ref_bad[kk] == 0, "gemm_%s: %d outputs off the dequantized dot", wname[kk],
@@ -304,7 +338,9 @@ static void test_gemm(void) {
         printf("gemm_%s: worst error vs f32 activations = %.2f of the 8-bit bound\n", wname[kk],
                worst_rel[kk]);
     }
-    CHECK(calls == 3 * 4 * 11 * 11);
+    CHECK(calls == 3 * 4 * 11 * 12);
+    if (kern_vnni()) CHECK(panel_calls == 3 * 4 * 11 * 12);
+    free(panels);
     free(w);
     free(x);
     free(xq);
@@ -687,6 +723,112 @@ static void test_rope(void) {
            "rope_rows: %d elements off the exact rotation (or dims past `half` touched)", ref_bad);
 }
 
+
+static void test_f32_to_f16(void) {
+    const kern_table *S = kern_scalar();
+    int bad[2] = {0}, ref_bad = 0;
+    const float special[] = {0.0f, -0.0f, 65504.0f, 65520.0f, -65520.0f, 1e30f, INFINITY,
+                             -INFINITY, 0x1p-24f, 0x1p-25f, 0x1.8p-25f, 0x1p-14f, 6.1e-5f,
+                             1.0f + 0x1p-11f, 1.0f + 0x1.8p-11f, 1e-10f, -3.14159f};
+    const int ns = (int)(sizeof special / sizeof *special);
+    for (int n = 1; n <= 70; n++)
+        for (int trial = 0; trial < 4; trial++) {
+            float x[70];
+            uint16_t a[70], b[70];
+            for (int i = 0; i < n; i++)
+                x[i] = trial == 3 ? special[(i * 7 + n) % ns]
+                                  : rng_normalish() * powf(10.0f, rng_range(-8, 5));
+            S->f32_to_f16(x, a, n);
+            for (int i = 0; i < n; i++) ref_bad += a[i] != qt_f32_to_f16(x[i]);
+            for (int ti = 0; ti < n_tables; ti++) {
+                memset(b, 0xee, sizeof b);
+                tables[ti].t->f32_to_f16(x, b, n);
+                bad[ti] += memcmp(a, b, (size_t)n * sizeof *a) != 0;
+            }
+        }
+    for (int ti = 0; ti < n_tables; ti++)
+        CHECKF(bad[ti] == 0, "%s f32_to_f16: %d arrays differ from scalar", tables[ti].name, bad[ti]);
+    CHECK(ref_bad == 0);
+}
+
+/* ---------------- attention ---------------- */
+/* Each table's attn_f16 against the scalar reference, bit for bit, over
+ * scattered positions (a random permutation of slots, as a paged cache
+ * gives), both accumulation shapes, context lengths around the 16- and
+ * 64-lane edges and head sizes with and without SIMD-friendly multiples. */
+static void test_attention(void) {
+    const kern_table *S = kern_scalar();
+    const int hds[] = {64, 128, 16, 32, 8, 80};
+    const int ctxs[] = {1, 2, 15, 16, 17, 32, 33, 40, 48, 63, 64, 65, 100, 128, 129, 200, 300};
+    int bad[2] = {0}, calls = 0, ref_bad = 0;
+    for (size_t ih = 0; ih < sizeof hds / sizeof *hds; ih++)
+        for (size_t ic = 0; ic < sizeof ctxs / sizeof *ctxs; ic++)
+            for (int single = 0; single < 2; single++) {
+                const int hd = hds[ih], n = ctxs[ic], nq = 1 + (int)(ic % 3);
+                const size_t row = (size_t)hd * 2 + 6; /* bytes between slots */
+                const int n_slots = n + 7;
+                uint8_t *k = malloc((size_t)n_slots * row), *v = malloc((size_t)n_slots * row);
+                size_t *off = malloc((size_t)n * sizeof *off);
+                float *q = malloc((size_t)nq * hd * sizeof *q);
+                float *o0 = malloc((size_t)nq * hd * sizeof *o0), *o1 = malloc((size_t)nq * hd * sizeof *o1);
+                float *work = malloc(kern_attn_work(n, hd) * sizeof *work);
+                for (int sl = 0; sl < n_slots; sl++) {
+                    fill_f16((uint16_t *)(k + sl * row), hd, 1.0f);
+                    fill_f16((uint16_t *)(v + sl * row), hd, 1.0f);
+                }
+                /* distinct slots in shuffled order */
+                int *perm = malloc((size_t)n_slots * sizeof *perm);
+                for (int i = 0; i < n_slots; i++) perm[i] = i;
+                for (int i = n_slots - 1; i > 0; i--) {
+                    int jx = (int)(rng_u64() % (uint64_t)(i + 1)), t = perm[i];
+                    perm[i] = perm[jx];
+                    perm[jx] = t;
+                }
+                for (int p = 0; p < n; p++) off[p] = (size_t)perm[p] * row;
+                for (int i = 0; i < nq * hd; i++) q[i] = rng_normalish() * 2.0f;
+                const float scale = 1.0f / sqrtf((float)hd);
+                S->attn_f16(k, v, off, n, q, nq, hd, scale, single, work, o0);
+                calls++;
+                for (int ti = 0; ti < n_tables; ti++) {
+                    for (int i = 0; i < nq * hd; i++) o1[i] = -1234.0f;
+                    tables[ti].t->attn_f16(k, v, off, n, q, nq, hd, scale, single, work, o1);
+                    for (int i = 0; i < nq * hd; i++) bad[ti] += !same_float(o0[i], o1[i]);
+                }
+                /* the reference is a softmax-weighted mean of V: check it in double */
+                for (int h = 0; h < nq; h++) {
+                    double *sc = malloc((size_t)n * sizeof *sc), mx = -INFINITY, sum = 0;
+                    for (int p = 0; p < n; p++) {
+                        const uint16_t *kp = (const uint16_t *)(k + off[p]);
+                        double d = 0;
+                        for (int i = 0; i < hd; i++) d += (double)qt_f16_to_f32(kp[i]) * q[h * hd + i];
+                        sc[p] = d * scale;
+                        if (sc[p] > mx) mx = sc[p];
+                    }
+                    for (int p = 0; p < n; p++) sum += (sc[p] = exp(sc[p] - mx));
+                    for (int i = 0; i < hd; i++) {
+                        double want = 0;
+                        for (int p = 0; p < n; p++)
+                            want += sc[p] / sum * qt_f16_to_f32(((const uint16_t *)(v + off[p]))[i]);
+                        /* f16 rounding of q and of the weights dominates */
+                        if (fabs(o0[h * hd + i] - want) > 0.02) ref_bad++;
+                    }
+                    free(sc);
+                }
+                free(k);
+                free(v);
+                free(off);
+                free(q);
+                free(o0);
+                free(o1);
+                free(work);
+                free(perm);
+            }
+    for (int ti = 0; ti < n_tables; ti++)
+        CHECKF(bad[ti] == 0, "%s attn_f16: %d outputs differ from scalar", tables[ti].name, bad[ti]);
+    CHECKF(ref_bad == 0, "attn_f16 scalar: %d outputs off the double-precision attention", ref_bad);
+    CHECK(calls == 6 * 17 * 2);
+}
+
 static void test_tables(void) {
     const kern_table *S = kern_scalar();
     CHECK(S && strcmp(S->isa, "scalar") == 0);
@@ -694,7 +836,8 @@ static void test_tables(void) {
           S->gemm_q4_1 == kern_gemm_q4_1_scalar && S->gemm_q8_0 == kern_gemm_q8_0_scalar &&
           S->dot_f16 == kern_dot_f16_scalar && S->dot_f16_x4 == kern_dot_f16_x4_scalar &&
           S->axpy_f16 == kern_axpy_f16_scalar && S->silu_mul == kern_silu_mul_scalar &&
-          S->softmax_exp == kern_softmax_exp_scalar && S->rope_rows == kern_rope_scalar);
+          S->softmax_exp == kern_softmax_exp_scalar && S->rope_rows == kern_rope_scalar &&
+          S->attn_f16 == kern_attn_f16_scalar && S->f32_to_f16 == kern_f32_to_f16_scalar);
     const kern_table *sel = kern_select();
     CHECK(sel != NULL);
     if (kern_vnni()) CHECK(strcmp(kern_vnni()->isa, "avx512vnni") == 0);
@@ -702,7 +845,8 @@ static void test_tables(void) {
     for (int ti = 0; ti < n_tables; ti++) {
         const kern_table *T = tables[ti].t;
         CHECKF(T->quantize && T->gemm_q4_0 && T->gemm_q4_1 && T->gemm_q8_0 && T->dot_f16 &&
-                   T->dot_f16_x4 && T->axpy_f16 && T->silu_mul && T->softmax_exp && T->rope_rows,
+                   T->dot_f16_x4 && T->axpy_f16 && T->silu_mul && T->softmax_exp && T->rope_rows &&
+                   T->attn_f16 && T->f32_to_f16,
                "%s table has a NULL entry", T->isa);
     }
 }
@@ -728,6 +872,19 @@ static void tp_count(void *arg, int ith, int nth) {
         volatile int spin = 0;
         for (int i = 0; i < 20000; i++) spin += i;
     }
+}
+
+typedef struct {
+    _Atomic int calls[4];
+    _Atomic int next, done;
+    int items;
+} any_job;
+
+static void tp_any_fn(void *arg, int ith, int nth) {
+    any_job *j = arg;
+    (void)nth;
+    atomic_fetch_add(&j->calls[ith], 1);
+    while (atomic_fetch_add(&j->next, 1) < j->items) atomic_fetch_add(&j->done, 1);
 }
 
 static void test_threadpool(void) {
@@ -762,6 +919,41 @@ static void test_threadpool(void) {
                wrong, atomic_load(&s.bad_nth));
         tp_free(p);
     }
+    /* tp_run_any: the caller always runs the job, a worker at most once, and
+     * none after the call returns (jobs live on the caller's stack, as the
+     * backend's do): each job's counts are recorded on return and must not
+     * change later. Work claimed from a counter is done exactly once. */
+    for (int nt = 1; nt <= 3; nt++) {
+        tp_pool *p = tp_create(nt);
+        CHECK(p != NULL);
+        if (!p) continue;
+        enum { JOBS = 3000 };
+        static any_job jobs[JOBS];
+        static int snap[JOBS][4];
+        int bad = 0, joined = 0;
+        for (int k = 0; k < JOBS; k++) {
+            any_job *jb = &jobs[k];
+            memset(jb, 0, sizeof *jb);
+            jb->items = 64 + k % 100;
+            tp_run_any(p, tp_any_fn, jb);
+            for (int i = 0; i < 4; i++) snap[k][i] = atomic_load(&jb->calls[i]);
+            bad += snap[k][0] != 1 || atomic_load(&jb->done) != jb->items;
+            for (int i = 1; i < 4; i++) {
+                bad += snap[k][i] > 1 || (i >= nt && snap[k][i] != 0);
+                joined += snap[k][i];
+            }
+        }
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        int late = 0;
+        for (int k = 0; k < JOBS; k++)
+            for (int i = 0; i < 4; i++) late += atomic_load(&jobs[k].calls[i]) != snap[k][i];
+        CHECKF(bad == 0 && late == 0, "%d threads: tp_run_any: %d bad jobs, %d late calls", nt,
+               bad, late);
+        if (nt > 1) printf("tp_run_any, %d threads: workers joined %d of %d jobs\n", nt, joined, JOBS * (nt - 1));
+        tp_free(p);
+    }
+
     /* edge cases: a size below 1 means 1; free right after create; free(NULL) */
     tp_pool *p = tp_create(0);
     CHECK(p && tp_size(p) == 1);
@@ -789,6 +981,8 @@ int main(void) {
     test_silu();
     test_softmax();
     test_rope();
+    test_attention();
+    test_f32_to_f16();
     test_threadpool();
     return tu_finish("test_kernels");
 }

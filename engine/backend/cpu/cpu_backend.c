@@ -30,16 +30,45 @@ typedef struct {
     size_t cap;
 } scratch;
 
+/* One thread's range of matmul chunks (see split_next), on its own cache line. */
+typedef struct {
+    _Alignas(64) _Atomic uint64_t r;
+} split_range;
+
 typedef struct {
     tp_pool *pool;
     const kern_table *k;
-    blk_q8 *xq;
+    blk_q8 *xq; /* quantized activation rows */
     size_t xq_cap;
+    blk_q8x16 *xp; /* the same rows in panels */
+    size_t xp_cap;
+    split_range *ranges; /* [n_threads] */
     scratch *per_thread; /* [n_threads] */
     _Atomic int counter;
+    /* attention: row -> sequence, and each sequence's slot byte offsets */
+    int32_t *row_seq;
+    size_t row_seq_cap;
+    size_t *seq_off_start, seq_off_cap;
+    size_t *slot_off, slot_off_cap;
+    /* RoPE (cos, sin) per row, for the positions in rope_pos */
+    int rope_rows, rope_dim;
+    float rope_theta;
+    int32_t *rope_pos;
+    size_t rope_pos_cap;
+    float *rope_cs;
+    size_t rope_cs_cap;
 } cpu_impl;
 
 static cpu_impl *impl_of(backend *be) { return be->impl; }
+
+static int grow(void **p, size_t *cap, size_t n, size_t elt) {
+    if (*cap >= n) return 0;
+    void *q = realloc(*p, n * elt);
+    if (!q) return -1;
+    *p = q;
+    *cap = n;
+    return 0;
+}
 
 static int ensure(scratch *s, size_t n) {
     if (s->cap >= n) return 0;
@@ -50,45 +79,113 @@ static int ensure(scratch *s, size_t n) {
     return 0;
 }
 
+/* ---------------- work splitting ---------------- */
+
+/*
+ * Matmul chunks [0, n) are split into one contiguous range per thread, so
+ * each thread reads its weights as one sequential stream (prefetchers follow
+ * it; interleaved chunks would restart the stream at every chunk). A thread
+ * that finishes its range takes chunks from the end of another's, so a late
+ * or preempted thread does not hold the job up. A range is packed as
+ * next | end << 32 in one atomic word: the owner advances next, a thief
+ * lowers end, and a CAS keeps them from taking the same chunk.
+ */
+static void split_init(cpu_impl *ci, int n) {
+    const int nth = tp_size(ci->pool);
+    for (int i = 0; i < nth; i++) {
+        uint64_t lo = (uint64_t)((int64_t)n * i / nth), hi = (uint64_t)((int64_t)n * (i + 1) / nth);
+        atomic_store_explicit(&ci->ranges[i].r, lo | hi << 32, memory_order_relaxed);
+    }
+}
+
+/* Claims chunks [*first, *first + return value); 0 when none are left. A
+ * claim is a quarter of what remains, at most SPLIT_MAX_CLAIM chunks: fewer
+ * atomic operations (each also waits for the thread's outstanding memory
+ * accesses), and little left stranded with a thread that gets preempted.
+ * The owner claims from the front of its range, a thief from the end. */
+#define SPLIT_MAX_CLAIM 8
+static int split_next(cpu_impl *ci, int ith, int nth, int *first) {
+    for (int k = 0; k < nth; k++) {
+        _Atomic uint64_t *r = &ci->ranges[(ith + k) % nth].r;
+        uint64_t v = atomic_load_explicit(r, memory_order_relaxed);
+        for (;;) {
+            uint32_t lo = (uint32_t)v, hi = (uint32_t)(v >> 32);
+            if (lo >= hi) break;
+            uint32_t n = (hi - lo + 3) / 4;
+            if (n > SPLIT_MAX_CLAIM) n = SPLIT_MAX_CLAIM;
+            uint64_t nv = k == 0 ? v + n : v - ((uint64_t)n << 32);
+            if (atomic_compare_exchange_weak_explicit(r, &v, nv, memory_order_relaxed,
+                                                      memory_order_relaxed)) {
+                *first = (int)(k == 0 ? lo : hi - n);
+                return (int)n;
+            }
+        }
+    }
+    return 0;
+}
+
 /* ---------------- matmul ---------------- */
 
+/* Rows from which activations are packed into 16-row panels (kernels.h)
+ * for the AVX-512 panel kernels; fewer rows use the row kernels. */
+#define PANEL_MIN_ROWS 8
+#define MM_MAX_W 3
+
+/* Several weights that read the same activations (Q, K, V; gate, up) run as
+ * one job: x is quantized once and the threads share one pool of column
+ * chunks, so there is one barrier instead of one per weight. */
 typedef struct {
     cpu_impl *ci;
-    const be_weight *w;
-    const float *x;
-    int rows;
-    float *y;
-    kern_gemm_fn gemm; /* NULL: float path */
-    int nb;
-    int n_chunks;
+    int n_w;
+    const be_weight *w[MM_MAX_W];
+    float *y[MM_MAX_W];
+    kern_gemm_fn gemm[MM_MAX_W];
+    kern_gemm_panel_fn panel[MM_MAX_W];
+    int first_chunk[MM_MAX_W + 1]; /* weight i owns chunks [first_chunk[i], first_chunk[i+1]) */
+    int rows, nb;
+    const blk_q8 *xq;
+    const blk_q8x16 *xp; /* NULL: row kernels */
 } mm_job;
 
 static void mm_quant_worker(void *arg, int ith, int nth) {
     mm_job *j = arg;
-    (void)nth;
-    (void)ith;
-    const int64_t n_out = j->w->n_out;
-    for (;;) {
-        int c = atomic_fetch_add_explicit(&j->ci->counter, 1, memory_order_relaxed);
-        if (c >= j->n_chunks) break;
-        int64_t c0 = (int64_t)c * COL_CHUNK, c1 = c0 + COL_CHUNK < n_out ? c0 + COL_CHUNK : n_out;
-        const uint8_t *w0 = (const uint8_t *)j->w->data + (size_t)c0 * j->w->row_bytes;
+    cpu_impl *ci = j->ci;
+    for (int c0, n; (n = split_next(ci, ith, nth, &c0)) > 0;)
+        for (int c = c0; c < c0 + n; c++) {
+        int wi = 0;
+        while (c >= j->first_chunk[wi + 1]) wi++;
+        const be_weight *w = j->w[wi];
+        const int64_t n_out = w->n_out;
+        int64_t c0 = (int64_t)(c - j->first_chunk[wi]) * COL_CHUNK;
+        int nc = (int)(c0 + COL_CHUNK < n_out ? COL_CHUNK : n_out - c0);
+        const uint8_t *w0 = (const uint8_t *)w->data + (size_t)c0 * w->row_bytes;
+        float *y = j->y[wi] + c0;
+        if (j->xp) {
+            j->panel[wi](j->nb, w0, w->row_bytes, nc, j->xp, j->rows, y, (size_t)n_out);
+            continue;
+        }
         for (int r0 = 0; r0 < j->rows; r0 += ROW_TILE) {
             int nr = j->rows - r0 < ROW_TILE ? j->rows - r0 : ROW_TILE;
-            j->gemm(j->nb, w0, j->w->row_bytes, (int)(c1 - c0), j->ci->xq + (size_t)r0 * j->nb,
-                    (size_t)j->nb, nr, j->y + (size_t)r0 * n_out + c0, (size_t)n_out);
+            j->gemm[wi](j->nb, w0, w->row_bytes, nc, j->xq + (size_t)r0 * j->nb, (size_t)j->nb, nr,
+                        y + (size_t)r0 * n_out, (size_t)n_out);
         }
     }
 }
 
+typedef struct {
+    const be_weight *w;
+    const float *x;
+    int rows;
+    float *y;
+    cpu_impl *ci;
+} mmf_job;
+
 static void mm_float_worker(void *arg, int ith, int nth) {
-    mm_job *j = arg;
-    (void)nth;
+    mmf_job *j = arg;
     const int64_t n_in = j->w->n_in, n_out = j->w->n_out;
     float *wrow = j->ci->per_thread[ith].buf;
-    for (;;) {
-        int c = atomic_fetch_add_explicit(&j->ci->counter, 1, memory_order_relaxed);
-        if (c >= j->n_chunks) break;
+    for (int first, n; (n = split_next(j->ci, ith, nth, &first)) > 0;)
+        for (int c = first; c < first + n; c++) {
         int64_t c0 = (int64_t)c * COL_CHUNK, c1 = c0 + COL_CHUNK < n_out ? c0 + COL_CHUNK : n_out;
         for (int64_t col = c0; col < c1; col++) {
             quant_dequant_row(j->w->type, (const uint8_t *)j->w->data + (size_t)col * j->w->row_bytes,
@@ -108,111 +205,267 @@ typedef struct {
     const float *x;
     int rows;
     int n_in;
+    int panels, with_c8;
 } q_job;
 
+/* Quantize rows (and copy each into its panel slot); rows are claimed from
+ * a counter so that whichever threads join finish them all. */
 static void quant_worker(void *arg, int ith, int nth) {
     q_job *q = arg;
-    int nb = q->n_in / 32;
-    for (int r = ith; r < q->rows; r += nth)
-        q->ci->k->quantize(q->x + (size_t)r * q->n_in, q->ci->xq + (size_t)r * nb, q->n_in);
+    cpu_impl *ci = q->ci;
+    (void)ith;
+    (void)nth;
+    const int nb = q->n_in / 32, R = KERN_PANEL_ROWS;
+    for (int r; (r = atomic_fetch_add_explicit(&ci->counter, 1, memory_order_relaxed)) <= q->rows;) {
+        if (r == q->rows) { /* the last panel's unused slots */
+            if (q->panels && r % R)
+                kern_pack_panel(NULL, 0, r % R, R - r % R, nb, q->with_c8, ci->xp + (size_t)(r / R) * nb);
+            continue;
+        }
+        blk_q8 *xr = ci->xq + (size_t)r * nb;
+        ci->k->quantize(q->x + (size_t)r * q->n_in, xr, q->n_in);
+        if (q->panels) kern_pack_panel(xr, (size_t)nb, r % R, 1, nb, q->with_c8, ci->xp + (size_t)(r / R) * nb);
+    }
+}
+
+static kern_gemm_fn gemm_for(const kern_table *k, const be_weight *w) {
+    if (w->n_in % 32) return NULL;
+    return w->type == QT_Q4_1 ? k->gemm_q4_1 : w->type == QT_Q4_0 ? k->gemm_q4_0
+           : w->type == QT_Q8_0 ? k->gemm_q8_0 : NULL;
+}
+static kern_gemm_panel_fn panel_for(const kern_table *k, const be_weight *w) {
+    return w->type == QT_Q4_1 ? k->gemm_panel_q4_1 : w->type == QT_Q4_0 ? k->gemm_panel_q4_0
+           : w->type == QT_Q8_0 ? k->gemm_panel_q8_0 : NULL;
+}
+
+static void cpu_matmul(backend *be, const be_weight *w, const float *x, int rows, float *y);
+
+static void cpu_matmul_n(backend *be, int n, const be_weight *const *w, const float *x, int rows,
+                         float *const *y) {
+    cpu_impl *ci = impl_of(be);
+    mm_job j = {0};
+    j.ci = ci;
+    j.n_w = n;
+    j.rows = rows;
+    int quant = n >= 1 && n <= MM_MAX_W, panels = quant && rows >= PANEL_MIN_ROWS, with_c8 = 0;
+    for (int i = 0; quant && i < n; i++) {
+        j.w[i] = w[i];
+        j.y[i] = y[i];
+        j.gemm[i] = gemm_for(ci->k, w[i]);
+        j.panel[i] = panel_for(ci->k, w[i]);
+        j.first_chunk[i + 1] = j.first_chunk[i] + (int)((w[i]->n_out + COL_CHUNK - 1) / COL_CHUNK);
+        quant &= j.gemm[i] != NULL && w[i]->n_in == w[0]->n_in;
+        panels &= j.panel[i] != NULL;
+        with_c8 |= w[i]->type == QT_Q8_0;
+    }
+    if (quant) {
+        j.nb = (int)(w[0]->n_in / 32);
+        size_t ng = ((size_t)rows + KERN_PANEL_ROWS - 1) / KERN_PANEL_ROWS;
+        if (grow((void **)&ci->xq, &ci->xq_cap, (size_t)rows * (size_t)j.nb, sizeof *ci->xq))
+            quant = 0; /* out of memory: the float path needs none */
+        else if (panels && grow((void **)&ci->xp, &ci->xp_cap, ng * (size_t)j.nb, sizeof *ci->xp))
+            panels = 0;
+    }
+    if (!quant) {
+        for (int i = 0; i < n; i++) cpu_matmul(be, w[i], x, rows, y[i]);
+        return;
+    }
+    q_job q = {ci, x, rows, (int)w[0]->n_in, panels, with_c8};
+    atomic_store(&ci->counter, 0);
+    if (rows >= 8) tp_run_any(ci->pool, quant_worker, &q);
+    else quant_worker(&q, 0, 1); /* a few rows: cheaper than waking the pool */
+    j.xq = ci->xq;
+    j.xp = panels ? ci->xp : NULL;
+    split_init(ci, j.first_chunk[n]);
+    tp_run_any(ci->pool, mm_quant_worker, &j);
 }
 
 static void cpu_matmul(backend *be, const be_weight *w, const float *x, int rows, float *y) {
     cpu_impl *ci = impl_of(be);
-    mm_job j = {ci, w, x, rows, y, NULL, 0, (int)((w->n_out + COL_CHUNK - 1) / COL_CHUNK)};
-    if (w->n_in % 32 == 0) {
-        if (w->type == QT_Q4_1) j.gemm = ci->k->gemm_q4_1;
-        else if (w->type == QT_Q4_0) j.gemm = ci->k->gemm_q4_0;
-        else if (w->type == QT_Q8_0) j.gemm = ci->k->gemm_q8_0;
-    }
-    if (j.gemm) {
-        j.nb = (int)(w->n_in / 32);
-        size_t need = (size_t)rows * (size_t)j.nb;
-        if (need > ci->xq_cap) {
-            blk_q8 *p = realloc(ci->xq, need * sizeof *p);
-            if (!p) { /* out of memory: fall back to the float path */
-                j.gemm = NULL;
-            } else {
-                ci->xq = p;
-                ci->xq_cap = need;
-            }
-        }
-    }
-    if (j.gemm) {
-        q_job q = {ci, x, rows, (int)w->n_in};
-        if (rows >= 8) {
-            tp_run(ci->pool, quant_worker, &q);
-        } else {
-            quant_worker(&q, 0, 1);
-        }
-        atomic_store(&ci->counter, 0);
-        tp_run(ci->pool, mm_quant_worker, &j);
+    if (gemm_for(ci->k, w)) {
+        cpu_matmul_n(be, 1, &w, x, rows, &y);
         return;
     }
     for (int t = 0; t < tp_size(ci->pool); t++)
         if (ensure(&ci->per_thread[t], (size_t)w->n_in)) return; /* OOM: leave y untouched */
-    atomic_store(&ci->counter, 0);
-    tp_run(ci->pool, mm_float_worker, &j);
+    mmf_job j = {w, x, rows, y, ci};
+    split_init(ci, (int)((w->n_out + COL_CHUNK - 1) / COL_CHUNK));
+    tp_run_any(ci->pool, mm_float_worker, &j);
 }
 
 /* ---------------- elementwise ---------------- */
 
-static void cpu_rmsnorm(backend *be, const float *x, const float *g, int rows, int cols, float eps,
-                        float *y) {
-    (void)be;
-    for (int r = 0; r < rows; r++) {
-        const float *xr = x + (size_t)r * cols;
-        float *yr = y + (size_t)r * cols;
+/*
+ * Row-wise ops run on the calling thread for a few rows (a decode step:
+ * waking the pool costs more than the work) and are split across the pool
+ * in blocks of rows otherwise (prefill: serial elementwise work would leave
+ * the other threads idle for a tenth of the step).
+ */
+#define PAR_MIN_ROWS 16
+#define PAR_GRAIN 4
+
+typedef struct {
+    cpu_impl *ci;
+    void (*fn)(void *ctx, int r0, int r1);
+    void *ctx;
+    int rows;
+} par_job;
+
+static void par_worker(void *arg, int ith, int nth) {
+    par_job *j = arg;
+    (void)ith;
+    (void)nth;
+    for (int r; (r = atomic_fetch_add_explicit(&j->ci->counter, PAR_GRAIN, memory_order_relaxed)) < j->rows;)
+        j->fn(j->ctx, r, r + PAR_GRAIN < j->rows ? r + PAR_GRAIN : j->rows);
+}
+
+static void par_rows(cpu_impl *ci, int rows, void (*fn)(void *ctx, int r0, int r1), void *ctx) {
+    if (rows < PAR_MIN_ROWS || tp_size(ci->pool) == 1) {
+        fn(ctx, 0, rows);
+        return;
+    }
+    par_job j = {ci, fn, ctx, rows};
+    atomic_store(&ci->counter, 0);
+    tp_run_any(ci->pool, par_worker, &j);
+}
+
+typedef struct {
+    const float *x, *g;
+    int cols;
+    float eps;
+    float *y;
+} norm_ctx;
+
+static void rmsnorm_rows(void *arg, int r0, int r1) {
+    const norm_ctx *c = arg;
+    const int cols = c->cols;
+    for (int r = r0; r < r1; r++) {
+        const float *xr = c->x + (size_t)r * cols;
+        float *yr = c->y + (size_t)r * cols;
         /* float products summed in double, as ggml does */
         double ss = 0;
         for (int i = 0; i < cols; i++) ss += (double)(xr[i] * xr[i]);
         const float mean = (float)(ss / cols);
-        float scale = 1.0f / sqrtf(mean + eps);
-        for (int i = 0; i < cols; i++) yr[i] = xr[i] * scale * g[i];
+        float scale = 1.0f / sqrtf(mean + c->eps);
+        for (int i = 0; i < cols; i++) yr[i] = xr[i] * scale * c->g[i];
     }
 }
 
-static void cpu_rope(backend *be, float *x, int rows, int n_heads, int head_dim, int rope_dim,
-                     const int32_t *positions, float theta_base) {
-    const kern_table *k = impl_of(be)->k;
-    const float theta_scale = powf(theta_base, -2.0f / (float)rope_dim);
-    float cs[512];
+static void cpu_rmsnorm(backend *be, const float *x, const float *g, int rows, int cols, float eps,
+                        float *y) {
+    norm_ctx c = {x, g, cols, eps, y};
+    par_rows(impl_of(be), rows, rmsnorm_rows, &c);
+}
+
+/*
+ * RoPE: the (cos, sin) table of each row depends only on its position, the
+ * base and the rotary dims, which are the same for Q and K of every layer in
+ * a forward pass, so it is computed on the first call and reused while
+ * those match (positions compared by value).
+ */
+static int rope_table(cpu_impl *ci, int rows, int rope_dim, const int32_t *positions,
+                      float theta_base) {
     int half = rope_dim / 2;
-    if (half > 256) half = 256;
+    if (ci->rope_rows == rows && ci->rope_dim == rope_dim && ci->rope_theta == theta_base &&
+        memcmp(ci->rope_pos, positions, (size_t)rows * sizeof *positions) == 0)
+        return 0;
+    if (grow((void **)&ci->rope_pos, &ci->rope_pos_cap, (size_t)rows, sizeof *ci->rope_pos) ||
+        grow((void **)&ci->rope_cs, &ci->rope_cs_cap, (size_t)rows * 2 * (size_t)half,
+             sizeof *ci->rope_cs)) {
+        ci->rope_rows = -1;
+        return -1;
+    }
+    const float theta_scale = powf(theta_base, -2.0f / (float)rope_dim);
     for (int r = 0; r < rows; r++) {
-        float theta = (float)positions[r];
+        float theta = (float)positions[r], *cs = ci->rope_cs + (size_t)r * 2 * half;
         for (int i = 0; i < half; i++) {
             cs[2 * i] = cosf(theta);
             cs[2 * i + 1] = sinf(theta);
             theta *= theta_scale;
         }
-        k->rope_rows(x + (size_t)r * n_heads * head_dim, cs, n_heads, head_dim, half);
     }
+    memcpy(ci->rope_pos, positions, (size_t)rows * sizeof *positions);
+    ci->rope_rows = rows;
+    ci->rope_dim = rope_dim;
+    ci->rope_theta = theta_base;
+    return 0;
+}
+
+typedef struct {
+    const kern_table *k;
+    float *x;
+    const float *cs;
+    int n_heads, head_dim, half;
+} rope_ctx;
+
+static void rope_rows_fn(void *arg, int r0, int r1) {
+    const rope_ctx *c = arg;
+    for (int r = r0; r < r1; r++)
+        c->k->rope_rows(c->x + (size_t)r * c->n_heads * c->head_dim, c->cs + (size_t)r * 2 * c->half,
+                        c->n_heads, c->head_dim, c->half);
+}
+
+static void cpu_rope(backend *be, float *x, int rows, int n_heads, int head_dim, int rope_dim,
+                     const int32_t *positions, float theta_base) {
+    cpu_impl *ci = impl_of(be);
+    if (rope_table(ci, rows, rope_dim, positions, theta_base)) return; /* out of memory */
+    rope_ctx c = {ci->k, x, ci->rope_cs, n_heads, head_dim, rope_dim / 2};
+    par_rows(ci, rows, rope_rows_fn, &c);
+}
+
+typedef struct {
+    const kern_table *k;
+    const float *gate, *up;
+    float *out;
+    int n; /* elements per row */
+} swiglu_ctx;
+
+static void swiglu_rows(void *arg, int r0, int r1) {
+    const swiglu_ctx *c = arg;
+    size_t o = (size_t)r0 * c->n;
+    c->k->silu_mul(c->gate + o, c->up + o, c->out + o, (r1 - r0) * c->n);
 }
 
 static void cpu_swiglu(backend *be, const float *gate, const float *up, size_t n, float *out) {
-    const kern_table *k = impl_of(be)->k;
-    for (size_t i = 0; i < n; i += 1 << 20) {
-        int c = n - i < (1u << 20) ? (int)(n - i) : 1 << 20;
-        k->silu_mul(gate + i, up + i, out + i, c);
+    cpu_impl *ci = impl_of(be);
+    /* split into rows of 1024 for the pool (elementwise: any split works) */
+    const int row = 1024;
+    size_t rows = n / row;
+    if (rows > 0 && rows < (size_t)INT32_MAX) {
+        swiglu_ctx c = {ci->k, gate, up, out, row};
+        par_rows(ci, (int)rows, swiglu_rows, &c);
     }
+    for (size_t i = rows * row; i < n; i += 1 << 20) {
+        int c = n - i < (1u << 20) ? (int)(n - i) : 1 << 20;
+        ci->k->silu_mul(gate + i, up + i, out + i, c);
+    }
+}
+
+typedef struct {
+    const kern_table *k;
+    kv_cache *kv;
+    int layer;
+    const float *src[2];
+    const int32_t *slots;
+} kv_ctx;
+
+static void kv_store_rows(void *arg, int r0, int r1) {
+    const kv_ctx *c = arg;
+    kv_cache *kv = c->kv;
+    for (int r = r0; r < r1; r++)
+        for (int kind = 0; kind < 2; kind++) {
+            const float *src = c->src[kind] + (size_t)r * kv->kv_dim;
+            void *dst = kv_slot_ptr(kv, c->layer, kind, c->slots[r]);
+            if (kv->dtype == KV_F32) memcpy(dst, src, (size_t)kv->kv_dim * 4);
+            else c->k->f32_to_f16(src, dst, kv->kv_dim);
+        }
 }
 
 static void cpu_kv_store(backend *be, kv_cache *kv, int layer, const float *k, const float *v,
                          int rows, const int32_t *slots) {
-    (void)be;
-    for (int r = 0; r < rows; r++) {
-        const float *src[2] = {k + (size_t)r * kv->kv_dim, v + (size_t)r * kv->kv_dim};
-        for (int kind = 0; kind < 2; kind++) {
-            void *dst = kv_slot_ptr(kv, layer, kind, slots[r]);
-            if (kv->dtype == KV_F32) {
-                memcpy(dst, src[kind], (size_t)kv->kv_dim * 4);
-            } else {
-                uint16_t *d = dst;
-                for (int i = 0; i < kv->kv_dim; i++) d[i] = qt_f32_to_f16(src[kind][i]);
-            }
-        }
-    }
+    cpu_impl *ci = impl_of(be);
+    kv_ctx c = {ci->k, kv, layer, {k, v}, slots};
+    par_rows(ci, rows, kv_store_rows, &c);
 }
 
 static void cpu_embed(backend *be, const be_weight *emb, const int32_t *ids, int n, float *out) {
@@ -226,80 +479,68 @@ static void cpu_embed(backend *be, const be_weight *emb, const int32_t *ids, int
 
 typedef struct {
     cpu_impl *ci;
-    kv_cache *kv;
-    int layer;
     const be_attn *a;
+    const uint8_t *k0, *v0;  /* this layer's K and V at slot offset 0 */
+    size_t head_bytes;       /* one KV head */
+    int elt_size;
     const float *q;
     float *out;
-    const int32_t *row_seq; /* row -> sequence */
     int n_tasks;
 } attn_job;
 
 /*
  * One (row, head) task: scores over the row's causal context read through
  * the block table, softmax, weighted sum of V. With an f16 cache the
- * arithmetic follows ggml's f16 matmuls exactly (see kernels.h): q and the
- * softmax weights are rounded to f16, and the accumulation shape depends on
- * whether the sequence has one row in this step (llama.cpp's vec_dot path)
- * or several (its tiled path). The V sum is kept in `lanes` accumulators
- * indexed by position, so the result does not depend on the block layout.
+ * arithmetic follows ggml's f16 matmuls exactly (kernels.h, attn_f16): the
+ * accumulation shape depends on whether the sequence has one row in this
+ * step (llama.cpp's vec_dot path) or several (its tiled path).
  */
 static void attn_worker(void *arg, int ith, int nth) {
     attn_job *j = arg;
     (void)nth;
     const be_attn *a = j->a;
-    kv_cache *kv = j->kv;
-    const int hd = a->head_dim, group = a->n_head / a->n_head_kv, bs = kv->block_size;
-    float *buf = j->ci->per_thread[ith].buf; /* scores[ctx] | q[hd] | acc[64 * hd] */
-    const kern_table *k = j->ci->k;
-    const int f16 = kv->dtype == KV_F16;
+    cpu_impl *ci = j->ci;
+    const int hd = a->head_dim, group = a->n_head / a->n_head_kv;
+    float *work = ci->per_thread[ith].buf;
     for (;;) {
-        int task = atomic_fetch_add_explicit(&j->ci->counter, 1, memory_order_relaxed);
+        int task = atomic_fetch_add_explicit(&ci->counter, 1, memory_order_relaxed);
         if (task >= j->n_tasks) break;
-        int t = task / a->n_head, h = task % a->n_head, kvh = h / group;
-        int s = j->row_seq[t];
+        /* KV head major, then row, then the query heads that share it:
+         * consecutive tasks read the same K and V rows (a prefill's rows
+         * share most of their context), so they stay in this core's L2 */
+        const int per_kvh = a->n_tokens * group, kvh = task / per_kvh;
+        int t = task % per_kvh / group, h = kvh * group + task % group;
+        int s = ci->row_seq[t];
         const int single = a->row_single ? a->row_single[t] != 0
                                          : a->seq_start[s + 1] - a->seq_start[s] == 1;
+        const size_t *off = ci->slot_off + ci->seq_off_start[s];
+        const int n_ctx = a->positions[t] + 1;
+        const size_t kvh_off = (size_t)kvh * j->head_bytes;
+        const float *q = j->q + ((size_t)t * a->n_head + h) * hd;
+        float *res = j->out + ((size_t)t * a->n_head + h) * hd;
+        if (j->elt_size == 2) {
+            ci->k->attn_f16(j->k0 + kvh_off, j->v0 + kvh_off, off, n_ctx, q, 1, hd, a->scale,
+                            single, work, res);
+            continue;
+        }
+        /* f32 cache: the same shapes in plain float arithmetic */
         const int lanes = single ? 64 : 16;
-        const int32_t *table = a->block_tables[s];
-        int n_ctx = a->positions[t] + 1;
-        const float *q32 = j->q + ((size_t)t * a->n_head + h) * hd;
-        float *scores = buf, *q = buf + n_ctx, *acc = q + hd;
-        for (int i = 0; i < hd; i++) q[i] = f16 ? qt_f16_to_f32(qt_f32_to_f16(q32[i])) : q32[i];
-        float mx = -INFINITY;
+        float *scores = work, *acc = work + n_ctx + hd, mx = -INFINITY;
         for (int p = 0; p < n_ctx; p++) {
-            int32_t slot = table[p / bs] * bs + p % bs;
-            const void *kp = (const uint8_t *)kv_slot_ptr(kv, j->layer, 0, slot) +
-                             (size_t)kvh * hd * kv->elt_size;
-            float sc;
-            if (f16) {
-                sc = single ? k->dot_f16_x4(kp, q, hd) : k->dot_f16(kp, q, hd);
-            } else {
-                const float *kf = kp;
-                sc = 0;
-                for (int i = 0; i < hd; i++) sc = fmaf(kf[i], q[i], sc);
-            }
+            const float *kf = (const float *)(j->k0 + kvh_off + off[p]);
+            float sc = 0;
+            for (int i = 0; i < hd; i++) sc = fmaf(kf[i], q[i], sc);
             sc *= a->scale;
             scores[p] = sc;
             if (sc > mx) mx = sc;
         }
-        double sum = k->softmax_exp(scores, n_ctx, mx);
-        float inv = (float)(1.0 / sum);
+        float inv = (float)(1.0 / ci->k->softmax_exp(scores, n_ctx, mx));
         memset(acc, 0, (size_t)hd * (size_t)lanes * sizeof *acc);
         for (int p = 0; p < n_ctx; p++) {
-            int32_t slot = table[p / bs] * bs + p % bs;
-            const void *vp = (const uint8_t *)kv_slot_ptr(kv, j->layer, 1, slot) +
-                             (size_t)kvh * hd * kv->elt_size;
-            float wgt = scores[p] * inv;
-            float *lane = acc + (size_t)(p % lanes) * hd;
-            if (f16) {
-                k->axpy_f16(qt_f16_to_f32(qt_f32_to_f16(wgt)), vp, lane, hd);
-            } else {
-                const float *vf = vp;
-                for (int i = 0; i < hd; i++) lane[i] = fmaf(wgt, vf[i], lane[i]);
-            }
+            const float *vf = (const float *)(j->v0 + kvh_off + off[p]);
+            float wgt = scores[p] * inv, *lane = acc + (size_t)(p % lanes) * hd;
+            for (int i = 0; i < hd; i++) lane[i] = fmaf(wgt, vf[i], lane[i]);
         }
-        float *res = j->out + ((size_t)t * a->n_head + h) * hd;
         for (int i = 0; i < hd; i++) {
             float l[64];
             for (int ln = 0; ln < lanes; ln++) l[ln] = acc[(size_t)ln * hd + i];
@@ -312,22 +553,44 @@ static void cpu_attention(backend *be, kv_cache *kv, int layer, const be_attn *a
                           float *out) {
     cpu_impl *ci = impl_of(be);
     int max_ctx = 0;
-    for (int s = 0; s < a->n_seqs; s++)
+    size_t total_ctx = 0;
+    for (int s = 0; s < a->n_seqs; s++) {
         if (a->context_len[s] > max_ctx) max_ctx = a->context_len[s];
+        total_ctx += (size_t)a->context_len[s];
+    }
     for (int t = 0; t < tp_size(ci->pool); t++)
-        if (ensure(&ci->per_thread[t], (size_t)max_ctx + 65 * (size_t)a->head_dim)) return;
-    int32_t *row_seq = malloc((size_t)(a->n_tokens > 0 ? a->n_tokens : 1) * sizeof *row_seq);
-    if (!row_seq) return;
-    for (int s = 0; s < a->n_seqs; s++)
-        for (int r = a->seq_start[s]; r < a->seq_start[s + 1]; r++) row_seq[r] = s;
-    attn_job j = {ci, kv, layer, a, q, out, row_seq, a->n_tokens * a->n_head};
+        if (ensure(&ci->per_thread[t], kern_attn_work(max_ctx, a->head_dim))) return;
+    if (grow((void **)&ci->row_seq, &ci->row_seq_cap, (size_t)a->n_tokens, sizeof *ci->row_seq) ||
+        grow((void **)&ci->seq_off_start, &ci->seq_off_cap, (size_t)a->n_seqs,
+             sizeof *ci->seq_off_start) ||
+        grow((void **)&ci->slot_off, &ci->slot_off_cap, total_ctx, sizeof *ci->slot_off))
+        return;
+    /* Byte offset of each context position from its layer's slot 0: the
+     * same for K and V and every head, so it is computed once per call. */
+    const size_t bs = (size_t)kv->block_size, row_bytes = (size_t)kv->kv_dim * kv->elt_size;
+    size_t *off = ci->slot_off;
+    for (int s = 0; s < a->n_seqs; s++) {
+        ci->seq_off_start[s] = (size_t)(off - ci->slot_off);
+        for (int r = a->seq_start[s]; r < a->seq_start[s + 1]; r++) ci->row_seq[r] = s;
+        const int32_t *table = a->block_tables[s];
+        for (int p = 0; p < a->context_len[s]; p++)
+            *off++ = (size_t)table[p / bs] * kv->block_bytes + (size_t)(p % bs) * row_bytes;
+    }
+    attn_job j = {ci,
+                  a,
+                  kv_slot_ptr(kv, layer, 0, 0),
+                  kv_slot_ptr(kv, layer, 1, 0),
+                  (size_t)a->head_dim * kv->elt_size,
+                  (int)kv->elt_size,
+                  q,
+                  out,
+                  a->n_tokens * a->n_head};
     atomic_store(&ci->counter, 0);
-    tp_run(ci->pool, attn_worker, &j);
-    free(row_seq);
+    tp_run_any(ci->pool, attn_worker, &j);
 }
 
 static const backend_ops CPU_OPS = {
-    "cpu", cpu_matmul, cpu_rmsnorm, cpu_rope, cpu_swiglu, cpu_kv_store, cpu_attention, cpu_embed,
+    "cpu", cpu_matmul, cpu_matmul_n, cpu_rmsnorm, cpu_rope, cpu_swiglu, cpu_kv_store, cpu_attention, cpu_embed,
 };
 
 backend *backend_cpu_create(int n_threads, char *err, size_t errlen) {
@@ -339,12 +602,15 @@ backend *backend_cpu_create(int n_threads, char *err, size_t errlen) {
     cpu_impl *ci = calloc(1, sizeof *ci);
     if (!be || !ci) goto oom;
     ci->k = kern_select();
+    ci->rope_rows = -1; /* no RoPE table yet */
     ci->per_thread = calloc((size_t)n_threads, sizeof *ci->per_thread);
-    if (!ci->per_thread) goto oom;
+    ci->ranges = aligned_alloc(64, (size_t)n_threads * sizeof *ci->ranges);
+    if (!ci->per_thread || !ci->ranges) goto oom;
     ci->pool = tp_create(n_threads);
     if (!ci->pool) {
         snprintf(err, errlen, "cannot start %d CPU threads", n_threads);
         free(ci->per_thread);
+        free(ci->ranges);
         free(ci);
         free(be);
         return NULL;
@@ -355,7 +621,10 @@ backend *backend_cpu_create(int n_threads, char *err, size_t errlen) {
     return be;
 oom:
     snprintf(err, errlen, "out of memory creating the CPU backend");
-    if (ci) free(ci->per_thread);
+    if (ci) {
+        free(ci->per_thread);
+        free(ci->ranges);
+    }
     free(ci);
     free(be);
     return NULL;
@@ -371,6 +640,13 @@ void backend_free(backend *be) {
         for (int t = 0; t < be->n_threads; t++) free(ci->per_thread[t].buf);
         free(ci->per_thread);
         free(ci->xq);
+        free(ci->xp);
+        free(ci->ranges);
+        free(ci->row_seq);
+        free(ci->seq_off_start);
+        free(ci->slot_off);
+        free(ci->rope_pos);
+        free(ci->rope_cs);
         free(ci);
     }
     free(be);

@@ -27,11 +27,32 @@ typedef struct {
     int8_t qs[32];
 } blk_q8;
 
+/*
+ * Activations of 16 rows for one block, transposed for the AVX-512 panel
+ * kernels: qs[l][r] holds bytes 4l..4l+3 of row r, so one 64-byte load
+ * feeds a dpbusd that computes lane l of the block's dot for 16 rows at
+ * once (each output keeps its own 8 lanes, summed in the same order as
+ * the row kernels). Rows past the last real row are zero. c8, filled only
+ * when asked for (Q8_0 weights), is -128 * the sum of those 4 bytes: the
+ * kernels bias signed Q8_0 weights by 128 to use the unsigned x signed dot,
+ * and start each block's sum from c8 to cancel the bias exactly.
+ */
+#define KERN_PANEL_ROWS 16
+typedef struct {
+    int8_t qs[8][16][4];
+    float d[16], s[16];
+    int32_t c8[8][16];
+} blk_q8x16;
+
 /* y[r * ys + c] = dot(weight row c, activation row r) for c < nc, r < nr.
  * Weight rows are ws bytes apart, activation rows xs blocks apart; every
  * row has nb blocks. */
 typedef void (*kern_gemm_fn)(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
                              int nr, float *y, size_t ys);
+/* The same products with activations in panels: rows 16i..16i+15 in
+ * xp[i * nb .. i * nb + nb). Bit-identical to kern_gemm_fn. */
+typedef void (*kern_gemm_panel_fn)(int nb, const void *w, size_t ws, int nc, const blk_q8x16 *xp,
+                                   int nr, float *y, size_t ys);
 typedef void (*kern_quantize_fn)(const float *x, blk_q8 *y, int n);
 typedef float (*kern_dot_f16_fn)(const uint16_t *a, const float *b, int n);
 /* The same dot with ggml_vec_dot_f16's shape: 4 accumulators of 16 lanes
@@ -40,6 +61,8 @@ typedef float (*kern_dot_f16_fn)(const uint16_t *a, const float *b, int n);
  * shape when a step has a single token and the tiled one otherwise. */
 /* acc[i] = fma(a, v[i], acc[i]) with v in f16 */
 typedef void (*kern_axpy_f16_fn)(float a, const uint16_t *v, float *acc, int n);
+/* y[i] = x[i] rounded to f16 (nearest even; as qt_f32_to_f16, NaN payloads aside) */
+typedef void (*kern_f32_to_f16_fn)(const float *x, uint16_t *y, int n);
 /* out[i] = silu(g[i]) * u[i] */
 typedef void (*kern_silu_mul_fn)(const float *g, const float *u, float *out, int n);
 /* Rotate the first 2*half dims of each head by the (cos, sin) pairs in cs:
@@ -47,6 +70,20 @@ typedef void (*kern_silu_mul_fn)(const float *g, const float *u, float *out, int
 typedef void (*kern_rope_fn)(float *x, const float *cs, int n_heads, int head_dim, int half);
 /* x[i] = exp(x[i] - max) in place; returns the sum (see kern_exp_ref). */
 typedef double (*kern_softmax_exp_fn)(float *x, int n, float max);
+/*
+ * Attention of one query row for nq query heads that share one KV head, over
+ * an f16 cache: position p's K (V) head vector starts off[p] bytes after k
+ * (v). q holds nq * hd f32 values (rounded to f16 first, as ggml's f16
+ * matmuls do), out receives nq * hd. `single` selects llama.cpp's shapes for
+ * a sequence with one row in the step (dot_f16_x4 for the scores, 64 V
+ * lanes reduced by kern_reduce64) against several rows (dot_f16, 16 lanes,
+ * kern_tree16); the V sum keeps lane p % lanes for position p, so the result
+ * does not depend on where positions are stored. work holds at least
+ * kern_attn_work(n_ctx, hd) floats.
+ */
+typedef void (*kern_attn_f16_fn)(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
+                                 const float *q, int nq, int hd, float scale, int single,
+                                 float *work, float *out);
 
 typedef struct {
     const char *isa; /* "avx512vnni", "avx2", "scalar" */
@@ -60,6 +97,12 @@ typedef struct {
     kern_silu_mul_fn silu_mul;
     kern_softmax_exp_fn softmax_exp;
     kern_rope_fn rope_rows;
+    kern_attn_f16_fn attn_f16;
+    kern_f32_to_f16_fn f32_to_f16;
+    /* NULL where the ISA has no panel kernels (use the row kernels) */
+    kern_gemm_panel_fn gemm_panel_q4_0;
+    kern_gemm_panel_fn gemm_panel_q4_1;
+    kern_gemm_panel_fn gemm_panel_q8_0;
 } kern_table;
 
 /*
@@ -101,5 +144,20 @@ void kern_axpy_f16_scalar(float a, const uint16_t *v, float *acc, int n);
 void kern_silu_mul_scalar(const float *g, const float *u, float *out, int n);
 double kern_softmax_exp_scalar(float *x, int n, float max);
 void kern_rope_scalar(float *x, const float *cs, int n_heads, int head_dim, int half);
+/* Pack rows x[0..nr) (xs blocks apart, nb blocks each) into slots
+ * [slot0, slot0 + nr) of the panel p[0..nb); x NULL zeroes those slots.
+ * with_c8 fills the Q8_0 corrections. */
+void kern_pack_panel(const blk_q8 *x, size_t xs, int slot0, int nr, int nb, int with_c8,
+                     blk_q8x16 *p);
+void kern_f32_to_f16_scalar(const float *x, uint16_t *y, int n);
+size_t kern_attn_work(int n_ctx, int hd);
+void kern_attn_f16_scalar(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
+                          const float *q, int nq, int hd, float scale, int single, float *work,
+                          float *out);
+/* The reference attention written against table t's dot, softmax and axpy
+ * kernels (the AVX2 table uses it with its own). */
+void kern_attn_f16_with(const kern_table *t, const uint8_t *k, const uint8_t *v, const size_t *off,
+                        int n_ctx, const float *q, int nq, int hd, float scale, int single,
+                        float *work, float *out);
 
 #endif

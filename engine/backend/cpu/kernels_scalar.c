@@ -195,10 +195,73 @@ double kern_softmax_exp_scalar(float *x, int n, float max) {
     return sum;
 }
 
+void kern_pack_panel(const blk_q8 *x, size_t xs, int slot0, int nr, int nb, int with_c8,
+                     blk_q8x16 *p) {
+    for (int b = 0; b < nb; b++, p++)
+        for (int r = slot0; r < slot0 + nr; r++) {
+            if (!x) {
+                for (int l = 0; l < 8; l++) memset(p->qs[l][r], 0, 4);
+                if (with_c8)
+                    for (int l = 0; l < 8; l++) p->c8[l][r] = 0;
+                p->d[r] = p->s[r] = 0;
+                continue;
+            }
+            const blk_q8 *xb = x + (size_t)(r - slot0) * xs + b;
+            for (int l = 0; l < 8; l++) memcpy(p->qs[l][r], xb->qs + 4 * l, 4);
+            if (with_c8)
+                for (int l = 0; l < 8; l++)
+                    p->c8[l][r] = -128 * (xb->qs[4 * l] + xb->qs[4 * l + 1] + xb->qs[4 * l + 2] +
+                                          xb->qs[4 * l + 3]);
+            p->d[r] = xb->d;
+            p->s[r] = xb->s;
+        }
+}
+
+void kern_f32_to_f16_scalar(const float *x, uint16_t *y, int n) {
+    for (int i = 0; i < n; i++) y[i] = qt_f32_to_f16(x[i]);
+}
+
+size_t kern_attn_work(int n_ctx, int hd) { return (size_t)n_ctx + 65 * (size_t)hd + 16; }
+
+void kern_attn_f16_with(const kern_table *t, const uint8_t *k, const uint8_t *v, const size_t *off,
+                        int n_ctx, const float *q32, int nq, int hd, float scale, int single,
+                        float *work, float *out) {
+    const int lanes = single ? 64 : 16;
+    float *scores = work, *q = work + n_ctx, *acc = q + hd; /* acc[lanes][hd] */
+    for (int h = 0; h < nq; h++, q32 += hd, out += hd) {
+        for (int i = 0; i < hd; i++) q[i] = qt_f16_to_f32(qt_f32_to_f16(q32[i]));
+        float mx = -INFINITY;
+        for (int p = 0; p < n_ctx; p++) {
+            const uint16_t *kp = (const uint16_t *)(k + off[p]);
+            float sc = (single ? t->dot_f16_x4(kp, q, hd) : t->dot_f16(kp, q, hd)) * scale;
+            scores[p] = sc;
+            if (sc > mx) mx = sc;
+        }
+        float inv = (float)(1.0 / t->softmax_exp(scores, n_ctx, mx));
+        memset(acc, 0, (size_t)hd * (size_t)lanes * sizeof *acc);
+        for (int p = 0; p < n_ctx; p++) {
+            float wgt = qt_f16_to_f32(qt_f32_to_f16(scores[p] * inv));
+            t->axpy_f16(wgt, (const uint16_t *)(v + off[p]), acc + (size_t)(p % lanes) * hd, hd);
+        }
+        for (int i = 0; i < hd; i++) {
+            float l[64];
+            for (int ln = 0; ln < lanes; ln++) l[ln] = acc[(size_t)ln * hd + i];
+            out[i] = single ? kern_reduce64(l) : kern_tree16(l);
+        }
+    }
+}
+
+void kern_attn_f16_scalar(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
+                          const float *q, int nq, int hd, float scale, int single, float *work,
+                          float *out) {
+    kern_attn_f16_with(kern_scalar(), k, v, off, n_ctx, q, nq, hd, scale, single, work, out);
+}
+
 static const kern_table SCALAR = {"scalar",           kern_quantize_scalar, kern_gemm_q4_0_scalar,
                                   kern_gemm_q4_1_scalar, kern_gemm_q8_0_scalar, kern_dot_f16_scalar,
                                   kern_dot_f16_x4_scalar, kern_axpy_f16_scalar, kern_silu_mul_scalar,
-                                  kern_softmax_exp_scalar, kern_rope_scalar};
+                                  kern_softmax_exp_scalar, kern_rope_scalar, kern_attn_f16_scalar,
+                                  kern_f32_to_f16_scalar, NULL, NULL, NULL};
 
 const kern_table *kern_scalar(void) { return &SCALAR; }
 

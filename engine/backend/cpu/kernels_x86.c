@@ -14,7 +14,7 @@
 #include <immintrin.h>
 
 #define T_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define T_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+#define T_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")))
 
 static inline T_AVX2 float hsum_avx2(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -39,6 +39,25 @@ static inline T_VNNI __m256i dot_u8s8_vnni(__m256i u, __m256i s) {
 }
 
 static inline T_AVX2 float f16_avx2(uint16_t h) { return _cvtsh_ss(h); }
+
+/* Loads from weight blocks, which are only 2-byte aligned. */
+static inline int32_t ld_i32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static inline short ld_i16(const void *p) {
+    short v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+static T_AVX2 void f32_to_f16_avx2(const float *x, uint16_t *y, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), 0));
+    if (i < n) kern_f32_to_f16_scalar(x + i, y + i, n - i);
+}
 
 /* ---- activation quantization ---- */
 static T_AVX2 void quantize_avx2(const float *x, blk_q8 *y, int n) {
@@ -183,6 +202,245 @@ static T_AVX2 void axpy_f16_avx2(float a, const uint16_t *v, float *acc, int n) 
     for (; i < n; i++) acc[i] = __builtin_fmaf(a, _cvtsh_ss(v[i]), acc[i]);
 }
 
+#define UNROLL8 _Pragma("GCC unroll 8")
+#define UNROLL16 _Pragma("GCC unroll 16")
+
+/* ---- attention (AVX-512) ----
+ * Same arithmetic as kern_attn_f16_with (see kernels.h), scheduled for
+ * registers: a score is one 16-lane accumulator chain reduced by the
+ * kern_tree16 shuffle sequence, and the V sum keeps each lane's running
+ * accumulator in a register for a 16-float slice of the head while the
+ * positions stream past (lane p % 16 for the tiled shape; for the vec_dot
+ * shape the 64 lanes are walked as 16 groups of 4 whose chains are combined
+ * as kern_reduce64 combines them). */
+static inline T_VNNI float tree16_zmm(__m512 v) {
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    return hsum_avx2(_mm256_add_ps(hi, _mm512_castps512_ps256(v)));
+}
+
+static inline T_VNNI __m512 ld_f16x16(const uint8_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+/* kern_tree16 applied lane-wise to 16 vectors: out[i] = tree16(a[0][i], ..., a[15][i]) */
+static inline T_VNNI __m512 tree16_vert(const __m512 *a) {
+    __m512 t3[8], t6[4];
+    UNROLL8 for (int l = 0; l < 8; l++) t3[l] = _mm512_add_ps(a[l + 8], a[l]);
+    UNROLL8 for (int l = 0; l < 4; l++) t6[l] = _mm512_add_ps(t3[l + 4], t3[l]);
+    return _mm512_add_ps(_mm512_add_ps(t6[0], t6[2]), _mm512_add_ps(t6[1], t6[3]));
+}
+
+/* ggml's expf on 16 lanes: exp_avx2's operations in the same order */
+static inline T_VNNI __m512 exp_avx512(__m512 x) {
+    const __m512 r = _mm512_set1_ps(0x1.8p23f);
+    __m512 z = _mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), r);
+    __m512 n = _mm512_sub_ps(z, r);
+    __m512 b = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.7f7d1cp-20f),
+                                _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), x));
+    __m512 u = _mm512_mul_ps(b, b);
+    __m512 j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b, _mm512_set1_ps(0x1.573e2ep-5f)), u,
+                        _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b, _mm512_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), b, _mm512_set1_ps(1.0f)));
+    __mmask16 big = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192.0f), _CMP_GT_OQ);
+    __m512 nc = _mm512_min_ps(_mm512_max_ps(n, _mm512_set1_ps(-192.0f)), _mm512_set1_ps(192.0f));
+    __m512i ni = _mm512_cvttps_epi32(nc);
+    __m512i n1 = _mm512_srai_epi32(_mm512_add_epi32(ni, _mm512_srli_epi32(ni, 31)), 1);
+    __m512i n2 = _mm512_sub_epi32(ni, n1);
+    const __m512i bias = _mm512_set1_epi32(127);
+    __m512 res = _mm512_mul_ps(_mm512_mul_ps(j, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n1, bias), 23))),
+                               _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, bias), 23)));
+    /* |n| > 192: 0 or inf by the sign of n; NaN input: NaN (n is NaN there) */
+    __m512 alt = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_NLE_UQ),
+                                     _mm512_set1_ps(INFINITY));
+    res = _mm512_mask_mov_ps(res, big, alt);
+    return _mm512_mask_mov_ps(res, _mm512_cmp_ps_mask(n, n, _CMP_UNORD_Q), n);
+}
+
+/* kern_softmax_exp's contract: runs of 16 values reduced by the tree, the
+ * runs added in double; the tail as the scalar reference does it. */
+static T_VNNI double softmax_exp_avx512(float *x, int n, float max) {
+    const __m512 vmax = _mm512_set1_ps(max);
+    double sum = 0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmax));
+        _mm512_storeu_ps(x + i, e);
+        sum += (double)tree16_zmm(e);
+    }
+    if (i < n) sum += kern_softmax_exp_scalar(x + i, n - i, max);
+    return sum;
+}
+
+/* kern_tree16 of 16 vectors at once: out[j] = tree16(a[j][0..15]). The
+ * shuffles pair exactly the lanes the tree pairs (l[i] with l[i + 8], then
+ * t[i] with t[i + 4], then (t0 + t2) + (t1 + t3)), two to four vectors per
+ * instruction. */
+static inline T_VNNI __m512 tree16_horiz(const __m512 *a) {
+    __m512 b[8], c[4];
+    UNROLL8 for (int i = 0; i < 8; i++)
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xee),
+                             _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44));
+    /* b[i]: t3 of a[2i] in 128-bit lanes 0-1, of a[2i+1] in lanes 2-3 */
+    UNROLL8 for (int m = 0; m < 4; m++)
+        c[m] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * m], b[2 * m + 1], 0xdd),
+                             _mm512_shuffle_f32x4(b[2 * m], b[2 * m + 1], 0x88));
+    /* c[m]: 128-bit lane k holds t6 of a[4m + k] */
+    __m512 d0 = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x44), _mm512_shuffle_ps(c[0], c[1], 0xee));
+    __m512 d1 = _mm512_add_ps(_mm512_shuffle_ps(c[2], c[3], 0x44), _mm512_shuffle_ps(c[2], c[3], 0xee));
+    /* d0 lane k: (t0 + t2, t1 + t3) of a[k], then of a[4 + k]; d1 the same for a[8 + k], a[12 + k] */
+    __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d0, d1, 0x88), _mm512_shuffle_ps(d0, d1, 0xdd));
+    /* e[4k + m] is the result for a[k + 4m] */
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(order, e);
+}
+
+/* Scores q.k * scale of positions [p0, p0 + cnt), cnt <= 16, for one head:
+ * each position's 16- or 64-lane accumulator, then the trees of all 16 at
+ * once. Returns the running max (NaN scores skipped, as the reference). */
+static inline T_VNNI __m512 attn_scores16(const uint8_t *k, const size_t *off, int p0, int cnt,
+                                          const float *q, int hd, int single, float scale,
+                                          float *scores, __m512 mx) {
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 a[16];
+    const uint8_t *kp[16];
+    /* past the last position: repeat it (its score is computed, not stored) */
+    UNROLL16 for (int j = 0; j < 16; j++) kp[j] = k + off[p0 + (j < cnt ? j : cnt - 1)];
+    if (single) { /* 64 lanes: 0-15, 16-31, 32-47, 48-63, combined as kern_reduce64 */
+        UNROLL16 for (int j = 0; j < 16; j++) {
+            __m512 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+            for (int i = 0; i < hd; i += 64) {
+                a0 = _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i), _mm512_loadu_ps(q + i), a0);
+                a1 = _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i + 32), _mm512_loadu_ps(q + i + 16), a1);
+                a2 = _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i + 64), _mm512_loadu_ps(q + i + 32), a2);
+                a3 = _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i + 96), _mm512_loadu_ps(q + i + 48), a3);
+            }
+            a[j] = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
+        }
+    } else { /* 16 lanes: the 16 positions' chains interleaved */
+        UNROLL16 for (int j = 0; j < 16; j++) a[j] = zero;
+        for (int i = 0; i < hd; i += 16) {
+            const __m512 qi = _mm512_loadu_ps(q + i);
+            UNROLL16 for (int j = 0; j < 16; j++) a[j] = _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i), qi, a[j]);
+        }
+    }
+    const __mmask16 m = cnt >= 16 ? 0xffff : (__mmask16)((1u << cnt) - 1);
+    __m512 sc = _mm512_mul_ps(tree16_horiz(a), _mm512_set1_ps(scale));
+    _mm512_mask_storeu_ps(scores + p0, m, sc);
+    /* max(sc, mx) returns mx where sc is NaN */
+    return _mm512_mask_max_ps(mx, m, sc, mx);
+}
+
+#define ATTN_PF 16 /* positions ahead to prefetch K and V rows */
+#define ATTN_VBLOCK 96 /* positions of V per block: 96 x 128-byte rows (hd 64) stay in L1 */
+static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
+                                   const float *q32, int nq, int hd, float scale, int single,
+                                   float *work, float *out) {
+    if (hd % 64 != 0 && (single || hd % 16 != 0)) {
+        /* shapes with double-precision tails: the reference schedule */
+        kern_attn_f16_with(kern_vnni(), k, v, off, n_ctx, q32, nq, hd, scale, single, work, out);
+        return;
+    }
+    float *scores = work, *q = work + n_ctx;
+    const int nchunk = hd / 16;
+    const __m512 zero = _mm512_setzero_ps();
+    /* A decode row's context is cold (last touched a step ago) and scattered
+     * over cache blocks: fetch K and V ahead. Prefill rows share theirs. */
+    for (int p = 0; single && p < n_ctx && p < ATTN_PF; p++)
+        for (int i = 0; i < 2 * hd; i += 64) {
+            _mm_prefetch((const char *)k + off[p] + i, _MM_HINT_T0);
+            _mm_prefetch((const char *)v + off[p] + i, _MM_HINT_T0);
+        }
+    for (int h = 0; h < nq; h++, q32 += hd, out += hd) {
+        for (int c = 0; c < nchunk; c++)
+            _mm512_storeu_ps(q + 16 * c, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(q32 + 16 * c), 0)));
+        __m512 mxv = _mm512_set1_ps(-INFINITY);
+        for (int p0 = 0; p0 < n_ctx; p0 += 16) {
+            if (single && h == 0)
+                for (int p = p0 + ATTN_PF; p < p0 + ATTN_PF + 16 && p < n_ctx; p++)
+                    for (int i = 0; i < 2 * hd; i += 64) {
+                        _mm_prefetch((const char *)k + off[p] + i, _MM_HINT_T0);
+                        _mm_prefetch((const char *)v + off[p] + i, _MM_HINT_T0);
+                    }
+            mxv = attn_scores16(k, off, p0, n_ctx - p0 < 16 ? n_ctx - p0 : 16, q, hd, single, scale,
+                                scores, mxv);
+        }
+        const float mx = _mm512_reduce_max_ps(mxv);
+        const __m512 inv = _mm512_set1_ps((float)(1.0 / softmax_exp_avx512(scores, n_ctx, mx)));
+        /* softmax weights, rounded to f16 like the reference */
+        for (int p = 0; p < n_ctx; p += 16) {
+            __mmask16 m = n_ctx - p >= 16 ? 0xffff : (__mmask16)((1u << (n_ctx - p)) - 1);
+            __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scores + p), inv);
+            _mm512_mask_storeu_ps(scores + p, m, _mm512_cvtph_ps(_mm512_cvtps_ph(w, 0)));
+        }
+        /* The tiled shape walks V in blocks of positions that stay in L1
+         * across the hd / 16 slices (each slice is a pass over the rows),
+         * keeping the lanes in vacc between blocks; the vec_dot shape
+         * (decode: short, cold contexts) takes all positions at once. */
+        float *vacc = q + hd;
+        for (int pb = 0; pb < n_ctx; pb += single ? n_ctx : ATTN_VBLOCK) {
+        const int pe = single || n_ctx - pb <= ATTN_VBLOCK ? n_ctx : pb + ATTN_VBLOCK;
+        for (int c = 0; c < nchunk; c++) {
+            const uint8_t *vc = v + 32 * c; /* this 16-float slice of each V row */
+#define VTERM(p, a) a = _mm512_fmadd_ps(_mm512_set1_ps(scores[p]), ld_f16x16(vc + off[p]), a)
+/* the same for a position that may lie past the end (p < pe picks the mask,
+ * without a branch the predictor would miss on every row) */
+#define VTERM_TAIL(p, a)                                                                           \
+    a = _mm512_mask3_fmadd_ps(_mm512_set1_ps(scores[(p) < pe ? (p) : pe - 1]),                      \
+                              ld_f16x16(vc + off[(p) < pe ? (p) : pe - 1]), a, (__mmask16) - ((p) < pe))
+            if (!single) {
+                /* lane l holds positions l, l + 16, ...: 16 accumulators in
+                 * registers for one slice over a block of positions */
+                __m512 acc[16];
+                float *saved = vacc + (size_t)c * 256;
+                UNROLL16 for (int l = 0; l < 16; l++) acc[l] = pb == 0 ? zero : _mm512_loadu_ps(saved + 16 * l);
+                int p0 = pb;
+                for (; p0 + 16 <= pe; p0 += 16) {
+                    UNROLL16 for (int l = 0; l < 16; l++) VTERM(p0 + l, acc[l]);
+                }
+                if (p0 < pe) UNROLL16 for (int l = 0; l < 16; l++) VTERM_TAIL(p0 + l, acc[l]);
+                if (pe == n_ctx) _mm512_storeu_ps(out + 16 * c, tree16_vert(acc));
+                else UNROLL16 for (int l = 0; l < 16; l++) _mm512_storeu_ps(saved + 16 * l, acc[l]);
+            } else {
+                /* 64 lanes, lane L holding positions L, L + 64, ...: group m
+                 * (lanes 16m .. 16m + 15) in registers while its positions
+                 * stream past, then kern_reduce64's pairing of the groups,
+                 * (0 + 2) + (1 + 3), and the tree. A group with no position
+                 * (n_ctx <= 16m) is all +0 and is left out of the sums:
+                 * a + 0 = a exactly here, as a lane is never -0 (it starts
+                 * at +0, weights are >= +0, and a nonzero product is at
+                 * least 2^-48 in magnitude, so a zero sum is an exact +0). */
+                const int ngrp = n_ctx >= 64 ? 4 : (n_ctx + 15) / 16;
+                float *grp = vacc; /* [4][16] vectors */
+                __m512 acc[16];
+                for (int m = 0; m < ngrp; m++) {
+                    UNROLL16 for (int l = 0; l < 16; l++) acc[l] = zero;
+                    int p0 = 16 * m;
+                    for (; p0 + 16 <= pe; p0 += 64) {
+                        UNROLL16 for (int l = 0; l < 16; l++) VTERM(p0 + l, acc[l]);
+                    }
+                    if (p0 < pe) UNROLL16 for (int l = 0; l < 16; l++) VTERM_TAIL(p0 + l, acc[l]);
+                    if (m + 1 < ngrp)
+                        UNROLL16 for (int l = 0; l < 16; l++) _mm512_storeu_ps(grp + 16 * (16 * m + l), acc[l]);
+                }
+                /* acc holds the last group; the others are in grp */
+#define GRP(m, l) _mm512_loadu_ps(grp + 16 * (16 * (m) + (l)))
+                UNROLL16 for (int l = 0; l < 16; l++) {
+                    if (ngrp == 2) acc[l] = _mm512_add_ps(GRP(0, l), acc[l]);
+                    else if (ngrp == 3) acc[l] = _mm512_add_ps(_mm512_add_ps(GRP(0, l), acc[l]), GRP(1, l));
+                    else if (ngrp == 4)
+                        acc[l] = _mm512_add_ps(_mm512_add_ps(GRP(0, l), GRP(2, l)), _mm512_add_ps(GRP(1, l), acc[l]));
+                }
+#undef GRP
+                _mm512_storeu_ps(out + 16 * c, tree16_vert(acc));
+            }
+#undef VTERM
+#undef VTERM_TAIL
+        }
+        }
+    }
+}
+
 /*
  * Quantized GEMM micro-kernels. Each output (column c, row r) is computed
  * with exactly ggml's per-pair arithmetic (one 8-lane accumulator fed by
@@ -286,10 +544,211 @@ static T_AVX2 void axpy_f16_avx2(float a, const uint16_t *v, float *acc, int n) 
 DEFINE_GEMMS(avx2, T_AVX2, dot_u8s8_avx2)
 DEFINE_GEMMS(vnni, T_VNNI, dot_u8s8_vnni)
 
+/*
+ * Panel GEMM (AVX-512 VNNI): 16 activation rows in the lanes of a zmm. For
+ * weight column c and block b, lane group l (bytes 4l..4l+3 of the unpacked
+ * block) is broadcast to all 16 lanes and dotted with the panel's group l of
+ * 16 rows, so acc[l] holds lane l of 16 outputs' 8-lane accumulators: the
+ * per-output arithmetic is the row kernels' (int dot, one fma with dw * dx
+ * per block and lane, the min term as a separate product and sum, the lanes
+ * summed as hsum_avx2 does at the end), vectorized across rows instead of
+ * lanes. NC columns x NG panels per tile reuse each unpacked weight group
+ * NG times and each panel load NC times.
+ */
+enum { PK_Q4_0, PK_Q4_1, PK_Q8_0 };
+
+static inline T_VNNI __attribute__((always_inline)) void panel_tile(
+    const int KIND, const int NC, const int NG, int nb, const uint8_t *w, size_t ws,
+    const blk_q8x16 *xp, int nr, float *y, size_t ys) {
+    const size_t wblk = KIND == PK_Q4_0 ? sizeof(block_q4_0)
+                        : KIND == PK_Q4_1 ? sizeof(block_q4_1) : sizeof(block_q8_0);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), bias = _mm512_set1_epi8((char)0x80);
+    __m512 acc[2][2][8], macc[2][2];
+    UNROLL8 for (int c = 0; c < NC; c++)
+        UNROLL8 for (int g = 0; g < NG; g++) {
+            UNROLL8 for (int l = 0; l < 8; l++) acc[c][g][l] = _mm512_setzero_ps();
+            macc[c][g] = _mm512_setzero_ps();
+        }
+    for (int b = 0; b < nb; b++) {
+        UNROLL8 for (int c = 0; c < NC; c++) {
+            const uint8_t *wb = w + (size_t)c * ws + (size_t)b * wblk;
+            _mm_prefetch((const char *)wb + 4 * NC * ws, _MM_HINT_T0);
+            const __m512 dw = _mm512_cvtph_ps(_mm256_set1_epi16(ld_i16(wb)));
+            __m512 mw = dw;
+            if (KIND == PK_Q4_1) mw = _mm512_cvtph_ps(_mm256_set1_epi16(ld_i16(wb + 2)));
+            if (KIND == PK_Q4_0) mw = _mm512_mul_ps(_mm512_set1_ps(-8.0f), dw);
+            __m512 sc[2];
+            UNROLL8 for (int g = 0; g < NG; g++) {
+                const blk_q8x16 *xb = xp + (size_t)g * nb + b;
+                sc[g] = _mm512_mul_ps(dw, _mm512_loadu_ps(xb->d));
+                if (KIND != PK_Q8_0)
+                    macc[c][g] = _mm512_add_ps(macc[c][g], _mm512_mul_ps(mw, _mm512_loadu_ps(xb->s)));
+            }
+            const uint8_t *qs = wb + (KIND == PK_Q4_1 ? 4 : 2);
+#define PANEL_STEP(L, WOP)                                                                         \
+    UNROLL8 for (int g = 0; g < NG; g++) {                                                                 \
+        const blk_q8x16 *xb = xp + (size_t)g * nb + b;                                             \
+        __m512i x = _mm512_loadu_si512((const void *)xb->qs[L]);                                   \
+        __m512i init = KIND == PK_Q8_0 ? _mm512_loadu_si512((const void *)xb->c8[L])               \
+                                       : _mm512_setzero_si512();                                   \
+        __m512i p = _mm512_dpbusd_epi32(init, WOP, x);                                             \
+        acc[c][g][L] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc[g], acc[c][g][L]);                \
+    }
+            if (KIND == PK_Q8_0) {
+                UNROLL8 for (int l = 0; l < 8; l++) {
+                    __m512i wl = _mm512_xor_si512(_mm512_set1_epi32(ld_i32(qs + 4 * l)), bias);
+                    PANEL_STEP(l, wl)
+                }
+            } else {
+                UNROLL8 for (int l = 0; l < 4; l++) {
+                    __m512i raw = _mm512_set1_epi32(ld_i32(qs + 4 * l));
+                    __m512i lo = _mm512_and_si512(raw, m4);
+                    __m512i hi = _mm512_and_si512(_mm512_srli_epi32(raw, 4), m4);
+                    PANEL_STEP(l, lo)
+                    PANEL_STEP(l + 4, hi)
+                }
+            }
+#undef PANEL_STEP
+        }
+    }
+    UNROLL8 for (int c = 0; c < NC; c++)
+        UNROLL8 for (int g = 0; g < NG; g++) {
+            __m512 *a = acc[c][g];
+            __m512 t0 = _mm512_add_ps(a[0], a[4]), t1 = _mm512_add_ps(a[1], a[5]);
+            __m512 t2 = _mm512_add_ps(a[2], a[6]), t3 = _mm512_add_ps(a[3], a[7]);
+            __m512 h = _mm512_add_ps(_mm512_add_ps(t0, t2), _mm512_add_ps(t1, t3));
+            if (KIND != PK_Q8_0) h = _mm512_add_ps(h, macc[c][g]);
+            float out[16];
+            _mm512_storeu_ps(out, h);
+            int rows = nr - 16 * g < 16 ? nr - 16 * g : 16;
+            for (int r = 0; r < rows; r++) y[(size_t)(16 * g + r) * ys + c] = out[r];
+        }
+}
+
+/* Tiles: 1 column x 2 panels reuses each unpacked weight block twice, but
+ * streams both panels once per column: that pays while the pair stays in L1
+ * (2 x nb x 640 bytes, up to nb = 24 blocks); longer rows, and a lone
+ * panel (a batch of up to 16 decode rows), use 2 columns x 1 panel. */
+static inline T_VNNI __attribute__((always_inline)) void panel_driver(
+    const int KIND, int nb, const void *wv, size_t ws, int nc, const blk_q8x16 *xp, int nr,
+    float *y, size_t ys) {
+    const uint8_t *w = wv;
+    int g = 0;
+    const int ng = (nr + 15) / 16;
+    for (; nb <= 24 && g + 2 <= ng; g += 2)
+        for (int c = 0; c < nc; c++)
+            panel_tile(KIND, 1, 2, nb, w + (size_t)c * ws, ws, xp + (size_t)g * nb, nr - 16 * g,
+                       y + (size_t)16 * g * ys + c, ys);
+    for (; g < ng; g++) {
+        int c = 0;
+        for (; c + 2 <= nc; c += 2)
+            panel_tile(KIND, 2, 1, nb, w + (size_t)c * ws, ws, xp + (size_t)g * nb, nr - 16 * g,
+                       y + (size_t)16 * g * ys + c, ys);
+        if (c < nc)
+            panel_tile(KIND, 1, 1, nb, w + (size_t)c * ws, ws, xp + (size_t)g * nb, nr - 16 * g,
+                       y + (size_t)16 * g * ys + c, ys);
+    }
+}
+
+static T_VNNI void gemm_panel_q4_0_vnni(int nb, const void *w, size_t ws, int nc,
+                                        const blk_q8x16 *xp, int nr, float *y, size_t ys) {
+    panel_driver(PK_Q4_0, nb, w, ws, nc, xp, nr, y, ys);
+}
+static T_VNNI void gemm_panel_q4_1_vnni(int nb, const void *w, size_t ws, int nc,
+                                        const blk_q8x16 *xp, int nr, float *y, size_t ys) {
+    panel_driver(PK_Q4_1, nb, w, ws, nc, xp, nr, y, ys);
+}
+static T_VNNI void gemm_panel_q8_0_vnni(int nb, const void *w, size_t ws, int nc,
+                                        const blk_q8x16 *xp, int nr, float *y, size_t ys) {
+    panel_driver(PK_Q8_0, nb, w, ws, nc, xp, nr, y, ys);
+}
+
+/*
+ * One activation row against 16 weight rows (AVX-512 VNNI; decode at batch
+ * 1). Per block, the row kernels spend most of their instructions on
+ * per-column scalars: converting d (and m) from f16, dw * dx, and the min
+ * term. Here those are vectors across the 16 columns: one gather fetches the
+ * 16 columns' (d, m) pairs, and scale[c] = dw[c] * dx feeds each column's
+ * fma as a broadcast from memory. Per column and block that leaves unpack,
+ * dpbusd, convert and fma: the same arithmetic as GEMM_TILE, in which the
+ * min term is a separate product and sum, here in a vector of 16 columns.
+ */
+static inline T_VNNI __attribute__((always_inline)) void gemv16(const int KIND, int nb,
+                                                                const uint8_t *w, size_t ws,
+                                                                const blk_q8 *x, float *y) {
+    const size_t wblk = KIND == PK_Q4_0 ? sizeof(block_q4_0)
+                        : KIND == PK_Q4_1 ? sizeof(block_q4_1) : sizeof(block_q8_0);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), hi4 = _mm256_setr_epi64x(0, 0, 4, 4);
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                                                             12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)ws));
+    __m256 acc[16];
+    __m512 macc = _mm512_setzero_ps();
+    float scale[16];
+    UNROLL16 for (int c = 0; c < 16; c++) acc[c] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *wb = w + (size_t)b * wblk;
+        const blk_q8 *xb = x + b;
+        /* The 16 rows after these (the thread's next chunk) are contiguous:
+         * fetch 1/nb of them per block, so they arrive before they are read. */
+        for (int l = 0; l < 16 * (int)wblk; l += 64)
+            _mm_prefetch((const char *)w + 16 * ws + (size_t)b * 16 * wblk + l, _MM_HINT_T0);
+        __m512i dm = _mm512_i32gather_epi32(idx, wb, 1); /* d | m << 16 per column */
+        __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+        _mm512_storeu_ps(scale, _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)));
+        __asm__ volatile("" ::: "memory"); /* read scale[c] back as broadcasts from memory */
+        if (KIND == PK_Q4_1)
+            macc = _mm512_add_ps(macc, _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))),
+                                                     _mm512_set1_ps(xb->s)));
+        if (KIND == PK_Q4_0)
+            macc = _mm512_add_ps(macc, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(-8.0f), dw),
+                                                     _mm512_set1_ps(xb->s)));
+        const __m256i xq = _mm256_loadu_si256((const __m256i *)xb->qs);
+        UNROLL16 for (int c = 0; c < 16; c++) {
+            const uint8_t *qs = wb + (size_t)c * ws + (KIND == PK_Q4_1 ? 4 : 2);
+            __m256i p;
+            if (KIND == PK_Q8_0) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)qs);
+                p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(q, q), _mm256_sign_epi8(xq, q));
+            } else {
+                __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+                p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(_mm256_srlv_epi64(t, hi4), m4), xq);
+            }
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&scale[c]), acc[c]);
+        }
+    }
+    float mt[16];
+    _mm512_storeu_ps(mt, macc);
+    UNROLL16 for (int c = 0; c < 16; c++) y[c] = KIND == PK_Q8_0 ? hsum_avx2(acc[c]) : hsum_avx2(acc[c]) + mt[c];
+}
+
+#define GEMV_DRIVER(NAME, KIND, ROWS)                                                              \
+    static T_VNNI void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x, size_t xs, \
+                            int nr, float *y, size_t ys) {                                         \
+        if (nr != 1 || nc < 16) {                                                                  \
+            ROWS(nb, wv, ws, nc, x, xs, nr, y, ys);                                                \
+            return;                                                                                \
+        }                                                                                          \
+        const uint8_t *w = wv;                                                                     \
+        int c = 0;                                                                                 \
+        for (; c + 16 <= nc; c += 16) gemv16(KIND, nb, w + (size_t)c * ws, ws, x, y + c);          \
+        if (c < nc) ROWS(nb, w + (size_t)c * ws, ws, nc - c, x, xs, 1, y + c, ys);                 \
+    }
+GEMV_DRIVER(gemm1_q4_0_vnni, PK_Q4_0, gemm_q4_0_vnni)
+GEMV_DRIVER(gemm1_q4_1_vnni, PK_Q4_1, gemm_q4_1_vnni)
+GEMV_DRIVER(gemm1_q8_0_vnni, PK_Q8_0, gemm_q8_0_vnni)
+
+static const kern_table AVX2;
+static void attn_f16_avx2(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
+                          const float *q, int nq, int hd, float scale, int single, float *work,
+                          float *out) {
+    kern_attn_f16_with(&AVX2, k, v, off, n_ctx, q, nq, hd, scale, single, work, out);
+}
 static const kern_table AVX2 = {"avx2", quantize_avx2, gemm_q4_0_avx2, gemm_q4_1_avx2, gemm_q8_0_avx2,
-                                dot_f16_avx2, dot_f16_x4_avx2, axpy_f16_avx2, silu_mul_avx2, softmax_exp_avx2, rope_avx2};
-static const kern_table VNNI = {"avx512vnni", quantize_avx2, gemm_q4_0_vnni, gemm_q4_1_vnni,
-                                gemm_q8_0_vnni, dot_f16_avx2, dot_f16_x4_avx2, axpy_f16_avx2, silu_mul_avx2, softmax_exp_avx2, rope_avx2};
+                                dot_f16_avx2, dot_f16_x4_avx2, axpy_f16_avx2, silu_mul_avx2, softmax_exp_avx2, rope_avx2, attn_f16_avx2, f32_to_f16_avx2, NULL, NULL, NULL};
+static const kern_table VNNI = {"avx512vnni", quantize_avx2, gemm1_q4_0_vnni, gemm1_q4_1_vnni,
+                                gemm1_q8_0_vnni, dot_f16_avx2, dot_f16_x4_avx2, axpy_f16_avx2, silu_mul_avx2, softmax_exp_avx512, rope_avx2, attn_f16_avx512, f32_to_f16_avx2,
+                                gemm_panel_q4_0_vnni, gemm_panel_q4_1_vnni, gemm_panel_q8_0_vnni};
 
 const kern_table *kern_avx2(void) {
     __builtin_cpu_init();
@@ -301,7 +760,8 @@ const kern_table *kern_avx2(void) {
 
 const kern_table *kern_vnni(void) {
     __builtin_cpu_init();
-    if (kern_avx2() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl"))
+    if (kern_avx2() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
         return &VNNI;
     return NULL;
 }

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Continuous vs static batching on one mixed workload, and the same workload
+# under memory pressure with swap vs recompute preemption.
+#
+# The workload (bench/prompts/batching-64.jsonl) is regenerated each time,
+# deterministically (seeded): 64 prompts cut from tools/ref_corpus/prose.txt,
+# prompt lengths 16..400 tokens, max_tokens 16..256 with ignore_eos, so every
+# request generates exactly its max_tokens. Every case runs it with
+# build/infer-generate, greedy, all 64 prompts submitted at once:
+#
+#   continuous          --batching continuous -b B --batch-max-tokens T
+#   static              --batching static     -b B --batch-max-tokens T
+#   pressure-swap       continuous, --num-blocks 64 --num-blocks-cpu 512 --preemption swap
+#   pressure-recompute  continuous, --num-blocks 64 --preemption recompute
+#
+# continuous and static alternate, run by run, so drift of the machine hits
+# both. The table gives medians over the runs of: generation wall time (model
+# load excluded), output tokens/s, per-request latency p50/p90/p99 (submit to
+# last token), time to first token p50, engine steps and preemptions; and
+# checks that every run produced the same completions.
+#
+# Usage: bench/batching.sh [-m MODEL] [-t 2] [-r 3] [-b 16] [--batch-max-tokens 512]
+#                          [--pressure-runs N] [--no-pressure] [--bin PATH] [--keep DIR]
+#                          [--wait-idle]
+#
+#   -r N               runs of each of continuous / static (default 3)
+#   --pressure-runs N  runs of each memory-pressure case (default 1)
+#   --no-pressure      skip the memory-pressure cases
+#   --bin PATH         infer-generate binary (default build/infer-generate)
+#   --keep DIR         keep every run's JSONL output and stderr in DIR
+#   --wait-idle        for a shared machine, where other load slows each case
+#                      differently: before each run, wait until the CPUs have
+#                      been idle (< 10% busy) for 3 seconds; after it, if other
+#                      processes took more than 5% of the CPU time during the
+#                      run, discard it and run it again (at most 10 tries, then
+#                      keep it and say so)
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+model="models/SmolLM2-135M-Instruct.Q4_1.gguf"
+threads=2
+reps=3
+batch=16
+batch_tokens=512
+pressure_runs=1
+bin="build/infer-generate"
+keep=""
+wait_idle=0
+prompts="bench/prompts/batching-64.jsonl"
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -m|--model) model="$2"; shift 2 ;;
+        -t) threads="$2"; shift 2 ;;
+        -r) reps="$2"; shift 2 ;;
+        -b) batch="$2"; shift 2 ;;
+        --batch-max-tokens) batch_tokens="$2"; shift 2 ;;
+        --pressure-runs) pressure_runs="$2"; shift 2 ;;
+        --no-pressure) pressure_runs=0; shift ;;
+        --bin) bin="$2"; shift 2 ;;
+        --keep) keep="$2"; shift 2 ;;
+        --wait-idle) wait_idle=1; shift ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+if [ ! -x "$bin" ]; then
+    echo "error: $bin does not exist (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j)" >&2
+    exit 1
+fi
+if [ ! -f "$model" ]; then
+    echo "error: model not found: $model (tools/fetch-model fetches it)" >&2
+    exit 1
+fi
+
+python3 bench/batching_report.py gen --out "$prompts" --n 64 --seed 1 \
+    --prompt-min 16 --prompt-max 400 --out-min 16 --out-max 256
+
+if [ -n "$keep" ]; then
+    mkdir -p "$keep"
+    dir="$keep"
+    rm -f "$dir"/*.jsonl "$dir"/*.err
+else
+    dir="$(mktemp -d)"
+    trap 'rm -rf "$dir"' EXIT
+fi
+
+common=(-m "$model" -t "$threads" --greedy --seed 1 --prompts-file "$prompts"
+        -b "$batch" --batch-max-tokens "$batch_tokens")
+
+hz="$(getconf CLK_TCK)"
+cpu_jiffies() { # "busy total" jiffies of all CPUs since boot, from /proc/stat
+    local c
+    c=($(head -n 1 /proc/stat))
+    local total=0 i
+    for i in 1 2 3 4 5 6 7 8; do total=$(( total + c[i] )); done
+    echo "$(( total - c[4] - c[5] )) $total"
+}
+
+cpu_busy_pct() { # busy share of all CPUs over the next 3 seconds
+    local a b
+    a=($(cpu_jiffies)); sleep 3; b=($(cpu_jiffies))
+    local total=$(( b[1] - a[1] ))
+    echo $(( total > 0 ? 100 * (b[0] - a[0]) / total : 0 ))
+}
+
+run_case() { # name run args...
+    local name="$1" run="$2" try a b t foreign
+    shift 2
+    for ((try = 1; ; try++)); do
+        if [ "$wait_idle" = 1 ]; then
+            while [ "$(cpu_busy_pct)" -ge 10 ]; do :; done
+        fi
+        echo "[$name $run] $bin ${common[*]} $* -o $dir/$name.$run.jsonl" >&2
+        a=($(cpu_jiffies))
+        TIMEFORMAT='%R %U %S'
+        if ! { time "$bin" "${common[@]}" "$@" -o "$dir/$name.$run.jsonl" \
+                    2> "$dir/$name.$run.err"; } 2> "$dir/time"; then
+            cat "$dir/$name.$run.err" >&2
+            exit 1
+        fi
+        b=($(cpu_jiffies))
+        t=($(cat "$dir/time"))
+        # CPU time of everything else during the run, as % of all CPUs' time
+        foreign="$(awk -v busy=$(( b[0] - a[0] )) -v total=$(( b[1] - a[1] )) -v hz="$hz" \
+                       -v u="${t[1]}" -v s="${t[2]}" \
+                       'BEGIN { f = total > 0 ? 100 * (busy - (u + s) * hz) / total : 0;
+                                printf "%d", f < 0 ? 0 : f }')"
+        grep -E '^(throughput|engine):' "$dir/$name.$run.err" | sed 's/^/    /' >&2
+        echo "    other processes during the run: ${foreign}% of the CPU" >&2
+        [ "$wait_idle" = 1 ] || break
+        if [ "$foreign" -le 5 ]; then break; fi
+        if [ "$try" -ge 10 ]; then
+            echo "    other processes took ${foreign}% of the CPU; keeping this run anyway" >&2
+            break
+        fi
+        echo "    other processes took ${foreign}% of the CPU during the run; running it again" >&2
+    done
+}
+
+for ((i = 1; i <= reps; i++)); do
+    run_case continuous "$i" --batching continuous
+    run_case static "$i" --batching static
+done
+for ((i = 1; i <= pressure_runs; i++)); do
+    run_case pressure-swap "$i" --batching continuous --num-blocks 64 --num-blocks-cpu 512 --preemption swap
+    run_case pressure-recompute "$i" --batching continuous --num-blocks 64 --preemption recompute
+done
+
+cpu="$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1 || true)"
+echo "model: $model, threads: $threads, batch: $batch sequences / $batch_tokens tokens per step, cpu: ${cpu:-unknown}"
+python3 bench/batching_report.py report "$dir"

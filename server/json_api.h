@@ -1,0 +1,56 @@
+/*
+ * json_api.h - the JSON bodies of the HTTP front end mapped onto the RPC
+ * request (Inference__GenerateRequest), so that HTTP and RPC share one
+ * validation path (srv_prepare).
+ *
+ * Three dialects: the course lab's POST /generate ("max_length" and
+ * "min_length" are aliases of max_tokens / min_tokens), OpenAI's
+ * /v1/completions and OpenAI's /v1/chat/completions (messages). This layer
+ * checks JSON syntax and the type of every field it knows ("temperature
+ * must be a number"); value ranges are srv_prepare's business. Unknown
+ * fields are ignored, as OpenAI-compatible servers do, except the OpenAI
+ * features we do not implement when they would change the output (echo,
+ * logprobs, best_of > 1, suffix, tools, logit_bias): those are refused so a
+ * client is never silently given something else than it asked for.
+ *
+ * Ownership: japi_request owns everything it points to (the parsed JSON
+ * tree backs the strings); japi_request_free releases it. No shared state.
+ */
+#ifndef SERVER_JSON_API_H
+#define SERVER_JSON_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "inference.pb-c.h"
+
+typedef enum { JAPI_GENERATE = 0, JAPI_COMPLETIONS, JAPI_CHAT } japi_kind;
+
+typedef struct {
+    Inference__GenerateRequest gen; /* ready for srv_prepare */
+    Inference__SamplingParams sampling;
+    int stream;        /* "stream": true */
+    int include_usage; /* "stream_options": {"include_usage": true} */
+    int return_tokens; /* /generate: token ids in the response */
+    const char *model; /* "model" as sent, or NULL */
+
+    /* storage behind gen */
+    struct cJSON *root;
+    Inference__ChatMessage *msg_store;
+    Inference__ChatMessage **msgs;
+    char **joined; /* chat contents built from text parts */
+    size_t n_joined;
+    char **stop;
+    int32_t *prompt_ids;
+    int32_t *stop_ids;
+} japi_request;
+
+/* Parse body[0..len) as a request of the given dialect. Returns 0, or -1
+ * with a message for the client: "invalid JSON at line 1, column 17:
+ * unexpected character 'x'", "temperature must be a number, got string",
+ * ... On failure *out needs no free. */
+int japi_parse(japi_kind kind, const char *body, size_t len, japi_request *out, char *err,
+               size_t errlen);
+void japi_request_free(japi_request *r);
+
+#endif

@@ -1,0 +1,998 @@
+/*
+ * rpc_server.c - the RPC front end: accept connections, dispatch CALL
+ * frames to the methods of inference.Inference, relay engine events.
+ *
+ * Threads:
+ *   - one accept thread per listener;
+ *   - per connection, the receive loop of rpc_conn (callbacks below). It
+ *     answers the quick methods itself (Tokenize, Detokenize, Cancel,
+ *     Health, ModelInfo, Stats), validates and submits generation calls,
+ *     and handles CANCEL frames and the connection's end;
+ *   - per generation call, a thread that reads the engine stream and sends
+ *     MESSAGE frames as tokens are sampled, then the call's one STATUS.
+ *
+ * A call ends once: `end` is set by the first of CANCEL frame, Cancel
+ * method, deadline, connection close, server shutdown or a failed send;
+ * that one also cancels the engine request (freeing its KV blocks at the
+ * next step) and decides the STATUS. The call thread keeps draining the
+ * engine stream until it ends and never sends MESSAGEs after `end`.
+ *
+ * Lifetime: a connection record (sconn) is referenced by its open
+ * connection (dropped in on_close) and by each of its call threads; the
+ * last reference releases the rpc_conn and the record.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "chat.h"
+#include "model.h"
+#include "rpc_server.h"
+#include "tokenizer.h"
+
+/* A peer that does not read for this long loses its connection. */
+#define SEND_TIMEOUT_MS 30000
+#define MAX_LISTENERS 16
+#define CALL_STACK_BYTES (512 << 10)
+
+enum {
+    M_GENERATE,
+    M_GENERATE_STREAM,
+    M_TOKENIZE,
+    M_DETOKENIZE,
+    M_CANCEL,
+    M_HEALTH,
+    M_MODEL_INFO,
+    M_STATS,
+};
+
+static const struct {
+    const char *name;
+    int id;
+    int while_draining; /* still served during shutdown */
+} methods[] = {
+    {"Generate", M_GENERATE, 0},    {"GenerateStream", M_GENERATE_STREAM, 0},
+    {"Tokenize", M_TOKENIZE, 0},    {"Detokenize", M_DETOKENIZE, 0},
+    {"Cancel", M_CANCEL, 1},        {"Health", M_HEALTH, 1},
+    {"ModelInfo", M_MODEL_INFO, 1}, {"Stats", M_STATS, 1},
+};
+#define N_METHODS ((int)(sizeof methods / sizeof methods[0]))
+
+/* Why a call ended early. */
+enum { END_NONE = 0, END_CANCEL, END_DEADLINE, END_CONN_CLOSED, END_SHUTDOWN, END_SEND_FAILED };
+
+typedef struct sconn sconn;
+
+typedef struct scall {
+    struct scall *next;
+    sconn *sc;
+    uint64_t id;
+    int streaming;
+    srv_request req;
+    engine_stream *es;
+    int64_t eid;
+    double t_start;
+    double deadline; /* monotonic ms; 0 = none */
+    uint32_t deadline_ms;
+    atomic_int end;
+} scall;
+
+struct sconn {
+    sconn *next, *prev;
+    rpc_server *rs;
+    rpc_conn *c;
+    pthread_mutex_t mu; /* calls, refs */
+    scall *calls;
+    int refs;
+};
+
+struct rpc_server {
+    srv *s;
+    rpc_conn_opts copts;
+    int n_ls;
+    rpc_listener *ls[MAX_LISTENERS];
+    pthread_t acc[MAX_LISTENERS];
+    int acc_started[MAX_LISTENERS];
+    pthread_mutex_t mu; /* conns, n_conns, n_calls, stopping */
+    pthread_cond_t cv;
+    sconn *conns;
+    int n_conns;
+    int n_calls;
+    int stopping;
+};
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void logf_(const char *fmt, ...) {
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "infer-server: %s\n", line);
+}
+
+/* ---- replies ---- */
+
+static int send_status(sconn *sc, uint64_t id, int code, const char *msg) {
+    srv_metrics_count_status(&sc->rs->s->metrics, code);
+    return rpc_send_status(sc->c, id, code, msg, SEND_TIMEOUT_MS);
+}
+
+static int send_statusf(sconn *sc, uint64_t id, int code, const char *fmt, ...) {
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return send_status(sc, id, code, msg);
+}
+
+/* A unary reply: one MESSAGE, then STATUS OK. */
+static void send_reply(sconn *sc, uint64_t id, const ProtobufCMessage *m) {
+    int rv = rpc_send_message(sc->c, id, m, SEND_TIMEOUT_MS);
+    if (rv == RPC_ETOOBIG)
+        send_statusf(sc, id, SRV_RESOURCE_EXHAUSTED,
+                     "the response (%zu bytes) exceeds server.max_message_bytes (%zu)",
+                     protobuf_c_message_get_packed_size(m), sc->rs->copts.max_frame);
+    else if (rv == RPC_OK) send_status(sc, id, SRV_OK, NULL);
+}
+
+/* ---- connection records ---- */
+
+static void sconn_unref(sconn *sc) {
+    rpc_server *rs = sc->rs;
+    pthread_mutex_lock(&sc->mu);
+    int last = --sc->refs == 0;
+    pthread_mutex_unlock(&sc->mu);
+    if (!last) return;
+    pthread_mutex_lock(&rs->mu);
+    if (sc->prev) sc->prev->next = sc->next;
+    else rs->conns = sc->next;
+    if (sc->next) sc->next->prev = sc->prev;
+    pthread_mutex_unlock(&rs->mu);
+    rpc_conn_release(sc->c);
+    pthread_mutex_destroy(&sc->mu);
+    free(sc);
+    /* Counted last: rpc_server_stop may free rs once this reaches 0. */
+    pthread_mutex_lock(&rs->mu);
+    rs->n_conns--;
+    pthread_cond_broadcast(&rs->cv);
+    pthread_mutex_unlock(&rs->mu);
+}
+
+static scall *find_call_locked(sconn *sc, uint64_t id) {
+    for (scall *k = sc->calls; k; k = k->next)
+        if (k->id == id) return k;
+    return NULL;
+}
+
+static int call_active(sconn *sc, uint64_t id) {
+    pthread_mutex_lock(&sc->mu);
+    int found = find_call_locked(sc, id) != NULL;
+    pthread_mutex_unlock(&sc->mu);
+    return found;
+}
+
+/* End a call early (first reason wins); cancels its engine request. */
+static int call_end(scall *k, int why) {
+    int expected = END_NONE;
+    if (!atomic_compare_exchange_strong(&k->end, &expected, why)) return 0;
+    engine_cancel(k->sc->rs->s->eng, k->eid);
+    return 1;
+}
+
+/* ---- generation calls ---- */
+
+typedef struct {
+    char *text;
+    size_t len, cap;
+    int32_t *ids;
+    size_t n_ids, cap_ids;
+    const char *finish;
+} completion_acc;
+
+static int acc_text(completion_acc *a, const char *t, size_t n) {
+    if (a->len + n + 1 > a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 256;
+        while (cap < a->len + n + 1) cap *= 2;
+        char *p = realloc(a->text, cap);
+        if (!p) return -1;
+        a->text = p;
+        a->cap = cap;
+    }
+    memcpy(a->text + a->len, t, n);
+    a->len += n;
+    a->text[a->len] = 0;
+    return 0;
+}
+
+static int acc_id(completion_acc *a, int32_t id) {
+    if (a->n_ids == a->cap_ids) {
+        size_t cap = a->cap_ids ? a->cap_ids * 2 : 64;
+        int32_t *p = realloc(a->ids, cap * sizeof *p);
+        if (!p) return -1;
+        a->ids = p;
+        a->cap_ids = cap;
+    }
+    a->ids[a->n_ids++] = id;
+    return 0;
+}
+
+/* Send one chunk; on failure the call ends (a stalled peer also loses its
+ * connection, since its queue is full and we cannot skip frames). */
+static int send_chunk(scall *k, const Inference__GenerateChunk *ch) {
+    int rv = rpc_send_message(k->sc->c, k->id, &ch->base, SEND_TIMEOUT_MS);
+    if (rv == RPC_OK) return 0;
+    if (rv == RPC_ETIMEDOUT) {
+        logf_("connection %s: the peer did not read for %d ms; closing it", rpc_conn_peer(k->sc->c),
+              SEND_TIMEOUT_MS);
+        rpc_conn_close(k->sc->c, 0);
+    }
+    call_end(k, END_SEND_FAILED);
+    return -1;
+}
+
+static void *call_main(void *arg) {
+    scall *k = arg;
+    sconn *sc = k->sc;
+    rpc_server *rs = sc->rs;
+    srv *s = rs->s;
+    const int n = k->req.req.n;
+    completion_acc *acc = calloc((size_t)n, sizeof *acc);
+    double *last_tok = calloc((size_t)n, sizeof *last_tok);
+    int had_error = 0, oom = !acc || !last_tok;
+    int prompt_tokens = 0, completion_tokens = 0;
+    double queue_ms = 0, ttft_ms = -1, total_ms = 0;
+
+    for (;;) {
+        int timeout = -1;
+        if (k->deadline > 0 && atomic_load(&k->end) == END_NONE) {
+            double left = k->deadline - now_ms();
+            if (left <= 0) call_end(k, END_DEADLINE);
+            else timeout = left > 60000 ? 60000 : (int)ceil(left); /* re-checked each slice */
+        }
+        engine_event ev;
+        int rv = engine_stream_next(k->es, &ev, timeout);
+        if (rv == 0) continue;
+        if (rv < 0) break;
+        if (atomic_load(&k->end) != END_NONE || oom) {
+            engine_event_clear(&ev);
+            continue; /* draining a cancelled request */
+        }
+        int i = ev.index >= 0 && ev.index < n ? ev.index : 0;
+        double t = now_ms();
+        if (ev.type == ENGINE_EV_TOKEN) {
+            if (last_tok[i] > 0) srv_hist_observe(&s->metrics.itl_ms, t - last_tok[i]);
+            last_tok[i] = t;
+            if (k->streaming) {
+                Inference__GenerateChunk ch = INFERENCE__GENERATE_CHUNK__INIT;
+                ch.has_index = 1;
+                ch.index = i;
+                ch.text = ev.text ? ev.text : "";
+                int32_t tokid = ev.token;
+                if (k->req.return_token_ids) {
+                    ch.n_token_ids = 1;
+                    ch.token_ids = &tokid;
+                }
+                send_chunk(k, &ch);
+            } else {
+                if ((ev.text_len && acc_text(&acc[i], ev.text, ev.text_len) != 0) ||
+                    (k->req.return_token_ids && acc_id(&acc[i], ev.token) != 0))
+                    oom = 1;
+            }
+        } else {
+            if (ev.finish == GEN_FINISH_ERROR) had_error = 1;
+            if (ev.completion_tokens > 0) srv_hist_observe(&s->metrics.ttft_ms, ev.ttft_ms);
+            srv_hist_observe(&s->metrics.e2e_ms, ev.total_ms);
+            prompt_tokens = ev.prompt_tokens;
+            completion_tokens += ev.completion_tokens;
+            if (ttft_ms < 0 || (ev.completion_tokens > 0 && ev.ttft_ms < ttft_ms)) {
+                ttft_ms = ev.ttft_ms;
+                queue_ms = ev.queue_ms;
+            }
+            if (ev.total_ms > total_ms) total_ms = ev.total_ms;
+            if (k->streaming) {
+                Inference__GenerateChunk ch = INFERENCE__GENERATE_CHUNK__INIT;
+                Inference__Usage u = INFERENCE__USAGE__INIT;
+                Inference__Timings tm = INFERENCE__TIMINGS__INIT;
+                ch.has_index = 1;
+                ch.index = i;
+                ch.text = ev.text ? ev.text : "";
+                ch.finish_reason = (char *)srv_finish_reason(ev.finish);
+                u.has_prompt_tokens = u.has_completion_tokens = 1;
+                u.prompt_tokens = ev.prompt_tokens;
+                u.completion_tokens = ev.completion_tokens;
+                tm.has_queue_ms = tm.has_ttft_ms = tm.has_total_ms = 1;
+                tm.queue_ms = ev.queue_ms;
+                tm.ttft_ms = ev.ttft_ms;
+                tm.total_ms = ev.total_ms;
+                ch.usage = &u;
+                ch.timings = &tm;
+                send_chunk(k, &ch);
+            } else {
+                if (ev.text_len && acc_text(&acc[i], ev.text, ev.text_len) != 0) oom = 1;
+                acc[i].finish = srv_finish_reason(ev.finish);
+            }
+        }
+        engine_event_clear(&ev);
+    }
+
+    int end = atomic_load(&k->end);
+    int code = SRV_OK;
+    char msg[256] = "";
+    switch (end) {
+    case END_CANCEL:
+        code = SRV_CANCELLED;
+        snprintf(msg, sizeof msg, "cancelled by the client");
+        break;
+    case END_DEADLINE:
+        code = SRV_DEADLINE_EXCEEDED;
+        snprintf(msg, sizeof msg, "deadline of %u ms exceeded", k->deadline_ms);
+        break;
+    case END_SHUTDOWN:
+        code = SRV_UNAVAILABLE;
+        snprintf(msg, sizeof msg, "the server is shutting down (drain timeout of %d ms reached)",
+                 s->cfg.drain_timeout_ms);
+        break;
+    case END_CONN_CLOSED:
+    case END_SEND_FAILED: code = -1; break;
+    default:
+        if (oom) {
+            code = SRV_RESOURCE_EXHAUSTED;
+            snprintf(msg, sizeof msg, "out of memory while collecting the response");
+        } else if (had_error) {
+            code = SRV_INTERNAL;
+            snprintf(msg, sizeof msg, "the engine failed while generating (see the server log)");
+        }
+    }
+    if (code == SRV_OK && !k->streaming) {
+        Inference__GenerateResponse resp = INFERENCE__GENERATE_RESPONSE__INIT;
+        Inference__Completion *comps = calloc((size_t)n, sizeof *comps);
+        Inference__Completion **cp = calloc((size_t)n, sizeof *cp);
+        Inference__Usage u = INFERENCE__USAGE__INIT;
+        Inference__Timings tm = INFERENCE__TIMINGS__INIT;
+        if (!comps || !cp) {
+            code = SRV_RESOURCE_EXHAUSTED;
+            snprintf(msg, sizeof msg, "out of memory while building the response");
+        } else {
+            for (int i = 0; i < n; i++) {
+                inference__completion__init(&comps[i]);
+                comps[i].has_index = 1;
+                comps[i].index = i;
+                comps[i].text = acc[i].text ? acc[i].text : "";
+                comps[i].n_token_ids = acc[i].n_ids;
+                comps[i].token_ids = acc[i].ids;
+                comps[i].finish_reason = (char *)(acc[i].finish ? acc[i].finish : "error");
+                cp[i] = &comps[i];
+            }
+            resp.n_completions = (size_t)n;
+            resp.completions = cp;
+            u.has_prompt_tokens = u.has_completion_tokens = 1;
+            u.prompt_tokens = prompt_tokens;
+            u.completion_tokens = completion_tokens;
+            tm.has_queue_ms = tm.has_ttft_ms = tm.has_total_ms = 1;
+            tm.queue_ms = queue_ms;
+            tm.ttft_ms = ttft_ms < 0 ? 0 : ttft_ms;
+            tm.total_ms = total_ms;
+            resp.usage = &u;
+            resp.timings = &tm;
+            int rv = rpc_send_message(sc->c, k->id, &resp.base, SEND_TIMEOUT_MS);
+            if (rv == RPC_ETOOBIG) {
+                code = SRV_RESOURCE_EXHAUSTED;
+                snprintf(msg, sizeof msg,
+                         "the response (%zu bytes) exceeds server.max_message_bytes (%zu)",
+                         protobuf_c_message_get_packed_size(&resp.base), rs->copts.max_frame);
+            } else if (rv != RPC_OK) {
+                code = -1;
+            }
+        }
+        free(comps);
+        free(cp);
+    }
+    if (code >= 0) send_status(sc, k->id, code, msg);
+    else srv_metrics_count_status(&s->metrics, SRV_CANCELLED); /* nobody left to tell */
+
+    for (int i = 0; acc && i < n; i++) {
+        free(acc[i].text);
+        free(acc[i].ids);
+    }
+    free(acc);
+    free(last_tok);
+    engine_stream_free(k->es);
+    srv_request_free(&k->req);
+
+    pthread_mutex_lock(&sc->mu);
+    for (scall **pp = &sc->calls; *pp; pp = &(*pp)->next)
+        if (*pp == k) {
+            *pp = k->next;
+            break;
+        }
+    pthread_mutex_unlock(&sc->mu);
+    free(k);
+    atomic_fetch_sub(&s->active_calls, 1);
+    sconn_unref(sc);
+    pthread_mutex_lock(&rs->mu);
+    rs->n_calls--;
+    pthread_cond_broadcast(&rs->cv);
+    pthread_mutex_unlock(&rs->mu);
+    return NULL;
+}
+
+static void start_generate(sconn *sc, const Rpc__Frame *f, int streaming, uint32_t deadline_ms) {
+    rpc_server *rs = sc->rs;
+    srv *s = rs->s;
+    const char *what = "inference.GenerateRequest";
+    Inference__GenerateRequest *in = inference__generate_request__unpack(
+        NULL, f->has_payload ? f->payload.len : 0, f->has_payload ? f->payload.data : NULL);
+    if (!in) {
+        send_statusf(sc, f->call_id, SRV_INVALID_ARGUMENT,
+                     "the payload (%zu bytes) is not a valid %s",
+                     f->has_payload ? f->payload.len : 0, what);
+        return;
+    }
+    scall *k = calloc(1, sizeof *k);
+    if (!k) {
+        inference__generate_request__free_unpacked(in, NULL);
+        send_status(sc, f->call_id, SRV_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    k->sc = sc;
+    k->id = f->call_id;
+    k->streaming = streaming;
+    k->t_start = now_ms();
+    k->deadline_ms = deadline_ms;
+    if (deadline_ms) k->deadline = k->t_start + deadline_ms;
+    char err[768];
+    int rc = srv_prepare(s, in, &k->req, err, sizeof err);
+    inference__generate_request__free_unpacked(in, NULL);
+    if (rc == SRV_OK) rc = srv_submit(s, &k->req, &k->es, &k->eid, err, sizeof err);
+    if (rc != SRV_OK) {
+        srv_request_free(&k->req);
+        free(k);
+        send_status(sc, f->call_id, rc, err);
+        return;
+    }
+    pthread_mutex_lock(&sc->mu);
+    k->next = sc->calls;
+    sc->calls = k;
+    sc->refs++;
+    pthread_mutex_unlock(&sc->mu);
+    atomic_fetch_add(&s->active_calls, 1);
+    pthread_mutex_lock(&rs->mu);
+    rs->n_calls++;
+    pthread_mutex_unlock(&rs->mu);
+
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, CALL_STACK_BYTES);
+    pthread_t tid;
+    int e = pthread_create(&tid, &attr, call_main, k);
+    pthread_attr_destroy(&attr);
+    if (e != 0) {
+        /* Undo: the engine request is cancelled by engine_stream_free. */
+        pthread_mutex_lock(&sc->mu);
+        for (scall **pp = &sc->calls; *pp; pp = &(*pp)->next)
+            if (*pp == k) {
+                *pp = k->next;
+                break;
+            }
+        sc->refs--;
+        pthread_mutex_unlock(&sc->mu);
+        engine_stream_free(k->es);
+        srv_request_free(&k->req);
+        uint64_t id = k->id;
+        free(k);
+        atomic_fetch_sub(&s->active_calls, 1);
+        pthread_mutex_lock(&rs->mu);
+        rs->n_calls--;
+        pthread_cond_broadcast(&rs->cv);
+        pthread_mutex_unlock(&rs->mu);
+        send_statusf(sc, id, SRV_RESOURCE_EXHAUSTED, "cannot start a thread for the call: %s",
+                     strerror(e));
+    }
+}
+
+/* ---- quick methods (answered on the receive thread) ---- */
+
+/* s[0..n) with every invalid UTF-8 sequence replaced by U+FFFD (the
+ * bytes of a partial character at a token boundary); malloc'd. */
+static char *utf8_repair(const char *str, size_t n) {
+    const unsigned char *s = (const unsigned char *)str;
+    char *out = malloc(3 * n + 1), *o = out;
+    if (!out) return NULL;
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        int len = c < 0x80             ? 1
+                  : (c & 0xe0) == 0xc0 ? 2
+                  : (c & 0xf0) == 0xe0 ? 3
+                  : (c & 0xf8) == 0xf0 ? 4
+                                       : 0;
+        int ok = len > 0 && i + (size_t)len <= n;
+        unsigned cp = len == 1 ? c : len == 2 ? c & 0x1f : len == 3 ? c & 0x0f : c & 0x07;
+        for (int k = 1; ok && k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) ok = 0;
+            else cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        if (ok && len > 1) {
+            unsigned min = len == 2 ? 0x80 : len == 3 ? 0x800 : 0x10000;
+            if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) ok = 0;
+        }
+        if (ok) {
+            memcpy(o, s + i, (size_t)len);
+            o += len;
+            i += (size_t)len;
+        } else {
+            memcpy(o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        }
+    }
+    *o = 0;
+    return out;
+}
+
+static void do_tokenize(sconn *sc, const Rpc__Frame *f) {
+    srv *s = sc->rs->s;
+    Inference__TokenizeRequest *in = inference__tokenize_request__unpack(
+        NULL, f->has_payload ? f->payload.len : 0, f->has_payload ? f->payload.data : NULL);
+    if (!in) {
+        send_status(sc, f->call_id, SRV_INVALID_ARGUMENT,
+                    "the payload is not a valid inference.TokenizeRequest");
+        return;
+    }
+    const char *text = in->text ? in->text : "";
+    /* Reuse srv_prepare's UTF-8 rule through a minimal request. */
+    size_t n = strlen(text);
+    char *fixed = utf8_repair(text, n);
+    if (fixed && strcmp(fixed, text) != 0) {
+        size_t at = 0;
+        while (at < n && text[at] == fixed[at]) at++;
+        free(fixed);
+        inference__tokenize_request__free_unpacked(in, NULL);
+        send_statusf(sc, f->call_id, SRV_INVALID_ARGUMENT, "text is not valid UTF-8 (byte %zu)",
+                     at);
+        return;
+    }
+    free(fixed);
+    int32_t *ids = NULL;
+    int k = tok_encode(s->tok, text, n, in->has_add_special && in->add_special,
+                       in->has_parse_special ? in->parse_special : 1, &ids);
+    inference__tokenize_request__free_unpacked(in, NULL);
+    if (k < 0) {
+        send_statusf(sc, f->call_id, SRV_INTERNAL, "tokenization failed (code %d)", k);
+        return;
+    }
+    Inference__TokenizeResponse out = INFERENCE__TOKENIZE_RESPONSE__INIT;
+    out.n_ids = (size_t)k;
+    out.ids = ids;
+    send_reply(sc, f->call_id, &out.base);
+    free(ids);
+}
+
+static void do_detokenize(sconn *sc, const Rpc__Frame *f) {
+    srv *s = sc->rs->s;
+    Inference__DetokenizeRequest *in = inference__detokenize_request__unpack(
+        NULL, f->has_payload ? f->payload.len : 0, f->has_payload ? f->payload.data : NULL);
+    if (!in) {
+        send_status(sc, f->call_id, SRV_INVALID_ARGUMENT,
+                    "the payload is not a valid inference.DetokenizeRequest");
+        return;
+    }
+    int n_vocab = tok_n_vocab(s->tok);
+    for (size_t i = 0; i < in->n_ids; i++)
+        if (in->ids[i] < 0 || in->ids[i] >= n_vocab) {
+            send_statusf(sc, f->call_id, SRV_INVALID_ARGUMENT,
+                         "ids[%zu] = %d is outside the vocabulary [0, %d)", i, in->ids[i], n_vocab);
+            inference__detokenize_request__free_unpacked(in, NULL);
+            return;
+        }
+    int special = in->has_render_special && in->render_special;
+    int len = tok_decode(s->tok, in->ids, in->n_ids, special, NULL, 0);
+    char *buf = len >= 0 ? malloc((size_t)len + 1) : NULL;
+    char *text = NULL;
+    if (buf) {
+        tok_decode(s->tok, in->ids, in->n_ids, special, buf, (size_t)len);
+        text = utf8_repair(buf, (size_t)len);
+    }
+    inference__detokenize_request__free_unpacked(in, NULL);
+    if (!text) {
+        free(buf);
+        send_status(sc, f->call_id, len < 0 ? SRV_INTERNAL : SRV_RESOURCE_EXHAUSTED,
+                    len < 0 ? "detokenization failed" : "out of memory");
+        return;
+    }
+    Inference__DetokenizeResponse out = INFERENCE__DETOKENIZE_RESPONSE__INIT;
+    out.text = text;
+    send_reply(sc, f->call_id, &out.base);
+    free(text);
+    free(buf);
+}
+
+static void do_cancel(sconn *sc, const Rpc__Frame *f) {
+    Inference__CancelRequest *in = inference__cancel_request__unpack(
+        NULL, f->has_payload ? f->payload.len : 0, f->has_payload ? f->payload.data : NULL);
+    if (!in) {
+        send_status(sc, f->call_id, SRV_INVALID_ARGUMENT,
+                    "the payload is not a valid inference.CancelRequest");
+        return;
+    }
+    if (!in->has_call_id) {
+        inference__cancel_request__free_unpacked(in, NULL);
+        send_status(sc, f->call_id, SRV_INVALID_ARGUMENT, "call_id is required");
+        return;
+    }
+    int found = 0;
+    pthread_mutex_lock(&sc->mu);
+    scall *k = find_call_locked(sc, in->call_id);
+    if (k) found = call_end(k, END_CANCEL) || atomic_load(&k->end) == END_CANCEL;
+    pthread_mutex_unlock(&sc->mu);
+    inference__cancel_request__free_unpacked(in, NULL);
+    Inference__CancelResponse out = INFERENCE__CANCEL_RESPONSE__INIT;
+    out.has_found = 1;
+    out.found = found;
+    send_reply(sc, f->call_id, &out.base);
+}
+
+static void do_health(sconn *sc, const Rpc__Frame *f) {
+    Inference__HealthResponse out = INFERENCE__HEALTH_RESPONSE__INIT;
+    out.status = atomic_load(&sc->rs->s->draining) ? "DRAINING" : "SERVING";
+    send_reply(sc, f->call_id, &out.base);
+}
+
+static void do_model_info(sconn *sc, const Rpc__Frame *f) {
+    srv *s = sc->rs->s;
+    const llm_hparams *hp = llm_model_hparams(s->model);
+    Inference__ModelInfoResponse out = INFERENCE__MODEL_INFO_RESPONSE__INIT;
+    out.name = (char *)hp->name;
+    out.architecture = (char *)hp->arch;
+    out.path = s->cfg.model_path;
+    int context = s->cfg.model_max_length > 0 && s->cfg.model_max_length < hp->n_ctx_train
+                      ? s->cfg.model_max_length
+                      : hp->n_ctx_train;
+#define SET(field, v)                                                                              \
+    do {                                                                                           \
+        out.has_##field = 1;                                                                       \
+        out.field = (v);                                                                           \
+    } while (0)
+    SET(n_vocab, hp->n_vocab);
+    SET(context_length, context);
+    SET(n_embd, hp->n_embd);
+    SET(n_layer, hp->n_layer);
+    SET(n_head, hp->n_head);
+    SET(n_head_kv, hp->n_head_kv);
+    SET(weight_bytes, (int64_t)llm_model_weight_bytes(s->model));
+    SET(bos_id, tok_bos(s->tok));
+    SET(eos_id, tok_eos(s->tok));
+#undef SET
+    const char *fam = s->chat_template ? chat_template_family(s->chat_template) : NULL;
+    out.chat_template_family = (char *)(fam ? fam : "");
+    send_reply(sc, f->call_id, &out.base);
+}
+
+static void do_stats(sconn *sc, const Rpc__Frame *f) {
+    srv *s = sc->rs->s;
+    engine_stats st;
+    engine_get_stats(s->eng, &st);
+    Inference__StatsResponse out = INFERENCE__STATS_RESPONSE__INIT;
+#define SET(field, v)                                                                              \
+    do {                                                                                           \
+        out.has_##field = 1;                                                                       \
+        out.field = (v);                                                                           \
+    } while (0)
+    SET(waiting, st.n_waiting);
+    SET(running, st.n_running);
+    SET(swapped, st.n_swapped);
+    SET(blocks_total, st.blocks_total[0]);
+    SET(blocks_free, st.blocks_free[0]);
+    SET(blocks_cpu_total, st.blocks_total[1]);
+    SET(blocks_cpu_free, st.blocks_free[1]);
+    SET(preemptions_swap, st.preempt_swap);
+    SET(preemptions_recompute, st.preempt_recompute);
+    SET(prompt_tokens, st.prompt_tokens);
+    SET(generated_tokens, st.generated_tokens);
+    SET(requests_finished, st.requests_finished);
+    SET(steps, st.steps);
+    SET(active_calls, atomic_load(&s->active_calls));
+    SET(connections, atomic_load(&s->connections));
+#undef SET
+    send_reply(sc, f->call_id, &out.base);
+}
+
+/* ---- frame dispatch ---- */
+
+static void handle_call(sconn *sc, const Rpc__Frame *f) {
+    srv *s = sc->rs->s;
+    if (!f->method || !f->method[0]) {
+        send_status(sc, f->call_id, SRV_INVALID_ARGUMENT, "CALL frame without a method");
+        return;
+    }
+    if (call_active(sc, f->call_id)) {
+        send_statusf(sc, f->call_id, SRV_INVALID_ARGUMENT,
+                     "call_id %llu is already in use on this connection",
+                     (unsigned long long)f->call_id);
+        return;
+    }
+    int m = -1, while_draining = 0;
+    size_t plen = strlen(RPC_METHOD_PREFIX);
+    if (strncmp(f->method, RPC_METHOD_PREFIX, plen) == 0)
+        for (int i = 0; i < N_METHODS; i++)
+            if (strcmp(f->method + plen, methods[i].name) == 0) {
+                m = methods[i].id;
+                while_draining = methods[i].while_draining;
+            }
+    /* Health stays open (load balancers probe it without secrets, as GET
+     * /health does); everything else, unknown methods included, needs the
+     * key, so that a caller without it learns nothing about the service. */
+    if (m != M_HEALTH && srv_check_key(s, f->api_key) != SRV_OK) {
+        send_status(sc, f->call_id, SRV_UNAUTHENTICATED,
+                    f->api_key && f->api_key[0] ? "invalid API key"
+                                                : "missing API key: this server requires one");
+        return;
+    }
+    if (m < 0) {
+        send_statusf(sc, f->call_id, SRV_UNIMPLEMENTED,
+                     "unknown method '%.200s' (inference.Inference has Generate, GenerateStream, "
+                     "Tokenize, Detokenize, Cancel, Health, ModelInfo, Stats)",
+                     f->method);
+        return;
+    }
+    if (atomic_load(&s->draining) && !while_draining) {
+        send_status(sc, f->call_id, SRV_UNAVAILABLE,
+                    "the server is shutting down and takes no new calls");
+        return;
+    }
+    uint32_t deadline = f->has_deadline_ms ? f->deadline_ms : 0;
+    uint32_t cfg_limit = (uint32_t)s->cfg.request_timeout_ms;
+    if (cfg_limit > 0 && (deadline == 0 || cfg_limit < deadline)) deadline = cfg_limit;
+    switch (m) {
+    case M_GENERATE: start_generate(sc, f, 0, deadline); break;
+    case M_GENERATE_STREAM: start_generate(sc, f, 1, deadline); break;
+    case M_TOKENIZE: do_tokenize(sc, f); break;
+    case M_DETOKENIZE: do_detokenize(sc, f); break;
+    case M_CANCEL: do_cancel(sc, f); break;
+    case M_HEALTH: do_health(sc, f); break;
+    case M_MODEL_INFO: do_model_info(sc, f); break;
+    case M_STATS: do_stats(sc, f); break;
+    }
+}
+
+static void on_frame(rpc_conn *c, Rpc__Frame *f, void *user) {
+    (void)c;
+    sconn *sc = user;
+    switch ((int)f->type) {
+    case RPC__FRAME_TYPE__FRAME_CALL: handle_call(sc, f); break;
+    case RPC__FRAME_TYPE__FRAME_CANCEL: {
+        pthread_mutex_lock(&sc->mu);
+        scall *k = find_call_locked(sc, f->call_id);
+        if (k) call_end(k, END_CANCEL);
+        pthread_mutex_unlock(&sc->mu);
+        break; /* unknown / finished call: nothing to do */
+    }
+    case RPC__FRAME_TYPE__FRAME_MESSAGE:
+    case RPC__FRAME_TYPE__FRAME_STATUS:
+        if (!call_active(sc, f->call_id))
+            send_statusf(sc, f->call_id, SRV_INVALID_ARGUMENT,
+                         "unexpected %s frame from a client (clients send CALL and CANCEL)",
+                         f->type == RPC__FRAME_TYPE__FRAME_MESSAGE ? "MESSAGE" : "STATUS");
+        break;
+    default:
+        if (!call_active(sc, f->call_id))
+            send_statusf(sc, f->call_id, SRV_INVALID_ARGUMENT, "unknown frame type %d",
+                         (int)f->type);
+    }
+    rpc_frame_free(f);
+}
+
+static void on_bad_frame(rpc_conn *c, int err, int has_id, uint64_t id, const char *msg,
+                         void *user) {
+    (void)c;
+    (void)err;
+    sconn *sc = user;
+    /* Never a second STATUS for a call in flight. */
+    if (!has_id || call_active(sc, id)) id = 0;
+    send_status(sc, id, SRV_INVALID_ARGUMENT, msg);
+}
+
+static void on_close(rpc_conn *c, int err, const char *msg, void *user) {
+    sconn *sc = user;
+    srv *s = sc->rs->s;
+    if (err == RPC_ETOOBIG) {
+        logf_("connection %s: %s; closing it", rpc_conn_peer(c), msg);
+        send_status(sc, 0, SRV_RESOURCE_EXHAUSTED, msg);
+    } else if (err == RPC_EPROTO) {
+        logf_("connection %s: %s; closing it", rpc_conn_peer(c), msg);
+        send_status(sc, 0, SRV_INVALID_ARGUMENT, msg);
+    } else if (err != RPC_ECLOSED) {
+        logf_("connection %s: %s", rpc_conn_peer(c), msg);
+    }
+    /* The peer is gone (or will be): free its KV blocks now. */
+    pthread_mutex_lock(&sc->mu);
+    for (scall *k = sc->calls; k; k = k->next) call_end(k, END_CONN_CLOSED);
+    pthread_mutex_unlock(&sc->mu);
+    atomic_fetch_sub(&s->connections, 1);
+    sconn_unref(sc);
+}
+
+/* ---- listeners ---- */
+
+typedef struct {
+    rpc_server *rs;
+    int i;
+} accept_arg;
+
+static void *accept_main(void *arg) {
+    accept_arg a = *(accept_arg *)arg;
+    free(arg);
+    rpc_server *rs = a.rs;
+    rpc_listener *l = rs->ls[a.i];
+    static const rpc_conn_handlers handlers = {on_frame, on_bad_frame, on_close};
+    for (;;) {
+        rpc_conn *c;
+        char err[256];
+        int rc = rpc_listener_accept(l, &rs->copts, &c, err, sizeof err);
+        if (rc == RPC_ECLOSED) break;
+        if (rc != RPC_OK) {
+            logf_("%s", err);
+            struct timespec ts = {0, 20 * 1000000L}; /* e.g. out of descriptors: back off */
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        sconn *sc = calloc(1, sizeof *sc);
+        pthread_mutex_lock(&rs->mu);
+        if (rs->stopping || !sc) {
+            pthread_mutex_unlock(&rs->mu);
+            free(sc);
+            rpc_conn_release(c);
+            continue;
+        }
+        pthread_mutex_init(&sc->mu, NULL);
+        sc->rs = rs;
+        sc->c = c;
+        sc->refs = 1; /* the open connection; dropped by on_close */
+        sc->next = rs->conns;
+        if (rs->conns) rs->conns->prev = sc;
+        rs->conns = sc;
+        rs->n_conns++;
+        pthread_mutex_unlock(&rs->mu);
+        atomic_fetch_add(&rs->s->connections, 1);
+        if (rpc_conn_start(c, &handlers, sc, err, sizeof err) != RPC_OK) {
+            logf_("connection %s: %s", rpc_conn_peer(c), err);
+            atomic_fetch_sub(&rs->s->connections, 1);
+            sconn_unref(sc);
+        }
+    }
+    return NULL;
+}
+
+int rpc_server_start(srv *s, const char *const *urls, int n, const rpc_tls_opts *tls,
+                     const rpc_conn_opts *conn_opts, rpc_server **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (n > MAX_LISTENERS) {
+        snprintf(err, errlen, "too many listen addresses (%d, at most %d)", n, MAX_LISTENERS);
+        return -1;
+    }
+    rpc_server *rs = calloc(1, sizeof *rs);
+    if (!rs) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    rs->s = s;
+    rpc_conn_opts_default(&rs->copts);
+    if (conn_opts) {
+        if (conn_opts->max_frame) rs->copts.max_frame = conn_opts->max_frame;
+        if (conn_opts->max_queue_bytes) rs->copts.max_queue_bytes = conn_opts->max_queue_bytes;
+        if (conn_opts->max_queue_frames > 0)
+            rs->copts.max_queue_frames = conn_opts->max_queue_frames;
+        if (conn_opts->frame_timeout_ms) rs->copts.frame_timeout_ms = conn_opts->frame_timeout_ms;
+        if (conn_opts->linger_ms > 0) rs->copts.linger_ms = conn_opts->linger_ms;
+    }
+    pthread_mutex_init(&rs->mu, NULL);
+    pthread_cond_init(&rs->cv, NULL);
+    for (int i = 0; i < n; i++) {
+        if (rpc_listen(urls[i], tls, &rs->ls[i], err, errlen) != RPC_OK) goto fail;
+        rs->n_ls = i + 1;
+    }
+    for (int i = 0; i < n; i++) {
+        accept_arg *a = malloc(sizeof *a);
+        if (!a) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        a->rs = rs;
+        a->i = i;
+        int e = pthread_create(&rs->acc[i], NULL, accept_main, a);
+        if (e != 0) {
+            free(a);
+            snprintf(err, errlen, "cannot start the accept thread: %s", strerror(e));
+            goto fail;
+        }
+        rs->acc_started[i] = 1;
+    }
+    *out = rs;
+    return 0;
+fail:
+    rpc_server_stop(rs);
+    return -1;
+}
+
+const char *rpc_server_url(const rpc_server *r, int i) {
+    return i >= 0 && i < r->n_ls ? rpc_listener_url(r->ls[i]) : NULL;
+}
+
+int rpc_server_wait_idle(rpc_server *r, int timeout_ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&r->mu);
+    int rc = 0;
+    while (r->n_calls > 0) {
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT && r->n_calls > 0) {
+            rc = -1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+void rpc_server_cancel_all(rpc_server *r) {
+    pthread_mutex_lock(&r->mu);
+    for (sconn *sc = r->conns; sc; sc = sc->next) {
+        pthread_mutex_lock(&sc->mu);
+        for (scall *k = sc->calls; k; k = k->next) call_end(k, END_SHUTDOWN);
+        pthread_mutex_unlock(&sc->mu);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+void rpc_server_stop(rpc_server *r) {
+    if (!r) return;
+    pthread_mutex_lock(&r->mu);
+    r->stopping = 1;
+    pthread_mutex_unlock(&r->mu);
+    for (int i = 0; i < r->n_ls; i++) rpc_listener_close(r->ls[i]);
+    for (int i = 0; i < r->n_ls; i++)
+        if (r->acc_started[i]) pthread_join(r->acc[i], NULL);
+    rpc_server_cancel_all(r);
+    /* Close every connection; queued statuses get the linger time. */
+    pthread_mutex_lock(&r->mu);
+    for (sconn *sc = r->conns; sc; sc = sc->next) rpc_conn_close(sc->c, r->copts.linger_ms);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 10 + r->copts.linger_ms / 1000;
+    int timed_out = 0;
+    while (r->n_conns > 0 || r->n_calls > 0) {
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT) {
+            timed_out = r->n_conns > 0 || r->n_calls > 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    for (int i = 0; i < r->n_ls; i++) rpc_listener_free(r->ls[i]);
+    if (timed_out) {
+        /* Threads still use r: leak it rather than free under them. */
+        logf_("%d connections / %d calls did not end in time", r->n_conns, r->n_calls);
+        return;
+    }
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    free(r);
+}

@@ -1,0 +1,44 @@
+/*
+ * rpc_server.h - the RPC front end of infer-server: listeners on nng byte
+ * streams, one receive loop per connection (rpc/rpc.h), dispatch of CALL
+ * frames to the methods of inference.Inference, and one thread per
+ * generation call relaying engine events as MESSAGE frames.
+ *
+ * Lifecycle (driven by server/main.c):
+ *   rpc_server_start        listen on every URL and accept connections
+ *   (srv.draining = 1)      new calls get UNAVAILABLE, running ones go on
+ *   rpc_server_wait_idle    until no call is in flight, or the time is up
+ *   rpc_server_cancel_all   end what is still running (UNAVAILABLE)
+ *   rpc_server_stop         close listeners and connections, wait, free
+ * Thread-safety: start/stop from one thread; cancel_all and wait_idle from
+ * any thread.
+ */
+#ifndef SERVER_RPC_SERVER_H
+#define SERVER_RPC_SERVER_H
+
+#include "rpc.h"
+#include "server.h"
+
+typedef struct rpc_server rpc_server;
+
+/* Listen on urls[0..n). conn_opts: caps and timeouts of every connection
+ * (max_frame = server.max_message_bytes). tls: certificates for
+ * tls+tcp:// URLs (may be NULL otherwise). On failure nothing is left
+ * running and err names the URL. */
+int rpc_server_start(srv *s, const char *const *urls, int n, const rpc_tls_opts *tls,
+                     const rpc_conn_opts *conn_opts, rpc_server **out, char *err, size_t errlen);
+
+/* The address a listener really bound (port 0 resolved). */
+const char *rpc_server_url(const rpc_server *r, int i);
+
+/* Wait until no RPC call is in flight; 0 when idle, -1 on timeout. */
+int rpc_server_wait_idle(rpc_server *r, int timeout_ms);
+
+/* Cancel every call in flight; each ends with STATUS UNAVAILABLE. */
+void rpc_server_cancel_all(rpc_server *r);
+
+/* Stop accepting, close every connection (queued frames get linger time),
+ * wait for the call threads and free. */
+void rpc_server_stop(rpc_server *r);
+
+#endif

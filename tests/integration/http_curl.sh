@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# http_curl.sh - infer-server's HTTP API driven with curl, the way the
+# README's users call it: /health, /generate, OpenAI completions (unary and
+# streamed with -N), chat, /v1/models, /metrics, a bad request, and a clean
+# exit (status 0) on SIGTERM.
+#
+# Environment (ctest sets them): ENGINE_BUILD_DIR (infer-server), ENGINE_MODEL.
+# Exit: 0 pass, 1 fail, 77 skipped (no curl, server binary or model).
+set -u
+
+bin="${ENGINE_BUILD_DIR:-build}/infer-server"
+model="${ENGINE_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+command -v curl >/dev/null || { echo "http_curl: curl not installed, skipping"; exit 77; }
+[ -x "$bin" ] || { echo "http_curl: $bin not built, skipping"; exit 77; }
+[ -r "$model" ] || { echo "http_curl: $model missing, skipping"; exit 77; }
+
+free_port() {
+    local p
+    for _ in $(seq 1 100); do
+        p=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
+    done
+    return 1
+}
+
+tmp=$(mktemp -d)
+rpc_port=$(free_port) && http_port=$(free_port) || { echo "no free port"; exit 1; }
+base="http://127.0.0.1:$http_port"
+unset ENGINE_API_KEY
+"$bin" -m "$model" --set "server.listen=tcp://127.0.0.1:$rpc_port" \
+    --set "server.http_listen=$base" --set cache_config.num_blocks=256 2>"$tmp/server.log" &
+pid=$!
+trap 'kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
+
+fails=0
+check() { # check NAME CONDITION-RESULT DETAIL
+    if [ "$2" = 0 ]; then echo "ok   $1"; else echo "FAIL $1: $3"; fails=$((fails + 1)); fi
+}
+c() { curl -s --max-time 60 "$@"; }
+
+up=1
+for _ in $(seq 1 1200); do
+    if c -f "$base/health" >/dev/null 2>&1; then up=0; break; fi
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.1
+done
+if [ $up != 0 ]; then
+    echo "FAIL infer-server did not come up"; cat "$tmp/server.log"; exit 1
+fi
+
+out=$(c "$base/health")
+[[ "$out" == *'"status":"ok"'* ]]; check health $? "$out"
+
+out=$(c "$base/generate" -d '{"prompt": "The capital of France is", "max_length": 8, "temperature": 0}')
+[[ "$out" == *'"text":'* && "$out" == *'"finish_reason":'* && "$out" == *'"completion_tokens":'* ]]
+check generate $? "$out"
+
+out=$(c "$base/v1/models")
+[[ "$out" == *'"object":"list"'* && "$out" == *SmolLM2* ]]; check models $? "$out"
+
+out=$(c "$base/v1/completions" -H 'Content-Type: application/json' \
+    -d '{"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0}')
+[[ "$out" == *'"object":"text_completion"'* && "$out" == *'"choices":[{'* ]]
+check completions $? "$out"
+
+out=$(c -N "$base/v1/completions" -d '{"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0, "stream": true}')
+events=$(grep -c '^data: {' <<<"$out")
+[[ $events -ge 3 && "$out" == *'data: [DONE]'* ]]; check "completions stream" $? "$events events: $out"
+
+out=$(c -N "$base/v1/chat/completions" \
+    -d '{"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 6, "stream": true}')
+[[ "$out" == *'"role":"assistant"'* && "$out" == *'data: [DONE]'* ]]; check "chat stream" $? "$out"
+
+out=$(c "$base/v1/chat/completions" -d '{"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 6}')
+[[ "$out" == *'"object":"chat.completion"'* && "$out" == *'"message":{"role":"assistant"'* ]]
+check chat $? "$out"
+
+code=$(c -o "$tmp/err.json" -w '%{http_code}' "$base/generate" -d '{"prompt": "x", "temperature": "hot"}')
+[[ "$code" == 400 ]] && grep -q 'temperature must be a number' "$tmp/err.json"
+check "bad parameter -> 400" $? "$code $(cat "$tmp/err.json")"
+
+code=$(c -o /dev/null -w '%{http_code}' "$base/nope")
+[[ "$code" == 404 ]]; check "unknown path -> 404" $? "$code"
+
+out=$(c -D "$tmp/headers" "$base/metrics")
+grep -qi '^content-type: text/plain; version=0.0.4' "$tmp/headers" &&
+    [[ "$out" == *'infer_calls_total{status="OK"}'* && "$out" == *infer_kv_blocks_free* ]]
+check metrics $? "$(head -c 300 <<<"$out")"
+
+# SIGTERM drains and exits 0.
+kill -TERM $pid
+status=124
+for _ in $(seq 1 600); do
+    if ! kill -0 $pid 2>/dev/null; then wait $pid; status=$?; break; fi
+    sleep 0.1
+done
+check "SIGTERM -> exit 0" "$status" "exit status $status"
+
+if [ $fails != 0 ]; then
+    echo "---- server log ----"; cat "$tmp/server.log"
+    exit 1
+fi
+echo "http_curl: all checks passed"

@@ -1,0 +1,1094 @@
+/*
+ * test_http.c - infer-server's HTTP front end, driven over raw sockets.
+ *
+ * Starts $ENGINE_BUILD_DIR/infer-server with the real model on free
+ * loopback ports (skips with 77 when the model or the server binary is
+ * missing), writes HTTP/1.1 requests by hand and checks what an HTTP user
+ * relies on:
+ *   - GET /health, /v1/models, /metrics (Prometheus names and content type);
+ *   - POST /generate with the course lab's max_length, greedy and
+ *     repeatable, token ids on request; keep-alive across requests;
+ *   - POST /v1/completions unary and streamed (SSE events arrive one by one
+ *     and end with [DONE]; the streamed text equals the unary one), n > 1;
+ *   - POST /v1/chat/completions streamed (role first, finish_reason last);
+ *   - errors with OpenAI-style JSON bodies: bad JSON (with its position),
+ *     a wrong type, a bad value, unknown path (404), wrong method (405),
+ *     body too large (413);
+ *   - Expect: 100-continue is honoured; 16 concurrent streams complete;
+ *   - a second server: API key (401), a call past server.request_timeout_ms
+ *     gets 504, a full waiting queue gives 429;
+ *   - a client that disconnects mid-stream has its request cancelled and
+ *     every KV block is free again within 1 s;
+ *   - SIGTERM drains: /health says so, new calls get 503, a running stream
+ *     completes, and the server exits 0 (under the sanitizers: no leak).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "test_util.h"
+
+#define IO_TIMEOUT_MS 60000 /* generous: the sanitizer build is slow */
+
+typedef struct {
+    pid_t pid;
+    int http_port;
+    char log[256];
+} server;
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* A port that was free a moment ago (the server binds it right after). */
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+/* ---------------------------------------------------------------------
+ * A minimal HTTP/1.1 client
+ * ------------------------------------------------------------------- */
+
+static int http_connect(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int send_all(int fd, const char *p, size_t n) {
+    while (n) {
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* recv with a timeout; returns bytes, 0 at EOF, -1 on error/timeout. */
+static ssize_t recv_some(int fd, char *buf, size_t cap, int timeout_ms) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int r = poll(&p, 1, timeout_ms);
+    if (r <= 0) return -1;
+    ssize_t k = recv(fd, buf, cap, 0);
+    return k;
+}
+
+typedef struct {
+    int status;
+    char head[4096];
+    char *body; /* NUL-terminated */
+    size_t body_len;
+} http_resp;
+
+static void resp_free(http_resp *r) {
+    free(r->body);
+    memset(r, 0, sizeof *r);
+}
+
+/* Value of a header in r->head (case-insensitive name), copied to out. */
+static int resp_header(const http_resp *r, const char *name, char *out, size_t cap) {
+    size_t n = strlen(name);
+    const char *p = strstr(r->head, "\r\n");
+    while (p && p[2]) {
+        p += 2;
+        if (strncasecmp(p, name, n) == 0 && p[n] == ':') {
+            p += n + 1;
+            while (*p == ' ') p++;
+            size_t k = strcspn(p, "\r\n");
+            if (k >= cap) k = cap - 1;
+            memcpy(out, p, k);
+            out[k] = 0;
+            return 1;
+        }
+        p = strstr(p, "\r\n");
+    }
+    return 0;
+}
+
+/* Read one response: the head, then Content-Length bytes or up to EOF.
+ * Interim 1xx responses are returned as such (no body). */
+static int read_response(int fd, http_resp *r) {
+    memset(r, 0, sizeof *r);
+    size_t hl = 0;
+    char *end = NULL;
+    /* Read byte by byte up to the blank line so no body byte is consumed
+     * (responses are small; simplicity beats speed here). */
+    while (!end) {
+        if (hl + 1 >= sizeof r->head) return -1;
+        ssize_t k = recv_some(fd, r->head + hl, 1, IO_TIMEOUT_MS);
+        if (k <= 0) return -1;
+        hl += (size_t)k;
+        r->head[hl] = 0;
+        end = strstr(r->head, "\r\n\r\n");
+    }
+    if (sscanf(r->head, "HTTP/1.%*d %d", &r->status) != 1) return -1;
+    if (r->status >= 100 && r->status < 200) {
+        r->body = calloc(1, 1);
+        return 0;
+    }
+    char v[64];
+    long want = -1;
+    if (resp_header(r, "Content-Length", v, sizeof v)) want = atol(v);
+    size_t cap = want >= 0 ? (size_t)want + 1 : 65536, len = 0;
+    r->body = malloc(cap);
+    if (!r->body) return -1;
+    while (want < 0 || len < (size_t)want) {
+        if (len + 1 >= cap) {
+            cap *= 2;
+            char *p = realloc(r->body, cap);
+            if (!p) return -1;
+            r->body = p;
+        }
+        ssize_t k = recv_some(fd, r->body + len, cap - 1 - len, IO_TIMEOUT_MS);
+        if (k < 0) return -1;
+        if (k == 0) break;
+        len += (size_t)k;
+    }
+    r->body[len] = 0;
+    r->body_len = len;
+    return 0;
+}
+
+/* One request on a fresh connection ("Connection: close"). extra: more
+ * header lines, each ending in \r\n (may be NULL). */
+static int http_call(int port, const char *method, const char *path, const char *extra,
+                     const char *body, http_resp *r) {
+    memset(r, 0, sizeof *r);
+    int fd = http_connect(port);
+    if (fd < 0) return -1;
+    char head[2048];
+    size_t blen = body ? strlen(body) : 0;
+    int n = snprintf(
+        head, sizeof head, "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n%s%s",
+        method, path, port, extra ? extra : "", body ? "Content-Type: application/json\r\n" : "");
+    if (body) n += snprintf(head + n, sizeof head - (size_t)n, "Content-Length: %zu\r\n", blen);
+    n += snprintf(head + n, sizeof head - (size_t)n, "\r\n");
+    int rc = send_all(fd, head, (size_t)n);
+    if (rc == 0 && body) rc = send_all(fd, body, blen);
+    if (rc == 0) rc = read_response(fd, r);
+    close(fd);
+    return rc;
+}
+
+static cJSON *resp_json(const http_resp *r) { return r->body ? cJSON_Parse(r->body) : NULL; }
+
+/* The value at "a.b.0.c" (numeric parts index arrays), or NULL. Thread-safe
+ * (the concurrent-stream test parses events on many threads). */
+static const cJSON *jpath(const cJSON *o, const char *path) {
+    char buf[256], *save = NULL;
+    snprintf(buf, sizeof buf, "%s", path);
+    const cJSON *v = o;
+    for (char *tok = strtok_r(buf, ".", &save); tok && v; tok = strtok_r(NULL, ".", &save)) {
+        if (tok[0] >= '0' && tok[0] <= '9') v = cJSON_GetArrayItem(v, atoi(tok));
+        else v = cJSON_GetObjectItemCaseSensitive(v, tok);
+    }
+    return v;
+}
+
+static const char *jstr(const cJSON *o, const char *path) {
+    const cJSON *v = jpath(o, path);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static double jnum(const cJSON *o, const char *path) {
+    const cJSON *v = jpath(o, path);
+    return cJSON_IsNumber(v) ? v->valuedouble : -1e300;
+}
+
+/* ---------------------------------------------------------------------
+ * The server process
+ * ------------------------------------------------------------------- */
+
+static void server_kill(server *sv) {
+    if (sv->pid > 0) {
+        kill(sv->pid, SIGKILL);
+        waitpid(sv->pid, NULL, 0);
+        sv->pid = -1;
+    }
+}
+
+/* SIGTERM: the server drains and must exit 0 (under the sanitizers that
+ * also means no leak and no error report). Returns the exit status. */
+static int server_stop(server *sv) {
+    if (sv->pid <= 0) return -1;
+    kill(sv->pid, SIGTERM);
+    double t0 = now_ms();
+    while (now_ms() - t0 < 60000) {
+        int wst;
+        if (waitpid(sv->pid, &wst, WNOHANG) == sv->pid) {
+            sv->pid = -1;
+            return WIFEXITED(wst) ? WEXITSTATUS(wst) : 128 + WTERMSIG(wst);
+        }
+        sleep_ms(50);
+    }
+    server_kill(sv);
+    return -2;
+}
+
+static void server_dump_log(const server *sv) {
+    FILE *f = fopen(sv->log, "r");
+    if (!f) return;
+    fprintf(stderr, "---- %s ----\n", sv->log);
+    char line[1024];
+    while (fgets(line, sizeof line, f)) fputs(line, stderr);
+    fclose(f);
+}
+
+/* second: the second server's settings (API key, 5 s deadline, one
+ * sequence per step and one waiting request at most). */
+static int server_start(server *sv, const char *bin, const char *model, int second) {
+    memset(sv, 0, sizeof *sv);
+    int rpc_port = free_port();
+    sv->http_port = free_port();
+    if (rpc_port < 0 || sv->http_port < 0) return -1;
+    snprintf(sv->log, sizeof sv->log, "/tmp/test_http_server_%d_%d.log", (int)getpid(),
+             sv->http_port);
+    char listen[96], http[96], key[300];
+    snprintf(listen, sizeof listen, "server.listen=tcp://127.0.0.1:%d", rpc_port);
+    snprintf(http, sizeof http, "server.http_listen=http://127.0.0.1:%d", sv->http_port);
+    snprintf(key, sizeof key, "server.api_key=%s", second ? "s3cret-key" : "");
+    const char *timeout = second ? "server.request_timeout_ms=5000" : "server.request_timeout_ms=0";
+    const char *seqs =
+        second ? "batcher_config.batch_max_seqs=1" : "batcher_config.batch_max_seqs=64";
+    const char *waiting =
+        second ? "batcher_config.max_waiting=1" : "batcher_config.max_waiting=1024";
+    sv->pid = fork();
+    if (sv->pid < 0) return -1;
+    if (sv->pid == 0) {
+        FILE *f = freopen(sv->log, "w", stderr);
+        (void)f;
+        unsetenv("ENGINE_API_KEY");
+        /* 256 blocks of 16 tokens: room for the streams below, quick to
+         * set up under the sanitizers. */
+        execl(bin, bin, "-m", model, "--set", listen, "--set", http, "--set", key, "--set",
+              "cache_config.num_blocks=256", "--set", "server.max_message_bytes=65536", "--set",
+              timeout, "--set", seqs, "--set", waiting, (char *)NULL);
+        _exit(127);
+    }
+    double t0 = now_ms();
+    while (now_ms() - t0 < 120000) {
+        int wst;
+        if (waitpid(sv->pid, &wst, WNOHANG) == sv->pid) {
+            fprintf(stderr, "infer-server exited during start-up (status %d)\n", wst);
+            sv->pid = -1;
+            server_dump_log(sv);
+            return -1;
+        }
+        http_resp r;
+        if (http_call(sv->http_port, "GET", "/health", NULL, NULL, &r) == 0 && r.status == 200) {
+            resp_free(&r);
+            return 0;
+        }
+        resp_free(&r);
+        sleep_ms(100);
+    }
+    fprintf(stderr, "infer-server's /health did not answer within 120 s\n");
+    server_kill(sv);
+    server_dump_log(sv);
+    return -1;
+}
+
+/* A gauge or counter from /metrics ("name{labels}" exactly as rendered). */
+static double metric_with(int port, const char *extra, const char *series) {
+    http_resp r;
+    double v = -1;
+    if (http_call(port, "GET", "/metrics", extra, NULL, &r) == 0 && r.status == 200) {
+        size_t n = strlen(series);
+        for (const char *p = r.body; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+            if (strncmp(p, series, n) == 0 && p[n] == ' ') {
+                v = atof(p + n + 1);
+                break;
+            }
+        }
+    }
+    resp_free(&r);
+    return v;
+}
+
+static double metric(int port, const char *series) { return metric_with(port, NULL, series); }
+
+static double metric_auth(int port, const char *series) {
+    return metric_with(port, "Authorization: Bearer s3cret-key\r\n", series);
+}
+
+/* Every device block free within ms (a finished request's FINISH event can
+ * reach the client a moment before the engine thread returns its blocks). */
+static int all_blocks_free_within(int port, int auth, int ms) {
+    double (*get)(int, const char *) = auth ? metric_auth : metric;
+    double total = get(port, "infer_kv_blocks_total{tier=\"device\"}");
+    for (double t0 = now_ms(); now_ms() - t0 < ms; sleep_ms(10))
+        if (total > 0 && get(port, "infer_kv_blocks_free{tier=\"device\"}") == total) return 1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------
+ * Server-Sent Events
+ * ------------------------------------------------------------------- */
+
+typedef struct {
+    int status;
+    char ctype[128];
+    cJSON *events[1024];
+    int n_events;
+    int done;              /* saw data: [DONE] */
+    int reads_with_events; /* recv calls that completed at least one event */
+    char text[8192];       /* concatenated choices[0].text / delta.content */
+    char finish[32];       /* the last finish_reason seen */
+    char first_role[32];
+} sse_result;
+
+static void sse_free(sse_result *s) {
+    for (int i = 0; i < s->n_events; i++) cJSON_Delete(s->events[i]);
+    memset(s, 0, sizeof *s);
+}
+
+static void sse_take(sse_result *s, const char *data) {
+    if (strcmp(data, "[DONE]") == 0) {
+        s->done = 1;
+        return;
+    }
+    cJSON *j = cJSON_Parse(data);
+    if (!j) {
+        fprintf(stderr, "unparsable SSE data: %s\n", data);
+        return;
+    }
+    if (s->n_events < 1024) s->events[s->n_events++] = j;
+    const cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+    const char *t = NULL, *fin = NULL, *role = NULL;
+    if (ch) {
+        const cJSON *d = cJSON_GetObjectItem(ch, "delta");
+        t = d ? jstr(d, "content") : jstr(ch, "text");
+        role = d ? jstr(d, "role") : NULL;
+        fin = jstr(ch, "finish_reason");
+    } else {
+        t = jstr(j, "text"); /* /generate */
+        fin = jstr(j, "finish_reason");
+    }
+    if (t) strncat(s->text, t, sizeof s->text - strlen(s->text) - 1);
+    if (fin) snprintf(s->finish, sizeof s->finish, "%s", fin);
+    if (role && !s->first_role[0]) snprintf(s->first_role, sizeof s->first_role, "%s", role);
+    if (s->n_events >= 1024) cJSON_Delete(j);
+}
+
+/* Send a streaming request and read the events. stop_after > 0: return
+ * with the connection open (*fd_out) after that many events. Carries the
+ * second server's key (a server without one ignores it). */
+static int sse_call(int port, const char *path, const char *body, sse_result *s, int stop_after,
+                    int *fd_out) {
+    memset(s, 0, sizeof *s);
+    int fd = http_connect(port);
+    if (fd < 0) return -1;
+    char head[512];
+    int n = snprintf(head, sizeof head,
+                     "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     "Accept: text/event-stream\r\nAuthorization: Bearer s3cret-key\r\n"
+                     "Content-Length: %zu\r\n\r\n",
+                     path, strlen(body));
+    if (send_all(fd, head, (size_t)n) || send_all(fd, body, strlen(body))) {
+        close(fd);
+        return -1;
+    }
+    http_resp r;
+    /* The head, byte by byte, then the event stream until EOF. */
+    size_t hl = 0;
+    memset(&r, 0, sizeof r);
+    while (!strstr(r.head, "\r\n\r\n")) {
+        if (hl + 1 >= sizeof r.head || recv_some(fd, r.head + hl, 1, IO_TIMEOUT_MS) != 1) {
+            close(fd);
+            return -1;
+        }
+        r.head[++hl] = 0;
+    }
+    sscanf(r.head, "HTTP/1.%*d %d", &s->status);
+    resp_header(&r, "Content-Type", s->ctype, sizeof s->ctype);
+    char *buf = malloc(1 << 20);
+    size_t len = 0;
+    int rc = 0;
+    while (!s->done) {
+        ssize_t k = recv_some(fd, buf + len, (1 << 20) - 1 - len, IO_TIMEOUT_MS);
+        if (k <= 0) break;
+        len += (size_t)k;
+        buf[len] = 0;
+        int got = 0;
+        char *ev;
+        while ((ev = strstr(buf, "\n\n")) != NULL) {
+            *ev = 0;
+            if (strncmp(buf, "data: ", 6) == 0) sse_take(s, buf + 6);
+            got++;
+            size_t used = (size_t)(ev + 2 - buf);
+            memmove(buf, ev + 2, len - used + 1);
+            len -= used;
+        }
+        if (got) s->reads_with_events++;
+        if (stop_after > 0 && s->n_events >= stop_after) {
+            *fd_out = fd;
+            free(buf);
+            return 0;
+        }
+    }
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------
+ * Tests
+ * ------------------------------------------------------------------- */
+
+static void test_health_models_metrics(int port) {
+    http_resp r;
+    CHECK(http_call(port, "GET", "/health", NULL, NULL, &r) == 0);
+    CHECKF(r.status == 200 && r.body && strstr(r.body, "\"status\":\"ok\""), "%d %s", r.status,
+           r.body);
+    resp_free(&r);
+
+    CHECK(http_call(port, "GET", "/v1/models", NULL, NULL, &r) == 0);
+    cJSON *j = resp_json(&r);
+    CHECKF(r.status == 200 && j, "%d %s", r.status, r.body);
+    CHECK(j && jstr(j, "object") && !strcmp(jstr(j, "object"), "list"));
+    const char *id = j ? jstr(j, "data.0.id") : NULL;
+    CHECKF(id && strstr(id, "SmolLM2"), "model id %s", id ? id : "(none)");
+    CHECK(j && jstr(j, "data.0.object") && !strcmp(jstr(j, "data.0.object"), "model"));
+    cJSON_Delete(j);
+    resp_free(&r);
+
+    CHECK(http_call(port, "GET", "/metrics", NULL, NULL, &r) == 0);
+    char ct[128] = "";
+    resp_header(&r, "Content-Type", ct, sizeof ct);
+    CHECKF(r.status == 200 && strstr(ct, "text/plain") && strstr(ct, "version=0.0.4"),
+           "%d content-type '%s'", r.status, ct);
+    static const char *const names[] = {
+        "infer_calls_total{status=\"OK\"}",
+        "infer_calls_total{status=\"INVALID_ARGUMENT\"}",
+        "infer_http_requests_total",
+        "infer_time_to_first_token_seconds_bucket{le=\"0.005\"}",
+        "infer_time_to_first_token_seconds_bucket{le=\"+Inf\"}",
+        "infer_inter_token_latency_seconds_count",
+        "infer_request_duration_seconds_sum",
+        "infer_sequences_waiting",
+        "infer_sequences_running",
+        "infer_sequences_swapped",
+        "infer_kv_blocks_total{tier=\"device\"}",
+        "infer_kv_blocks_free{tier=\"device\"}",
+        "infer_kv_blocks_used{tier=\"cpu\"}",
+        "infer_preemptions_total{mode=\"swap\"}",
+        "infer_preemptions_total{mode=\"recompute\"}",
+        "infer_prompt_tokens_total",
+        "infer_generated_tokens_total",
+        "infer_engine_steps_total",
+        "infer_active_calls",
+        "infer_rpc_connections",
+        "# TYPE infer_time_to_first_token_seconds histogram",
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        CHECKF(r.body && strstr(r.body, names[i]), "/metrics lacks %s", names[i]);
+    resp_free(&r);
+}
+
+static void test_generate(int port, char *greedy_text, size_t cap) {
+    const char *body = "{\"prompt\": \"The capital of France is\", \"max_length\": 8, "
+                       "\"temperature\": 0, \"return_tokens\": true}";
+    http_resp r;
+    CHECK(http_call(port, "POST", "/generate", NULL, body, &r) == 0);
+    cJSON *j = resp_json(&r);
+    CHECKF(r.status == 200 && j, "%d %s", r.status, r.body);
+    const char *text = j ? jstr(j, "text") : NULL;
+    const char *fin = j ? jstr(j, "finish_reason") : NULL;
+    int completion = j ? (int)jnum(j, "usage.completion_tokens") : -1;
+    CHECKF(text && text[0], "text %s", r.body);
+    CHECKF(fin && (!strcmp(fin, "length") || !strcmp(fin, "eos")), "finish %s", fin ? fin : "-");
+    CHECKF(completion >= 1 && completion <= 8, "completion_tokens %d", completion);
+    if (fin && !strcmp(fin, "length")) CHECK(completion == 8);
+    CHECK(j && jnum(j, "usage.prompt_tokens") >= 5);
+    CHECK(j && jnum(j, "timings.total_ms") > 0 && jnum(j, "timings.ttft_ms") > 0);
+    const cJSON *toks = j ? cJSON_GetObjectItem(j, "tokens") : NULL;
+    CHECKF(cJSON_IsArray(toks) && cJSON_GetArraySize(toks) == completion, "tokens %d vs %d",
+           cJSON_GetArraySize(toks), completion);
+    if (text) snprintf(greedy_text, cap, "%s", text);
+    cJSON_Delete(j);
+    resp_free(&r);
+
+    /* Greedy is repeatable. */
+    CHECK(http_call(port, "POST", "/generate", NULL, body, &r) == 0);
+    j = resp_json(&r);
+    const char *again = j ? jstr(j, "text") : NULL;
+    CHECKF(again && text && !strcmp(again, greedy_text), "'%s' vs '%s'", again ? again : "-",
+           greedy_text);
+    cJSON_Delete(j);
+    resp_free(&r);
+
+    /* min_length holds EOS back: exactly that many tokens. */
+    CHECK(
+        http_call(port, "POST", "/generate", NULL,
+                  "{\"prompt\": \"Hi\", \"min_length\": 6, \"max_length\": 6, \"temperature\": 0}",
+                  &r) == 0);
+    j = resp_json(&r);
+    CHECKF(r.status == 200 && j && jnum(j, "usage.completion_tokens") == 6, "%d %s", r.status,
+           r.body);
+    cJSON_Delete(j);
+    resp_free(&r);
+}
+
+static void test_keep_alive(int port) {
+    /* Two requests on one connection, the first with a body: the body must
+     * be consumed exactly, or the second request would be misparsed. */
+    int fd = http_connect(port);
+    CHECK(fd >= 0);
+    if (fd < 0) return;
+    const char *body = "{\"prompt\": \"Hello\", \"max_tokens\": 2, \"temperature\": 0}";
+    char req[512];
+    int n = snprintf(req, sizeof req,
+                     "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s",
+                     strlen(body), body);
+    http_resp r;
+    CHECK(send_all(fd, req, (size_t)n) == 0);
+    CHECK(read_response(fd, &r) == 0 && r.status == 200);
+    resp_free(&r);
+    const char *get = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    CHECK(send_all(fd, get, strlen(get)) == 0);
+    CHECKF(read_response(fd, &r) == 0 && r.status == 200 && strstr(r.body, "ok"), "%d", r.status);
+    resp_free(&r);
+    close(fd);
+}
+
+static void test_expect_continue(int port) {
+    int fd = http_connect(port);
+    CHECK(fd >= 0);
+    if (fd < 0) return;
+    const char *body = "{\"prompt\": \"Hello\", \"max_tokens\": 1}";
+    char req[512];
+    int n = snprintf(req, sizeof req,
+                     "POST /generate HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                     strlen(body));
+    http_resp r;
+    CHECK(send_all(fd, req, (size_t)n) == 0);
+    CHECKF(read_response(fd, &r) == 0 && r.status == 100, "interim status %d", r.status);
+    resp_free(&r);
+    CHECK(send_all(fd, body, strlen(body)) == 0);
+    CHECKF(read_response(fd, &r) == 0 && r.status == 200, "final status %d", r.status);
+    resp_free(&r);
+    close(fd);
+}
+
+static void test_completions(int port, const char *greedy_text) {
+    const char *body = "{\"model\": \"whatever\", \"prompt\": \"The capital of France is\", "
+                       "\"max_tokens\": 8, \"temperature\": 0, \"user\": \"u1\", "
+                       "\"frequency_penalty\": 0}";
+    http_resp r;
+    CHECK(http_call(port, "POST", "/v1/completions", NULL, body, &r) == 0);
+    cJSON *j = resp_json(&r);
+    CHECKF(r.status == 200 && j, "%d %s", r.status, r.body);
+    CHECK(j && jstr(j, "object") && !strcmp(jstr(j, "object"), "text_completion"));
+    CHECK(j && jstr(j, "id") && !strncmp(jstr(j, "id"), "cmpl-", 5));
+    CHECK(j && jnum(j, "created") > 1600000000);
+    const char *text = j ? jstr(j, "choices.0.text") : NULL;
+    CHECKF(text && !strcmp(text, greedy_text), "completions '%s' vs /generate '%s'",
+           text ? text : "-", greedy_text);
+    const char *fin = j ? jstr(j, "choices.0.finish_reason") : NULL;
+    CHECKF(fin && (!strcmp(fin, "length") || !strcmp(fin, "stop")), "finish %s", fin ? fin : "-");
+    CHECK(j && jnum(j, "usage.total_tokens") ==
+                   jnum(j, "usage.prompt_tokens") + jnum(j, "usage.completion_tokens"));
+    cJSON_Delete(j);
+    resp_free(&r);
+
+    /* n = 2, sampled: two choices, indexes 0 and 1. */
+    CHECK(http_call(port, "POST", "/v1/completions", NULL,
+                    "{\"prompt\": \"Once upon a time\", \"max_tokens\": 4, \"n\": 2, "
+                    "\"temperature\": 0.8, \"seed\": 7, \"stop\": [\"\\n\\n\"]}",
+                    &r) == 0);
+    j = resp_json(&r);
+    CHECKF(r.status == 200 && j && cJSON_GetArraySize(cJSON_GetObjectItem(j, "choices")) == 2,
+           "%d %s", r.status, r.body);
+    CHECK(j && jnum(j, "choices.1.index") == 1);
+    cJSON_Delete(j);
+    resp_free(&r);
+
+    /* Streamed: the same greedy text, in several events, then [DONE]. */
+    sse_result s;
+    CHECK(sse_call(port, "/v1/completions",
+                   "{\"prompt\": \"The capital of France is\", \"max_tokens\": 8, "
+                   "\"temperature\": 0, \"stream\": true, "
+                   "\"stream_options\": {\"include_usage\": true}}",
+                   &s, 0, NULL) == 0);
+    CHECKF(s.status == 200 && strstr(s.ctype, "text/event-stream"), "%d '%s'", s.status, s.ctype);
+    CHECK(s.done);
+    CHECKF(!strcmp(s.text, greedy_text), "streamed '%s' vs '%s'", s.text, greedy_text);
+    CHECKF(s.n_events >= 3, "%d events", s.n_events);
+    CHECKF(s.reads_with_events >= 2, "events arrived in %d reads", s.reads_with_events);
+    CHECKF(!strcmp(s.finish, "length") || !strcmp(s.finish, "stop"), "finish '%s'", s.finish);
+    cJSON *last = s.n_events ? s.events[s.n_events - 1] : NULL;
+    CHECKF(last && jnum(last, "usage.completion_tokens") >= 1, "usage chunk missing");
+    CHECK(s.n_events && jstr(s.events[0], "object") &&
+          !strcmp(jstr(s.events[0], "object"), "text_completion"));
+    sse_free(&s);
+
+    /* A longer stream arrives incrementally: the first event well before
+     * the last. */
+    CHECK(sse_call(port, "/v1/completions",
+                   "{\"prompt\": \"Write a story:\", \"max_tokens\": 24, \"ignore_eos\": true, "
+                   "\"temperature\": 0, \"stream\": true}",
+                   &s, 0, NULL) == 0);
+    CHECKF(s.n_events >= 10 && s.reads_with_events >= 3, "%d events in %d reads", s.n_events,
+           s.reads_with_events);
+    CHECK(s.done && !strcmp(s.finish, "length"));
+    sse_free(&s);
+}
+
+static void test_chat_stream(int port) {
+    sse_result s;
+    CHECK(sse_call(port, "/v1/chat/completions",
+                   "{\"model\": \"m\", \"messages\": [{\"role\": \"system\", \"content\": "
+                   "\"You are brief.\"}, {\"role\": \"user\", \"content\": [{\"type\": \"text\", "
+                   "\"text\": \"Say hello.\"}]}], \"max_tokens\": 8, \"temperature\": 0, "
+                   "\"stream\": true}",
+                   &s, 0, NULL) == 0);
+    CHECKF(s.status == 200, "status %d", s.status);
+    CHECK(s.done);
+    CHECKF(!strcmp(s.first_role, "assistant"), "role '%s'", s.first_role);
+    CHECKF(s.text[0], "empty chat text");
+    CHECKF(!strcmp(s.finish, "length") || !strcmp(s.finish, "stop"), "finish '%s'", s.finish);
+    CHECK(s.n_events && jstr(s.events[0], "object") &&
+          !strcmp(jstr(s.events[0], "object"), "chat.completion.chunk"));
+    CHECK(s.n_events && jstr(s.events[0], "id") &&
+          !strncmp(jstr(s.events[0], "id"), "chatcmpl-", 9));
+    char streamed[8192];
+    snprintf(streamed, sizeof streamed, "%s", s.text);
+    sse_free(&s);
+
+    /* Unary chat: the same text in choices[0].message. */
+    http_resp r;
+    CHECK(http_call(port, "POST", "/v1/chat/completions", NULL,
+                    "{\"messages\": [{\"role\": \"system\", \"content\": \"You are brief.\"}, "
+                    "{\"role\": \"user\", \"content\": \"Say hello.\"}], \"max_tokens\": 8, "
+                    "\"temperature\": 0}",
+                    &r) == 0);
+    cJSON *j = resp_json(&r);
+    CHECKF(r.status == 200 && j, "%d %s", r.status, r.body);
+    const char *content = j ? jstr(j, "choices.0.message.content") : NULL;
+    CHECKF(content && !strcmp(content, streamed), "'%s' vs '%s'", content ? content : "-",
+           streamed);
+    CHECK(j && jstr(j, "choices.0.message.role") &&
+          !strcmp(jstr(j, "choices.0.message.role"), "assistant"));
+    CHECK(j && !strcmp(jstr(j, "object"), "chat.completion"));
+    cJSON_Delete(j);
+    resp_free(&r);
+}
+
+/* One bad request: expected status and a substring of error.message. */
+static void expect_error(int port, const char *method, const char *path, const char *extra,
+                         const char *body, int status, const char *type, const char *msg_part) {
+    http_resp r;
+    int rc = http_call(port, method, path, extra, body, &r);
+    cJSON *j = resp_json(&r);
+    const char *msg = j ? jstr(j, "error.message") : NULL;
+    const char *t = j ? jstr(j, "error.type") : NULL;
+    CHECKF(rc == 0 && r.status == status, "%s %s: status %d, want %d (%s)", method, path, r.status,
+           status, r.body ? r.body : "");
+    CHECKF(msg && strstr(msg, msg_part), "%s %s: message '%s' lacks '%s'", method, path,
+           msg ? msg : "(none)", msg_part);
+    CHECKF(t && (!type || !strcmp(t, type)), "%s %s: type '%s'", method, path, t ? t : "(none)");
+    char ct[128] = "";
+    resp_header(&r, "Content-Type", ct, sizeof ct);
+    CHECKF(strstr(ct, "application/json"), "%s %s: content-type '%s'", method, path, ct);
+    cJSON_Delete(j);
+    resp_free(&r);
+}
+
+static void test_errors(int port) {
+    expect_error(port, "POST", "/generate", NULL, "{\"prompt\": \"x\",", 400,
+                 "invalid_request_error", "invalid JSON at line 1, column 16");
+    expect_error(port, "POST", "/v1/completions", NULL, "{\"prompt\": \"x\"\n  \"max_tokens\": 3}",
+                 400, "invalid_request_error", "line 2, column 3");
+    expect_error(port, "POST", "/v1/completions", NULL, "[1, 2]", 400, NULL,
+                 "must be a JSON object");
+    expect_error(port, "POST", "/generate", NULL, "", 400, NULL, "empty");
+    expect_error(port, "POST", "/generate", NULL, "{\"prompt\": \"x\", \"temperature\": \"hot\"}",
+                 400, "invalid_request_error", "temperature must be a number");
+    expect_error(port, "POST", "/v1/completions", NULL, "{\"prompt\": \"x\", \"max_tokens\": 2.5}",
+                 400, NULL, "max_tokens must be an integer");
+    expect_error(port, "POST", "/v1/completions", NULL, "{\"prompt\": \"x\", \"stream\": 1}", 400,
+                 NULL, "stream must be a boolean");
+    expect_error(port, "POST", "/v1/completions", NULL, "{\"prompt\": \"x\", \"stop\": 5}", 400,
+                 NULL, "stop must be a string or an array");
+    expect_error(port, "POST", "/v1/chat/completions", NULL, "{\"messages\": \"hi\"}", 400, NULL,
+                 "messages must be an array");
+    expect_error(port, "POST", "/v1/chat/completions", NULL,
+                 "{\"messages\": [{\"role\": 1, \"content\": \"x\"}]}", 400, NULL,
+                 "messages[0].role must be a string");
+    expect_error(port, "POST", "/v1/completions", NULL, "{\"prompt\": \"x\", \"top_p\": 1.5}", 400,
+                 NULL, "top_p must be in (0, 1]");
+    expect_error(port, "POST", "/v1/completions", NULL, "{\"prompt\": \"x\", \"temperature\": -1}",
+                 400, NULL, "temperature must be >= 0");
+    expect_error(port, "POST", "/v1/completions", NULL, "{\"prompt\": \"\"}", 400, NULL,
+                 "prompt is empty");
+    expect_error(port, "POST", "/v1/completions", NULL, "{\"max_tokens\": 3}", 400, NULL, "prompt");
+    expect_error(port, "POST", "/v1/completions", NULL,
+                 "{\"prompt\": \"x\", \"max_tokens\": 100000000}", 400, NULL, "exceeds");
+    expect_error(port, "POST", "/v1/completions", NULL, "{\"prompt\": \"x\", \"echo\": true}", 400,
+                 NULL, "echo is not supported");
+    expect_error(port, "POST", "/generate", NULL,
+                 "{\"prompt\": \"x\", \"max_length\": 3, \"max_tokens\": 4}", 400, NULL,
+                 "give one");
+    expect_error(port, "GET", "/v2/nothing", NULL, NULL, 404, "not_found_error", "no route");
+    expect_error(port, "POST", "/v1/nothing", NULL, "{}", 404, "not_found_error", "no route");
+    expect_error(port, "GET", "/v1/completions", NULL, NULL, 405, NULL, "use POST");
+    expect_error(port, "DELETE", "/health", NULL, NULL, 405, NULL, "use GET");
+    expect_error(port, "GET", "/v1/models/not-a-model", NULL, NULL, 404, NULL, "does not exist");
+
+    /* 413: the Content-Length alone decides; the body is never read. */
+    int fd = http_connect(port);
+    CHECK(fd >= 0);
+    if (fd >= 0) {
+        const char *head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                           "Content-Length: 10000000\r\n\r\n{\"prompt\": \"";
+        http_resp r;
+        CHECK(send_all(fd, head, strlen(head)) == 0);
+        CHECK(read_response(fd, &r) == 0);
+        cJSON *j = resp_json(&r);
+        const char *msg = j ? jstr(j, "error.message") : NULL;
+        CHECKF(r.status == 413 && msg && strstr(msg, "max_message_bytes"), "%d %s", r.status,
+               r.body ? r.body : "");
+        cJSON_Delete(j);
+        resp_free(&r);
+        close(fd);
+    }
+    /* Just over the configured 65536 bytes, sent in full. */
+    size_t big = 70000;
+    char *body = malloc(big + 1);
+    memset(body, ' ', big);
+    body[0] = '{';
+    body[big - 1] = '}';
+    body[big] = 0;
+    expect_error(port, "POST", "/generate", NULL, body, 413, NULL, "exceeds");
+    free(body);
+
+    /* After all that the server still serves. */
+    http_resp r;
+    CHECK(http_call(port, "GET", "/health", NULL, NULL, &r) == 0 && r.status == 200);
+    resp_free(&r);
+}
+
+typedef struct {
+    int port;
+    int ok;
+    int tokens;
+    char why[256];
+} stream_job;
+
+static void *stream_worker(void *arg) {
+    stream_job *j = arg;
+    sse_result s;
+    if (sse_call(j->port, "/v1/completions",
+                 "{\"prompt\": \"Count: one, two,\", \"max_tokens\": 8, \"ignore_eos\": true, "
+                 "\"stream\": true, \"stream_options\": {\"include_usage\": true}}",
+                 &s, 0, NULL) == 0) {
+        cJSON *last = s.n_events ? s.events[s.n_events - 1] : NULL;
+        j->tokens = last ? (int)jnum(last, "usage.completion_tokens") : -1;
+        j->ok = s.status == 200 && s.done && !strcmp(s.finish, "length");
+        snprintf(j->why, sizeof j->why, "status %d, done %d, finish '%s', %d events, %d tokens",
+                 s.status, s.done, s.finish, s.n_events, j->tokens);
+    } else {
+        snprintf(j->why, sizeof j->why, "request failed (connect, send or response head)");
+    }
+    sse_free(&s);
+    return NULL;
+}
+
+/* Streams at once, each on its own connection and server thread. */
+static void test_concurrent_streams(int port) {
+    enum { N = 16 };
+    pthread_t th[N];
+    stream_job jobs[N];
+    for (int i = 0; i < N; i++) {
+        jobs[i] = (stream_job){.port = port};
+        CHECK(pthread_create(&th[i], NULL, stream_worker, &jobs[i]) == 0);
+    }
+    int good = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        good += jobs[i].ok && jobs[i].tokens == 8;
+        if (!(jobs[i].ok && jobs[i].tokens == 8))
+            fprintf(stderr, "stream %d: %s\n", i, jobs[i].why);
+    }
+    CHECKF(good == N, "%d of %d concurrent streams complete with 8 tokens", good, N);
+}
+
+static void test_disconnect_frees_blocks(int port) {
+    double total = metric(port, "infer_kv_blocks_total{tier=\"device\"}");
+    double cancelled0 = metric(port, "infer_calls_total{status=\"CANCELLED\"}");
+    CHECK(total > 0);
+    sse_result s;
+    int fd = -1;
+    CHECK(sse_call(port, "/v1/completions",
+                   "{\"prompt\": \"Tell me a very long story about a dragon.\", "
+                   "\"max_tokens\": 1500, \"ignore_eos\": true, \"temperature\": 0, "
+                   "\"stream\": true}",
+                   &s, 2, &fd) == 0);
+    CHECK(fd >= 0 && s.n_events >= 2);
+    double free_mid = metric(port, "infer_kv_blocks_free{tier=\"device\"}");
+    CHECKF(free_mid >= 0 && free_mid < total, "blocks free %g of %g while streaming", free_mid,
+           total);
+    sse_free(&s);
+    if (fd >= 0) {
+        /* Reset rather than a polite FIN: what a killed client looks like. */
+        struct linger lg = {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        close(fd);
+    }
+    double t0 = now_ms(), freed_after = -1;
+    while (now_ms() - t0 < 1000) {
+        if (metric(port, "infer_kv_blocks_free{tier=\"device\"}") == total &&
+            metric(port, "infer_sequences_running") == 0) {
+            freed_after = now_ms() - t0;
+            break;
+        }
+        sleep_ms(20);
+    }
+    CHECKF(freed_after >= 0, "KV blocks not all free 1 s after the client disconnected");
+    fprintf(stderr, "blocks free again %.0f ms after the disconnect\n", freed_after);
+    double cancelled = -1;
+    for (int i = 0; i < 50 && cancelled <= cancelled0; i++) {
+        cancelled = metric(port, "infer_calls_total{status=\"CANCELLED\"}");
+        if (cancelled <= cancelled0) sleep_ms(20);
+    }
+    CHECKF(cancelled == cancelled0 + 1, "CANCELLED calls %g -> %g", cancelled0, cancelled);
+}
+
+static void test_metrics_counted(int port) {
+    double ok = metric(port, "infer_calls_total{status=\"OK\"}");
+    double bad = metric(port, "infer_calls_total{status=\"INVALID_ARGUMENT\"}");
+    double ttft = metric(port, "infer_time_to_first_token_seconds_count");
+    double itl = metric(port, "infer_inter_token_latency_seconds_count");
+    double e2e = metric(port, "infer_request_duration_seconds_count");
+    double reqs = metric(port, "infer_http_requests_total");
+    CHECKF(ok >= 10, "OK calls %g", ok);
+    CHECKF(bad >= 15, "INVALID_ARGUMENT calls %g", bad);
+    CHECKF(ttft >= 10 && e2e >= ttft && itl > ttft, "ttft %g itl %g e2e %g", ttft, itl, e2e);
+    CHECKF(reqs > ok + bad, "http requests %g", reqs);
+    CHECK(metric(port, "infer_active_calls") == 0);
+    CHECK(all_blocks_free_within(port, 0, 1000));
+}
+
+/* SIGTERM while a stream runs: /health says draining, new calls get 503,
+ * the stream still completes, and the server exits 0. */
+static void test_drain(server *sv) {
+    int port = sv->http_port;
+    sse_result s;
+    int fd = -1;
+    CHECK(sse_call(port, "/generate",
+                   "{\"prompt\": \"Tell me a story.\", \"max_tokens\": 40, \"ignore_eos\": true, "
+                   "\"temperature\": 0, \"stream\": true}",
+                   &s, 1, &fd) == 0);
+    sse_free(&s);
+    kill(sv->pid, SIGTERM);
+    int draining = 0;
+    for (double t0 = now_ms(); now_ms() - t0 < 5000 && !draining;) {
+        http_resp r;
+        if (http_call(port, "GET", "/health", NULL, NULL, &r) == 0 && r.status == 503 &&
+            strstr(r.body, "draining"))
+            draining = 1;
+        resp_free(&r);
+        if (!draining) sleep_ms(20);
+    }
+    CHECK(draining);
+    expect_error(port, "POST", "/generate", NULL, "{\"prompt\": \"Hi\"}", 503,
+                 "service_unavailable", "shutting down");
+
+    /* The rest of the stream. */
+    int events = 0, done = 0, tokens = -1;
+    if (fd >= 0) {
+        char *buf = malloc(1 << 20);
+        size_t len = 0;
+        ssize_t k;
+        while (!done && (k = recv_some(fd, buf + len, (1 << 20) - 1 - len, IO_TIMEOUT_MS)) > 0) {
+            len += (size_t)k;
+            buf[len] = 0;
+            char *ev;
+            while ((ev = strstr(buf, "\n\n")) != NULL) {
+                *ev = 0;
+                if (!strcmp(buf, "data: [DONE]")) done = 1;
+                else if (!strncmp(buf, "data: ", 6)) {
+                    events++;
+                    cJSON *j = cJSON_Parse(buf + 6);
+                    if (j && jstr(j, "finish_reason"))
+                        tokens = (int)jnum(j, "usage.completion_tokens");
+                    cJSON_Delete(j);
+                }
+                size_t used = (size_t)(ev + 2 - buf);
+                memmove(buf, ev + 2, len - used + 1);
+                len -= used;
+            }
+        }
+        free(buf);
+        close(fd);
+    }
+    CHECKF(done && tokens == 40, "drained stream: done %d, %d tokens, %d events", done, tokens,
+           events);
+    int st = -1;
+    for (double t0 = now_ms(); now_ms() - t0 < 60000;) {
+        int wst;
+        if (waitpid(sv->pid, &wst, WNOHANG) == sv->pid) {
+            sv->pid = -1;
+            st = WIFEXITED(wst) ? WEXITSTATUS(wst) : 128 + WTERMSIG(wst);
+            break;
+        }
+        sleep_ms(50);
+    }
+    server_kill(sv);
+    CHECKF(st == 0, "exit status %d after SIGTERM", st);
+}
+
+/* A second server: API key, a 5 s request deadline, a queue bound. */
+static void test_api_key_and_deadline(const char *bin, const char *model) {
+    server sv;
+    if (server_start(&sv, bin, model, 1) != 0) {
+        CHECKF(0, "second server (with an API key) did not start");
+        return;
+    }
+    int port = sv.http_port;
+    http_resp r;
+    CHECK(http_call(port, "GET", "/health", NULL, NULL, &r) == 0 && r.status == 200);
+    resp_free(&r);
+    expect_error(port, "GET", "/v1/models", NULL, NULL, 401, "authentication_error", "API key");
+    expect_error(port, "GET", "/v1/models", "Authorization: Bearer wrong\r\n", NULL, 401,
+                 "authentication_error", "API key");
+    expect_error(port, "POST", "/v1/completions", "Authorization: Bearer s3cret-ke\r\n",
+                 "{\"prompt\": \"x\", \"max_tokens\": 1}", 401, NULL, "API key");
+    expect_error(port, "GET", "/metrics", NULL, NULL, 401, NULL, "API key");
+    CHECK(http_call(port, "GET", "/v1/models", "Authorization: Bearer s3cret-key\r\n", NULL, &r) ==
+              0 &&
+          r.status == 200);
+    resp_free(&r);
+    CHECK(http_call(port, "POST", "/generate", "Authorization: Bearer s3cret-key\r\n",
+                    "{\"prompt\": \"Hi\", \"max_length\": 2}", &r) == 0 &&
+          r.status == 200);
+    resp_free(&r);
+
+    /* Busy: one sequence runs (a stream), one request waits (A), the next
+     * (B) is refused with 429. */
+    sse_result s;
+    int sfd = -1;
+    CHECK(sse_call(port, "/generate",
+                   "{\"prompt\": \"Hi\", \"max_length\": 4000, \"ignore_eos\": true, "
+                   "\"stream\": true}",
+                   &s, 1, &sfd) == 0);
+    sse_free(&s);
+    int afd = http_connect(port);
+    const char *a_body = "{\"prompt\": \"Hi\", \"max_length\": 2}";
+    char a_req[512];
+    int n = snprintf(a_req, sizeof a_req,
+                     "POST /generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret-key\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     strlen(a_body), a_body);
+    CHECK(afd >= 0 && send_all(afd, a_req, (size_t)n) == 0);
+    for (double t0 = now_ms();
+         now_ms() - t0 < 2000 && metric_auth(port, "infer_sequences_waiting") < 1;)
+        sleep_ms(10);
+    expect_error(port, "POST", "/generate", "Authorization: Bearer s3cret-key\r\n", a_body, 429,
+                 "rate_limit_error", "waiting");
+    if (sfd >= 0) close(sfd); /* cancels the stream: A runs */
+    if (afd >= 0) {
+        http_resp r2;
+        CHECKF(read_response(afd, &r2) == 0 && r2.status == 200, "waiting request: %d %s",
+               r2.status, r2.body ? r2.body : "");
+        resp_free(&r2);
+        close(afd);
+    }
+
+    /* 4000 tokens take far longer than 5 s: the call ends with 504 and the
+     * request's blocks are freed. */
+    double t0 = now_ms();
+    expect_error(port, "POST", "/generate", "Authorization: Bearer s3cret-key\r\n",
+                 "{\"prompt\": \"Hi\", \"max_length\": 4000, \"ignore_eos\": true}", 504,
+                 "timeout_error", "request_timeout_ms");
+    double took = now_ms() - t0;
+    CHECKF(took >= 4900 && took < 20000, "deadline answer after %.0f ms", took);
+    CHECK(metric_auth(port, "infer_calls_total{status=\"DEADLINE_EXCEEDED\"}") == 1);
+    CHECK(all_blocks_free_within(port, 1, 1000));
+    int st = server_stop(&sv);
+    CHECKF(st == 0, "second server: exit status %d after SIGTERM", st);
+    if (st != 0) server_dump_log(&sv);
+    unlink(sv.log);
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    const char *model = tu_model_path();
+    if (!model) {
+        printf("test_http: model not found, skipping\n");
+        return TU_SKIP;
+    }
+    const char *dir = getenv("ENGINE_BUILD_DIR");
+    char bin[4096];
+    snprintf(bin, sizeof bin, "%s/infer-server", dir && *dir ? dir : ".");
+    if (access(bin, X_OK) != 0) {
+        printf("test_http: %s not built, skipping\n", bin);
+        return TU_SKIP;
+    }
+    char model_copy[4096];
+    snprintf(model_copy, sizeof model_copy, "%s", model);
+
+    server sv;
+    if (server_start(&sv, bin, model_copy, 0) != 0) {
+        CHECKF(0, "infer-server did not start");
+        return tu_finish("test_http");
+    }
+    int port = sv.http_port;
+    char greedy[4096] = "";
+
+    test_health_models_metrics(port);
+    test_generate(port, greedy, sizeof greedy);
+    test_keep_alive(port);
+    test_expect_continue(port);
+    test_completions(port, greedy);
+    test_chat_stream(port);
+    test_errors(port);
+    test_concurrent_streams(port);
+    test_disconnect_frees_blocks(port);
+    test_metrics_counted(port);
+
+    test_drain(&sv);
+    if (tu_failures) server_dump_log(&sv);
+    unlink(sv.log);
+
+    test_api_key_and_deadline(bin, model_copy);
+    return tu_finish("test_http");
+}
