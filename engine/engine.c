@@ -54,6 +54,7 @@ static void stream_unref(engine_stream *s) {
 
 /* Takes ownership of ev->text. */
 static void stream_push(engine_stream *s, engine_event *ev) {
+    if (ev->t_ms == 0) ev->t_ms = now_ms(); /* events built without a time */
     pthread_mutex_lock(&s->mu);
     if (s->n == s->cap) {
         int cap = s->cap ? s->cap * 2 : 16;
@@ -305,6 +306,7 @@ static void emit_token(eseq *q, int32_t tok, size_t upto) {
     ev.type = ENGINE_EV_TOKEN;
     ev.index = q->index;
     ev.token = tok;
+    ev.t_ms = now_ms(); /* the token was sampled in this step */
     size_t n = upto > q->emitted ? upto - q->emitted : 0;
     ev.text = dup_range(q->text ? q->text + q->emitted : "", n);
     ev.text_len = ev.text ? n : 0;
@@ -331,6 +333,7 @@ static void seq_finish(engine *e, eseq *q, gen_finish why) {
     ev.type = ENGINE_EV_FINISH;
     ev.index = q->index;
     ev.token = -1;
+    ev.t_ms = t;
     size_t n = q->text_len > q->emitted ? q->text_len - q->emitted : 0;
     ev.text = dup_range(q->text ? q->text + q->emitted : "", n);
     ev.text_len = ev.text ? n : 0;

@@ -89,6 +89,8 @@ typedef struct {
     double ttft_ms;     /* submit -> first token */
     double total_ms;    /* submit -> finish */
     int n_preempted;
+    double t_ms;        /* CLOCK_MONOTONIC ms when the engine thread created the event
+                         * (TOKEN: right after the token was sampled and detokenized) */
 } engine_event;
 
 /* Free an event's text. */

@@ -285,6 +285,8 @@ static void *call_main(void *arg) {
                     ch.n_token_ids = 1;
                     ch.token_ids = &tokid;
                 }
+                ch.has_sampled_ms = 1;
+                ch.sampled_ms = ev.t_ms;
                 send_chunk(k, &ch);
             } else {
                 if ((ev.text_len && acc_text(&acc[i], ev.text, ev.text_len) != 0) ||
@@ -319,6 +321,8 @@ static void *call_main(void *arg) {
                 tm.total_ms = ev.total_ms;
                 ch.usage = &u;
                 ch.timings = &tm;
+                ch.has_sampled_ms = 1;
+                ch.sampled_ms = ev.t_ms;
                 send_chunk(k, &ch);
             } else {
                 if (ev.text_len && acc_text(&acc[i], ev.text, ev.text_len) != 0) oom = 1;

@@ -180,6 +180,7 @@ static int icl_deliver(infer_client *c, infer_call *call, const Rpc__Frame *f) {
         k.token_ids = ch->token_ids;
         k.n_token_ids = ch->n_token_ids;
         k.finish_reason = ch->finish_reason;
+        k.sampled_ms = ch->has_sampled_ms ? ch->sampled_ms : 0;
         if (ch->usage || ch->timings) {
             k.has_usage = 1;
             if (ch->usage) {

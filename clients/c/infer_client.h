@@ -168,6 +168,10 @@ typedef struct {
     const char *finish_reason; /* NULL except on the completion's last chunk */
     int has_usage;             /* last chunk: usage and timings below are set */
     infer_usage usage;
+    /* Server's CLOCK_MONOTONIC ms when the token was sampled (last chunk:
+     * when the completion finished); 0 when the server did not send it.
+     * Comparable with this process's CLOCK_MONOTONIC on the same host only. */
+    double sampled_ms;
 } infer_chunk;
 
 /* Called on the connection's receive thread, in order, for each chunk of

@@ -751,6 +751,45 @@ static void test_f32_to_f16(void) {
     CHECK(ref_bad == 0);
 }
 
+static void test_rmsnorm(void) {
+    const kern_table *S = kern_scalar();
+    const int colss[] = {1, 7, 8, 16, 17, 64, 576, 1000};
+    int bad[2] = {0}, ref_bad = 0;
+    for (size_t ic = 0; ic < sizeof colss / sizeof *colss; ic++)
+        for (int rows = 1; rows <= 19; rows += 3) {
+            int cols = colss[ic];
+            size_t n = (size_t)rows * cols;
+            float *x = malloc(n * sizeof *x), *g = malloc((size_t)cols * sizeof *g);
+            float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+            for (size_t i = 0; i < n; i++) x[i] = rng_normalish() * powf(4.0f, rng_range(-3, 3));
+            for (int i = 0; i < cols; i++) g[i] = rng_normalish();
+            S->rmsnorm(x, g, rows, cols, 1e-5f, a);
+            for (int r = 0; r < rows; r++) { /* against double precision */
+                double ss = 0;
+                for (int i = 0; i < cols; i++) ss += (double)x[r * cols + i] * x[r * cols + i];
+                double sc = 1.0 / sqrt(ss / cols + 1e-5);
+                for (int i = 0; i < cols; i++) {
+                    double want = x[r * cols + i] * sc * g[i];
+                    if (fabs(a[r * cols + i] - want) > 1e-5 * fabs(want) + 1e-30) ref_bad++;
+                }
+            }
+            for (int ti = 0; ti < n_tables; ti++) {
+                tables[ti].t->rmsnorm(x, g, rows, cols, 1e-5f, b);
+                bad[ti] += memcmp(a, b, n * sizeof *a) != 0;
+                memcpy(b, x, n * sizeof *b); /* in place */
+                tables[ti].t->rmsnorm(b, g, rows, cols, 1e-5f, b);
+                bad[ti] += memcmp(a, b, n * sizeof *a) != 0;
+            }
+            free(x);
+            free(g);
+            free(a);
+            free(b);
+        }
+    for (int ti = 0; ti < n_tables; ti++)
+        CHECKF(bad[ti] == 0, "%s rmsnorm: %d cases differ from scalar", tables[ti].name, bad[ti]);
+    CHECKF(ref_bad == 0, "rmsnorm scalar: %d values off the double-precision norm", ref_bad);
+}
+
 /* ---------------- attention ---------------- */
 /* Each table's attn_f16 against the scalar reference, bit for bit, over
  * scattered positions (a random permutation of slots, as a paged cache
@@ -837,7 +876,8 @@ static void test_tables(void) {
           S->dot_f16 == kern_dot_f16_scalar && S->dot_f16_x4 == kern_dot_f16_x4_scalar &&
           S->axpy_f16 == kern_axpy_f16_scalar && S->silu_mul == kern_silu_mul_scalar &&
           S->softmax_exp == kern_softmax_exp_scalar && S->rope_rows == kern_rope_scalar &&
-          S->attn_f16 == kern_attn_f16_scalar && S->f32_to_f16 == kern_f32_to_f16_scalar);
+          S->attn_f16 == kern_attn_f16_scalar && S->f32_to_f16 == kern_f32_to_f16_scalar &&
+          S->rmsnorm == kern_rmsnorm_scalar);
     const kern_table *sel = kern_select();
     CHECK(sel != NULL);
     if (kern_vnni()) CHECK(strcmp(kern_vnni()->isa, "avx512vnni") == 0);
@@ -846,7 +886,7 @@ static void test_tables(void) {
         const kern_table *T = tables[ti].t;
         CHECKF(T->quantize && T->gemm_q4_0 && T->gemm_q4_1 && T->gemm_q8_0 && T->dot_f16 &&
                    T->dot_f16_x4 && T->axpy_f16 && T->silu_mul && T->softmax_exp && T->rope_rows &&
-                   T->attn_f16 && T->f32_to_f16,
+                   T->attn_f16 && T->f32_to_f16 && T->rmsnorm,
                "%s table has a NULL entry", T->isa);
     }
 }
@@ -983,6 +1023,7 @@ int main(void) {
     test_rope();
     test_attention();
     test_f32_to_f16();
+    test_rmsnorm();
     test_threadpool();
     return tu_finish("test_kernels");
 }

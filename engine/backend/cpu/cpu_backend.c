@@ -302,34 +302,35 @@ static void cpu_matmul(backend *be, const be_weight *w, const float *x, int rows
  * the other threads idle for a tenth of the step).
  */
 #define PAR_MIN_ROWS 16
-#define PAR_GRAIN 4
 
 typedef struct {
     cpu_impl *ci;
     void (*fn)(void *ctx, int r0, int r1);
     void *ctx;
-    int rows;
+    int rows, grain;
 } par_job;
 
 static void par_worker(void *arg, int ith, int nth) {
     par_job *j = arg;
     (void)ith;
     (void)nth;
-    for (int r; (r = atomic_fetch_add_explicit(&j->ci->counter, PAR_GRAIN, memory_order_relaxed)) < j->rows;)
-        j->fn(j->ctx, r, r + PAR_GRAIN < j->rows ? r + PAR_GRAIN : j->rows);
+    for (int r; (r = atomic_fetch_add_explicit(&j->ci->counter, j->grain, memory_order_relaxed)) < j->rows;)
+        j->fn(j->ctx, r, r + j->grain < j->rows ? r + j->grain : j->rows);
 }
 
-static void par_rows(cpu_impl *ci, int rows, void (*fn)(void *ctx, int r0, int r1), void *ctx) {
+/* fn(ctx, r0, r1) over [0, rows) in blocks of grain rows */
+static void par_rows(cpu_impl *ci, int rows, int grain, void (*fn)(void *ctx, int r0, int r1), void *ctx) {
     if (rows < PAR_MIN_ROWS || tp_size(ci->pool) == 1) {
         fn(ctx, 0, rows);
         return;
     }
-    par_job j = {ci, fn, ctx, rows};
+    par_job j = {ci, fn, ctx, rows, grain};
     atomic_store(&ci->counter, 0);
     tp_run_any(ci->pool, par_worker, &j);
 }
 
 typedef struct {
+    const kern_table *k;
     const float *x, *g;
     int cols;
     float eps;
@@ -338,23 +339,15 @@ typedef struct {
 
 static void rmsnorm_rows(void *arg, int r0, int r1) {
     const norm_ctx *c = arg;
-    const int cols = c->cols;
-    for (int r = r0; r < r1; r++) {
-        const float *xr = c->x + (size_t)r * cols;
-        float *yr = c->y + (size_t)r * cols;
-        /* float products summed in double, as ggml does */
-        double ss = 0;
-        for (int i = 0; i < cols; i++) ss += (double)(xr[i] * xr[i]);
-        const float mean = (float)(ss / cols);
-        float scale = 1.0f / sqrtf(mean + c->eps);
-        for (int i = 0; i < cols; i++) yr[i] = xr[i] * scale * c->g[i];
-    }
+    size_t o = (size_t)r0 * c->cols;
+    c->k->rmsnorm(c->x + o, c->g, r1 - r0, c->cols, c->eps, c->y + o);
 }
 
 static void cpu_rmsnorm(backend *be, const float *x, const float *g, int rows, int cols, float eps,
                         float *y) {
-    norm_ctx c = {x, g, cols, eps, y};
-    par_rows(impl_of(be), rows, rmsnorm_rows, &c);
+    cpu_impl *ci = impl_of(be);
+    norm_ctx c = {ci->k, x, g, cols, eps, y};
+    par_rows(ci, rows, 8, rmsnorm_rows, &c); /* 8: the AVX-512 kernel's row group */
 }
 
 /*
@@ -410,7 +403,7 @@ static void cpu_rope(backend *be, float *x, int rows, int n_heads, int head_dim,
     cpu_impl *ci = impl_of(be);
     if (rope_table(ci, rows, rope_dim, positions, theta_base)) return; /* out of memory */
     rope_ctx c = {ci->k, x, ci->rope_cs, n_heads, head_dim, rope_dim / 2};
-    par_rows(ci, rows, rope_rows_fn, &c);
+    par_rows(ci, rows, 4, rope_rows_fn, &c);
 }
 
 typedef struct {
@@ -433,7 +426,7 @@ static void cpu_swiglu(backend *be, const float *gate, const float *up, size_t n
     size_t rows = n / row;
     if (rows > 0 && rows < (size_t)INT32_MAX) {
         swiglu_ctx c = {ci->k, gate, up, out, row};
-        par_rows(ci, (int)rows, swiglu_rows, &c);
+        par_rows(ci, (int)rows, 4, swiglu_rows, &c);
     }
     for (size_t i = rows * row; i < n; i += 1 << 20) {
         int c = n - i < (1u << 20) ? (int)(n - i) : 1 << 20;
@@ -465,7 +458,7 @@ static void cpu_kv_store(backend *be, kv_cache *kv, int layer, const float *k, c
                          int rows, const int32_t *slots) {
     cpu_impl *ci = impl_of(be);
     kv_ctx c = {ci->k, kv, layer, {k, v}, slots};
-    par_rows(ci, rows, kv_store_rows, &c);
+    par_rows(ci, rows, 4, kv_store_rows, &c);
 }
 
 static void cpu_embed(backend *be, const be_weight *emb, const int32_t *ids, int n, float *out) {
@@ -485,6 +478,7 @@ typedef struct {
     int elt_size;
     const float *q;
     float *out;
+    int heads_per_task;
     int n_tasks;
 } attn_job;
 
@@ -507,9 +501,11 @@ static void attn_worker(void *arg, int ith, int nth) {
         if (task >= j->n_tasks) break;
         /* KV head major, then row, then the query heads that share it:
          * consecutive tasks read the same K and V rows (a prefill's rows
-         * share most of their context), so they stay in this core's L2 */
-        const int per_kvh = a->n_tokens * group, kvh = task / per_kvh;
-        int t = task % per_kvh / group, h = kvh * group + task % group;
+         * share most of their context), so they stay in this core's L2.
+         * With tasks to spare, one task takes all the heads of its KV head
+         * (nq = group), so one core reads those rows, once. */
+        const int nq = j->heads_per_task, per_kvh = a->n_tokens * (group / nq), kvh = task / per_kvh;
+        int t = task % per_kvh / (group / nq), h = kvh * group + task % (group / nq) * nq;
         int s = ci->row_seq[t];
         const int single = a->row_single ? a->row_single[t] != 0
                                          : a->seq_start[s + 1] - a->seq_start[s] == 1;
@@ -519,10 +515,11 @@ static void attn_worker(void *arg, int ith, int nth) {
         const float *q = j->q + ((size_t)t * a->n_head + h) * hd;
         float *res = j->out + ((size_t)t * a->n_head + h) * hd;
         if (j->elt_size == 2) {
-            ci->k->attn_f16(j->k0 + kvh_off, j->v0 + kvh_off, off, n_ctx, q, 1, hd, a->scale,
+            ci->k->attn_f16(j->k0 + kvh_off, j->v0 + kvh_off, off, n_ctx, q, nq, hd, a->scale,
                             single, work, res);
             continue;
         }
+        for (int hh = 0; hh < nq; hh++, q += hd, res += hd) {
         /* f32 cache: the same shapes in plain float arithmetic */
         const int lanes = single ? 64 : 16;
         float *scores = work, *acc = work + n_ctx + hd, mx = -INFINITY;
@@ -545,6 +542,7 @@ static void attn_worker(void *arg, int ith, int nth) {
             float l[64];
             for (int ln = 0; ln < lanes; ln++) l[ln] = acc[(size_t)ln * hd + i];
             res[i] = single ? kern_reduce64(l) : kern_tree16(l);
+        }
         }
     }
 }
@@ -584,7 +582,13 @@ static void cpu_attention(backend *be, kv_cache *kv, int layer, const be_attn *a
                   (int)kv->elt_size,
                   q,
                   out,
+                  1,
                   a->n_tokens * a->n_head};
+    const int group = a->n_head / a->n_head_kv;
+    if (a->n_tokens * a->n_head_kv >= 8 * tp_size(ci->pool)) { /* enough tasks to balance */
+        j.heads_per_task = group;
+        j.n_tasks = a->n_tokens * a->n_head_kv;
+    }
     atomic_store(&ci->counter, 0);
     tp_run_any(ci->pool, attn_worker, &j);
 }

@@ -61,6 +61,11 @@ typedef float (*kern_dot_f16_fn)(const uint16_t *a, const float *b, int n);
  * shape when a step has a single token and the tiled one otherwise. */
 /* acc[i] = fma(a, v[i], acc[i]) with v in f16 */
 typedef void (*kern_axpy_f16_fn)(float a, const uint16_t *v, float *acc, int n);
+/* y = x / rms(x) * g for each of rows rows of cols floats; the sum of
+ * squares is taken as ggml does, float products added in double in order.
+ * y may alias x. */
+typedef void (*kern_rmsnorm_fn)(const float *x, const float *g, int rows, int cols, float eps,
+                                float *y);
 /* y[i] = x[i] rounded to f16 (nearest even; as qt_f32_to_f16, NaN payloads aside) */
 typedef void (*kern_f32_to_f16_fn)(const float *x, uint16_t *y, int n);
 /* out[i] = silu(g[i]) * u[i] */
@@ -99,6 +104,7 @@ typedef struct {
     kern_rope_fn rope_rows;
     kern_attn_f16_fn attn_f16;
     kern_f32_to_f16_fn f32_to_f16;
+    kern_rmsnorm_fn rmsnorm;
     /* NULL where the ISA has no panel kernels (use the row kernels) */
     kern_gemm_panel_fn gemm_panel_q4_0;
     kern_gemm_panel_fn gemm_panel_q4_1;
@@ -150,6 +156,7 @@ void kern_rope_scalar(float *x, const float *cs, int n_heads, int head_dim, int 
 void kern_pack_panel(const blk_q8 *x, size_t xs, int slot0, int nr, int nb, int with_c8,
                      blk_q8x16 *p);
 void kern_f32_to_f16_scalar(const float *x, uint16_t *y, int n);
+void kern_rmsnorm_scalar(const float *x, const float *g, int rows, int cols, float eps, float *y);
 size_t kern_attn_work(int n_ctx, int hd);
 void kern_attn_f16_scalar(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
                           const float *q, int nq, int hd, float scale, int single, float *work,

@@ -221,6 +221,18 @@ void kern_f32_to_f16_scalar(const float *x, uint16_t *y, int n) {
     for (int i = 0; i < n; i++) y[i] = qt_f32_to_f16(x[i]);
 }
 
+void kern_rmsnorm_scalar(const float *x, const float *g, int rows, int cols, float eps, float *y) {
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * cols;
+        float *yr = y + (size_t)r * cols;
+        double ss = 0;
+        for (int i = 0; i < cols; i++) ss += (double)(xr[i] * xr[i]);
+        const float mean = (float)(ss / cols);
+        float scale = 1.0f / sqrtf(mean + eps);
+        for (int i = 0; i < cols; i++) yr[i] = xr[i] * scale * g[i];
+    }
+}
+
 size_t kern_attn_work(int n_ctx, int hd) { return (size_t)n_ctx + 65 * (size_t)hd + 16; }
 
 void kern_attn_f16_with(const kern_table *t, const uint8_t *k, const uint8_t *v, const size_t *off,
@@ -261,7 +273,7 @@ static const kern_table SCALAR = {"scalar",           kern_quantize_scalar, kern
                                   kern_gemm_q4_1_scalar, kern_gemm_q8_0_scalar, kern_dot_f16_scalar,
                                   kern_dot_f16_x4_scalar, kern_axpy_f16_scalar, kern_silu_mul_scalar,
                                   kern_softmax_exp_scalar, kern_rope_scalar, kern_attn_f16_scalar,
-                                  kern_f32_to_f16_scalar, NULL, NULL, NULL};
+                                  kern_f32_to_f16_scalar, kern_rmsnorm_scalar, NULL, NULL, NULL};
 
 const kern_table *kern_scalar(void) { return &SCALAR; }
 

@@ -263,13 +263,81 @@ static T_VNNI double softmax_exp_avx512(float *x, int n, float max) {
     const __m512 vmax = _mm512_set1_ps(max);
     double sum = 0;
     int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmax));
-        _mm512_storeu_ps(x + i, e);
+    for (; i < n; i += 16) {
+        /* a short last run: its missing lanes are 0 in the tree, as in the reference */
+        __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 e = _mm512_maskz_mov_ps(m, exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vmax)));
+        _mm512_mask_storeu_ps(x + i, m, e);
         sum += (double)tree16_zmm(e);
     }
-    if (i < n) sum += kern_softmax_exp_scalar(x + i, n - i, max);
     return sum;
+}
+
+/* rmsnorm: the sum of squares is one chain of double adds per row, which
+ * latency bounds the scalar code; 8 rows at a time put the 8 chains in the
+ * lanes of one vector (each row's adds still in column order), from an 8x8
+ * transpose of the squares. */
+static T_VNNI void rmsnorm_avx512(const float *x, const float *g, int rows, int cols, float eps,
+                                  float *y) {
+    int r0 = 0;
+    for (; r0 + 8 <= rows; r0 += 8) {
+        const float *xr = x + (size_t)r0 * cols;
+        __m512d ss = _mm512_setzero_pd();
+        int i = 0;
+        for (; i + 8 <= cols; i += 8) {
+            __m256 v[8], t[8];
+            UNROLL8 for (int r = 0; r < 8; r++) {
+                __m256 a = _mm256_loadu_ps(xr + (size_t)r * cols + i);
+                v[r] = _mm256_mul_ps(a, a);
+            }
+            UNROLL8 for (int r = 0; r < 8; r += 2) {
+                t[r] = _mm256_unpacklo_ps(v[r], v[r + 1]);
+                t[r + 1] = _mm256_unpackhi_ps(v[r], v[r + 1]);
+            }
+            /* t0 = r0r1 cols 0,1,4,5 (lo); t1 = cols 2,3,6,7 ... */
+            __m256 u0 = _mm256_shuffle_ps(t[0], t[2], 0x44), u1 = _mm256_shuffle_ps(t[0], t[2], 0xee);
+            __m256 u2 = _mm256_shuffle_ps(t[1], t[3], 0x44), u3 = _mm256_shuffle_ps(t[1], t[3], 0xee);
+            __m256 u4 = _mm256_shuffle_ps(t[4], t[6], 0x44), u5 = _mm256_shuffle_ps(t[4], t[6], 0xee);
+            __m256 u6 = _mm256_shuffle_ps(t[5], t[7], 0x44), u7 = _mm256_shuffle_ps(t[5], t[7], 0xee);
+            /* column k of the 8 rows: rows 0-3 from u*, rows 4-7 from the matching u(4+*) */
+            __m256 c[8];
+            c[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+            c[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+            c[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+            c[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+            c[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+            c[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+            c[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+            c[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+            UNROLL8 for (int k = 0; k < 8; k++) ss = _mm512_add_pd(ss, _mm512_cvtps_pd(c[k]));
+        }
+        double s8[8];
+        _mm512_storeu_pd(s8, ss);
+        for (int r = 0; r < 8; r++) {
+            const float *xrr = xr + (size_t)r * cols;
+            for (int ii = i; ii < cols; ii++) s8[r] += (double)(xrr[ii] * xrr[ii]);
+            const float mean = (float)(s8[r] / cols);
+            const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(mean + eps));
+            float *yr = y + (size_t)(r0 + r) * cols;
+            for (int j = 0; j < cols; j += 16) {
+                __mmask16 m = cols - j >= 16 ? 0xffff : (__mmask16)((1u << (cols - j)) - 1);
+                __m512 xv = _mm512_maskz_loadu_ps(m, xrr + j);
+                _mm512_mask_storeu_ps(yr + j, m, _mm512_mul_ps(_mm512_mul_ps(xv, scale), _mm512_maskz_loadu_ps(m, g + j)));
+            }
+        }
+    }
+    if (r0 < rows) kern_rmsnorm_scalar(x + (size_t)r0 * cols, g, rows - r0, cols, eps, y + (size_t)r0 * cols);
+}
+
+static T_VNNI void silu_mul_avx512(const float *g, const float *u, float *out, int n) {
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(m, g + i);
+        __m512 e = exp_avx512(_mm512_sub_ps(zero, x));
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)),
+                                                        _mm512_maskz_loadu_ps(m, u + i)));
+    }
 }
 
 /* kern_tree16 of 16 vectors at once: out[j] = tree16(a[j][0..15]). The
@@ -745,9 +813,9 @@ static void attn_f16_avx2(const uint8_t *k, const uint8_t *v, const size_t *off,
     kern_attn_f16_with(&AVX2, k, v, off, n_ctx, q, nq, hd, scale, single, work, out);
 }
 static const kern_table AVX2 = {"avx2", quantize_avx2, gemm_q4_0_avx2, gemm_q4_1_avx2, gemm_q8_0_avx2,
-                                dot_f16_avx2, dot_f16_x4_avx2, axpy_f16_avx2, silu_mul_avx2, softmax_exp_avx2, rope_avx2, attn_f16_avx2, f32_to_f16_avx2, NULL, NULL, NULL};
+                                dot_f16_avx2, dot_f16_x4_avx2, axpy_f16_avx2, silu_mul_avx2, softmax_exp_avx2, rope_avx2, attn_f16_avx2, f32_to_f16_avx2, kern_rmsnorm_scalar, NULL, NULL, NULL};
 static const kern_table VNNI = {"avx512vnni", quantize_avx2, gemm1_q4_0_vnni, gemm1_q4_1_vnni,
-                                gemm1_q8_0_vnni, dot_f16_avx2, dot_f16_x4_avx2, axpy_f16_avx2, silu_mul_avx2, softmax_exp_avx512, rope_avx2, attn_f16_avx512, f32_to_f16_avx2,
+                                gemm1_q8_0_vnni, dot_f16_avx2, dot_f16_x4_avx2, axpy_f16_avx2, silu_mul_avx512, softmax_exp_avx512, rope_avx2, attn_f16_avx512, f32_to_f16_avx2, rmsnorm_avx512,
                                 gemm_panel_q4_0_vnni, gemm_panel_q4_1_vnni, gemm_panel_q8_0_vnni};
 
 const kern_table *kern_avx2(void) {
