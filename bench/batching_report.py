@@ -16,7 +16,9 @@ land within a few percent of the target (the report shows them).
 
 report reads the runs bench/batching.sh left in DIR: for each case
 <case>.<run>.jsonl (infer-generate -o) and <case>.<run>.err (its stderr),
-and prints one row per case with medians over the runs.
+and <case>.<run>.noise (CPU share other processes took during the run), and
+prints one row per case with medians over the runs ("other %": the most any
+of its runs was disturbed).
 """
 import argparse
 import glob
@@ -75,10 +77,14 @@ def parse_err(path):
 def report(args):
     runs = {}
     for err in sorted(glob.glob(os.path.join(args.dir, "*.err"))):
+        if err.endswith(".try.err"):
+            continue
         case, run = os.path.basename(err)[:-4].rsplit(".", 1)
         jl = err[:-4] + ".jsonl"
         recs = [json.loads(l) for l in open(jl, encoding="utf-8") if l.strip()]
         st = parse_err(err)
+        noise = err[:-4] + ".noise"
+        st["other"] = int(open(noise).read()) if os.path.exists(noise) else float("nan")
         lat = [r["timings"]["latency_ms"] for r in recs]
         ttft = [r["timings"]["ttft_ms"] for r in recs]
         out_tok = sum(r["completion_tokens"] for r in recs)
@@ -100,17 +106,18 @@ def report(args):
     print(f"requests: {first['n']}, prompt tokens: {first['prompt_tok']}, "
           f"output tokens: {first['out_tok']}; values are medians over runs")
     hdr = (f"{'case':<20} {'runs':>4} {'time s':>8} {'out tok/s':>10} {'p50 ms':>8} "
-           f"{'p90 ms':>8} {'p99 ms':>8} {'ttft p50':>9} {'steps':>6} {'preempt':>8}")
+           f"{'p90 ms':>8} {'p99 ms':>8} {'ttft p50':>9} {'steps':>6} {'preempt':>8} {'other %':>8}")
     print(hdr)
     med = {}
     for c in order:
         rs = runs[c]
         m = {k: statistics.median(r[k] for r in rs)
              for k in ("gen_s", "tps", "p50", "p90", "p99", "ttft50", "steps", "preemptions")}
+        m["other"] = max(r["other"] for r in rs)
         med[c] = m
         print(f"{c:<20} {len(rs):>4} {m['gen_s']:>8.2f} {m['tps']:>10.1f} {m['p50']:>8.0f} "
               f"{m['p90']:>8.0f} {m['p99']:>8.0f} {m['ttft50']:>9.0f} {m['steps']:>6.0f} "
-              f"{m['preemptions']:>8.0f}")
+              f"{m['preemptions']:>8.0f} {m['other']:>8.0f}")
     if "continuous" in med and "static" in med:
         r = med["continuous"]["tps"] / med["static"]["tps"]
         print(f"continuous / static output throughput: {r:.2f}x (target 1.5x: "

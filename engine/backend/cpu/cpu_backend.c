@@ -2,12 +2,16 @@
  * cpu_backend.c - the CPU implementation of backend.h.
  *
  * Matmuls quantize the activation rows once (kernels.h) and split output
- * columns between the pool's threads in chunks taken from an atomic
- * counter, so a slow thread never leaves the other idle at the end.
- * Within a chunk, rows are processed in tiles so each weight row is
- * unpacked once per group of KERN_MAX_ROWS activation rows and the weight
- * chunk stays in cache across the whole row tile. Attention walks each
- * sequence's block table directly (no gather into contiguous buffers).
+ * columns between the pool's threads
+ * as one contiguous range each, so every thread streams its weights
+ * sequentially; a thread that finishes early takes chunks from the end of
+ * another's range, so a slow thread never leaves the other idle. Weights
+ * that read the same input (Q, K, V; gate, up) share one job. Within a
+ * chunk of COL_CHUNK columns every activation row is processed while the
+ * chunk's weights sit in cache. Attention walks each sequence's block table
+ * directly (no gather into contiguous buffers). Jobs run with tp_run_any:
+ * all work is claimed dynamically, so a worker the OS has not scheduled yet
+ * does not hold a step up.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -22,8 +26,12 @@
 #include "quant.h"
 #include "threadpool.h"
 
+/* A chunk is 16 weight columns (the AVX-512 kernels' width: 6 to 15 KB of
+ * Q4_1, resident in L1 while all rows pass); rows go to the kernel 256 at a
+ * time, so the column-lane kernels transpose a chunk at most twice in a
+ * 512-row prefill. */
 #define COL_CHUNK 16
-#define ROW_TILE 64
+#define ROW_TILE 256
 
 typedef struct {
     float *buf;
@@ -40,8 +48,6 @@ typedef struct {
     const kern_table *k;
     blk_q8 *xq; /* quantized activation rows */
     size_t xq_cap;
-    blk_q8x16 *xp; /* the same rows in panels */
-    size_t xp_cap;
     split_range *ranges; /* [n_threads] */
     scratch *per_thread; /* [n_threads] */
     _Atomic int counter;
@@ -126,9 +132,10 @@ static int split_next(cpu_impl *ci, int ith, int nth, int *first) {
 
 /* ---------------- matmul ---------------- */
 
-/* Rows from which activations are packed into 16-row panels (kernels.h)
- * for the AVX-512 panel kernels; fewer rows use the row kernels. */
-#define PANEL_MIN_ROWS 8
+/* Rows from which activation quantization is split across the pool: below
+ * that, quantizing on the calling thread (about 0.3 us a row of 576 values)
+ * costs less than the extra barrier. */
+#define PAR_QUANT_ROWS 8
 #define MM_MAX_W 3
 
 /* Several weights that read the same activations (Q, K, V; gate, up) run as
@@ -140,36 +147,31 @@ typedef struct {
     const be_weight *w[MM_MAX_W];
     float *y[MM_MAX_W];
     kern_gemm_fn gemm[MM_MAX_W];
-    kern_gemm_panel_fn panel[MM_MAX_W];
     int first_chunk[MM_MAX_W + 1]; /* weight i owns chunks [first_chunk[i], first_chunk[i+1]) */
     int rows, nb;
     const blk_q8 *xq;
-    const blk_q8x16 *xp; /* NULL: row kernels */
 } mm_job;
+
+/* Column chunk c of the job's combined column space. */
+static void mm_chunk(const mm_job *j, int c) {
+    int wi = 0;
+    while (c >= j->first_chunk[wi + 1]) wi++;
+    const be_weight *w = j->w[wi];
+    const int64_t n_out = w->n_out, c0 = (int64_t)(c - j->first_chunk[wi]) * COL_CHUNK;
+    const int nc = (int)(c0 + COL_CHUNK < n_out ? COL_CHUNK : n_out - c0);
+    const uint8_t *w0 = (const uint8_t *)w->data + (size_t)c0 * w->row_bytes;
+    float *y = j->y[wi] + c0;
+    for (int r0 = 0; r0 < j->rows; r0 += ROW_TILE) {
+        int nr = j->rows - r0 < ROW_TILE ? j->rows - r0 : ROW_TILE;
+        j->gemm[wi](j->nb, w0, w->row_bytes, nc, j->xq + (size_t)r0 * j->nb, (size_t)j->nb, nr,
+                    y + (size_t)r0 * n_out, (size_t)n_out);
+    }
+}
 
 static void mm_quant_worker(void *arg, int ith, int nth) {
     mm_job *j = arg;
-    cpu_impl *ci = j->ci;
-    for (int c0, n; (n = split_next(ci, ith, nth, &c0)) > 0;)
-        for (int c = c0; c < c0 + n; c++) {
-        int wi = 0;
-        while (c >= j->first_chunk[wi + 1]) wi++;
-        const be_weight *w = j->w[wi];
-        const int64_t n_out = w->n_out;
-        int64_t c0 = (int64_t)(c - j->first_chunk[wi]) * COL_CHUNK;
-        int nc = (int)(c0 + COL_CHUNK < n_out ? COL_CHUNK : n_out - c0);
-        const uint8_t *w0 = (const uint8_t *)w->data + (size_t)c0 * w->row_bytes;
-        float *y = j->y[wi] + c0;
-        if (j->xp) {
-            j->panel[wi](j->nb, w0, w->row_bytes, nc, j->xp, j->rows, y, (size_t)n_out);
-            continue;
-        }
-        for (int r0 = 0; r0 < j->rows; r0 += ROW_TILE) {
-            int nr = j->rows - r0 < ROW_TILE ? j->rows - r0 : ROW_TILE;
-            j->gemm[wi](j->nb, w0, w->row_bytes, nc, j->xq + (size_t)r0 * j->nb, (size_t)j->nb, nr,
-                        y + (size_t)r0 * n_out, (size_t)n_out);
-        }
-    }
+    for (int first, n; (n = split_next(j->ci, ith, nth, &first)) > 0;)
+        for (int c = first; c < first + n; c++) mm_chunk(j, c);
 }
 
 typedef struct {
@@ -186,18 +188,20 @@ static void mm_float_worker(void *arg, int ith, int nth) {
     float *wrow = j->ci->per_thread[ith].buf;
     for (int first, n; (n = split_next(j->ci, ith, nth, &first)) > 0;)
         for (int c = first; c < first + n; c++) {
-        int64_t c0 = (int64_t)c * COL_CHUNK, c1 = c0 + COL_CHUNK < n_out ? c0 + COL_CHUNK : n_out;
-        for (int64_t col = c0; col < c1; col++) {
-            quant_dequant_row(j->w->type, (const uint8_t *)j->w->data + (size_t)col * j->w->row_bytes,
-                              wrow, n_in);
-            for (int r = 0; r < j->rows; r++) {
-                const float *xr = j->x + (size_t)r * n_in;
-                float acc = 0;
-                for (int64_t i = 0; i < n_in; i++) acc += wrow[i] * xr[i];
-                j->y[(size_t)r * n_out + col] = acc;
+            int64_t c0 = (int64_t)c * COL_CHUNK,
+                    c1 = c0 + COL_CHUNK < n_out ? c0 + COL_CHUNK : n_out;
+            for (int64_t col = c0; col < c1; col++) {
+                quant_dequant_row(j->w->type,
+                                  (const uint8_t *)j->w->data + (size_t)col * j->w->row_bytes, wrow,
+                                  n_in);
+                for (int r = 0; r < j->rows; r++) {
+                    const float *xr = j->x + (size_t)r * n_in;
+                    float acc = 0;
+                    for (int64_t i = 0; i < n_in; i++) acc += wrow[i] * xr[i];
+                    j->y[(size_t)r * n_out + col] = acc;
+                }
             }
         }
-    }
 }
 
 typedef struct {
@@ -205,39 +209,27 @@ typedef struct {
     const float *x;
     int rows;
     int n_in;
-    int panels, with_c8;
 } q_job;
 
-/* Quantize rows (and copy each into its panel slot); rows are claimed from
- * a counter so that whichever threads join finish them all. */
+/* Quantize rows, claimed from a counter so that whichever threads join
+ * finish them all. */
 static void quant_worker(void *arg, int ith, int nth) {
     q_job *q = arg;
     cpu_impl *ci = q->ci;
     (void)ith;
     (void)nth;
-    const int nb = q->n_in / 32, R = KERN_PANEL_ROWS;
-    for (int r; (r = atomic_fetch_add_explicit(&ci->counter, 1, memory_order_relaxed)) <= q->rows;) {
-        if (r == q->rows) { /* the last panel's unused slots */
-            if (q->panels && r % R)
-                kern_pack_panel(NULL, 0, r % R, R - r % R, nb, q->with_c8, ci->xp + (size_t)(r / R) * nb);
-            continue;
-        }
-        blk_q8 *xr = ci->xq + (size_t)r * nb;
-        ci->k->quantize(q->x + (size_t)r * q->n_in, xr, q->n_in);
-        if (q->panels) kern_pack_panel(xr, (size_t)nb, r % R, 1, nb, q->with_c8, ci->xp + (size_t)(r / R) * nb);
-    }
+    const int nb = q->n_in / 32;
+    for (int r; (r = atomic_fetch_add_explicit(&ci->counter, 1, memory_order_relaxed)) < q->rows;)
+        ci->k->quantize(q->x + (size_t)r * q->n_in, ci->xq + (size_t)r * nb, q->n_in);
 }
 
 static kern_gemm_fn gemm_for(const kern_table *k, const be_weight *w) {
     if (w->n_in % 32) return NULL;
-    return w->type == QT_Q4_1 ? k->gemm_q4_1 : w->type == QT_Q4_0 ? k->gemm_q4_0
-           : w->type == QT_Q8_0 ? k->gemm_q8_0 : NULL;
+    return w->type == QT_Q4_1   ? k->gemm_q4_1
+           : w->type == QT_Q4_0 ? k->gemm_q4_0
+           : w->type == QT_Q8_0 ? k->gemm_q8_0
+                                : NULL;
 }
-static kern_gemm_panel_fn panel_for(const kern_table *k, const be_weight *w) {
-    return w->type == QT_Q4_1 ? k->gemm_panel_q4_1 : w->type == QT_Q4_0 ? k->gemm_panel_q4_0
-           : w->type == QT_Q8_0 ? k->gemm_panel_q8_0 : NULL;
-}
-
 static void cpu_matmul(backend *be, const be_weight *w, const float *x, int rows, float *y);
 
 static void cpu_matmul_n(backend *be, int n, const be_weight *const *w, const float *x, int rows,
@@ -247,35 +239,28 @@ static void cpu_matmul_n(backend *be, int n, const be_weight *const *w, const fl
     j.ci = ci;
     j.n_w = n;
     j.rows = rows;
-    int quant = n >= 1 && n <= MM_MAX_W, panels = quant && rows >= PANEL_MIN_ROWS, with_c8 = 0;
+    int quant = n >= 1 && n <= MM_MAX_W;
     for (int i = 0; quant && i < n; i++) {
         j.w[i] = w[i];
         j.y[i] = y[i];
         j.gemm[i] = gemm_for(ci->k, w[i]);
-        j.panel[i] = panel_for(ci->k, w[i]);
         j.first_chunk[i + 1] = j.first_chunk[i] + (int)((w[i]->n_out + COL_CHUNK - 1) / COL_CHUNK);
         quant &= j.gemm[i] != NULL && w[i]->n_in == w[0]->n_in;
-        panels &= j.panel[i] != NULL;
-        with_c8 |= w[i]->type == QT_Q8_0;
     }
     if (quant) {
         j.nb = (int)(w[0]->n_in / 32);
-        size_t ng = ((size_t)rows + KERN_PANEL_ROWS - 1) / KERN_PANEL_ROWS;
         if (grow((void **)&ci->xq, &ci->xq_cap, (size_t)rows * (size_t)j.nb, sizeof *ci->xq))
             quant = 0; /* out of memory: the float path needs none */
-        else if (panels && grow((void **)&ci->xp, &ci->xp_cap, ng * (size_t)j.nb, sizeof *ci->xp))
-            panels = 0;
     }
     if (!quant) {
         for (int i = 0; i < n; i++) cpu_matmul(be, w[i], x, rows, y[i]);
         return;
     }
-    q_job q = {ci, x, rows, (int)w[0]->n_in, panels, with_c8};
+    q_job q = {ci, x, rows, (int)w[0]->n_in};
     atomic_store(&ci->counter, 0);
-    if (rows >= 8) tp_run_any(ci->pool, quant_worker, &q);
-    else quant_worker(&q, 0, 1); /* a few rows: cheaper than waking the pool */
+    if (rows >= PAR_QUANT_ROWS) tp_run_any(ci->pool, quant_worker, &q);
+    else quant_worker(&q, 0, 1); /* a few rows: cheaper than a barrier */
     j.xq = ci->xq;
-    j.xp = panels ? ci->xp : NULL;
     split_init(ci, j.first_chunk[n]);
     tp_run_any(ci->pool, mm_quant_worker, &j);
 }
@@ -296,12 +281,13 @@ static void cpu_matmul(backend *be, const be_weight *w, const float *x, int rows
 /* ---------------- elementwise ---------------- */
 
 /*
- * Row-wise ops run on the calling thread for a few rows (a decode step:
- * waking the pool costs more than the work) and are split across the pool
- * in blocks of rows otherwise (prefill: serial elementwise work would leave
- * the other threads idle for a tenth of the step).
+ * Row-wise ops run on the calling thread for up to a decode batch of rows
+ * (a barrier costs more than norming or rotating a few dozen rows) and are
+ * split across the pool in blocks of rows for a prefill, where serial
+ * elementwise work would leave the other threads idle for a tenth of the
+ * step.
  */
-#define PAR_MIN_ROWS 16
+#define PAR_MIN_ROWS 64
 
 typedef struct {
     cpu_impl *ci;
@@ -314,12 +300,14 @@ static void par_worker(void *arg, int ith, int nth) {
     par_job *j = arg;
     (void)ith;
     (void)nth;
-    for (int r; (r = atomic_fetch_add_explicit(&j->ci->counter, j->grain, memory_order_relaxed)) < j->rows;)
+    for (int r; (r = atomic_fetch_add_explicit(&j->ci->counter, j->grain, memory_order_relaxed)) <
+                j->rows;)
         j->fn(j->ctx, r, r + j->grain < j->rows ? r + j->grain : j->rows);
 }
 
 /* fn(ctx, r0, r1) over [0, rows) in blocks of grain rows */
-static void par_rows(cpu_impl *ci, int rows, int grain, void (*fn)(void *ctx, int r0, int r1), void *ctx) {
+static void par_rows(cpu_impl *ci, int rows, int grain, void (*fn)(void *ctx, int r0, int r1),
+                     void *ctx) {
     if (rows < PAR_MIN_ROWS || tp_size(ci->pool) == 1) {
         fn(ctx, 0, rows);
         return;
@@ -394,8 +382,8 @@ typedef struct {
 static void rope_rows_fn(void *arg, int r0, int r1) {
     const rope_ctx *c = arg;
     for (int r = r0; r < r1; r++)
-        c->k->rope_rows(c->x + (size_t)r * c->n_heads * c->head_dim, c->cs + (size_t)r * 2 * c->half,
-                        c->n_heads, c->head_dim, c->half);
+        c->k->rope_rows(c->x + (size_t)r * c->n_heads * c->head_dim,
+                        c->cs + (size_t)r * 2 * c->half, c->n_heads, c->head_dim, c->half);
 }
 
 static void cpu_rope(backend *be, float *x, int rows, int n_heads, int head_dim, int rope_dim,
@@ -421,8 +409,8 @@ static void swiglu_rows(void *arg, int r0, int r1) {
 
 static void cpu_swiglu(backend *be, const float *gate, const float *up, size_t n, float *out) {
     cpu_impl *ci = impl_of(be);
-    /* split into rows of 1024 for the pool (elementwise: any split works) */
-    const int row = 1024;
+    /* split into rows of 256 for the pool (elementwise: any split works) */
+    const int row = 256;
     size_t rows = n / row;
     if (rows > 0 && rows < (size_t)INT32_MAX) {
         swiglu_ctx c = {ci->k, gate, up, out, row};
@@ -473,8 +461,8 @@ static void cpu_embed(backend *be, const be_weight *emb, const int32_t *ids, int
 typedef struct {
     cpu_impl *ci;
     const be_attn *a;
-    const uint8_t *k0, *v0;  /* this layer's K and V at slot offset 0 */
-    size_t head_bytes;       /* one KV head */
+    const uint8_t *k0, *v0; /* this layer's K and V at slot offset 0 */
+    size_t head_bytes;      /* one KV head */
     int elt_size;
     const float *q;
     float *out;
@@ -482,68 +470,73 @@ typedef struct {
     int n_tasks;
 } attn_job;
 
+/* One head over an f32 cache: llama.cpp's shapes (see kern_attn_f16_fn) in
+ * plain float arithmetic. */
+static void attn_f32_head(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
+                          const float *q, int hd, float scale, int single, const kern_table *kt,
+                          float *work, float *res) {
+    const int lanes = single ? 64 : 16;
+    float *scores = work, *acc = work + n_ctx + hd, mx = -INFINITY;
+    for (int p = 0; p < n_ctx; p++) {
+        const float *kf = (const float *)(k + off[p]);
+        float sc = 0;
+        for (int i = 0; i < hd; i++) sc = fmaf(kf[i], q[i], sc);
+        sc *= scale;
+        scores[p] = sc;
+        if (sc > mx) mx = sc;
+    }
+    float inv = (float)(1.0 / kt->softmax_exp(scores, n_ctx, mx));
+    memset(acc, 0, (size_t)hd * (size_t)lanes * sizeof *acc);
+    for (int p = 0; p < n_ctx; p++) {
+        const float *vf = (const float *)(v + off[p]);
+        float wgt = scores[p] * inv, *lane = acc + (size_t)(p % lanes) * hd;
+        for (int i = 0; i < hd; i++) lane[i] = fmaf(wgt, vf[i], lane[i]);
+    }
+    for (int i = 0; i < hd; i++) {
+        float l[64];
+        for (int ln = 0; ln < lanes; ln++) l[ln] = acc[(size_t)ln * hd + i];
+        res[i] = single ? kern_reduce64(l) : kern_tree16(l);
+    }
+}
+
 /*
- * One (row, head) task: scores over the row's causal context read through
- * the block table, softmax, weighted sum of V. With an f16 cache the
- * arithmetic follows ggml's f16 matmuls exactly (kernels.h, attn_f16): the
- * accumulation shape depends on whether the sequence has one row in this
- * step (llama.cpp's vec_dot path) or several (its tiled path).
+ * A task is one row and nq query heads of one KV head: scores over the row's
+ * causal context read through the block table, softmax, weighted sum of V.
+ * With an f16 cache the arithmetic follows ggml's f16 matmuls exactly
+ * (kernels.h, attn_f16): the accumulation shape depends on whether the
+ * sequence has one row in this step (llama.cpp's vec_dot path) or several
+ * (its tiled path).
  */
 static void attn_worker(void *arg, int ith, int nth) {
     attn_job *j = arg;
     (void)nth;
     const be_attn *a = j->a;
     cpu_impl *ci = j->ci;
-    const int hd = a->head_dim, group = a->n_head / a->n_head_kv;
+    const int hd = a->head_dim, group = a->n_head / a->n_head_kv, nq = j->heads_per_task;
     float *work = ci->per_thread[ith].buf;
-    for (;;) {
-        int task = atomic_fetch_add_explicit(&ci->counter, 1, memory_order_relaxed);
-        if (task >= j->n_tasks) break;
+    for (int task;
+         (task = atomic_fetch_add_explicit(&ci->counter, 1, memory_order_relaxed)) < j->n_tasks;) {
         /* KV head major, then row, then the query heads that share it:
          * consecutive tasks read the same K and V rows (a prefill's rows
-         * share most of their context), so they stay in this core's L2.
-         * With tasks to spare, one task takes all the heads of its KV head
-         * (nq = group), so one core reads those rows, once. */
-        const int nq = j->heads_per_task, per_kvh = a->n_tokens * (group / nq), kvh = task / per_kvh;
-        int t = task % per_kvh / (group / nq), h = kvh * group + task % (group / nq) * nq;
-        int s = ci->row_seq[t];
-        const int single = a->row_single ? a->row_single[t] != 0
-                                         : a->seq_start[s + 1] - a->seq_start[s] == 1;
+         * share most of their context), so they stay in this core's L2 */
+        const int per_kvh = a->n_tokens * (group / nq), kvh = task / per_kvh;
+        const int t = task % per_kvh / (group / nq), h = kvh * group + task % (group / nq) * nq;
+        const int s = ci->row_seq[t];
+        const int single =
+            a->row_single ? a->row_single[t] != 0 : a->seq_start[s + 1] - a->seq_start[s] == 1;
         const size_t *off = ci->slot_off + ci->seq_off_start[s];
         const int n_ctx = a->positions[t] + 1;
-        const size_t kvh_off = (size_t)kvh * j->head_bytes;
+        const uint8_t *k = j->k0 + (size_t)kvh * j->head_bytes,
+                      *v = j->v0 + (size_t)kvh * j->head_bytes;
         const float *q = j->q + ((size_t)t * a->n_head + h) * hd;
         float *res = j->out + ((size_t)t * a->n_head + h) * hd;
         if (j->elt_size == 2) {
-            ci->k->attn_f16(j->k0 + kvh_off, j->v0 + kvh_off, off, n_ctx, q, nq, hd, a->scale,
-                            single, work, res);
+            ci->k->attn_f16(k, v, off, n_ctx, q, nq, hd, a->scale, single, work, res);
             continue;
         }
-        for (int hh = 0; hh < nq; hh++, q += hd, res += hd) {
-        /* f32 cache: the same shapes in plain float arithmetic */
-        const int lanes = single ? 64 : 16;
-        float *scores = work, *acc = work + n_ctx + hd, mx = -INFINITY;
-        for (int p = 0; p < n_ctx; p++) {
-            const float *kf = (const float *)(j->k0 + kvh_off + off[p]);
-            float sc = 0;
-            for (int i = 0; i < hd; i++) sc = fmaf(kf[i], q[i], sc);
-            sc *= a->scale;
-            scores[p] = sc;
-            if (sc > mx) mx = sc;
-        }
-        float inv = (float)(1.0 / ci->k->softmax_exp(scores, n_ctx, mx));
-        memset(acc, 0, (size_t)hd * (size_t)lanes * sizeof *acc);
-        for (int p = 0; p < n_ctx; p++) {
-            const float *vf = (const float *)(j->v0 + kvh_off + off[p]);
-            float wgt = scores[p] * inv, *lane = acc + (size_t)(p % lanes) * hd;
-            for (int i = 0; i < hd; i++) lane[i] = fmaf(wgt, vf[i], lane[i]);
-        }
-        for (int i = 0; i < hd; i++) {
-            float l[64];
-            for (int ln = 0; ln < lanes; ln++) l[ln] = acc[(size_t)ln * hd + i];
-            res[i] = single ? kern_reduce64(l) : kern_tree16(l);
-        }
-        }
+        for (int i = 0; i < nq; i++)
+            attn_f32_head(k, v, off, n_ctx, q + (size_t)i * hd, hd, a->scale, single, ci->k, work,
+                          res + (size_t)i * hd);
     }
 }
 
@@ -574,19 +567,20 @@ static void cpu_attention(backend *be, kv_cache *kv, int layer, const be_attn *a
         for (int p = 0; p < a->context_len[s]; p++)
             *off++ = (size_t)table[p / bs] * kv->block_bytes + (size_t)(p % bs) * row_bytes;
     }
-    attn_job j = {ci,
-                  a,
-                  kv_slot_ptr(kv, layer, 0, 0),
-                  kv_slot_ptr(kv, layer, 1, 0),
-                  (size_t)a->head_dim * kv->elt_size,
-                  (int)kv->elt_size,
-                  q,
-                  out,
-                  1,
-                  a->n_tokens * a->n_head};
-    const int group = a->n_head / a->n_head_kv;
-    if (a->n_tokens * a->n_head_kv >= 8 * tp_size(ci->pool)) { /* enough tasks to balance */
-        j.heads_per_task = group;
+    attn_job j = {.ci = ci,
+                  .a = a,
+                  .k0 = kv_slot_ptr(kv, layer, 0, 0),
+                  .v0 = kv_slot_ptr(kv, layer, 1, 0),
+                  .head_bytes = (size_t)a->head_dim * kv->elt_size,
+                  .elt_size = (int)kv->elt_size,
+                  .q = q,
+                  .out = out,
+                  .heads_per_task = 1,
+                  .n_tasks = a->n_tokens * a->n_head};
+    /* With tasks to spare for balance, a task takes all the query heads of
+     * its KV head, so one core reads those K and V rows, once. */
+    if (a->n_tokens * a->n_head_kv >= 8 * tp_size(ci->pool)) {
+        j.heads_per_task = a->n_head / a->n_head_kv;
         j.n_tasks = a->n_tokens * a->n_head_kv;
     }
     atomic_store(&ci->counter, 0);
@@ -594,7 +588,8 @@ static void cpu_attention(backend *be, kv_cache *kv, int layer, const be_attn *a
 }
 
 static const backend_ops CPU_OPS = {
-    "cpu", cpu_matmul, cpu_matmul_n, cpu_rmsnorm, cpu_rope, cpu_swiglu, cpu_kv_store, cpu_attention, cpu_embed,
+    "cpu",      cpu_matmul,   cpu_matmul_n,  cpu_rmsnorm, cpu_rope,
+    cpu_swiglu, cpu_kv_store, cpu_attention, cpu_embed,
 };
 
 backend *backend_cpu_create(int n_threads, char *err, size_t errlen) {
@@ -644,7 +639,6 @@ void backend_free(backend *be) {
         for (int t = 0; t < be->n_threads; t++) free(ci->per_thread[t].buf);
         free(ci->per_thread);
         free(ci->xq);
-        free(ci->xp);
         free(ci->ranges);
         free(ci->row_seq);
         free(ci->seq_off_start);

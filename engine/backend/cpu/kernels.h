@@ -9,7 +9,10 @@
  *
  * GEMM kernels take a tile of weight rows and activation rows, so each
  * weight block is loaded and unpacked once and reused for every activation
- * row while it sits in registers.
+ * row while it sits in registers. Which outputs share a vector register is
+ * the kernel's choice (8 lanes of one output, or one lane of 16 columns):
+ * every output still gets the reference's operations in the reference's
+ * order, so all variants agree bit for bit (test_kernels).
  */
 #ifndef CPU_KERNELS_H
 #define CPU_KERNELS_H
@@ -27,32 +30,11 @@ typedef struct {
     int8_t qs[32];
 } blk_q8;
 
-/*
- * Activations of 16 rows for one block, transposed for the AVX-512 panel
- * kernels: qs[l][r] holds bytes 4l..4l+3 of row r, so one 64-byte load
- * feeds a dpbusd that computes lane l of the block's dot for 16 rows at
- * once (each output keeps its own 8 lanes, summed in the same order as
- * the row kernels). Rows past the last real row are zero. c8, filled only
- * when asked for (Q8_0 weights), is -128 * the sum of those 4 bytes: the
- * kernels bias signed Q8_0 weights by 128 to use the unsigned x signed dot,
- * and start each block's sum from c8 to cancel the bias exactly.
- */
-#define KERN_PANEL_ROWS 16
-typedef struct {
-    int8_t qs[8][16][4];
-    float d[16], s[16];
-    int32_t c8[8][16];
-} blk_q8x16;
-
 /* y[r * ys + c] = dot(weight row c, activation row r) for c < nc, r < nr.
  * Weight rows are ws bytes apart, activation rows xs blocks apart; every
  * row has nb blocks. */
 typedef void (*kern_gemm_fn)(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
                              int nr, float *y, size_t ys);
-/* The same products with activations in panels: rows 16i..16i+15 in
- * xp[i * nb .. i * nb + nb). Bit-identical to kern_gemm_fn. */
-typedef void (*kern_gemm_panel_fn)(int nb, const void *w, size_t ws, int nc, const blk_q8x16 *xp,
-                                   int nr, float *y, size_t ys);
 typedef void (*kern_quantize_fn)(const float *x, blk_q8 *y, int n);
 typedef float (*kern_dot_f16_fn)(const uint16_t *a, const float *b, int n);
 /* The same dot with ggml_vec_dot_f16's shape: 4 accumulators of 16 lanes
@@ -105,10 +87,6 @@ typedef struct {
     kern_attn_f16_fn attn_f16;
     kern_f32_to_f16_fn f32_to_f16;
     kern_rmsnorm_fn rmsnorm;
-    /* NULL where the ISA has no panel kernels (use the row kernels) */
-    kern_gemm_panel_fn gemm_panel_q4_0;
-    kern_gemm_panel_fn gemm_panel_q4_1;
-    kern_gemm_panel_fn gemm_panel_q8_0;
 } kern_table;
 
 /*
@@ -136,12 +114,12 @@ const kern_table *kern_vnni(void);
 
 /* Scalar references (also used by the SIMD tables for tails). */
 void kern_quantize_scalar(const float *x, blk_q8 *y, int n);
-void kern_gemm_q4_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs, int nr,
-                           float *y, size_t ys);
-void kern_gemm_q4_1_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs, int nr,
-                           float *y, size_t ys);
-void kern_gemm_q8_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs, int nr,
-                           float *y, size_t ys);
+void kern_gemm_q4_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
+                           int nr, float *y, size_t ys);
+void kern_gemm_q4_1_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
+                           int nr, float *y, size_t ys);
+void kern_gemm_q8_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
+                           int nr, float *y, size_t ys);
 float kern_dot_f16_scalar(const uint16_t *a, const float *b, int n);
 float kern_dot_f16_x4_scalar(const uint16_t *a, const float *b, int n);
 /* (l[0..16) + l[32..48)) + (l[16..32) + l[48..64)), then the tree */
@@ -150,11 +128,6 @@ void kern_axpy_f16_scalar(float a, const uint16_t *v, float *acc, int n);
 void kern_silu_mul_scalar(const float *g, const float *u, float *out, int n);
 double kern_softmax_exp_scalar(float *x, int n, float max);
 void kern_rope_scalar(float *x, const float *cs, int n_heads, int head_dim, int half);
-/* Pack rows x[0..nr) (xs blocks apart, nb blocks each) into slots
- * [slot0, slot0 + nr) of the panel p[0..nb); x NULL zeroes those slots.
- * with_c8 fills the Q8_0 corrections. */
-void kern_pack_panel(const blk_q8 *x, size_t xs, int slot0, int nr, int nb, int with_c8,
-                     blk_q8x16 *p);
 void kern_f32_to_f16_scalar(const float *x, uint16_t *y, int n);
 void kern_rmsnorm_scalar(const float *x, const float *g, int rows, int cols, float eps, float *y);
 size_t kern_attn_work(int n_ctx, int hd);

@@ -87,16 +87,16 @@ static void gemm_scalar(wkind kind, int nb, const void *w, size_t ws, int nc, co
     }
 }
 
-void kern_gemm_q4_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs, int nr,
-                           float *y, size_t ys) {
+void kern_gemm_q4_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
+                           int nr, float *y, size_t ys) {
     gemm_scalar(W_Q4_0, nb, w, ws, nc, x, xs, nr, y, ys);
 }
-void kern_gemm_q4_1_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs, int nr,
-                           float *y, size_t ys) {
+void kern_gemm_q4_1_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
+                           int nr, float *y, size_t ys) {
     gemm_scalar(W_Q4_1, nb, w, ws, nc, x, xs, nr, y, ys);
 }
-void kern_gemm_q8_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs, int nr,
-                           float *y, size_t ys) {
+void kern_gemm_q8_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
+                           int nr, float *y, size_t ys) {
     gemm_scalar(W_Q8_0, nb, w, ws, nc, x, xs, nr, y, ys);
 }
 
@@ -111,7 +111,8 @@ float kern_dot_f16_scalar(const uint16_t *a, const float *b, int n) {
     if (n % 16 == 0) {
         float lanes[16] = {0};
         for (int i = 0; i < n; i += 16)
-            for (int l = 0; l < 16; l++) lanes[l] = fmaf(qt_f16_to_f32(a[i + l]), b[i + l], lanes[l]);
+            for (int l = 0; l < 16; l++)
+                lanes[l] = fmaf(qt_f16_to_f32(a[i + l]), b[i + l], lanes[l]);
         return kern_tree16(lanes);
     }
     float acc = 0;
@@ -154,8 +155,9 @@ float kern_exp_ref(float x) {
     float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
     if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
     float u = b * b;
-    float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
-                   u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+    float j = fmaf(
+        fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+        u, fmaf(0x1.ffffecp-1f, b, 1.0f));
     if (isnan(n)) return n;
     /* j * 2^n in two exact-then-rounded steps (|n| <= 192 splits into halves
      * that are both normal powers of two), equal to one correctly rounded
@@ -195,28 +197,6 @@ double kern_softmax_exp_scalar(float *x, int n, float max) {
     return sum;
 }
 
-void kern_pack_panel(const blk_q8 *x, size_t xs, int slot0, int nr, int nb, int with_c8,
-                     blk_q8x16 *p) {
-    for (int b = 0; b < nb; b++, p++)
-        for (int r = slot0; r < slot0 + nr; r++) {
-            if (!x) {
-                for (int l = 0; l < 8; l++) memset(p->qs[l][r], 0, 4);
-                if (with_c8)
-                    for (int l = 0; l < 8; l++) p->c8[l][r] = 0;
-                p->d[r] = p->s[r] = 0;
-                continue;
-            }
-            const blk_q8 *xb = x + (size_t)(r - slot0) * xs + b;
-            for (int l = 0; l < 8; l++) memcpy(p->qs[l][r], xb->qs + 4 * l, 4);
-            if (with_c8)
-                for (int l = 0; l < 8; l++)
-                    p->c8[l][r] = -128 * (xb->qs[4 * l] + xb->qs[4 * l + 1] + xb->qs[4 * l + 2] +
-                                          xb->qs[4 * l + 3]);
-            p->d[r] = xb->d;
-            p->s[r] = xb->s;
-        }
-}
-
 void kern_f32_to_f16_scalar(const float *x, uint16_t *y, int n) {
     for (int i = 0; i < n; i++) y[i] = qt_f32_to_f16(x[i]);
 }
@@ -233,7 +213,7 @@ void kern_rmsnorm_scalar(const float *x, const float *g, int rows, int cols, flo
     }
 }
 
-size_t kern_attn_work(int n_ctx, int hd) { return (size_t)n_ctx + 65 * (size_t)hd + 16; }
+size_t kern_attn_work(int n_ctx, int hd) { return (size_t)n_ctx + 64 + 66 * (size_t)hd + 16; }
 
 void kern_attn_f16_with(const kern_table *t, const uint8_t *k, const uint8_t *v, const size_t *off,
                         int n_ctx, const float *q32, int nq, int hd, float scale, int single,
@@ -250,14 +230,16 @@ void kern_attn_f16_with(const kern_table *t, const uint8_t *k, const uint8_t *v,
             if (sc > mx) mx = sc;
         }
         float inv = (float)(1.0 / t->softmax_exp(scores, n_ctx, mx));
-        memset(acc, 0, (size_t)hd * (size_t)lanes * sizeof *acc);
+        /* lanes past the context stay 0: only the used ones live in acc */
+        const int used = n_ctx < lanes ? n_ctx : lanes;
+        memset(acc, 0, (size_t)hd * (size_t)used * sizeof *acc);
         for (int p = 0; p < n_ctx; p++) {
             float wgt = qt_f16_to_f32(qt_f32_to_f16(scores[p] * inv));
             t->axpy_f16(wgt, (const uint16_t *)(v + off[p]), acc + (size_t)(p % lanes) * hd, hd);
         }
         for (int i = 0; i < hd; i++) {
             float l[64];
-            for (int ln = 0; ln < lanes; ln++) l[ln] = acc[(size_t)ln * hd + i];
+            for (int ln = 0; ln < lanes; ln++) l[ln] = ln < used ? acc[(size_t)ln * hd + i] : 0.0f;
             out[i] = single ? kern_reduce64(l) : kern_tree16(l);
         }
     }
@@ -269,11 +251,22 @@ void kern_attn_f16_scalar(const uint8_t *k, const uint8_t *v, const size_t *off,
     kern_attn_f16_with(kern_scalar(), k, v, off, n_ctx, q, nq, hd, scale, single, work, out);
 }
 
-static const kern_table SCALAR = {"scalar",           kern_quantize_scalar, kern_gemm_q4_0_scalar,
-                                  kern_gemm_q4_1_scalar, kern_gemm_q8_0_scalar, kern_dot_f16_scalar,
-                                  kern_dot_f16_x4_scalar, kern_axpy_f16_scalar, kern_silu_mul_scalar,
-                                  kern_softmax_exp_scalar, kern_rope_scalar, kern_attn_f16_scalar,
-                                  kern_f32_to_f16_scalar, kern_rmsnorm_scalar, NULL, NULL, NULL};
+static const kern_table SCALAR = {
+    .isa = "scalar",
+    .quantize = kern_quantize_scalar,
+    .gemm_q4_0 = kern_gemm_q4_0_scalar,
+    .gemm_q4_1 = kern_gemm_q4_1_scalar,
+    .gemm_q8_0 = kern_gemm_q8_0_scalar,
+    .dot_f16 = kern_dot_f16_scalar,
+    .dot_f16_x4 = kern_dot_f16_x4_scalar,
+    .axpy_f16 = kern_axpy_f16_scalar,
+    .silu_mul = kern_silu_mul_scalar,
+    .softmax_exp = kern_softmax_exp_scalar,
+    .rope_rows = kern_rope_scalar,
+    .attn_f16 = kern_attn_f16_scalar,
+    .f32_to_f16 = kern_f32_to_f16_scalar,
+    .rmsnorm = kern_rmsnorm_scalar,
+};
 
 const kern_table *kern_scalar(void) { return &SCALAR; }
 

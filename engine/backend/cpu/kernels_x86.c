@@ -1,9 +1,16 @@
 /*
  * kernels_x86.c - AVX2 and AVX-512 VNNI variants of the kernels in
- * kernels.h. One source, two instantiations: the only difference is the
- * u8 x s8 -> i32 dot of 32 bytes (VNNI vpdpbusd vs AVX2 maddubs + madd).
- * Functions carry target attributes so the file builds without -march and
- * the right table is picked at run time.
+ * kernels.h. Functions carry target attributes so the file builds without
+ * -march and the right table is picked at run time.
+ *
+ * The AVX2 table and the 256-bit GEMM tiles are one source, two
+ * instantiations (VNNI vpdpbusd vs AVX2 maddubs + madd for the u8 x s8 dot).
+ * The AVX-512 table adds kernels that keep each output's arithmetic (and so
+ * its bits) but change the schedule so 16 outputs share each instruction:
+ *   - GEMM, one row: gemv16, per-column scalars as vectors of 16 columns;
+ *   - GEMM, 2+ rows: column lanes (cl_*), each chunk of 16 weight columns
+ *     transposed once so one dpbusd serves 16 columns of a row;
+ *   - attention, rmsnorm, softmax, silu in zmm registers.
  */
 #include <math.h>
 #include <string.h>
@@ -14,7 +21,8 @@
 #include <immintrin.h>
 
 #define T_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define T_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")))
+#define T_VNNI                                                                                     \
+    __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")))
 
 static inline T_AVX2 float hsum_avx2(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -37,8 +45,6 @@ static inline T_AVX2 __m256i dot_u8s8_avx2(__m256i u, __m256i s) {
 static inline T_VNNI __m256i dot_u8s8_vnni(__m256i u, __m256i s) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
 }
-
-static inline T_AVX2 float f16_avx2(uint16_t h) { return _cvtsh_ss(h); }
 
 /* Loads from weight blocks, which are only 2-byte aligned. */
 static inline int32_t ld_i32(const void *p) {
@@ -65,8 +71,9 @@ static T_AVX2 void quantize_avx2(const float *x, blk_q8 *y, int n) {
     for (int b = 0; b < n / 32; b++, x += 32) {
         __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
         __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
-        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
-                                 _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+        __m256 m =
+            _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                          _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
         __m128 m1 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         m1 = _mm_max_ps(m1, _mm_movehl_ps(m1, m1));
         m1 = _mm_max_ss(m1, _mm_movehdup_ps(m1));
@@ -110,8 +117,9 @@ static T_AVX2 float dot_f16_x4_avx2(const uint16_t *a, const float *b, int n) {
     int np = n & ~63;
     for (int i = 0; i < np; i += 64)
         for (int j = 0; j < 8; j++)
-            acc[j] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i + 8 * j))),
-                                     _mm256_loadu_ps(b + i + 8 * j), acc[j]);
+            acc[j] =
+                _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i + 8 * j))),
+                                _mm256_loadu_ps(b + i + 8 * j), acc[j]);
     /* lanes 0-15 = acc0|acc1, 16-31 = acc2|acc3, ... */
     __m256 lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
     __m256 hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
@@ -134,8 +142,9 @@ static inline T_AVX2 __m256 exp_avx2(__m256 x) {
                                 _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
     __m256 u = _mm256_mul_ps(b, b);
     __m256 j = _mm256_fmadd_ps(
-        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
-                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+            _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
         u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
     __m256 absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
     __m256 big = _mm256_cmp_ps(absn, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
@@ -197,8 +206,9 @@ static T_AVX2 void axpy_f16_avx2(float a, const uint16_t *v, float *acc, int n) 
     __m256 va = _mm256_set1_ps(a);
     int i = 0;
     for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i))),
-                                                  _mm256_loadu_ps(acc + i)));
+        _mm256_storeu_ps(
+            acc + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i))),
+                                     _mm256_loadu_ps(acc + i)));
     for (; i < n; i++) acc[i] = __builtin_fmaf(a, _cvtsh_ss(v[i]), acc[i]);
 }
 
@@ -239,8 +249,9 @@ static inline T_VNNI __m512 exp_avx512(__m512 x) {
                                 _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), x));
     __m512 u = _mm512_mul_ps(b, b);
     __m512 j = _mm512_fmadd_ps(
-        _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b, _mm512_set1_ps(0x1.573e2ep-5f)), u,
-                        _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b, _mm512_set1_ps(0x1.fffdb6p-2f))),
+        _mm512_fmadd_ps(
+            _mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b, _mm512_set1_ps(0x1.573e2ep-5f)), u,
+            _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b, _mm512_set1_ps(0x1.fffdb6p-2f))),
         u, _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), b, _mm512_set1_ps(1.0f)));
     __mmask16 big = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192.0f), _CMP_GT_OQ);
     __m512 nc = _mm512_min_ps(_mm512_max_ps(n, _mm512_set1_ps(-192.0f)), _mm512_set1_ps(192.0f));
@@ -248,8 +259,9 @@ static inline T_VNNI __m512 exp_avx512(__m512 x) {
     __m512i n1 = _mm512_srai_epi32(_mm512_add_epi32(ni, _mm512_srli_epi32(ni, 31)), 1);
     __m512i n2 = _mm512_sub_epi32(ni, n1);
     const __m512i bias = _mm512_set1_epi32(127);
-    __m512 res = _mm512_mul_ps(_mm512_mul_ps(j, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n1, bias), 23))),
-                               _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, bias), 23)));
+    __m512 res = _mm512_mul_ps(
+        _mm512_mul_ps(j, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n1, bias), 23))),
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, bias), 23)));
     /* |n| > 192: 0 or inf by the sign of n; NaN input: NaN (n is NaN there) */
     __m512 alt = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_NLE_UQ),
                                      _mm512_set1_ps(INFINITY));
@@ -266,7 +278,8 @@ static T_VNNI double softmax_exp_avx512(float *x, int n, float max) {
     for (; i < n; i += 16) {
         /* a short last run: its missing lanes are 0 in the tree, as in the reference */
         __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
-        __m512 e = _mm512_maskz_mov_ps(m, exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vmax)));
+        __m512 e = _mm512_maskz_mov_ps(
+            m, exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vmax)));
         _mm512_mask_storeu_ps(x + i, m, e);
         sum += (double)tree16_zmm(e);
     }
@@ -295,10 +308,14 @@ static T_VNNI void rmsnorm_avx512(const float *x, const float *g, int rows, int 
                 t[r + 1] = _mm256_unpackhi_ps(v[r], v[r + 1]);
             }
             /* t0 = r0r1 cols 0,1,4,5 (lo); t1 = cols 2,3,6,7 ... */
-            __m256 u0 = _mm256_shuffle_ps(t[0], t[2], 0x44), u1 = _mm256_shuffle_ps(t[0], t[2], 0xee);
-            __m256 u2 = _mm256_shuffle_ps(t[1], t[3], 0x44), u3 = _mm256_shuffle_ps(t[1], t[3], 0xee);
-            __m256 u4 = _mm256_shuffle_ps(t[4], t[6], 0x44), u5 = _mm256_shuffle_ps(t[4], t[6], 0xee);
-            __m256 u6 = _mm256_shuffle_ps(t[5], t[7], 0x44), u7 = _mm256_shuffle_ps(t[5], t[7], 0xee);
+            __m256 u0 = _mm256_shuffle_ps(t[0], t[2], 0x44),
+                   u1 = _mm256_shuffle_ps(t[0], t[2], 0xee);
+            __m256 u2 = _mm256_shuffle_ps(t[1], t[3], 0x44),
+                   u3 = _mm256_shuffle_ps(t[1], t[3], 0xee);
+            __m256 u4 = _mm256_shuffle_ps(t[4], t[6], 0x44),
+                   u5 = _mm256_shuffle_ps(t[4], t[6], 0xee);
+            __m256 u6 = _mm256_shuffle_ps(t[5], t[7], 0x44),
+                   u7 = _mm256_shuffle_ps(t[5], t[7], 0xee);
             /* column k of the 8 rows: rows 0-3 from u*, rows 4-7 from the matching u(4+*) */
             __m256 c[8];
             c[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
@@ -322,11 +339,14 @@ static T_VNNI void rmsnorm_avx512(const float *x, const float *g, int rows, int 
             for (int j = 0; j < cols; j += 16) {
                 __mmask16 m = cols - j >= 16 ? 0xffff : (__mmask16)((1u << (cols - j)) - 1);
                 __m512 xv = _mm512_maskz_loadu_ps(m, xrr + j);
-                _mm512_mask_storeu_ps(yr + j, m, _mm512_mul_ps(_mm512_mul_ps(xv, scale), _mm512_maskz_loadu_ps(m, g + j)));
+                _mm512_mask_storeu_ps(
+                    yr + j, m,
+                    _mm512_mul_ps(_mm512_mul_ps(xv, scale), _mm512_maskz_loadu_ps(m, g + j)));
             }
         }
     }
-    if (r0 < rows) kern_rmsnorm_scalar(x + (size_t)r0 * cols, g, rows - r0, cols, eps, y + (size_t)r0 * cols);
+    if (r0 < rows)
+        kern_rmsnorm_scalar(x + (size_t)r0 * cols, g, rows - r0, cols, eps, y + (size_t)r0 * cols);
 }
 
 static T_VNNI void silu_mul_avx512(const float *g, const float *u, float *out, int n) {
@@ -335,8 +355,9 @@ static T_VNNI void silu_mul_avx512(const float *g, const float *u, float *out, i
         __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
         __m512 x = _mm512_maskz_loadu_ps(m, g + i);
         __m512 e = exp_avx512(_mm512_sub_ps(zero, x));
-        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)),
-                                                        _mm512_maskz_loadu_ps(m, u + i)));
+        _mm512_mask_storeu_ps(out + i, m,
+                              _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)),
+                                            _mm512_maskz_loadu_ps(m, u + i)));
     }
 }
 
@@ -346,17 +367,20 @@ static T_VNNI void silu_mul_avx512(const float *g, const float *u, float *out, i
  * instruction. */
 static inline T_VNNI __m512 tree16_horiz(const __m512 *a) {
     __m512 b[8], c[4];
-    UNROLL8 for (int i = 0; i < 8; i++)
-        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xee),
-                             _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44));
+    UNROLL8 for (int i = 0; i < 8; i++) b[i] =
+        _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xee),
+                      _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44));
     /* b[i]: t3 of a[2i] in 128-bit lanes 0-1, of a[2i+1] in lanes 2-3 */
-    UNROLL8 for (int m = 0; m < 4; m++)
-        c[m] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * m], b[2 * m + 1], 0xdd),
-                             _mm512_shuffle_f32x4(b[2 * m], b[2 * m + 1], 0x88));
+    UNROLL8 for (int m = 0; m < 4; m++) c[m] =
+        _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * m], b[2 * m + 1], 0xdd),
+                      _mm512_shuffle_f32x4(b[2 * m], b[2 * m + 1], 0x88));
     /* c[m]: 128-bit lane k holds t6 of a[4m + k] */
-    __m512 d0 = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x44), _mm512_shuffle_ps(c[0], c[1], 0xee));
-    __m512 d1 = _mm512_add_ps(_mm512_shuffle_ps(c[2], c[3], 0x44), _mm512_shuffle_ps(c[2], c[3], 0xee));
-    /* d0 lane k: (t0 + t2, t1 + t3) of a[k], then of a[4 + k]; d1 the same for a[8 + k], a[12 + k] */
+    __m512 d0 =
+        _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x44), _mm512_shuffle_ps(c[0], c[1], 0xee));
+    __m512 d1 =
+        _mm512_add_ps(_mm512_shuffle_ps(c[2], c[3], 0x44), _mm512_shuffle_ps(c[2], c[3], 0xee));
+    /* d0 lane k: (t0 + t2, t1 + t3) of a[k], then of a[4 + k]; d1 the same for a[8 + k], a[12 + k]
+     */
     __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d0, d1, 0x88), _mm512_shuffle_ps(d0, d1, 0xdd));
     /* e[4k + m] is the result for a[k + 4m] */
     const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
@@ -379,9 +403,12 @@ static inline T_VNNI __m512 attn_scores16(const uint8_t *k, const size_t *off, i
             __m512 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
             for (int i = 0; i < hd; i += 64) {
                 a0 = _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i), _mm512_loadu_ps(q + i), a0);
-                a1 = _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i + 32), _mm512_loadu_ps(q + i + 16), a1);
-                a2 = _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i + 64), _mm512_loadu_ps(q + i + 32), a2);
-                a3 = _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i + 96), _mm512_loadu_ps(q + i + 48), a3);
+                a1 =
+                    _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i + 32), _mm512_loadu_ps(q + i + 16), a1);
+                a2 =
+                    _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i + 64), _mm512_loadu_ps(q + i + 32), a2);
+                a3 =
+                    _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i + 96), _mm512_loadu_ps(q + i + 48), a3);
             }
             a[j] = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
         }
@@ -389,7 +416,8 @@ static inline T_VNNI __m512 attn_scores16(const uint8_t *k, const size_t *off, i
         UNROLL16 for (int j = 0; j < 16; j++) a[j] = zero;
         for (int i = 0; i < hd; i += 16) {
             const __m512 qi = _mm512_loadu_ps(q + i);
-            UNROLL16 for (int j = 0; j < 16; j++) a[j] = _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i), qi, a[j]);
+            UNROLL16 for (int j = 0; j < 16; j++) a[j] =
+                _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i), qi, a[j]);
         }
     }
     const __mmask16 m = cnt >= 16 ? 0xffff : (__mmask16)((1u << cnt) - 1);
@@ -399,7 +427,7 @@ static inline T_VNNI __m512 attn_scores16(const uint8_t *k, const size_t *off, i
     return _mm512_mask_max_ps(mx, m, sc, mx);
 }
 
-#define ATTN_PF 16 /* positions ahead to prefetch K and V rows */
+#define ATTN_PF 16     /* positions ahead to prefetch K and V rows */
 #define ATTN_VBLOCK 96 /* positions of V per block: 96 x 128-byte rows (hd 64) stay in L1 */
 static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
                                    const float *q32, int nq, int hd, float scale, int single,
@@ -409,7 +437,8 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
         kern_attn_f16_with(kern_vnni(), k, v, off, n_ctx, q32, nq, hd, scale, single, work, out);
         return;
     }
-    float *scores = work, *q = work + n_ctx;
+    /* work: q[hd] | scores[n_ctx + 64] | vacc[16 * hd] | a zero V row [hd / 2] */
+    float *q = work, *scores = q + hd, *vacc = scores + n_ctx + 64, *zrow = vacc + 16 * hd;
     const int nchunk = hd / 16;
     const __m512 zero = _mm512_setzero_ps();
     /* A decode row's context is cold (last touched a step ago) and scattered
@@ -419,9 +448,20 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
             _mm_prefetch((const char *)k + off[p] + i, _MM_HINT_T0);
             _mm_prefetch((const char *)v + off[p] + i, _MM_HINT_T0);
         }
+    /* vec_dot shape: V rows of the last (partial) window of 64 positions,
+     * positions past the end pointing at a row of zeros (with weight 0 they
+     * leave their lane unchanged: a lane is never -0, see below) */
+    const int nfull = n_ctx / 64 * 64;
+    const uint8_t *vtail[64];
+    if (single && nfull < n_ctx) {
+        memset(zrow, 0, (size_t)hd * 2);
+        for (int j = 0; j < 64; j++)
+            vtail[j] = nfull + j < n_ctx ? v + off[nfull + j] : (const uint8_t *)zrow;
+    }
     for (int h = 0; h < nq; h++, q32 += hd, out += hd) {
         for (int c = 0; c < nchunk; c++)
-            _mm512_storeu_ps(q + 16 * c, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(q32 + 16 * c), 0)));
+            _mm512_storeu_ps(q + 16 * c,
+                             _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(q32 + 16 * c), 0)));
         __m512 mxv = _mm512_set1_ps(-INFINITY);
         for (int p0 = 0; p0 < n_ctx; p0 += 16) {
             if (single && h == 0)
@@ -435,77 +475,79 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
         }
         const float mx = _mm512_reduce_max_ps(mxv);
         const __m512 inv = _mm512_set1_ps((float)(1.0 / softmax_exp_avx512(scores, n_ctx, mx)));
-        /* softmax weights, rounded to f16 like the reference */
-        for (int p = 0; p < n_ctx; p += 16) {
-            __mmask16 m = n_ctx - p >= 16 ? 0xffff : (__mmask16)((1u << (n_ctx - p)) - 1);
+        /* softmax weights, rounded to f16 like the reference; 64 zeros past the end */
+        for (int p = 0; p < n_ctx + 64; p += 16) {
+            __mmask16 m = n_ctx - p >= 16 ? 0xffff
+                          : n_ctx > p     ? (__mmask16)((1u << (n_ctx - p)) - 1)
+                                          : 0;
             __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scores + p), inv);
-            _mm512_mask_storeu_ps(scores + p, m, _mm512_cvtph_ps(_mm512_cvtps_ph(w, 0)));
+            _mm512_storeu_ps(scores + p,
+                             _mm512_maskz_mov_ps(m, _mm512_cvtph_ps(_mm512_cvtps_ph(w, 0))));
         }
-        /* The tiled shape walks V in blocks of positions that stay in L1
-         * across the hd / 16 slices (each slice is a pass over the rows),
-         * keeping the lanes in vacc between blocks; the vec_dot shape
-         * (decode: short, cold contexts) takes all positions at once. */
-        float *vacc = q + hd;
-        for (int pb = 0; pb < n_ctx; pb += single ? n_ctx : ATTN_VBLOCK) {
-        const int pe = single || n_ctx - pb <= ATTN_VBLOCK ? n_ctx : pb + ATTN_VBLOCK;
-        for (int c = 0; c < nchunk; c++) {
-            const uint8_t *vc = v + 32 * c; /* this 16-float slice of each V row */
 #define VTERM(p, a) a = _mm512_fmadd_ps(_mm512_set1_ps(scores[p]), ld_f16x16(vc + off[p]), a)
-/* the same for a position that may lie past the end (p < pe picks the mask,
- * without a branch the predictor would miss on every row) */
-#define VTERM_TAIL(p, a)                                                                           \
-    a = _mm512_mask3_fmadd_ps(_mm512_set1_ps(scores[(p) < pe ? (p) : pe - 1]),                      \
-                              ld_f16x16(vc + off[(p) < pe ? (p) : pe - 1]), a, (__mmask16) - ((p) < pe))
-            if (!single) {
-                /* lane l holds positions l, l + 16, ...: 16 accumulators in
-                 * registers for one slice over a block of positions */
+        if (single) {
+            /* 64 lanes, lane L holding positions L, L + 64, ... . kern_reduce64
+             * sums lanes (l + 32l') as (l + l+32) + (l+16 + l+48), so the four
+             * lanes of each l are accumulated together and combined at once.
+             * Padding positions add 0 * 0: a lane is never -0 (it starts at
+             * +0, weights are >= +0 and nonzero products are at least 2^-48,
+             * so a zero sum is an exact +0), and a + 0 = a. */
+            for (int c = 0; c < nchunk; c++) {
+                const uint8_t *vc = v + 32 * c; /* this 16-float slice of each V row */
+                __m512 x[16];
+                UNROLL16 for (int l = 0; l < 16; l++) {
+                    __m512 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+                    for (int w = 0; w < nfull; w += 64) {
+                        VTERM(w + l, a0);
+                        VTERM(w + l + 16, a1);
+                        VTERM(w + l + 32, a2);
+                        VTERM(w + l + 48, a3);
+                    }
+                    if (nfull < n_ctx) {
+                        const float *sw = scores + nfull;
+                        a0 = _mm512_fmadd_ps(_mm512_set1_ps(sw[l]), ld_f16x16(vtail[l] + 32 * c),
+                                             a0);
+                        a1 = _mm512_fmadd_ps(_mm512_set1_ps(sw[l + 16]),
+                                             ld_f16x16(vtail[l + 16] + 32 * c), a1);
+                        a2 = _mm512_fmadd_ps(_mm512_set1_ps(sw[l + 32]),
+                                             ld_f16x16(vtail[l + 32] + 32 * c), a2);
+                        a3 = _mm512_fmadd_ps(_mm512_set1_ps(sw[l + 48]),
+                                             ld_f16x16(vtail[l + 48] + 32 * c), a3);
+                    }
+                    x[l] = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
+                }
+                _mm512_storeu_ps(out + 16 * c, tree16_vert(x));
+            }
+            continue;
+        }
+        /* Tiled shape: lane l holds positions l, l + 16, ...; 16 accumulators
+         * in registers for one 16-float slice while the rows stream past, in
+         * blocks of positions that stay in L1 across the hd / 16 slices (the
+         * lanes wait in vacc between blocks). */
+        for (int pb = 0; pb < n_ctx; pb += ATTN_VBLOCK) {
+            const int pe = n_ctx - pb <= ATTN_VBLOCK ? n_ctx : pb + ATTN_VBLOCK;
+            for (int c = 0; c < nchunk; c++) {
+                const uint8_t *vc = v + 32 * c;
                 __m512 acc[16];
                 float *saved = vacc + (size_t)c * 256;
-                UNROLL16 for (int l = 0; l < 16; l++) acc[l] = pb == 0 ? zero : _mm512_loadu_ps(saved + 16 * l);
+                UNROLL16 for (int l = 0; l < 16; l++) acc[l] =
+                    pb == 0 ? zero : _mm512_loadu_ps(saved + 16 * l);
                 int p0 = pb;
                 for (; p0 + 16 <= pe; p0 += 16) {
                     UNROLL16 for (int l = 0; l < 16; l++) VTERM(p0 + l, acc[l]);
                 }
-                if (p0 < pe) UNROLL16 for (int l = 0; l < 16; l++) VTERM_TAIL(p0 + l, acc[l]);
+                /* last rows: masked, not branched (the predictor would miss) */
+                if (p0 < pe) UNROLL16 for (int l = 0; l < 16; l++) {
+                        const int p = p0 + l < pe ? p0 + l : pe - 1;
+                        acc[l] =
+                            _mm512_mask3_fmadd_ps(_mm512_set1_ps(scores[p]), ld_f16x16(vc + off[p]),
+                                                  acc[l], (__mmask16) - (p0 + l < pe));
+                    }
                 if (pe == n_ctx) _mm512_storeu_ps(out + 16 * c, tree16_vert(acc));
                 else UNROLL16 for (int l = 0; l < 16; l++) _mm512_storeu_ps(saved + 16 * l, acc[l]);
-            } else {
-                /* 64 lanes, lane L holding positions L, L + 64, ...: group m
-                 * (lanes 16m .. 16m + 15) in registers while its positions
-                 * stream past, then kern_reduce64's pairing of the groups,
-                 * (0 + 2) + (1 + 3), and the tree. A group with no position
-                 * (n_ctx <= 16m) is all +0 and is left out of the sums:
-                 * a + 0 = a exactly here, as a lane is never -0 (it starts
-                 * at +0, weights are >= +0, and a nonzero product is at
-                 * least 2^-48 in magnitude, so a zero sum is an exact +0). */
-                const int ngrp = n_ctx >= 64 ? 4 : (n_ctx + 15) / 16;
-                float *grp = vacc; /* [4][16] vectors */
-                __m512 acc[16];
-                for (int m = 0; m < ngrp; m++) {
-                    UNROLL16 for (int l = 0; l < 16; l++) acc[l] = zero;
-                    int p0 = 16 * m;
-                    for (; p0 + 16 <= pe; p0 += 64) {
-                        UNROLL16 for (int l = 0; l < 16; l++) VTERM(p0 + l, acc[l]);
-                    }
-                    if (p0 < pe) UNROLL16 for (int l = 0; l < 16; l++) VTERM_TAIL(p0 + l, acc[l]);
-                    if (m + 1 < ngrp)
-                        UNROLL16 for (int l = 0; l < 16; l++) _mm512_storeu_ps(grp + 16 * (16 * m + l), acc[l]);
-                }
-                /* acc holds the last group; the others are in grp */
-#define GRP(m, l) _mm512_loadu_ps(grp + 16 * (16 * (m) + (l)))
-                UNROLL16 for (int l = 0; l < 16; l++) {
-                    if (ngrp == 2) acc[l] = _mm512_add_ps(GRP(0, l), acc[l]);
-                    else if (ngrp == 3) acc[l] = _mm512_add_ps(_mm512_add_ps(GRP(0, l), acc[l]), GRP(1, l));
-                    else if (ngrp == 4)
-                        acc[l] = _mm512_add_ps(_mm512_add_ps(GRP(0, l), GRP(2, l)), _mm512_add_ps(GRP(1, l), acc[l]));
-                }
-#undef GRP
-                _mm512_storeu_ps(out + 16 * c, tree16_vert(acc));
             }
+        }
 #undef VTERM
-#undef VTERM_TAIL
-        }
-        }
     }
 }
 
@@ -526,11 +568,10 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
         __m256 acc[4][4];                                                                          \
         float macc[4][4];                                                                          \
         const size_t pf = (size_t)NC * ws * 2; /* two tiles ahead in the weight stream */          \
-        UNROLL for (int c = 0; c < NC; c++)                                                        \
-            UNROLL for (int r = 0; r < NR; r++) {                                                         \
-                acc[c][r] = _mm256_setzero_ps();                                                   \
-                macc[c][r] = 0;                                                                    \
-            }                                                                                      \
+        UNROLL for (int c = 0; c < NC; c++) UNROLL for (int r = 0; r < NR; r++) {                  \
+            acc[c][r] = _mm256_setzero_ps();                                                       \
+            macc[c][r] = 0;                                                                        \
+        }                                                                                          \
         for (int b = 0; b < nb; b++) {                                                             \
             __m256i wq[4];                                                                         \
             float dw[4], mw[4];                                                                    \
@@ -544,14 +585,14 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
                 __m256i xq = _mm256_loadu_si256((const __m256i *)xb->qs);                          \
                 UNROLL for (int c = 0; c < NC; c++) {                                              \
                     __m256i p = PAIR;                                                              \
-                    acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw[c] * xb->d), \
-                                                acc[c][r]);                                        \
+                    acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),                             \
+                                                _mm256_set1_ps(dw[c] * xb->d), acc[c][r]);         \
                     MTERM                                                                          \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
-        UNROLL for (int c = 0; c < NC; c++)                                                        \
-            UNROLL for (int r = 0; r < NR; r++) y[(size_t)r * ys + c] = hsum_avx2(acc[c][r]) + macc[c][r]; \
+        UNROLL for (int c = 0; c < NC; c++) UNROLL for (int r = 0; r < NR; r++)                    \
+            y[(size_t)r * ys + c] = hsum_avx2(acc[c][r]) + macc[c][r];                             \
     }
 
 #define Q4_PREP                                                                                    \
@@ -571,8 +612,8 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
 /* Dispatch a (nc x nr) problem onto tiles: 4x1 for decode, 2x4 for many
  * rows, smaller tiles at the edges. */
 #define GEMM_DRIVER(NAME, TILE, TARGET)                                                            \
-    static TARGET void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x,             \
-                            size_t xs, int nr, float *y, size_t ys) {                              \
+    static TARGET void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x, size_t xs, \
+                            int nr, float *y, size_t ys) {                                         \
         const uint8_t *w = wv;                                                                     \
         for (int r = 0; r < nr;) {                                                                 \
             int tr = nr - r >= 4 ? 4 : nr - r;                                                     \
@@ -612,123 +653,145 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
 DEFINE_GEMMS(avx2, T_AVX2, dot_u8s8_avx2)
 DEFINE_GEMMS(vnni, T_VNNI, dot_u8s8_vnni)
 
+enum { WK_Q4_0, WK_Q4_1, WK_Q8_0 }; /* weight kinds, for the templates below */
+
 /*
- * Panel GEMM (AVX-512 VNNI): 16 activation rows in the lanes of a zmm. For
- * weight column c and block b, lane group l (bytes 4l..4l+3 of the unpacked
- * block) is broadcast to all 16 lanes and dotted with the panel's group l of
- * 16 rows, so acc[l] holds lane l of 16 outputs' 8-lane accumulators: the
- * per-output arithmetic is the row kernels' (int dot, one fma with dw * dx
- * per block and lane, the min term as a separate product and sum, the lanes
- * summed as hsum_avx2 does at the end), vectorized across rows instead of
- * lanes. NC columns x NG panels per tile reuse each unpacked weight group
- * NG times and each panel load NC times.
+ * Column-lane GEMM (AVX-512 VNNI). For a chunk of 16 weight columns, each
+ * block is first transposed into "column lanes": W[l] holds lane group l
+ * (bytes 4l..4l+3 of the unpacked block) of the 16 columns in its 16 dword
+ * lanes, with the columns' dw and mw as 16-float vectors beside it. Then for
+ * each activation row, dpbusd(W[l], x's group l broadcast) yields lane l of
+ * 16 outputs at once, so every column's 8-lane accumulator lives across 8
+ * registers (lane l in acc[l]) and each output is computed exactly as in
+ * GEMM_TILE: int dot per lane, fma with dw * dx per block, the min term as
+ * a separate product and sum, then (l0 + l4 + ...) summed as hsum_avx2 does.
+ * The transposition is paid once per chunk and block, not per row; the
+ * result of a row is 16 contiguous columns, stored with one instruction.
+ * Q8_0 weights are biased by 128 to be the unsigned operand; each block's
+ * dot then starts from -128 * (the row's 4 bytes of the group) to cancel it.
  */
-enum { PK_Q4_0, PK_Q4_1, PK_Q8_0 };
+#define CL_MAX_NB 64 /* blocks per row the stack buffer holds (64 x 640 bytes) */
 
-static inline T_VNNI __attribute__((always_inline)) void panel_tile(
-    const int KIND, const int NC, const int NG, int nb, const uint8_t *w, size_t ws,
-    const blk_q8x16 *xp, int nr, float *y, size_t ys) {
-    const size_t wblk = KIND == PK_Q4_0 ? sizeof(block_q4_0)
-                        : KIND == PK_Q4_1 ? sizeof(block_q4_1) : sizeof(block_q8_0);
+typedef struct {
+    _Alignas(64) int32_t w[8][16]; /* lane group l of the 16 columns (4 unsigned bytes each) */
+    float dw[16], mw[16];
+} cl_block;
+
+/* 16 x 4 dwords -> 4 vectors of 16 lanes: t[k] lane c = dword k of q[c]. */
+static inline T_VNNI void cl_transpose16x4(const uint8_t *const *q, __m512i *t) {
+    __m512i z[4];
+    for (int k = 0; k < 4; k++) {
+        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)q[k]));
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)q[k + 4]), 1);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)q[k + 8]), 2);
+        z[k] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)q[k + 12]), 3);
+    }
+    /* z[k] 128-bit lane j = column 4j + k: a 4x4 transpose in each lane
+     * leaves lane j of t[d] = dword d of columns 4j .. 4j + 3 */
+    __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
+    __m512i a2 = _mm512_unpacklo_epi32(z[2], z[3]), a3 = _mm512_unpackhi_epi32(z[2], z[3]);
+    t[0] = _mm512_unpacklo_epi64(a0, a2);
+    t[1] = _mm512_unpackhi_epi64(a0, a2);
+    t[2] = _mm512_unpacklo_epi64(a1, a3);
+    t[3] = _mm512_unpackhi_epi64(a1, a3);
+}
+
+/* Transpose nb blocks of columns [0, nc) (nc <= 16; missing columns repeat
+ * the last one, their results are not stored). */
+static inline T_VNNI __attribute__((always_inline)) void
+cl_prepare(const int KIND, int nb, const uint8_t *w, size_t ws, int nc, cl_block *buf) {
+    const size_t wblk = KIND == WK_Q4_0   ? sizeof(block_q4_0)
+                        : KIND == WK_Q4_1 ? sizeof(block_q4_1)
+                                          : sizeof(block_q8_0);
+    const size_t qoff = KIND == WK_Q4_1 ? 4 : 2;
     const __m512i m4 = _mm512_set1_epi8(0x0f), bias = _mm512_set1_epi8((char)0x80);
-    __m512 acc[2][2][8], macc[2][2];
-    UNROLL8 for (int c = 0; c < NC; c++)
-        UNROLL8 for (int g = 0; g < NG; g++) {
-            UNROLL8 for (int l = 0; l < 8; l++) acc[c][g][l] = _mm512_setzero_ps();
-            macc[c][g] = _mm512_setzero_ps();
-        }
+    int cidx[16];
+    for (int c = 0; c < 16; c++) cidx[c] = (c < nc ? c : nc - 1) * (int)ws;
+    const __m512i idx = _mm512_loadu_si512((const void *)cidx);
     for (int b = 0; b < nb; b++) {
-        UNROLL8 for (int c = 0; c < NC; c++) {
-            const uint8_t *wb = w + (size_t)c * ws + (size_t)b * wblk;
-            _mm_prefetch((const char *)wb + 4 * NC * ws, _MM_HINT_T0);
-            const __m512 dw = _mm512_cvtph_ps(_mm256_set1_epi16(ld_i16(wb)));
-            __m512 mw = dw;
-            if (KIND == PK_Q4_1) mw = _mm512_cvtph_ps(_mm256_set1_epi16(ld_i16(wb + 2)));
-            if (KIND == PK_Q4_0) mw = _mm512_mul_ps(_mm512_set1_ps(-8.0f), dw);
-            __m512 sc[2];
-            UNROLL8 for (int g = 0; g < NG; g++) {
-                const blk_q8x16 *xb = xp + (size_t)g * nb + b;
-                sc[g] = _mm512_mul_ps(dw, _mm512_loadu_ps(xb->d));
-                if (KIND != PK_Q8_0)
-                    macc[c][g] = _mm512_add_ps(macc[c][g], _mm512_mul_ps(mw, _mm512_loadu_ps(xb->s)));
+        const uint8_t *wb = w + (size_t)b * wblk;
+        /* the next 16 columns (the thread's next chunk) are contiguous:
+         * fetch 1/nb of them per block, as gemv16 does */
+        for (int l = 0; l < 16 * (int)wblk; l += 64)
+            _mm_prefetch((const char *)w + 16 * ws + (size_t)b * 16 * wblk + l, _MM_HINT_T0);
+        const uint8_t *q[16];
+        UNROLL16 for (int c = 0; c < 16; c++) q[c] = wb + cidx[c] + qoff;
+        __m512i t[4];
+        cl_transpose16x4(q, t);
+        cl_block *o = buf + b;
+        if (KIND == WK_Q8_0) {
+            UNROLL8 for (int k = 0; k < 4; k++)
+                _mm512_store_si512(o->w[k], _mm512_xor_si512(t[k], bias));
+            UNROLL16 for (int c = 0; c < 16; c++) q[c] += 16;
+            cl_transpose16x4(q, t);
+            UNROLL8 for (int k = 0; k < 4; k++)
+                _mm512_store_si512(o->w[4 + k], _mm512_xor_si512(t[k], bias));
+        } else {
+            UNROLL8 for (int k = 0; k < 4; k++) {
+                _mm512_store_si512(o->w[k], _mm512_and_si512(t[k], m4));
+                _mm512_store_si512(o->w[4 + k], _mm512_and_si512(_mm512_srli_epi32(t[k], 4), m4));
             }
-            const uint8_t *qs = wb + (KIND == PK_Q4_1 ? 4 : 2);
-#define PANEL_STEP(L, WOP)                                                                         \
-    UNROLL8 for (int g = 0; g < NG; g++) {                                                                 \
-        const blk_q8x16 *xb = xp + (size_t)g * nb + b;                                             \
-        __m512i x = _mm512_loadu_si512((const void *)xb->qs[L]);                                   \
-        __m512i init = KIND == PK_Q8_0 ? _mm512_loadu_si512((const void *)xb->c8[L])               \
-                                       : _mm512_setzero_si512();                                   \
-        __m512i p = _mm512_dpbusd_epi32(init, WOP, x);                                             \
-        acc[c][g][L] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc[g], acc[c][g][L]);                \
-    }
-            if (KIND == PK_Q8_0) {
-                UNROLL8 for (int l = 0; l < 8; l++) {
-                    __m512i wl = _mm512_xor_si512(_mm512_set1_epi32(ld_i32(qs + 4 * l)), bias);
-                    PANEL_STEP(l, wl)
-                }
-            } else {
-                UNROLL8 for (int l = 0; l < 4; l++) {
-                    __m512i raw = _mm512_set1_epi32(ld_i32(qs + 4 * l));
-                    __m512i lo = _mm512_and_si512(raw, m4);
-                    __m512i hi = _mm512_and_si512(_mm512_srli_epi32(raw, 4), m4);
-                    PANEL_STEP(l, lo)
-                    PANEL_STEP(l + 4, hi)
-                }
-            }
-#undef PANEL_STEP
         }
-    }
-    UNROLL8 for (int c = 0; c < NC; c++)
-        UNROLL8 for (int g = 0; g < NG; g++) {
-            __m512 *a = acc[c][g];
-            __m512 t0 = _mm512_add_ps(a[0], a[4]), t1 = _mm512_add_ps(a[1], a[5]);
-            __m512 t2 = _mm512_add_ps(a[2], a[6]), t3 = _mm512_add_ps(a[3], a[7]);
-            __m512 h = _mm512_add_ps(_mm512_add_ps(t0, t2), _mm512_add_ps(t1, t3));
-            if (KIND != PK_Q8_0) h = _mm512_add_ps(h, macc[c][g]);
-            float out[16];
-            _mm512_storeu_ps(out, h);
-            int rows = nr - 16 * g < 16 ? nr - 16 * g : 16;
-            for (int r = 0; r < rows; r++) y[(size_t)(16 * g + r) * ys + c] = out[r];
-        }
-}
-
-/* Tiles: 1 column x 2 panels reuses each unpacked weight block twice, but
- * streams both panels once per column: that pays while the pair stays in L1
- * (2 x nb x 640 bytes, up to nb = 24 blocks); longer rows, and a lone
- * panel (a batch of up to 16 decode rows), use 2 columns x 1 panel. */
-static inline T_VNNI __attribute__((always_inline)) void panel_driver(
-    const int KIND, int nb, const void *wv, size_t ws, int nc, const blk_q8x16 *xp, int nr,
-    float *y, size_t ys) {
-    const uint8_t *w = wv;
-    int g = 0;
-    const int ng = (nr + 15) / 16;
-    for (; nb <= 24 && g + 2 <= ng; g += 2)
-        for (int c = 0; c < nc; c++)
-            panel_tile(KIND, 1, 2, nb, w + (size_t)c * ws, ws, xp + (size_t)g * nb, nr - 16 * g,
-                       y + (size_t)16 * g * ys + c, ys);
-    for (; g < ng; g++) {
-        int c = 0;
-        for (; c + 2 <= nc; c += 2)
-            panel_tile(KIND, 2, 1, nb, w + (size_t)c * ws, ws, xp + (size_t)g * nb, nr - 16 * g,
-                       y + (size_t)16 * g * ys + c, ys);
-        if (c < nc)
-            panel_tile(KIND, 1, 1, nb, w + (size_t)c * ws, ws, xp + (size_t)g * nb, nr - 16 * g,
-                       y + (size_t)16 * g * ys + c, ys);
+        const __m512i dm = _mm512_i32gather_epi32(idx, wb, 1); /* d | m << 16 */
+        const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+        _mm512_store_ps(o->dw, dw);
+        _mm512_store_ps(o->mw,
+                        KIND == WK_Q4_1
+                            ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)))
+                        : KIND == WK_Q4_0 ? _mm512_mul_ps(_mm512_set1_ps(-8.0f), dw)
+                                          : _mm512_setzero_ps());
     }
 }
 
-static T_VNNI void gemm_panel_q4_0_vnni(int nb, const void *w, size_t ws, int nc,
-                                        const blk_q8x16 *xp, int nr, float *y, size_t ys) {
-    panel_driver(PK_Q4_0, nb, w, ws, nc, xp, nr, y, ys);
-}
-static T_VNNI void gemm_panel_q4_1_vnni(int nb, const void *w, size_t ws, int nc,
-                                        const blk_q8x16 *xp, int nr, float *y, size_t ys) {
-    panel_driver(PK_Q4_1, nb, w, ws, nc, xp, nr, y, ys);
-}
-static T_VNNI void gemm_panel_q8_0_vnni(int nb, const void *w, size_t ws, int nc,
-                                        const blk_q8x16 *xp, int nr, float *y, size_t ys) {
-    panel_driver(PK_Q8_0, nb, w, ws, nc, xp, nr, y, ys);
+/* NR (1 or 2) activation rows against the prepared chunk. */
+static inline T_VNNI __attribute__((always_inline)) void cl_rows(const int KIND, const int NR,
+                                                                 int nb, const cl_block *buf,
+                                                                 const blk_q8 *x, size_t xs,
+                                                                 float *y, size_t ys, int nc) {
+    __m512 acc[2][8], macc[2];
+    UNROLL8 for (int r = 0; r < NR; r++) {
+        UNROLL8 for (int l = 0; l < 8; l++) acc[r][l] = _mm512_setzero_ps();
+        macc[r] = _mm512_setzero_ps();
+    }
+    for (int b = 0; b < nb; b++) {
+        const cl_block *o = buf + b;
+        __m512 sc[2];
+        int32_t corr[2][8];
+        UNROLL8 for (int r = 0; r < NR; r++) {
+            const blk_q8 *xb = x + (size_t)r * xs + b;
+            sc[r] = _mm512_mul_ps(_mm512_load_ps(o->dw), _mm512_set1_ps(xb->d));
+            if (KIND != WK_Q8_0)
+                macc[r] = _mm512_add_ps(
+                    macc[r], _mm512_mul_ps(_mm512_load_ps(o->mw), _mm512_set1_ps(xb->s)));
+            if (KIND == WK_Q8_0) /* -128 * (sum of each group's 4 bytes) */
+                _mm256_storeu_si256(
+                    (__m256i *)corr[r],
+                    _mm256_sub_epi32(
+                        _mm256_setzero_si256(),
+                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80),
+                                            _mm256_loadu_si256((const __m256i *)xb->qs))));
+        }
+        UNROLL8 for (int l = 0; l < 8; l++) {
+            const __m512i wl = _mm512_load_si512(o->w[l]);
+            UNROLL8 for (int r = 0; r < NR; r++) {
+                const blk_q8 *xb = x + (size_t)r * xs + b;
+                __m512i init =
+                    KIND == WK_Q8_0 ? _mm512_set1_epi32(corr[r][l]) : _mm512_setzero_si512();
+                __m512i p =
+                    _mm512_dpbusd_epi32(init, wl, _mm512_set1_epi32(ld_i32(xb->qs + 4 * l)));
+                acc[r][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc[r], acc[r][l]);
+            }
+        }
+    }
+    const __mmask16 m = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
+    UNROLL8 for (int r = 0; r < NR; r++) {
+        __m512 *a = acc[r];
+        __m512 h =
+            _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
+                          _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])));
+        if (KIND != WK_Q8_0) h = _mm512_add_ps(h, macc[r]);
+        _mm512_mask_storeu_ps(y + (size_t)r * ys, m, h);
+    }
 }
 
 /*
@@ -741,15 +804,15 @@ static T_VNNI void gemm_panel_q8_0_vnni(int nb, const void *w, size_t ws, int nc
  * dpbusd, convert and fma: the same arithmetic as GEMM_TILE, in which the
  * min term is a separate product and sum, here in a vector of 16 columns.
  */
-static inline T_VNNI __attribute__((always_inline)) void gemv16(const int KIND, int nb,
-                                                                const uint8_t *w, size_t ws,
-                                                                const blk_q8 *x, float *y) {
-    const size_t wblk = KIND == PK_Q4_0 ? sizeof(block_q4_0)
-                        : KIND == PK_Q4_1 ? sizeof(block_q4_1) : sizeof(block_q8_0);
+static inline T_VNNI __attribute__((always_inline)) void
+gemv16(const int KIND, int nb, const uint8_t *w, size_t ws, const blk_q8 *x, float *y) {
+    const size_t wblk = KIND == WK_Q4_0   ? sizeof(block_q4_0)
+                        : KIND == WK_Q4_1 ? sizeof(block_q4_1)
+                                          : sizeof(block_q8_0);
     const __m256i m4 = _mm256_set1_epi8(0x0f), hi4 = _mm256_setr_epi64x(0, 0, 4, 4);
-    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-                                                             12, 13, 14, 15),
-                                           _mm512_set1_epi32((int)ws));
+    const __m512i idx =
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32((int)ws));
     __m256 acc[16];
     __m512 macc = _mm512_setzero_ps();
     float scale[16];
@@ -765,46 +828,70 @@ static inline T_VNNI __attribute__((always_inline)) void gemv16(const int KIND, 
         __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
         _mm512_storeu_ps(scale, _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)));
         __asm__ volatile("" ::: "memory"); /* read scale[c] back as broadcasts from memory */
-        if (KIND == PK_Q4_1)
-            macc = _mm512_add_ps(macc, _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))),
-                                                     _mm512_set1_ps(xb->s)));
-        if (KIND == PK_Q4_0)
+        if (KIND == WK_Q4_1)
+            macc = _mm512_add_ps(
+                macc,
+                _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))),
+                              _mm512_set1_ps(xb->s)));
+        if (KIND == WK_Q4_0)
             macc = _mm512_add_ps(macc, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(-8.0f), dw),
                                                      _mm512_set1_ps(xb->s)));
         const __m256i xq = _mm256_loadu_si256((const __m256i *)xb->qs);
         UNROLL16 for (int c = 0; c < 16; c++) {
-            const uint8_t *qs = wb + (size_t)c * ws + (KIND == PK_Q4_1 ? 4 : 2);
+            const uint8_t *qs = wb + (size_t)c * ws + (KIND == WK_Q4_1 ? 4 : 2);
             __m256i p;
-            if (KIND == PK_Q8_0) {
+            if (KIND == WK_Q8_0) {
                 __m256i q = _mm256_loadu_si256((const __m256i *)qs);
-                p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(q, q), _mm256_sign_epi8(xq, q));
+                p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(q, q),
+                                        _mm256_sign_epi8(xq, q));
             } else {
                 __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
-                p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(_mm256_srlv_epi64(t, hi4), m4), xq);
+                p = _mm256_dpbusd_epi32(_mm256_setzero_si256(),
+                                        _mm256_and_si256(_mm256_srlv_epi64(t, hi4), m4), xq);
             }
             acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&scale[c]), acc[c]);
         }
     }
     float mt[16];
     _mm512_storeu_ps(mt, macc);
-    UNROLL16 for (int c = 0; c < 16; c++) y[c] = KIND == PK_Q8_0 ? hsum_avx2(acc[c]) : hsum_avx2(acc[c]) + mt[c];
+    UNROLL16 for (int c = 0; c < 16; c++) y[c] =
+        KIND == WK_Q8_0 ? hsum_avx2(acc[c]) : hsum_avx2(acc[c]) + mt[c];
 }
 
-#define GEMV_DRIVER(NAME, KIND, ROWS)                                                              \
+/* The AVX-512 table's kern_gemm_fn: one row: gemv16, which streams the
+ * weights once without transposing them; 2+ rows: column-lane tiles (2.3x
+ * the 256-bit tiles at 2-4 rows, measured). Shapes the stack buffer cannot
+ * hold use the 256-bit tiles. */
+#define AVX512_DRIVER(NAME, KIND, ROWS)                                                            \
     static T_VNNI void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x, size_t xs, \
                             int nr, float *y, size_t ys) {                                         \
-        if (nr != 1 || nc < 16) {                                                                  \
+        const uint8_t *w = wv;                                                                     \
+        if (nr == 1 && nc >= 16) {                                                                 \
+            int c = 0;                                                                             \
+            for (; c + 16 <= nc; c += 16) gemv16(KIND, nb, w + (size_t)c * ws, ws, x, y + c);      \
+            if (c < nc) ROWS(nb, w + (size_t)c * ws, ws, nc - c, x, xs, 1, y + c, ys);             \
+            return;                                                                                \
+        }                                                                                          \
+        if (nr == 1 || nb > CL_MAX_NB) {                                                           \
             ROWS(nb, wv, ws, nc, x, xs, nr, y, ys);                                                \
             return;                                                                                \
         }                                                                                          \
-        const uint8_t *w = wv;                                                                     \
-        int c = 0;                                                                                 \
-        for (; c + 16 <= nc; c += 16) gemv16(KIND, nb, w + (size_t)c * ws, ws, x, y + c);          \
-        if (c < nc) ROWS(nb, w + (size_t)c * ws, ws, nc - c, x, xs, 1, y + c, ys);                 \
+        cl_block buf[CL_MAX_NB];                                                                   \
+        for (int c = 0; c < nc; c += 16) {                                                         \
+            const int ncc = nc - c < 16 ? nc - c : 16;                                             \
+            cl_prepare(KIND, nb, w + (size_t)c * ws, ws, ncc, buf);                                \
+            int r = 0;                                                                             \
+            for (; r + 2 <= nr; r += 2)                                                            \
+                cl_rows(KIND, 2, nb, buf, x + (size_t)r * xs, xs, y + (size_t)r * ys + c, ys,      \
+                        ncc);                                                                      \
+            if (r < nr)                                                                            \
+                cl_rows(KIND, 1, nb, buf, x + (size_t)r * xs, xs, y + (size_t)r * ys + c, ys,      \
+                        ncc);                                                                      \
+        }                                                                                          \
     }
-GEMV_DRIVER(gemm1_q4_0_vnni, PK_Q4_0, gemm_q4_0_vnni)
-GEMV_DRIVER(gemm1_q4_1_vnni, PK_Q4_1, gemm_q4_1_vnni)
-GEMV_DRIVER(gemm1_q8_0_vnni, PK_Q8_0, gemm_q8_0_vnni)
+AVX512_DRIVER(gemm_q4_0_avx512, WK_Q4_0, gemm_q4_0_vnni)
+AVX512_DRIVER(gemm_q4_1_avx512, WK_Q4_1, gemm_q4_1_vnni)
+AVX512_DRIVER(gemm_q8_0_avx512, WK_Q8_0, gemm_q8_0_vnni)
 
 static const kern_table AVX2;
 static void attn_f16_avx2(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
@@ -812,11 +899,38 @@ static void attn_f16_avx2(const uint8_t *k, const uint8_t *v, const size_t *off,
                           float *out) {
     kern_attn_f16_with(&AVX2, k, v, off, n_ctx, q, nq, hd, scale, single, work, out);
 }
-static const kern_table AVX2 = {"avx2", quantize_avx2, gemm_q4_0_avx2, gemm_q4_1_avx2, gemm_q8_0_avx2,
-                                dot_f16_avx2, dot_f16_x4_avx2, axpy_f16_avx2, silu_mul_avx2, softmax_exp_avx2, rope_avx2, attn_f16_avx2, f32_to_f16_avx2, kern_rmsnorm_scalar, NULL, NULL, NULL};
-static const kern_table VNNI = {"avx512vnni", quantize_avx2, gemm1_q4_0_vnni, gemm1_q4_1_vnni,
-                                gemm1_q8_0_vnni, dot_f16_avx2, dot_f16_x4_avx2, axpy_f16_avx2, silu_mul_avx512, softmax_exp_avx512, rope_avx2, attn_f16_avx512, f32_to_f16_avx2, rmsnorm_avx512,
-                                gemm_panel_q4_0_vnni, gemm_panel_q4_1_vnni, gemm_panel_q8_0_vnni};
+static const kern_table AVX2 = {
+    .isa = "avx2",
+    .quantize = quantize_avx2,
+    .gemm_q4_0 = gemm_q4_0_avx2,
+    .gemm_q4_1 = gemm_q4_1_avx2,
+    .gemm_q8_0 = gemm_q8_0_avx2,
+    .dot_f16 = dot_f16_avx2,
+    .dot_f16_x4 = dot_f16_x4_avx2,
+    .axpy_f16 = axpy_f16_avx2,
+    .silu_mul = silu_mul_avx2,
+    .softmax_exp = softmax_exp_avx2,
+    .rope_rows = rope_avx2,
+    .attn_f16 = attn_f16_avx2,
+    .f32_to_f16 = f32_to_f16_avx2,
+    .rmsnorm = kern_rmsnorm_scalar,
+};
+static const kern_table VNNI = {
+    .isa = "avx512vnni",
+    .quantize = quantize_avx2,
+    .gemm_q4_0 = gemm_q4_0_avx512,
+    .gemm_q4_1 = gemm_q4_1_avx512,
+    .gemm_q8_0 = gemm_q8_0_avx512,
+    .dot_f16 = dot_f16_avx2,
+    .dot_f16_x4 = dot_f16_x4_avx2,
+    .axpy_f16 = axpy_f16_avx2,
+    .silu_mul = silu_mul_avx512,
+    .softmax_exp = softmax_exp_avx512,
+    .rope_rows = rope_avx2,
+    .attn_f16 = attn_f16_avx512,
+    .f32_to_f16 = f32_to_f16_avx2,
+    .rmsnorm = rmsnorm_avx512,
+};
 
 const kern_table *kern_avx2(void) {
     __builtin_cpu_init();
