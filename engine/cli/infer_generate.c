@@ -850,7 +850,8 @@ static void print_report(const cli_args *a, const gen_result *res, const gen_sta
     }
     free(lat);
     free(ttft);
-    fprintf(stderr, "engine:           %ld steps, %ld preemptions\n", st->steps, st->preemptions);
+    fprintf(stderr, "engine:           %ld steps, %ld preemptions, KV peak %d blocks at %.1f%% slot efficiency\n",
+            st->steps, st->preemptions, st->peak_blocks, 100.0 * st->kv_efficiency_peak);
     fprintf(stderr, "finished:         %d length, %d eos, %d stop\n", by_reason[GEN_FINISH_LENGTH],
             by_reason[GEN_FINISH_EOS], by_reason[GEN_FINISH_STOP]);
     fprintf(stderr, "total time:       %.3f s (model load %.3f s, generation %.3f s)\n",
