@@ -183,9 +183,9 @@ static double ref_dot(wkind k, const uint8_t *wrow, int nb, const float *x) {
 static void test_gemm(void) {
     const int ncs[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 33};
     const int nrs[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 40, 64};
-    const int nbs[] = {1, 2, 18, 48, 80}; /* 80: past the AVX-512 kernels' block buffer */
+    const int nbs[] = {1, 2, 18, 48, 160}; /* 160: past the AVX-512 kernels' block buffer */
     const kern_table *S = kern_scalar();
-    const int NCMAX = 33, NRMAX = 64, NBMAX = 80;
+    const int NCMAX = 33, NRMAX = 64, NBMAX = 160;
     const size_t pad_w = 6; /* extra bytes between weight rows (keeps 2-byte alignment) */
     const size_t pad_x = 3; /* extra blocks between activation rows */
     const size_t pad_y = 5; /* extra floats between output rows */
