@@ -24,7 +24,7 @@
 #                          [--wait-idle]
 #
 #   -r N               runs of each of continuous / static (default 3)
-#   --pressure-runs N  runs of each memory-pressure case (default 1)
+#   --pressure-runs N  runs of each memory-pressure case (default 3)
 #   --no-pressure      skip the memory-pressure cases
 #   --bin PATH         infer-generate binary (default build/infer-generate)
 #   --keep DIR         keep every run's JSONL output and stderr in DIR
@@ -45,7 +45,7 @@ threads=2
 reps=3
 batch=16
 batch_tokens=512
-pressure_runs=1
+pressure_runs=3
 bin="build/infer-generate"
 keep=""
 wait_idle=0
@@ -84,7 +84,7 @@ python3 bench/batching_report.py gen --out "$prompts" --n 64 --seed 1 \
 if [ -n "$keep" ]; then
     mkdir -p "$keep"
     dir="$keep"
-    rm -f "$dir"/*.jsonl "$dir"/*.err "$dir"/*.noise
+    rm -f "$dir"/*.jsonl "$dir"/*.err "$dir"/*.noise "$dir"/*.time
 else
     dir="$(mktemp -d)"
     trap 'rm -rf "$dir"' EXIT
@@ -138,6 +138,7 @@ run_case() { # name run args...
             mv "$out.try.jsonl" "$out.jsonl"
             mv "$out.try.err" "$out.err"
             echo "$foreign" > "$out.noise"
+            cp "$dir/time" "$out.time" # wall, user and system seconds
         fi
         if [ "$foreign" -le 5 ]; then break; fi
     done

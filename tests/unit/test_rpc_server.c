@@ -113,39 +113,54 @@ typedef struct {
 } outcome;
 
 /* Read frames until the STATUS of call id (others are dropped). */
-static void wait_status(rpc_conn *c, uint64_t id, int timeout_ms, outcome *o) {
-    memset(o, 0, sizeof *o);
-    o->code = -1;
+/* Wait for the STATUS of each of n calls (frames of other calls are
+ * dropped); o[i] gets the outcome of ids[i]. Statuses may arrive in any
+ * order. */
+static void wait_statuses(rpc_conn *c, const uint64_t *ids, int n, int timeout_ms, outcome *o) {
+    int pending = n;
+    for (int i = 0; i < n; i++) {
+        memset(&o[i], 0, sizeof o[i]);
+        o[i].code = -1;
+    }
     double until = now_ms() + timeout_ms;
-    for (;;) {
+    while (pending > 0) {
         int left = (int)(until - now_ms());
-        if (left <= 0) {
-            snprintf(o->msg, sizeof o->msg, "(timed out)");
+        char why[300] = "(timed out)";
+        Rpc__Frame *f = NULL;
+        if (left > 0) {
+            char err[256];
+            int rv = rpc_conn_recv(c, &f, left, err, sizeof err);
+            if (rv == RPC_EPROTO) continue;
+            if (rv != RPC_OK) {
+                snprintf(why, sizeof why, "(no status: %s: %s)", rpc_strerror(rv), err);
+                f = NULL;
+            }
+        }
+        if (!f) {
+            for (int i = 0; i < n; i++)
+                if (o[i].t_status == 0) snprintf(o[i].msg, sizeof o[i].msg, "%s", why);
             return;
         }
-        Rpc__Frame *f;
-        char err[256];
-        int rv = rpc_conn_recv(c, &f, left, err, sizeof err);
-        if (rv == RPC_EPROTO) continue;
-        if (rv != RPC_OK) {
-            snprintf(o->msg, sizeof o->msg, "(no status: %s: %s)", rpc_strerror(rv), err);
-            return;
-        }
-        if (f->call_id == id && f->type == RPC__FRAME_TYPE__FRAME_MESSAGE) {
-            if (o->n_messages++ == 0) {
-                o->first = f;
-                o->t_first = now_ms();
+        int i = 0;
+        while (i < n && (ids[i] != f->call_id || o[i].t_status != 0)) i++;
+        if (i < n && f->type == RPC__FRAME_TYPE__FRAME_MESSAGE) {
+            if (o[i].n_messages++ == 0) {
+                o[i].first = f;
+                o[i].t_first = now_ms();
                 continue;
             }
-        } else if (f->call_id == id && f->type == RPC__FRAME_TYPE__FRAME_STATUS) {
-            o->code = f->has_status ? (int)f->status : 0;
-            snprintf(o->msg, sizeof o->msg, "%s", f->message ? f->message : "");
-            o->t_status = now_ms();
-            rpc_frame_free(f);
-            return;
+        } else if (i < n && f->type == RPC__FRAME_TYPE__FRAME_STATUS) {
+            o[i].code = f->has_status ? (int)f->status : 0;
+            snprintf(o[i].msg, sizeof o[i].msg, "%s", f->message ? f->message : "");
+            o[i].t_status = now_ms();
+            pending--;
         }
         rpc_frame_free(f);
     }
+}
+
+static void wait_status(rpc_conn *c, uint64_t id, int timeout_ms, outcome *o) {
+    wait_statuses(c, &id, 1, timeout_ms, o);
 }
 
 static void outcome_clear(outcome *o) {
@@ -1119,13 +1134,15 @@ static void test_api_key_and_drain_timeout(void) {
 
     /* SIGTERM: both are cut after the drain timeout. */
     kill(sv2.pid, SIGTERM);
-    wait_status(c, 10, 10000, &o);
-    CHECKF(o.code == 14 && strstr(o.msg, "drain timeout"), "after drain timeout: %d '%s'", o.code,
-           o.msg);
-    outcome_clear(&o);
-    wait_status(c, 11, 10000, &o);
-    CHECKF(o.code == 14, "the waiting call after the drain timeout: %d '%s'", o.code, o.msg);
-    outcome_clear(&o);
+    const uint64_t cut[2] = {10, 11};
+    outcome oc[2];
+    wait_statuses(c, cut, 2, 10000, oc);
+    CHECKF(oc[0].code == 14 && strstr(oc[0].msg, "drain timeout"), "after drain timeout: %d '%s'",
+           oc[0].code, oc[0].msg);
+    CHECKF(oc[1].code == 14, "the waiting call after the drain timeout: %d '%s'", oc[1].code,
+           oc[1].msg);
+    outcome_clear(&oc[0]);
+    outcome_clear(&oc[1]);
     int st = stop_server(&sv2, 0, 15000);
     CHECKF(st == 0, "exit status %d after the drain timeout", st);
     rpc_conn_release(c);
