@@ -6,6 +6,7 @@
  * addition: ChatML templates that spell out a default system turn get it.
  */
 #include "chat.h"
+#include "strbuf.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -35,40 +36,12 @@ const char *chat_template_family(const char *tmpl) {
     }
 }
 
-/* ---- a growable string ---- */
-
-typedef struct {
-    char *p;
-    size_t len, cap;
-    int oom;
-} sbuf;
-
-static void sb_putn(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-static void sb_puts(sbuf *b, const char *s) { sb_putn(b, s, strlen(s)); }
-
 /* Append s without leading/trailing whitespace (llama.cpp's trim()). */
-static void sb_put_trimmed(sbuf *b, const char *s) {
+static void sb_put_trimmed(strbuf *b, const char *s) {
     size_t n = strlen(s), i = 0;
     while (i < n && strchr(" \t\n\r\f\v", s[i])) i++;
     while (n > i && strchr(" \t\n\r\f\v", s[n - 1])) n--;
-    sb_putn(b, s + i, n - i);
+    strbuf_putn(b, s + i, n - i);
 }
 
 /* ---- ChatML's default system turn, read from the template ---- */
@@ -76,7 +49,7 @@ static void sb_put_trimmed(sbuf *b, const char *s) {
 /* Find a Jinja string literal '<|im_start|>system\n TEXT <|im_end|>' and copy
  * TEXT (escapes resolved) into *out. Returns 1 when found, 0 when the
  * template has none (e.g. the system turn is built from message fields). */
-static int chatml_default_system(const char *tmpl, sbuf *out) {
+static int chatml_default_system(const char *tmpl, strbuf *out) {
     static const char head[] = "<|im_start|>system";
     for (const char *p = strstr(tmpl, head); p; p = strstr(p + 1, head)) {
         const char *q = p + sizeof head - 1;
@@ -87,7 +60,7 @@ static int chatml_default_system(const char *tmpl, sbuf *out) {
         } else {
             continue;
         }
-        sbuf text = {0};
+        strbuf text = {0};
         int ok = 0;
         while (*q) {
             if (strncmp(q, "<|im_end|>", 10) == 0) {
@@ -98,15 +71,15 @@ static int chatml_default_system(const char *tmpl, sbuf *out) {
             if (*q == '\\' && q[1]) {
                 char c = q[1];
                 char e = c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : c;
-                sb_putn(&text, &e, 1);
+                strbuf_putn(&text, &e, 1);
                 q += 2;
                 continue;
             }
-            sb_putn(&text, q, 1);
+            strbuf_putn(&text, q, 1);
             q++;
         }
         if (ok && !text.oom) {
-            sb_putn(out, text.p ? text.p : "", text.len);
+            strbuf_putn(out, text.p ? text.p : "", text.len);
             free(text.p);
             return 1;
         }
@@ -117,100 +90,100 @@ static int chatml_default_system(const char *tmpl, sbuf *out) {
 
 /* ---- the families ---- */
 
-static void fmt_chatml(const char *tmpl, const chat_msg *m, size_t n, int gen, sbuf *b) {
+static void fmt_chatml(const char *tmpl, const chat_msg *m, size_t n, int gen, strbuf *b) {
     if (n > 0 && strcmp(m[0].role, "system") != 0) { /* inside the loop, as in Jinja */
-        sbuf sys = {0};
+        strbuf sys = {0};
         if (chatml_default_system(tmpl, &sys)) {
-            sb_puts(b, "<|im_start|>system\n");
-            sb_putn(b, sys.p ? sys.p : "", sys.len);
-            sb_puts(b, "<|im_end|>\n");
+            strbuf_puts(b, "<|im_start|>system\n");
+            strbuf_putn(b, sys.p ? sys.p : "", sys.len);
+            strbuf_puts(b, "<|im_end|>\n");
         }
         if (sys.oom) b->oom = 1;
         free(sys.p);
     }
     for (size_t i = 0; i < n; i++) {
-        sb_puts(b, "<|im_start|>");
-        sb_puts(b, m[i].role);
-        sb_puts(b, "\n");
-        sb_puts(b, m[i].content);
-        sb_puts(b, "<|im_end|>\n");
+        strbuf_puts(b, "<|im_start|>");
+        strbuf_puts(b, m[i].role);
+        strbuf_puts(b, "\n");
+        strbuf_puts(b, m[i].content);
+        strbuf_puts(b, "<|im_end|>\n");
     }
-    if (gen) sb_puts(b, "<|im_start|>assistant\n");
+    if (gen) strbuf_puts(b, "<|im_start|>assistant\n");
 }
 
-static void fmt_llama3(const chat_msg *m, size_t n, int gen, sbuf *b) {
+static void fmt_llama3(const chat_msg *m, size_t n, int gen, strbuf *b) {
     for (size_t i = 0; i < n; i++) {
-        sb_puts(b, "<|start_header_id|>");
-        sb_puts(b, m[i].role);
-        sb_puts(b, "<|end_header_id|>\n\n");
+        strbuf_puts(b, "<|start_header_id|>");
+        strbuf_puts(b, m[i].role);
+        strbuf_puts(b, "<|end_header_id|>\n\n");
         sb_put_trimmed(b, m[i].content);
-        sb_puts(b, "<|eot_id|>");
+        strbuf_puts(b, "<|eot_id|>");
     }
-    if (gen) sb_puts(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    if (gen) strbuf_puts(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
-static void fmt_llama2(const char *tmpl, const chat_msg *m, size_t n, sbuf *b) {
+static void fmt_llama2(const char *tmpl, const chat_msg *m, size_t n, strbuf *b) {
     int sys_tags = strstr(tmpl, "<<SYS>>") != NULL;
     int bos_inside = strstr(tmpl, "bos_token + '[INST]") != NULL;
     int strip = strstr(tmpl, "content.strip()") != NULL;
     int inside_turn = 1; /* the tokenizer adds the first BOS */
-    sb_puts(b, "[INST] ");
+    strbuf_puts(b, "[INST] ");
     for (size_t i = 0; i < n; i++) {
         if (!inside_turn) {
             inside_turn = 1;
-            sb_puts(b, bos_inside ? "<s>[INST] " : "[INST] ");
+            strbuf_puts(b, bos_inside ? "<s>[INST] " : "[INST] ");
         }
         const char *role = m[i].role;
         if (strcmp(role, "system") == 0) {
-            if (sys_tags) sb_puts(b, "<<SYS>>\n");
-            if (strip) sb_put_trimmed(b, m[i].content); else sb_puts(b, m[i].content);
-            sb_puts(b, sys_tags ? "\n<</SYS>>\n\n" : "\n");
+            if (sys_tags) strbuf_puts(b, "<<SYS>>\n");
+            if (strip) sb_put_trimmed(b, m[i].content); else strbuf_puts(b, m[i].content);
+            strbuf_puts(b, sys_tags ? "\n<</SYS>>\n\n" : "\n");
         } else if (strcmp(role, "user") == 0) {
-            if (strip) sb_put_trimmed(b, m[i].content); else sb_puts(b, m[i].content);
-            sb_puts(b, " [/INST]");
+            if (strip) sb_put_trimmed(b, m[i].content); else strbuf_puts(b, m[i].content);
+            strbuf_puts(b, " [/INST]");
         } else {
-            if (strip) sb_put_trimmed(b, m[i].content); else sb_puts(b, m[i].content);
-            sb_puts(b, "</s>");
+            if (strip) sb_put_trimmed(b, m[i].content); else strbuf_puts(b, m[i].content);
+            strbuf_puts(b, "</s>");
             inside_turn = 0;
         }
     }
 }
 
-static void fmt_zephyr(const char *tmpl, const chat_msg *m, size_t n, int gen, sbuf *b) {
+static void fmt_zephyr(const char *tmpl, const chat_msg *m, size_t n, int gen, strbuf *b) {
     const char *eot = strstr(tmpl, "<|endoftext|>") ? "<|endoftext|>" : "</s>";
     for (size_t i = 0; i < n; i++) {
-        sb_puts(b, "<|");
-        sb_puts(b, m[i].role);
-        sb_puts(b, "|>\n");
-        sb_puts(b, m[i].content);
-        sb_puts(b, eot);
-        sb_puts(b, "\n");
+        strbuf_puts(b, "<|");
+        strbuf_puts(b, m[i].role);
+        strbuf_puts(b, "|>\n");
+        strbuf_puts(b, m[i].content);
+        strbuf_puts(b, eot);
+        strbuf_puts(b, "\n");
     }
-    if (gen) sb_puts(b, "<|assistant|>\n");
+    if (gen) strbuf_puts(b, "<|assistant|>\n");
 }
 
-static void fmt_gemma(const chat_msg *m, size_t n, int gen, sbuf *b) {
-    sbuf sys = {0}; /* Gemma has no system turn: merge it into the next user turn */
+static void fmt_gemma(const chat_msg *m, size_t n, int gen, strbuf *b) {
+    strbuf sys = {0}; /* Gemma has no system turn: merge it into the next user turn */
     for (size_t i = 0; i < n; i++) {
         if (strcmp(m[i].role, "system") == 0) {
             sb_put_trimmed(&sys, m[i].content);
             continue;
         }
         int model = strcmp(m[i].role, "assistant") == 0;
-        sb_puts(b, "<start_of_turn>");
-        sb_puts(b, model ? "model" : m[i].role);
-        sb_puts(b, "\n");
+        strbuf_puts(b, "<start_of_turn>");
+        strbuf_puts(b, model ? "model" : m[i].role);
+        strbuf_puts(b, "\n");
         if (sys.len && !model) {
-            sb_putn(b, sys.p, sys.len);
-            sb_puts(b, "\n\n");
+            strbuf_putn(b, sys.p, sys.len);
+            strbuf_puts(b, "\n\n");
             sys.len = 0;
         }
         sb_put_trimmed(b, m[i].content);
-        sb_puts(b, "<end_of_turn>\n");
+        strbuf_puts(b, "<end_of_turn>\n");
     }
     if (sys.oom) b->oom = 1;
     free(sys.p);
-    if (gen) sb_puts(b, "<start_of_turn>model\n");
+    if (gen) strbuf_puts(b, "<start_of_turn>model\n");
 }
 
 int chat_apply(const char *tmpl, const chat_msg *msgs, size_t n, int add_generation_prompt,
@@ -241,7 +214,7 @@ int chat_apply(const char *tmpl, const chat_msg *msgs, size_t n, int add_generat
             return -1;
         }
     }
-    sbuf b = {0};
+    strbuf b = {0};
     switch (fam) {
     case FAM_CHATML: fmt_chatml(tmpl, msgs, n, add_generation_prompt, &b); break;
     case FAM_LLAMA3: fmt_llama3(msgs, n, add_generation_prompt, &b); break;
@@ -250,7 +223,7 @@ int chat_apply(const char *tmpl, const chat_msg *msgs, size_t n, int add_generat
     case FAM_GEMMA: fmt_gemma(msgs, n, add_generation_prompt, &b); break;
     case FAM_NONE: break;
     }
-    if (!b.oom && !b.p) sb_puts(&b, ""); /* empty conversation: still a string */
+    if (!b.oom && !b.p) strbuf_puts(&b, ""); /* empty conversation: still a string */
     if (b.oom) {
         free(b.p);
         snprintf(err, errlen, "chat template: out of memory");

@@ -44,6 +44,7 @@
 
 #include "json_api.h"
 #include "server.h"
+#include "strbuf.h"
 
 #define HTTP_WRITE_TIMEOUT_MS 30000 /* a client that stops reading is given up */
 #define HTTP_READ_TIMEOUT_MS 30000  /* a request body must arrive within this */
@@ -165,46 +166,20 @@ static int status_to_http(int st, const char **code) {
 }
 
 /* ---------------------------------------------------------------------
- * A growable byte buffer
+ * Response bodies (strbuf.h)
  * ------------------------------------------------------------------- */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-    int oom;
-} hbuf;
-
-static void hb_put(hbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-static void hb_str(hbuf *b, const char *s) { hb_put(b, s, strlen(s)); }
-
 /* "data: <json>\n\n"; takes the JSON tree. */
-static void hb_event(hbuf *b, cJSON *j) {
+static void hb_event(strbuf *b, cJSON *j) {
     char *txt = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     if (!txt) {
         b->oom = 1;
         return;
     }
-    hb_str(b, "data: ");
-    hb_str(b, txt);
-    hb_str(b, "\n\n");
+    strbuf_puts(b, "data: ");
+    strbuf_puts(b, txt);
+    strbuf_puts(b, "\n\n");
     cJSON_free(txt);
 }
 
@@ -377,7 +352,7 @@ static void calls_unregister(http_call *c) {
 /* Per-call bookkeeping of the events, shared by unary and streaming. */
 typedef struct {
     int n;
-    hbuf *text;       /* per completion */
+    strbuf *text;       /* per completion */
     int32_t **tokens; /* per completion, when return_tokens */
     int *n_tokens, *cap_tokens;
     gen_finish *finish;
@@ -539,7 +514,7 @@ static void unary_call(call_ctx *x) {
     int oom = 0;
     while (next_event(x, &ev) == 1) {
         int i = state_event(cs, c->s, &ev);
-        if (i >= 0 && ev.text && ev.text_len) hb_put(&cs->text[i], ev.text, ev.text_len);
+        if (i >= 0 && ev.text && ev.text_len) strbuf_putn(&cs->text[i], ev.text, ev.text_len);
         if (i >= 0 && ev.type == ENGINE_EV_TOKEN && x->jr->return_tokens &&
             state_add_token(cs, i, ev.token))
             oom = 1;
@@ -707,7 +682,7 @@ static cJSON *stream_chunk(call_ctx *x, int i, const char *text, const engine_ev
     return o;
 }
 
-static void stream_event(call_ctx *x, hbuf *out, engine_event *ev) {
+static void stream_event(call_ctx *x, strbuf *out, engine_event *ev) {
     int i = state_event(&x->cs, x->c->s, ev);
     if (i < 0) return;
     if (ev->type == ENGINE_EV_TOKEN) {
@@ -735,8 +710,8 @@ static void stream_call(call_ctx *x) {
 
     watch_arm(c);
 
-    hbuf out = {0};
-    hb_str(&out, "HTTP/1.1 200 OK\r\n"
+    strbuf out = {0};
+    strbuf_puts(&out, "HTTP/1.1 200 OK\r\n"
                  "Content-Type: text/event-stream; charset=utf-8\r\n"
                  "Cache-Control: no-cache\r\n"
                  "X-Accel-Buffering: no\r\n"
@@ -786,9 +761,9 @@ static void stream_call(call_ctx *x) {
             char *e = error_json(504, "deadline_exceeded",
                                  "the request did not finish within server.request_timeout_ms");
             if (e) {
-                hb_str(&out, "data: ");
-                hb_str(&out, e);
-                hb_str(&out, "\n\n");
+                strbuf_puts(&out, "data: ");
+                strbuf_puts(&out, e);
+                strbuf_puts(&out, "\n\n");
                 cJSON_free(e);
             }
         } else if (atomic_load(&c->peer_gone)) {
@@ -806,7 +781,7 @@ static void stream_call(call_ctx *x) {
             cJSON_AddItemToObject(o, "usage", usage_json(cs));
             hb_event(&out, o);
         }
-        hb_str(&out, "data: [DONE]\n\n");
+        strbuf_puts(&out, "data: [DONE]\n\n");
         if (!out.oom && status != SRV_CANCELLED) stream_write(c, out.p, out.len);
     }
 
