@@ -7,7 +7,7 @@
 #
 # Usage: bench/compare_llamacpp.sh [-m MODEL] [-p 512] [-n 128] [-r 5] [-t 2]
 #                                  [--rounds N] [--python PY] [--bench PATH]
-#                                  [--llamacpp-only]
+#                                  [--llama-bench PATH] [--llamacpp-only]
 #
 #   -m MODEL      GGUF file (default models/SmolLM2-135M-Instruct.Q4_1.gguf)
 #   -p/-n/-r/-t   prompt tokens, generated tokens, repetitions, threads
@@ -16,6 +16,11 @@
 #   --python PY   python with llama-cpp-python (default: $REF_PYTHON, else
 #                 .venv-ref/bin/python, else /opt/refenv/bin/python)
 #   --bench PATH  our benchmark binary (default build/infer-bench)
+#   --llama-bench PATH  time llama.cpp with its own llama-bench binary instead
+#                 of llama-cpp-python (tools/setup-llama-server builds one in
+#                 .llama-cpp/bin/; used by default when no llama_cpp python is
+#                 found). llama-bench's tg test starts from an empty cache;
+#                 ours after 8 untimed prompt tokens.
 #   --llamacpp-only  run only the llama.cpp half
 #
 # Set KEEP_JSON=DIR to keep the raw JSON output of every run in DIR.
@@ -33,6 +38,7 @@ rounds=1
 bench="build/infer-bench"
 llamacpp_only=0
 py="${REF_PYTHON:-}"
+llama_bench=""
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -44,8 +50,9 @@ while [ $# -gt 0 ]; do
         --rounds) rounds="$2"; shift 2 ;;
         --python) py="$2"; shift 2 ;;
         --bench) bench="$2"; shift 2 ;;
+        --llama-bench) llama_bench="$2"; shift 2 ;;
         --llamacpp-only) llamacpp_only=1; shift ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -55,9 +62,18 @@ if [ -z "$py" ]; then
         if [ -x "$cand" ]; then py="$cand"; break; fi
     done
 fi
-if [ -z "$py" ] || ! "$py" -c 'import llama_cpp' 2>/dev/null; then
-    echo "error: no python with llama_cpp found (run tools/setup-reference-env, or pass --python)" >&2
-    exit 1
+if [ -z "$llama_bench" ] && { [ -z "$py" ] || ! "$py" -c 'import llama_cpp' 2>/dev/null; }; then
+    if [ -x .llama-cpp/bin/llama-bench ]; then
+        llama_bench=.llama-cpp/bin/llama-bench
+    else
+        echo "error: no python with llama_cpp found and no llama-bench (run tools/setup-reference-env" >&2
+        echo "       or tools/setup-llama-server, or pass --python / --llama-bench)" >&2
+        exit 1
+    fi
+fi
+if [ -n "$llama_bench" ]; then
+    [ -x "$llama_bench" ] || { echo "error: $llama_bench is not executable" >&2; exit 1; }
+    py=python3
 fi
 if [ ! -f "$model" ]; then
     echo "error: model not found: $model (tools/fetch-model fetches it)" >&2
@@ -77,9 +93,23 @@ for ((i = 1; i <= rounds; i++)); do
         echo "[round $i/$rounds] ours: $bench -m $model -p $n_prompt -n $n_gen -r $reps -t $threads --json" >&2
         "$bench" -m "$model" -p "$n_prompt" -n "$n_gen" -r "$reps" -t "$threads" --json > "$tmp/ours.$i.json"
     fi
-    echo "[round $i/$rounds] llama.cpp: $py bench/llamacpp_bench.py ..." >&2
-    "$py" bench/llamacpp_bench.py -m "$model" -p "$n_prompt" -n "$n_gen" -r "$reps" -t "$threads" \
-        > "$tmp/llama.$i.json"
+    if [ -n "$llama_bench" ]; then
+        echo "[round $i/$rounds] llama.cpp: $llama_bench -m $model -p $n_prompt -n $n_gen -r $reps -t $threads -o json" >&2
+        "$llama_bench" -m "$model" -p "$n_prompt" -n "$n_gen" -r "$reps" -t "$threads" -o json \
+            2> "$tmp/llama-bench.$i.err" > "$tmp/llama.$i.raw" ||
+            { cat "$tmp/llama-bench.$i.err" >&2; exit 1; }
+        # llama-bench's records -> ours: {"test": "pp512", "samples_ts": [...]}
+        python3 -c '
+import json, sys
+recs = json.load(open(sys.argv[1]))
+out = [{"test": ("pp%d" % r["n_prompt"]) if r["n_prompt"] else ("tg%d" % r["n_gen"]),
+        "samples_ts": r.get("samples_ts") or [r["avg_ts"]], "median_ts": r["avg_ts"]} for r in recs]
+json.dump(out, sys.stdout)' "$tmp/llama.$i.raw" > "$tmp/llama.$i.json"
+    else
+        echo "[round $i/$rounds] llama.cpp: $py bench/llamacpp_bench.py ..." >&2
+        "$py" bench/llamacpp_bench.py -m "$model" -p "$n_prompt" -n "$n_gen" -r "$reps" -t "$threads" \
+            > "$tmp/llama.$i.json"
+    fi
 done
 
 if [ -n "${KEEP_JSON:-}" ]; then
