@@ -363,8 +363,11 @@ static int exchange(const lt_url *u, const char *req, size_t req_len, const boun
         double when = bnow(b);
         if (k < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
-            snprintf(err, errlen, "recv: %s", strerror(errno));
-            goto out;
+            if (errno != ECONNRESET) {
+                snprintf(err, errlen, "recv: %s", strerror(errno));
+                goto out;
+            }
+            k = 0; /* a reset is a close here (peers that close with unread input reset) */
         }
         if (k == 0) {
             if (!head_done) {
@@ -505,7 +508,8 @@ static int append(char **p, size_t *len, size_t *cap, const char *s, size_t n, s
     if (*len + n + 1 > *cap) {
         size_t nc = *cap ? *cap : 4096;
         while (nc < *len + n + 1) nc *= 2;
-        if (nc > max + 1) return -1;
+        if (nc > max + 1) nc = max + 1;
+        if (nc < *len + n + 1) return -1;
         char *q = realloc(*p, nc);
         if (!q) return -1;
         *p = q;
@@ -648,7 +652,7 @@ static int acc_body(void *vctx, const char *p, size_t n, double when) {
 }
 
 int lt_http_get(const lt_url *u, const char *path, const char *api_key, double timeout_s,
-                int *status, char **body, char *err, size_t errlen) {
+                atomic_int *cancel, int *status, char **body, char *err, size_t errlen) {
     char req[2048], auth[600] = "";
     if (api_key && *api_key) snprintf(auth, sizeof auth, "Authorization: Bearer %.500s\r\n", api_key);
     int is6 = strchr(u->host, ':') != NULL;
@@ -657,7 +661,7 @@ int lt_http_get(const lt_url *u, const char *path, const char *api_key, double t
                      "Connection: close\r\n%s\r\n",
                      path, is6 ? "[" : "", u->host, is6 ? "]" : "", u->port, auth);
     acc_t a = {0};
-    bound_t b = {NULL, NULL, mono() + timeout_s, NULL};
+    bound_t b = {NULL, NULL, mono() + timeout_s, cancel};
     handlers_t h = {NULL, acc_body, &a};
     rx_t rx;
     int rc = exchange(u, req, (size_t)n, &b, &rx, &h, err, errlen);

@@ -52,9 +52,10 @@ typedef struct {
 int lt_http_stream(const lt_url *u, const char *api_key, const char *body, double deadline,
                    atomic_int *cancel, lt_sse_result *res, char *err, size_t errlen);
 
-/* GET path; on 0, *body is malloc'd (NUL-terminated) and *status set. */
+/* GET path; on 0, *body is malloc'd (NUL-terminated) and *status set.
+ * cancel (may be NULL) ends the call early. */
 int lt_http_get(const lt_url *u, const char *path, const char *api_key, double timeout_s,
-                int *status, char **body, char *err, size_t errlen);
+                atomic_int *cancel, int *status, char **body, char *err, size_t errlen);
 
 /* Server gauges scraped from a Prometheus text page; -1 = absent. */
 typedef struct {

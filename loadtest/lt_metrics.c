@@ -142,13 +142,13 @@ int lt_summarize(const lt_record *const *recs, size_t n, const lt_slo *slo, lt_s
         out->sent++;
         if (i == 0 || r->t_send < first) first = r->t_send;
         if (i == 0 || r->t_done > last) last = r->t_done;
-        out->input_tokens += r->input_tokens > 0 ? r->input_tokens : 0;
-        out->output_tokens += r->output_tokens;
+        out->output_tokens += r->output_tokens; /* received, failed requests too */
         if (!r->ok) {
             out->failed++;
             continue;
         }
         out->ok++;
+        out->input_tokens += r->input_tokens > 0 ? r->input_tokens : 0;
         if (r->has_ttft) ttft[nt++] = r->ttft_ms;
         if (r->has_tpot) tpot[np++] = r->tpot_ms;
         e2e[ne++] = r->e2e_ms;

@@ -90,7 +90,8 @@ int lt_slo_met(const lt_record *r, const lt_slo *slo);
 typedef struct {
     size_t sent, ok, failed;
     double duration_s; /* first send -> last completion */
-    long long input_tokens, output_tokens; /* over every request */
+    long long input_tokens;  /* over successful requests (prompts that were served) */
+    long long output_tokens; /* over every request (tokens received, failures too) */
     double request_rps, input_tps, output_tps; /* ok requests / tokens per second of duration */
     lt_dist ttft_ms, tpot_ms, itl_ms, e2e_ms;
     int has_slo;

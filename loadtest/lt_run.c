@@ -322,7 +322,7 @@ typedef struct run_s {
     infer_client *rpc, *rpc_stats;
     sample_t *samples;
     size_t n_samples, cap_samples;
-    int monitor_stop;
+    atomic_int monitor_stop;
     int tty;
     int have_server_stats;
 } run_t;
@@ -610,7 +610,9 @@ static void server_gauges(run_t *r, lt_server_gauges *g, int *fails) {
     } else {
         int status = 0;
         char *body = NULL, err[256];
-        if (lt_http_get(&r->o->u, "/metrics", r->o->api_key, 1.0, &status, &body, err, sizeof err) ||
+        double timeout = r->o->sample_interval < 1.0 ? r->o->sample_interval : 1.0;
+        if (lt_http_get(&r->o->u, "/metrics", r->o->api_key, timeout, &r->monitor_stop, &status,
+                        &body, err, sizeof err) ||
             status != 200) {
             free(body);
             (*fails)++;
@@ -630,9 +632,7 @@ static void *monitor_main(void *arg) {
     double last_t = r->t0;
     int fails = 0;
     for (;;) {
-        pthread_mutex_lock(&r->mu);
-        int stop = r->monitor_stop;
-        pthread_mutex_unlock(&r->mu);
+        int stop = atomic_load(&r->monitor_stop);
         double now = now_s(r);
         if (now >= next_sample || stop) {
             sample_t smp;
@@ -643,7 +643,8 @@ static void *monitor_main(void *arg) {
             smp.failed = r->failed;
             pthread_mutex_unlock(&r->mu);
             smp.output_tokens = atomic_load(&r->out_tokens);
-            server_gauges(r, &smp.g, &fails);
+            if (stop) smp.g.running = smp.g.waiting = smp.g.swapped = smp.g.kv_blocks_used = -1;
+            else server_gauges(r, &smp.g, &fails);
             if (r->n_samples == r->cap_samples) {
                 size_t cap = r->cap_samples ? r->cap_samples * 2 : 256;
                 sample_t *p = realloc(r->samples, cap * sizeof *p);
@@ -1038,6 +1039,7 @@ int lt_main(int argc, char **argv) {
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     atomic_init(&r->out_tokens, 0);
+    atomic_init(&r->monitor_stop, 0);
     r->tty = isatty(STDERR_FILENO);
 
     struct sigaction sa = {0}, old_int, old_term, old_pipe;
@@ -1054,9 +1056,7 @@ int lt_main(int argc, char **argv) {
     if (r->workers) dispatch(r, n_total);
     finish_run(r, o.duration > 0 || g_interrupted);
     double total = now_s(r) - r->t0;
-    pthread_mutex_lock(&r->mu);
-    r->monitor_stop = 1;
-    pthread_mutex_unlock(&r->mu);
+    atomic_store(&r->monitor_stop, 1);
     if (have_mon) pthread_join(mon, NULL);
 
     sigaction(SIGINT, &old_int, NULL);

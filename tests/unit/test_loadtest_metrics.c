@@ -143,9 +143,9 @@ static void test_summary(void) {
     CHECK(lt_summarize(recs, 4, &slo, &sm) == 0);
     CHECK(sm.sent == 4 && sm.ok == 3 && sm.failed == 1);
     CHECK(NEAR(sm.duration_s, 4.0)); /* first send 1.0 -> last completion 5.0 */
-    CHECK(sm.input_tokens == 42 && sm.output_tokens == 4 + 2 + 1 + 2);
+    CHECK(sm.input_tokens == 35 && sm.output_tokens == 4 + 2 + 1 + 2); /* input: ok only */
     CHECK(NEAR(sm.request_rps, 3 / 4.0));
-    CHECK(NEAR(sm.output_tps, 9 / 4.0) && NEAR(sm.input_tps, 42 / 4.0));
+    CHECK(NEAR(sm.output_tps, 9 / 4.0) && NEAR(sm.input_tps, 35 / 4.0));
     /* TTFT {100, 300, 50}: mean 150, p50 100, p90 260, p99 296 */
     CHECK(sm.ttft_ms.n == 3 && NEAR(sm.ttft_ms.mean, 150) && NEAR(sm.ttft_ms.p50, 100));
     CHECK(NEAR(sm.ttft_ms.p90, 260) && NEAR(sm.ttft_ms.p99, 296));
