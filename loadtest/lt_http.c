@@ -606,9 +606,8 @@ int lt_http_stream(const lt_url *u, const char *api_key, const char *body, doubl
     } else if (rc == -1) {
         /* err set by exchange: connect, timeout, cancelled, ... */
         if (c->events && (!strncmp(err, "timeout", 7) || !strcmp(err, "cancelled"))) {
-            char tmp[256];
-            snprintf(tmp, sizeof tmp, "%s", err);
-            snprintf(err, errlen, "%s after %d events", tmp, c->events);
+            size_t l = strlen(err);
+            snprintf(err + l, errlen - l, " after %d events", c->events);
         }
     } else if (c->error[0]) {
         snprintf(err, errlen, "%s", c->error);
@@ -620,17 +619,17 @@ int lt_http_stream(const lt_url *u, const char *api_key, const char *body, doubl
             if (c->error[0]) snprintf(err, errlen, "%s", c->error);
             else ret = 0;
         } else {
-            snprintf(err, errlen, "%s", rc == -2 ? err : "empty response body");
+            if (rc != -2) snprintf(err, errlen, "empty response body"); /* else err says why */
         }
     } else if (c->done) {
         ret = 0;
     } else if (rc >= 0 && res->finish_reason[0]) {
         ret = 0; /* a server that closes without [DONE] after finishing */
     } else {
-        char tmp[256];
-        snprintf(tmp, sizeof tmp, "%s", rc == -2 ? err : "");
+        char *cause = rc == -2 ? strdup(err) : NULL; /* what the framing layer saw */
         snprintf(err, errlen, "connection closed after %d events without [DONE]%s%s", c->events,
-                 tmp[0] ? ": " : "", tmp);
+                 cause ? ": " : "", cause ? cause : "");
+        free(cause);
     }
     free(c->plain);
     free(c->big);

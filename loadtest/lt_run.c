@@ -478,9 +478,8 @@ static void run_http(run_t *r, slot_t *s, const lt_request *q, int max_tokens, c
     if (*failed && atomic_load(&s->cancel))
         snprintf(err, errlen, "timeout: still running at the end of --drain-timeout");
     else if (*failed && !strncmp(err, "timeout", 7)) {
-        char tmp[400];
-        snprintf(tmp, sizeof tmp, "%s", err);
-        snprintf(err, errlen, "%s: no end within --request-timeout %g s", tmp, r->o->request_timeout);
+        size_t l = strlen(err);
+        snprintf(err + l, errlen - l, ": no end within --request-timeout %g s", r->o->request_timeout);
     }
 }
 
