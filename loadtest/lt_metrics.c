@@ -152,7 +152,7 @@ int lt_summarize(const lt_record *const *recs, size_t n, const lt_slo *slo, lt_s
         if (r->has_ttft) ttft[nt++] = r->ttft_ms;
         if (r->has_tpot) tpot[np++] = r->tpot_ms;
         e2e[ne++] = r->e2e_ms;
-        memcpy(itl + ni, r->itl_ms, r->n_itl * sizeof *itl);
+        if (r->n_itl) memcpy(itl + ni, r->itl_ms, r->n_itl * sizeof *itl);
         ni += r->n_itl;
         if (slo && lt_slo_met(r, slo)) out->good++;
     }

@@ -1025,7 +1025,7 @@ int lt_main(int argc, char **argv) {
         infer_client_opts co = {0};
         co.api_key = o.api_key;
         if (infer_connect(o.url, &co, &r->rpc, err, sizeof err)) {
-            fprintf(stderr, "loadtest: cannot connect to %s: %s\n", o.url, err);
+            fprintf(stderr, "loadtest: %s\n", err);
             lt_trace_free(&r->trace);
             free(r);
             return 1;
