@@ -95,7 +95,8 @@ int lt_url_parse(const char *url, lt_url *out, char *err, size_t errlen) {
         return 0;
     }
     if (!strncmp(url, "https://", 8)) {
-        snprintf(err, errlen, "%s: https is not supported (loopback targets speak plain HTTP)", url);
+        snprintf(err, errlen, "%s: https is not supported (loopback targets speak plain HTTP)",
+                 url);
         return -1;
     }
     snprintf(err, errlen, "%s: the URL must start with tcp://, ipc:// or http://", url);
@@ -252,7 +253,8 @@ static int parse_head(rx_t *rx, char *head, char *err, size_t errlen) {
         char *v = colon + 1;
         while (*v == ' ' || *v == '\t') v++;
         if (!strcasecmp(line, "content-length")) rx->content_length = atoll(v);
-        else if (!strcasecmp(line, "transfer-encoding") && strcasestr(v, "chunked")) rx->chunked = 1;
+        else if (!strcasecmp(line, "transfer-encoding") && strcasestr(v, "chunked"))
+            rx->chunked = 1;
         else if (!strcasecmp(line, "content-type") && strcasestr(v, "text/event-stream"))
             rx->is_sse = 1;
     }
@@ -318,8 +320,7 @@ static int rx_body(rx_t *rx, const char *p, size_t n, body_fn fn, void *ctx, dou
             if (!rx->cremain) rx->cstate = CH_DATA_END;
             break;
         }
-        default:
-            return 1;
+        default: return 1;
         }
     }
     return 0;
@@ -351,8 +352,8 @@ static int exchange(const lt_url *u, const char *req, size_t req_len, const boun
     for (;;) {
         if (wait_fd(fd, POLLIN, b, err, errlen) < 0) {
             if (!strcmp(err, "timeout"))
-                snprintf(err, errlen, "timeout (%s)", !head_done ? "no response headers" :
-                                                                   "response incomplete");
+                snprintf(err, errlen, "timeout (%s)",
+                         !head_done ? "no response headers" : "response incomplete");
             goto out;
         }
         if (!head_done && len == cap) {
@@ -371,12 +372,14 @@ static int exchange(const lt_url *u, const char *req, size_t req_len, const boun
         }
         if (k == 0) {
             if (!head_done) {
-                snprintf(err, errlen, len ? "connection closed inside the response headers"
-                                          : "connection closed before any response");
+                snprintf(err, errlen,
+                         len ? "connection closed inside the response headers"
+                             : "connection closed before any response");
                 goto out;
             }
             if (rx->chunked || (rx->content_length >= 0 && rx->body_seen < rx->content_length)) {
-                snprintf(err, errlen, "connection closed before the end of the body (%lld bytes read)",
+                snprintf(err, errlen,
+                         "connection closed before the end of the body (%lld bytes read)",
                          rx->body_seen);
                 /* let the consumer add what it knows */
                 result = 0;
@@ -461,8 +464,10 @@ static void json_event(sse_ctx *c, const char *data, double when) {
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(o, "error");
     if (e && !cJSON_IsNull(e)) {
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
-        if (cJSON_IsString(m)) snprintf(c->error, sizeof c->error, "server error: %s", m->valuestring);
-        else if (cJSON_IsString(e)) snprintf(c->error, sizeof c->error, "server error: %s", e->valuestring);
+        if (cJSON_IsString(m))
+            snprintf(c->error, sizeof c->error, "server error: %s", m->valuestring);
+        else if (cJSON_IsString(e))
+            snprintf(c->error, sizeof c->error, "server error: %s", e->valuestring);
         else snprintf(c->error, sizeof c->error, "server error event");
     }
     const cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0);
@@ -578,7 +583,8 @@ int lt_http_stream(const lt_url *u, const char *api_key, const char *body, doubl
         return -1;
     }
     char auth[600] = "";
-    if (api_key && *api_key) snprintf(auth, sizeof auth, "Authorization: Bearer %.500s\r\n", api_key);
+    if (api_key && *api_key)
+        snprintf(auth, sizeof auth, "Authorization: Bearer %.500s\r\n", api_key);
     int is6 = strchr(u->host, ':') != NULL;
     int hl = snprintf(req, cap,
                       "POST %s HTTP/1.1\r\nHost: %s%s%s:%s\r\nUser-Agent: loadtest\r\n"
@@ -653,7 +659,8 @@ static int acc_body(void *vctx, const char *p, size_t n, double when) {
 int lt_http_get(const lt_url *u, const char *path, const char *api_key, double timeout_s,
                 atomic_int *cancel, int *status, char **body, char *err, size_t errlen) {
     char req[2048], auth[600] = "";
-    if (api_key && *api_key) snprintf(auth, sizeof auth, "Authorization: Bearer %.500s\r\n", api_key);
+    if (api_key && *api_key)
+        snprintf(auth, sizeof auth, "Authorization: Bearer %.500s\r\n", api_key);
     int is6 = strchr(u->host, ':') != NULL;
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s%s%s:%s\r\nUser-Agent: loadtest\r\n"
@@ -702,8 +709,7 @@ void lt_parse_prometheus(const char *text, lt_server_gauges *g) {
                     else if (!strcmp(line, "infer_sequences_waiting") ||
                              !strcmp(line, "llamacpp:requests_deferred"))
                         g->waiting = v;
-                    else if (!strcmp(line, "infer_sequences_swapped"))
-                        g->swapped = v;
+                    else if (!strcmp(line, "infer_sequences_swapped")) g->swapped = v;
                     else if (!strcmp(line, "infer_kv_blocks_used{tier=\"device\"}"))
                         g->kv_blocks_used = v;
                 }

@@ -37,10 +37,10 @@ typedef struct {
     void *user;
     double (*now)(void *user); /* clock for `when` */
     /* filled by the call */
-    int status;                   /* HTTP status, 0 when none was read */
-    int prompt_tokens;            /* -1 when not reported */
-    int completion_tokens;        /* -1 when not reported */
-    char finish_reason[24];       /* "" when none */
+    int status;             /* HTTP status, 0 when none was read */
+    int prompt_tokens;      /* -1 when not reported */
+    int completion_tokens;  /* -1 when not reported */
+    char finish_reason[24]; /* "" when none */
 } lt_sse_result;
 
 /* POST body (JSON) to u->path and read the event stream to its end.

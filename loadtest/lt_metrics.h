@@ -89,7 +89,7 @@ int lt_slo_met(const lt_record *r, const lt_slo *slo);
 
 typedef struct {
     size_t sent, ok, failed;
-    double duration_s; /* first send -> last completion */
+    double duration_s;       /* first send -> last completion */
     long long input_tokens;  /* over successful requests (prompts that were served) */
     long long output_tokens; /* over every request (tokens received, failures too) */
     double request_rps, input_tps, output_tps; /* ok requests / tokens per second of duration */

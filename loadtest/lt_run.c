@@ -135,7 +135,8 @@ static int parse_slo(const char *s, lt_slo *slo) {
     memset(slo, 0, sizeof *slo);
     char buf[256];
     snprintf(buf, sizeof buf, "%s", s);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
         double v;
         char *eq = strchr(tok, '=');
         if (!eq) return usage_err("--slo: expected ttft=MS,tpot=MS, got \"%s\"", s), -1;
@@ -145,30 +146,66 @@ static int parse_slo(const char *s, lt_slo *slo) {
         else if (!strcmp(tok, "tpot")) slo->has_tpot = 1, slo->tpot_ms = v;
         else return usage_err("--slo: unknown part \"%s\" (ttft, tpot)", tok), -1;
     }
-    if (!slo->has_ttft && !slo->has_tpot) return usage_err("--slo: give ttft=MS and/or tpot=MS"), -1;
+    if (!slo->has_ttft && !slo->has_tpot)
+        return usage_err("--slo: give ttft=MS and/or tpot=MS"), -1;
     return 0;
 }
 
 enum {
-    O_URL = 256, O_API_KEY, O_MODEL, O_ALLOW_REMOTE, O_TRACE, O_TIME_SCALE, O_RATE, O_BURST,
-    O_CONC, O_PROMPT_LEN, O_MAX_TOKENS, O_IGNORE_EOS, O_TEMP, O_SEED, O_DURATION, O_DRAIN,
-    O_REQ_TIMEOUT, O_MAX_INFLIGHT, O_SLO, O_OUT, O_SAMPLE, O_QUIET, O_FAIL, O_HELP
+    O_URL = 256,
+    O_API_KEY,
+    O_MODEL,
+    O_ALLOW_REMOTE,
+    O_TRACE,
+    O_TIME_SCALE,
+    O_RATE,
+    O_BURST,
+    O_CONC,
+    O_PROMPT_LEN,
+    O_MAX_TOKENS,
+    O_IGNORE_EOS,
+    O_TEMP,
+    O_SEED,
+    O_DURATION,
+    O_DRAIN,
+    O_REQ_TIMEOUT,
+    O_MAX_INFLIGHT,
+    O_SLO,
+    O_OUT,
+    O_SAMPLE,
+    O_QUIET,
+    O_FAIL,
+    O_HELP
 };
 
 /* 0 ok, 2 usage error, 3 --help. */
 static int parse_opts(int argc, char **argv, opts_t *o) {
-    static const struct option LONG[] = {
-        {"url", 1, 0, O_URL}, {"api-key", 1, 0, O_API_KEY}, {"model", 1, 0, O_MODEL},
-        {"allow-remote", 0, 0, O_ALLOW_REMOTE}, {"trace", 1, 0, O_TRACE},
-        {"time-scale", 1, 0, O_TIME_SCALE}, {"rate", 1, 0, O_RATE}, {"burstiness", 1, 0, O_BURST},
-        {"concurrency", 1, 0, O_CONC}, {"prompt-len", 1, 0, O_PROMPT_LEN},
-        {"max-tokens", 1, 0, O_MAX_TOKENS}, {"ignore-eos", 0, 0, O_IGNORE_EOS},
-        {"temperature", 1, 0, O_TEMP}, {"seed", 1, 0, O_SEED}, {"num-requests", 1, 0, 'n'},
-        {"duration", 1, 0, O_DURATION}, {"drain-timeout", 1, 0, O_DRAIN},
-        {"request-timeout", 1, 0, O_REQ_TIMEOUT}, {"max-inflight", 1, 0, O_MAX_INFLIGHT},
-        {"slo", 1, 0, O_SLO}, {"out", 1, 0, O_OUT}, {"sample-interval", 1, 0, O_SAMPLE},
-        {"quiet", 0, 0, O_QUIET}, {"fail-on-error", 0, 0, O_FAIL}, {"help", 0, 0, O_HELP},
-        {0, 0, 0, 0}};
+    static const struct option LONG[] = {{"url", 1, 0, O_URL},
+                                         {"api-key", 1, 0, O_API_KEY},
+                                         {"model", 1, 0, O_MODEL},
+                                         {"allow-remote", 0, 0, O_ALLOW_REMOTE},
+                                         {"trace", 1, 0, O_TRACE},
+                                         {"time-scale", 1, 0, O_TIME_SCALE},
+                                         {"rate", 1, 0, O_RATE},
+                                         {"burstiness", 1, 0, O_BURST},
+                                         {"concurrency", 1, 0, O_CONC},
+                                         {"prompt-len", 1, 0, O_PROMPT_LEN},
+                                         {"max-tokens", 1, 0, O_MAX_TOKENS},
+                                         {"ignore-eos", 0, 0, O_IGNORE_EOS},
+                                         {"temperature", 1, 0, O_TEMP},
+                                         {"seed", 1, 0, O_SEED},
+                                         {"num-requests", 1, 0, 'n'},
+                                         {"duration", 1, 0, O_DURATION},
+                                         {"drain-timeout", 1, 0, O_DRAIN},
+                                         {"request-timeout", 1, 0, O_REQ_TIMEOUT},
+                                         {"max-inflight", 1, 0, O_MAX_INFLIGHT},
+                                         {"slo", 1, 0, O_SLO},
+                                         {"out", 1, 0, O_OUT},
+                                         {"sample-interval", 1, 0, O_SAMPLE},
+                                         {"quiet", 0, 0, O_QUIET},
+                                         {"fail-on-error", 0, 0, O_FAIL},
+                                         {"help", 0, 0, O_HELP},
+                                         {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->burstiness = 1;
     o->drain_timeout = 30;
@@ -446,7 +483,8 @@ static char *http_body(run_t *r, slot_t *s, const lt_request *q, int max_tokens)
     if (ie >= 0) cJSON_AddBoolToObject(o, "ignore_eos", ie);
     if (q->n_stop) {
         cJSON *a = cJSON_AddArrayToObject(o, "stop");
-        for (size_t i = 0; i < q->n_stop; i++) cJSON_AddItemToArray(a, cJSON_CreateString(q->stop[i]));
+        for (size_t i = 0; i < q->n_stop; i++)
+            cJSON_AddItemToArray(a, cJSON_CreateString(q->stop[i]));
     }
     cJSON_AddBoolToObject(o, "stream", 1);
     cJSON *so = cJSON_AddObjectToObject(o, "stream_options");
@@ -479,7 +517,8 @@ static void run_http(run_t *r, slot_t *s, const lt_request *q, int max_tokens, c
         snprintf(err, errlen, "timeout: still running at the end of --drain-timeout");
     else if (*failed && !strncmp(err, "timeout", 7)) {
         size_t l = strlen(err);
-        snprintf(err + l, errlen - l, ": no end within --request-timeout %g s", r->o->request_timeout);
+        snprintf(err + l, errlen - l, ": no end within --request-timeout %g s",
+                 r->o->request_timeout);
     }
 }
 
@@ -662,7 +701,8 @@ static void *monitor_main(void *arg) {
             double tps = now > last_t ? (double)(tok - last_tokens) / (now - last_t) : 0;
             last_tokens = tok;
             last_t = now;
-            fprintf(stderr, "%s[%7.1f s] sent %zu  done %ld  failed %ld  in flight %ld  %.1f tok/s%s",
+            fprintf(stderr,
+                    "%s[%7.1f s] sent %zu  done %ld  failed %ld  in flight %ld  %.1f tok/s%s",
                     r->tty ? "\r" : "", now - r->t0, sent, done, failed, infl, tps,
                     r->tty ? "\033[K" : "\n");
             if (stop && r->tty) fputc('\n', stderr);
@@ -677,7 +717,9 @@ static void *monitor_main(void *arg) {
 
 /* ---- output -------------------------------------------------------------- */
 
-static cJSON *num_or_null(int has, double v) { return has ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
+static cJSON *num_or_null(int has, double v) {
+    return has ? cJSON_CreateNumber(v) : cJSON_CreateNull();
+}
 
 static cJSON *dist_json(const lt_dist *d) {
     cJSON *o = cJSON_CreateObject();
@@ -771,7 +813,8 @@ static int write_outputs(run_t *r, const lt_summary *sm, int argc, char **argv) 
     else cJSON_AddNullToObject(su, "trace");
     cJSON_AddItemToObject(su, "rate", num_or_null(o->mode == MODE_RATE, o->rate));
     cJSON_AddItemToObject(su, "burstiness", num_or_null(o->mode == MODE_RATE, o->burstiness));
-    cJSON_AddItemToObject(su, "concurrency", num_or_null(o->mode == MODE_CONCURRENCY, o->concurrency));
+    cJSON_AddItemToObject(su, "concurrency",
+                          num_or_null(o->mode == MODE_CONCURRENCY, o->concurrency));
     cJSON_AddNumberToObject(su, "time_scale", o->time_scale);
     cJSON_AddNumberToObject(su, "requests_sent", (double)sm->sent);
     cJSON_AddNumberToObject(su, "requests_ok", (double)sm->ok);
@@ -817,7 +860,8 @@ static int write_outputs(run_t *r, const lt_summary *sm, int argc, char **argv) 
         if (s->g.running >= 0) cJSON_AddNumberToObject(e, "server_running", s->g.running);
         if (s->g.waiting >= 0) cJSON_AddNumberToObject(e, "server_waiting", s->g.waiting);
         if (s->g.swapped >= 0) cJSON_AddNumberToObject(e, "server_swapped", s->g.swapped);
-        if (s->g.kv_blocks_used >= 0) cJSON_AddNumberToObject(e, "kv_blocks_used", s->g.kv_blocks_used);
+        if (s->g.kv_blocks_used >= 0)
+            cJSON_AddNumberToObject(e, "kv_blocks_used", s->g.kv_blocks_used);
         cJSON_AddItemToArray(tl, e);
     }
     rc |= write_json(o->out_dir, "timeline.json", tl);

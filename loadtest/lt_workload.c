@@ -178,8 +178,9 @@ static int parse_line(ctx_t *c, const cJSON *o, lt_request *r) {
             }
             if (!(r->id = strdup(v->valuestring))) return fail(c, "out of memory");
         } else {
-            return fail(c, "unknown key \"%.64s\" (known: t, prompt, prompt_len, max_tokens, "
-                           "min_tokens, temperature, top_k, top_p, seed, ignore_eos, stop, id)",
+            return fail(c,
+                        "unknown key \"%.64s\" (known: t, prompt, prompt_len, max_tokens, "
+                        "min_tokens, temperature, top_k, top_p, seed, ignore_eos, stop, id)",
                         k);
         }
     }
@@ -360,36 +361,41 @@ double lt_arrival_gap(lt_rng *r, double rate, double burstiness) {
 /* Frequent English words with a leading space: one token each in GPT-2 /
  * Llama 3 / SmolLM style BPE vocabularies. */
 static const char *const WORDS[] = {
-    " the",    " of",     " and",    " to",     " in",     " is",     " that",   " for",
-    " it",     " as",     " was",    " with",   " be",     " by",     " on",     " not",
-    " he",     " this",   " are",    " or",     " his",    " from",   " at",     " which",
-    " but",    " have",   " an",     " had",    " they",   " you",    " were",   " their",
-    " one",    " all",    " we",     " can",    " her",    " has",    " there",  " been",
-    " if",     " more",   " when",   " will",   " would",  " who",    " so",     " no",
-    " time",   " people", " year",   " way",    " day",    " man",    " thing",  " woman",
-    " life",   " child",  " world",  " school", " state",  " family", " group",  " country",
-    " problem"," hand",   " part",   " place",  " case",   " week",   " company"," system",
-    " program"," question"," work",  " number", " night",  " point",  " home",   " water",
-    " room",   " mother", " area",   " money",  " story",  " fact",   " month",  " lot",
-    " right",  " study",  " book",   " eye",    " job",    " word",   " business"," issue",
-    " side",   " kind",   " head",   " house",  " service"," friend", " father", " power",
-    " hour",   " game",   " line",   " end",    " member", " law",    " car",    " city",
-    " name",   " team",   " minute", " idea",   " body",   " back",   " face",   " level",
-    " office", " door",   " health", " person", " art",    " war",    " history"," party",
-    " good",   " new",    " first",  " last",   " long",   " great",  " little", " own",
-    " other",  " old",    " big",    " high",   " different"," small", " large",  " next",
-    " early",  " young",  " important"," few",  " public", " bad",    " same",   " able",
-    " make",   " know",   " take",   " see",    " come",   " think",  " look",   " want",
-    " give",   " use",    " find",   " tell",   " ask",    " feel",   " try",    " leave",
-    " call",   " keep",   " let",    " begin",  " seem",   " help",   " talk",   " turn",
-    " start",  " show",   " hear",   " play",   " run",    " move",   " like",   " live",
-    " believe"," hold",   " bring",  " happen", " write",  " provide"," sit",    " stand",
-    " lose",   " pay",    " meet",   " include"," continue"," set",   " learn",  " change",
-    " lead",   " understand"," watch"," follow", " stop",   " create", " speak",  " read",
-    " spend",  " grow",   " open",   " walk",   " win",    " offer",  " remember"," love",
-    " consider"," appear"," buy",    " wait",   " serve",  " die",    " send",   " build",
-    " stay",   " fall",   " cut",    " reach",  " kill",   " remain", " suggest"," raise",
-    " pass",   " sell",   " require"," report", " decide", " pull",   " very",   " also",
+    " the",       " of",      " and",     " to",       " in",       " is",         " that",
+    " for",       " it",      " as",      " was",      " with",     " be",         " by",
+    " on",        " not",     " he",      " this",     " are",      " or",         " his",
+    " from",      " at",      " which",   " but",      " have",     " an",         " had",
+    " they",      " you",     " were",    " their",    " one",      " all",        " we",
+    " can",       " her",     " has",     " there",    " been",     " if",         " more",
+    " when",      " will",    " would",   " who",      " so",       " no",         " time",
+    " people",    " year",    " way",     " day",      " man",      " thing",      " woman",
+    " life",      " child",   " world",   " school",   " state",    " family",     " group",
+    " country",   " problem", " hand",    " part",     " place",    " case",       " week",
+    " company",   " system",  " program", " question", " work",     " number",     " night",
+    " point",     " home",    " water",   " room",     " mother",   " area",       " money",
+    " story",     " fact",    " month",   " lot",      " right",    " study",      " book",
+    " eye",       " job",     " word",    " business", " issue",    " side",       " kind",
+    " head",      " house",   " service", " friend",   " father",   " power",      " hour",
+    " game",      " line",    " end",     " member",   " law",      " car",        " city",
+    " name",      " team",    " minute",  " idea",     " body",     " back",       " face",
+    " level",     " office",  " door",    " health",   " person",   " art",        " war",
+    " history",   " party",   " good",    " new",      " first",    " last",       " long",
+    " great",     " little",  " own",     " other",    " old",      " big",        " high",
+    " different", " small",   " large",   " next",     " early",    " young",      " important",
+    " few",       " public",  " bad",     " same",     " able",     " make",       " know",
+    " take",      " see",     " come",    " think",    " look",     " want",       " give",
+    " use",       " find",    " tell",    " ask",      " feel",     " try",        " leave",
+    " call",      " keep",    " let",     " begin",    " seem",     " help",       " talk",
+    " turn",      " start",   " show",    " hear",     " play",     " run",        " move",
+    " like",      " live",    " believe", " hold",     " bring",    " happen",     " write",
+    " provide",   " sit",     " stand",   " lose",     " pay",      " meet",       " include",
+    " continue",  " set",     " learn",   " change",   " lead",     " understand", " watch",
+    " follow",    " stop",    " create",  " speak",    " read",     " spend",      " grow",
+    " open",      " walk",    " win",     " offer",    " remember", " love",       " consider",
+    " appear",    " buy",     " wait",    " serve",    " die",      " send",       " build",
+    " stay",      " fall",    " cut",     " reach",    " kill",     " remain",     " suggest",
+    " raise",     " pass",    " sell",    " require",  " report",   " decide",     " pull",
+    " very",      " also",
 };
 #define N_WORDS (sizeof WORDS / sizeof WORDS[0])
 

@@ -14,11 +14,11 @@
 
 /* One request's contents. Unset numbers: has_* = 0 (server default). */
 typedef struct {
-    double t;          /* arrival offset, seconds (trace replay) */
-    char *id;          /* NULL when none */
-    char *prompt;      /* NULL when prompt_len is used */
-    int prompt_len;    /* tokens to synthesise (when prompt is NULL) */
-    int max_tokens;    /* always set (default 128) */
+    double t;       /* arrival offset, seconds (trace replay) */
+    char *id;       /* NULL when none */
+    char *prompt;   /* NULL when prompt_len is used */
+    int prompt_len; /* tokens to synthesise (when prompt is NULL) */
+    int max_tokens; /* always set (default 128) */
     int has_min_tokens, min_tokens;
     int has_temperature;
     double temperature;

@@ -72,7 +72,8 @@ static void serve(fake_server *s, int fd) {
     case B_503:
         read_request(fd);
         put(fd, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                "Content-Length: 56\r\n\r\n{\"error\": {\"message\": \"server is draining\", \"code\": 1}}\n");
+                "Content-Length: 56\r\n\r\n{\"error\": {\"message\": \"server is draining\", "
+                "\"code\": 1}}\n");
         break;
     case B_HALF:
         read_request(fd);
@@ -209,7 +210,8 @@ static void check_all_failed(const char *dir, int n, const char *want) {
     }
     cJSON_Delete(r);
     cJSON *s = load_json(dir, "summary.json");
-    const cJSON *ok = cJSON_GetObjectItem(s, "requests_ok"), *f = cJSON_GetObjectItem(s, "requests_failed");
+    const cJSON *ok = cJSON_GetObjectItem(s, "requests_ok"),
+                *f = cJSON_GetObjectItem(s, "requests_failed");
     CHECK(cJSON_IsNumber(ok) && ok->valueint == 0 && cJSON_IsNumber(f) && f->valueint == n);
     const cJSON *ttft = cJSON_GetObjectItem(s, "ttft_ms");
     CHECK(cJSON_IsNull(cJSON_GetObjectItem(ttft, "p50")));
@@ -223,7 +225,8 @@ static void test_misbehaving(const char *dir) {
     } cases[] = {
         {B_CLOSE, "before any response"},
         {B_HALF, "connection closed after 2 events without [DONE]"},
-        {B_HALF_CHUNKED, "connection closed after 1 events without [DONE]: connection closed before the end of the body"},
+        {B_HALF_CHUNKED, "connection closed after 1 events without [DONE]: connection closed "
+                         "before the end of the body"},
         {B_503, "HTTP 503: {\"error\": {\"message\": \"server is draining\""},
         {B_SILENT, "timeout (no response headers): no end within --request-timeout 1 s"},
     };
@@ -232,8 +235,20 @@ static void test_misbehaving(const char *dir) {
         CHECK(server_start(&s, cases[i].b) == 0);
         char url[64];
         snprintf(url, sizeof url, "http://127.0.0.1:%d", s.port);
-        const char *args[] = {"--url", url, "--concurrency", "3", "-n", "6", "--max-tokens", "4",
-                              "--request-timeout", "1", "--quiet", "--out", dir, NULL};
+        const char *args[] = {"--url",
+                              url,
+                              "--concurrency",
+                              "3",
+                              "-n",
+                              "6",
+                              "--max-tokens",
+                              "4",
+                              "--request-timeout",
+                              "1",
+                              "--quiet",
+                              "--out",
+                              dir,
+                              NULL};
         double secs;
         int rc = run_lt(args, &secs);
         CHECKF(rc == 0, "case %zu: exit %d", i, rc);
@@ -242,8 +257,8 @@ static void test_misbehaving(const char *dir) {
         check_all_failed(dir, 6, cases[i].want);
         /* --fail-on-error turns failures into exit status 1 */
         if (cases[i].b == B_CLOSE) {
-            const char *a2[] = {"--url", url, "--rate", "50", "-n", "3", "--quiet",
-                                "--fail-on-error", NULL};
+            const char *a2[] = {"--url", url,       "--rate",          "50", "-n",
+                                "3",     "--quiet", "--fail-on-error", NULL};
             CHECK(run_lt(a2, &secs) == 1);
         }
         server_stop(&s);
@@ -257,8 +272,9 @@ static void test_drain_timeout(const char *dir) {
     CHECK(server_start(&s, B_SILENT) == 0);
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d", s.port);
-    const char *args[] = {"--url", url, "--rate", "20", "--duration", "0.5", "--drain-timeout",
-                          "0.5", "--quiet", "--out", dir, "--sample-interval", "0.1", NULL};
+    const char *args[] = {
+        "--url", url,       "--rate", "20", "--duration",        "0.5", "--drain-timeout",
+        "0.5",   "--quiet", "--out",  dir,  "--sample-interval", "0.1", NULL};
     double secs;
     int rc = run_lt(args, &secs);
     CHECK(rc == 0);
@@ -282,8 +298,8 @@ static void test_chunked_ok(const char *dir) {
     CHECK(server_start(&s, B_CHUNKED_OK) == 0);
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d", s.port);
-    const char *args[] = {"--url", url, "--concurrency", "2", "-n", "4", "--quiet", "--out", dir,
-                          "--slo", "ttft=1000", NULL};
+    const char *args[] = {"--url", url, "--concurrency", "2",         "-n", "4", "--quiet",
+                          "--out", dir, "--slo",         "ttft=1000", NULL};
     double secs;
     CHECK(run_lt(args, &secs) == 0);
     cJSON *r = load_json(dir, "responses.json");
@@ -321,7 +337,8 @@ static void test_urls_and_usage(void) {
     CHECK(lt_url_parse("http://[::1]:9/x/completions", &u, err, sizeof err) == 0 &&
           !strcmp(u.host, "::1") && !strcmp(u.path, "/x/completions"));
     CHECK(lt_url_parse("http://localhost", &u, err, sizeof err) == 0 && !strcmp(u.port, "80"));
-    CHECK(lt_url_parse("tcp://127.0.0.1:8700", &u, err, sizeof err) == 0 && u.kind == LT_TARGET_RPC);
+    CHECK(lt_url_parse("tcp://127.0.0.1:8700", &u, err, sizeof err) == 0 &&
+          u.kind == LT_TARGET_RPC);
     CHECK(lt_url_parse("ipc:///tmp/x.sock", &u, err, sizeof err) == 0 && u.host[0] == 0);
     CHECK(lt_url_parse("tcp://127.0.0.1", &u, err, sizeof err) == -1);
     CHECK(lt_url_parse("https://127.0.0.1", &u, err, sizeof err) == -1 && strstr(err, "https"));
@@ -345,7 +362,8 @@ static void test_urls_and_usage(void) {
     const char *no_trace[] = {"--url", "http://127.0.0.1:1", "--trace", "/nonexistent.jsonl", NULL};
     CHECK(run_lt(no_trace, &secs) == 2);
     /* nothing listens on the port: requests fail, the run completes */
-    const char *refused[] = {"--url", "http://127.0.0.1:1", "--rate", "100", "-n", "2", "--quiet", NULL};
+    const char *refused[] = {"--url", "http://127.0.0.1:1", "--rate", "100", "-n", "2", "--quiet",
+                             NULL};
     CHECK(run_lt(refused, &secs) == 0 && secs < 2);
 }
 

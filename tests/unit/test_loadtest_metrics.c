@@ -33,7 +33,8 @@ static void test_percentiles(void) {
     double even[] = {4, 1, 3, 2}; /* unsorted in: lt_dist_compute sorts */
     lt_dist d;
     lt_dist_compute(even, 4, &d);
-    CHECK(d.n == 4 && NEAR(d.mean, 2.5) && NEAR(d.p50, 2.5) && NEAR(d.p90, 3.7) && NEAR(d.p99, 3.97));
+    CHECK(d.n == 4 && NEAR(d.mean, 2.5) && NEAR(d.p50, 2.5) && NEAR(d.p90, 3.7) &&
+          NEAR(d.p99, 3.97));
     lt_dist_compute(even, 0, &d);
     CHECK(d.n == 0 && d.mean == 0);
 }
@@ -106,8 +107,8 @@ static void test_single_request(void) {
 
 /* A request sent at `send` (run offsets, t0 = 0) with token events at the
  * given times, finishing at `end`. */
-static void make(lt_record *r, lt_clock *c, fake_clock *fc, double send, const double *toks,
-                 int n, double end, const char *error, int in_tokens) {
+static void make(lt_record *r, lt_clock *c, fake_clock *fc, double send, const double *toks, int n,
+                 double end, const char *error, int in_tokens) {
     lt_record_init(r, send);
     r->input_tokens = in_tokens;
     fc->t = send;

@@ -18,7 +18,8 @@ static void test_good_trace(void) {
     const char *text =
         "# a comment\n"
         "\n"
-        "{\"t\": 1.5, \"prompt\": \"Hello\", \"max_length\": 16, \"min_length\": 2, \"id\": \"b\"}\n"
+        "{\"t\": 1.5, \"prompt\": \"Hello\", \"max_length\": 16, \"min_length\": 2, \"id\": "
+        "\"b\"}\n"
         "  {\"t\": 0, \"prompt_len\": 64, \"temperature\": 0, \"top_k\": 40, \"top_p\": 0.9,"
         " \"seed\": 7, \"ignore_eos\": true, \"stop\": [\"\\n\", \"END\"]}  \r\n"
         "{\"t\": 1.5, \"prompt_len\": 3, \"max_tokens\": 4, \"min_tokens\": 0, \"stop\": \"x\"}";
@@ -58,17 +59,19 @@ static void expect_bad(const char *text, const char *want) {
 static void test_bad_lines(void) {
     const char *ok = "{\"t\": 0, \"prompt_len\": 4}\n";
     char buf[1024];
-#define BAD(line, want)                                    \
-    do {                                                   \
-        snprintf(buf, sizeof buf, "%s# c\n%s\n", ok, line); \
-        expect_bad(buf, want);                             \
+#define BAD(line, want)                                                                            \
+    do {                                                                                           \
+        snprintf(buf, sizeof buf, "%s# c\n%s\n", ok, line);                                        \
+        expect_bad(buf, want);                                                                     \
     } while (0)
     BAD("{\"t\": 0, \"prompt_len\": 4, \"max_tokens\": \"abc\"}",
         "trace.jsonl:3: max_tokens must be an integer >= 1, got \"abc\"");
     BAD("{\"t\": 0, \"prompt_len\": 4, \"max_length\": 0}",
         "trace.jsonl:3: max_length must be an integer >= 1, got 0");
-    BAD("{\"t\": 0, \"prompt_len\": 4.5}", "trace.jsonl:3: prompt_len must be an integer >= 1, got 4.5");
-    BAD("{\"t\": -1, \"prompt_len\": 4}", "trace.jsonl:3: t must be a number >= 0 (seconds), got -1");
+    BAD("{\"t\": 0, \"prompt_len\": 4.5}",
+        "trace.jsonl:3: prompt_len must be an integer >= 1, got 4.5");
+    BAD("{\"t\": -1, \"prompt_len\": 4}",
+        "trace.jsonl:3: t must be a number >= 0 (seconds), got -1");
     BAD("{\"t\": \"0\", \"prompt_len\": 4}",
         "trace.jsonl:3: t must be a number >= 0 (seconds), got \"0\"");
     BAD("{\"prompt_len\": 4}", "trace.jsonl:3: missing t (arrival offset in seconds)");
@@ -105,7 +108,8 @@ static void test_load_file(void) {
     int fd = mkstemp(path);
     CHECK(fd >= 0);
     if (fd < 0) return;
-    const char *text = "{\"t\": 0.25, \"prompt\": \"a\"}\n{\"t\": 0.0, \"prompt_len\": 2, \"max_tokens\": true}\n";
+    const char *text =
+        "{\"t\": 0.25, \"prompt\": \"a\"}\n{\"t\": 0.0, \"prompt_len\": 2, \"max_tokens\": true}\n";
     CHECK(write(fd, text, strlen(text)) == (ssize_t)strlen(text));
     close(fd);
     lt_trace tr;
