@@ -853,13 +853,13 @@ static int write_outputs(run_t *r, const lt_summary *sm, int argc, char **argv) 
         const sample_t *s = &r->samples[i];
         cJSON *e = cJSON_CreateObject();
         cJSON_AddNumberToObject(e, "t", s->t);
-        cJSON_AddNumberToObject(e, "inflight", (double)s->inflight);
+        cJSON_AddNumberToObject(e, "in_flight", (double)s->inflight);
         cJSON_AddNumberToObject(e, "completed", (double)s->completed);
         cJSON_AddNumberToObject(e, "failed", (double)s->failed);
         cJSON_AddNumberToObject(e, "output_tokens", (double)s->output_tokens);
-        if (s->g.running >= 0) cJSON_AddNumberToObject(e, "server_running", s->g.running);
-        if (s->g.waiting >= 0) cJSON_AddNumberToObject(e, "server_waiting", s->g.waiting);
-        if (s->g.swapped >= 0) cJSON_AddNumberToObject(e, "server_swapped", s->g.swapped);
+        if (s->g.running >= 0) cJSON_AddNumberToObject(e, "running", s->g.running);
+        if (s->g.waiting >= 0) cJSON_AddNumberToObject(e, "waiting", s->g.waiting);
+        if (s->g.swapped >= 0) cJSON_AddNumberToObject(e, "swapped", s->g.swapped);
         if (s->g.kv_blocks_used >= 0)
             cJSON_AddNumberToObject(e, "kv_blocks_used", s->g.kv_blocks_used);
         cJSON_AddItemToArray(tl, e);

@@ -85,7 +85,7 @@ done = [l for l in lines if re.fullmatch(r"request \d+ done, latency \d+\.\d{3} 
 want(len(done) == n, f"{len(done)} 'request N done' lines")
 want(any(l.startswith("total time: ") for l in lines), "no total time line")
 want(len(tl) >= 1 and tl[-1]["completed"] == n, "timeline end")
-want(any("server_running" in x and "kv_blocks_used" in x for x in tl), "no server gauges in the timeline")
+want(any("running" in x and "kv_blocks_used" in x for x in tl), "no server gauges in the timeline")
 print("; ".join(errs))
 PY
     )

@@ -287,8 +287,8 @@ static void test_drain_timeout(const char *dir) {
     cJSON *tl = load_json(dir, "timeline.json");
     CHECKF(cJSON_GetArraySize(tl) >= 5, "%d samples", cJSON_GetArraySize(tl));
     const cJSON *first = cJSON_GetArrayItem(tl, 0);
-    CHECK(cJSON_GetObjectItem(first, "inflight") && cJSON_GetObjectItem(first, "output_tokens"));
-    CHECK(!cJSON_GetObjectItem(first, "server_running")); /* no /metrics: omitted */
+    CHECK(cJSON_GetObjectItem(first, "in_flight") && cJSON_GetObjectItem(first, "output_tokens"));
+    CHECK(!cJSON_GetObjectItem(first, "running")); /* no /metrics: omitted */
     cJSON_Delete(tl);
     server_stop(&s);
 }
