@@ -582,6 +582,9 @@ static void *worker_main(void *arg) {
         if (r->abort_pending) atomic_store(&s->cancel, 1);
         pthread_mutex_unlock(&r->mu);
         run_slot(r, s);
+        /* Closed loop against a dead server: without a pause every worker
+         * would turn failures out as fast as connect() refuses. */
+        if (r->o->mode == MODE_CONCURRENCY && !s->rec.ok && s->rec.e2e_ms < 50) sleep_s(0.05);
         pthread_mutex_lock(&r->mu);
     }
     pthread_mutex_unlock(&r->mu);

@@ -328,6 +328,47 @@ static void test_chunked_ok(const char *dir) {
     server_stop(&s);
 }
 
+static void test_max_inflight(const char *dir) {
+    /* 10 arrivals at 200/s but one slot: later arrivals wait, which shows
+     * as t_send > t_sched and in max_inflight_waits; all succeed. */
+    fake_server s;
+    CHECK(server_start(&s, B_CHUNKED_OK) == 0);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", s.port);
+    const char *args[] = {"--url",          url, "--rate",  "200",   "-n", "10",
+                          "--max-inflight", "1", "--quiet", "--out", dir,  NULL};
+    double secs;
+    CHECK(run_lt(args, &secs) == 0);
+    cJSON *sm = load_json(dir, "summary.json");
+    CHECK(cJSON_GetObjectItem(sm, "requests_ok")->valueint == 10);
+    CHECKF(cJSON_GetObjectItem(sm, "max_inflight_waits")->valueint >= 5, "%d waits",
+           cJSON_GetObjectItem(sm, "max_inflight_waits")->valueint);
+    cJSON_Delete(sm);
+    cJSON *r = load_json(dir, "responses.json");
+    const cJSON *last = cJSON_GetArrayItem(r, 9);
+    double late = cJSON_GetObjectItem(last, "t_send")->valuedouble -
+                  cJSON_GetObjectItem(last, "t_sched")->valuedouble;
+    CHECKF(late > 0.1, "last request sent %.3f s after its time", late);
+    cJSON_Delete(r);
+    server_stop(&s);
+}
+
+static void test_silent_rpc(const char *dir) {
+    /* An RPC target that accepts the connection and never answers. */
+    fake_server s;
+    CHECK(server_start(&s, B_SILENT) == 0);
+    char url[64];
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", s.port);
+    const char *args[] = {"--url", url,       "--concurrency", "2", "-n", "3", "--request-timeout",
+                          "1",     "--quiet", "--out",         dir, NULL};
+    double secs;
+    int rc = run_lt(args, &secs);
+    CHECK(rc == 0);
+    CHECKF(secs < 4.0, "took %.2f s", secs);
+    if (rc == 0) check_all_failed(dir, 3, "timeout: no end within --request-timeout 1 s");
+    server_stop(&s);
+}
+
 static void test_urls_and_usage(void) {
     lt_url u;
     char err[256];
@@ -367,6 +408,29 @@ static void test_urls_and_usage(void) {
     CHECK(run_lt(refused, &secs) == 0 && secs < 2);
 }
 
+static void test_dead_server_closed_loop(const char *dir) {
+    /* Closed loop for a fixed time against a refused port: failures come
+     * back at once, yet the run sends a bounded number of requests. */
+    const char *args[] = {"--url",
+                          "http://127.0.0.1:1",
+                          "--concurrency",
+                          "4",
+                          "--duration",
+                          "0.5",
+                          "--quiet",
+                          "--out",
+                          dir,
+                          NULL};
+    double secs;
+    CHECK(run_lt(args, &secs) == 0);
+    CHECKF(secs >= 0.5 && secs < 1.5, "took %.2f s", secs);
+    cJSON *sm = load_json(dir, "summary.json");
+    int sent = cJSON_GetObjectItem(sm, "requests_sent")->valueint;
+    CHECKF(sent >= 4 && sent <= 80, "%d requests", sent);
+    CHECK(cJSON_GetObjectItem(sm, "requests_failed")->valueint == sent);
+    cJSON_Delete(sm);
+}
+
 static void test_prometheus(void) {
     lt_server_gauges g;
     lt_parse_prometheus("# HELP infer_sequences_running x\n# TYPE infer_sequences_running gauge\n"
@@ -391,6 +455,9 @@ int main(void) {
     test_chunked_ok(dir);
     test_misbehaving(dir);
     test_drain_timeout(dir);
+    test_max_inflight(dir);
+    test_dead_server_closed_loop(dir);
+    test_silent_rpc(dir);
     const char *files[] = {"responses.json", "summary.json", "timeline.json"};
     for (int i = 0; i < 3; i++) {
         char p[512];
