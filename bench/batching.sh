@@ -4,14 +4,19 @@
 #
 # The workload (bench/prompts/batching-64.jsonl) is regenerated each time,
 # deterministically (seeded): 64 prompts cut from tools/ref_corpus/prose.txt,
-# prompt lengths 16..400 tokens, max_tokens 16..256 with ignore_eos, so every
-# request generates exactly its max_tokens. Every case runs it with
+# with ignore_eos, so every request generates exactly its max_tokens. Lengths
+# (--workload): `sharegpt` (default) draws them from lognormals shaped like
+# ShareGPT chats (prompt median 110 tokens, output median 250; clipped to
+# 4..1024 and 4..1024; see bench/batching_report.py); `uniform` draws prompts
+# of 16..400 and outputs of 16..256 tokens uniformly. Every case runs it with
 # build/infer-generate, greedy, all 64 prompts submitted at once:
 #
 #   continuous          --batching continuous -b B --batch-max-tokens T
 #   static              --batching static     -b B --batch-max-tokens T
-#   pressure-swap       continuous, --num-blocks 64 --num-blocks-cpu 512 --preemption swap
-#   pressure-recompute  continuous, --num-blocks 64 --preemption recompute
+#   one-at-a-time       --batching continuous -b 1 (each request alone, in order)
+#   pressure-swap       continuous, --num-blocks N --num-blocks-cpu 1024 --preemption swap
+#   pressure-recompute  continuous, --num-blocks N --preemption recompute
+#                       (N = 128 blocks of 16 tokens for sharegpt, 64 for uniform)
 #
 # continuous and static alternate, run by run, so drift of the machine hits
 # both. The table gives medians over the runs of: generation wall time (model
@@ -20,12 +25,14 @@
 # checks that every run produced the same completions.
 #
 # Usage: bench/batching.sh [-m MODEL] [-t 2] [-r 3] [-b 16] [--batch-max-tokens 512]
-#                          [--pressure-runs N] [--no-pressure] [--bin PATH] [--keep DIR]
+#                          [--pressure-runs N] [--no-pressure] [--one-runs N]
+#                          [--workload sharegpt|uniform] [--bin PATH] [--keep DIR]
 #                          [--wait-idle]
 #
 #   -r N               runs of each of continuous / static (default 3)
 #   --pressure-runs N  runs of each memory-pressure case (default 3)
 #   --no-pressure      skip the memory-pressure cases
+#   --one-runs N       runs of the one-at-a-time case (default 1; 0 skips it)
 #   --bin PATH         infer-generate binary (default build/infer-generate)
 #   --keep DIR         keep every run's JSONL output and stderr in DIR
 #   --wait-idle        for a shared machine, where other load slows each case
@@ -46,6 +53,8 @@ reps=3
 batch=16
 batch_tokens=512
 pressure_runs=3
+one_runs=1
+workload=sharegpt
 bin="build/infer-generate"
 keep=""
 wait_idle=0
@@ -61,10 +70,12 @@ while [ $# -gt 0 ]; do
         --batch-max-tokens) batch_tokens="$2"; shift 2 ;;
         --pressure-runs) pressure_runs="$2"; shift 2 ;;
         --no-pressure) pressure_runs=0; shift ;;
+        --one-runs) one_runs="$2"; shift 2 ;;
+        --workload) workload="$2"; shift 2 ;;
         --bin) bin="$2"; shift 2 ;;
         --keep) keep="$2"; shift 2 ;;
         --wait-idle) wait_idle=1; max_tries=5; shift ;;
-        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -78,8 +89,17 @@ if [ ! -f "$model" ]; then
     exit 1
 fi
 
-python3 bench/batching_report.py gen --out "$prompts" --n 64 --seed 1 \
-    --prompt-min 16 --prompt-max 400 --out-min 16 --out-max 256
+case "$workload" in
+    # pressure cases: a device pool of about a quarter of what the batch
+    # wants at its peak, still larger than the longest single sequence
+    sharegpt) pressure_blocks=128
+              python3 bench/batching_report.py gen --out "$prompts" --n 64 --seed 1 --dist sharegpt \
+                  --prompt-min 4 --prompt-max 1024 --out-min 4 --out-max 1024 ;;
+    uniform) pressure_blocks=64
+             python3 bench/batching_report.py gen --out "$prompts" --n 64 --seed 1 --dist uniform \
+                 --prompt-min 16 --prompt-max 400 --out-min 16 --out-max 256 ;;
+    *) echo "unknown workload: $workload (sharegpt or uniform)" >&2; exit 2 ;;
+esac
 
 if [ -n "$keep" ]; then
     mkdir -p "$keep"
@@ -149,9 +169,14 @@ for ((i = 1; i <= reps; i++)); do
     run_case continuous "$i" --batching continuous
     run_case static "$i" --batching static
 done
+for ((i = 1; i <= one_runs; i++)); do
+    run_case one-at-a-time "$i" --batching continuous -b 1
+done
 for ((i = 1; i <= pressure_runs; i++)); do
-    run_case pressure-swap "$i" --batching continuous --num-blocks 64 --num-blocks-cpu 512 --preemption swap
-    run_case pressure-recompute "$i" --batching continuous --num-blocks 64 --preemption recompute
+    run_case pressure-swap "$i" --batching continuous --num-blocks "$pressure_blocks" \
+        --num-blocks-cpu 1024 --preemption swap
+    run_case pressure-recompute "$i" --batching continuous --num-blocks "$pressure_blocks" \
+        --preemption recompute
 done
 
 cpu="$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1 || true)"
