@@ -401,6 +401,10 @@ static inline T_VNNI __m512 attn_scores16(const uint8_t *k, const size_t *off, i
     if (single) { /* 64 lanes: 0-15, 16-31, 32-47, 48-63, combined as kern_reduce64 */
         UNROLL16 for (int j = 0; j < 16; j++) {
             __m512 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+            if (j >= cnt) { /* a decode row's last group: not stored, not computed */
+                a[j] = zero;
+                continue;
+            }
             for (int i = 0; i < hd; i += 64) {
                 a0 = _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i), _mm512_loadu_ps(q + i), a0);
                 a1 =
@@ -437,8 +441,8 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
         kern_attn_f16_with(kern_vnni(), k, v, off, n_ctx, q32, nq, hd, scale, single, work, out);
         return;
     }
-    /* work: q[hd] | scores[n_ctx + 64] | vacc[16 * hd] | a zero V row [hd / 2] */
-    float *q = work, *scores = q + hd, *vacc = scores + n_ctx + 64, *zrow = vacc + 16 * hd;
+    /* work: q[hd] | scores[n_ctx + 64] | vacc[16 * hd] */
+    float *q = work, *scores = q + hd, *vacc = scores + n_ctx + 64;
     const int nchunk = hd / 16;
     const __m512 zero = _mm512_setzero_ps();
     /* A decode row's context is cold (last touched a step ago) and scattered
@@ -448,16 +452,10 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
             _mm_prefetch((const char *)k + off[p] + i, _MM_HINT_T0);
             _mm_prefetch((const char *)v + off[p] + i, _MM_HINT_T0);
         }
-    /* vec_dot shape: V rows of the last (partial) window of 64 positions,
-     * positions past the end pointing at a row of zeros (with weight 0 they
-     * leave their lane unchanged: a lane is never -0, see below) */
+    /* vec_dot shape: V rows of the last (partial) window of 64 positions */
     const int nfull = n_ctx / 64 * 64;
     const uint8_t *vtail[64];
-    if (single && nfull < n_ctx) {
-        memset(zrow, 0, (size_t)hd * 2);
-        for (int j = 0; j < 64; j++)
-            vtail[j] = nfull + j < n_ctx ? v + off[nfull + j] : (const uint8_t *)zrow;
-    }
+    for (int j = 0; single && nfull + j < n_ctx; j++) vtail[j] = v + off[nfull + j];
     for (int h = 0; h < nq; h++, q32 += hd, out += hd) {
         for (int c = 0; c < nchunk; c++)
             _mm512_storeu_ps(q + 16 * c,
@@ -489,9 +487,7 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
             /* 64 lanes, lane L holding positions L, L + 64, ... . kern_reduce64
              * sums lanes (l + 32l') as (l + l+32) + (l+16 + l+48), so the four
              * lanes of each l are accumulated together and combined at once.
-             * Padding positions add 0 * 0: a lane is never -0 (it starts at
-             * +0, weights are >= +0 and nonzero products are at least 2^-48,
-             * so a zero sum is an exact +0), and a + 0 = a. */
+             * Lanes the context does not reach stay +0, as in the reference. */
             for (int c = 0; c < nchunk; c++) {
                 const uint8_t *vc = v + 32 * c; /* this 16-float slice of each V row */
                 __m512 x[16];
@@ -503,17 +499,22 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
                         VTERM(w + l + 32, a2);
                         VTERM(w + l + 48, a3);
                     }
-                    if (nfull < n_ctx) {
-                        const float *sw = scores + nfull;
+                    /* the last window: only its positions (the lanes past the
+                     * end would add 0 * 0, which leaves them unchanged) */
+                    const int tail = n_ctx - nfull;
+                    const float *sw = scores + nfull;
+                    if (l < tail)
                         a0 = _mm512_fmadd_ps(_mm512_set1_ps(sw[l]), ld_f16x16(vtail[l] + 32 * c),
                                              a0);
+                    if (l + 16 < tail)
                         a1 = _mm512_fmadd_ps(_mm512_set1_ps(sw[l + 16]),
                                              ld_f16x16(vtail[l + 16] + 32 * c), a1);
+                    if (l + 32 < tail)
                         a2 = _mm512_fmadd_ps(_mm512_set1_ps(sw[l + 32]),
                                              ld_f16x16(vtail[l + 32] + 32 * c), a2);
+                    if (l + 48 < tail)
                         a3 = _mm512_fmadd_ps(_mm512_set1_ps(sw[l + 48]),
                                              ld_f16x16(vtail[l + 48] + 32 * c), a3);
-                    }
                     x[l] = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
                 }
                 _mm512_storeu_ps(out + 16 * c, tree16_vert(x));
