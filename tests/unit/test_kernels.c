@@ -145,8 +145,17 @@ typedef enum { WQ4_0, WQ4_1, WQ8_0 } wkind;
 static const char *wname[] = {"q4_0", "q4_1", "q8_0"};
 static size_t wblock_bytes(wkind k) { return k == WQ4_0 ? 18 : k == WQ4_1 ? 20 : 34; }
 static uint32_t wtype(wkind k) { return k == WQ4_0 ? QT_Q4_0 : k == WQ4_1 ? QT_Q4_1 : QT_Q8_0; }
-static kern_gemm_fn wgemm(const kern_table *t, wkind k) {
+/* fast: the "fast" numerics kernels (kernels.h), else the exact ones */
+static kern_gemm_fn wgemm(const kern_table *t, wkind k, int fast) {
+    if (fast)
+        return k == WQ4_0 ? t->gemm_q4_0_fast : k == WQ4_1 ? t->gemm_q4_1_fast : t->gemm_q8_0_fast;
     return k == WQ4_0 ? t->gemm_q4_0 : k == WQ4_1 ? t->gemm_q4_1 : t->gemm_q8_0;
+}
+
+static kern_gemm_packed_fn wpacked(const kern_table *t, wkind k) {
+    return k == WQ4_0   ? t->gemm_q4_0_packed
+           : k == WQ4_1 ? t->gemm_q4_1_packed
+                        : t->gemm_q8_0_packed;
 }
 
 /* Random weight rows of nb blocks, ws bytes apart (ws > row bytes: padding
@@ -180,7 +189,12 @@ static double ref_dot(wkind k, const uint8_t *wrow, int nb, const float *x) {
     return acc;
 }
 
-static void test_gemm(void) {
+/* Every SIMD kernel equals the scalar reference bit for bit over tile
+ * shapes and tails (which also makes an output independent of how many
+ * rows and columns a call covers), and the reference stays within the
+ * rounding bound of the exact dot. */
+static void test_gemm(int fast) {
+    const char *mode = fast ? "fast" : "exact";
     const int ncs[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 33};
     const int nrs[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 40, 64};
     const int nbs[] = {1, 2, 18, 48, 160}; /* 160: past the AVX-512 kernels' block buffer */
@@ -195,6 +209,8 @@ static void test_gemm(void) {
     size_t ysz = (size_t)NRMAX * (NCMAX + pad_y);
     float *y0 = malloc(ysz * sizeof *y0), *y1 = malloc(ysz * sizeof *y1);
     int mismatch[3][2] = {{0}}, outside[3][2] = {{0}}, outside_scalar[3] = {0}, calls = 0;
+    int pk_mismatch[3][2] = {{0}}, pk_outside[3][2] = {{0}}, pk_calls = 0;
+    uint8_t *pk = aligned_alloc(64, 3 * kern_pack_group_bytes(QT_Q8_0, NBMAX)); /* 33 columns */
     int ref_bad[3] = {0}, ref_bad_orig[3] = {0};
     double worst_rel[3] = {0};
     for (int kk = 0; kk < 3; kk++) {
@@ -212,16 +228,37 @@ static void test_gemm(void) {
                     int nc = ncs[ic], nr = nrs[ir];
                     size_t ys = (size_t)nc + pad_y;
                     for (size_t i = 0; i < ysz; i++) y0[i] = -12345.0f;
-                    wgemm(S, k)(nb, w, ws, nc, xq, xs, nr, y0, ys);
+                    wgemm(S, k, fast)(nb, w, ws, nc, xq, xs, nr, y0, ys);
                     calls++;
                     for (int ti = 0; ti < n_tables; ti++) {
                         for (size_t i = 0; i < ysz; i++) y1[i] = -12345.0f;
-                        wgemm(tables[ti].t, k)(nb, w, ws, nc, xq, xs, nr, y1, ys);
+                        wgemm(tables[ti].t, k, fast)(nb, w, ws, nc, xq, xs, nr, y1, ys);
                         for (size_t i = 0; i < ysz; i++) {
                             int in = i / ys < (size_t)nr && i % ys < (size_t)nc;
                             if (f32_bits(y0[i]) != f32_bits(y1[i])) {
                                 if (in) mismatch[kk][ti]++;
                                 else outside[kk][ti]++;
+                            }
+                        }
+                    }
+                    /* packed weights (fast numerics): group by group, the same bits */
+                    const size_t gb = kern_pack_group_bytes(wtype(k), nb);
+                    for (int ti = 0; fast && ti < n_tables; ti++) {
+                        kern_gemm_packed_fn pf = wpacked(tables[ti].t, k);
+                        if (!pf) continue;
+                        for (int g = 0; g * 16 < nc; g++)
+                            kern_pack_group(wtype(k), nb, w + (size_t)g * 16 * ws, ws,
+                                            nc - 16 * g < 16 ? nc - 16 * g : 16, pk + g * gb);
+                        for (size_t i = 0; i < ysz; i++) y1[i] = -12345.0f;
+                        for (int g = 0; g * 16 < nc; g++)
+                            pf(nb, pk + g * gb, nc - 16 * g < 16 ? nc - 16 * g : 16, xq, xs, nr,
+                               y1 + 16 * g, ys);
+                        pk_calls++;
+                        for (size_t i = 0; i < ysz; i++) {
+                            int in = i / ys < (size_t)nr && i % ys < (size_t)nc;
+                            if (f32_bits(y0[i]) != f32_bits(y1[i])) {
+                                if (in) pk_mismatch[kk][ti]++;
+                                else pk_outside[kk][ti]++;
                             }
                         }
                     }
@@ -290,21 +327,28 @@ static void test_gemm(void) {
                 }
         }
         for (int ti = 0; ti < n_tables; ti++) {
-            CHECKF(mismatch[kk][ti] == 0, "%s gemm_%s: %d outputs differ from scalar",
-                   tables[ti].name, wname[kk], mismatch[kk][ti]);
-            CHECKF(outside[kk][ti] == 0, "%s gemm_%s: %d writes outside the output tile",
-                   tables[ti].name, wname[kk], outside[kk][ti]);
+            CHECKF(mismatch[kk][ti] == 0, "%s gemm_%s (%s): %d outputs differ from scalar",
+                   tables[ti].name, wname[kk], mode, mismatch[kk][ti]);
+            CHECKF(outside[kk][ti] == 0, "%s gemm_%s (%s): %d writes outside the output tile",
+                   tables[ti].name, wname[kk], mode, outside[kk][ti]);
+            CHECKF(pk_mismatch[kk][ti] == 0, "%s gemm_%s (packed): %d outputs differ from scalar",
+                   tables[ti].name, wname[kk], pk_mismatch[kk][ti]);
+            CHECKF(pk_outside[kk][ti] == 0, "%s gemm_%s (packed): %d writes outside the tile",
+                   tables[ti].name, wname[kk], pk_outside[kk][ti]);
         }
-        CHECKF(outside_scalar[kk] == 0, "scalar gemm_%s: %d writes outside the output tile",
-               wname[kk], outside_scalar[kk]);
-        CHECKF(ref_bad[kk] == 0, "gemm_%s: %d outputs off the dequantized dot", wname[kk],
-               ref_bad[kk]);
-        CHECKF(ref_bad_orig[kk] == 0, "gemm_%s: %d outputs beyond the 8-bit activation bound",
-               wname[kk], ref_bad_orig[kk]);
-        printf("gemm_%s: worst error vs f32 activations = %.2f of the 8-bit bound\n", wname[kk],
-               worst_rel[kk]);
+        CHECKF(outside_scalar[kk] == 0, "scalar gemm_%s (%s): %d writes outside the output tile",
+               wname[kk], mode, outside_scalar[kk]);
+        CHECKF(ref_bad[kk] == 0, "gemm_%s (%s): %d outputs off the dequantized dot", wname[kk],
+               mode, ref_bad[kk]);
+        CHECKF(ref_bad_orig[kk] == 0, "gemm_%s (%s): %d outputs beyond the 8-bit activation bound",
+               wname[kk], mode, ref_bad_orig[kk]);
+        printf("gemm_%s (%s): worst error vs f32 activations = %.2f of the 8-bit bound\n",
+               wname[kk], mode, worst_rel[kk]);
     }
     CHECK(calls == 3 * 5 * 11 * 12);
+    if (fast && kern_vnni()) CHECK(pk_calls == 3 * 5 * 11 * 12);
+    printf("gemm (%s): %d packed-weight calls compared\n", mode, pk_calls);
+    free(pk);
     free(w);
     free(x);
     free(xq);
@@ -842,20 +886,23 @@ static void test_tables(void) {
     CHECK(S && strcmp(S->isa, "scalar") == 0);
     CHECK(S->quantize == kern_quantize_scalar && S->gemm_q4_0 == kern_gemm_q4_0_scalar &&
           S->gemm_q4_1 == kern_gemm_q4_1_scalar && S->gemm_q8_0 == kern_gemm_q8_0_scalar &&
-          S->dot_f16 == kern_dot_f16_scalar && S->dot_f16_x4 == kern_dot_f16_x4_scalar &&
-          S->axpy_f16 == kern_axpy_f16_scalar && S->silu_mul == kern_silu_mul_scalar &&
-          S->softmax_exp == kern_softmax_exp_scalar && S->rope_rows == kern_rope_scalar &&
-          S->attn_f16 == kern_attn_f16_scalar && S->f32_to_f16 == kern_f32_to_f16_scalar &&
-          S->rmsnorm == kern_rmsnorm_scalar);
+          S->gemm_q4_0_fast == kern_gemm_q4_0_fast_scalar &&
+          S->gemm_q4_1_fast == kern_gemm_q4_1_fast_scalar &&
+          S->gemm_q8_0_fast == kern_gemm_q8_0_fast_scalar && S->dot_f16 == kern_dot_f16_scalar &&
+          S->dot_f16_x4 == kern_dot_f16_x4_scalar && S->axpy_f16 == kern_axpy_f16_scalar &&
+          S->silu_mul == kern_silu_mul_scalar && S->softmax_exp == kern_softmax_exp_scalar &&
+          S->rope_rows == kern_rope_scalar && S->attn_f16 == kern_attn_f16_scalar &&
+          S->f32_to_f16 == kern_f32_to_f16_scalar && S->rmsnorm == kern_rmsnorm_scalar);
     const kern_table *sel = kern_select();
     CHECK(sel != NULL);
     if (kern_vnni()) CHECK(strcmp(kern_vnni()->isa, "avx512vnni") == 0);
     if (kern_avx2()) CHECK(strcmp(kern_avx2()->isa, "avx2") == 0);
     for (int ti = 0; ti < n_tables; ti++) {
         const kern_table *T = tables[ti].t;
-        CHECKF(T->quantize && T->gemm_q4_0 && T->gemm_q4_1 && T->gemm_q8_0 && T->dot_f16 &&
-                   T->dot_f16_x4 && T->axpy_f16 && T->silu_mul && T->softmax_exp && T->rope_rows &&
-                   T->attn_f16 && T->f32_to_f16 && T->rmsnorm,
+        CHECKF(T->quantize && T->gemm_q4_0 && T->gemm_q4_1 && T->gemm_q8_0 && T->gemm_q4_0_fast &&
+                   T->gemm_q4_1_fast && T->gemm_q8_0_fast && T->dot_f16 && T->dot_f16_x4 &&
+                   T->axpy_f16 && T->silu_mul && T->softmax_exp && T->rope_rows && T->attn_f16 &&
+                   T->f32_to_f16 && T->rmsnorm,
                "%s table has a NULL entry", T->isa);
     }
 }
@@ -984,7 +1031,8 @@ int main(void) {
                "comparisons\n");
     test_tables();
     test_quantize();
-    test_gemm();
+    test_gemm(0);
+    test_gemm(1);
     test_dot_f16();
     test_reductions();
     test_axpy();

@@ -35,6 +35,25 @@ typedef struct {
  * row has nb blocks. */
 typedef void (*kern_gemm_fn)(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
                              int nr, float *y, size_t ys);
+/*
+ * Packed weights (fast numerics only). A matrix's columns in groups of
+ * KERN_PACK_COLS, each group's blocks contiguous, each block laid out for
+ * the column-lane kernels: codes interleaved in dwords (dword c of 64-byte
+ * row k = bytes 4k..4k+3 of column c's block codes), then the scales:
+ *   Q4_0: qs[4][64], float d[16]                       320 bytes (18 x 16 = 288 unpacked)
+ *   Q4_1: qs[4][64], f16 d[16], f16 m[16]              320 bytes (same as unpacked)
+ *   Q8_0: qs[8][64], float d[16], int32 -128*sum(qs)   640 bytes (34 x 16 = 544 unpacked)
+ * A group with fewer than 16 columns repeats its last one. The kernels
+ * compute exactly the gemm_*_fast results of the unpacked matrix.
+ */
+#define KERN_PACK_COLS 16
+/* Bytes of one packed group of nb blocks; 0 when the type has no packing. */
+size_t kern_pack_group_bytes(uint32_t type, int nb);
+/* Pack columns [0, nc) (nc <= 16, rows ws bytes apart) into out. */
+void kern_pack_group(uint32_t type, int nb, const void *w, size_t ws, int nc, void *out);
+/* y[r * ys + c] for c < nc (<= 16), r < nr, from one packed group wp. */
+typedef void (*kern_gemm_packed_fn)(int nb, const void *wp, int nc, const blk_q8 *x, size_t xs,
+                                    int nr, float *y, size_t ys);
 typedef void (*kern_quantize_fn)(const float *x, blk_q8 *y, int n);
 typedef float (*kern_dot_f16_fn)(const uint16_t *a, const float *b, int n);
 /* The same dot with ggml_vec_dot_f16's shape: 4 accumulators of 16 lanes
@@ -78,6 +97,14 @@ typedef struct {
     kern_gemm_fn gemm_q4_0;
     kern_gemm_fn gemm_q4_1;
     kern_gemm_fn gemm_q8_0;
+    /* the "fast" numerics (see the contract below) */
+    kern_gemm_fn gemm_q4_0_fast;
+    kern_gemm_fn gemm_q4_1_fast;
+    kern_gemm_fn gemm_q8_0_fast;
+    /* fast numerics on packed weights; NULL where the ISA has none */
+    kern_gemm_packed_fn gemm_q4_0_packed;
+    kern_gemm_packed_fn gemm_q4_1_packed;
+    kern_gemm_packed_fn gemm_q8_0_packed;
     kern_dot_f16_fn dot_f16;
     kern_dot_f16_fn dot_f16_x4;
     kern_axpy_f16_fn axpy_f16;
@@ -100,6 +127,32 @@ typedef struct {
  *   - softmax sums reduce each run of 16 values by the same tree and add the
  *     runs in double.
  * kern_tree16 is that reduction.
+ *
+ * Quantized GEMM has two numerics modes, chosen per backend at run time:
+ *   - exact (gemm_q4_0, gemm_q4_1, gemm_q8_0): ggml's vec_dot per output:
+ *     8 float lanes, lane l += (float)(int dot of bytes 4l..4l+3 of the
+ *     block) * (dw * dx) by fma, the lanes summed as an AVX hsum, plus the
+ *     min/offset term mw * sx summed in a separate float; bit-identical to
+ *     llama.cpp.
+ *   - fast (gemm_*_fast): for output y[r][c] over blocks b = 0, 1, ... in
+ *     order, with dw, mw the weight block's scale and min, dx, sx the
+ *     activation block's d and s (blk_q8):
+ *         isum = exact int32 dot of the block's 32 weight codes with the 32
+ *                activation codes (Q4_0, Q4_1: the unsigned nibbles 0..15;
+ *                Q8_0: the signed bytes)
+ *         acc   = fmaf(dw * dx, (float)isum, acc)      (dw * dx rounded first)
+ *         acc_m = fmaf(mw, sx, acc_m)                  (Q4_1: mw = m;
+ *                                                       Q4_0: mw = -8 * dw)
+ *     both accumulators starting at +0; y = acc + acc_m (Q8_0: y = acc).
+ *     (float)isum is exact (|isum| < 2^24). One float chain per output
+ *     instead of eight: per 16 outputs and block the AVX-512 kernel needs 8
+ *     dpbusd plus a convert, a multiply and one or two fmas, about half the
+ *     work of the exact kernels. Results differ from llama.cpp's by float
+ *     rounding only (test_model_ref reports by how much).
+ * In both modes every SIMD variant is bit-identical to the scalar reference
+ * (test_kernels), and an output's value does not depend on how many rows
+ * or columns a call computes or how calls are split between threads, so a
+ * sequence's results do not depend on what it is batched with.
  */
 float kern_tree16(const float *lanes);
 float kern_exp_ref(float x);
@@ -120,6 +173,12 @@ void kern_gemm_q4_1_scalar(int nb, const void *w, size_t ws, int nc, const blk_q
                            int nr, float *y, size_t ys);
 void kern_gemm_q8_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
                            int nr, float *y, size_t ys);
+void kern_gemm_q4_0_fast_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x,
+                                size_t xs, int nr, float *y, size_t ys);
+void kern_gemm_q4_1_fast_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x,
+                                size_t xs, int nr, float *y, size_t ys);
+void kern_gemm_q8_0_fast_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x,
+                                size_t xs, int nr, float *y, size_t ys);
 float kern_dot_f16_scalar(const uint16_t *a, const float *b, int n);
 float kern_dot_f16_x4_scalar(const uint16_t *a, const float *b, int n);
 /* (l[0..16) + l[32..48)) + (l[16..32) + l[48..64)), then the tree */

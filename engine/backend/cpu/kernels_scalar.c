@@ -100,6 +100,100 @@ void kern_gemm_q8_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q
     gemm_scalar(W_Q8_0, nb, w, ws, nc, x, xs, nr, y, ys);
 }
 
+/* The "fast" numerics (kernels.h): one int dot per block, one fma chain
+ * per output, the min/offset term in a second chain. */
+static void gemm_fast_scalar(wkind kind, int nb, const void *w, size_t ws, int nc, const blk_q8 *x,
+                             size_t xs, int nr, float *y, size_t ys) {
+    for (int c = 0; c < nc; c++) {
+        const uint8_t *wrow = (const uint8_t *)w + (size_t)c * ws;
+        for (int r = 0; r < nr; r++) {
+            const blk_q8 *xr = x + (size_t)r * xs;
+            float acc = 0, macc = 0;
+            for (int b = 0; b < nb; b++) {
+                int32_t isum = 0;
+                float dw, mw = 0;
+                if (kind == W_Q8_0) {
+                    const block_q8_0 *wb = (const block_q8_0 *)wrow + b;
+                    for (int k = 0; k < 32; k++) isum += wb->qs[k] * xr[b].qs[k];
+                    dw = qt_f16_to_f32(wb->d);
+                } else {
+                    const uint8_t *qs;
+                    if (kind == W_Q4_1) {
+                        const block_q4_1 *wb = (const block_q4_1 *)wrow + b;
+                        qs = wb->qs;
+                        dw = qt_f16_to_f32(wb->d);
+                        mw = qt_f16_to_f32(wb->m);
+                    } else {
+                        const block_q4_0 *wb = (const block_q4_0 *)wrow + b;
+                        qs = wb->qs;
+                        dw = qt_f16_to_f32(wb->d);
+                        mw = -8.0f * dw;
+                    }
+                    for (int k = 0; k < 16; k++)
+                        isum += (qs[k] & 0xf) * xr[b].qs[k] + (qs[k] >> 4) * xr[b].qs[k + 16];
+                }
+                acc = fmaf(dw * xr[b].d, (float)isum, acc);
+                if (kind != W_Q8_0) macc = fmaf(mw, xr[b].s, macc);
+            }
+            y[(size_t)r * ys + c] = kind == W_Q8_0 ? acc : acc + macc;
+        }
+    }
+}
+
+void kern_gemm_q4_0_fast_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x,
+                                size_t xs, int nr, float *y, size_t ys) {
+    gemm_fast_scalar(W_Q4_0, nb, w, ws, nc, x, xs, nr, y, ys);
+}
+void kern_gemm_q4_1_fast_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x,
+                                size_t xs, int nr, float *y, size_t ys) {
+    gemm_fast_scalar(W_Q4_1, nb, w, ws, nc, x, xs, nr, y, ys);
+}
+void kern_gemm_q8_0_fast_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x,
+                                size_t xs, int nr, float *y, size_t ys) {
+    gemm_fast_scalar(W_Q8_0, nb, w, ws, nc, x, xs, nr, y, ys);
+}
+
+size_t kern_pack_group_bytes(uint32_t type, int nb) {
+    const size_t blk = type == QT_Q4_0 || type == QT_Q4_1 ? 320 : type == QT_Q8_0 ? 640 : 0;
+    return blk * (size_t)nb;
+}
+
+void kern_pack_group(uint32_t type, int nb, const void *w, size_t ws, int nc, void *out) {
+    const size_t blk = kern_pack_group_bytes(type, 1);
+    for (int b = 0; b < nb; b++) {
+        uint8_t *o = (uint8_t *)out + (size_t)b * blk;
+        for (int c = 0; c < KERN_PACK_COLS; c++) {
+            const uint8_t *row = (const uint8_t *)w + (size_t)(c < nc ? c : nc - 1) * ws;
+            if (type == QT_Q8_0) {
+                const block_q8_0 *wb = (const block_q8_0 *)row + b;
+                int32_t sum = 0;
+                for (int k = 0; k < 32; k++) {
+                    o[(k / 4) * 64 + 4 * c + k % 4] = (uint8_t)wb->qs[k];
+                    sum += wb->qs[k];
+                }
+                float d = qt_f16_to_f32(wb->d);
+                int32_t corr = -128 * sum;
+                memcpy(o + 512 + 4 * c, &d, 4);
+                memcpy(o + 576 + 4 * c, &corr, 4);
+            } else {
+                const uint8_t *qs;
+                if (type == QT_Q4_1) {
+                    const block_q4_1 *wb = (const block_q4_1 *)row + b;
+                    qs = wb->qs;
+                    memcpy(o + 256 + 2 * c, &wb->d, 2);
+                    memcpy(o + 288 + 2 * c, &wb->m, 2);
+                } else {
+                    const block_q4_0 *wb = (const block_q4_0 *)row + b;
+                    qs = wb->qs;
+                    float d = qt_f16_to_f32(wb->d);
+                    memcpy(o + 256 + 4 * c, &d, 4);
+                }
+                for (int k = 0; k < 16; k++) o[(k / 4) * 64 + 4 * c + k % 4] = qs[k];
+            }
+        }
+    }
+}
+
 float kern_tree16(const float *l) {
     float t3[8], t6[4];
     for (int i = 0; i < 8; i++) t3[i] = l[i + 8] + l[i];
@@ -257,6 +351,9 @@ static const kern_table SCALAR = {
     .gemm_q4_0 = kern_gemm_q4_0_scalar,
     .gemm_q4_1 = kern_gemm_q4_1_scalar,
     .gemm_q8_0 = kern_gemm_q8_0_scalar,
+    .gemm_q4_0_fast = kern_gemm_q4_0_fast_scalar,
+    .gemm_q4_1_fast = kern_gemm_q4_1_fast_scalar,
+    .gemm_q8_0_fast = kern_gemm_q8_0_fast_scalar,
     .dot_f16 = kern_dot_f16_scalar,
     .dot_f16_x4 = kern_dot_f16_x4_scalar,
     .axpy_f16 = kern_axpy_f16_scalar,

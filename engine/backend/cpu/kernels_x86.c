@@ -698,9 +698,13 @@ static inline T_VNNI void cl_transpose16x4(const uint8_t *const *q, __m512i *t) 
 }
 
 /* Transpose nb blocks of columns [0, nc) (nc <= 16; missing columns repeat
- * the last one, their results are not stored). */
-static inline T_VNNI __attribute__((always_inline)) void
-cl_prepare(const int KIND, int nb, const uint8_t *w, size_t ws, int nc, cl_block *buf) {
+ * the last one, their results are not stored). FAST (the fast numerics)
+ * keeps Q8_0 codes signed and puts -128 * (each column's sum of codes) as
+ * int32 in mw (see cl_rows_fast). */
+static inline T_VNNI __attribute__((always_inline)) void cl_prepare(const int KIND, const int FAST,
+                                                                    int nb, const uint8_t *w,
+                                                                    size_t ws, int nc,
+                                                                    cl_block *buf) {
     const size_t wblk = KIND == WK_Q4_0   ? sizeof(block_q4_0)
                         : KIND == WK_Q4_1 ? sizeof(block_q4_1)
                                           : sizeof(block_q8_0);
@@ -720,7 +724,20 @@ cl_prepare(const int KIND, int nb, const uint8_t *w, size_t ws, int nc, cl_block
         __m512i t[4];
         cl_transpose16x4(q, t);
         cl_block *o = buf + b;
-        if (KIND == WK_Q8_0) {
+        if (KIND == WK_Q8_0 && FAST) {
+            __m512i sum = _mm512_setzero_si512();
+            UNROLL8 for (int k = 0; k < 4; k++) {
+                _mm512_store_si512(o->w[k], t[k]);
+                sum = _mm512_dpbusd_epi32(sum, bias, t[k]);
+            }
+            UNROLL16 for (int c = 0; c < 16; c++) q[c] += 16;
+            cl_transpose16x4(q, t);
+            UNROLL8 for (int k = 0; k < 4; k++) {
+                _mm512_store_si512(o->w[4 + k], t[k]);
+                sum = _mm512_dpbusd_epi32(sum, bias, t[k]);
+            }
+            _mm512_store_si512(o->mw, _mm512_sub_epi32(_mm512_setzero_si512(), sum));
+        } else if (KIND == WK_Q8_0) {
             UNROLL8 for (int k = 0; k < 4; k++)
                 _mm512_store_si512(o->w[k], _mm512_xor_si512(t[k], bias));
             UNROLL16 for (int c = 0; c < 16; c++) q[c] += 16;
@@ -733,9 +750,15 @@ cl_prepare(const int KIND, int nb, const uint8_t *w, size_t ws, int nc, cl_block
                 _mm512_store_si512(o->w[4 + k], _mm512_and_si512(_mm512_srli_epi32(t[k], 4), m4));
             }
         }
-        const __m512i dm = _mm512_i32gather_epi32(idx, wb, 1); /* d | m << 16 */
+        __m512i dm; /* d | m << 16 */
+        if (FAST) { /* 16 scalar loads: cheaper than a gather on Zen */
+            int32_t dmv[16];
+            UNROLL16 for (int c = 0; c < 16; c++) dmv[c] = ld_i32(wb + cidx[c]);
+            dm = _mm512_loadu_si512((const void *)dmv);
+        } else dm = _mm512_i32gather_epi32(idx, wb, 1);
         const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
         _mm512_store_ps(o->dw, dw);
+        if (KIND == WK_Q8_0 && FAST) continue; /* mw holds the correction */
         _mm512_store_ps(o->mw,
                         KIND == WK_Q4_1
                             ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)))
@@ -881,7 +904,7 @@ gemv16(const int KIND, int nb, const uint8_t *w, size_t ws, const blk_q8 *x, flo
         cl_block buf[CL_MAX_NB];                                                                   \
         for (int c = 0; c < nc; c += 16) {                                                         \
             const int ncc = nc - c < 16 ? nc - c : 16;                                             \
-            cl_prepare(KIND, nb, w + (size_t)c * ws, ws, ncc, buf);                                \
+            cl_prepare(KIND, 0, nb, w + (size_t)c * ws, ws, ncc, buf);                             \
             int r = 0;                                                                             \
             for (; r + 2 <= nr; r += 2)                                                            \
                 cl_rows(KIND, 2, nb, buf, x + (size_t)r * xs, xs, y + (size_t)r * ys + c, ys,      \
@@ -895,6 +918,294 @@ AVX512_DRIVER(gemm_q4_0_avx512, WK_Q4_0, gemm_q4_0_vnni)
 AVX512_DRIVER(gemm_q4_1_avx512, WK_Q4_1, gemm_q4_1_vnni)
 AVX512_DRIVER(gemm_q8_0_avx512, WK_Q8_0, gemm_q8_0_vnni)
 
+/*
+ * Fast numerics (kernels.h), AVX-512 VNNI. The same column lanes as above,
+ * but each output keeps one int32 lane per block: dpbusd of the 8 groups of
+ * 4 bytes all go into the same lane (an exact int dot of the block), then
+ * one convert, one multiply (dw * dx) and one fma per 16 outputs, and one
+ * more fma for the min term. NR activation rows share the 8 weight
+ * registers of a block. Q4 weights are the unsigned operand and the
+ * activation group a broadcast memory operand; Q8_0 weights stay signed and
+ * the activations are made unsigned (x ^ 0x80 = x + 128), the column's
+ * -128 * sum(w) from cl_prepare starting the dot.
+ */
+static inline T_VNNI __attribute__((always_inline)) void cl_rows_fast(const int KIND, const int NR,
+                                                                      int nb, const cl_block *buf,
+                                                                      const blk_q8 *x, size_t xs,
+                                                                      __m512 *acc, __m512 *macc) {
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    for (int b = 0; b < nb; b++) {
+        const cl_block *o = buf + b;
+        __m512i wl[8];
+        UNROLL8 for (int l = 0; l < 8; l++) wl[l] = _mm512_load_si512(o->w[l]);
+        const __m512 dw = _mm512_load_ps(o->dw);
+        UNROLL8 for (int r = 0; r < NR; r++) {
+            const blk_q8 *xb = x + (size_t)r * xs + b;
+            __m512i p0, p1;
+            if (KIND == WK_Q8_0) {
+                p0 = _mm512_load_si512(o->mw);
+                p1 = _mm512_setzero_si512();
+                UNROLL8 for (int l = 0; l < 4; l++) {
+                    p0 = _mm512_dpbusd_epi32(
+                        p0, _mm512_xor_si512(_mm512_set1_epi32(ld_i32(xb->qs + 4 * l)), bias),
+                        wl[l]);
+                    p1 = _mm512_dpbusd_epi32(
+                        p1, _mm512_xor_si512(_mm512_set1_epi32(ld_i32(xb->qs + 16 + 4 * l)), bias),
+                        wl[4 + l]);
+                }
+            } else {
+                p0 = _mm512_setzero_si512();
+                p1 = _mm512_setzero_si512();
+                UNROLL8 for (int l = 0; l < 4; l++) {
+                    p0 = _mm512_dpbusd_epi32(p0, wl[l], _mm512_set1_epi32(ld_i32(xb->qs + 4 * l)));
+                    p1 = _mm512_dpbusd_epi32(p1, wl[4 + l],
+                                             _mm512_set1_epi32(ld_i32(xb->qs + 16 + 4 * l)));
+                }
+            }
+            const __m512 isum = _mm512_cvtepi32_ps(_mm512_add_epi32(p0, p1));
+            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), isum, acc[r]);
+            if (KIND != WK_Q8_0)
+                macc[r] = _mm512_fmadd_ps(_mm512_load_ps(o->mw), _mm512_set1_ps(xb->s), macc[r]);
+        }
+    }
+}
+
+/* NR rows against one chunk of 16 columns, all its blocks: prepared in
+ * segments of CL_MAX_NB blocks (the accumulators carry over, so the order
+ * of operations is that of one pass; rows beyond one group re-transpose
+ * the chunk, which only models wider than 4096 inputs pay). */
+static inline T_VNNI __attribute__((always_inline)) void
+cl_fast_group(const int KIND, const int NR, int nb, const uint8_t *w, size_t ws, int nc,
+              cl_block *buf, int prepared, const blk_q8 *x, size_t xs, float *y, size_t ys) {
+    __m512 acc[8], macc[8];
+    UNROLL8 for (int r = 0; r < NR; r++) {
+        acc[r] = _mm512_setzero_ps();
+        macc[r] = _mm512_setzero_ps();
+    }
+    const size_t wblk = KIND == WK_Q4_0   ? sizeof(block_q4_0)
+                        : KIND == WK_Q4_1 ? sizeof(block_q4_1)
+                                          : sizeof(block_q8_0);
+    for (int b0 = 0; b0 < nb; b0 += CL_MAX_NB) {
+        const int nbs = nb - b0 < CL_MAX_NB ? nb - b0 : CL_MAX_NB;
+        if (!prepared) cl_prepare(KIND, 1, nbs, w + (size_t)b0 * wblk, ws, nc, buf);
+        cl_rows_fast(KIND, NR, nbs, buf, x + b0, xs, acc, macc);
+    }
+    const __mmask16 m = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
+    UNROLL8 for (int r = 0; r < NR; r++) _mm512_mask_storeu_ps(
+        y + (size_t)r * ys, m, KIND == WK_Q8_0 ? acc[r] : _mm512_add_ps(acc[r], macc[r]));
+}
+
+#define CL_FAST_NR 8
+#define AVX512_FAST_DRIVER(NAME, KIND)                                                             \
+    static T_VNNI void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x, size_t xs, \
+                            int nr, float *y, size_t ys) {                                         \
+        const uint8_t *w = wv;                                                                     \
+        cl_block buf[CL_MAX_NB];                                                                   \
+        const int once = nb <= CL_MAX_NB; /* the chunk is transposed once for all rows */          \
+        for (int c = 0; c < nc; c += 16) {                                                         \
+            const int ncc = nc - c < 16 ? nc - c : 16;                                             \
+            const uint8_t *wc = w + (size_t)c * ws;                                                \
+            if (once) cl_prepare(KIND, 1, nb, wc, ws, ncc, buf);                                   \
+            int r = 0;                                                                             \
+            for (; r + CL_FAST_NR <= nr; r += CL_FAST_NR)                                          \
+                cl_fast_group(KIND, CL_FAST_NR, nb, wc, ws, ncc, buf, once, x + (size_t)r * xs,    \
+                              xs, y + (size_t)r * ys + c, ys);                                     \
+            const int left = nr - r;                                                               \
+            const blk_q8 *xr = x + (size_t)r * xs;                                                 \
+            float *yr = y + (size_t)r * ys + c;                                                    \
+            if (left >= 4) {                                                                       \
+                cl_fast_group(KIND, 4, nb, wc, ws, ncc, buf, once, xr, xs, yr, ys);                \
+                xr += 4 * xs;                                                                      \
+                yr += 4 * ys;                                                                      \
+            }                                                                                      \
+            if (left & 2) {                                                                        \
+                cl_fast_group(KIND, 2, nb, wc, ws, ncc, buf, once, xr, xs, yr, ys);                \
+                xr += 2 * xs;                                                                      \
+                yr += 2 * ys;                                                                      \
+            }                                                                                      \
+            if (left & 1) cl_fast_group(KIND, 1, nb, wc, ws, ncc, buf, once, xr, xs, yr, ys);      \
+        }                                                                                          \
+    }
+AVX512_FAST_DRIVER(gemm_q4_0_fast_avx512, WK_Q4_0)
+AVX512_FAST_DRIVER(gemm_q4_1_fast_avx512, WK_Q4_1)
+AVX512_FAST_DRIVER(gemm_q8_0_fast_avx512, WK_Q8_0)
+
+/*
+ * Fast numerics on packed weights (kernels.h, KERN_PACK_COLS): the layout
+ * cl_rows_fast needs is already in memory, so a block costs 4 (Q8_0: 8)
+ * loads and, for Q4, 8 and/shift ops, shared by NR rows, where cl_prepare
+ * spent ~50 cycles a block transposing. This is also the one-row (decode)
+ * kernel: 8 dpbusd and 3-4 float ops per 16 outputs and block.
+ */
+static inline T_VNNI __attribute__((always_inline)) void pk_rows(const int KIND, const int NR,
+                                                                 int nb, const uint8_t *wp,
+                                                                 const blk_q8 *x, size_t xs,
+                                                                 float *y, size_t ys, int nc) {
+    const size_t blk = KIND == WK_Q8_0 ? 640 : 320;
+    const __m512i m4 = _mm512_set1_epi8(0x0f), bias = _mm512_set1_epi8((char)0x80);
+    __m512 acc[8], macc[8];
+    UNROLL8 for (int r = 0; r < NR; r++) {
+        acc[r] = _mm512_setzero_ps();
+        macc[r] = _mm512_setzero_ps();
+    }
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *pb = wp + (size_t)b * blk;
+        /* the thread's next group follows this one: fetch 1/nb of it per block */
+        for (size_t l = 0; l < blk; l += 64)
+            _mm_prefetch((const char *)pb + (size_t)nb * blk + l, _MM_HINT_T0);
+        __m512i wl[8];
+        __m512 dw, mw = _mm512_setzero_ps();
+        if (KIND == WK_Q8_0) {
+            UNROLL8 for (int l = 0; l < 8; l++) wl[l] = _mm512_load_si512(pb + 64 * l);
+            dw = _mm512_load_ps(pb + 512);
+        } else {
+            UNROLL8 for (int k = 0; k < 4; k++) {
+                const __m512i t = _mm512_load_si512(pb + 64 * k);
+                wl[k] = _mm512_and_si512(t, m4);
+                wl[4 + k] = _mm512_and_si512(_mm512_srli_epi16(t, 4), m4);
+            }
+            if (KIND == WK_Q4_1) {
+                dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pb + 256)));
+                mw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pb + 288)));
+            } else {
+                dw = _mm512_load_ps(pb + 256);
+                mw = _mm512_mul_ps(_mm512_set1_ps(-8.0f), dw);
+            }
+        }
+        UNROLL8 for (int r = 0; r < NR; r++) {
+            const blk_q8 *xb = x + (size_t)r * xs + b;
+            __m512i p0, p1;
+            if (KIND == WK_Q8_0) {
+                p0 = _mm512_load_si512(pb + 576);
+                p1 = _mm512_setzero_si512();
+                UNROLL8 for (int l = 0; l < 4; l++) {
+                    p0 = _mm512_dpbusd_epi32(
+                        p0, _mm512_xor_si512(_mm512_set1_epi32(ld_i32(xb->qs + 4 * l)), bias),
+                        wl[l]);
+                    p1 = _mm512_dpbusd_epi32(
+                        p1, _mm512_xor_si512(_mm512_set1_epi32(ld_i32(xb->qs + 16 + 4 * l)), bias),
+                        wl[4 + l]);
+                }
+            } else {
+                p0 = _mm512_setzero_si512();
+                p1 = _mm512_setzero_si512();
+                UNROLL8 for (int l = 0; l < 4; l++) {
+                    p0 = _mm512_dpbusd_epi32(p0, wl[l], _mm512_set1_epi32(ld_i32(xb->qs + 4 * l)));
+                    p1 = _mm512_dpbusd_epi32(p1, wl[4 + l],
+                                             _mm512_set1_epi32(ld_i32(xb->qs + 16 + 4 * l)));
+                }
+            }
+            const __m512 isum = _mm512_cvtepi32_ps(_mm512_add_epi32(p0, p1));
+            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), isum, acc[r]);
+            if (KIND != WK_Q8_0) macc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xb->s), macc[r]);
+        }
+    }
+    const __mmask16 m = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
+    UNROLL8 for (int r = 0; r < NR; r++) _mm512_mask_storeu_ps(
+        y + (size_t)r * ys, m, KIND == WK_Q8_0 ? acc[r] : _mm512_add_ps(acc[r], macc[r]));
+}
+
+#define AVX512_PACKED_DRIVER(NAME, KIND)                                                           \
+    static T_VNNI void NAME(int nb, const void *wv, int nc, const blk_q8 *x, size_t xs, int nr,    \
+                            float *y, size_t ys) {                                                 \
+        const uint8_t *wp = wv;                                                                    \
+        int r = 0;                                                                                 \
+        for (; r + CL_FAST_NR <= nr; r += CL_FAST_NR)                                              \
+            pk_rows(KIND, CL_FAST_NR, nb, wp, x + (size_t)r * xs, xs, y + (size_t)r * ys, ys, nc); \
+        const int left = nr - r;                                                                   \
+        const blk_q8 *xr = x + (size_t)r * xs;                                                     \
+        float *yr = y + (size_t)r * ys;                                                            \
+        if (left >= 4) {                                                                           \
+            pk_rows(KIND, 4, nb, wp, xr, xs, yr, ys, nc);                                          \
+            xr += 4 * xs;                                                                          \
+            yr += 4 * ys;                                                                          \
+        }                                                                                          \
+        if (left & 2) {                                                                            \
+            pk_rows(KIND, 2, nb, wp, xr, xs, yr, ys, nc);                                          \
+            xr += 2 * xs;                                                                          \
+            yr += 2 * ys;                                                                          \
+        }                                                                                          \
+        if (left & 1) pk_rows(KIND, 1, nb, wp, xr, xs, yr, ys, nc);                                \
+    }
+AVX512_PACKED_DRIVER(gemm_q4_0_packed_avx512, WK_Q4_0)
+AVX512_PACKED_DRIVER(gemm_q4_1_packed_avx512, WK_Q4_1)
+AVX512_PACKED_DRIVER(gemm_q8_0_packed_avx512, WK_Q8_0)
+
+/*
+ * Fast numerics, AVX2 (also without VNNI): 8 weight columns at a time, each
+ * block's codes unpacked once for up to 4 activation rows; a column's int
+ * dot is 8 lanes from maddubs + madd (no saturation: |pair sum| <= 2 * 128
+ * * 127), the 8 columns' lanes summed into one vector by hadd (integer adds,
+ * exact), then the scale and min-term fmas as vectors of 8 columns. The
+ * last nc % 8 columns use the scalar reference (same definition).
+ */
+static inline T_AVX2 __m256i hsum8x8_epi32(const __m256i *v) {
+    __m256i a = _mm256_hadd_epi32(v[0], v[1]), b = _mm256_hadd_epi32(v[2], v[3]);
+    __m256i c = _mm256_hadd_epi32(v[4], v[5]), d = _mm256_hadd_epi32(v[6], v[7]);
+    __m256i e = _mm256_hadd_epi32(a, b), f = _mm256_hadd_epi32(c, d);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(e, f, 0x20),
+                            _mm256_permute2x128_si256(e, f, 0x31));
+}
+
+static inline T_AVX2 __attribute__((always_inline)) void
+avx2_fast_tile(const int KIND, const int NR, int nb, const uint8_t *w, size_t ws, const blk_q8 *x,
+               size_t xs, float *y, size_t ys) {
+    const size_t wblk = KIND == WK_Q4_0   ? sizeof(block_q4_0)
+                        : KIND == WK_Q4_1 ? sizeof(block_q4_1)
+                                          : sizeof(block_q8_0);
+    __m256 acc[4], macc[4];
+    for (int r = 0; r < NR; r++) acc[r] = macc[r] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m256i wq[8];
+        uint16_t dh[8], mh[8];
+        for (int c = 0; c < 8; c++) {
+            const uint8_t *wb = w + (size_t)c * ws + (size_t)b * wblk;
+            dh[c] = (uint16_t)ld_i16(wb);
+            mh[c] = KIND == WK_Q4_1 ? (uint16_t)ld_i16(wb + 2) : 0;
+            wq[c] = KIND == WK_Q8_0 ? _mm256_loadu_si256((const __m256i *)(wb + 2))
+                                    : unpack_q4(wb + (KIND == WK_Q4_1 ? 4 : 2));
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dh));
+        const __m256 mw = KIND == WK_Q4_1 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mh))
+                                          : _mm256_mul_ps(_mm256_set1_ps(-8.0f), dw);
+        for (int r = 0; r < NR; r++) {
+            const blk_q8 *xb = x + (size_t)r * xs + b;
+            const __m256i xq = _mm256_loadu_si256((const __m256i *)xb->qs);
+            __m256i p[8];
+            for (int c = 0; c < 8; c++)
+                p[c] = KIND == WK_Q8_0 ? dot_u8s8_avx2(_mm256_sign_epi8(wq[c], wq[c]),
+                                                       _mm256_sign_epi8(xq, wq[c]))
+                                       : dot_u8s8_avx2(wq[c], xq);
+            const __m256 isum = _mm256_cvtepi32_ps(hsum8x8_epi32(p));
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(xb->d)), isum, acc[r]);
+            if (KIND != WK_Q8_0) macc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xb->s), macc[r]);
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        _mm256_storeu_ps(y + (size_t)r * ys,
+                         KIND == WK_Q8_0 ? acc[r] : _mm256_add_ps(acc[r], macc[r]));
+}
+
+#define AVX2_FAST_DRIVER(NAME, KIND, SCALAR)                                                       \
+    static T_AVX2 void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x, size_t xs, \
+                            int nr, float *y, size_t ys) {                                         \
+        const uint8_t *w = wv;                                                                     \
+        int c = 0;                                                                                 \
+        for (; c + 8 <= nc; c += 8) {                                                              \
+            int r = 0;                                                                             \
+            for (; r + 4 <= nr; r += 4)                                                            \
+                avx2_fast_tile(KIND, 4, nb, w + (size_t)c * ws, ws, x + (size_t)r * xs, xs,        \
+                               y + (size_t)r * ys + c, ys);                                        \
+            for (; r < nr; r++)                                                                    \
+                avx2_fast_tile(KIND, 1, nb, w + (size_t)c * ws, ws, x + (size_t)r * xs, xs,        \
+                               y + (size_t)r * ys + c, ys);                                        \
+        }                                                                                          \
+        if (c < nc) SCALAR(nb, w + (size_t)c * ws, ws, nc - c, x, xs, nr, y + c, ys);              \
+    }
+AVX2_FAST_DRIVER(gemm_q4_0_fast_avx2, WK_Q4_0, kern_gemm_q4_0_fast_scalar)
+AVX2_FAST_DRIVER(gemm_q4_1_fast_avx2, WK_Q4_1, kern_gemm_q4_1_fast_scalar)
+AVX2_FAST_DRIVER(gemm_q8_0_fast_avx2, WK_Q8_0, kern_gemm_q8_0_fast_scalar)
+
 static const kern_table AVX2;
 static void attn_f16_avx2(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
                           const float *q, int nq, int hd, float scale, int single, float *work,
@@ -907,6 +1218,9 @@ static const kern_table AVX2 = {
     .gemm_q4_0 = gemm_q4_0_avx2,
     .gemm_q4_1 = gemm_q4_1_avx2,
     .gemm_q8_0 = gemm_q8_0_avx2,
+    .gemm_q4_0_fast = gemm_q4_0_fast_avx2,
+    .gemm_q4_1_fast = gemm_q4_1_fast_avx2,
+    .gemm_q8_0_fast = gemm_q8_0_fast_avx2,
     .dot_f16 = dot_f16_avx2,
     .dot_f16_x4 = dot_f16_x4_avx2,
     .axpy_f16 = axpy_f16_avx2,
@@ -923,6 +1237,12 @@ static const kern_table VNNI = {
     .gemm_q4_0 = gemm_q4_0_avx512,
     .gemm_q4_1 = gemm_q4_1_avx512,
     .gemm_q8_0 = gemm_q8_0_avx512,
+    .gemm_q4_0_fast = gemm_q4_0_fast_avx512,
+    .gemm_q4_1_fast = gemm_q4_1_fast_avx512,
+    .gemm_q8_0_fast = gemm_q8_0_fast_avx512,
+    .gemm_q4_0_packed = gemm_q4_0_packed_avx512,
+    .gemm_q4_1_packed = gemm_q4_1_packed_avx512,
+    .gemm_q8_0_packed = gemm_q8_0_packed_avx512,
     .dot_f16 = dot_f16_avx2,
     .dot_f16_x4 = dot_f16_x4_avx2,
     .axpy_f16 = axpy_f16_avx2,
