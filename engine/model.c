@@ -87,6 +87,7 @@ static int get_weight(llm_model *m, const char *name, int64_t n_in, int64_t n_ou
     w->n_in = n_in;
     w->n_out = n_out;
     w->row_bytes = quant_row_bytes(t->type, n_in);
+    w->mapped = 1; /* gguf_open maps the file read-only */
     m->weight_bytes += t->nbytes;
     return 0;
 }

@@ -26,6 +26,10 @@ typedef struct {
     int64_t n_in;   /* elements per row (ne[0]) */
     int64_t n_out;  /* rows (ne[1]) */
     size_t row_bytes;
+    /* data lies in a read-only file mapping: a backend that keeps its own
+     * copy (the CPU backend's packed weights) may drop these pages from
+     * memory; touching them again reads them back from the file */
+    int mapped;
 } be_weight;
 
 /* Attention over the paged KV cache for one step's flattened batch. */
@@ -77,10 +81,29 @@ struct backend {
     void *impl;
 };
 
-/* Create the CPU backend with n_threads workers (<= 0: number of cores). */
+/* Arithmetic of the quantized matmuls (backend/cpu/kernels.h states both):
+ * EXACT reproduces llama.cpp's results bit for bit; FAST keeps one float
+ * accumulator per output (about twice the GEMM throughput, results within
+ * float rounding of EXACT). Both are deterministic and batch-invariant: a
+ * row's result does not depend on the other rows of the step. */
+typedef enum { BE_NUMERICS_EXACT = 0, BE_NUMERICS_FAST = 1 } be_numerics;
+
+typedef struct {
+    int n_threads;        /* <= 0: number of cores */
+    be_numerics numerics; /* default (zeroed struct) EXACT */
+} be_cpu_options;
+
+/* "exact" / "fast"; parse returns -1 for any other name */
+const char *be_numerics_name(be_numerics n);
+int be_numerics_parse(const char *name, be_numerics *out);
+
+/* Create the CPU backend; opt NULL: all defaults. */
+backend *backend_cpu_create_opts(const be_cpu_options *opt, char *err, size_t errlen);
+/* The same with n_threads workers (<= 0: number of cores) and exact numerics. */
 backend *backend_cpu_create(int n_threads, char *err, size_t errlen);
 void backend_free(backend *be);
 /* Kernel family the CPU backend picked ("avx512vnni", "avx2", "scalar"). */
 const char *backend_cpu_isa(const backend *be);
+be_numerics backend_cpu_numerics(const backend *be);
 
 #endif

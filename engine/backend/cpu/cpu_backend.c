@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -31,6 +32,7 @@
  * time, so the column-lane kernels transpose a chunk at most twice in a
  * 512-row prefill. */
 #define COL_CHUNK 16
+_Static_assert(COL_CHUNK == KERN_PACK_COLS, "a matmul chunk is one packed group");
 #define ROW_TILE 256
 
 typedef struct {
@@ -46,9 +48,14 @@ typedef struct {
 typedef struct {
     tp_pool *pool;
     const kern_table *k;
+    be_numerics numerics;
     blk_q8 *xq; /* quantized activation rows */
     size_t xq_cap;
     split_range *ranges; /* [n_threads] */
+    /* packed copies of weights (fast numerics), an open-addressing table
+     * keyed by the weight's data pointer; pk_cap is a power of two */
+    struct packed_w *pk;
+    size_t pk_n, pk_cap;
     scratch *per_thread; /* [n_threads] */
     _Atomic int counter;
     /* attention: row -> sequence, and each sequence's slot byte offsets */
@@ -130,6 +137,110 @@ static int split_next(cpu_impl *ci, int ith, int nth, int *first) {
     return 0;
 }
 
+/* ---------------- packed weights (fast numerics) ---------------- */
+
+/*
+ * With the fast numerics and a kernel table that has packed GEMMs
+ * (AVX-512), every quantized weight is packed (kernels.h, KERN_PACK_COLS)
+ * on its first matmul into memory the backend owns, and later matmuls read
+ * only the packed copy: per block the column-lane layout is a few loads
+ * instead of a transposition. A weight in a file mapping (be_weight.mapped)
+ * then has its whole pages dropped from the process (MADV_DONTNEED; read
+ * again from the file only if touched, e.g. embedding rows of a tied output
+ * matrix), so the weights stay resident once. Packing goes weight by
+ * weight: the peak is the model plus its largest matrix.
+ */
+typedef struct packed_w {
+    const void *src; /* NULL: empty slot */
+    uint8_t *data;
+    size_t group_bytes;
+} packed_w;
+
+static size_t pk_slot(const cpu_impl *ci, const void *src) {
+    uint64_t h = (uint64_t)(uintptr_t)src * 0x9e3779b97f4a7c15ull;
+    size_t i = (size_t)(h >> 20) & (ci->pk_cap - 1);
+    while (ci->pk[i].src && ci->pk[i].src != src) i = (i + 1) & (ci->pk_cap - 1);
+    return i;
+}
+
+static int pk_insert(cpu_impl *ci, packed_w e) {
+    if (2 * (ci->pk_n + 1) > ci->pk_cap) {
+        size_t old_cap = ci->pk_cap, cap = old_cap ? 2 * old_cap : 256;
+        packed_w *old = ci->pk, *t = calloc(cap, sizeof *t);
+        if (!t) return -1;
+        ci->pk = t;
+        ci->pk_cap = cap;
+        for (size_t i = 0; i < old_cap; i++)
+            if (old[i].src) ci->pk[pk_slot(ci, old[i].src)] = old[i];
+        free(old);
+    }
+    ci->pk[pk_slot(ci, e.src)] = e;
+    ci->pk_n++;
+    return 0;
+}
+
+typedef struct {
+    cpu_impl *ci;
+    const be_weight *w;
+    uint8_t *out;
+    size_t group_bytes;
+    int groups, nb;
+} pack_job;
+
+static void pack_worker(void *arg, int ith, int nth) {
+    pack_job *j = arg;
+    (void)ith;
+    (void)nth;
+    const be_weight *w = j->w;
+    for (int g;
+         (g = atomic_fetch_add_explicit(&j->ci->counter, 1, memory_order_relaxed)) < j->groups;) {
+        const int64_t c0 = (int64_t)g * KERN_PACK_COLS;
+        const int nc = (int)(w->n_out - c0 < KERN_PACK_COLS ? w->n_out - c0 : KERN_PACK_COLS);
+        kern_pack_group(w->type, j->nb, (const uint8_t *)w->data + (size_t)c0 * w->row_bytes,
+                        w->row_bytes, nc, j->out + (size_t)g * j->group_bytes);
+    }
+}
+
+/* The packed copy of w, made on first use; NULL when w is not packed (exact
+ * numerics, no packed kernel for its type, or out of memory: the caller
+ * then uses the unpacked kernels, which give the same results). */
+static const packed_w *packed_for(cpu_impl *ci, const be_weight *w, kern_gemm_packed_fn *fn) {
+    if (ci->numerics != BE_NUMERICS_FAST || w->n_in % 32) return NULL;
+    const kern_table *k = ci->k;
+    *fn = w->type == QT_Q4_1   ? k->gemm_q4_1_packed
+          : w->type == QT_Q4_0 ? k->gemm_q4_0_packed
+          : w->type == QT_Q8_0 ? k->gemm_q8_0_packed
+                               : NULL;
+    if (!*fn || w->n_in / 32 > INT32_MAX ||
+        (w->n_out + KERN_PACK_COLS - 1) / KERN_PACK_COLS > INT32_MAX)
+        return NULL;
+    if (ci->pk_cap) {
+        const packed_w *e = &ci->pk[pk_slot(ci, w->data)];
+        if (e->src) return e;
+    }
+    pack_job j = {ci,
+                  w,
+                  NULL,
+                  kern_pack_group_bytes(w->type, (int)(w->n_in / 32)),
+                  (int)((w->n_out + KERN_PACK_COLS - 1) / KERN_PACK_COLS),
+                  (int)(w->n_in / 32)};
+    j.out = aligned_alloc(64, j.group_bytes * (size_t)j.groups); /* group_bytes: a multiple of 64 */
+    if (!j.out) return NULL;
+    atomic_store(&ci->counter, 0);
+    tp_run_any(ci->pool, pack_worker, &j);
+    if (pk_insert(ci, (packed_w){w->data, j.out, j.group_bytes})) {
+        free(j.out);
+        return NULL;
+    }
+    if (w->mapped) {
+        const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)w->data;
+        const uintptr_t lo = (a + page - 1) & ~(page - 1),
+                        hi = (a + w->row_bytes * (size_t)w->n_out) & ~(page - 1);
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    }
+    return &ci->pk[pk_slot(ci, w->data)];
+}
+
 /* ---------------- matmul ---------------- */
 
 /* Rows from which activation quantization is split across the pool: below
@@ -147,6 +258,8 @@ typedef struct {
     const be_weight *w[MM_MAX_W];
     float *y[MM_MAX_W];
     kern_gemm_fn gemm[MM_MAX_W];
+    const packed_w *pk[MM_MAX_W]; /* packed copy, or NULL */
+    kern_gemm_packed_fn pgemm[MM_MAX_W];
     int first_chunk[MM_MAX_W + 1]; /* weight i owns chunks [first_chunk[i], first_chunk[i+1]) */
     int rows, nb;
     const blk_q8 *xq;
@@ -161,6 +274,12 @@ static void mm_chunk(const mm_job *j, int c) {
     const int nc = (int)(c0 + COL_CHUNK < n_out ? COL_CHUNK : n_out - c0);
     const uint8_t *w0 = (const uint8_t *)w->data + (size_t)c0 * w->row_bytes;
     float *y = j->y[wi] + c0;
+    if (j->pk[wi]) { /* COL_CHUNK == KERN_PACK_COLS: chunk = packed group */
+        const uint8_t *wp =
+            j->pk[wi]->data + (size_t)(c - j->first_chunk[wi]) * j->pk[wi]->group_bytes;
+        j->pgemm[wi](j->nb, wp, nc, j->xq, (size_t)j->nb, j->rows, y, (size_t)n_out);
+        return;
+    }
     for (int r0 = 0; r0 < j->rows; r0 += ROW_TILE) {
         int nr = j->rows - r0 < ROW_TILE ? j->rows - r0 : ROW_TILE;
         j->gemm[wi](j->nb, w0, w->row_bytes, nc, j->xq + (size_t)r0 * j->nb, (size_t)j->nb, nr,
@@ -223,8 +342,14 @@ static void quant_worker(void *arg, int ith, int nth) {
         ci->k->quantize(q->x + (size_t)r * q->n_in, ci->xq + (size_t)r * nb, q->n_in);
 }
 
-static kern_gemm_fn gemm_for(const kern_table *k, const be_weight *w) {
+static kern_gemm_fn gemm_for(const cpu_impl *ci, const be_weight *w) {
+    const kern_table *k = ci->k;
     if (w->n_in % 32) return NULL;
+    if (ci->numerics == BE_NUMERICS_FAST)
+        return w->type == QT_Q4_1   ? k->gemm_q4_1_fast
+               : w->type == QT_Q4_0 ? k->gemm_q4_0_fast
+               : w->type == QT_Q8_0 ? k->gemm_q8_0_fast
+                                    : NULL;
     return w->type == QT_Q4_1   ? k->gemm_q4_1
            : w->type == QT_Q4_0 ? k->gemm_q4_0
            : w->type == QT_Q8_0 ? k->gemm_q8_0
@@ -243,7 +368,8 @@ static void cpu_matmul_n(backend *be, int n, const be_weight *const *w, const fl
     for (int i = 0; quant && i < n; i++) {
         j.w[i] = w[i];
         j.y[i] = y[i];
-        j.gemm[i] = gemm_for(ci->k, w[i]);
+        j.gemm[i] = gemm_for(ci, w[i]);
+        j.pk[i] = packed_for(ci, w[i], &j.pgemm[i]);
         j.first_chunk[i + 1] = j.first_chunk[i] + (int)((w[i]->n_out + COL_CHUNK - 1) / COL_CHUNK);
         quant &= j.gemm[i] != NULL && w[i]->n_in == w[0]->n_in;
     }
@@ -267,7 +393,7 @@ static void cpu_matmul_n(backend *be, int n, const be_weight *const *w, const fl
 
 static void cpu_matmul(backend *be, const be_weight *w, const float *x, int rows, float *y) {
     cpu_impl *ci = impl_of(be);
-    if (gemm_for(ci->k, w)) {
+    if (gemm_for(ci, w)) {
         cpu_matmul_n(be, 1, &w, x, rows, &y);
         return;
     }
@@ -592,7 +718,22 @@ static const backend_ops CPU_OPS = {
     cpu_swiglu, cpu_kv_store, cpu_attention, cpu_embed,
 };
 
+const char *be_numerics_name(be_numerics n) { return n == BE_NUMERICS_FAST ? "fast" : "exact"; }
+
+int be_numerics_parse(const char *name, be_numerics *out) {
+    if (strcmp(name, "exact") == 0) *out = BE_NUMERICS_EXACT;
+    else if (strcmp(name, "fast") == 0) *out = BE_NUMERICS_FAST;
+    else return -1;
+    return 0;
+}
+
 backend *backend_cpu_create(int n_threads, char *err, size_t errlen) {
+    be_cpu_options o = {n_threads, BE_NUMERICS_EXACT};
+    return backend_cpu_create_opts(&o, err, errlen);
+}
+
+backend *backend_cpu_create_opts(const be_cpu_options *opt, char *err, size_t errlen) {
+    int n_threads = opt ? opt->n_threads : 0;
     if (n_threads <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         n_threads = n > 0 ? (int)n : 1;
@@ -601,6 +742,7 @@ backend *backend_cpu_create(int n_threads, char *err, size_t errlen) {
     cpu_impl *ci = calloc(1, sizeof *ci);
     if (!be || !ci) goto oom;
     ci->k = kern_select();
+    ci->numerics = opt && opt->numerics == BE_NUMERICS_FAST ? BE_NUMERICS_FAST : BE_NUMERICS_EXACT;
     ci->rope_rows = -1; /* no RoPE table yet */
     ci->per_thread = calloc((size_t)n_threads, sizeof *ci->per_thread);
     ci->ranges = aligned_alloc(64, (size_t)n_threads * sizeof *ci->ranges);
@@ -630,6 +772,9 @@ oom:
 }
 
 const char *backend_cpu_isa(const backend *be) { return ((const cpu_impl *)be->impl)->k->isa; }
+be_numerics backend_cpu_numerics(const backend *be) {
+    return ((const cpu_impl *)be->impl)->numerics;
+}
 
 void backend_free(backend *be) {
     if (!be) return;
@@ -645,6 +790,8 @@ void backend_free(backend *be) {
         free(ci->slot_off);
         free(ci->rope_pos);
         free(ci->rope_cs);
+        for (size_t i = 0; i < ci->pk_cap; i++) free(ci->pk[i].data);
+        free(ci->pk);
         free(ci);
     }
     free(be);
