@@ -53,7 +53,8 @@ typedef struct {
     int n_names;
 } cfg_key;
 
-static const char *const dtype_names[] = {"f32", "f16"}; /* index = kv_dtype */
+static const char *const dtype_names[] = {"f32", "f16"};       /* index = kv_dtype */
+static const char *const numerics_names[] = {"exact", "fast"}; /* index = be_numerics */
 static const char *const policy_names[] = {"continuous", "static"};
 static const char *const preempt_names[] = {"auto", "swap", "recompute"};
 
@@ -70,6 +71,7 @@ static const cfg_key keys[] = {
     ENUM_KEY("model_loading_config", "dtype", kv_dtype, dtype_names),
     INT_KEY("model_loading_config", "model_max_length", model_max_length, 0, 16777216),
     INT_KEY("model_loading_config", "n_threads", n_threads, 0, 1024),
+    ENUM_KEY("model_loading_config", "numerics", numerics, numerics_names),
 
     INT_KEY("batcher_config", "batch_max_tokens", batch_max_tokens, 1, 1048576),
     INT_KEY("batcher_config", "batch_max_seqs", batch_max_seqs, 1, 65536),
@@ -114,15 +116,17 @@ static const char *str_value(const engine_config *c, const cfg_key *k) {
     return (const char *)c + k->off;
 }
 
-/* The three enums have their own types, so they are read and written by
+/* The enums have their own types, so they are read and written by
  * name rather than through an int pointer. */
 static int enum_value(const engine_config *c, const cfg_key *k) {
     if (k->off == OFF(kv_dtype)) return (int)c->kv_dtype;
+    if (k->off == OFF(numerics)) return (int)c->numerics;
     if (k->off == OFF(batching)) return (int)c->batching;
     return (int)c->preemption_mode;
 }
 static void enum_set(engine_config *c, const cfg_key *k, int v) {
     if (k->off == OFF(kv_dtype)) c->kv_dtype = (kv_dtype)v;
+    else if (k->off == OFF(numerics)) c->numerics = (be_numerics)v;
     else if (k->off == OFF(batching)) c->batching = (cfg_batching)v;
     else c->preemption_mode = (cfg_preempt)v;
 }
@@ -140,6 +144,7 @@ void config_defaults(engine_config *c) {
     c->kv_dtype = KV_F16;
     c->model_max_length = 0;
     c->n_threads = 0;
+    c->numerics = BE_NUMERICS_EXACT;
     c->batch_max_tokens = 512;
     c->batch_max_seqs = 64;
     c->batching = CFG_BATCH_CONTINUOUS;

@@ -23,6 +23,7 @@
 
 #include <stddef.h>
 
+#include "backend.h"
 #include "kv_cache.h"
 
 typedef enum { CFG_BATCH_CONTINUOUS = 0, CFG_BATCH_STATIC } cfg_batching;
@@ -38,6 +39,7 @@ typedef struct {
     kv_dtype kv_dtype;    /* "dtype": "f16" | "f32", element type of the KV cache */
     int model_max_length; /* 0 = the model's context length */
     int n_threads;        /* 0 = all cores */
+    be_numerics numerics; /* "numerics": "exact" | "fast", the CPU matmuls' arithmetic */
 
     /* batcher_config */
     int batch_max_tokens;  /* tokens per forward step, over all sequences */

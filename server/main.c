@@ -59,6 +59,8 @@ static void usage(FILE *f) {
 "      --http URL           HTTP address http://host:port, \"\" for none\n"
 "                           (server.http_listen; default http://127.0.0.1:8080)\n"
 "  -t, --threads N          CPU threads for the forward pass (0 = all cores)\n"
+"      --numerics exact|fast  matmul arithmetic (model_loading_config.numerics;\n"
+"                           default exact = llama.cpp's results bit for bit)\n"
 "      --api-key KEY        require this shared secret on every call\n"
 "                           (server.api_key; or ENGINE_API_KEY in the environment)\n"
 "      --tls-cert FILE      PEM certificate + private key for tls+tcp:// listeners\n"
@@ -124,6 +126,7 @@ enum {
     OPT_SET,
     OPT_LISTEN,
     OPT_HTTP,
+    OPT_NUMERICS,
     OPT_API_KEY,
     OPT_TLS_CERT,
     OPT_TLS_CA,
@@ -141,6 +144,7 @@ static int parse_args(int argc, char **argv, args *a) {
         {"set", required_argument, 0, OPT_SET},
         {"listen", required_argument, 0, OPT_LISTEN},
         {"http", required_argument, 0, OPT_HTTP},
+        {"numerics", required_argument, 0, OPT_NUMERICS},
         {"api-key", required_argument, 0, OPT_API_KEY},
         {"tls-cert", required_argument, 0, OPT_TLS_CERT},
         {"tls-ca", required_argument, 0, OPT_TLS_CA},
@@ -168,6 +172,9 @@ static int parse_args(int argc, char **argv, args *a) {
             a->ov[a->n_ov++] = (cfg_override){"--threads", "model_loading_config.n_threads", v};
             break;
         case OPT_HTTP: a->ov[a->n_ov++] = (cfg_override){"--http", "server.http_listen", v}; break;
+        case OPT_NUMERICS:
+            a->ov[a->n_ov++] = (cfg_override){"--numerics", "model_loading_config.numerics", v};
+            break;
         case OPT_API_KEY:
             a->ov[a->n_ov++] = (cfg_override){"--api-key", "server.api_key", v};
             break;
@@ -320,9 +327,9 @@ static void banner(const srv *s, const engine_options *eo, size_t block_bytes, i
     else snprintf(timeout, sizeof timeout, "none");
     fprintf(stderr,
             "limits:    messages %d bytes, %d stop strings, request timeout %s, drain "
-            "%d ms, api key %s; %d threads\n",
+            "%d ms, api key %s; %d threads, %s numerics\n",
             c->max_message_bytes, c->max_stop_strings, timeout, c->drain_timeout_ms,
-            c->api_key[0] ? "required" : "off", n_threads);
+            c->api_key[0] ? "required" : "off", n_threads, be_numerics_name(c->numerics));
     for (int i = 0; i < n_urls; i++) fprintf(stderr, "listening: rpc  %s\n", urls[i]);
     if (c->http_listen[0]) fprintf(stderr, "listening: http %s\n", c->http_listen);
     if (n_urls == 0 && !c->http_listen[0])
@@ -372,7 +379,8 @@ int main(int argc, char **argv) {
                 err);
         goto done;
     }
-    s->be = backend_cpu_create(cfg->n_threads, err, sizeof err);
+    be_cpu_options bo = {cfg->n_threads, cfg->numerics};
+    s->be = backend_cpu_create_opts(&bo, err, sizeof err);
     if (!s->be) {
         fprintf(stderr, "infer-server: cannot create the CPU backend: %s\n", err);
         goto done;

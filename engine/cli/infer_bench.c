@@ -61,6 +61,7 @@ typedef struct {
     int chunk;     /* rows per llm_forward call in pp */
     int tg_prompt; /* untimed prompt length before tg */
     kv_dtype kv;
+    be_numerics numerics;
     int json;
 } bench_args;
 
@@ -78,6 +79,8 @@ static void usage(FILE *f) {
                "  -r, --repetitions N    timed runs per test, after one warm-up (default 5)\n"
                "  -t, --threads N        CPU threads (default: number of cores)\n"
                "      --kv f16|f32       KV cache element type (default f16)\n"
+               "      --numerics exact|fast  matmul arithmetic: llama.cpp's bits, or one float\n"
+               "                         accumulator per output (default exact)\n"
                "      --chunk N          rows per forward call in pp tests (default 512)\n"
                "      --tg-prompt N      untimed prompt tokens before a tg test (default 8)\n"
                "      --json             print a JSON array of results instead of the table\n"
@@ -126,7 +129,7 @@ static int parse_list(const char *s, long lo, long hi, int_list *out) {
     }
 }
 
-enum { OPT_KV = 256, OPT_JSON, OPT_CHUNK, OPT_TG_PROMPT };
+enum { OPT_KV = 256, OPT_JSON, OPT_CHUNK, OPT_TG_PROMPT, OPT_NUMERICS };
 
 /* Returns -1 to go on, or an exit code. */
 static int parse_args(int argc, char **argv, bench_args *a) {
@@ -138,6 +141,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         {"repetitions", required_argument, 0, 'r'},
         {"threads", required_argument, 0, 't'},
         {"kv", required_argument, 0, OPT_KV},
+        {"numerics", required_argument, 0, OPT_NUMERICS},
         {"chunk", required_argument, 0, OPT_CHUNK},
         {"tg-prompt", required_argument, 0, OPT_TG_PROMPT},
         {"json", no_argument, 0, OPT_JSON},
@@ -175,6 +179,10 @@ static int parse_args(int argc, char **argv, bench_args *a) {
             if (strcmp(v, "f16") == 0) a->kv = KV_F16;
             else if (strcmp(v, "f32") == 0) a->kv = KV_F32;
             else return bad_arg("--kv: expected f16 or f32, got '%s'", v);
+            break;
+        case OPT_NUMERICS:
+            if (be_numerics_parse(v, &a->numerics))
+                return bad_arg("--numerics: expected exact or fast, got '%s'", v);
             break;
         case OPT_CHUNK:
             if (parse_int(v, 1, 1 << 20, &a->chunk))
@@ -567,7 +575,8 @@ static void print_table_row(const char *model, double size_mib, int threads, con
 }
 
 static int print_json(const bench_result *res, int n, const char *model_name, uint64_t wbytes,
-                      int threads, const char *isa, kv_dtype kv, double mem_gbps, double rss) {
+                      int threads, const char *isa, kv_dtype kv, be_numerics numerics,
+                      double mem_gbps, double rss) {
     cJSON *arr = cJSON_CreateArray();
     if (!arr) return -1;
     for (int i = 0; i < n; i++) {
@@ -597,6 +606,7 @@ static int print_json(const bench_result *res, int n, const char *model_name, ui
         cJSON_AddNumberToObject(o, "model_size", (double)wbytes);
         cJSON_AddStringToObject(o, "isa", isa);
         cJSON_AddStringToObject(o, "kv_type", kv == KV_F16 ? "f16" : "f32");
+        cJSON_AddStringToObject(o, "numerics", be_numerics_name(numerics));
         cJSON_AddNumberToObject(o, "peak_rss_mib", rss);
     }
     char *text = cJSON_Print(arr);
@@ -639,7 +649,8 @@ int main(int argc, char **argv) {
         free(res);
         return 1;
     }
-    be = backend_cpu_create(a.threads, err, sizeof err);
+    be_cpu_options bo = {a.threads, a.numerics};
+    be = backend_cpu_create_opts(&bo, err, sizeof err);
     if (!be) {
         fprintf(stderr, "infer-bench: cannot create the CPU backend: %s\n", err);
         goto done;
@@ -727,7 +738,8 @@ int main(int argc, char **argv) {
     double mem_gbps = has_tg ? measure_read_gbps(threads) : 0;
 
     if (a.json) {
-        if (print_json(res, n_res, model_name, wbytes, threads, isa_copy, a.kv, mem_gbps, rss)) {
+        if (print_json(res, n_res, model_name, wbytes, threads, isa_copy, a.kv, a.numerics,
+                       mem_gbps, rss)) {
             fprintf(stderr, "infer-bench: out of memory printing JSON\n");
             goto done;
         }
@@ -745,8 +757,8 @@ int main(int argc, char **argv) {
                 printf("%s: weights %.2f GB/s (memory read probe could not run)\n", r->label,
                        r->weight_gbps);
         }
-        printf("kv cache %s, %d threads; peak RSS %.1f MiB\n", a.kv == KV_F16 ? "f16" : "f32",
-               threads, rss);
+        printf("kv cache %s, %s numerics, %d threads; peak RSS %.1f MiB\n",
+               a.kv == KV_F16 ? "f16" : "f32", be_numerics_name(a.numerics), threads, rss);
     }
     rc = 0;
 done:

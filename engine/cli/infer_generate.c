@@ -148,6 +148,9 @@ static void usage(FILE *f) {
 "                           recompute (cache_config.preemption_mode)\n"
 "      --kv f16|f32         KV cache element type (model_loading_config.dtype,\n"
 "                           default f16)\n"
+"      --numerics exact|fast  matmul arithmetic: exact (llama.cpp's results bit\n"
+"                           for bit, default) or fast (one float accumulator\n"
+"                           per output; model_loading_config.numerics)\n"
 "      --print-config       print the effective config as JSON and exit\n"
 "  Precedence: built-in defaults < --config < ENGINE_API_KEY < the flags above,\n"
 "  -m, -t and --set, applied in the order given.\n"
@@ -438,7 +441,7 @@ enum {
     OPT_REPEAT_PENALTY, OPT_REPEAT_LAST_N, OPT_SEED, OPT_GREEDY, OPT_IGNORE_EOS, OPT_CHAT,
     OPT_VERSION, OPT_STOP, OPT_CONFIG, OPT_SET, OPT_BATCHING, OPT_BATCH_MAX_TOKENS,
     OPT_NUM_BLOCKS, OPT_NUM_BLOCKS_CPU, OPT_BLOCK_SIZE, OPT_WATERMARK, OPT_SWAP_PATH,
-    OPT_PREEMPTION, OPT_KV, OPT_PRINT_CONFIG
+    OPT_PREEMPTION, OPT_KV, OPT_NUMERICS, OPT_PRINT_CONFIG
 };
 
 /* Shortcut flags that set one engine_config key each. */
@@ -449,6 +452,7 @@ static const struct {
     {'m', "--model", "model_loading_config.model_path"},
     {'t', "--threads", "model_loading_config.n_threads"},
     {OPT_KV, "--kv", "model_loading_config.dtype"},
+    {OPT_NUMERICS, "--numerics", "model_loading_config.numerics"},
     {'b', "--batch-size", "batcher_config.batch_max_seqs"},
     {OPT_BATCH_MAX_TOKENS, "--batch-max-tokens", "batcher_config.batch_max_tokens"},
     {OPT_BATCHING, "--batching", "batcher_config.policy"},
@@ -519,6 +523,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         {"swap-path", required_argument, 0, OPT_SWAP_PATH},
         {"preemption", required_argument, 0, OPT_PREEMPTION},
         {"kv", required_argument, 0, OPT_KV},
+        {"numerics", required_argument, 0, OPT_NUMERICS},
         {"print-config", no_argument, 0, OPT_PRINT_CONFIG},
         {0, 0, 0, 0},
     };
@@ -904,7 +909,8 @@ int main(int argc, char **argv) {
                 err);
         goto done;
     }
-    be = backend_cpu_create(cfg->n_threads, err, sizeof err);
+    be_cpu_options bo = {cfg->n_threads, cfg->numerics};
+    be = backend_cpu_create_opts(&bo, err, sizeof err);
     if (!be) {
         fprintf(stderr, "infer-generate: cannot create the CPU backend: %s\n", err);
         goto done;
@@ -1022,9 +1028,10 @@ int main(int argc, char **argv) {
     }
     if (!a.quiet) {
         fprintf(stderr, "model:     %s (%s, %d layers, vocab %d, context %d), threads %d, "
-                "seed %llu\n",
+                "%s numerics, seed %llu\n",
                 hp->name[0] ? hp->name : model_path, hp->arch, hp->n_layer, hp->n_vocab,
-                hp->n_ctx_train, be->n_threads, (unsigned long long)a.sp.seed);
+                hp->n_ctx_train, be->n_threads, be_numerics_name(cfg->numerics),
+                (unsigned long long)a.sp.seed);
         print_setup(cfg, &eo, block_bytes, a.n_prompts);
     }
 

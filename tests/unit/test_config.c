@@ -33,6 +33,7 @@ static int same_config(const engine_config *a, const engine_config *b, int skip_
     SAME(kv_dtype);
     SAME(model_max_length);
     SAME(n_threads);
+    SAME(numerics);
     SAME(batch_max_tokens);
     SAME(batch_max_seqs);
     SAME(batching);
@@ -64,6 +65,7 @@ static void test_defaults_are_documented_values_and_valid(void) {
     CHECK(c.kv_dtype == KV_F16);
     CHECK(c.model_max_length == 0);
     CHECK(c.n_threads == 0);
+    CHECK(c.numerics == BE_NUMERICS_EXACT);
     CHECK(c.batch_max_tokens == 512);
     CHECK(c.batch_max_seqs == 64);
     CHECK(c.batching == CFG_BATCH_CONTINUOUS);
@@ -101,7 +103,8 @@ static void test_defaults_are_documented_values_and_valid(void) {
 static const char *full_file =
     "{\n"
     "  \"model_loading_config\": {\"model_path\": \"/models/m.gguf\", \"dtype\": \"f32\",\n"
-    "                           \"model_max_length\": 4096, \"n_threads\": 6},\n"
+    "                           \"model_max_length\": 4096, \"n_threads\": 6,\n"
+    "                           \"numerics\": \"fast\"},\n"
     "  \"batcher_config\": {\"batch_max_tokens\": 2048, \"batch_max_seqs\": 128,\n"
     "                     \"policy\": \"static\", \"max_waiting\": 77},\n"
     "  \"cache_config\": {\"num_blocks\": 4000, \"kv_memory_mb\": 1.5, \"num_blocks_cpu\": 900,\n"
@@ -120,6 +123,7 @@ static void check_full_values(const engine_config *c) {
     CHECK(c->kv_dtype == KV_F32);
     CHECK(c->model_max_length == 4096);
     CHECK(c->n_threads == 6);
+    CHECK(c->numerics == BE_NUMERICS_FAST);
     CHECK(c->batch_max_tokens == 2048);
     CHECK(c->batch_max_seqs == 128);
     CHECK(c->batching == CFG_BATCH_STATIC);
@@ -300,6 +304,10 @@ static void test_bad_values_name_the_key_and_the_rule(void) {
                       "model_loading_config.n_threads", NULL);
     expect_load_error("{\"model_loading_config\": {\"dtype\": \"bf16\"}}",
                       "model_loading_config.dtype: must be one of \"f32\", \"f16\", got \"bf16\"",
+                      NULL);
+    expect_load_error("{\"model_loading_config\": {\"numerics\": \"approximate\"}}",
+                      "model_loading_config.numerics: must be one of \"exact\", \"fast\", got "
+                      "\"approximate\"",
                       NULL);
     expect_load_error("{\"batcher_config\": {\"policy\": \"greedy\"}}",
                       "batcher_config.policy: must be one of", "\"continuous\"");
