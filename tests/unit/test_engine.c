@@ -154,7 +154,9 @@ static void check_all_free(const engine_stats *st, const char *what) {
 
 static outcome ALONE[N_PROMPTS], GOT[N_PROMPTS];
 
-static void test_preemption_identical(void) {
+/* brief: only the recompute mode (re-prefilled rows batched with decode
+ * rows, the strongest batch-invariance check), to keep a second pass cheap */
+static void test_preemption_identical(int brief) {
     /* each prompt alone: one sequence at a time, ample memory */
     engine_options o;
     engine_options_default(&o);
@@ -168,7 +170,7 @@ static void test_preemption_identical(void) {
                ALONE[i].n);
 
     const char *names[2] = {"swap", "recompute"};
-    for (int mode = 0; mode < 2; mode++) {
+    for (int mode = brief ? 1 : 0; mode < 2; mode++) {
         base_options(&o);
         if (mode == 0) {
             o.num_blocks_cpu = 512;
@@ -193,6 +195,7 @@ static void test_preemption_identical(void) {
         if (mode == 0) CHECK(st.swap_in > 0);
         check_all_free(&st, names[mode]);
     }
+    if (brief) return;
     /* static batching: same outputs */
     base_options(&o);
     o.static_batching = 1;
@@ -341,10 +344,20 @@ int main(void) {
         fprintf(stderr, "cannot build prompts from tools/ref_corpus/prose.txt\n");
         return 1;
     }
-    test_preemption_identical();
+    test_preemption_identical(0);
     test_cancel();
     test_n_completions();
     test_invalid();
+    /* the fast numerics are batch-invariant too: the same checks on a
+     * backend that uses them (ALONE is recomputed with it) */
+    backend_free(BE);
+    be_cpu_options fo = {0, BE_NUMERICS_FAST};
+    BE = backend_cpu_create_opts(&fo, err, sizeof err);
+    CHECK(BE != NULL && backend_cpu_numerics(BE) == BE_NUMERICS_FAST);
+    if (BE) {
+        printf("fast numerics:\n");
+        test_preemption_identical(1);
+    }
     for (int i = 0; i < N_PROMPTS; i++) free(P[i].ids);
     tok_free(TOK);
     backend_free(BE);

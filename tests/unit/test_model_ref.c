@@ -7,6 +7,13 @@
  *     reference keeps K = 128 entries per position); this coarsening can
  *     only lower KL, by at most the tail's share, which the test reports.
  *   - greedy: 32-token continuations identical for >= 18 of 20 prompts.
+ * Then the same with the fast numerics (backend.h), whose rounding differs
+ * from llama.cpp's: a one-ulp difference flips some 8-bit activation
+ * codes, so the logits move by the activation quantization noise, not by
+ * float error. Measured: top-1 96.5%, mean KL 0.0029, 5 of 20 greedy runs
+ * identical; for scale, exact and fast are each about KL 0.0027 from the
+ * same model run with f32 activations (first 512 positions), and 0.0033
+ * from each other. Asserted: top-1 >= 95%, mean KL <= 0.005, >= 3 of 20.
  * Skips (exit 77) when the model or the reference files are absent.
  */
 #include <math.h>
@@ -78,7 +85,7 @@ static float *eval_all(const int32_t *tokens, int n, int chunk) {
     return logits;
 }
 
-static void test_teacher_forced(void) {
+static void test_teacher_forced(const char *mode, double top1_min, double kl_limit) {
     size_t len;
     char *buf = read_all(tu_src_path("tests/golden/teacher_forced.bin"), &len);
     if (!buf) {
@@ -155,18 +162,18 @@ static void test_teacher_forced(void) {
         free(tokens);
     }
     double top1 = n_pos ? (double)top1_agree / n_pos : 0, kl_mean = n_pos ? kl_sum / n_pos : 1;
-    printf("teacher-forced vs llama.cpp: %ld positions, top-1 agreement %.2f%%, mean KL %.5f nats "
-           "(max %.4f; mean reference mass outside top-%u %.4f; mean |logprob diff| of the "
+    printf("%s: teacher-forced vs llama.cpp: %ld positions, top-1 agreement %.2f%%, mean KL %.6f "
+           "nats (max %.4f; mean reference mass outside top-%u %.4f; mean |logprob diff| of the "
            "reference top-1 %.5f)\n",
-           n_pos, 100 * top1, kl_mean, kl_max, K, n_pos ? tail_sum / n_pos : 0,
+           mode, n_pos, 100 * top1, kl_mean, kl_max, K, n_pos ? tail_sum / n_pos : 0,
            n_pos ? dlp_sum / n_pos : 0);
     CHECK(n_pos >= 2000);
-    CHECKF(top1 >= 0.99, "top-1 agreement %.4f", top1);
-    CHECKF(kl_mean <= 0.01, "mean KL %.5f", kl_mean);
+    CHECKF(top1 >= top1_min, "%s: top-1 agreement %.4f", mode, top1);
+    CHECKF(kl_mean <= kl_limit, "%s: mean KL %.6f", mode, kl_mean);
     free(buf);
 }
 
-static void test_greedy(void) {
+static void test_greedy(const char *mode, int min_same) {
     char *text = read_all(tu_src_path("tests/golden/greedy.jsonl"), NULL);
     if (!text) {
         printf("greedy.jsonl absent: skipped\n");
@@ -226,9 +233,10 @@ static void test_greedy(void) {
         kv_cache_free(kv);
         cJSON_Delete(j);
     }
-    printf("greedy 32-token continuations identical to llama.cpp: %d of %d\n", n_same, n_prompts);
+    printf("%s: greedy 32-token continuations identical to llama.cpp: %d of %d\n", mode, n_same,
+           n_prompts);
     CHECK(n_prompts == 20);
-    CHECKF(n_same >= 18, "%d of %d identical", n_same, n_prompts);
+    CHECKF(n_same >= min_same, "%s: %d of %d identical", mode, n_same, n_prompts);
     free(text);
 }
 
@@ -244,8 +252,13 @@ int main(void) {
         return 1;
     }
     BE = backend_cpu_create(0, err, sizeof err);
-    test_teacher_forced();
-    test_greedy();
+    test_teacher_forced("exact", 0.99, 0.01);
+    test_greedy("exact", 18);
+    backend_free(BE);
+    be_cpu_options fo = {0, BE_NUMERICS_FAST};
+    BE = backend_cpu_create_opts(&fo, err, sizeof err);
+    test_teacher_forced("fast", 0.95, 0.005);
+    test_greedy("fast", 3);
     backend_free(BE);
     llm_model_free(M);
     return tu_finish("test_model_ref");
