@@ -97,8 +97,14 @@ typedef struct {
 const char *be_numerics_name(be_numerics n);
 int be_numerics_parse(const char *name, be_numerics *out);
 
-/* Create the CPU backend; opt NULL: all defaults. */
+/* Create the CPU backend; opt NULL: all defaults. With FAST numerics on
+ * AVX-512 the backend keeps packed copies of the weights it multiplies,
+ * keyed by their data pointers: free it (or call backend_cpu_forget_weights)
+ * before the model whose weights it used, so another model mapped at the
+ * same address is never served stale copies. */
 backend *backend_cpu_create_opts(const be_cpu_options *opt, char *err, size_t errlen);
+/* Drop the backend's packed weight copies (they are rebuilt on next use). */
+void backend_cpu_forget_weights(backend *be);
 /* The same with n_threads workers (<= 0: number of cores) and exact numerics. */
 backend *backend_cpu_create(int n_threads, char *err, size_t errlen);
 void backend_free(backend *be);

@@ -201,11 +201,13 @@ static void pack_worker(void *arg, int ith, int nth) {
     }
 }
 
-/* The packed copy of w, made on first use; NULL when w is not packed (exact
- * numerics, no packed kernel for its type, or out of memory: the caller
- * then uses the unpacked kernels, which give the same results). */
-static const packed_w *packed_for(cpu_impl *ci, const be_weight *w, kern_gemm_packed_fn *fn) {
-    if (ci->numerics != BE_NUMERICS_FAST || w->n_in % 32) return NULL;
+/* The packed copy of w, made on first use, by value (a later insert may
+ * move the table); .src NULL when w is not packed (exact numerics, no
+ * packed kernel for its type, or out of memory: the caller then uses the
+ * unpacked kernels, which give the same results). */
+static packed_w packed_for(cpu_impl *ci, const be_weight *w, kern_gemm_packed_fn *fn) {
+    const packed_w none = {NULL, NULL, 0};
+    if (ci->numerics != BE_NUMERICS_FAST || w->n_in % 32) return none;
     const kern_table *k = ci->k;
     *fn = w->type == QT_Q4_1   ? k->gemm_q4_1_packed
           : w->type == QT_Q4_0 ? k->gemm_q4_0_packed
@@ -213,10 +215,10 @@ static const packed_w *packed_for(cpu_impl *ci, const be_weight *w, kern_gemm_pa
                                : NULL;
     if (!*fn || w->n_in / 32 > INT32_MAX ||
         (w->n_out + KERN_PACK_COLS - 1) / KERN_PACK_COLS > INT32_MAX)
-        return NULL;
+        return none;
     if (ci->pk_cap) {
         const packed_w *e = &ci->pk[pk_slot(ci, w->data)];
-        if (e->src) return e;
+        if (e->src) return *e;
     }
     pack_job j = {ci,
                   w,
@@ -225,12 +227,13 @@ static const packed_w *packed_for(cpu_impl *ci, const be_weight *w, kern_gemm_pa
                   (int)((w->n_out + KERN_PACK_COLS - 1) / KERN_PACK_COLS),
                   (int)(w->n_in / 32)};
     j.out = aligned_alloc(64, j.group_bytes * (size_t)j.groups); /* group_bytes: a multiple of 64 */
-    if (!j.out) return NULL;
+    if (!j.out) return none;
     atomic_store(&ci->counter, 0);
     tp_run_any(ci->pool, pack_worker, &j);
-    if (pk_insert(ci, (packed_w){w->data, j.out, j.group_bytes})) {
+    const packed_w e = {w->data, j.out, j.group_bytes};
+    if (pk_insert(ci, e)) {
         free(j.out);
-        return NULL;
+        return none;
     }
     if (w->mapped) {
         const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)w->data;
@@ -238,7 +241,7 @@ static const packed_w *packed_for(cpu_impl *ci, const be_weight *w, kern_gemm_pa
                         hi = (a + w->row_bytes * (size_t)w->n_out) & ~(page - 1);
         if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
     }
-    return &ci->pk[pk_slot(ci, w->data)];
+    return e;
 }
 
 /* ---------------- matmul ---------------- */
@@ -258,7 +261,7 @@ typedef struct {
     const be_weight *w[MM_MAX_W];
     float *y[MM_MAX_W];
     kern_gemm_fn gemm[MM_MAX_W];
-    const packed_w *pk[MM_MAX_W]; /* packed copy, or NULL */
+    packed_w pk[MM_MAX_W]; /* packed copy, or .src NULL */
     kern_gemm_packed_fn pgemm[MM_MAX_W];
     int first_chunk[MM_MAX_W + 1]; /* weight i owns chunks [first_chunk[i], first_chunk[i+1]) */
     int rows, nb;
@@ -274,9 +277,9 @@ static void mm_chunk(const mm_job *j, int c) {
     const int nc = (int)(c0 + COL_CHUNK < n_out ? COL_CHUNK : n_out - c0);
     const uint8_t *w0 = (const uint8_t *)w->data + (size_t)c0 * w->row_bytes;
     float *y = j->y[wi] + c0;
-    if (j->pk[wi]) { /* COL_CHUNK == KERN_PACK_COLS: chunk = packed group */
+    if (j->pk[wi].src) { /* COL_CHUNK == KERN_PACK_COLS: chunk = packed group */
         const uint8_t *wp =
-            j->pk[wi]->data + (size_t)(c - j->first_chunk[wi]) * j->pk[wi]->group_bytes;
+            j->pk[wi].data + (size_t)(c - j->first_chunk[wi]) * j->pk[wi].group_bytes;
         j->pgemm[wi](j->nb, wp, nc, j->xq, (size_t)j->nb, j->rows, y, (size_t)n_out);
         return;
     }
@@ -772,6 +775,14 @@ oom:
 }
 
 const char *backend_cpu_isa(const backend *be) { return ((const cpu_impl *)be->impl)->k->isa; }
+void backend_cpu_forget_weights(backend *be) {
+    cpu_impl *ci = be->impl;
+    for (size_t i = 0; i < ci->pk_cap; i++) free(ci->pk[i].data);
+    free(ci->pk);
+    ci->pk = NULL;
+    ci->pk_n = ci->pk_cap = 0;
+}
+
 be_numerics backend_cpu_numerics(const backend *be) {
     return ((const cpu_impl *)be->impl)->numerics;
 }
@@ -790,8 +801,7 @@ void backend_free(backend *be) {
         free(ci->slot_off);
         free(ci->rope_pos);
         free(ci->rope_cs);
-        for (size_t i = 0; i < ci->pk_cap; i++) free(ci->pk[i].data);
-        free(ci->pk);
+        backend_cpu_forget_weights(be);
         free(ci);
     }
     free(be);
