@@ -184,7 +184,7 @@ typedef struct {
     const be_weight *w;
     uint8_t *out;
     size_t group_bytes;
-    int groups, nb;
+    int g0, g1, nb; /* groups [g0, g1) */
 } pack_job;
 
 static void pack_worker(void *arg, int ith, int nth) {
@@ -192,8 +192,8 @@ static void pack_worker(void *arg, int ith, int nth) {
     (void)ith;
     (void)nth;
     const be_weight *w = j->w;
-    for (int g;
-         (g = atomic_fetch_add_explicit(&j->ci->counter, 1, memory_order_relaxed)) < j->groups;) {
+    for (int g; (g = j->g0 + atomic_fetch_add_explicit(&j->ci->counter, 1, memory_order_relaxed)) <
+                j->g1;) {
         const int64_t c0 = (int64_t)g * KERN_PACK_COLS;
         const int nc = (int)(w->n_out - c0 < KERN_PACK_COLS ? w->n_out - c0 : KERN_PACK_COLS);
         kern_pack_group(w->type, j->nb, (const uint8_t *)w->data + (size_t)c0 * w->row_bytes,
@@ -220,26 +220,38 @@ static packed_w packed_for(cpu_impl *ci, const be_weight *w, kern_gemm_packed_fn
         const packed_w *e = &ci->pk[pk_slot(ci, w->data)];
         if (e->src) return *e;
     }
+    const int groups = (int)((w->n_out + KERN_PACK_COLS - 1) / KERN_PACK_COLS);
     pack_job j = {ci,
                   w,
                   NULL,
                   kern_pack_group_bytes(w->type, (int)(w->n_in / 32)),
-                  (int)((w->n_out + KERN_PACK_COLS - 1) / KERN_PACK_COLS),
+                  0,
+                  0,
                   (int)(w->n_in / 32)};
-    j.out = aligned_alloc(64, j.group_bytes * (size_t)j.groups); /* group_bytes: a multiple of 64 */
+    j.out = aligned_alloc(64, j.group_bytes * (size_t)groups); /* group_bytes: a multiple of 64 */
     if (!j.out) return none;
-    atomic_store(&ci->counter, 0);
-    tp_run_any(ci->pool, pack_worker, &j);
     const packed_w e = {w->data, j.out, j.group_bytes};
     if (pk_insert(ci, e)) {
         free(j.out);
         return none;
     }
-    if (w->mapped) {
-        const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)w->data;
-        const uintptr_t lo = (a + page - 1) & ~(page - 1),
-                        hi = (a + w->row_bytes * (size_t)w->n_out) & ~(page - 1);
-        if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    /* About 1 MiB of the original at a time, its whole pages dropped once
+     * packed, so a large matrix is never resident twice. Pages shared with
+     * a neighbouring tensor are kept. */
+    const size_t group_src = KERN_PACK_COLS * w->row_bytes;
+    const int step = group_src >= (1u << 20) ? 1 : (int)((1u << 20) / group_src);
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)w->data;
+    uintptr_t dropped = (a + page - 1) & ~(page - 1);
+    for (j.g0 = 0; j.g0 < groups; j.g0 = j.g1) {
+        j.g1 = groups - j.g0 < step ? groups : j.g0 + step;
+        atomic_store(&ci->counter, 0);
+        tp_run_any(ci->pool, pack_worker, &j);
+        const int64_t rows = j.g1 == groups ? w->n_out : (int64_t)j.g1 * KERN_PACK_COLS;
+        const uintptr_t hi = (a + (size_t)rows * w->row_bytes) & ~(page - 1);
+        if (w->mapped && hi > dropped) {
+            madvise((void *)dropped, hi - dropped, MADV_DONTNEED);
+            dropped = hi;
+        }
     }
     return e;
 }
