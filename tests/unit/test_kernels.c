@@ -209,7 +209,7 @@ static void test_gemm(int fast) {
     size_t ysz = (size_t)NRMAX * (NCMAX + pad_y);
     float *y0 = malloc(ysz * sizeof *y0), *y1 = malloc(ysz * sizeof *y1);
     int mismatch[3][2] = {{0}}, outside[3][2] = {{0}}, outside_scalar[3] = {0}, calls = 0;
-    int pk_mismatch[3][2] = {{0}}, pk_outside[3][2] = {{0}}, pk_calls = 0;
+    int pk_mismatch[3][2] = {{0}}, pk_outside[3][2] = {{0}}, pk_calls = 0, pk_unpack_bad[3] = {0};
     uint8_t *pk = aligned_alloc(64, 3 * kern_pack_group_bytes(QT_Q8_0, NBMAX)); /* 33 columns */
     int ref_bad[3] = {0}, ref_bad_orig[3] = {0};
     double worst_rel[3] = {0};
@@ -254,6 +254,13 @@ static void test_gemm(int fast) {
                             pf(nb, pk + g * gb, nc - 16 * g < 16 ? nc - 16 * g : 16, xq, xs, nr,
                                y1 + 16 * g, ys);
                         pk_calls++;
+                        /* and back: every column's bytes as they were */
+                        uint8_t row[160 * 34];
+                        for (int cc = 0; cc < nc; cc++) {
+                            kern_unpack_column(wtype(k), nb, pk + cc / 16 * gb, cc % 16, row);
+                            if (memcmp(row, w + (size_t)cc * ws, (size_t)nb * wblock_bytes(k)))
+                                pk_unpack_bad[kk]++;
+                        }
                         for (size_t i = 0; i < ysz; i++) {
                             int in = i / ys < (size_t)nr && i % ys < (size_t)nc;
                             if (f32_bits(y0[i]) != f32_bits(y1[i])) {
@@ -336,6 +343,8 @@ static void test_gemm(int fast) {
             CHECKF(pk_outside[kk][ti] == 0, "%s gemm_%s (packed): %d writes outside the tile",
                    tables[ti].name, wname[kk], pk_outside[kk][ti]);
         }
+        CHECKF(pk_unpack_bad[kk] == 0, "%s: %d columns differ after pack + unpack", wname[kk],
+               pk_unpack_bad[kk]);
         CHECKF(outside_scalar[kk] == 0, "scalar gemm_%s (%s): %d writes outside the output tile",
                wname[kk], mode, outside_scalar[kk]);
         CHECKF(ref_bad[kk] == 0, "gemm_%s (%s): %d outputs off the dequantized dot", wname[kk],

@@ -590,8 +590,22 @@ static void cpu_kv_store(backend *be, kv_cache *kv, int layer, const float *k, c
     par_rows(ci, rows, 4, kv_store_rows, &c);
 }
 
+/* A weight packed for the output (tied embeddings) is read back from its
+ * packed copy: its mapped original was dropped and stays out of memory. */
 static void cpu_embed(backend *be, const be_weight *emb, const int32_t *ids, int n, float *out) {
-    (void)be;
+    cpu_impl *ci = impl_of(be);
+    const packed_w *pk = ci->pk_cap ? &ci->pk[pk_slot(ci, emb->data)] : NULL;
+    if (pk && pk->src && ensure(&ci->per_thread[0], emb->row_bytes / sizeof(float) + 1) == 0) {
+        const int nb = (int)(emb->n_in / 32);
+        for (int i = 0; i < n; i++) {
+            kern_unpack_column(emb->type, nb,
+                               pk->data + (size_t)(ids[i] / KERN_PACK_COLS) * pk->group_bytes,
+                               ids[i] % KERN_PACK_COLS, ci->per_thread[0].buf);
+            quant_dequant_row(emb->type, ci->per_thread[0].buf, out + (size_t)i * emb->n_in,
+                              emb->n_in);
+        }
+        return;
+    }
     for (int i = 0; i < n; i++)
         quant_dequant_row(emb->type, (const uint8_t *)emb->data + (size_t)ids[i] * emb->row_bytes,
                           out + (size_t)i * emb->n_in, emb->n_in);

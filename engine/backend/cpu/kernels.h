@@ -51,6 +51,10 @@ typedef void (*kern_gemm_fn)(int nb, const void *w, size_t ws, int nc, const blk
 size_t kern_pack_group_bytes(uint32_t type, int nb);
 /* Pack columns [0, nc) (nc <= 16, rows ws bytes apart) into out. */
 void kern_pack_group(uint32_t type, int nb, const void *w, size_t ws, int nc, void *out);
+/* The inverse for one column c < 16 of a packed group: its row of nb blocks
+ * in the original format, byte for byte (scales stored as float are f16
+ * values, which convert back exactly). */
+void kern_unpack_column(uint32_t type, int nb, const void *group, int c, void *row);
 /* y[r * ys + c] for c < nc (<= 16), r < nr, from one packed group wp. */
 typedef void (*kern_gemm_packed_fn)(int nb, const void *wp, int nc, const blk_q8 *x, size_t xs,
                                     int nr, float *y, size_t ys);

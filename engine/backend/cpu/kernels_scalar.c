@@ -194,6 +194,30 @@ void kern_pack_group(uint32_t type, int nb, const void *w, size_t ws, int nc, vo
     }
 }
 
+void kern_unpack_column(uint32_t type, int nb, const void *group, int c, void *row) {
+    const size_t blk = kern_pack_group_bytes(type, 1);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *o = (const uint8_t *)group + (size_t)b * blk;
+        float d;
+        if (type == QT_Q8_0) {
+            block_q8_0 *wb = (block_q8_0 *)row + b;
+            for (int k = 0; k < 32; k++) wb->qs[k] = (int8_t)o[(k / 4) * 64 + 4 * c + k % 4];
+            memcpy(&d, o + 512 + 4 * c, 4);
+            wb->d = qt_f32_to_f16(d);
+        } else if (type == QT_Q4_1) {
+            block_q4_1 *wb = (block_q4_1 *)row + b;
+            for (int k = 0; k < 16; k++) wb->qs[k] = o[(k / 4) * 64 + 4 * c + k % 4];
+            memcpy(&wb->d, o + 256 + 2 * c, 2);
+            memcpy(&wb->m, o + 288 + 2 * c, 2);
+        } else {
+            block_q4_0 *wb = (block_q4_0 *)row + b;
+            for (int k = 0; k < 16; k++) wb->qs[k] = o[(k / 4) * 64 + 4 * c + k % 4];
+            memcpy(&d, o + 256 + 4 * c, 4);
+            wb->d = qt_f32_to_f16(d);
+        }
+    }
+}
+
 float kern_tree16(const float *l) {
     float t3[8], t6[4];
     for (int i = 0; i < 8; i++) t3[i] = l[i + 8] + l[i];
