@@ -929,3 +929,22 @@ int config_to_json(const engine_config *c, char **out) {
     cJSON_free(text);
     return *out ? 0 : -1;
 }
+
+void config_engine_options(const engine_config *c, int num_blocks, engine_options *o) {
+    engine_options_default(o);
+    o->batch_max_tokens = c->batch_max_tokens;
+    o->batch_max_seqs = c->batch_max_seqs;
+    o->static_batching = c->batching == CFG_BATCH_STATIC;
+    o->max_waiting = c->max_waiting;
+    o->num_blocks = num_blocks;
+    o->kv_memory_mb = c->kv_memory_mb;
+    o->num_blocks_cpu = c->num_blocks_cpu;
+    o->block_size = c->block_size;
+    o->watermark = c->watermark;
+    o->swap_path = c->swap_path[0] ? c->swap_path : NULL;
+    o->preempt_mode = c->preemption_mode == CFG_PREEMPT_SWAP        ? 1
+                      : c->preemption_mode == CFG_PREEMPT_RECOMPUTE ? 2
+                                                                    : 0;
+    o->kv_type = c->kv_dtype;
+    o->max_context = c->model_max_length;
+}

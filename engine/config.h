@@ -24,6 +24,7 @@
 #include <stddef.h>
 
 #include "backend.h"
+#include "engine.h"
 #include "kv_cache.h"
 
 typedef enum { CFG_BATCH_CONTINUOUS = 0, CFG_BATCH_STATIC } cfg_batching;
@@ -100,5 +101,11 @@ int config_resolve_num_blocks(const engine_config *c, int n_layer, int kv_dim, c
  * logging; api_key is shown as "<redacted>" when set). *out is malloc'd, the
  * caller frees it. */
 int config_to_json(const engine_config *c, char **out);
+
+/* The batching and cache settings of c as engine options (the rest keep
+ * engine_options_default's values). num_blocks is the device block count
+ * already resolved against the model (config_resolve_num_blocks);
+ * o->swap_path points into c, which must outlive o. */
+void config_engine_options(const engine_config *c, int num_blocks, engine_options *o);
 
 #endif

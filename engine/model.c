@@ -239,6 +239,16 @@ void llm_model_free(llm_model *m) {
 
 const llm_hparams *llm_model_hparams(const llm_model *m) { return &m->hp; }
 const gguf_file *llm_model_gguf(const llm_model *m) { return m->gguf; }
+
+char *llm_model_chat_template(const llm_model *m) {
+    gguf_str s;
+    if (gguf_get_str(m->gguf, "tokenizer.chat_template", &s) != 0) return NULL;
+    char *t = malloc(s.len + 1);
+    if (!t) return NULL;
+    memcpy(t, s.ptr, s.len);
+    t[s.len] = 0;
+    return t;
+}
 uint64_t llm_model_weight_bytes(const llm_model *m) { return m->weight_bytes; }
 
 static int check_batch(const llm_model *m, const kv_cache *kv, const llm_batch *b, char *err,

@@ -50,6 +50,10 @@ int llm_model_load(const char *path, llm_model **out, llm_progress_fn progress, 
 void llm_model_free(llm_model *m);
 const llm_hparams *llm_model_hparams(const llm_model *m);
 const gguf_file *llm_model_gguf(const llm_model *m);
+/* The model's chat template (tokenizer.chat_template) as a malloc'd
+ * NUL-terminated copy the caller frees, or NULL when the file has none (or
+ * out of memory). */
+char *llm_model_chat_template(const llm_model *m);
 /* Bytes of weight data the forward pass reads per step (all tensors). */
 uint64_t llm_model_weight_bytes(const llm_model *m);
 

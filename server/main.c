@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli_args.h"
 #include "backend.h"
 #include "chat.h"
 #include "config.h"
@@ -76,16 +77,6 @@ static void usage(FILE *f) {
     // clang-format on
 }
 
-static int bad_arg(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("infer-server: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputs(" (see --help)\n", stderr);
-    va_end(ap);
-    return 2;
-}
-
 typedef struct {
     const char *flag; /* NULL for --set */
     const char *key;
@@ -110,15 +101,6 @@ static void free_args(args *a) {
     for (int i = 0; i < a->n_set_copies; i++) free(a->set_copies[i]);
     free(a->set_copies);
     free(a->ov);
-}
-
-static int parse_int(const char *s, long lo, long hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = (int)v;
-    return 0;
 }
 
 enum {
@@ -182,7 +164,7 @@ static int parse_args(int argc, char **argv, args *a) {
         case OPT_SET: {
             const char *eq = strchr(v, '=');
             if (!eq || eq == v)
-                return bad_arg("--set: expected KEY=VALUE (e.g. cache_config.block_size=32), "
+                return cli_bad_arg("infer-server", "--set: expected KEY=VALUE (e.g. cache_config.block_size=32), "
                                "got '%s'",
                                v);
             char *copy = strdup(v);
@@ -194,10 +176,10 @@ static int parse_args(int argc, char **argv, args *a) {
         }
         case OPT_LISTEN:
             if (a->n_listen == MAX_CLI_LISTEN)
-                return bad_arg("--listen: at most %d addresses", MAX_CLI_LISTEN);
+                return cli_bad_arg("infer-server", "--listen: at most %d addresses", MAX_CLI_LISTEN);
             if (strncmp(v, "tcp://", 6) != 0 && strncmp(v, "ipc://", 6) != 0 &&
                 strncmp(v, "tls+tcp://", 10) != 0)
-                return bad_arg("--listen: expected tcp://host:port, ipc:///path or "
+                return cli_bad_arg("infer-server", "--listen: expected tcp://host:port, ipc:///path or "
                                "tls+tcp://host:port, got '%s'",
                                v);
             a->listen[a->n_listen++] = v;
@@ -205,39 +187,39 @@ static int parse_args(int argc, char **argv, args *a) {
         case OPT_TLS_CERT: a->tls_cert = v; break;
         case OPT_TLS_CA: a->tls_ca = v; break;
         case OPT_FRAME_TIMEOUT:
-            if (parse_int(v, 1, 3600000, &a->frame_timeout_ms))
-                return bad_arg("--frame-timeout: expected milliseconds in [1, 3600000], got '%s'",
+            if (cli_parse_int(v, 1, 3600000, &a->frame_timeout_ms))
+                return cli_bad_arg("infer-server", "--frame-timeout: expected milliseconds in [1, 3600000], got '%s'",
                                v);
             break;
         case OPT_PRINT_CONFIG: a->print_config = 1; break;
         case 'h': usage(stdout); return 0;
         case OPT_VERSION: printf("infer-server %s\n", ENGINE_VERSION); return 0;
-        case ':': return bad_arg("option '%s' needs a value", argv[optind - 1]);
+        case ':': return cli_bad_arg("infer-server", "option '%s' needs a value", argv[optind - 1]);
         default:
-            if (optopt > 0 && optopt < 128) return bad_arg("unknown option '-%c'", optopt);
-            return bad_arg("unknown option '%s'", argv[optind - 1]);
+            if (optopt > 0 && optopt < 128) return cli_bad_arg("infer-server", "unknown option '-%c'", optopt);
+            return cli_bad_arg("infer-server", "unknown option '%s'", argv[optind - 1]);
         }
     }
-    if (optind < argc) return bad_arg("unexpected argument '%s'", argv[optind]);
+    if (optind < argc) return cli_bad_arg("infer-server", "unexpected argument '%s'", argv[optind]);
 
     char err[1024];
     engine_config *cfg = &a->cfg;
     config_defaults(cfg);
     if (a->config_file && config_load_file(cfg, a->config_file, err, sizeof err) != 0)
-        return bad_arg("--config: %s", err);
-    if (config_apply_env(cfg, err, sizeof err) != 0) return bad_arg("ENGINE_API_KEY: %s", err);
+        return cli_bad_arg("infer-server", "--config: %s", err);
+    if (config_apply_env(cfg, err, sizeof err) != 0) return cli_bad_arg("infer-server", "ENGINE_API_KEY: %s", err);
     for (int i = 0; i < a->n_ov; i++) {
         const cfg_override *o = &a->ov[i];
         if (config_set(cfg, o->key, o->value, err, sizeof err) != 0) {
-            if (o->flag) return bad_arg("%s: %s", o->flag, err);
-            return bad_arg("--set %s: %s", o->key, err);
+            if (o->flag) return cli_bad_arg("infer-server", "%s: %s", o->flag, err);
+            return cli_bad_arg("infer-server", "--set %s: %s", o->key, err);
         }
     }
     if (!cfg->model_path[0]) snprintf(cfg->model_path, sizeof cfg->model_path, "%s", DEFAULT_MODEL);
-    if (config_validate(cfg, err, sizeof err) != 0) return bad_arg("%s", err);
+    if (config_validate(cfg, err, sizeof err) != 0) return cli_bad_arg("infer-server", "%s", err);
     for (int i = 0; i < a->n_listen; i++)
         if (strncmp(a->listen[i], "tls+tcp://", 10) == 0 && !a->tls_cert)
-            return bad_arg("--listen %s: a TLS listener needs --tls-cert", a->listen[i]);
+            return cli_bad_arg("infer-server", "--listen %s: a TLS listener needs --tls-cert", a->listen[i]);
     if (a->print_config) {
         char *json = NULL;
         if (config_to_json(cfg, &json) != 0) return 1;
@@ -246,37 +228,6 @@ static int parse_args(int argc, char **argv, args *a) {
         return 0;
     }
     return -1;
-}
-
-/* The resolved config as engine options; num_blocks resolved against the
- * model. swap_path points into c. */
-static void engine_options_from_config(const engine_config *c, int num_blocks, engine_options *o) {
-    engine_options_default(o);
-    o->batch_max_tokens = c->batch_max_tokens;
-    o->batch_max_seqs = c->batch_max_seqs;
-    o->static_batching = c->batching == CFG_BATCH_STATIC;
-    o->max_waiting = c->max_waiting;
-    o->num_blocks = num_blocks;
-    o->kv_memory_mb = c->kv_memory_mb;
-    o->num_blocks_cpu = c->num_blocks_cpu;
-    o->block_size = c->block_size;
-    o->watermark = c->watermark;
-    o->swap_path = c->swap_path[0] ? c->swap_path : NULL;
-    o->preempt_mode = c->preemption_mode == CFG_PREEMPT_SWAP        ? 1
-                      : c->preemption_mode == CFG_PREEMPT_RECOMPUTE ? 2
-                                                                    : 0;
-    o->kv_type = c->kv_dtype;
-    o->max_context = c->model_max_length;
-}
-
-static char *model_chat_template(const llm_model *m) {
-    gguf_str s;
-    if (gguf_get_str(llm_model_gguf(m), "tokenizer.chat_template", &s) != 0) return NULL;
-    char *t = malloc(s.len + 1);
-    if (!t) return NULL;
-    memcpy(t, s.ptr, s.len);
-    t[s.len] = 0;
-    return t;
 }
 
 static double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
@@ -385,7 +336,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "infer-server: cannot create the CPU backend: %s\n", err);
         goto done;
     }
-    tmpl = model_chat_template(s->model);
+    tmpl = llm_model_chat_template(s->model);
     s->chat_template = tmpl;
 
     const llm_hparams *hp = llm_model_hparams(s->model);
@@ -397,7 +348,7 @@ int main(int argc, char **argv) {
         goto done;
     }
     engine_options eo;
-    engine_options_from_config(cfg, num_blocks, &eo);
+    config_engine_options(cfg, num_blocks, &eo);
     size_t block_bytes = (size_t)hp->n_layer * 2 * (size_t)eo.block_size * (size_t)kv_dim *
                          (eo.kv_type == KV_F16 ? 2 : 4);
     if (engine_create(s->model, s->be, s->tok, &eo, &s->eng, err, sizeof err) != 0) {

@@ -38,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_args.h"
 #include "backend.h"
 #include "kv_cache.h"
 #include "model.h"
@@ -92,25 +93,6 @@ static void usage(FILE *f) {
                "Exit status: 0 success, 1 model load or run error, 2 bad arguments.\n");
 }
 
-static int bad_arg(const char *fmt, ...) {
-    va_list ap;
-    fprintf(stderr, "infer-bench: ");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\n(see infer-bench --help)\n");
-    return 2;
-}
-
-static int parse_int(const char *s, long lo, long hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = (int)v;
-    return 0;
-}
-
 /* "512" or "128,256": each entry in [lo, hi]. */
 static int parse_list(const char *s, long lo, long hi, int_list *out) {
     out->n = 0;
@@ -122,7 +104,7 @@ static int parse_list(const char *s, long lo, long hi, int_list *out) {
         if (len == 0 || len >= sizeof tmp || out->n == MAX_LIST) return -1;
         memcpy(tmp, p, len);
         tmp[len] = 0;
-        if (parse_int(tmp, lo, hi, &out->v[out->n])) return -1;
+        if (cli_parse_int(tmp, lo, hi, &out->v[out->n])) return -1;
         out->n++;
         if (!comma) return 0;
         p = comma + 1;
@@ -156,55 +138,55 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         case 'm': a->model = v; break;
         case 'p':
             if (parse_list(v, 0, 1 << 20, &a->pp))
-                return bad_arg("-p: expected integers >= 0 separated by commas, got '%s'", v);
+                return cli_bad_arg("infer-bench", "-p: expected integers >= 0 separated by commas, got '%s'", v);
             break;
         case 'n':
             if (parse_list(v, 0, 1 << 20, &a->tg))
-                return bad_arg("-n: expected integers >= 0 separated by commas, got '%s'", v);
+                return cli_bad_arg("infer-bench", "-n: expected integers >= 0 separated by commas, got '%s'", v);
             break;
         case 'B':
             if (parse_list(v, 1, 4096, &a->seqs))
-                return bad_arg("-B: expected integers in [1, 4096] separated by commas, got '%s'",
+                return cli_bad_arg("infer-bench", "-B: expected integers in [1, 4096] separated by commas, got '%s'",
                                v);
             break;
         case 'r':
-            if (parse_int(v, 1, 100000, &a->reps))
-                return bad_arg("-r: expected an integer >= 1, got '%s'", v);
+            if (cli_parse_int(v, 1, 100000, &a->reps))
+                return cli_bad_arg("infer-bench", "-r: expected an integer >= 1, got '%s'", v);
             break;
         case 't':
-            if (parse_int(v, 1, 1024, &a->threads))
-                return bad_arg("-t: expected an integer in [1, 1024], got '%s'", v);
+            if (cli_parse_int(v, 1, 1024, &a->threads))
+                return cli_bad_arg("infer-bench", "-t: expected an integer in [1, 1024], got '%s'", v);
             break;
         case OPT_KV:
             if (strcmp(v, "f16") == 0) a->kv = KV_F16;
             else if (strcmp(v, "f32") == 0) a->kv = KV_F32;
-            else return bad_arg("--kv: expected f16 or f32, got '%s'", v);
+            else return cli_bad_arg("infer-bench", "--kv: expected f16 or f32, got '%s'", v);
             break;
         case OPT_NUMERICS:
             if (be_numerics_parse(v, &a->numerics))
-                return bad_arg("--numerics: expected exact or fast, got '%s'", v);
+                return cli_bad_arg("infer-bench", "--numerics: expected exact or fast, got '%s'", v);
             break;
         case OPT_CHUNK:
-            if (parse_int(v, 1, 1 << 20, &a->chunk))
-                return bad_arg("--chunk: expected an integer >= 1, got '%s'", v);
+            if (cli_parse_int(v, 1, 1 << 20, &a->chunk))
+                return cli_bad_arg("infer-bench", "--chunk: expected an integer >= 1, got '%s'", v);
             break;
         case OPT_TG_PROMPT:
-            if (parse_int(v, 1, 1 << 20, &a->tg_prompt))
-                return bad_arg("--tg-prompt: expected an integer >= 1, got '%s'", v);
+            if (cli_parse_int(v, 1, 1 << 20, &a->tg_prompt))
+                return cli_bad_arg("infer-bench", "--tg-prompt: expected an integer >= 1, got '%s'", v);
             break;
         case OPT_JSON: a->json = 1; break;
         case 'h': usage(stdout); return 0;
-        case ':': return bad_arg("option '%s' needs a value", argv[optind - 1]);
+        case ':': return cli_bad_arg("infer-bench", "option '%s' needs a value", argv[optind - 1]);
         default:
-            if (optopt > 0 && optopt < 128) return bad_arg("unknown option '-%c'", optopt);
-            return bad_arg("unknown option '%s'", argv[optind - 1]);
+            if (optopt > 0 && optopt < 128) return cli_bad_arg("infer-bench", "unknown option '-%c'", optopt);
+            return cli_bad_arg("infer-bench", "unknown option '%s'", argv[optind - 1]);
         }
     }
-    if (optind < argc) return bad_arg("unexpected argument '%s'", argv[optind]);
+    if (optind < argc) return cli_bad_arg("infer-bench", "unexpected argument '%s'", argv[optind]);
     int any = 0;
     for (int i = 0; i < a->pp.n; i++) any |= a->pp.v[i] > 0;
     for (int i = 0; i < a->tg.n; i++) any |= a->tg.v[i] > 0;
-    if (!any) return bad_arg("nothing to run: -p and -n are all 0");
+    if (!any) return cli_bad_arg("infer-bench", "nothing to run: -p and -n are all 0");
     return -1;
 }
 

@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_args.h"
 #include "backend.h"
 #include "chat.h"
 #include "config.h"
@@ -178,44 +179,6 @@ static void usage(FILE *f) {
 "steps and preemptions, and the total time.\n"
 "Exit status: 0 success, 1 model load or generation error, 2 bad arguments,\n"
 "bad config or bad input.\n");
-}
-
-static int bad_arg(const char *fmt, ...) {
-    va_list ap;
-    fprintf(stderr, "infer-generate: ");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\n(see infer-generate --help)\n");
-    return 2;
-}
-
-static int parse_int(const char *s, long lo, long hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = (int)v;
-    return 0;
-}
-
-static int parse_u64(const char *s, uint64_t *out) {
-    char *end;
-    errno = 0;
-    if (*s == '-') return -1;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end) return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *s, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) return -1;
-    *out = v;
-    return 0;
 }
 
 static char *xstrdup(const char *s) {
@@ -471,17 +434,17 @@ static int resolve_config(cli_args *a) {
     engine_config *c = &a->cfg;
     config_defaults(c);
     if (a->config_file && config_load_file(c, a->config_file, err, sizeof err) != 0)
-        return bad_arg("--config: %s", err);
-    if (config_apply_env(c, err, sizeof err) != 0) return bad_arg("ENGINE_API_KEY: %s", err);
+        return cli_bad_arg("infer-generate", "--config: %s", err);
+    if (config_apply_env(c, err, sizeof err) != 0) return cli_bad_arg("infer-generate", "ENGINE_API_KEY: %s", err);
     for (int i = 0; i < a->n_overrides; i++) {
         const cfg_override *o = &a->overrides[i];
         if (config_set(c, o->key, o->value, err, sizeof err) != 0) {
-            if (o->flag) return bad_arg("%s: %s", o->flag, err);
-            return bad_arg("--set %s: %s", o->key, err);
+            if (o->flag) return cli_bad_arg("infer-generate", "%s: %s", o->flag, err);
+            return cli_bad_arg("infer-generate", "--set %s: %s", o->key, err);
         }
     }
     if (!c->model_path[0]) snprintf(c->model_path, sizeof c->model_path, "%s", DEFAULT_MODEL);
-    if (config_validate(c, err, sizeof err) != 0) return bad_arg("%s", err);
+    if (config_validate(c, err, sizeof err) != 0) return cli_bad_arg("infer-generate", "%s", err);
     return 0;
 }
 
@@ -539,7 +502,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
     }
 #define BAD(...)                   \
     do {                           \
-        rc = bad_arg(__VA_ARGS__); \
+        rc = cli_bad_arg("infer-generate", __VA_ARGS__); \
         goto out;                  \
     } while (0)
     opterr = 0;
@@ -569,39 +532,39 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         case 'p': cli_prompts[n_cli_prompts++] = v; break;
         case OPT_PROMPTS_FILE: a->prompts_file = v; break;
         case 'n':
-            if (parse_int(v, -1, INT_MAX, &a->max_tokens))
+            if (cli_parse_int(v, -1, INT_MAX, &a->max_tokens))
                 BAD("--max-tokens: expected an integer >= -1, got '%s'", v);
             break;
         case OPT_MIN_TOKENS:
-            if (parse_int(v, 0, INT_MAX, &a->min_tokens))
+            if (cli_parse_int(v, 0, INT_MAX, &a->min_tokens))
                 BAD("--min-tokens: expected an integer >= 0, got '%s'", v);
             break;
         case OPT_TEMPERATURE:
-            if (parse_float(v, &a->sp.temperature))
+            if (cli_parse_float(v, &a->sp.temperature))
                 BAD("--temperature: expected a number, got '%s'", v);
             break;
         case OPT_TOP_K:
-            if (parse_int(v, INT_MIN, INT_MAX, &a->sp.top_k))
+            if (cli_parse_int(v, INT_MIN, INT_MAX, &a->sp.top_k))
                 BAD("--top-k: expected an integer, got '%s'", v);
             break;
         case OPT_TOP_P:
-            if (parse_float(v, &a->sp.top_p))
+            if (cli_parse_float(v, &a->sp.top_p))
                 BAD("--top-p: expected a number, got '%s'", v);
             break;
         case OPT_MIN_P:
-            if (parse_float(v, &a->sp.min_p))
+            if (cli_parse_float(v, &a->sp.min_p))
                 BAD("--min-p: expected a number, got '%s'", v);
             break;
         case OPT_REPEAT_PENALTY:
-            if (parse_float(v, &a->sp.repetition_penalty))
+            if (cli_parse_float(v, &a->sp.repetition_penalty))
                 BAD("--repeat-penalty: expected a number, got '%s'", v);
             break;
         case OPT_REPEAT_LAST_N:
-            if (parse_int(v, INT_MIN, INT_MAX, &a->sp.repeat_last_n))
+            if (cli_parse_int(v, INT_MIN, INT_MAX, &a->sp.repeat_last_n))
                 BAD("--repeat-last-n: expected an integer, got '%s'", v);
             break;
         case OPT_SEED:
-            if (parse_u64(v, &a->sp.seed))
+            if (cli_parse_u64(v, &a->sp.seed))
                 BAD("--seed: expected a non-negative integer, got '%s'", v);
             a->seed_given = 1;
             break;
@@ -751,42 +714,10 @@ static int write_jsonl(FILE *f, const prompt_spec *p, const gen_result *r) {
     return rc;
 }
 
-/* The model's chat template as a NUL-terminated copy, or NULL. */
-static char *model_chat_template(const llm_model *m) {
-    gguf_str s;
-    if (gguf_get_str(llm_model_gguf(m), "tokenizer.chat_template", &s) != 0) return NULL;
-    char *t = malloc(s.len + 1);
-    if (!t) return NULL;
-    memcpy(t, s.ptr, s.len);
-    t[s.len] = 0;
-    return t;
-}
-
 /* ---- engine setup and report ---- */
 
 static const char *preempt_name(cfg_preempt p) {
     return p == CFG_PREEMPT_SWAP ? "swap" : p == CFG_PREEMPT_RECOMPUTE ? "recompute" : "auto";
-}
-
-/* The resolved config as engine options; num_blocks is already resolved
- * against the model. swap_path points into c. */
-static void engine_options_from_config(const engine_config *c, int num_blocks, engine_options *o) {
-    engine_options_default(o);
-    o->batch_max_tokens = c->batch_max_tokens;
-    o->batch_max_seqs = c->batch_max_seqs;
-    o->static_batching = c->batching == CFG_BATCH_STATIC;
-    o->max_waiting = c->max_waiting;
-    o->num_blocks = num_blocks;
-    o->kv_memory_mb = c->kv_memory_mb;
-    o->num_blocks_cpu = c->num_blocks_cpu;
-    o->block_size = c->block_size;
-    o->watermark = c->watermark;
-    o->swap_path = c->swap_path[0] ? c->swap_path : NULL;
-    o->preempt_mode = c->preemption_mode == CFG_PREEMPT_SWAP        ? 1
-                      : c->preemption_mode == CFG_PREEMPT_RECOMPUTE ? 2
-                                                                    : 0;
-    o->kv_type = c->kv_dtype;
-    o->max_context = c->model_max_length;
 }
 
 static double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
@@ -927,7 +858,7 @@ int main(int argc, char **argv) {
         goto done;
     }
     engine_options eo;
-    engine_options_from_config(cfg, num_blocks, &eo);
+    config_engine_options(cfg, num_blocks, &eo);
     size_t block_bytes = (size_t)hp->n_layer * 2 * (size_t)eo.block_size * (size_t)kv_dim *
                          (eo.kv_type == KV_F16 ? 2 : 4);
     /* What one request may hold: the context, and the device pool less the
@@ -937,7 +868,7 @@ int main(int argc, char **argv) {
     long capacity = ((long)num_blocks - (long)(eo.watermark * num_blocks)) * eo.block_size;
 
     if (a.chat) {
-        tmpl = model_chat_template(m);
+        tmpl = llm_model_chat_template(m);
         if (!tmpl) {
             fprintf(stderr, "infer-generate: --chat: the model has no tokenizer.chat_template\n");
             rc = 2;

@@ -540,8 +540,30 @@ static void test_example_files_load_and_validate(void) {
     CHECK(c.num_blocks > 0 && c.num_blocks_cpu > 0);
 }
 
+static void test_engine_options_mapping(void) {
+    engine_config c;
+    config_defaults(&c);
+    const char *js = "{\"batcher_config\": {\"policy\": \"static\", \"batch_max_tokens\": 777,"
+                     " \"batch_max_seqs\": 9, \"max_waiting\": 5},"
+                     " \"cache_config\": {\"block_size\": 32, \"num_blocks_cpu\": 40,"
+                     " \"watermark\": 0.25, \"preemption_mode\": \"swap\", \"swap_path\": \"/tmp/s\"},"
+                     " \"model_loading_config\": {\"dtype\": \"f32\", \"model_max_length\": 1000}}";
+    CHECKF(config_load_string(&c, js, err, sizeof err) == 0, "%s", err);
+    engine_options o;
+    config_engine_options(&c, 123, &o);
+    CHECK(o.static_batching == 1 && o.batch_max_tokens == 777 && o.batch_max_seqs == 9);
+    CHECK(o.max_waiting == 5 && o.num_blocks == 123 && o.num_blocks_cpu == 40);
+    CHECK(o.block_size == 32 && o.watermark == 0.25 && o.preempt_mode == 1);
+    CHECK(o.swap_path && strcmp(o.swap_path, "/tmp/s") == 0);
+    CHECK(o.kv_type == KV_F32 && o.max_context == 1000);
+    config_defaults(&c);
+    config_engine_options(&c, 10, &o);
+    CHECK(o.static_batching == 0 && o.swap_path == NULL && o.preempt_mode == 0);
+}
+
 int main(void) {
     test_defaults_are_documented_values_and_valid();
+    test_engine_options_mapping();
     test_full_file_round_trips_through_to_json();
     test_file_merges_over_current_values();
     test_malformed_json_reports_line_and_column();
