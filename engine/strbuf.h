@@ -20,6 +20,8 @@ typedef struct {
 
 void strbuf_putn(strbuf *b, const char *s, size_t n);
 void strbuf_puts(strbuf *b, const char *s);
+/* Append printf-formatted text. */
+void strbuf_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void strbuf_free(strbuf *b);
 
 #endif

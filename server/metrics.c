@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "server.h"
+#include "strbuf.h"
 
 static const double hist_bounds_ms[SRV_HIST_BUCKETS] = {5,   10,  25,  50,   75,   100,  150,
                                                         250, 500, 750, 1000, 2500, 5000, 10000};
@@ -58,62 +59,30 @@ void srv_metrics_count_status(srv_metrics *m, int status) {
 
 /* ---- a growable text buffer ---- */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-    int oom;
-} mbuf;
-
-static void mb_printf(mbuf *b, const char *fmt, ...) {
-    if (b->oom) return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->oom = 1;
-            return;
-        }
-        if ((size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap * 2 + (size_t)n + 1;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
+static void header(strbuf *b, const char *name, const char *type, const char *help) {
+    strbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void header(mbuf *b, const char *name, const char *type, const char *help) {
-    mb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-static void metric_long(mbuf *b, const char *name, const char *type, const char *help, long v) {
+static void metric_long(strbuf *b, const char *name, const char *type, const char *help, long v) {
     header(b, name, type, help);
-    mb_printf(b, "%s %ld\n", name, v);
+    strbuf_printf(b, "%s %ld\n", name, v);
 }
 
-static void render_hist(mbuf *b, const char *name, const char *help, srv_hist *h) {
+static void render_hist(strbuf *b, const char *name, const char *help, srv_hist *h) {
     header(b, name, "histogram", help);
     long cum = 0;
     for (int i = 0; i <= SRV_HIST_BUCKETS; i++) {
         cum += atomic_load_explicit(&h->count[i], memory_order_relaxed);
         if (i < SRV_HIST_BUCKETS)
-            mb_printf(b, "%s_bucket{le=\"%g\"} %ld\n", name, hist_bounds_ms[i] / 1000.0, cum);
-        else mb_printf(b, "%s_bucket{le=\"+Inf\"} %ld\n", name, cum);
+            strbuf_printf(b, "%s_bucket{le=\"%g\"} %ld\n", name, hist_bounds_ms[i] / 1000.0, cum);
+        else strbuf_printf(b, "%s_bucket{le=\"+Inf\"} %ld\n", name, cum);
     }
     double sum_s = (double)atomic_load_explicit(&h->sum_us, memory_order_relaxed) / 1e6;
-    mb_printf(b, "%s_sum %.6f\n%s_count %ld\n", name, sum_s, name, cum);
+    strbuf_printf(b, "%s_sum %.6f\n%s_count %ld\n", name, sum_s, name, cum);
 }
 
 int srv_metrics_render(struct srv *s, char **out, size_t *len) {
-    mbuf b = {.p = malloc(8192), .cap = 8192};
+    strbuf b = {.p = malloc(8192), .cap = 8192};
     if (!b.p) return -1;
     b.p[0] = 0;
     srv_metrics *m = &s->metrics;
@@ -121,7 +90,7 @@ int srv_metrics_render(struct srv *s, char **out, size_t *len) {
     header(&b, "infer_calls_total", "counter",
            "Finished generation calls (RPC and HTTP) by final status.");
     for (int i = 0; i < SRV_N_STATUS; i++)
-        mb_printf(&b, "infer_calls_total{status=\"%s\"} %ld\n", status_names[i],
+        strbuf_printf(&b, "infer_calls_total{status=\"%s\"} %ld\n", status_names[i],
                   atomic_load_explicit(&m->calls_by_status[i], memory_order_relaxed));
     metric_long(&b, "infer_http_requests_total", "counter", "HTTP requests received.",
                 atomic_load_explicit(&m->http_requests, memory_order_relaxed));
@@ -150,13 +119,13 @@ int srv_metrics_render(struct srv *s, char **out, size_t *len) {
         static const char *const tiers[2] = {"device", "cpu"};
         header(&b, "infer_kv_blocks_total", "gauge", "KV cache blocks per tier.");
         for (int t = 0; t < 2; t++)
-            mb_printf(&b, "infer_kv_blocks_total{tier=\"%s\"} %d\n", tiers[t], st.blocks_total[t]);
+            strbuf_printf(&b, "infer_kv_blocks_total{tier=\"%s\"} %d\n", tiers[t], st.blocks_total[t]);
         header(&b, "infer_kv_blocks_free", "gauge", "Free KV cache blocks per tier.");
         for (int t = 0; t < 2; t++)
-            mb_printf(&b, "infer_kv_blocks_free{tier=\"%s\"} %d\n", tiers[t], st.blocks_free[t]);
+            strbuf_printf(&b, "infer_kv_blocks_free{tier=\"%s\"} %d\n", tiers[t], st.blocks_free[t]);
         header(&b, "infer_kv_blocks_used", "gauge", "KV cache blocks in use per tier.");
         for (int t = 0; t < 2; t++)
-            mb_printf(&b, "infer_kv_blocks_used{tier=\"%s\"} %d\n", tiers[t],
+            strbuf_printf(&b, "infer_kv_blocks_used{tier=\"%s\"} %d\n", tiers[t],
                       st.blocks_total[t] - st.blocks_free[t]);
         metric_long(&b, "infer_kv_block_size_tokens", "gauge", "Tokens per KV block.",
                     st.block_size);
@@ -165,8 +134,8 @@ int srv_metrics_render(struct srv *s, char **out, size_t *len) {
         metric_long(&b, "infer_kv_peak_blocks_used", "gauge",
                     "Most device blocks in use at once since start.", st.peak_blocks_used);
         header(&b, "infer_preemptions_total", "counter", "Sequences preempted, by mode.");
-        mb_printf(&b, "infer_preemptions_total{mode=\"swap\"} %ld\n", st.preempt_swap);
-        mb_printf(&b, "infer_preemptions_total{mode=\"recompute\"} %ld\n", st.preempt_recompute);
+        strbuf_printf(&b, "infer_preemptions_total{mode=\"swap\"} %ld\n", st.preempt_swap);
+        strbuf_printf(&b, "infer_preemptions_total{mode=\"recompute\"} %ld\n", st.preempt_recompute);
         metric_long(&b, "infer_swap_ins_total", "counter", "Swapped sequences brought back.",
                     st.swap_in);
         metric_long(&b, "infer_prompt_tokens_total", "counter", "Prompt tokens processed.",

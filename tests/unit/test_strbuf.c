@@ -32,6 +32,13 @@ int main(void) {
     strbuf_puts(&b, "more");
     CHECK(b.len == len && b.oom);
     strbuf_free(&b);
+    CHECK(b.p == NULL && b.len == 0);
+    /* printf: from empty, and across growth */
+    strbuf_printf(&b, "%d-%s", 12, "ab");
+    CHECKF(b.len == 5 && strcmp(b.p, "12-ab") == 0, "'%s'", b.p);
+    for (int i = 0; i < 1000; i++) strbuf_printf(&b, "%04d", i);
+    CHECK(b.len == 5 + 4000 && memcmp(b.p + 5 + 4 * 999, "0999", 4) == 0 && b.p[b.len] == 0);
+    strbuf_free(&b);
     CHECK(b.p == NULL && b.len == 0 && b.cap == 0 && !b.oom);
     return tu_finish("test_strbuf");
 }
