@@ -80,6 +80,8 @@ def parse_err(path):
     m = re.search(r"engine:\s+(\d+) steps, (\d+) preemptions", text)
     if m:
         out["steps"], out["preemptions"] = int(m.group(1)), int(m.group(2))
+    m = re.search(r"KV peak \d+ blocks at ([0-9.]+)% slot efficiency", text)
+    out["kv_eff"] = float(m.group(1)) if m else float("nan")
     if "gen_s" not in out:
         sys.exit(f"error: {path}: no report (did the run fail?)\n{text[-2000:]}")
     return out
@@ -118,18 +120,20 @@ def report(args):
     print(f"requests: {first['n']}, prompt tokens: {first['prompt_tok']}, "
           f"output tokens: {first['out_tok']}; values are medians over runs")
     hdr = (f"{'case':<20} {'runs':>4} {'time s':>8} {'out tok/s':>10} {'p50 ms':>8} "
-           f"{'p90 ms':>8} {'p99 ms':>8} {'ttft p50':>9} {'steps':>6} {'preempt':>8} {'other %':>8}")
+           f"{'p90 ms':>8} {'p99 ms':>8} {'ttft p50':>9} {'steps':>6} {'preempt':>8} {'KV eff %':>8} "
+           f"{'other %':>8}")
     print(hdr)
     med = {}
     for c in order:
         rs = runs[c]
         m = {k: statistics.median(r[k] for r in rs)
-             for k in ("gen_s", "tps", "p50", "p90", "p99", "ttft50", "steps", "preemptions")}
+             for k in ("gen_s", "tps", "p50", "p90", "p99", "ttft50", "steps", "preemptions",
+                       "kv_eff")}
         m["other"] = max(r["other"] for r in rs)
         med[c] = m
         print(f"{c:<20} {len(rs):>4} {m['gen_s']:>8.2f} {m['tps']:>10.1f} {m['p50']:>8.0f} "
               f"{m['p90']:>8.0f} {m['p99']:>8.0f} {m['ttft50']:>9.0f} {m['steps']:>6.0f} "
-              f"{m['preemptions']:>8.0f} {m['other']:>8.0f}")
+              f"{m['preemptions']:>8.0f} {m['kv_eff']:>8.1f} {m['other']:>8.0f}")
     if "continuous" in med and "one-at-a-time" in med:
         r = med["continuous"]["tps"] / med["one-at-a-time"]["tps"]
         print(f"continuous / one-at-a-time output throughput: {r:.2f}x (target 3x: "
@@ -138,6 +142,10 @@ def report(args):
         r = med["continuous"]["tps"] / med["static"]["tps"]
         print(f"continuous / static output throughput: {r:.2f}x (target 1.5x: "
               f"{'met' if r >= 1.5 else 'missed'})")
+    if "continuous" in med:
+        e = med["continuous"]["kv_eff"]
+        print(f"continuous: KV slots holding tokens at the peak: {e:.1f}% (target 96%: "
+              f"{'met' if e >= 96 else 'missed'})")
     # Greedy decoding: the completions must not depend on how requests were batched.
     ref = runs[order[0]][0]["completions"]
     same = all(r["completions"] == ref for c in order for r in runs[c])

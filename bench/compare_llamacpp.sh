@@ -21,6 +21,9 @@
 #                 .llama-cpp/bin/; used by default when no llama_cpp python is
 #                 found). llama-bench's tg test starts from an empty cache;
 #                 ours after 8 untimed prompt tokens.
+#   --llama-args "ARGS"  extra arguments for llama-bench (word-split), e.g.
+#                 "--repack 0" where llama.cpp's AMX repacking crashes (it
+#                 does on the KVM guests with AMX that CI runs on)
 #   --llamacpp-only  run only the llama.cpp half
 #
 # Set KEEP_JSON=DIR to keep the raw JSON output of every run in DIR.
@@ -39,6 +42,7 @@ bench="build/infer-bench"
 llamacpp_only=0
 py="${REF_PYTHON:-}"
 llama_bench=""
+llama_args=""
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -51,8 +55,9 @@ while [ $# -gt 0 ]; do
         --python) py="$2"; shift 2 ;;
         --bench) bench="$2"; shift 2 ;;
         --llama-bench) llama_bench="$2"; shift 2 ;;
+        --llama-args) llama_args="$2"; shift 2 ;;
         --llamacpp-only) llamacpp_only=1; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -94,8 +99,9 @@ for ((i = 1; i <= rounds; i++)); do
         "$bench" -m "$model" -p "$n_prompt" -n "$n_gen" -r "$reps" -t "$threads" --json > "$tmp/ours.$i.json"
     fi
     if [ -n "$llama_bench" ]; then
-        echo "[round $i/$rounds] llama.cpp: $llama_bench -m $model -p $n_prompt -n $n_gen -r $reps -t $threads -o json" >&2
-        "$llama_bench" -m "$model" -p "$n_prompt" -n "$n_gen" -r "$reps" -t "$threads" -o json \
+        echo "[round $i/$rounds] llama.cpp: $llama_bench -m $model -p $n_prompt -n $n_gen -r $reps -t $threads $llama_args -o json" >&2
+        # shellcheck disable=SC2086
+        "$llama_bench" -m "$model" -p "$n_prompt" -n "$n_gen" -r "$reps" -t "$threads" $llama_args -o json \
             2> "$tmp/llama-bench.$i.err" > "$tmp/llama.$i.raw" ||
             { cat "$tmp/llama-bench.$i.err" >&2; exit 1; }
         # llama-bench's records -> ours: {"test": "pp512", "samples_ts": [...]}

@@ -18,7 +18,7 @@
 # Usage: bench/serving.sh [--parts abcd] [--reps 3] [--quick] [-t 2]
 #                         [--rates 1,1.5,2,3,4,5,6,8] [--out DIR]
 #                         [--md FILE] [--img DIR] [--update-doc] [--no-llama]
-#                         [-m MODEL]
+#                         [-m MODEL] [--llama-args "ARGS"]
 #
 #   --reps N       reps of every case (default 3; tables give medians)
 #   --quick        smoke run (about 3 minutes): 1 rep, few requests, 2 rates,
@@ -32,6 +32,9 @@
 #   --update-doc   replace the text between <!-- serving:begin --> and
 #                  <!-- serving:end --> in docs/benchmarks.md with the fragment
 #   --no-llama     skip llama-server in part d (the report says so)
+#   --llama-args "ARGS"  extra llama-server arguments (word-split; default
+#                  $LLAMA_SERVER_ARGS), e.g. "--no-repack" where llama.cpp's
+#                  AMX repacking crashes (it does on the AMX KVM guests here)
 #
 # Servers are started and stopped by the script (free loopback ports, logs in
 # the results dir, killed on exit). Before each part the script checks that
@@ -60,6 +63,7 @@ img=""
 update_doc=0
 use_llama=1
 llama_bin="${LLAMA_SERVER:-.llama-cpp/bin/llama-server}"
+llama_args="${LLAMA_SERVER_ARGS:-}"
 SLO_TTFT=2000
 SLO_TPOT=100
 
@@ -68,6 +72,7 @@ while [ $# -gt 0 ]; do
         --parts) parts="$2"; shift 2 ;;
         --reps) reps="$2"; shift 2 ;;
         --quick) quick=1; shift ;;
+        --llama-args) llama_args="$2"; shift 2 ;;
         -t) threads="$2"; shift 2 ;;
         --rates) rates="$2"; shift 2 ;;
         --out) out="$2"; keep=1; shift 2 ;;
@@ -76,7 +81,7 @@ while [ $# -gt 0 ]; do
         --update-doc) update_doc=1; shift ;;
         --no-llama) use_llama=0; shift ;;
         -m|--model) model="$2"; shift 2 ;;
-        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -175,7 +180,7 @@ start_llama() {
     local name="$1" port
     port="$(free_port)"
     "$llama_bin" -m "$model" -t "$threads" -tb "$threads" --host 127.0.0.1 --port "$port" \
-        -np "$llama_slots" -c $((llama_slots * llama_ctx_per_slot)) --metrics --no-webui \
+        -np "$llama_slots" -c $((llama_slots * llama_ctx_per_slot)) --metrics --no-webui $llama_args \
         >"$logs/$name.log" 2>&1 &
     srv_pid=$!
     pids+=("$srv_pid")
@@ -386,7 +391,7 @@ if [[ "$parts" == *d* ]]; then
     # Same resources for both: 2 threads, 16 sequences at most, the same KV
     # capacity in tokens (16 slots x 2048 = 32768 tokens = 2048 blocks of 16).
     d_cfg="$(ours_cfg "\"batch_max_seqs\": $llama_slots" "\"num_blocks\": $((llama_slots * llama_ctx_per_slot / 16)), \"block_size\": 16" "\"model_max_length\": $llama_ctx_per_slot")"
-    llama_cmd="$llama_bin -m $model -t $threads -tb $threads --host 127.0.0.1 --port PORT -np $llama_slots -c $((llama_slots * llama_ctx_per_slot)) --metrics --no-webui"
+    llama_cmd="$llama_bin -m $model -t $threads -tb $threads --host 127.0.0.1 --port PORT -np $llama_slots -c $((llama_slots * llama_ctx_per_slot)) --metrics --no-webui${llama_args:+ $llama_args}"
     declare -A stopped=()
     IFS=',' read -r -a rate_list <<<"$rates"
     for r in "${rate_list[@]}"; do
