@@ -57,7 +57,7 @@ while [ $# -gt 0 ]; do
         --llama-bench) llama_bench="$2"; shift 2 ;;
         --llama-args) llama_args="$2"; shift 2 ;;
         --llamacpp-only) llamacpp_only=1; shift ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
