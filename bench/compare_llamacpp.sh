@@ -22,8 +22,8 @@
 #                 found). llama-bench's tg test starts from an empty cache;
 #                 ours after 8 untimed prompt tokens.
 #   --llama-args "ARGS"  extra arguments for llama-bench (word-split), e.g.
-#                 "--repack 0" where llama.cpp's AMX repacking crashes (it
-#                 does on the KVM guests with AMX that CI runs on)
+#                 "--repack 0" where llama.cpp's AMX repacking crashes (it did
+#                 on the AMX machine of docs/benchmarks.md, 2026-12-02)
 #   --llamacpp-only  run only the llama.cpp half
 #
 # Set KEEP_JSON=DIR to keep the raw JSON output of every run in DIR.

@@ -34,7 +34,8 @@
 #   --no-llama     skip llama-server in part d (the report says so)
 #   --llama-args "ARGS"  extra llama-server arguments (word-split; default
 #                  $LLAMA_SERVER_ARGS), e.g. "--no-repack" where llama.cpp's
-#                  AMX repacking crashes (it does on the AMX KVM guests here)
+#                  AMX repacking crashes (it did on the AMX machine of
+#                  docs/benchmarks.md, 2026-12-02)
 #
 # Servers are started and stopped by the script (free loopback ports, logs in
 # the results dir, killed on exit). Before each part the script checks that
@@ -81,7 +82,7 @@ while [ $# -gt 0 ]; do
         --update-doc) update_doc=1; shift ;;
         --no-llama) use_llama=0; shift ;;
         -m|--model) model="$2"; shift 2 ;;
-        -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -175,13 +176,19 @@ start_ours() {
 
 llama_ctx_per_slot=2048
 llama_slots=16
+# llama_argv PORT -> sets the array llama_cmd: the llama-server command line
+# (one definition for starting it and for the report)
+llama_argv() {
+    # shellcheck disable=SC2206
+    llama_cmd=("$llama_bin" -m "$model" -t "$threads" -tb "$threads" --host 127.0.0.1 --port "$1"
+        -np "$llama_slots" -c $((llama_slots * llama_ctx_per_slot)) --metrics --no-webui $llama_args)
+}
 # start_llama NAME -> sets srv_pid, srv_url
 start_llama() {
     local name="$1" port
     port="$(free_port)"
-    "$llama_bin" -m "$model" -t "$threads" -tb "$threads" --host 127.0.0.1 --port "$port" \
-        -np "$llama_slots" -c $((llama_slots * llama_ctx_per_slot)) --metrics --no-webui $llama_args \
-        >"$logs/$name.log" 2>&1 &
+    llama_argv "$port"
+    "${llama_cmd[@]}" >"$logs/$name.log" 2>&1 &
     srv_pid=$!
     pids+=("$srv_pid")
     srv_url="http://127.0.0.1:$port"
@@ -391,7 +398,8 @@ if [[ "$parts" == *d* ]]; then
     # Same resources for both: 2 threads, 16 sequences at most, the same KV
     # capacity in tokens (16 slots x 2048 = 32768 tokens = 2048 blocks of 16).
     d_cfg="$(ours_cfg "\"batch_max_seqs\": $llama_slots" "\"num_blocks\": $((llama_slots * llama_ctx_per_slot / 16)), \"block_size\": 16" "\"model_max_length\": $llama_ctx_per_slot")"
-    llama_cmd="$llama_bin -m $model -t $threads -tb $threads --host 127.0.0.1 --port PORT -np $llama_slots -c $((llama_slots * llama_ctx_per_slot)) --metrics --no-webui${llama_args:+ $llama_args}"
+    llama_argv PORT
+    llama_summary="${llama_cmd[*]}"
     declare -A stopped=()
     IFS=',' read -r -a rate_list <<<"$rates"
     for r in "${rate_list[@]}"; do
@@ -406,7 +414,7 @@ if [[ "$parts" == *d* ]]; then
                     echo "[d/$s rate $r rep $rep]" >&2
                     start_ours "d-$s-r$r-rep$rep" "$d_cfg"
                 else
-                    case_json "$cdir" "server=$s" "rate=$r" "label=$s" "order=1" "config_summary=$llama_cmd"
+                    case_json "$cdir" "server=$s" "rate=$r" "label=$s" "order=1" "config_summary=$llama_summary"
                     echo "[d/$s rate $r rep $rep]" >&2
                     start_llama "d-llama-r$r-rep$rep"
                 fi
