@@ -5,9 +5,11 @@
  */
 #include "kv_cache.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 typedef struct kv_seq {
     int used;
@@ -16,13 +18,29 @@ typedef struct kv_seq {
     int32_t *table;
 } kv_seq;
 
+/* Attention reads a few KiB of each block per layer, all over the pool: with
+ * 4 KiB pages nearly every such read is a TLB miss. Ask for transparent huge
+ * pages on the 2 MiB extents inside [p, p + n) (advice only; glibc's calloc
+ * of a large block is a fresh zeroed mapping, so nothing is copied). */
+static void advise_huge(void *p, size_t n) {
+#ifdef MADV_HUGEPAGE
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    uintptr_t lo = ((uintptr_t)p + huge - 1) & ~(huge - 1), hi = ((uintptr_t)p + n) & ~(huge - 1);
+    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
 int kv_cache_create(int n_layer, int kv_dim, int block_size, int num_blocks, kv_dtype dtype,
                     kv_cache **out, char *err, size_t errlen) {
     *out = NULL;
     if (n_layer <= 0 || kv_dim <= 0 || block_size <= 0 || num_blocks <= 0 ||
         (dtype != KV_F32 && dtype != KV_F16)) {
-        snprintf(err, errlen, "invalid KV cache shape (layers %d, kv_dim %d, block_size %d, blocks %d)",
-                 n_layer, kv_dim, block_size, num_blocks);
+        snprintf(err, errlen,
+                 "invalid KV cache shape (layers %d, kv_dim %d, block_size %d, blocks %d)", n_layer,
+                 kv_dim, block_size, num_blocks);
         return -1;
     }
     kv_cache *kv = calloc(1, sizeof *kv);
@@ -37,6 +55,7 @@ int kv_cache_create(int n_layer, int kv_dim, int block_size, int num_blocks, kv_
     kv->data = calloc((size_t)num_blocks, kv->block_bytes);
     kv->free_list = malloc((size_t)num_blocks * sizeof *kv->free_list);
     if (!kv->data || !kv->free_list) goto oom;
+    advise_huge(kv->data, (size_t)num_blocks * kv->block_bytes);
     for (int i = 0; i < num_blocks; i++) kv->free_list[i] = num_blocks - 1 - i;
     kv->n_free = num_blocks;
     *out = kv;

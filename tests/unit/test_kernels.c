@@ -152,10 +152,14 @@ static kern_gemm_fn wgemm(const kern_table *t, wkind k, int fast) {
     return k == WQ4_0 ? t->gemm_q4_0 : k == WQ4_1 ? t->gemm_q4_1 : t->gemm_q8_0;
 }
 
-static kern_gemm_packed_fn wpacked(const kern_table *t, wkind k) {
-    return k == WQ4_0   ? t->gemm_q4_0_packed
-           : k == WQ4_1 ? t->gemm_q4_1_packed
-                        : t->gemm_q8_0_packed;
+static kern_gemm_packed_fn wpacked(const kern_table *t, wkind k, int fast) {
+    if (fast)
+        return k == WQ4_0   ? t->gemm_q4_0_packed
+               : k == WQ4_1 ? t->gemm_q4_1_packed
+                            : t->gemm_q8_0_packed;
+    return k == WQ4_0   ? t->gemm_q4_0_packed_exact
+           : k == WQ4_1 ? t->gemm_q4_1_packed_exact
+                        : t->gemm_q8_0_packed_exact;
 }
 
 /* Random weight rows of nb blocks, ws bytes apart (ws > row bytes: padding
@@ -241,10 +245,10 @@ static void test_gemm(int fast) {
                             }
                         }
                     }
-                    /* packed weights (fast numerics): group by group, the same bits */
+                    /* packed weights (either numerics): group by group, the same bits */
                     const size_t gb = kern_pack_group_bytes(wtype(k), nb);
-                    for (int ti = 0; fast && ti < n_tables; ti++) {
-                        kern_gemm_packed_fn pf = wpacked(tables[ti].t, k);
+                    for (int ti = 0; ti < n_tables; ti++) {
+                        kern_gemm_packed_fn pf = wpacked(tables[ti].t, k, fast);
                         if (!pf) continue;
                         for (int g = 0; g * 16 < nc; g++)
                             kern_pack_group(wtype(k), nb, w + (size_t)g * 16 * ws, ws,
@@ -355,7 +359,7 @@ static void test_gemm(int fast) {
                wname[kk], mode, worst_rel[kk]);
     }
     CHECK(calls == 3 * 5 * 11 * 12);
-    if (fast && kern_vnni()) CHECK(pk_calls == 3 * 5 * 11 * 12);
+    if (kern_vnni()) CHECK(pk_calls == 3 * 5 * 11 * 12);
     printf("gemm (%s): %d packed-weight calls compared\n", mode, pk_calls);
     free(pk);
     free(w);

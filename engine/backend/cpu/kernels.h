@@ -36,15 +36,18 @@ typedef struct {
 typedef void (*kern_gemm_fn)(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
                              int nr, float *y, size_t ys);
 /*
- * Packed weights (fast numerics only). A matrix's columns in groups of
+ * Packed weights (both numerics). A matrix's columns in groups of
  * KERN_PACK_COLS, each group's blocks contiguous, each block laid out for
  * the column-lane kernels: codes interleaved in dwords (dword c of 64-byte
  * row k = bytes 4k..4k+3 of column c's block codes), then the scales:
  *   Q4_0: qs[4][64], float d[16]                       320 bytes (18 x 16 = 288 unpacked)
  *   Q4_1: qs[4][64], f16 d[16], f16 m[16]              320 bytes (same as unpacked)
  *   Q8_0: qs[8][64], float d[16], int32 -128*sum(qs)   640 bytes (34 x 16 = 544 unpacked)
- * A group with fewer than 16 columns repeats its last one. The kernels
- * compute exactly the gemm_*_fast results of the unpacked matrix.
+ * A group with fewer than 16 columns repeats its last one. The packed
+ * kernels compute exactly the results of the unpacked kernels of their
+ * numerics: gemm_*_packed those of gemm_*_fast, gemm_*_packed_exact those
+ * of the exact gemm_* (llama.cpp's bits). The exact ones do not read the
+ * Q8_0 correction word.
  */
 #define KERN_PACK_COLS 16
 /* Bytes of one packed group of nb blocks; 0 when the type has no packing. */
@@ -109,6 +112,10 @@ typedef struct {
     kern_gemm_packed_fn gemm_q4_0_packed;
     kern_gemm_packed_fn gemm_q4_1_packed;
     kern_gemm_packed_fn gemm_q8_0_packed;
+    /* exact numerics on the same packed weights; NULL where the ISA has none */
+    kern_gemm_packed_fn gemm_q4_0_packed_exact;
+    kern_gemm_packed_fn gemm_q4_1_packed_exact;
+    kern_gemm_packed_fn gemm_q8_0_packed_exact;
     kern_dot_f16_fn dot_f16;
     kern_dot_f16_fn dot_f16_x4;
     kern_axpy_f16_fn axpy_f16;

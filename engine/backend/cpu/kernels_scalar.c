@@ -331,7 +331,9 @@ void kern_rmsnorm_scalar(const float *x, const float *g, int rows, int cols, flo
     }
 }
 
-size_t kern_attn_work(int n_ctx, int hd) { return (size_t)n_ctx + 64 + 66 * (size_t)hd + 16; }
+/* the reference's scores, q and 64 lanes of hd; the AVX-512 decode shape's
+ * 3 heads of q and scores (see kernels_x86.c) fit in the same */
+size_t kern_attn_work(int n_ctx, int hd) { return 3 * ((size_t)n_ctx + 64) + 66 * (size_t)hd + 16; }
 
 void kern_attn_f16_with(const kern_table *t, const uint8_t *k, const uint8_t *v, const size_t *off,
                         int n_ctx, const float *q32, int nq, int hd, float scale, int single,
