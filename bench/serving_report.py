@@ -397,6 +397,16 @@ def cmd_report(args):
                 elif o[1] and l[1]:
                     L.append(f"**Capacity ratio ours / llama.cpp (highest passing points): {o[1] / l[1]:.2f}** "
                              "(at least one server passed every rate swept: a lower bound for that one).")
+                elif (o[0] or o[1]) and not l[1]:
+                    # llama.cpp failed already at the lowest rate swept: its
+                    # capacity is below that rate, so the ratio has a lower bound
+                    r_min = min(r for r, _, _ in series["llama.cpp"])
+                    ours_c = o[0] or o[1]
+                    L.append(f"**Capacity ratio ours / llama.cpp: more than {ours_c / r_min:.1f}** "
+                             f"(lower bound): llama-server fails the SLO already at {r_min:g} req/s, the "
+                             f"lowest rate swept, so its capacity is below {r_min:g} req/s; ours is "
+                             f"{fmt(ours_c, 2)} req/s"
+                             + (" (passes every rate swept)." if not o[0] else " (interpolated)."))
                 else:
                     L.append("Capacity ratio: not defined (a server failed at the lowest rate swept).")
             elif o and not l:

@@ -331,9 +331,10 @@ void kern_rmsnorm_scalar(const float *x, const float *g, int rows, int cols, flo
     }
 }
 
-/* the reference's scores, q and 64 lanes of hd; the AVX-512 decode shape's
- * 3 heads of q and scores (see kernels_x86.c) fit in the same */
-size_t kern_attn_work(int n_ctx, int hd) { return 3 * ((size_t)n_ctx + 64) + 66 * (size_t)hd + 16; }
+/* the reference's scores, q and 64 lanes of hd; the AVX-512 shapes' 3 heads
+ * of q, scores (rounded up to 16 past n_ctx + 64) and 16 lanes of hd for V
+ * (see kernels_x86.c) fit in the same */
+size_t kern_attn_work(int n_ctx, int hd) { return 3 * ((size_t)n_ctx + 80) + 66 * (size_t)hd; }
 
 void kern_attn_f16_with(const kern_table *t, const uint8_t *k, const uint8_t *v, const size_t *off,
                         int n_ctx, const float *q32, int nq, int hd, float scale, int single,

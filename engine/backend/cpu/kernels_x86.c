@@ -387,50 +387,6 @@ static inline T_VNNI __m512 tree16_horiz(const __m512 *a) {
     return _mm512_permutexvar_ps(order, e);
 }
 
-/* Scores q.k * scale of positions [p0, p0 + cnt), cnt <= 16, for one head:
- * each position's 16- or 64-lane accumulator, then the trees of all 16 at
- * once. Returns the running max (NaN scores skipped, as the reference). */
-static inline T_VNNI __m512 attn_scores16(const uint8_t *k, const size_t *off, int p0, int cnt,
-                                          const float *q, int hd, int single, float scale,
-                                          float *scores, __m512 mx) {
-    const __m512 zero = _mm512_setzero_ps();
-    __m512 a[16];
-    const uint8_t *kp[16];
-    /* past the last position: repeat it (its score is computed, not stored) */
-    UNROLL16 for (int j = 0; j < 16; j++) kp[j] = k + off[p0 + (j < cnt ? j : cnt - 1)];
-    if (single) { /* 64 lanes: 0-15, 16-31, 32-47, 48-63, combined as kern_reduce64 */
-        UNROLL16 for (int j = 0; j < 16; j++) {
-            __m512 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
-            if (j >= cnt) { /* a decode row's last group: not stored, not computed */
-                a[j] = zero;
-                continue;
-            }
-            for (int i = 0; i < hd; i += 64) {
-                a0 = _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i), _mm512_loadu_ps(q + i), a0);
-                a1 =
-                    _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i + 32), _mm512_loadu_ps(q + i + 16), a1);
-                a2 =
-                    _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i + 64), _mm512_loadu_ps(q + i + 32), a2);
-                a3 =
-                    _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i + 96), _mm512_loadu_ps(q + i + 48), a3);
-            }
-            a[j] = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
-        }
-    } else { /* 16 lanes: the 16 positions' chains interleaved */
-        UNROLL16 for (int j = 0; j < 16; j++) a[j] = zero;
-        for (int i = 0; i < hd; i += 16) {
-            const __m512 qi = _mm512_loadu_ps(q + i);
-            UNROLL16 for (int j = 0; j < 16; j++) a[j] =
-                _mm512_fmadd_ps(ld_f16x16(kp[j] + 2 * i), qi, a[j]);
-        }
-    }
-    const __mmask16 m = cnt >= 16 ? 0xffff : (__mmask16)((1u << cnt) - 1);
-    __m512 sc = _mm512_mul_ps(tree16_horiz(a), _mm512_set1_ps(scale));
-    _mm512_mask_storeu_ps(scores + p0, m, sc);
-    /* max(sc, mx) returns mx where sc is NaN */
-    return _mm512_mask_max_ps(mx, m, sc, mx);
-}
-
 #define ATTN_PF 64     /* positions ahead to prefetch K and V rows (a decode row's are cold) */
 #define ATTN_VBLOCK 96 /* positions of V per block: 96 x 128-byte rows (hd 64) stay in L1 */
 #define ATTN_NH 3      /* query heads of one KV head handled together by the decode shape */
@@ -568,6 +524,111 @@ static T_VNNI void attn_single_avx512(const uint8_t *k, const uint8_t *v, const 
     }
 }
 
+/*
+ * The tiled shape (a sequence with several rows in the step: llama.cpp's
+ * multi-token path) for NH query heads that share one KV head. Per head the
+ * operations and their order are those of kern_attn_f16_with: 16-lane dots
+ * for the scores, ggml's softmax, weights rounded to f16, and V summed in 16
+ * lanes (lane l holds positions l, l + 16, ... in order) reduced as
+ * kern_tree16. K and V rows are converted from f16 once for all NH heads:
+ * the scores of 16 positions are computed row by row for every head, and V
+ * is summed one 16-float slice and 8 lanes at a time (NH x 8 accumulators
+ * in registers), over blocks of ATTN_VBLOCK positions that stay in L1 across
+ * the slices; the lanes wait in vacc between blocks.
+ */
+static inline T_VNNI __attribute__((always_inline)) void
+attn_tiled_group(const int NH, const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
+                 const float *q32, int hd, float scale, float *work, float *out) {
+    const int nchunk = hd / 16;
+    const size_t ss = ((size_t)n_ctx + 64 + 15) / 16 * 16;
+    /* work: q[NH][hd] | scores[NH][ss] | vacc[NH][nchunk][16 lanes][16] */
+    float *q = work, *scores = q + NH * hd, *vacc = scores + NH * ss;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int h = 0; h < NH; h++)
+        for (int c = 0; c < nchunk; c++)
+            _mm512_storeu_ps(q + h * hd + 16 * c,
+                             _mm512_cvtph_ps(_mm512_cvtps_ph(
+                                 _mm512_loadu_ps(q32 + (size_t)h * hd + 16 * c), 0)));
+    __m512 mxv[ATTN_NH];
+    UNROLL8 for (int h = 0; h < NH; h++) mxv[h] = _mm512_set1_ps(-INFINITY);
+    for (int p0 = 0; p0 < n_ctx; p0 += 16) {
+        const int cnt = n_ctx - p0 < 16 ? n_ctx - p0 : 16;
+        __m512 a[ATTN_NH][16];
+        /* 8 positions at a time: NH x 8 independent fma chains along hd */
+        for (int j0 = 0; j0 < 16; j0 += 8) {
+            const uint8_t *kp[8];
+            /* past the last position: repeat it (computed, not stored) */
+            UNROLL8 for (int j = 0; j < 8; j++) kp[j] =
+                k + off[p0 + (j0 + j < cnt ? j0 + j : cnt - 1)];
+            __m512 acc[ATTN_NH][8];
+            UNROLL8 for (int h = 0; h < NH; h++) UNROLL8 for (int j = 0; j < 8; j++) acc[h][j] =
+                zero;
+            for (int i = 0; i < hd; i += 16) UNROLL8 for (int j = 0; j < 8; j++) {
+                    const __m512 kk = ld_f16x16(kp[j] + 2 * i);
+                    UNROLL8 for (int h = 0; h < NH; h++) acc[h][j] =
+                        _mm512_fmadd_ps(kk, _mm512_loadu_ps(q + h * hd + i), acc[h][j]);
+                }
+            UNROLL8 for (int h = 0; h < NH; h++) UNROLL8 for (int j = 0; j < 8; j++) a[h][j0 + j] =
+                acc[h][j];
+        }
+        const __mmask16 m = cnt >= 16 ? 0xffff : (__mmask16)((1u << cnt) - 1);
+        UNROLL8 for (int h = 0; h < NH; h++) {
+            const __m512 sc = _mm512_mul_ps(tree16_horiz(a[h]), _mm512_set1_ps(scale));
+            _mm512_mask_storeu_ps(scores + h * ss + p0, m, sc);
+            mxv[h] = _mm512_mask_max_ps(mxv[h], m, sc, mxv[h]); /* NaN scores skipped */
+        }
+    }
+    for (int h = 0; h < NH; h++) {
+        float *sh = scores + h * ss;
+        const float mx = _mm512_reduce_max_ps(mxv[h]);
+        const __m512 inv = _mm512_set1_ps((float)(1.0 / softmax_exp_avx512(sh, n_ctx, mx)));
+        for (int p = 0; p < n_ctx + 64; p += 16) {
+            __mmask16 m = n_ctx - p >= 16 ? 0xffff
+                          : n_ctx > p     ? (__mmask16)((1u << (n_ctx - p)) - 1)
+                                          : 0;
+            __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sh + p), inv);
+            _mm512_storeu_ps(sh + p,
+                             _mm512_maskz_mov_ps(m, _mm512_cvtph_ps(_mm512_cvtps_ph(w, 0))));
+        }
+    }
+    for (int pb = 0; pb < n_ctx; pb += ATTN_VBLOCK) {
+        const int pe = n_ctx - pb <= ATTN_VBLOCK ? n_ctx : pb + ATTN_VBLOCK;
+        for (int c = 0; c < nchunk; c++)
+            for (int l0 = 0; l0 < 16; l0 += 8) {
+                const uint8_t *vc = v + 32 * c;
+                __m512 acc[ATTN_NH][8];
+                UNROLL8 for (int h = 0; h < NH; h++) UNROLL8 for (int l = 0; l < 8; l++) acc[h][l] =
+                    pb == 0 ? zero
+                            : _mm512_loadu_ps(vacc + (((size_t)h * nchunk + c) * 16 + l0 + l) * 16);
+                int p0 = pb;
+                for (; p0 + 16 <= pe; p0 += 16) UNROLL8 for (int l = 0; l < 8; l++) {
+                        const int p = p0 + l0 + l;
+                        const __m512 vv = ld_f16x16(vc + off[p]);
+                        UNROLL8 for (int h = 0; h < NH; h++) acc[h][l] =
+                            _mm512_fmadd_ps(_mm512_set1_ps(scores[h * ss + p]), vv, acc[h][l]);
+                    }
+                /* last rows: masked, not branched (the predictor would miss) */
+                if (p0 < pe) UNROLL8 for (int l = 0; l < 8; l++) {
+                        const int p = p0 + l0 + l < pe ? p0 + l0 + l : pe - 1;
+                        const __mmask16 mk = (__mmask16) - (p0 + l0 + l < pe);
+                        const __m512 vv = ld_f16x16(vc + off[p]);
+                        UNROLL8 for (int h = 0; h < NH; h++) acc[h][l] = _mm512_mask3_fmadd_ps(
+                            _mm512_set1_ps(scores[h * ss + p]), vv, acc[h][l], mk);
+                    }
+                UNROLL8 for (int h = 0; h < NH; h++) UNROLL8 for (int l = 0; l < 8; l++)
+                    _mm512_storeu_ps(vacc + (((size_t)h * nchunk + c) * 16 + l0 + l) * 16,
+                                     acc[h][l]);
+            }
+    }
+    for (int h = 0; h < NH; h++)
+        for (int c = 0; c < nchunk; c++) {
+            __m512 x[16];
+            UNROLL16 for (int l = 0; l < 16; l++) x[l] =
+                _mm512_loadu_ps(vacc + (((size_t)h * nchunk + c) * 16 + l) * 16);
+            _mm512_storeu_ps(out + (size_t)h * hd + 16 * c, tree16_vert(x));
+        }
+}
+
 static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
                                    const float *q32, int nq, int hd, float scale, int single,
                                    float *work, float *out) {
@@ -580,58 +641,13 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
         attn_single_avx512(k, v, off, n_ctx, q32, nq, hd, scale, work, out);
         return;
     }
-    /* work: q[hd] | scores[n_ctx + 64] | vacc[16 * hd] */
-    float *q = work, *scores = q + hd, *vacc = scores + n_ctx + 64;
-    const int nchunk = hd / 16;
-    const __m512 zero = _mm512_setzero_ps();
-    for (int h = 0; h < nq; h++, q32 += hd, out += hd) {
-        for (int c = 0; c < nchunk; c++)
-            _mm512_storeu_ps(q + 16 * c,
-                             _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(q32 + 16 * c), 0)));
-        __m512 mxv = _mm512_set1_ps(-INFINITY);
-        for (int p0 = 0; p0 < n_ctx; p0 += 16)
-            mxv = attn_scores16(k, off, p0, n_ctx - p0 < 16 ? n_ctx - p0 : 16, q, hd, 0, scale,
-                                scores, mxv);
-        const float mx = _mm512_reduce_max_ps(mxv);
-        const __m512 inv = _mm512_set1_ps((float)(1.0 / softmax_exp_avx512(scores, n_ctx, mx)));
-        /* softmax weights, rounded to f16 like the reference; 64 zeros past the end */
-        for (int p = 0; p < n_ctx + 64; p += 16) {
-            __mmask16 m = n_ctx - p >= 16 ? 0xffff
-                          : n_ctx > p     ? (__mmask16)((1u << (n_ctx - p)) - 1)
-                                          : 0;
-            __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scores + p), inv);
-            _mm512_storeu_ps(scores + p,
-                             _mm512_maskz_mov_ps(m, _mm512_cvtph_ps(_mm512_cvtps_ph(w, 0))));
-        }
-#define VTERM(p, a) a = _mm512_fmadd_ps(_mm512_set1_ps(scores[p]), ld_f16x16(vc + off[p]), a)
-        /* Tiled shape: lane l holds positions l, l + 16, ...; 16 accumulators
-         * in registers for one 16-float slice while the rows stream past, in
-         * blocks of positions that stay in L1 across the hd / 16 slices (the
-         * lanes wait in vacc between blocks). */
-        for (int pb = 0; pb < n_ctx; pb += ATTN_VBLOCK) {
-            const int pe = n_ctx - pb <= ATTN_VBLOCK ? n_ctx : pb + ATTN_VBLOCK;
-            for (int c = 0; c < nchunk; c++) {
-                const uint8_t *vc = v + 32 * c;
-                __m512 acc[16];
-                float *saved = vacc + (size_t)c * 256;
-                UNROLL16 for (int l = 0; l < 16; l++) acc[l] =
-                    pb == 0 ? zero : _mm512_loadu_ps(saved + 16 * l);
-                int p0 = pb;
-                for (; p0 + 16 <= pe; p0 += 16) {
-                    UNROLL16 for (int l = 0; l < 16; l++) VTERM(p0 + l, acc[l]);
-                }
-                /* last rows: masked, not branched (the predictor would miss) */
-                if (p0 < pe) UNROLL16 for (int l = 0; l < 16; l++) {
-                        const int p = p0 + l < pe ? p0 + l : pe - 1;
-                        acc[l] =
-                            _mm512_mask3_fmadd_ps(_mm512_set1_ps(scores[p]), ld_f16x16(vc + off[p]),
-                                                  acc[l], (__mmask16) - (p0 + l < pe));
-                    }
-                if (pe == n_ctx) _mm512_storeu_ps(out + 16 * c, tree16_vert(acc));
-                else UNROLL16 for (int l = 0; l < 16; l++) _mm512_storeu_ps(saved + 16 * l, acc[l]);
-            }
-        }
-#undef VTERM
+    for (int h0 = 0; h0 < nq; h0 += ATTN_NH) {
+        const int nh = nq - h0 < ATTN_NH ? nq - h0 : ATTN_NH;
+        const float *qh = q32 + (size_t)h0 * hd;
+        float *oh = out + (size_t)h0 * hd;
+        if (nh == 3) attn_tiled_group(3, k, v, off, n_ctx, qh, hd, scale, work, oh);
+        else if (nh == 2) attn_tiled_group(2, k, v, off, n_ctx, qh, hd, scale, work, oh);
+        else attn_tiled_group(1, k, v, off, n_ctx, qh, hd, scale, work, oh);
     }
 }
 
