@@ -866,6 +866,72 @@ static inline T_VNNI __attribute__((always_inline)) void cl_prepare(const int KI
     }
 }
 
+/* Lane group l of a block's 16 columns as dpbusd's unsigned operand, from
+ * the column-lane buffer (PACKED 0: a cl_block) or a packed group's block
+ * (PACKED 1: nibbles split here; Q8_0 codes biased by 128 here). */
+static inline T_VNNI __attribute__((always_inline)) __m512i
+exact_codes(const int KIND, const int PACKED, const void *src, int l) {
+    if (!PACKED) return _mm512_load_si512(((const cl_block *)src)->w[l]);
+    const uint8_t *pb = src;
+    if (KIND == WK_Q8_0)
+        return _mm512_xor_si512(_mm512_load_si512(pb + 64 * l), _mm512_set1_epi8((char)0x80));
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    if (l < 4) return _mm512_and_si512(_mm512_load_si512(pb + 64 * l), m4);
+    return _mm512_and_si512(_mm512_srli_epi16(_mm512_load_si512(pb + 64 * (l - 4)), 4), m4);
+}
+
+/* Block b of the exact column-lane GEMM for NR (1 or 2) activation rows:
+ * lane l of 16 outputs += (float)(int dot of group l) * (dw * dx) by fma,
+ * the min term mw * sx summed apart in macc (Q8_0: none; its biased codes'
+ * -128 * (sum of each group's 4 activation bytes) starts each dot). */
+static inline T_VNNI __attribute__((always_inline)) void
+exact_block(const int KIND, const int PACKED, const int NR, const void *src, __m512 dw, __m512 mw,
+            const blk_q8 *x, size_t xs, int b, __m512 (*acc)[8], __m512 *macc) {
+    __m512 sc[2];
+    int32_t corr[2][8];
+    UNROLL8 for (int r = 0; r < NR; r++) {
+        const blk_q8 *xb = x + (size_t)r * xs + b;
+        sc[r] = _mm512_mul_ps(dw, _mm512_set1_ps(xb->d));
+        if (KIND != WK_Q8_0)
+            macc[r] = _mm512_add_ps(macc[r], _mm512_mul_ps(mw, _mm512_set1_ps(xb->s)));
+        else
+            _mm256_storeu_si256(
+                (__m256i *)corr[r],
+                _mm256_sub_epi32(_mm256_setzero_si256(),
+                                 _mm256_dpbusd_epi32(_mm256_setzero_si256(),
+                                                     _mm256_set1_epi8((char)0x80),
+                                                     _mm256_loadu_si256((const __m256i *)xb->qs))));
+    }
+    UNROLL8 for (int l = 0; l < 8; l++) {
+        const __m512i wl = exact_codes(KIND, PACKED, src, l);
+        UNROLL8 for (int r = 0; r < NR; r++) {
+            const blk_q8 *xb = x + (size_t)r * xs + b;
+            const __m512i init =
+                KIND == WK_Q8_0 ? _mm512_set1_epi32(corr[r][l]) : _mm512_setzero_si512();
+            const __m512i p =
+                _mm512_dpbusd_epi32(init, wl, _mm512_set1_epi32(ld_i32(xb->qs + 4 * l)));
+            acc[r][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc[r], acc[r][l]);
+        }
+    }
+}
+
+/* The 8 lanes summed as hsum_avx2 sums them, plus the min term; columns
+ * [0, nc) of NR rows stored. */
+static inline T_VNNI __attribute__((always_inline)) void exact_store(const int KIND, const int NR,
+                                                                     __m512 (*acc)[8],
+                                                                     const __m512 *macc, float *y,
+                                                                     size_t ys, int nc) {
+    const __mmask16 m = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
+    UNROLL8 for (int r = 0; r < NR; r++) {
+        const __m512 *a = acc[r];
+        __m512 h =
+            _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
+                          _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])));
+        if (KIND != WK_Q8_0) h = _mm512_add_ps(h, macc[r]);
+        _mm512_mask_storeu_ps(y + (size_t)r * ys, m, h);
+    }
+}
+
 /* NR (1 or 2) activation rows against the prepared chunk. */
 static inline T_VNNI __attribute__((always_inline)) void cl_rows(const int KIND, const int NR,
                                                                  int nb, const cl_block *buf,
@@ -876,45 +942,10 @@ static inline T_VNNI __attribute__((always_inline)) void cl_rows(const int KIND,
         UNROLL8 for (int l = 0; l < 8; l++) acc[r][l] = _mm512_setzero_ps();
         macc[r] = _mm512_setzero_ps();
     }
-    for (int b = 0; b < nb; b++) {
-        const cl_block *o = buf + b;
-        __m512 sc[2];
-        int32_t corr[2][8];
-        UNROLL8 for (int r = 0; r < NR; r++) {
-            const blk_q8 *xb = x + (size_t)r * xs + b;
-            sc[r] = _mm512_mul_ps(_mm512_load_ps(o->dw), _mm512_set1_ps(xb->d));
-            if (KIND != WK_Q8_0)
-                macc[r] = _mm512_add_ps(
-                    macc[r], _mm512_mul_ps(_mm512_load_ps(o->mw), _mm512_set1_ps(xb->s)));
-            if (KIND == WK_Q8_0) /* -128 * (sum of each group's 4 bytes) */
-                _mm256_storeu_si256(
-                    (__m256i *)corr[r],
-                    _mm256_sub_epi32(
-                        _mm256_setzero_si256(),
-                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80),
-                                            _mm256_loadu_si256((const __m256i *)xb->qs))));
-        }
-        UNROLL8 for (int l = 0; l < 8; l++) {
-            const __m512i wl = _mm512_load_si512(o->w[l]);
-            UNROLL8 for (int r = 0; r < NR; r++) {
-                const blk_q8 *xb = x + (size_t)r * xs + b;
-                __m512i init =
-                    KIND == WK_Q8_0 ? _mm512_set1_epi32(corr[r][l]) : _mm512_setzero_si512();
-                __m512i p =
-                    _mm512_dpbusd_epi32(init, wl, _mm512_set1_epi32(ld_i32(xb->qs + 4 * l)));
-                acc[r][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc[r], acc[r][l]);
-            }
-        }
-    }
-    const __mmask16 m = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
-    UNROLL8 for (int r = 0; r < NR; r++) {
-        __m512 *a = acc[r];
-        __m512 h =
-            _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
-                          _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])));
-        if (KIND != WK_Q8_0) h = _mm512_add_ps(h, macc[r]);
-        _mm512_mask_storeu_ps(y + (size_t)r * ys, m, h);
-    }
+    for (int b = 0; b < nb; b++)
+        exact_block(KIND, 0, NR, buf + b, _mm512_load_ps(buf[b].dw), _mm512_load_ps(buf[b].mw), x,
+                    xs, b, acc, macc);
+    exact_store(KIND, NR, acc, macc, y, ys, nc);
 }
 
 /*
@@ -1245,7 +1276,6 @@ static inline T_VNNI __attribute__((always_inline)) void
 pk_rows_exact(const int KIND, const int NR, int nb, const uint8_t *wp, const blk_q8 *x, size_t xs,
               float *y, size_t ys, int nc) {
     const size_t blk = KIND == WK_Q8_0 ? 640 : 320;
-    const __m512i m4 = _mm512_set1_epi8(0x0f), bias = _mm512_set1_epi8((char)0x80);
     __m512 acc[2][8], macc[2];
     UNROLL8 for (int r = 0; r < NR; r++) {
         UNROLL8 for (int l = 0; l < 8; l++) acc[r][l] = _mm512_setzero_ps();
@@ -1253,6 +1283,7 @@ pk_rows_exact(const int KIND, const int NR, int nb, const uint8_t *wp, const blk
     }
     for (int b = 0; b < nb; b++) {
         const uint8_t *pb = wp + (size_t)b * blk;
+        /* the thread's next group follows this one: fetch 1/nb of it per block */
         for (size_t l = 0; l < blk; l += 64)
             _mm_prefetch((const char *)pb + (size_t)nb * blk + l, _MM_HINT_T0);
         __m512 dw, mw = _mm512_setzero_ps();
@@ -1264,47 +1295,9 @@ pk_rows_exact(const int KIND, const int NR, int nb, const uint8_t *wp, const blk
             dw = _mm512_load_ps(pb + 256);
             mw = _mm512_mul_ps(_mm512_set1_ps(-8.0f), dw);
         }
-        __m512 sc[2];
-        int32_t corr[2][8];
-        UNROLL8 for (int r = 0; r < NR; r++) {
-            const blk_q8 *xb = x + (size_t)r * xs + b;
-            sc[r] = _mm512_mul_ps(dw, _mm512_set1_ps(xb->d));
-            if (KIND != WK_Q8_0)
-                macc[r] = _mm512_add_ps(macc[r], _mm512_mul_ps(mw, _mm512_set1_ps(xb->s)));
-            else
-                _mm256_storeu_si256(
-                    (__m256i *)corr[r],
-                    _mm256_sub_epi32(
-                        _mm256_setzero_si256(),
-                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80),
-                                            _mm256_loadu_si256((const __m256i *)xb->qs))));
-        }
-        UNROLL8 for (int l = 0; l < 8; l++) {
-            __m512i wl;
-            if (KIND == WK_Q8_0) wl = _mm512_xor_si512(_mm512_load_si512(pb + 64 * l), bias);
-            else if (l < 4) wl = _mm512_and_si512(_mm512_load_si512(pb + 64 * l), m4);
-            else
-                wl = _mm512_and_si512(_mm512_srli_epi16(_mm512_load_si512(pb + 64 * (l - 4)), 4),
-                                      m4);
-            UNROLL8 for (int r = 0; r < NR; r++) {
-                const blk_q8 *xb = x + (size_t)r * xs + b;
-                const __m512i init =
-                    KIND == WK_Q8_0 ? _mm512_set1_epi32(corr[r][l]) : _mm512_setzero_si512();
-                const __m512i p =
-                    _mm512_dpbusd_epi32(init, wl, _mm512_set1_epi32(ld_i32(xb->qs + 4 * l)));
-                acc[r][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc[r], acc[r][l]);
-            }
-        }
+        exact_block(KIND, 1, NR, pb, dw, mw, x, xs, b, acc, macc);
     }
-    const __mmask16 m = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
-    UNROLL8 for (int r = 0; r < NR; r++) {
-        __m512 *a = acc[r];
-        __m512 h =
-            _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
-                          _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])));
-        if (KIND != WK_Q8_0) h = _mm512_add_ps(h, macc[r]);
-        _mm512_mask_storeu_ps(y + (size_t)r * ys, m, h);
-    }
+    exact_store(KIND, NR, acc, macc, y, ys, nc);
 }
 
 /* A packed group into cl_rows' buffer: codes unpacked to bytes (Q8_0
