@@ -391,6 +391,40 @@ static inline T_VNNI __m512 tree16_horiz(const __m512 *a) {
 #define ATTN_VBLOCK 96 /* positions of V per block: 96 x 128-byte rows (hd 64) stay in L1 */
 #define ATTN_NH 3      /* query heads of one KV head handled together by the decode shape */
 
+/* Scores of positions [p0, p0 + cnt) for NH heads (head h's 16 dot lanes
+ * per position in a[h]): the lanes reduced by the tree, times scale, stored
+ * at s[h * ss], and the running maxima (NaN scores skipped). */
+static inline T_VNNI __attribute__((always_inline)) void
+attn_store_scores(const int NH, __m512 (*a)[16], float scale, int cnt, float *s, size_t ss,
+                  __m512 *mxv) {
+    const __mmask16 m = cnt >= 16 ? 0xffff : (__mmask16)((1u << cnt) - 1);
+    UNROLL8 for (int h = 0; h < NH; h++) {
+        const __m512 sc = _mm512_mul_ps(tree16_horiz(a[h]), _mm512_set1_ps(scale));
+        _mm512_mask_storeu_ps(s + h * ss, m, sc);
+        mxv[h] = _mm512_mask_max_ps(mxv[h], m, sc, mxv[h]);
+    }
+}
+
+/* Each head's scores into softmax weights in place, rounded to f16 as the
+ * reference rounds them, then zeros up to 64 past the end (and on to the
+ * next multiple of 16). */
+static inline T_VNNI __attribute__((always_inline)) void
+attn_softmax_weights(const int NH, float *scores, size_t ss, int n_ctx, const __m512 *mxv) {
+    for (int h = 0; h < NH; h++) {
+        float *sh = scores + h * ss;
+        const float mx = _mm512_reduce_max_ps(mxv[h]);
+        const __m512 inv = _mm512_set1_ps((float)(1.0 / softmax_exp_avx512(sh, n_ctx, mx)));
+        for (int p = 0; p < n_ctx + 64; p += 16) {
+            __mmask16 m = n_ctx - p >= 16 ? 0xffff
+                          : n_ctx > p     ? (__mmask16)((1u << (n_ctx - p)) - 1)
+                                          : 0;
+            __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sh + p), inv);
+            _mm512_storeu_ps(sh + p,
+                             _mm512_maskz_mov_ps(m, _mm512_cvtph_ps(_mm512_cvtps_ph(w, 0))));
+        }
+    }
+}
+
 /*
  * The decode shape (a sequence with one row in the step: llama.cpp's
  * vec_dot path) for NH query heads that share one KV head, so each K and V
@@ -453,26 +487,9 @@ attn_single_group(const int NH, const uint8_t *k, const uint8_t *v, const size_t
             UNROLL8 for (int h = 0; h < NH; h++) a[h][j] =
                 _mm512_add_ps(_mm512_add_ps(a0[h], a2[h]), _mm512_add_ps(a1[h], a3[h]));
         }
-        const __mmask16 m = cnt >= 16 ? 0xffff : (__mmask16)((1u << cnt) - 1);
-        UNROLL8 for (int h = 0; h < NH; h++) {
-            const __m512 sc = _mm512_mul_ps(tree16_horiz(a[h]), _mm512_set1_ps(scale));
-            _mm512_mask_storeu_ps(scores + h * ss + p0, m, sc);
-            mxv[h] = _mm512_mask_max_ps(mxv[h], m, sc, mxv[h]); /* NaN scores skipped */
-        }
+        attn_store_scores(NH, a, scale, cnt, scores + p0, ss, mxv);
     }
-    for (int h = 0; h < NH; h++) {
-        float *sh = scores + h * ss;
-        const float mx = _mm512_reduce_max_ps(mxv[h]);
-        const __m512 inv = _mm512_set1_ps((float)(1.0 / softmax_exp_avx512(sh, n_ctx, mx)));
-        for (int p = 0; p < n_ctx + 64; p += 16) {
-            __mmask16 m = n_ctx - p >= 16 ? 0xffff
-                          : n_ctx > p     ? (__mmask16)((1u << (n_ctx - p)) - 1)
-                                          : 0;
-            __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sh + p), inv);
-            _mm512_storeu_ps(sh + p,
-                             _mm512_maskz_mov_ps(m, _mm512_cvtph_ps(_mm512_cvtps_ph(w, 0))));
-        }
-    }
+    attn_softmax_weights(NH, scores, ss, n_ctx, mxv);
     const int nfull = n_ctx / 64 * 64, tail = n_ctx - nfull;
     for (int c = 0; c < nchunk; c += 2) {
         __m512 x[ATTN_NH][2][16];
@@ -571,26 +588,9 @@ attn_tiled_group(const int NH, const uint8_t *k, const uint8_t *v, const size_t 
             UNROLL8 for (int h = 0; h < NH; h++) UNROLL8 for (int j = 0; j < 8; j++) a[h][j0 + j] =
                 acc[h][j];
         }
-        const __mmask16 m = cnt >= 16 ? 0xffff : (__mmask16)((1u << cnt) - 1);
-        UNROLL8 for (int h = 0; h < NH; h++) {
-            const __m512 sc = _mm512_mul_ps(tree16_horiz(a[h]), _mm512_set1_ps(scale));
-            _mm512_mask_storeu_ps(scores + h * ss + p0, m, sc);
-            mxv[h] = _mm512_mask_max_ps(mxv[h], m, sc, mxv[h]); /* NaN scores skipped */
-        }
+        attn_store_scores(NH, a, scale, cnt, scores + p0, ss, mxv);
     }
-    for (int h = 0; h < NH; h++) {
-        float *sh = scores + h * ss;
-        const float mx = _mm512_reduce_max_ps(mxv[h]);
-        const __m512 inv = _mm512_set1_ps((float)(1.0 / softmax_exp_avx512(sh, n_ctx, mx)));
-        for (int p = 0; p < n_ctx + 64; p += 16) {
-            __mmask16 m = n_ctx - p >= 16 ? 0xffff
-                          : n_ctx > p     ? (__mmask16)((1u << (n_ctx - p)) - 1)
-                                          : 0;
-            __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sh + p), inv);
-            _mm512_storeu_ps(sh + p,
-                             _mm512_maskz_mov_ps(m, _mm512_cvtph_ps(_mm512_cvtps_ph(w, 0))));
-        }
-    }
+    attn_softmax_weights(NH, scores, ss, n_ctx, mxv);
     for (int pb = 0; pb < n_ctx; pb += ATTN_VBLOCK) {
         const int pe = n_ctx - pb <= ATTN_VBLOCK ? n_ctx : pb + ATTN_VBLOCK;
         for (int c = 0; c < nchunk; c++)
