@@ -142,18 +142,18 @@ static int split_next(cpu_impl *ci, int ith, int nth, int *first) {
 
 /*
  * With a kernel table that has packed GEMMs for the backend's numerics
- * (AVX-512: both exact and fast), every quantized weight is packed (kernels.h, KERN_PACK_COLS)
- * on its first matmul into memory the backend owns, and later matmuls read
- * only the packed copy: per block the column-lane layout is a few loads
- * instead of a transposition (exact numerics, per core with the weights in
- * cache: 130 GMAC/s for one row where the row-major kernel does 35, 184
- * for 16 rows where the transposing kernel does 148). A weight in a file mapping (be_weight.mapped)
- * then has its whole pages dropped from the process (MADV_DONTNEED; read
- * again from the file only if touched, e.g. embedding rows of a tied output
- * matrix), so the weights stay resident once. Packing goes weight by
- * weight: the peak is the model plus its largest matrix.
- */
-/*
+ * (AVX-512: exact and fast), every quantized weight is packed (kernels.h,
+ * KERN_PACK_COLS) on its first matmul into memory the backend owns, and
+ * later matmuls read only the packed copy: per block the column-lane
+ * layout is a few loads instead of a transposition (exact numerics, per
+ * core, weights in cache: 131-151 GMAC/s for one row where the row-major
+ * kernel does 36, 193 for 16 rows where the transposing kernel does 148).
+ * A weight in a file mapping (be_weight.mapped) then has its whole pages
+ * dropped from the process (MADV_DONTNEED; read again from the file only
+ * if touched, e.g. embedding rows of a tied output matrix), so the weights
+ * stay resident once. Packing goes weight by weight: the peak is the model
+ * plus its largest matrix.
+ *
  * Packed copies are carved from arenas of at least PK_ARENA bytes, 2 MiB
  * aligned and advised as transparent huge pages: a decode step streams
  * every weight once, and with 4 KiB pages each page of that stream costs a

@@ -389,7 +389,14 @@ static inline T_VNNI __m512 tree16_horiz(const __m512 *a) {
 
 #define ATTN_PF 64     /* positions ahead to prefetch K and V rows (a decode row's are cold) */
 #define ATTN_VBLOCK 96 /* positions of V per block: 96 x 128-byte rows (hd 64) stay in L1 */
-#define ATTN_NH 3      /* query heads of one KV head handled together by the decode shape */
+#define ATTN_NH 3      /* query heads of one KV head handled together by both shapes */
+
+/* NH heads of q rounded to f16, as ggml's f16 matmuls round them */
+static inline T_VNNI __attribute__((always_inline)) void
+attn_round_q(const int NH, const float *q32, int hd, float *q) {
+    for (int i = 0; i < NH * hd; i += 16)
+        _mm512_storeu_ps(q + i, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(q32 + i), 0)));
+}
 
 /* Scores of positions [p0, p0 + cnt) for NH heads (head h's 16 dot lanes
  * per position in a[h]): the lanes reduced by the tree, times scale, stored
@@ -445,11 +452,7 @@ attn_single_group(const int NH, const uint8_t *k, const uint8_t *v, const size_t
     const size_t ss = ((size_t)n_ctx + 64 + 15) / 16 * 16;
     float *q = work, *scores = q + NH * hd;
     const __m512 zero = _mm512_setzero_ps();
-    for (int h = 0; h < NH; h++)
-        for (int c = 0; c < nchunk; c++)
-            _mm512_storeu_ps(q + h * hd + 16 * c,
-                             _mm512_cvtph_ps(_mm512_cvtps_ph(
-                                 _mm512_loadu_ps(q32 + (size_t)h * hd + 16 * c), 0)));
+    attn_round_q(NH, q32, hd, q);
     for (int p = 0; prefetch && p < n_ctx && p < ATTN_PF; p++)
         for (int i = 0; i < 2 * hd; i += 64) {
             _mm_prefetch((const char *)k + off[p] + i, _MM_HINT_T0);
@@ -528,19 +531,6 @@ attn_single_group(const int NH, const uint8_t *k, const uint8_t *v, const size_t
     }
 }
 
-static T_VNNI void attn_single_avx512(const uint8_t *k, const uint8_t *v, const size_t *off,
-                                      int n_ctx, const float *q32, int nq, int hd, float scale,
-                                      float *work, float *out) {
-    for (int h0 = 0; h0 < nq; h0 += ATTN_NH) {
-        const int nh = nq - h0 < ATTN_NH ? nq - h0 : ATTN_NH, pf = h0 == 0;
-        const float *qh = q32 + (size_t)h0 * hd;
-        float *oh = out + (size_t)h0 * hd;
-        if (nh == 3) attn_single_group(3, k, v, off, n_ctx, qh, hd, scale, pf, work, oh);
-        else if (nh == 2) attn_single_group(2, k, v, off, n_ctx, qh, hd, scale, pf, work, oh);
-        else attn_single_group(1, k, v, off, n_ctx, qh, hd, scale, pf, work, oh);
-    }
-}
-
 /*
  * The tiled shape (a sequence with several rows in the step: llama.cpp's
  * multi-token path) for NH query heads that share one KV head. Per head the
@@ -561,11 +551,7 @@ attn_tiled_group(const int NH, const uint8_t *k, const uint8_t *v, const size_t 
     /* work: q[NH][hd] | scores[NH][ss] | vacc[NH][nchunk][16 lanes][16] */
     float *q = work, *scores = q + NH * hd, *vacc = scores + NH * ss;
     const __m512 zero = _mm512_setzero_ps();
-    for (int h = 0; h < NH; h++)
-        for (int c = 0; c < nchunk; c++)
-            _mm512_storeu_ps(q + h * hd + 16 * c,
-                             _mm512_cvtph_ps(_mm512_cvtps_ph(
-                                 _mm512_loadu_ps(q32 + (size_t)h * hd + 16 * c), 0)));
+    attn_round_q(NH, q32, hd, q);
     __m512 mxv[ATTN_NH];
     UNROLL8 for (int h = 0; h < NH; h++) mxv[h] = _mm512_set1_ps(-INFINITY);
     for (int p0 = 0; p0 < n_ctx; p0 += 16) {
@@ -637,17 +623,19 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
         kern_attn_f16_with(kern_vnni(), k, v, off, n_ctx, q32, nq, hd, scale, single, work, out);
         return;
     }
-    if (single) {
-        attn_single_avx512(k, v, off, n_ctx, q32, nq, hd, scale, work, out);
-        return;
-    }
+    /* groups of up to ATTN_NH heads; the decode shape prefetches once, for
+     * the first group (the others find the rows in cache) */
     for (int h0 = 0; h0 < nq; h0 += ATTN_NH) {
         const int nh = nq - h0 < ATTN_NH ? nq - h0 : ATTN_NH;
         const float *qh = q32 + (size_t)h0 * hd;
         float *oh = out + (size_t)h0 * hd;
-        if (nh == 3) attn_tiled_group(3, k, v, off, n_ctx, qh, hd, scale, work, oh);
-        else if (nh == 2) attn_tiled_group(2, k, v, off, n_ctx, qh, hd, scale, work, oh);
-        else attn_tiled_group(1, k, v, off, n_ctx, qh, hd, scale, work, oh);
+#define ATTN_GROUP(NH)                                                                             \
+    (single ? attn_single_group(NH, k, v, off, n_ctx, qh, hd, scale, h0 == 0, work, oh)            \
+            : attn_tiled_group(NH, k, v, off, n_ctx, qh, hd, scale, work, oh))
+        if (nh == 3) ATTN_GROUP(3);
+        else if (nh == 2) ATTN_GROUP(2);
+        else ATTN_GROUP(1);
+#undef ATTN_GROUP
     }
 }
 
@@ -1167,6 +1155,29 @@ AVX512_FAST_DRIVER(gemm_q8_0_fast_avx512, WK_Q8_0)
  * spent ~50 cycles a block transposing. This is also the one-row (decode)
  * kernel: 8 dpbusd and 3-4 float ops per 16 outputs and block.
  */
+/* A packed block's scales as 16-column vectors: dw, and mw for the min
+ * term (Q4_1: m; Q4_0: -8 dw; Q8_0: unused, 0). */
+static inline T_VNNI __attribute__((always_inline)) void
+pk_scales(const int KIND, const uint8_t *pb, __m512 *dw, __m512 *mw) {
+    *mw = _mm512_setzero_ps();
+    if (KIND == WK_Q8_0) *dw = _mm512_load_ps(pb + 512);
+    else if (KIND == WK_Q4_1) {
+        *dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pb + 256)));
+        *mw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pb + 288)));
+    } else {
+        *dw = _mm512_load_ps(pb + 256);
+        *mw = _mm512_mul_ps(_mm512_set1_ps(-8.0f), *dw);
+    }
+}
+
+/* The thread's next group follows this one (nb blocks of blk bytes on):
+ * fetch 1/nb of it per block, so it arrives before it is read. */
+static inline T_VNNI __attribute__((always_inline)) void pk_prefetch_next(const uint8_t *pb, int nb,
+                                                                          size_t blk) {
+    for (size_t l = 0; l < blk; l += 64)
+        _mm_prefetch((const char *)pb + (size_t)nb * blk + l, _MM_HINT_T0);
+}
+
 static inline T_VNNI __attribute__((always_inline)) void pk_rows(const int KIND, const int NR,
                                                                  int nb, const uint8_t *wp,
                                                                  const blk_q8 *x, size_t xs,
@@ -1180,26 +1191,17 @@ static inline T_VNNI __attribute__((always_inline)) void pk_rows(const int KIND,
     }
     for (int b = 0; b < nb; b++) {
         const uint8_t *pb = wp + (size_t)b * blk;
-        /* the thread's next group follows this one: fetch 1/nb of it per block */
-        for (size_t l = 0; l < blk; l += 64)
-            _mm_prefetch((const char *)pb + (size_t)nb * blk + l, _MM_HINT_T0);
+        pk_prefetch_next(pb, nb, blk);
         __m512i wl[8];
-        __m512 dw, mw = _mm512_setzero_ps();
+        __m512 dw, mw;
+        pk_scales(KIND, pb, &dw, &mw);
         if (KIND == WK_Q8_0) {
             UNROLL8 for (int l = 0; l < 8; l++) wl[l] = _mm512_load_si512(pb + 64 * l);
-            dw = _mm512_load_ps(pb + 512);
         } else {
             UNROLL8 for (int k = 0; k < 4; k++) {
                 const __m512i t = _mm512_load_si512(pb + 64 * k);
                 wl[k] = _mm512_and_si512(t, m4);
                 wl[4 + k] = _mm512_and_si512(_mm512_srli_epi16(t, 4), m4);
-            }
-            if (KIND == WK_Q4_1) {
-                dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pb + 256)));
-                mw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pb + 288)));
-            } else {
-                dw = _mm512_load_ps(pb + 256);
-                mw = _mm512_mul_ps(_mm512_set1_ps(-8.0f), dw);
             }
         }
         UNROLL8 for (int r = 0; r < NR; r++) {
@@ -1283,18 +1285,9 @@ pk_rows_exact(const int KIND, const int NR, int nb, const uint8_t *wp, const blk
     }
     for (int b = 0; b < nb; b++) {
         const uint8_t *pb = wp + (size_t)b * blk;
-        /* the thread's next group follows this one: fetch 1/nb of it per block */
-        for (size_t l = 0; l < blk; l += 64)
-            _mm_prefetch((const char *)pb + (size_t)nb * blk + l, _MM_HINT_T0);
-        __m512 dw, mw = _mm512_setzero_ps();
-        if (KIND == WK_Q8_0) dw = _mm512_load_ps(pb + 512);
-        else if (KIND == WK_Q4_1) {
-            dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pb + 256)));
-            mw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pb + 288)));
-        } else {
-            dw = _mm512_load_ps(pb + 256);
-            mw = _mm512_mul_ps(_mm512_set1_ps(-8.0f), dw);
-        }
+        pk_prefetch_next(pb, nb, blk);
+        __m512 dw, mw;
+        pk_scales(KIND, pb, &dw, &mw);
         exact_block(KIND, 1, NR, pb, dw, mw, x, xs, b, acc, macc);
     }
     exact_store(KIND, NR, acc, macc, y, ys, nc);
@@ -1305,33 +1298,16 @@ pk_rows_exact(const int KIND, const int NR, int nb, const uint8_t *wp, const blk
 static inline T_VNNI __attribute__((always_inline)) void
 pk_to_cl(const int KIND, int nb, const uint8_t *wp, cl_block *buf) {
     const size_t blk = KIND == WK_Q8_0 ? 640 : 320;
-    const __m512i m4 = _mm512_set1_epi8(0x0f), bias = _mm512_set1_epi8((char)0x80);
     for (int b = 0; b < nb; b++) {
         const uint8_t *pb = wp + (size_t)b * blk;
         cl_block *o = buf + b;
-        /* the thread's next group follows this one: fetch 1/nb of it per block */
-        for (size_t l = 0; l < blk; l += 64)
-            _mm_prefetch((const char *)pb + (size_t)nb * blk + l, _MM_HINT_T0);
-        if (KIND == WK_Q8_0) {
-            UNROLL8 for (int l = 0; l < 8; l++)
-                _mm512_store_si512(o->w[l], _mm512_xor_si512(_mm512_load_si512(pb + 64 * l), bias));
-            _mm512_store_ps(o->dw, _mm512_load_ps(pb + 512));
-            _mm512_store_ps(o->mw, _mm512_setzero_ps());
-            continue;
-        }
-        UNROLL8 for (int k = 0; k < 4; k++) {
-            const __m512i t = _mm512_load_si512(pb + 64 * k);
-            _mm512_store_si512(o->w[k], _mm512_and_si512(t, m4));
-            _mm512_store_si512(o->w[4 + k], _mm512_and_si512(_mm512_srli_epi16(t, 4), m4));
-        }
-        if (KIND == WK_Q4_1) {
-            _mm512_store_ps(o->dw, _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pb + 256))));
-            _mm512_store_ps(o->mw, _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pb + 288))));
-        } else {
-            const __m512 dw = _mm512_load_ps(pb + 256);
-            _mm512_store_ps(o->dw, dw);
-            _mm512_store_ps(o->mw, _mm512_mul_ps(_mm512_set1_ps(-8.0f), dw));
-        }
+        pk_prefetch_next(pb, nb, blk);
+        UNROLL8 for (int l = 0; l < 8; l++)
+            _mm512_store_si512(o->w[l], exact_codes(KIND, 1, pb, l));
+        __m512 dw, mw;
+        pk_scales(KIND, pb, &dw, &mw);
+        _mm512_store_ps(o->dw, dw);
+        _mm512_store_ps(o->mw, mw);
     }
 }
 
