@@ -210,6 +210,7 @@ static void test_gemm(int fast) {
     uint8_t *w = malloc((size_t)NCMAX * (NBMAX * 34 + pad_w));
     float *x = malloc((size_t)NRMAX * NBMAX * 32 * sizeof *x);
     blk_q8 *xq = malloc((size_t)NRMAX * (NBMAX + pad_x) * sizeof *xq);
+    int32_t *xc = malloc((size_t)NRMAX * (NBMAX + pad_x) * 8 * sizeof *xc);
     size_t ysz = (size_t)NRMAX * (NCMAX + pad_y);
     float *y0 = malloc(ysz * sizeof *y0), *y1 = malloc(ysz * sizeof *y1);
     int mismatch[3][2] = {{0}}, outside[3][2] = {{0}}, outside_scalar[3] = {0}, calls = 0;
@@ -226,6 +227,7 @@ static void test_gemm(int fast) {
             for (int r = 0; r < NRMAX; r++) {
                 fill_activations(x + (size_t)r * nb * 32, nb * 32, r);
                 S->quantize(x + (size_t)r * nb * 32, xq + (size_t)r * xs, nb * 32);
+                kern_q8_corr(xq + (size_t)r * xs, (size_t)nb, xc + (size_t)r * xs * 8);
             }
             for (size_t ic = 0; ic < sizeof ncs / sizeof *ncs; ic++)
                 for (size_t ir = 0; ir < sizeof nrs / sizeof *nrs; ir++) {
@@ -255,7 +257,7 @@ static void test_gemm(int fast) {
                                             nc - 16 * g < 16 ? nc - 16 * g : 16, pk + g * gb);
                         for (size_t i = 0; i < ysz; i++) y1[i] = -12345.0f;
                         for (int g = 0; g * 16 < nc; g++)
-                            pf(nb, pk + g * gb, nc - 16 * g < 16 ? nc - 16 * g : 16, xq, xs, nr,
+                            pf(nb, pk + g * gb, nc - 16 * g < 16 ? nc - 16 * g : 16, xq, xs, xc, nr,
                                y1 + 16 * g, ys);
                         pk_calls++;
                         /* and back: every column's bytes as they were */
@@ -365,6 +367,7 @@ static void test_gemm(int fast) {
     free(w);
     free(x);
     free(xq);
+    free(xc);
     free(y0);
     free(y1);
 }

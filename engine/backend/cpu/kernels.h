@@ -58,9 +58,17 @@ void kern_pack_group(uint32_t type, int nb, const void *w, size_t ws, int nc, vo
  * in the original format, byte for byte (scales stored as float are f16
  * values, which convert back exactly). */
 void kern_unpack_column(uint32_t type, int nb, const void *group, int c, void *row);
-/* y[r * ys + c] for c < nc (<= 16), r < nr, from one packed group wp. */
+/* y[r * ys + c] for c < nc (<= 16), r < nr, from one packed group wp.
+ * xc: kern_q8_corr of x (the block at x + i has its 8 words at xc + 8 * i),
+ * which the exact Q8_0 kernels read and the others ignore (may be NULL). */
 typedef void (*kern_gemm_packed_fn)(int nb, const void *wp, int nc, const blk_q8 *x, size_t xs,
-                                    int nr, float *y, size_t ys);
+                                    const int32_t *xc, int nr, float *y, size_t ys);
+/* For each of n blocks, corr[8 * i + l] = -128 * (sum of codes 4l .. 4l + 3 of x[i]):
+ * what the exact Q8_0 kernels, which bias the weight codes by 128 to make
+ * them vpdpbusd's unsigned operand, subtract from each 4-code dot. Computed
+ * once per matmul rather than once per 16 columns (and outside the kernel's
+ * dependency chains: computing it in the block loop halved its speed). */
+void kern_q8_corr(const blk_q8 *x, size_t n, int32_t *corr);
 typedef void (*kern_quantize_fn)(const float *x, blk_q8 *y, int n);
 typedef float (*kern_dot_f16_fn)(const uint16_t *a, const float *b, int n);
 /* The same dot with ggml_vec_dot_f16's shape: 4 accumulators of 16 lanes

@@ -402,3 +402,11 @@ const kern_table *kern_select(void) {
     if (kern_avx2()) return kern_avx2();
     return &SCALAR;
 }
+
+void kern_q8_corr(const blk_q8 *x, size_t n, int32_t *corr) {
+    for (size_t i = 0; i < n; i++)
+        for (int l = 0; l < 8; l++) {
+            const int8_t *q = x[i].qs + 4 * l;
+            corr[8 * i + (size_t)l] = -128 * (q[0] + q[1] + q[2] + q[3]);
+        }
+}

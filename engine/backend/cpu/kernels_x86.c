@@ -871,31 +871,26 @@ exact_codes(const int KIND, const int PACKED, const void *src, int l) {
 /* Block b of the exact column-lane GEMM for NR (1 or 2) activation rows:
  * lane l of 16 outputs += (float)(int dot of group l) * (dw * dx) by fma,
  * the min term mw * sx summed apart in macc (Q8_0: none; its biased codes'
- * -128 * (sum of each group's 4 activation bytes) starts each dot). */
+ * correction, -128 * (sum of each group's 4 activation bytes), starts
+ * each dot: row r's block b has it at xc_row(KIND, xc, r, xcs) + 8 * b). */
 static inline T_VNNI __attribute__((always_inline)) void
 exact_block(const int KIND, const int PACKED, const int NR, const void *src, __m512 dw, __m512 mw,
-            const blk_q8 *x, size_t xs, int b, __m512 (*acc)[8], __m512 *macc) {
+            const blk_q8 *x, size_t xs, const int32_t *xc, size_t xcs, int b, __m512 (*acc)[8],
+            __m512 *macc) {
     __m512 sc[2];
-    int32_t corr[2][8];
     UNROLL8 for (int r = 0; r < NR; r++) {
         const blk_q8 *xb = x + (size_t)r * xs + b;
         sc[r] = _mm512_mul_ps(dw, _mm512_set1_ps(xb->d));
         if (KIND != WK_Q8_0)
             macc[r] = _mm512_add_ps(macc[r], _mm512_mul_ps(mw, _mm512_set1_ps(xb->s)));
-        else
-            _mm256_storeu_si256(
-                (__m256i *)corr[r],
-                _mm256_sub_epi32(_mm256_setzero_si256(),
-                                 _mm256_dpbusd_epi32(_mm256_setzero_si256(),
-                                                     _mm256_set1_epi8((char)0x80),
-                                                     _mm256_loadu_si256((const __m256i *)xb->qs))));
     }
     UNROLL8 for (int l = 0; l < 8; l++) {
         const __m512i wl = exact_codes(KIND, PACKED, src, l);
         UNROLL8 for (int r = 0; r < NR; r++) {
             const blk_q8 *xb = x + (size_t)r * xs + b;
-            const __m512i init =
-                KIND == WK_Q8_0 ? _mm512_set1_epi32(corr[r][l]) : _mm512_setzero_si512();
+            const __m512i init = KIND == WK_Q8_0
+                                     ? _mm512_set1_epi32(xc[(size_t)r * xcs + (size_t)b * 8 + l])
+                                     : _mm512_setzero_si512();
             const __m512i p =
                 _mm512_dpbusd_epi32(init, wl, _mm512_set1_epi32(ld_i32(xb->qs + 4 * l)));
             acc[r][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc[r], acc[r][l]);
@@ -921,10 +916,9 @@ static inline T_VNNI __attribute__((always_inline)) void exact_store(const int K
 }
 
 /* NR (1 or 2) activation rows against the prepared chunk. */
-static inline T_VNNI __attribute__((always_inline)) void cl_rows(const int KIND, const int NR,
-                                                                 int nb, const cl_block *buf,
-                                                                 const blk_q8 *x, size_t xs,
-                                                                 float *y, size_t ys, int nc) {
+static inline T_VNNI __attribute__((always_inline)) void
+cl_rows(const int KIND, const int NR, int nb, const cl_block *buf, const blk_q8 *x, size_t xs,
+        const int32_t *xc, size_t xcs, float *y, size_t ys, int nc) {
     __m512 acc[2][8], macc[2];
     UNROLL8 for (int r = 0; r < NR; r++) {
         UNROLL8 for (int l = 0; l < 8; l++) acc[r][l] = _mm512_setzero_ps();
@@ -932,7 +926,7 @@ static inline T_VNNI __attribute__((always_inline)) void cl_rows(const int KIND,
     }
     for (int b = 0; b < nb; b++)
         exact_block(KIND, 0, NR, buf + b, _mm512_load_ps(buf[b].dw), _mm512_load_ps(buf[b].mw), x,
-                    xs, b, acc, macc);
+                    xs, xc, xcs, b, acc, macc);
     exact_store(KIND, NR, acc, macc, y, ys, nc);
 }
 
@@ -1020,16 +1014,22 @@ gemv16(const int KIND, int nb, const uint8_t *w, size_t ws, const blk_q8 *x, flo
             return;                                                                                \
         }                                                                                          \
         cl_block buf[CL_MAX_NB];                                                                   \
+        int32_t xc[2 * CL_MAX_NB * 8]; /* Q8_0: corrections of the row pair (kern_q8_corr) */      \
         for (int c = 0; c < nc; c += 16) {                                                         \
             const int ncc = nc - c < 16 ? nc - c : 16;                                             \
             cl_prepare(KIND, 0, nb, w + (size_t)c * ws, ws, ncc, buf);                             \
-            int r = 0;                                                                             \
-            for (; r + 2 <= nr; r += 2)                                                            \
-                cl_rows(KIND, 2, nb, buf, x + (size_t)r * xs, xs, y + (size_t)r * ys + c, ys,      \
-                        ncc);                                                                      \
-            if (r < nr)                                                                            \
-                cl_rows(KIND, 1, nb, buf, x + (size_t)r * xs, xs, y + (size_t)r * ys + c, ys,      \
-                        ncc);                                                                      \
+            for (int r = 0; r < nr; r += 2) {                                                      \
+                const int pair = nr - r >= 2;                                                      \
+                if (KIND == WK_Q8_0)                                                               \
+                    for (int i = 0; i <= pair; i++)                                                \
+                        kern_q8_corr(x + (size_t)(r + i) * xs, (size_t)nb, xc + i * nb * 8);       \
+                if (pair)                                                                          \
+                    cl_rows(KIND, 2, nb, buf, x + (size_t)r * xs, xs, xc, (size_t)nb * 8,          \
+                            y + (size_t)r * ys + c, ys, ncc);                                      \
+                else                                                                               \
+                    cl_rows(KIND, 1, nb, buf, x + (size_t)r * xs, xs, xc, (size_t)nb * 8,          \
+                            y + (size_t)r * ys + c, ys, ncc);                                      \
+            }                                                                                      \
         }                                                                                          \
     }
 AVX512_DRIVER(gemm_q4_0_avx512, WK_Q4_0, gemm_q4_0_vnni)
@@ -1238,9 +1238,10 @@ static inline T_VNNI __attribute__((always_inline)) void pk_rows(const int KIND,
 }
 
 #define AVX512_PACKED_DRIVER(NAME, KIND)                                                           \
-    static T_VNNI void NAME(int nb, const void *wv, int nc, const blk_q8 *x, size_t xs, int nr,    \
-                            float *y, size_t ys) {                                                 \
+    static T_VNNI void NAME(int nb, const void *wv, int nc, const blk_q8 *x, size_t xs,            \
+                            const int32_t *xc, int nr, float *y, size_t ys) {                      \
         const uint8_t *wp = wv;                                                                    \
+        (void)xc;                                                                                  \
         int r = 0;                                                                                 \
         for (; r + CL_FAST_NR <= nr; r += CL_FAST_NR)                                              \
             pk_rows(KIND, CL_FAST_NR, nb, wp, x + (size_t)r * xs, xs, y + (size_t)r * ys, ys, nc); \
@@ -1276,7 +1277,7 @@ AVX512_PACKED_DRIVER(gemm_q8_0_packed_avx512, WK_Q8_0)
  */
 static inline T_VNNI __attribute__((always_inline)) void
 pk_rows_exact(const int KIND, const int NR, int nb, const uint8_t *wp, const blk_q8 *x, size_t xs,
-              float *y, size_t ys, int nc) {
+              const int32_t *xc, float *y, size_t ys, int nc) {
     const size_t blk = KIND == WK_Q8_0 ? 640 : 320;
     __m512 acc[2][8], macc[2];
     UNROLL8 for (int r = 0; r < NR; r++) {
@@ -1288,7 +1289,7 @@ pk_rows_exact(const int KIND, const int NR, int nb, const uint8_t *wp, const blk
         pk_prefetch_next(pb, nb, blk);
         __m512 dw, mw;
         pk_scales(KIND, pb, &dw, &mw);
-        exact_block(KIND, 1, NR, pb, dw, mw, x, xs, b, acc, macc);
+        exact_block(KIND, 1, NR, pb, dw, mw, x, xs, xc, xs * 8, b, acc, macc);
     }
     exact_store(KIND, NR, acc, macc, y, ys, nc);
 }
@@ -1317,24 +1318,34 @@ pk_to_cl(const int KIND, int nb, const uint8_t *wp, cl_block *buf) {
  * 184 at 2 to 64 rows; through the buffer 160 at 4 rows, 181 at 8, 193 at
  * 16, 206 at 32 and 64). */
 #define PK_CL_ROWS 16
+/* Row r's corrections (Q8_0 only: the others get NULL and read none). */
+static inline const int32_t *xc_row(const int KIND, const int32_t *xc, int r, size_t xcs) {
+    return KIND == WK_Q8_0 ? xc + (size_t)r * xcs : NULL;
+}
+
 #define AVX512_PACKED_EXACT_DRIVER(NAME, KIND)                                                     \
-    static T_VNNI void NAME(int nb, const void *wv, int nc, const blk_q8 *x, size_t xs, int nr,    \
-                            float *y, size_t ys) {                                                 \
+    static T_VNNI void NAME(int nb, const void *wv, int nc, const blk_q8 *x, size_t xs,            \
+                            const int32_t *xc, int nr, float *y, size_t ys) {                      \
         const uint8_t *wp = wv;                                                                    \
+        const size_t xcs = xs * 8;                                                                 \
         int r = 0;                                                                                 \
         if (nr >= PK_CL_ROWS && nb <= CL_MAX_NB) {                                                 \
             cl_block buf[CL_MAX_NB];                                                               \
             pk_to_cl(KIND, nb, wp, buf);                                                           \
             for (; r + 2 <= nr; r += 2)                                                            \
-                cl_rows(KIND, 2, nb, buf, x + (size_t)r * xs, xs, y + (size_t)r * ys, ys, nc);     \
+                cl_rows(KIND, 2, nb, buf, x + (size_t)r * xs, xs, xc_row(KIND, xc, r, xcs), xcs,   \
+                        y + (size_t)r * ys, ys, nc);                                               \
             if (r < nr)                                                                            \
-                cl_rows(KIND, 1, nb, buf, x + (size_t)r * xs, xs, y + (size_t)r * ys, ys, nc);     \
+                cl_rows(KIND, 1, nb, buf, x + (size_t)r * xs, xs, xc_row(KIND, xc, r, xcs), xcs,   \
+                        y + (size_t)r * ys, ys, nc);                                               \
             return;                                                                                \
         }                                                                                          \
         for (; r + 2 <= nr; r += 2)                                                                \
-            pk_rows_exact(KIND, 2, nb, wp, x + (size_t)r * xs, xs, y + (size_t)r * ys, ys, nc);    \
+            pk_rows_exact(KIND, 2, nb, wp, x + (size_t)r * xs, xs, xc_row(KIND, xc, r, xcs),       \
+                          y + (size_t)r * ys, ys, nc);                                             \
         if (r < nr)                                                                                \
-            pk_rows_exact(KIND, 1, nb, wp, x + (size_t)r * xs, xs, y + (size_t)r * ys, ys, nc);    \
+            pk_rows_exact(KIND, 1, nb, wp, x + (size_t)r * xs, xs, xc_row(KIND, xc, r, xcs),       \
+                          y + (size_t)r * ys, ys, nc);                                             \
     }
 AVX512_PACKED_EXACT_DRIVER(gemm_q4_0_packed_exact_avx512, WK_Q4_0)
 AVX512_PACKED_EXACT_DRIVER(gemm_q4_1_packed_exact_avx512, WK_Q4_1)
