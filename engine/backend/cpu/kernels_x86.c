@@ -915,18 +915,25 @@ static inline T_VNNI __attribute__((always_inline)) void exact_store(const int K
     }
 }
 
-/* NR (1 or 2) activation rows against the prepared chunk. */
+/* NR (1 or 2) activation rows against the prepared chunk; meanwhile the
+ * pf_len bytes at pf are fetched into L2, spread evenly over the blocks. */
 static inline T_VNNI __attribute__((always_inline)) void
 cl_rows(const int KIND, const int NR, int nb, const cl_block *buf, const blk_q8 *x, size_t xs,
-        const int32_t *xc, size_t xcs, float *y, size_t ys, int nc) {
+        const int32_t *xc, size_t xcs, float *y, size_t ys, int nc, const uint8_t *pf,
+        size_t pf_len) {
     __m512 acc[2][8], macc[2];
     UNROLL8 for (int r = 0; r < NR; r++) {
         UNROLL8 for (int l = 0; l < 8; l++) acc[r][l] = _mm512_setzero_ps();
         macc[r] = _mm512_setzero_ps();
     }
-    for (int b = 0; b < nb; b++)
+    const size_t pf_step = (pf_len + (size_t)nb - 1) / (size_t)nb;
+    size_t pfo = 0;
+    for (int b = 0; b < nb; b++) {
+        for (const size_t end = pfo + pf_step; pfo < end && pfo < pf_len; pfo += 64)
+            _mm_prefetch((const char *)pf + pfo, _MM_HINT_T1);
         exact_block(KIND, 0, NR, buf + b, _mm512_load_ps(buf[b].dw), _mm512_load_ps(buf[b].mw), x,
                     xs, xc, xcs, b, acc, macc);
+    }
     exact_store(KIND, NR, acc, macc, y, ys, nc);
 }
 
@@ -1025,10 +1032,10 @@ gemv16(const int KIND, int nb, const uint8_t *w, size_t ws, const blk_q8 *x, flo
                         kern_q8_corr(x + (size_t)(r + i) * xs, (size_t)nb, xc + i * nb * 8);       \
                 if (pair)                                                                          \
                     cl_rows(KIND, 2, nb, buf, x + (size_t)r * xs, xs, xc, (size_t)nb * 8,          \
-                            y + (size_t)r * ys + c, ys, ncc);                                      \
+                            y + (size_t)r * ys + c, ys, ncc, NULL, 0);                             \
                 else                                                                               \
                     cl_rows(KIND, 1, nb, buf, x + (size_t)r * xs, xs, xc, (size_t)nb * 8,          \
-                            y + (size_t)r * ys + c, ys, ncc);                                      \
+                            y + (size_t)r * ys + c, ys, ncc, NULL, 0);                             \
             }                                                                                      \
         }                                                                                          \
     }
@@ -1302,7 +1309,6 @@ pk_to_cl(const int KIND, int nb, const uint8_t *wp, cl_block *buf) {
     for (int b = 0; b < nb; b++) {
         const uint8_t *pb = wp + (size_t)b * blk;
         cl_block *o = buf + b;
-        pk_prefetch_next(pb, nb, blk);
         UNROLL8 for (int l = 0; l < 8; l++)
             _mm512_store_si512(o->w[l], exact_codes(KIND, 1, pb, l));
         __m512 dw, mw;
@@ -1316,7 +1322,11 @@ pk_to_cl(const int KIND, int nb, const uint8_t *wp, cl_block *buf) {
  * whose rows then skip the unpacking and the f16 scales (measured per core,
  * Q4_1, 576 inputs, weights in cache, best of 4 runs, GMAC/s: pk_rows_exact
  * 184 at 2 to 64 rows; through the buffer 160 at 4 rows, 181 at 8, 193 at
- * 16, 206 at 32 and 64). */
+ * 16, 206 at 32 and 64). The next group (the thread's next chunk, as a rule)
+ * is prefetched into L2 a share per row pair, spread over its blocks: asked
+ * for all at once while the group is unpacked, its ~90 lines queue behind
+ * the core's few line-fill buffers and stall it (Intel Xeon, 16 rows,
+ * 55 MB of weights cycling out of cache: 72 -> 90 GMAC/s). */
 #define PK_CL_ROWS 16
 /* Row r's corrections (Q8_0 only: the others get NULL and read none). */
 static inline const int32_t *xc_row(const int KIND, const int32_t *xc, int r, size_t xcs) {
@@ -1331,13 +1341,16 @@ static inline const int32_t *xc_row(const int KIND, const int32_t *xc, int r, si
         int r = 0;                                                                                 \
         if (nr >= PK_CL_ROWS && nb <= CL_MAX_NB) {                                                 \
             cl_block buf[CL_MAX_NB];                                                               \
+            /* each row pair fetches its share of the next group (see PK_CL_ROWS) */               \
+            const size_t group = (size_t)nb * (KIND == WK_Q8_0 ? 640 : 320);                       \
+            const size_t share = (group / (size_t)((nr + 1) / 2) + 63) / 64 * 64;                  \
             pk_to_cl(KIND, nb, wp, buf);                                                           \
             for (; r + 2 <= nr; r += 2)                                                            \
                 cl_rows(KIND, 2, nb, buf, x + (size_t)r * xs, xs, xc_row(KIND, xc, r, xcs), xcs,   \
-                        y + (size_t)r * ys, ys, nc);                                               \
+                        y + (size_t)r * ys, ys, nc, wp + group + (size_t)(r / 2) * share, share);  \
             if (r < nr)                                                                            \
                 cl_rows(KIND, 1, nb, buf, x + (size_t)r * xs, xs, xc_row(KIND, xc, r, xcs), xcs,   \
-                        y + (size_t)r * ys, ys, nc);                                               \
+                        y + (size_t)r * ys, ys, nc, wp + group + (size_t)(r / 2) * share, share);  \
             return;                                                                                \
         }                                                                                          \
         for (; r + 2 <= nr; r += 2)                                                                \
