@@ -1320,14 +1320,16 @@ pk_to_cl(const int KIND, int nb, const uint8_t *wp, cl_block *buf) {
 
 /* From PK_CL_ROWS rows on, the group is unpacked once into cl_rows' buffer,
  * whose rows then skip the unpacking and the f16 scales (measured per core,
- * Q4_1, 576 inputs, weights in cache, best of 4 runs, GMAC/s: pk_rows_exact
- * 184 at 2 to 64 rows; through the buffer 160 at 4 rows, 181 at 8, 193 at
- * 16, 206 at 32 and 64). The next group (the thread's next chunk, as a rule)
+ * Q4_1, 576 inputs, weights in cache, best of 4 runs, GMAC/s: on the AMD
+ * EPYC pk_rows_exact 184 at 2 to 64 rows, through the buffer 160 at 4 rows,
+ * 181 at 8, 193 at 16, 206 at 32 and 64; on the Intel Xeon, with the weights
+ * out of cache as in a real step, the buffer wins from 4 rows: 75 against
+ * 63 at 4 rows, 76 against 55 at 8 and 12). The next group (the thread's next chunk, as a rule)
  * is prefetched into L2 a share per row pair, spread over its blocks: asked
  * for all at once while the group is unpacked, its ~90 lines queue behind
  * the core's few line-fill buffers and stall it (Intel Xeon, 16 rows,
  * 55 MB of weights cycling out of cache: 72 -> 90 GMAC/s). */
-#define PK_CL_ROWS 16
+#define PK_CL_ROWS 4
 /* Row r's corrections (Q8_0 only: the others get NULL and read none). */
 static inline const int32_t *xc_row(const int KIND, const int32_t *xc, int r, size_t xcs) {
     return KIND == WK_Q8_0 ? xc + (size_t)r * xcs : NULL;
