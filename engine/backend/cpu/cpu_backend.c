@@ -695,8 +695,8 @@ typedef struct {
     int n_tasks;
 } attn_job;
 
-/* Row `row`, KV heads [kvh, kvh + n_kvh) in turn, and of each the nq query
- * heads from its first + h (nq == the group size: all of them). */
+/* Row `row`, KV heads [kvh, kvh + n_kvh), and of each the nq query heads
+ * from its first + h (n_kvh > 1: all of them, nq == the group size). */
 typedef struct attn_task {
     int32_t row;
     int16_t kvh, n_kvh, h, nq;
@@ -736,42 +736,39 @@ static int row_is_single(const cpu_impl *ci, const be_attn *a, int t) {
     return a->row_single ? a->row_single[t] != 0 : a->seq_start[s + 1] - a->seq_start[s] == 1;
 }
 
-/* Row t, query heads [h, h + nq) of KV head kvh: scores over the row's
- * causal context read through the block table, softmax, weighted sum of V.
- * With an f16 cache the arithmetic follows ggml's f16 matmuls exactly
- * (kernels.h, attn_f16): the accumulation shape depends on whether the
- * sequence has one row in this step (llama.cpp's vec_dot path) or several
- * (its tiled path). */
-static void attn_one(const attn_job *j, int t, int kvh, int h, int nq, float *work) {
+/* One task: scores over the row's causal context read through the block
+ * table, softmax, weighted sum of V. With an f16 cache the arithmetic
+ * follows ggml's f16 matmuls exactly (kernels.h, attn_f16): the
+ * accumulation shape depends on whether the sequence has one row in this
+ * step (llama.cpp's vec_dot path) or several (its tiled path). */
+static void attn_run(const attn_job *j, const attn_task *task, float *work) {
     const be_attn *a = j->a;
     const cpu_impl *ci = j->ci;
-    const int hd = a->head_dim, single = row_is_single(ci, a, t);
+    const int t = task->row, hd = a->head_dim, single = row_is_single(ci, a, t);
+    const int group = a->n_head / a->n_head_kv, h = task->kvh * group + task->h, nq = task->nq;
     const size_t *off = ci->slot_off + ci->seq_off_start[ci->row_seq[t]];
     const int n_ctx = a->positions[t] + 1;
-    const uint8_t *k = j->k0 + (size_t)kvh * j->head_bytes,
-                  *v = j->v0 + (size_t)kvh * j->head_bytes;
+    const uint8_t *k = j->k0 + (size_t)task->kvh * j->head_bytes,
+                  *v = j->v0 + (size_t)task->kvh * j->head_bytes;
     const float *q = j->q + ((size_t)t * a->n_head + h) * hd;
     float *res = j->out + ((size_t)t * a->n_head + h) * hd;
     if (j->elt_size == 2) {
-        ci->k->attn_f16(k, v, off, n_ctx, q, nq, hd, a->scale, single, work, res);
+        ci->k->attn_f16_row(k, v, j->head_bytes, task->n_kvh, off, n_ctx, q, nq, hd, a->scale,
+                            single, work, res);
         return;
     }
-    for (int i = 0; i < nq; i++)
-        attn_f32_head(k, v, off, n_ctx, q + (size_t)i * hd, hd, a->scale, single, ci->k, work,
-                      res + (size_t)i * hd);
+    for (int g = 0; g < task->n_kvh; g++, k += j->head_bytes, v += j->head_bytes)
+        for (int i = 0; i < nq; i++, q += hd, res += hd)
+            attn_f32_head(k, v, off, n_ctx, q, hd, a->scale, single, ci->k, work, res);
 }
 
 static void attn_worker(void *arg, int ith, int nth) {
     attn_job *j = arg;
     (void)nth;
-    const int group = j->a->n_head / j->a->n_head_kv;
     float *work = j->ci->per_thread[ith].buf;
     for (int i;
-         (i = atomic_fetch_add_explicit(&j->ci->counter, 1, memory_order_relaxed)) < j->n_tasks;) {
-        const attn_task *task = &j->tasks[i];
-        for (int kvh = task->kvh; kvh < task->kvh + task->n_kvh; kvh++)
-            attn_one(j, task->row, kvh, kvh * group + task->h, task->nq, work);
-    }
+         (i = atomic_fetch_add_explicit(&j->ci->counter, 1, memory_order_relaxed)) < j->n_tasks;)
+        attn_run(j, &j->tasks[i], work);
 }
 
 static int cmp_u64(const void *x, const void *y) {
@@ -846,7 +843,7 @@ static void cpu_attention(backend *be, kv_cache *kv, int layer, const be_attn *a
         total_ctx += (size_t)a->context_len[s];
     }
     for (int t = 0; t < tp_size(ci->pool); t++)
-        if (ensure(&ci->per_thread[t], kern_attn_work(max_ctx, a->head_dim))) return;
+        if (ensure(&ci->per_thread[t], kern_attn_work(max_ctx, a->head_dim, a->n_head))) return;
     if (grow((void **)&ci->row_seq, &ci->row_seq_cap, (size_t)a->n_tokens, sizeof *ci->row_seq) ||
         grow((void **)&ci->seq_off_start, &ci->seq_off_cap, (size_t)a->n_seqs,
              sizeof *ci->seq_off_start) ||

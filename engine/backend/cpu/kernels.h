@@ -100,11 +100,18 @@ typedef double (*kern_softmax_exp_fn)(float *x, int n, float max);
  * lanes reduced by kern_reduce64) against several rows (dot_f16, 16 lanes,
  * kern_tree16); the V sum keeps lane p % lanes for position p, so the result
  * does not depend on where positions are stored. work holds at least
- * kern_attn_work(n_ctx, hd) floats.
+ * kern_attn_work(n_ctx, hd, nq) floats.
  */
 typedef void (*kern_attn_f16_fn)(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
                                  const float *q, int nq, int hd, float scale, int single,
                                  float *work, float *out);
+/* The same for nkv KV heads of one row: KV head i's K (V) vector of
+ * position p at k (v) + i * kv_stride + off[p], its nq query heads at
+ * q + i * nq * hd, results at out + i * nq * hd; bit for bit the results of
+ * nkv attn_f16 calls. work: kern_attn_work(n_ctx, hd, nkv * nq) floats. */
+typedef void (*kern_attn_f16_row_fn)(const uint8_t *k, const uint8_t *v, size_t kv_stride, int nkv,
+                                     const size_t *off, int n_ctx, const float *q, int nq, int hd,
+                                     float scale, int single, float *work, float *out);
 
 typedef struct {
     const char *isa; /* "avx512vnni", "avx2", "scalar" */
@@ -131,6 +138,7 @@ typedef struct {
     kern_softmax_exp_fn softmax_exp;
     kern_rope_fn rope_rows;
     kern_attn_f16_fn attn_f16;
+    kern_attn_f16_row_fn attn_f16_row;
     kern_f32_to_f16_fn f32_to_f16;
     kern_rmsnorm_fn rmsnorm;
 } kern_table;
@@ -208,7 +216,13 @@ double kern_softmax_exp_scalar(float *x, int n, float max);
 void kern_rope_scalar(float *x, const float *cs, int n_heads, int head_dim, int half);
 void kern_f32_to_f16_scalar(const float *x, uint16_t *y, int n);
 void kern_rmsnorm_scalar(const float *x, const float *g, int rows, int cols, float eps, float *y);
-size_t kern_attn_work(int n_ctx, int hd);
+/* Scratch floats attention over n_ctx positions needs for n_heads query heads. */
+size_t kern_attn_work(int n_ctx, int hd, int n_heads);
+/* attn_f16_row as nkv calls of t->attn_f16 (the tables without a kernel
+ * of their own for it use this). */
+void kern_attn_f16_row_with(const kern_table *t, const uint8_t *k, const uint8_t *v,
+                            size_t kv_stride, int nkv, const size_t *off, int n_ctx, const float *q,
+                            int nq, int hd, float scale, int single, float *work, float *out);
 void kern_attn_f16_scalar(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
                           const float *q, int nq, int hd, float scale, int single, float *work,
                           float *out);

@@ -334,7 +334,26 @@ void kern_rmsnorm_scalar(const float *x, const float *g, int rows, int cols, flo
 /* the reference's scores, q and 64 lanes of hd; the AVX-512 shapes' 3 heads
  * of q, scores (rounded up to 16 past n_ctx + 64) and 16 lanes of hd for V
  * (see kernels_x86.c) fit in the same */
-size_t kern_attn_work(int n_ctx, int hd) { return 3 * ((size_t)n_ctx + 80) + 66 * (size_t)hd; }
+size_t kern_attn_work(int n_ctx, int hd, int n_heads) {
+    const size_t nh = n_heads > 3 ? (size_t)n_heads : 3;
+    return nh * ((size_t)n_ctx + 80) + (66 + nh) * (size_t)hd;
+}
+
+void kern_attn_f16_row_with(const kern_table *t, const uint8_t *k, const uint8_t *v,
+                            size_t kv_stride, int nkv, const size_t *off, int n_ctx, const float *q,
+                            int nq, int hd, float scale, int single, float *work, float *out) {
+    for (int g = 0; g < nkv; g++)
+        t->attn_f16(k + (size_t)g * kv_stride, v + (size_t)g * kv_stride, off, n_ctx,
+                    q + (size_t)g * nq * hd, nq, hd, scale, single, work,
+                    out + (size_t)g * nq * hd);
+}
+
+static void attn_f16_row_scalar(const uint8_t *k, const uint8_t *v, size_t kv_stride, int nkv,
+                                const size_t *off, int n_ctx, const float *q, int nq, int hd,
+                                float scale, int single, float *work, float *out) {
+    kern_attn_f16_row_with(kern_scalar(), k, v, kv_stride, nkv, off, n_ctx, q, nq, hd, scale,
+                           single, work, out);
+}
 
 void kern_attn_f16_with(const kern_table *t, const uint8_t *k, const uint8_t *v, const size_t *off,
                         int n_ctx, const float *q32, int nq, int hd, float scale, int single,
@@ -388,6 +407,7 @@ static const kern_table SCALAR = {
     .softmax_exp = kern_softmax_exp_scalar,
     .rope_rows = kern_rope_scalar,
     .attn_f16 = kern_attn_f16_scalar,
+    .attn_f16_row = attn_f16_row_scalar,
     .f32_to_f16 = kern_f32_to_f16_scalar,
     .rmsnorm = kern_rmsnorm_scalar,
 };

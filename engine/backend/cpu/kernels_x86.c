@@ -390,6 +390,7 @@ static inline T_VNNI __m512 tree16_horiz(const __m512 *a) {
 #define ATTN_PF 64     /* positions ahead to prefetch K and V rows (a decode row's are cold) */
 #define ATTN_VBLOCK 96 /* positions of V per block: 96 x 128-byte rows (hd 64) stay in L1 */
 #define ATTN_NH 3      /* query heads of one KV head handled together by both shapes */
+#define ATTN_NH_MAX 24 /* query heads of one row attn_single_rows takes (KERN_ATTN_ROW_HEADS) */
 
 /* NH heads of q rounded to f16, as ggml's f16 matmuls round them */
 static inline T_VNNI __attribute__((always_inline)) void
@@ -439,60 +440,65 @@ attn_softmax_weights(const int NH, float *scores, size_t ss, int n_ctx, const __
  * operations and their order are those of kern_attn_f16_with: the 64-lane
  * dot of dot_f16_x4 for each score, ggml's softmax, weights rounded to
  * f16, and V summed in 64 lanes (lane L holds positions L, L + 64, ... in
- * order) reduced as kern_reduce64. The V sum walks, for each pair of
- * 16-float slices and each lane group l, the positions l + 16 g + 64 w:
- * NH x 4 x 2 accumulators in registers, and every 64-byte line of V is
- * read once.
+ * order) reduced as kern_reduce64. It runs in three phases, the first of
+ * which attn_single_rows interleaves over several KV heads.
  */
-static inline T_VNNI __attribute__((always_inline)) void
-attn_single_group(const int NH, const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
-                  const float *q32, int hd, float scale, int prefetch, float *work, float *out) {
-    const int nchunk = hd / 16;
-    /* a head's scores, then zeros to 64 past the end and on to a multiple of 16 */
-    const size_t ss = ((size_t)n_ctx + 64 + 15) / 16 * 16;
-    float *q = work, *scores = q + NH * hd;
-    const __m512 zero = _mm512_setzero_ps();
-    attn_round_q(NH, q32, hd, q);
-    for (int p = 0; prefetch && p < n_ctx && p < ATTN_PF; p++)
-        for (int i = 0; i < 2 * hd; i += 64) {
+
+/* Prefetch the K rows (into L1) and V rows (into L2) of positions [p0, p1),
+ * pf_bytes of each: one KV head's, or the whole row of all heads. */
+static inline T_VNNI __attribute__((always_inline)) void attn_prefetch(const uint8_t *k,
+                                                                       const uint8_t *v,
+                                                                       const size_t *off, int p0,
+                                                                       int p1, size_t pf_bytes) {
+    for (int p = p0; p < p1; p++)
+        for (size_t i = 0; i < pf_bytes; i += 64) {
             _mm_prefetch((const char *)k + off[p] + i, _MM_HINT_T0);
-            _mm_prefetch((const char *)v + off[p] + i, _MM_HINT_T0);
+            _mm_prefetch((const char *)v + off[p] + i, _MM_HINT_T1);
         }
-    __m512 mxv[ATTN_NH];
-    UNROLL8 for (int h = 0; h < NH; h++) mxv[h] = _mm512_set1_ps(-INFINITY);
-    for (int p0 = 0; p0 < n_ctx; p0 += 16) {
-        const int cnt = n_ctx - p0 < 16 ? n_ctx - p0 : 16;
-        for (int p = p0 + ATTN_PF; prefetch && p < p0 + ATTN_PF + 16 && p < n_ctx; p++)
-            for (int i = 0; i < 2 * hd; i += 64) {
-                _mm_prefetch((const char *)k + off[p] + i, _MM_HINT_T0);
-                _mm_prefetch((const char *)v + off[p] + i, _MM_HINT_T0);
-            }
-        __m512 a[ATTN_NH][16];
-        for (int j = 0; j < 16; j++) {
-            if (j >= cnt) { /* past the last position: not computed, not stored */
-                UNROLL8 for (int h = 0; h < NH; h++) a[h][j] = zero;
-                continue;
-            }
-            const uint8_t *kp = k + off[p0 + j];
-            __m512 a0[ATTN_NH], a1[ATTN_NH], a2[ATTN_NH], a3[ATTN_NH];
-            UNROLL8 for (int h = 0; h < NH; h++) a0[h] = a1[h] = a2[h] = a3[h] = zero;
-            for (int i = 0; i < hd; i += 64) {
-                const __m512 k0 = ld_f16x16(kp + 2 * i), k1 = ld_f16x16(kp + 2 * i + 32),
-                             k2 = ld_f16x16(kp + 2 * i + 64), k3 = ld_f16x16(kp + 2 * i + 96);
-                UNROLL8 for (int h = 0; h < NH; h++) {
-                    const float *qh = q + h * hd + i;
-                    a0[h] = _mm512_fmadd_ps(k0, _mm512_loadu_ps(qh), a0[h]);
-                    a1[h] = _mm512_fmadd_ps(k1, _mm512_loadu_ps(qh + 16), a1[h]);
-                    a2[h] = _mm512_fmadd_ps(k2, _mm512_loadu_ps(qh + 32), a2[h]);
-                    a3[h] = _mm512_fmadd_ps(k3, _mm512_loadu_ps(qh + 48), a3[h]);
-                }
-            }
-            UNROLL8 for (int h = 0; h < NH; h++) a[h][j] =
-                _mm512_add_ps(_mm512_add_ps(a0[h], a2[h]), _mm512_add_ps(a1[h], a3[h]));
+}
+
+/* Scores of positions [p0, p0 + cnt) (cnt <= 16) for the NH heads of q
+ * (rounded to f16): head h's at s[h * ss], its running maximum in mxv[h]. */
+static inline T_VNNI __attribute__((always_inline)) void
+attn_single_scores16(const int NH, const uint8_t *k, const size_t *off, int p0, int cnt,
+                     const float *q, int hd, float scale, float *s, size_t ss, __m512 *mxv) {
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 a[ATTN_NH][16];
+    for (int j = 0; j < 16; j++) {
+        if (j >= cnt) { /* past the last position: not computed, not stored */
+            UNROLL8 for (int h = 0; h < NH; h++) a[h][j] = zero;
+            continue;
         }
-        attn_store_scores(NH, a, scale, cnt, scores + p0, ss, mxv);
+        const uint8_t *kp = k + off[p0 + j];
+        __m512 a0[ATTN_NH], a1[ATTN_NH], a2[ATTN_NH], a3[ATTN_NH];
+        UNROLL8 for (int h = 0; h < NH; h++) a0[h] = a1[h] = a2[h] = a3[h] = zero;
+        for (int i = 0; i < hd; i += 64) {
+            const __m512 k0 = ld_f16x16(kp + 2 * i), k1 = ld_f16x16(kp + 2 * i + 32),
+                         k2 = ld_f16x16(kp + 2 * i + 64), k3 = ld_f16x16(kp + 2 * i + 96);
+            UNROLL8 for (int h = 0; h < NH; h++) {
+                const float *qh = q + h * hd + i;
+                a0[h] = _mm512_fmadd_ps(k0, _mm512_loadu_ps(qh), a0[h]);
+                a1[h] = _mm512_fmadd_ps(k1, _mm512_loadu_ps(qh + 16), a1[h]);
+                a2[h] = _mm512_fmadd_ps(k2, _mm512_loadu_ps(qh + 32), a2[h]);
+                a3[h] = _mm512_fmadd_ps(k3, _mm512_loadu_ps(qh + 48), a3[h]);
+            }
+        }
+        UNROLL8 for (int h = 0; h < NH; h++) a[h][j] =
+            _mm512_add_ps(_mm512_add_ps(a0[h], a2[h]), _mm512_add_ps(a1[h], a3[h]));
     }
-    attn_softmax_weights(NH, scores, ss, n_ctx, mxv);
+    attn_store_scores(NH, a, scale, cnt, s + p0, ss, mxv);
+}
+
+/* The weighted sum of V for NH heads from their softmax weights (scores
+ * rounded to f16, zero up to 64 past the end). The V sum walks, for each
+ * pair of 16-float slices and each lane group l, the positions
+ * l + 16 g + 64 w: NH x 4 x 2 accumulators in registers, and every 64-byte
+ * line of V is read once. */
+static inline T_VNNI __attribute__((always_inline)) void
+attn_single_v(const int NH, const uint8_t *v, const size_t *off, int n_ctx, const float *scores,
+              size_t ss, int hd, float *out) {
+    const int nchunk = hd / 16;
+    const __m512 zero = _mm512_setzero_ps();
     const int nfull = n_ctx / 64 * 64, tail = n_ctx - nfull;
     for (int c = 0; c < nchunk; c += 2) {
         __m512 x[ATTN_NH][2][16];
@@ -528,6 +534,67 @@ attn_single_group(const int NH, const uint8_t *k, const uint8_t *v, const size_t
         }
         UNROLL8 for (int h = 0; h < NH; h++) UNROLL8 for (int cc = 0; cc < 2; cc++)
             _mm512_storeu_ps(out + (size_t)h * hd + 16 * (c + cc), tree16_vert(x[h][cc]));
+    }
+}
+
+/* One KV head's NH query heads; prefetch: the rows are cold (the first
+ * group of heads of a KV head; the others find them in cache). */
+static inline T_VNNI __attribute__((always_inline)) void
+attn_single_group(const int NH, const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
+                  const float *q32, int hd, float scale, int prefetch, float *work, float *out) {
+    /* a head's scores, then zeros to 64 past the end and on to a multiple of 16 */
+    const size_t ss = ((size_t)n_ctx + 64 + 15) / 16 * 16, row = 2 * (size_t)hd;
+    float *q = work, *scores = q + NH * hd;
+    attn_round_q(NH, q32, hd, q);
+    if (prefetch) attn_prefetch(k, v, off, 0, n_ctx < ATTN_PF ? n_ctx : ATTN_PF, row);
+    __m512 mxv[ATTN_NH];
+    UNROLL8 for (int h = 0; h < NH; h++) mxv[h] = _mm512_set1_ps(-INFINITY);
+    for (int p0 = 0; p0 < n_ctx; p0 += 16) {
+        const int cnt = n_ctx - p0 < 16 ? n_ctx - p0 : 16;
+        if (prefetch && p0 + ATTN_PF < n_ctx)
+            attn_prefetch(k, v, off, p0 + ATTN_PF,
+                          n_ctx - p0 - ATTN_PF < 16 ? n_ctx : p0 + ATTN_PF + 16, row);
+        attn_single_scores16(NH, k, off, p0, cnt, q, hd, scale, scores, ss, mxv);
+    }
+    attn_softmax_weights(NH, scores, ss, n_ctx, mxv);
+    attn_single_v(NH, v, off, n_ctx, scores, ss, hd, out);
+}
+
+/*
+ * The decode shape for nkv KV heads of ATTN_NH query heads each (a whole
+ * row): the scores of all heads in one pass over the positions, so the K
+ * rows of every head of a position (side by side in the cache) stream in
+ * together while the scores are computed, and the V rows, prefetched into
+ * L2 meanwhile, are summed head by head after. One KV head at a time
+ * (attn_single_group) leaves the core waiting on memory in the first
+ * head's pass and computing from cache in the others'.
+ */
+static T_VNNI void attn_single_rows(const uint8_t *k, const uint8_t *v, size_t kv_stride, int nkv,
+                                    const size_t *off, int n_ctx, const float *q32, int hd,
+                                    float scale, float *work, float *out) {
+    const int NH = ATTN_NH;
+    const size_t ss = ((size_t)n_ctx + 64 + 15) / 16 * 16, row = kv_stride * (size_t)nkv;
+    float *q = work, *scores = q + (size_t)nkv * NH * hd;
+    attn_round_q(nkv * NH, q32, hd, q);
+    attn_prefetch(k, v, off, 0, n_ctx < ATTN_PF ? n_ctx : ATTN_PF, row);
+    __m512 mxv[ATTN_NH_MAX / ATTN_NH][ATTN_NH];
+    for (int g = 0; g < nkv; g++)
+        UNROLL8 for (int h = 0; h < NH; h++) mxv[g][h] = _mm512_set1_ps(-INFINITY);
+    for (int p0 = 0; p0 < n_ctx; p0 += 16) {
+        const int cnt = n_ctx - p0 < 16 ? n_ctx - p0 : 16;
+        if (p0 + ATTN_PF < n_ctx)
+            attn_prefetch(k, v, off, p0 + ATTN_PF,
+                          n_ctx - p0 - ATTN_PF < 16 ? n_ctx : p0 + ATTN_PF + 16, row);
+        for (int g = 0; g < nkv; g++)
+            attn_single_scores16(NH, k + (size_t)g * kv_stride, off, p0, cnt,
+                                 q + (size_t)g * NH * hd, hd, scale, scores + (size_t)g * NH * ss,
+                                 ss, mxv[g]);
+    }
+    for (int g = 0; g < nkv; g++) {
+        float *sg = scores + (size_t)g * NH * ss;
+        attn_softmax_weights(NH, sg, ss, n_ctx, mxv[g]);
+        attn_single_v(NH, v + (size_t)g * kv_stride, off, n_ctx, sg, ss, hd,
+                      out + (size_t)g * NH * hd);
     }
 }
 
@@ -637,6 +704,18 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
         else ATTN_GROUP(1);
 #undef ATTN_GROUP
     }
+}
+
+static T_VNNI void attn_f16_row_avx512(const uint8_t *k, const uint8_t *v, size_t kv_stride,
+                                       int nkv, const size_t *off, int n_ctx, const float *q32,
+                                       int nq, int hd, float scale, int single, float *work,
+                                       float *out) {
+    if (single && nq == ATTN_NH && hd % 64 == 0 && nkv * nq <= ATTN_NH_MAX) {
+        attn_single_rows(k, v, kv_stride, nkv, off, n_ctx, q32, hd, scale, work, out);
+        return;
+    }
+    kern_attn_f16_row_with(kern_vnni(), k, v, kv_stride, nkv, off, n_ctx, q32, nq, hd, scale,
+                           single, work, out);
 }
 
 /*
@@ -1447,6 +1526,13 @@ static void attn_f16_avx2(const uint8_t *k, const uint8_t *v, const size_t *off,
                           float *out) {
     kern_attn_f16_with(&AVX2, k, v, off, n_ctx, q, nq, hd, scale, single, work, out);
 }
+
+static void attn_f16_row_avx2(const uint8_t *k, const uint8_t *v, size_t kv_stride, int nkv,
+                              const size_t *off, int n_ctx, const float *q, int nq, int hd,
+                              float scale, int single, float *work, float *out) {
+    kern_attn_f16_row_with(&AVX2, k, v, kv_stride, nkv, off, n_ctx, q, nq, hd, scale, single, work,
+                           out);
+}
 static const kern_table AVX2 = {
     .isa = "avx2",
     .quantize = quantize_avx2,
@@ -1463,6 +1549,7 @@ static const kern_table AVX2 = {
     .softmax_exp = softmax_exp_avx2,
     .rope_rows = rope_avx2,
     .attn_f16 = attn_f16_avx2,
+    .attn_f16_row = attn_f16_row_avx2,
     .f32_to_f16 = f32_to_f16_avx2,
     .rmsnorm = kern_rmsnorm_scalar,
 };
@@ -1488,6 +1575,7 @@ static const kern_table VNNI = {
     .softmax_exp = softmax_exp_avx512,
     .rope_rows = rope_avx2,
     .attn_f16 = attn_f16_avx512,
+    .attn_f16_row = attn_f16_row_avx512,
     .f32_to_f16 = f32_to_f16_avx2,
     .rmsnorm = rmsnorm_avx512,
 };
