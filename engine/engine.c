@@ -173,6 +173,7 @@ struct engine {
     int64_t *cancels;
     int n_cancels, cap_cancels;
     int stop;
+    int held; /* engine_hold: pending requests wait */
     int busy;                 /* engine thread has live requests */
     engine_stats stats;
     int64_t next_id;
@@ -438,9 +439,12 @@ static int live_add(engine *e, ereq *r) {
 /* Intake: new requests become waiting sequences; cancels are applied. */
 static void intake(engine *e) {
     pthread_mutex_lock(&e->mu);
-    ereq *list = e->pending_head;
-    e->pending_head = e->pending_tail = NULL;
-    e->n_pending = 0;
+    ereq *list = NULL;
+    if (!e->held || e->stop) {
+        list = e->pending_head;
+        e->pending_head = e->pending_tail = NULL;
+        e->n_pending = 0;
+    }
     int nc = e->n_cancels;
     int64_t cancels[64];
     if (nc > 64) nc = 64;
@@ -641,8 +645,8 @@ static void *engine_main(void *arg) {
     engine *e = arg;
     for (;;) {
         pthread_mutex_lock(&e->mu);
-        while (!e->stop && e->n_pending == 0 && e->n_cancels == 0 && e->n_live == 0 &&
-               !sched_has_work(e->sc)) {
+        while (!e->stop && (e->n_pending == 0 || e->held) && e->n_cancels == 0 &&
+               e->n_live == 0 && !sched_has_work(e->sc)) {
             e->busy = 0;
             pthread_cond_broadcast(&e->cv_idle);
             pthread_cond_wait(&e->cv_work, &e->mu);
@@ -941,6 +945,13 @@ oom:
     }
     free(s);
     return ENGINE_ENOMEM;
+}
+
+void engine_hold(engine *e, int hold) {
+    pthread_mutex_lock(&e->mu);
+    e->held = hold != 0;
+    pthread_cond_broadcast(&e->cv_work);
+    pthread_mutex_unlock(&e->mu);
 }
 
 void engine_cancel(engine *e, int64_t id) {

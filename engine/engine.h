@@ -109,6 +109,11 @@ void engine_destroy(engine *e);
  * *id (if not NULL) identifies it for engine_cancel. */
 int engine_submit(engine *e, const engine_request *r, engine_stream **out, int64_t *id, char *err,
                   size_t errlen);
+/* hold != 0: requests submitted from now on wait, untouched, until
+ * engine_hold(e, 0) releases them all at once (for a set of requests that
+ * must reach the scheduler together, as infer-generate's prompts do: static
+ * batching collects whatever has arrived when it forms a batch). */
+void engine_hold(engine *e, int hold);
 /* Cancel a request by id (no-op if it already finished). */
 void engine_cancel(engine *e, int64_t id);
 

@@ -9,8 +9,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "engine.h"
 #include "backend.h"
+#include "engine.h"
 #include "model.h"
 #include "tokenizer.h"
 
@@ -115,6 +115,7 @@ int gen_run(llm_model *m, backend *be, const llm_tokenizer *tok, const gen_reque
     }
     double t0 = now_ms();
     int rc = 0;
+    engine_hold(e, 1); /* all prompts reach the scheduler in the same step */
     for (int i = 0; i < n && rc == 0; i++) {
         const gen_request *q = &reqs[i];
         engine_request r = {0};
@@ -133,6 +134,7 @@ int gen_run(llm_model *m, backend *be, const llm_tokenizer *tok, const gen_reque
             rc = -1;
         }
     }
+    engine_hold(e, 0);
     double last_first = t0;
     for (int i = 0; i < n && rc == 0; i++) {
         gen_result *res = &results[i];

@@ -8,6 +8,7 @@
  *   - cancelling a sequence mid-generation frees its blocks and the others
  *     finish unchanged;
  *   - n > 1 completions share the prompt and completion 0 equals n = 1;
+ *   - requests submitted while the engine is held form one static batch;
  *   - invalid requests are refused with a message.
  * Under AddressSanitizer the workload is smaller (same checks).
  * Skips (77) without the model.
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend.h"
 #include "engine.h"
@@ -295,6 +297,50 @@ static void test_n_completions(void) {
     engine_destroy(e);
 }
 
+/* Requests submitted while the engine is held wait untouched, then reach
+ * the scheduler together: one static batch holds them all, although they
+ * were submitted 20 ms apart (without the hold the first would start alone
+ * and the others form a second batch). */
+static void test_hold(void) {
+    engine_options o;
+    base_options(&o);
+    o.static_batching = 1;
+    o.batch_max_seqs = 4;
+    o.num_blocks = 64;
+    engine *e;
+    char err[256];
+    CHECK(engine_create(M, BE, TOK, &o, &e, err, sizeof err) == 0);
+    engine_stream *ss[4];
+    int prompt_tokens = 0;
+    engine_hold(e, 1);
+    for (int i = 0; i < 4; i++) {
+        engine_request r = greedy_req(i);
+        r.max_tokens = 8;
+        prompt_tokens += r.n_prompt;
+        CHECK(engine_submit(e, &r, &ss[i], NULL, err, sizeof err) == 0);
+        struct timespec ts = {0, 20 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    engine_stats st;
+    engine_get_stats(e, &st);
+    CHECKF(st.steps == 0, "%ld steps ran while held", st.steps);
+    engine_hold(e, 0);
+    outcome out[4];
+    for (int i = 0; i < 4; i++) {
+        memset(&out[i], 0, sizeof out[i]);
+        drain(ss[i], &out[i]);
+        engine_stream_free(ss[i]);
+        CHECK(out[i].finished && out[i].n == 8);
+    }
+    engine_wait_idle(e);
+    engine_get_stats(e, &st);
+    /* one batch: the prompts' prefill steps, then 7 decode steps */
+    const long one_batch = (prompt_tokens + o.batch_max_tokens - 1) / o.batch_max_tokens + 7;
+    CHECKF(st.steps == one_batch, "%ld steps, one static batch takes %ld", st.steps, one_batch);
+    check_all_free(&st, "hold");
+    engine_destroy(e);
+}
+
 static void test_invalid(void) {
     engine_options o;
     base_options(&o);
@@ -304,18 +350,21 @@ static void test_invalid(void) {
     engine_stream *s;
     engine_request r = greedy_req(0);
     r.max_tokens = 100000;
-    CHECK(engine_submit(e, &r, &s, NULL, err, sizeof err) == ENGINE_EINVAL && strstr(err, "exceeds"));
+    CHECK(engine_submit(e, &r, &s, NULL, err, sizeof err) == ENGINE_EINVAL &&
+          strstr(err, "exceeds"));
     r = greedy_req(0);
     r.n_prompt = 0;
     CHECK(engine_submit(e, &r, &s, NULL, err, sizeof err) == ENGINE_EINVAL && strstr(err, "empty"));
     r = greedy_req(0);
     r.sampling.temperature = -1;
-    CHECK(engine_submit(e, &r, &s, NULL, err, sizeof err) == ENGINE_EINVAL && strstr(err, "temperature"));
+    CHECK(engine_submit(e, &r, &s, NULL, err, sizeof err) == ENGINE_EINVAL &&
+          strstr(err, "temperature"));
     r = greedy_req(0);
     int32_t bad = 1 << 20;
     r.prompt = &bad;
     r.n_prompt = 1;
-    CHECK(engine_submit(e, &r, &s, NULL, err, sizeof err) == ENGINE_EINVAL && strstr(err, "vocabulary"));
+    CHECK(engine_submit(e, &r, &s, NULL, err, sizeof err) == ENGINE_EINVAL &&
+          strstr(err, "vocabulary"));
     r = greedy_req(0);
     r.max_tokens = 0;
     CHECK(engine_submit(e, &r, &s, NULL, err, sizeof err) == 0);
@@ -347,6 +396,7 @@ int main(void) {
     test_preemption_identical(0);
     test_cancel();
     test_n_completions();
+    test_hold();
     test_invalid();
     /* the fast numerics are batch-invariant too: the same checks on a
      * backend that uses them (ALONE is recomputed with it) */
