@@ -58,6 +58,11 @@ static void test_greedy_picks_argmax(void) {
     float pr[8];
     CHECK(sampler_probs(s, l, NULL, 0, ids, pr, 8) == 1);
     CHECK(ids[0] == 4 && pr[0] == 1.0f);
+    /* NaN never wins; with nothing above -inf there is no token */
+    float nl[8] = {NAN, 1.0f, NAN, 2.0f, -INFINITY, 2.0f, NAN, 0.0f};
+    CHECK(sampler_sample(s, nl, NULL, 0) == 3);
+    float none[8] = {-INFINITY, NAN, -INFINITY, NAN, NAN, -INFINITY, -INFINITY, NAN};
+    CHECK(sampler_sample(s, none, NULL, 0) == -1);
     sampler_free(s);
 
     /* A large vocab with random logits. */
@@ -119,10 +124,8 @@ static void test_distribution_matches_softmax(void) {
         long cnt[V] = {0}, out_of_range = 0;
         for (int i = 0; i < N; i++) {
             int32_t t = sampler_sample(s, l, NULL, 0);
-            if (t >= 0 && t < V)
-                cnt[t]++;
-            else
-                out_of_range++;
+            if (t >= 0 && t < V) cnt[t]++;
+            else out_of_range++;
         }
         CHECK(out_of_range == 0);
         double chi2 = 0.0;
@@ -273,14 +276,14 @@ static void test_params_validated(void) {
     sampler_params p;
     char err[256];
     sampler *s = (sampler *)1;
-#define BAD(stmt, word)                                                      \
-    do {                                                                     \
-        sampler_params_default(&p);                                          \
-        stmt;                                                                \
-        err[0] = 0;                                                          \
-        CHECK(sampler_params_validate(&p, err, sizeof err) == -1);           \
-        CHECKF(strstr(err, word) != NULL, "message '%s' names " word, err);  \
-        CHECK(sampler_create(&p, 10, &s, err, sizeof err) == -1 && s == NULL); \
+#define BAD(stmt, word)                                                                            \
+    do {                                                                                           \
+        sampler_params_default(&p);                                                                \
+        stmt;                                                                                      \
+        err[0] = 0;                                                                                \
+        CHECK(sampler_params_validate(&p, err, sizeof err) == -1);                                 \
+        CHECKF(strstr(err, word) != NULL, "message '%s' names " word, err);                        \
+        CHECK(sampler_create(&p, 10, &s, err, sizeof err) == -1 && s == NULL);                     \
     } while (0)
     BAD(p.temperature = -0.1f, "temperature");
     BAD(p.temperature = NAN, "temperature");
@@ -354,8 +357,8 @@ static void test_matches_full_sort_reference(void) {
         int top_k;
         float top_p, min_p;
     } cfg[] = {
-        {0.8f, 40, 0.95f, 0.05f}, {1.0f, 0, 0.9f, 0.0f},    {1.0f, 0, 0.999f, 0.0f},
-        {1.3f, 1000, 0.9f, 0.0f}, {1.0f, 0, 1.0f, 0.001f},  {0.5f, 5000, 1.0f, 0.0f},
+        {0.8f, 40, 0.95f, 0.05f}, {1.0f, 0, 0.9f, 0.0f},      {1.0f, 0, 0.999f, 0.0f},
+        {1.3f, 1000, 0.9f, 0.0f}, {1.0f, 0, 1.0f, 0.001f},    {0.5f, 5000, 1.0f, 0.0f},
         {1.0f, 0, 0.5f, 0.01f},   {2.0f, 20000, 0.97f, 0.0f},
     };
     for (size_t k = 0; k < sizeof cfg / sizeof cfg[0]; k++) {
