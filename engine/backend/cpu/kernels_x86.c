@@ -444,16 +444,17 @@ attn_softmax_weights(const int NH, float *scores, size_t ss, int n_ctx, const __
  * which attn_single_rows interleaves over several KV heads.
  */
 
-/* Prefetch the K rows (into L1) and V rows (into L2) of positions [p0, p1),
+/* Prefetch the K rows (into L1) and V rows (into L1, or with v_l2 into L2:
+ * they are read after the scores of several heads) of positions [p0, p1),
  * pf_bytes of each: one KV head's, or the whole row of all heads. */
-static inline T_VNNI __attribute__((always_inline)) void attn_prefetch(const uint8_t *k,
-                                                                       const uint8_t *v,
-                                                                       const size_t *off, int p0,
-                                                                       int p1, size_t pf_bytes) {
+static inline T_VNNI __attribute__((always_inline)) void
+attn_prefetch(const uint8_t *k, const uint8_t *v, const size_t *off, int p0, int p1,
+              size_t pf_bytes, int v_l2) {
     for (int p = p0; p < p1; p++)
         for (size_t i = 0; i < pf_bytes; i += 64) {
             _mm_prefetch((const char *)k + off[p] + i, _MM_HINT_T0);
-            _mm_prefetch((const char *)v + off[p] + i, _MM_HINT_T1);
+            if (v_l2) _mm_prefetch((const char *)v + off[p] + i, _MM_HINT_T1);
+            else _mm_prefetch((const char *)v + off[p] + i, _MM_HINT_T0);
         }
 }
 
@@ -546,14 +547,14 @@ attn_single_group(const int NH, const uint8_t *k, const uint8_t *v, const size_t
     const size_t ss = ((size_t)n_ctx + 64 + 15) / 16 * 16, row = 2 * (size_t)hd;
     float *q = work, *scores = q + NH * hd;
     attn_round_q(NH, q32, hd, q);
-    if (prefetch) attn_prefetch(k, v, off, 0, n_ctx < ATTN_PF ? n_ctx : ATTN_PF, row);
+    if (prefetch) attn_prefetch(k, v, off, 0, n_ctx < ATTN_PF ? n_ctx : ATTN_PF, row, 0);
     __m512 mxv[ATTN_NH];
     UNROLL8 for (int h = 0; h < NH; h++) mxv[h] = _mm512_set1_ps(-INFINITY);
     for (int p0 = 0; p0 < n_ctx; p0 += 16) {
         const int cnt = n_ctx - p0 < 16 ? n_ctx - p0 : 16;
         if (prefetch && p0 + ATTN_PF < n_ctx)
             attn_prefetch(k, v, off, p0 + ATTN_PF,
-                          n_ctx - p0 - ATTN_PF < 16 ? n_ctx : p0 + ATTN_PF + 16, row);
+                          n_ctx - p0 - ATTN_PF < 16 ? n_ctx : p0 + ATTN_PF + 16, row, 0);
         attn_single_scores16(NH, k, off, p0, cnt, q, hd, scale, scores, ss, mxv);
     }
     attn_softmax_weights(NH, scores, ss, n_ctx, mxv);
@@ -576,7 +577,8 @@ static T_VNNI void attn_single_rows(const uint8_t *k, const uint8_t *v, size_t k
     const size_t ss = ((size_t)n_ctx + 64 + 15) / 16 * 16, row = kv_stride * (size_t)nkv;
     float *q = work, *scores = q + (size_t)nkv * NH * hd;
     attn_round_q(nkv * NH, q32, hd, q);
-    attn_prefetch(k, v, off, 0, n_ctx < ATTN_PF ? n_ctx : ATTN_PF, row);
+    const int v_l2 = nkv > 1;
+    attn_prefetch(k, v, off, 0, n_ctx < ATTN_PF ? n_ctx : ATTN_PF, row, v_l2);
     __m512 mxv[ATTN_NH_MAX / ATTN_NH][ATTN_NH];
     for (int g = 0; g < nkv; g++)
         UNROLL8 for (int h = 0; h < NH; h++) mxv[g][h] = _mm512_set1_ps(-INFINITY);
@@ -584,7 +586,7 @@ static T_VNNI void attn_single_rows(const uint8_t *k, const uint8_t *v, size_t k
         const int cnt = n_ctx - p0 < 16 ? n_ctx - p0 : 16;
         if (p0 + ATTN_PF < n_ctx)
             attn_prefetch(k, v, off, p0 + ATTN_PF,
-                          n_ctx - p0 - ATTN_PF < 16 ? n_ctx : p0 + ATTN_PF + 16, row);
+                          n_ctx - p0 - ATTN_PF < 16 ? n_ctx : p0 + ATTN_PF + 16, row, v_l2);
         for (int g = 0; g < nkv; g++)
             attn_single_scores16(NH, k + (size_t)g * kv_stride, off, p0, cnt,
                                  q + (size_t)g * NH * hd, hd, scale, scores + (size_t)g * NH * ss,
