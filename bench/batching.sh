@@ -18,8 +18,8 @@
 #   pressure-recompute  continuous, --num-blocks N --preemption recompute
 #                       (N = 128 blocks of 16 tokens for sharegpt, 64 for uniform)
 #
-# continuous and static alternate, run by run, so drift of the machine hits
-# both. The table gives medians over the runs of: generation wall time (model
+# continuous and static alternate, run by run, and one-at-a-time runs
+# follow the first --one-runs pairs, so drift of the machine hits all three. The table gives medians over the runs of: generation wall time (model
 # load excluded), output tokens/s, per-request latency p50/p90/p99 (submit to
 # last token), time to first token p50, engine steps and preemptions; and
 # checks that every run produced the same completions.
@@ -165,12 +165,17 @@ run_case() { # name run args...
     rm -f "$out.try.jsonl" "$out.try.err"
 }
 
-for ((i = 1; i <= reps; i++)); do
-    run_case continuous "$i" --batching continuous
-    run_case static "$i" --batching static
-done
-for ((i = 1; i <= one_runs; i++)); do
-    run_case one-at-a-time "$i" --batching continuous -b 1
+# one-at-a-time runs go between the others (after the first pairs), so that
+# the machine's drift over minutes hits its ratio to continuous as it does
+# the continuous / static one
+for ((i = 1; i <= reps || i <= one_runs; i++)); do
+    if [ "$i" -le "$reps" ]; then
+        run_case continuous "$i" --batching continuous
+        run_case static "$i" --batching static
+    fi
+    if [ "$i" -le "$one_runs" ]; then
+        run_case one-at-a-time "$i" --batching continuous -b 1
+    fi
 done
 for ((i = 1; i <= pressure_runs; i++)); do
     run_case pressure-swap "$i" --batching continuous --num-blocks "$pressure_blocks" \

@@ -5,6 +5,8 @@
       [--dist uniform|sharegpt]
       [--prompt-min 16] [--prompt-max 400] [--out-min 16] [--out-max 256]
   batching_report.py report DIR
+  batching_report.py model --prompts FILE --step-ms R:MS,R:MS,... [--batch 16]
+      [--kv-gb G] [--kv-gbps B]
 
 gen writes a JSON Lines prompts file for infer-generate: n prompts cut from
 the corpus (contiguous word slices, wrapping around), each with its own
@@ -24,6 +26,17 @@ report reads the runs bench/batching.sh left in DIR: for each case
 and <case>.<run>.noise (CPU share other processes took during the run), and
 prints one row per case with medians over the runs ("other %": the most any
 of its runs was disturbed).
+
+model is arithmetic, not a measurement: what continuous batching can buy
+over static batching and over one request at a time on this workload when
+a decode step with R rows costs T(R) milliseconds (--step-ms, e.g. the
+per-step times infer-bench's tg128 xR tests give: R / (t/s); linear in
+between, proportional to R past the last point). Static batches are the
+workload's prompts in arrival order, --batch at a time, each stepping until
+its longest request is done with its unfinished rows; continuous steps keep
+--batch rows busy; one at a time steps one row. Prefill is left out, and
+attention, the same work in all three, can be added as --kv-gb of KV reads
+at --kv-gbps (both 0 by default), which moves every ratio toward 1.
 """
 import argparse
 import glob
@@ -153,6 +166,52 @@ def report(args):
     return 0 if same else 1
 
 
+def step_cost(points):
+    """T(R) from (rows, ms) points: linear between them, proportional past the last."""
+    pts = sorted(points)
+
+    def cost(r):
+        if r <= pts[0][0]:
+            return pts[0][1] * r / pts[0][0]
+        for (a, ta), (b, tb) in zip(pts, pts[1:]):
+            if r <= b:
+                return ta + (tb - ta) * (r - a) / (b - a)
+        return pts[-1][1] * r / pts[-1][0]
+
+    return cost
+
+
+def model(args):
+    try:
+        points = [(int(r), float(t)) for r, t in (p.split(":") for p in args.step_ms.split(","))]
+    except ValueError:
+        sys.exit("error: --step-ms wants ROWS:MS pairs, e.g. 1:2.5,4:6.0,16:17.0")
+    if not points or any(r < 1 or t <= 0 for r, t in points):
+        sys.exit("error: --step-ms: rows >= 1 and times > 0")
+    with open(args.prompts, encoding="utf-8") as f:
+        outs = [json.loads(line)["max_tokens"] for line in f if line.strip()]
+    cost, b = step_cost(points), args.batch
+    static_ms = 0.0
+    static_steps = 0
+    for i in range(0, len(outs), b):
+        group = outs[i:i + b]
+        for t in range(max(group)):
+            static_ms += cost(sum(1 for o in group if o > t))
+            static_steps += 1
+    total = sum(outs)
+    cont_ms = total / b * cost(b)
+    one_ms = total * cost(1)
+    attn_ms = 1000.0 * args.kv_gb / args.kv_gbps if args.kv_gbps > 0 else 0.0
+    print(f"{len(outs)} requests, {total} output tokens; decode steps: static {static_steps}, "
+          f"continuous {math.ceil(total / b)}, one at a time {total}")
+    print(f"modeled seconds: continuous {(cont_ms + attn_ms) / 1e3:.1f}, static "
+          f"{(static_ms + attn_ms) / 1e3:.1f}, one at a time {(one_ms + attn_ms) / 1e3:.1f}"
+          f" (attention {attn_ms / 1e3:.1f} in each)")
+    print(f"modeled ratios: continuous / static {(static_ms + attn_ms) / (cont_ms + attn_ms):.2f}x, "
+          f"continuous / one at a time {(one_ms + attn_ms) / (cont_ms + attn_ms):.2f}x")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -168,10 +227,18 @@ def main():
     g.add_argument("--out-max", type=int, default=256)
     r = sub.add_parser("report")
     r.add_argument("dir")
+    m = sub.add_parser("model")
+    m.add_argument("--prompts", default="bench/prompts/batching-64.jsonl")
+    m.add_argument("--step-ms", required=True)
+    m.add_argument("--batch", type=int, default=16)
+    m.add_argument("--kv-gb", type=float, default=0.0)
+    m.add_argument("--kv-gbps", type=float, default=0.0)
     args = ap.parse_args()
     if args.cmd == "gen":
         gen(args)
         return 0
+    if args.cmd == "model":
+        return model(args)
     return report(args)
 
 
