@@ -816,6 +816,20 @@ static void test_rmsnorm(void) {
 }
 
 /* ---------------- attention ---------------- */
+/* off[0..n): distinct slots of n_slots, row bytes apart, in shuffled order
+ * (as a paged cache gives them). */
+static void shuffled_offsets(size_t *off, int n, int n_slots, size_t row) {
+    int *perm = malloc((size_t)n_slots * sizeof *perm);
+    for (int i = 0; i < n_slots; i++) perm[i] = i;
+    for (int i = n_slots - 1; i > 0; i--) {
+        int jx = (int)(rng_u64() % (uint64_t)(i + 1)), t = perm[i];
+        perm[i] = perm[jx];
+        perm[jx] = t;
+    }
+    for (int p = 0; p < n; p++) off[p] = (size_t)perm[p] * row;
+    free(perm);
+}
+
 /* Each table's attn_f16 against the scalar reference, bit for bit, over
  * scattered positions (a random permutation of slots, as a paged cache
  * gives), both accumulation shapes, context lengths around the 16- and
@@ -841,15 +855,7 @@ static void test_attention(void) {
                     fill_f16((uint16_t *)(k + sl * row), hd, 1.0f);
                     fill_f16((uint16_t *)(v + sl * row), hd, 1.0f);
                 }
-                /* distinct slots in shuffled order */
-                int *perm = malloc((size_t)n_slots * sizeof *perm);
-                for (int i = 0; i < n_slots; i++) perm[i] = i;
-                for (int i = n_slots - 1; i > 0; i--) {
-                    int jx = (int)(rng_u64() % (uint64_t)(i + 1)), t = perm[i];
-                    perm[i] = perm[jx];
-                    perm[jx] = t;
-                }
-                for (int p = 0; p < n; p++) off[p] = (size_t)perm[p] * row;
+                shuffled_offsets(off, n, n_slots, row);
                 for (int i = 0; i < nq * hd; i++) q[i] = rng_normalish() * 2.0f;
                 const float scale = 1.0f / sqrtf((float)hd);
                 S->attn_f16(k, v, off, n, q, nq, hd, scale, single, work, o0);
@@ -888,7 +894,6 @@ static void test_attention(void) {
                 free(o0);
                 free(o1);
                 free(work);
-                free(perm);
             }
     for (int ti = 0; ti < n_tables; ti++)
         CHECKF(bad[ti] == 0, "%s attn_f16: %d outputs differ from scalar", tables[ti].name,
@@ -926,14 +931,7 @@ static void test_attention_rows(void) {
                         fill_f16((uint16_t *)(k + sl * row), (int)(row / 2), 1.0f);
                         fill_f16((uint16_t *)(v + sl * row), (int)(row / 2), 1.0f);
                     }
-                    int *perm = malloc((size_t)n_slots * sizeof *perm);
-                    for (int i = 0; i < n_slots; i++) perm[i] = i;
-                    for (int i = n_slots - 1; i > 0; i--) {
-                        int jx = (int)(rng_u64() % (uint64_t)(i + 1)), t = perm[i];
-                        perm[i] = perm[jx];
-                        perm[jx] = t;
-                    }
-                    for (int p = 0; p < n; p++) off[p] = (size_t)perm[p] * row;
+                    shuffled_offsets(off, n, n_slots, row);
                     for (int i = 0; i < nh * hd; i++) q[i] = rng_normalish() * 2.0f;
                     const float scale = 1.0f / sqrtf((float)hd);
                     for (int g = 0; g < nkv; g++)
@@ -953,7 +951,6 @@ static void test_attention_rows(void) {
                     free(o0);
                     free(o1);
                     free(work);
-                    free(perm);
                 }
     for (int ti = 0; ti < n_tables; ti++)
         CHECKF(bad[ti] == 0, "%s attn_f16_row: %d outputs differ from per-head scalar calls",
