@@ -221,6 +221,32 @@ static void heap_sift_up(cand *h, int i) {
 
 /* ---- the pipeline ---- */
 
+/* The repetition penalty changes some logits of this call. */
+static int penalty_applies(const sampler *s, const int32_t *history, size_t n_history) {
+    return s->p.repetition_penalty != 1.0f && s->p.repeat_last_n != 0 && history && n_history > 0;
+}
+
+/* The first index of the largest logit, NaN never winning; -1 when none
+ * exceeds -inf: what prepare returns when no penalty applies, in two tight
+ * passes instead of a copy of the logits and a branchy scan (about 70 us a
+ * token for a 49152-entry vocabulary); build_dist's greedy case uses it. */
+static int32_t argmax_first(const float *logits, int n) {
+    /* 16 running maxima the compiler keeps in vector registers (a max in
+     * any order is the same value; NaN is skipped by the comparison) */
+    float m[16];
+    for (int j = 0; j < 16; j++) m[j] = -INFINITY;
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) m[j] = logits[i + j] > m[j] ? logits[i + j] : m[j];
+    float mx = -INFINITY;
+    for (; i < n; i++) mx = logits[i] > mx ? logits[i] : mx;
+    for (int j = 0; j < 16; j++) mx = m[j] > mx ? m[j] : mx;
+    if (mx == -INFINITY) return -1;
+    for (int k = 0; k < n; k++)
+        if (logits[k] == mx) return k;
+    return -1;
+}
+
 /* Copy and sanitize the logits, apply the repetition penalty. Returns the
  * argmax (ties to the lowest id) or -1 when nothing is finite-or-+inf. */
 static int32_t prepare(sampler *s, const float *logits, const int32_t *history, size_t n_history) {
@@ -230,7 +256,7 @@ static int32_t prepare(sampler *s, const float *logits, const int32_t *history, 
         s->work[i] = isnan(l) ? -INFINITY : l;
     }
     float pen = s->p.repetition_penalty;
-    if (pen != 1.0f && s->p.repeat_last_n != 0 && history && n_history > 0) {
+    if (penalty_applies(s, history, n_history)) {
         size_t n = n_history;
         if (s->p.repeat_last_n > 0 && (size_t)s->p.repeat_last_n < n)
             n = (size_t)s->p.repeat_last_n;
@@ -263,10 +289,13 @@ static int32_t prepare(sampler *s, const float *logits, const int32_t *history, 
 static int build_dist(sampler *s, const float *logits, const int32_t *history, size_t n_history,
                       double *total) {
     const int V = s->n_vocab;
-    int32_t best = prepare(s, logits, history, n_history);
+    const int greedy = s->p.temperature == 0.0f || s->p.top_k == 1;
+    int32_t best = greedy && !penalty_applies(s, history, n_history)
+                       ? argmax_first(logits, V) /* nothing else needs the copy */
+                       : prepare(s, logits, history, n_history);
     if (best < 0) return -1;
-    const float mx = s->work[best];
-    if (s->p.temperature == 0.0f || s->p.top_k == 1 || isinf(mx)) {
+    const float mx = greedy ? 0.0f : s->work[best]; /* only sampling reads it */
+    if (greedy || isinf(mx)) {
         /* Greedy, or a +inf logit that takes all the mass. */
         s->cands[0].id = best;
         s->cands[0].logit = 1.0f;
@@ -335,32 +364,7 @@ static int build_dist(sampler *s, const float *logits, const int32_t *history, s
     return n;
 }
 
-/* The first index of the largest logit, NaN never winning; -1 when none
- * exceeds -inf: what prepare and build_dist pick for a greedy request
- * without a penalty, in two tight passes instead of a copy of the logits
- * and a branchy scan (about 70 us a token for a 49152-entry vocabulary). */
-static int32_t argmax_first(const float *logits, int n) {
-    /* 16 running maxima the compiler keeps in vector registers (a max in
-     * any order is the same value; NaN is skipped by the comparison) */
-    float m[16];
-    for (int j = 0; j < 16; j++) m[j] = -INFINITY;
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) m[j] = logits[i + j] > m[j] ? logits[i + j] : m[j];
-    float mx = -INFINITY;
-    for (; i < n; i++) mx = logits[i] > mx ? logits[i] : mx;
-    for (int j = 0; j < 16; j++) mx = m[j] > mx ? m[j] : mx;
-    if (mx == -INFINITY) return -1;
-    for (int i = 0; i < n; i++)
-        if (logits[i] == mx) return i;
-    return -1;
-}
-
 int32_t sampler_sample(sampler *s, const float *logits, const int32_t *history, size_t n_history) {
-    const int penalized =
-        s->p.repetition_penalty != 1.0f && s->p.repeat_last_n != 0 && history && n_history > 0;
-    if ((s->p.temperature == 0.0f || s->p.top_k == 1) && !penalized)
-        return argmax_first(logits, s->n_vocab);
     double total;
     int n = build_dist(s, logits, history, n_history, &total);
     if (n < 0) return -1;
