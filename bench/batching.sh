@@ -19,7 +19,8 @@
 #                       (N = 128 blocks of 16 tokens for sharegpt, 64 for uniform)
 #
 # continuous and static alternate, run by run, and one-at-a-time runs
-# follow the first --one-runs pairs, so drift of the machine hits all three. The table gives medians over the runs of: generation wall time (model
+# follow the first --one-runs pairs, so drift of the machine hits all three.
+# The table gives medians over the runs of: generation wall time (model
 # load excluded), output tokens/s, per-request latency p50/p90/p99 (submit to
 # last token), time to first token p50, engine steps and preemptions; and
 # checks that every run produced the same completions.
@@ -75,7 +76,7 @@ while [ $# -gt 0 ]; do
         --bin) bin="$2"; shift 2 ;;
         --keep) keep="$2"; shift 2 ;;
         --wait-idle) wait_idle=1; max_tries=5; shift ;;
-        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -165,9 +166,6 @@ run_case() { # name run args...
     rm -f "$out.try.jsonl" "$out.try.err"
 }
 
-# one-at-a-time runs go between the others (after the first pairs), so that
-# the machine's drift over minutes hits its ratio to continuous as it does
-# the continuous / static one
 for ((i = 1; i <= reps || i <= one_runs; i++)); do
     if [ "$i" -le "$reps" ]; then
         run_case continuous "$i" --batching continuous

@@ -390,7 +390,7 @@ static inline T_VNNI __m512 tree16_horiz(const __m512 *a) {
 #define ATTN_PF 64     /* positions ahead to prefetch K and V rows (a decode row's are cold) */
 #define ATTN_VBLOCK 96 /* positions of V per block: 96 x 128-byte rows (hd 64) stay in L1 */
 #define ATTN_NH 3      /* query heads of one KV head handled together by both shapes */
-#define ATTN_NH_MAX 24 /* query heads of one row attn_single_rows takes (KERN_ATTN_ROW_HEADS) */
+#define ATTN_KV_MAX 8  /* KV heads of one row the decode shape takes in one pass */
 
 /* NH heads of q rounded to f16, as ggml's f16 matmuls round them */
 static inline T_VNNI __attribute__((always_inline)) void
@@ -440,8 +440,8 @@ attn_softmax_weights(const int NH, float *scores, size_t ss, int n_ctx, const __
  * operations and their order are those of kern_attn_f16_with: the 64-lane
  * dot of dot_f16_x4 for each score, ggml's softmax, weights rounded to
  * f16, and V summed in 64 lanes (lane L holds positions L, L + 64, ... in
- * order) reduced as kern_reduce64. It runs in three phases, the first of
- * which attn_single_rows interleaves over several KV heads.
+ * order) reduced as kern_reduce64. Three phases: scores (and the running
+ * maxima), softmax weights, V sum; attn_single_kv runs them.
  */
 
 /* Prefetch the K rows (into L1) and V rows (into L1, or with v_l2 into L2:
@@ -538,53 +538,34 @@ attn_single_v(const int NH, const uint8_t *v, const size_t *off, int n_ctx, cons
     }
 }
 
-/* One KV head's NH query heads; prefetch: the rows are cold (the first
- * group of heads of a KV head; the others find them in cache). */
-static inline T_VNNI __attribute__((always_inline)) void
-attn_single_group(const int NH, const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
-                  const float *q32, int hd, float scale, int prefetch, float *work, float *out) {
-    /* a head's scores, then zeros to 64 past the end and on to a multiple of 16 */
-    const size_t ss = ((size_t)n_ctx + 64 + 15) / 16 * 16, row = 2 * (size_t)hd;
-    float *q = work, *scores = q + NH * hd;
-    attn_round_q(NH, q32, hd, q);
-    if (prefetch) attn_prefetch(k, v, off, 0, n_ctx < ATTN_PF ? n_ctx : ATTN_PF, row, 0);
-    __m512 mxv[ATTN_NH];
-    UNROLL8 for (int h = 0; h < NH; h++) mxv[h] = _mm512_set1_ps(-INFINITY);
-    for (int p0 = 0; p0 < n_ctx; p0 += 16) {
-        const int cnt = n_ctx - p0 < 16 ? n_ctx - p0 : 16;
-        if (prefetch && p0 + ATTN_PF < n_ctx)
-            attn_prefetch(k, v, off, p0 + ATTN_PF,
-                          n_ctx - p0 - ATTN_PF < 16 ? n_ctx : p0 + ATTN_PF + 16, row, 0);
-        attn_single_scores16(NH, k, off, p0, cnt, q, hd, scale, scores, ss, mxv);
-    }
-    attn_softmax_weights(NH, scores, ss, n_ctx, mxv);
-    attn_single_v(NH, v, off, n_ctx, scores, ss, hd, out);
-}
-
 /*
- * The decode shape for nkv KV heads of ATTN_NH query heads each (a whole
- * row): the scores of all heads in one pass over the positions, so the K
- * rows of every head of a position (side by side in the cache) stream in
- * together while the scores are computed, and the V rows, prefetched into
- * L2 meanwhile, are summed head by head after. One KV head at a time
- * (attn_single_group) leaves the core waiting on memory in the first
- * head's pass and computing from cache in the others'.
+ * The decode shape for nkv KV heads of NH query heads each (kv_stride bytes
+ * apart: a whole row of the cache, or nkv = 1): the scores of all heads in
+ * one pass over the positions, so the K rows of every head of a position
+ * (side by side in the cache) stream in together while the scores are
+ * computed, and the V rows, prefetched meanwhile (into L2 when several
+ * heads' scores come first), are summed head by head after. One KV head at
+ * a time would leave the core waiting on memory in the first head's pass
+ * and computing from cache in the others'. prefetch: the rows are cold
+ * (the first group of heads of a KV head; the others find them in cache).
  */
-static T_VNNI void attn_single_rows(const uint8_t *k, const uint8_t *v, size_t kv_stride, int nkv,
-                                    const size_t *off, int n_ctx, const float *q32, int hd,
-                                    float scale, float *work, float *out) {
-    const int NH = ATTN_NH;
-    const size_t ss = ((size_t)n_ctx + 64 + 15) / 16 * 16, row = kv_stride * (size_t)nkv;
+static inline T_VNNI __attribute__((always_inline)) void
+attn_single_kv(const int NH, const uint8_t *k, const uint8_t *v, size_t kv_stride, int nkv,
+               const size_t *off, int n_ctx, const float *q32, int hd, float scale, int prefetch,
+               float *work, float *out) {
+    /* a head's scores, then zeros to 64 past the end and on to a multiple of 16 */
+    const size_t ss = ((size_t)n_ctx + 64 + 15) / 16 * 16;
+    const size_t row = nkv > 1 ? kv_stride * (size_t)nkv : 2 * (size_t)hd;
     float *q = work, *scores = q + (size_t)nkv * NH * hd;
     attn_round_q(nkv * NH, q32, hd, q);
     const int v_l2 = nkv > 1;
-    attn_prefetch(k, v, off, 0, n_ctx < ATTN_PF ? n_ctx : ATTN_PF, row, v_l2);
-    __m512 mxv[ATTN_NH_MAX / ATTN_NH][ATTN_NH];
+    if (prefetch) attn_prefetch(k, v, off, 0, n_ctx < ATTN_PF ? n_ctx : ATTN_PF, row, v_l2);
+    __m512 mxv[ATTN_KV_MAX][ATTN_NH];
     for (int g = 0; g < nkv; g++)
         UNROLL8 for (int h = 0; h < NH; h++) mxv[g][h] = _mm512_set1_ps(-INFINITY);
     for (int p0 = 0; p0 < n_ctx; p0 += 16) {
         const int cnt = n_ctx - p0 < 16 ? n_ctx - p0 : 16;
-        if (p0 + ATTN_PF < n_ctx)
+        if (prefetch && p0 + ATTN_PF < n_ctx)
             attn_prefetch(k, v, off, p0 + ATTN_PF,
                           n_ctx - p0 - ATTN_PF < 16 ? n_ctx : p0 + ATTN_PF + 16, row, v_l2);
         for (int g = 0; g < nkv; g++)
@@ -699,7 +680,7 @@ static T_VNNI void attn_f16_avx512(const uint8_t *k, const uint8_t *v, const siz
         const float *qh = q32 + (size_t)h0 * hd;
         float *oh = out + (size_t)h0 * hd;
 #define ATTN_GROUP(NH)                                                                             \
-    (single ? attn_single_group(NH, k, v, off, n_ctx, qh, hd, scale, h0 == 0, work, oh)            \
+    (single ? attn_single_kv(NH, k, v, 0, 1, off, n_ctx, qh, hd, scale, h0 == 0, work, oh)         \
             : attn_tiled_group(NH, k, v, off, n_ctx, qh, hd, scale, work, oh))
         if (nh == 3) ATTN_GROUP(3);
         else if (nh == 2) ATTN_GROUP(2);
@@ -712,8 +693,8 @@ static T_VNNI void attn_f16_row_avx512(const uint8_t *k, const uint8_t *v, size_
                                        int nkv, const size_t *off, int n_ctx, const float *q32,
                                        int nq, int hd, float scale, int single, float *work,
                                        float *out) {
-    if (single && nq == ATTN_NH && hd % 64 == 0 && nkv * nq <= ATTN_NH_MAX) {
-        attn_single_rows(k, v, kv_stride, nkv, off, n_ctx, q32, hd, scale, work, out);
+    if (single && nq == ATTN_NH && hd % 64 == 0 && nkv <= ATTN_KV_MAX) {
+        attn_single_kv(ATTN_NH, k, v, kv_stride, nkv, off, n_ctx, q32, hd, scale, 1, work, out);
         return;
     }
     kern_attn_f16_row_with(kern_vnni(), k, v, kv_stride, nkv, off, n_ctx, q32, nq, hd, scale,
@@ -1405,11 +1386,12 @@ pk_to_cl(const int KIND, int nb, const uint8_t *wp, cl_block *buf) {
  * EPYC pk_rows_exact 184 at 2 to 64 rows, through the buffer 160 at 4 rows,
  * 181 at 8, 193 at 16, 206 at 32 and 64; on the Intel Xeon, with the weights
  * out of cache as in a real step, the buffer wins from 4 rows: 75 against
- * 63 at 4 rows, 76 against 55 at 8 and 12). The next group (the thread's next chunk, as a rule)
- * is prefetched into L2 a share per row pair, spread over its blocks: asked
- * for all at once while the group is unpacked, its ~90 lines queue behind
- * the core's few line-fill buffers and stall it (Intel Xeon, 16 rows,
- * 55 MB of weights cycling out of cache: 72 -> 90 GMAC/s). */
+ * 63 at 4 rows, 76 against 55 at 8 and 12). The next group (the thread's
+ * next chunk, as a rule) is prefetched into L2 a share per row pair, spread
+ * over its blocks: asked for all at once while the group is unpacked, its
+ * ~90 lines queue behind the core's few line-fill buffers and stall it
+ * (Intel Xeon, 16 rows, 55 MB of weights cycling out of cache: 72 -> 90
+ * GMAC/s). */
 #define PK_CL_ROWS 4
 /* Row r's corrections (Q8_0 only: the others get NULL and read none). */
 static inline const int32_t *xc_row(const int KIND, const int32_t *xc, int r, size_t xcs) {
