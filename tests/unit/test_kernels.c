@@ -830,6 +830,42 @@ static void shuffled_offsets(size_t *off, int n, int n_slots, size_t row) {
     free(perm);
 }
 
+/* One attention problem: n_slots slots of row bytes of K and of V (each
+ * slot's first fill_elts f16 values random), n of them in shuffled order,
+ * nh query heads of hd random values, two outputs and scratch for them. */
+typedef struct {
+    uint8_t *k, *v;
+    size_t *off;
+    float *q, *o0, *o1, *work;
+} attn_case;
+
+static attn_case attn_case_new(int n, int n_slots, size_t row, int fill_elts, int nh, int hd) {
+    attn_case c = {malloc((size_t)n_slots * row),
+                   malloc((size_t)n_slots * row),
+                   malloc((size_t)n * sizeof *c.off),
+                   malloc((size_t)nh * hd * sizeof *c.q),
+                   malloc((size_t)nh * hd * sizeof *c.o0),
+                   malloc((size_t)nh * hd * sizeof *c.o1),
+                   malloc(kern_attn_work(n, hd, nh) * sizeof *c.work)};
+    for (int sl = 0; sl < n_slots; sl++) {
+        fill_f16((uint16_t *)(c.k + sl * row), fill_elts, 1.0f);
+        fill_f16((uint16_t *)(c.v + sl * row), fill_elts, 1.0f);
+    }
+    shuffled_offsets(c.off, n, n_slots, row);
+    for (int i = 0; i < nh * hd; i++) c.q[i] = rng_normalish() * 2.0f;
+    return c;
+}
+
+static void attn_case_free(attn_case *c) {
+    free(c->k);
+    free(c->v);
+    free(c->off);
+    free(c->q);
+    free(c->o0);
+    free(c->o1);
+    free(c->work);
+}
+
 /* Each table's attn_f16 against the scalar reference, bit for bit, over
  * scattered positions (a random permutation of slots, as a paged cache
  * gives), both accumulation shapes, context lengths around the 16- and
@@ -845,18 +881,11 @@ static void test_attention(void) {
                 const int hd = hds[ih], n = ctxs[ic], nq = 1 + (int)(ic % 3);
                 const size_t row = (size_t)hd * 2 + 6; /* bytes between slots */
                 const int n_slots = n + 7;
-                uint8_t *k = malloc((size_t)n_slots * row), *v = malloc((size_t)n_slots * row);
-                size_t *off = malloc((size_t)n * sizeof *off);
-                float *q = malloc((size_t)nq * hd * sizeof *q);
-                float *o0 = malloc((size_t)nq * hd * sizeof *o0),
-                      *o1 = malloc((size_t)nq * hd * sizeof *o1);
-                float *work = malloc(kern_attn_work(n, hd, nq) * sizeof *work);
-                for (int sl = 0; sl < n_slots; sl++) {
-                    fill_f16((uint16_t *)(k + sl * row), hd, 1.0f);
-                    fill_f16((uint16_t *)(v + sl * row), hd, 1.0f);
-                }
-                shuffled_offsets(off, n, n_slots, row);
-                for (int i = 0; i < nq * hd; i++) q[i] = rng_normalish() * 2.0f;
+                attn_case c = attn_case_new(n, n_slots, row, hd, nq, hd);
+                const uint8_t *k = c.k, *v = c.v;
+                const size_t *off = c.off;
+                const float *q = c.q;
+                float *o0 = c.o0, *o1 = c.o1, *work = c.work;
                 const float scale = 1.0f / sqrtf((float)hd);
                 S->attn_f16(k, v, off, n, q, nq, hd, scale, single, work, o0);
                 calls++;
@@ -887,13 +916,7 @@ static void test_attention(void) {
                     }
                     free(sc);
                 }
-                free(k);
-                free(v);
-                free(off);
-                free(q);
-                free(o0);
-                free(o1);
-                free(work);
+                attn_case_free(&c);
             }
     for (int ti = 0; ti < n_tables; ti++)
         CHECKF(bad[ti] == 0, "%s attn_f16: %d outputs differ from scalar", tables[ti].name,
@@ -921,18 +944,11 @@ static void test_attention_rows(void) {
                     const int nq = nqs[(ic + ik) % 3], nh = nkv * nq;
                     const size_t stride = (size_t)hd * 2, row = stride * (size_t)nkv + 64;
                     const int n_slots = n + 5;
-                    uint8_t *k = malloc((size_t)n_slots * row), *v = malloc((size_t)n_slots * row);
-                    size_t *off = malloc((size_t)n * sizeof *off);
-                    float *q = malloc((size_t)nh * hd * sizeof *q);
-                    float *o0 = malloc((size_t)nh * hd * sizeof *o0),
-                          *o1 = malloc((size_t)nh * hd * sizeof *o1);
-                    float *work = malloc(kern_attn_work(n, hd, nh) * sizeof *work);
-                    for (int sl = 0; sl < n_slots; sl++) {
-                        fill_f16((uint16_t *)(k + sl * row), (int)(row / 2), 1.0f);
-                        fill_f16((uint16_t *)(v + sl * row), (int)(row / 2), 1.0f);
-                    }
-                    shuffled_offsets(off, n, n_slots, row);
-                    for (int i = 0; i < nh * hd; i++) q[i] = rng_normalish() * 2.0f;
+                    attn_case c = attn_case_new(n, n_slots, row, (int)(row / 2), nh, hd);
+                    const uint8_t *k = c.k, *v = c.v;
+                    const size_t *off = c.off;
+                    const float *q = c.q;
+                    float *o0 = c.o0, *o1 = c.o1, *work = c.work;
                     const float scale = 1.0f / sqrtf((float)hd);
                     for (int g = 0; g < nkv; g++)
                         S->attn_f16(k + g * stride, v + g * stride, off, n, q + g * nq * hd, nq, hd,
@@ -944,13 +960,7 @@ static void test_attention_rows(void) {
                         for (int i = 0; i < nh * hd; i++) bad[ti] += !same_float(o0[i], o1[i]);
                     }
                     calls++;
-                    free(k);
-                    free(v);
-                    free(off);
-                    free(q);
-                    free(o0);
-                    free(o1);
-                    free(work);
+                    attn_case_free(&c);
                 }
     for (int ti = 0; ti < n_tables; ti++)
         CHECKF(bad[ti] == 0, "%s attn_f16_row: %d outputs differ from per-head scalar calls",
