@@ -331,9 +331,10 @@ void kern_rmsnorm_scalar(const float *x, const float *g, int rows, int cols, flo
     }
 }
 
-/* the reference's scores, q and 64 lanes of hd; the AVX-512 shapes' 3 heads
- * of q, scores (rounded up to 16 past n_ctx + 64) and 16 lanes of hd for V
- * (see kernels_x86.c) fit in the same */
+/* the reference's scores, q and 64 lanes of hd; the AVX-512 tiled shape's
+ * 3 heads of q, scores (rounded up to 16 past n_ctx + 64) and 16 lanes of
+ * hd for V; its decode shape's q and scores of all n_heads of a row (see
+ * kernels_x86.c): all fit in the same */
 size_t kern_attn_work(int n_ctx, int hd, int n_heads) {
     const size_t nh = n_heads > 3 ? (size_t)n_heads : 3;
     return nh * ((size_t)n_ctx + 80) + (66 + nh) * (size_t)hd;
