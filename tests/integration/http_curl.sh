@@ -14,14 +14,8 @@ command -v curl >/dev/null || { echo "http_curl: curl not installed, skipping"; 
 [ -x "$bin" ] || { echo "http_curl: $bin not built, skipping"; exit 77; }
 [ -r "$model" ] || { echo "http_curl: $model missing, skipping"; exit 77; }
 
-free_port() {
-    local p
-    for _ in $(seq 1 100); do
-        p=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
-    done
-    return 1
-}
+# shellcheck source=free_port.sh
+. "$(dirname "${BASH_SOURCE[0]}")/free_port.sh"
 
 tmp=$(mktemp -d)
 rpc_port=$(free_port) && http_port=$(free_port) || { echo "no free port"; exit 1; }

@@ -19,14 +19,8 @@ model="${ENGINE_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 [ -r "$model" ] || { echo "loadtest_e2e: $model missing, skipping"; exit 77; }
 command -v python3 >/dev/null || { echo "loadtest_e2e: python3 missing, skipping"; exit 77; }
 
-free_port() {
-    local p
-    for _ in $(seq 1 100); do
-        p=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
-    done
-    return 1
-}
+# shellcheck source=free_port.sh
+. "$(dirname "${BASH_SOURCE[0]}")/free_port.sh"
 
 tmp=$(mktemp -d)
 rpc_port=$(free_port) && http_port=$(free_port) || { echo "no free port"; exit 1; }
