@@ -28,7 +28,7 @@ failed=0
 log() { echo "==> $*" >&2; }
 
 if [ "${SKIP_DEPS:-0}" != 1 ]; then
-    tools/install-deps || { log "installing system packages failed"; exit 1; }
+    tools/install-deps --test || { log "installing system packages failed"; exit 1; }
 fi
 
 model_ok=1

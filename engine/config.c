@@ -12,7 +12,7 @@
  * same function config_validate uses. The caller's config is replaced only
  * when everything succeeded, so a failed load changes nothing.
  */
-#include "config.h"
+#include "engine/config.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>

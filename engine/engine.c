@@ -5,7 +5,7 @@
  * streams, each under a mutex; everything else (model, pool, scheduler,
  * sequences) belongs to the engine thread.
  */
-#include "engine.h"
+#include "engine/engine.h"
 
 #include <errno.h>
 #include <math.h>
@@ -15,11 +15,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
-#include "model.h"
-#include "paged_kv.h"
-#include "scheduler.h"
-#include "tokenizer.h"
+#include "core/backend/backend.h"
+#include "core/model.h"
+#include "paged_kv/paged_kv.h"
+#include "scheduler/scheduler.h"
+#include "core/tokenizer.h"
 
 /* ---------------- streams ---------------- */
 

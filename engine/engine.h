@@ -27,9 +27,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "generate.h"
-#include "kv_cache.h"
-#include "sampler.h"
+#include "engine/generate.h"
+#include "core/kv_cache.h"
+#include "core/sampler.h"
 
 struct llm_model;
 struct backend;

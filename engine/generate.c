@@ -2,17 +2,17 @@
  * generate.c - see generate.h. A thin client of the engine: everything
  * about batching, memory and sampling happens there.
  */
-#include "generate.h"
+#include "engine/generate.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
-#include "engine.h"
-#include "model.h"
-#include "tokenizer.h"
+#include "core/backend/backend.h"
+#include "engine/engine.h"
+#include "core/model.h"
+#include "core/tokenizer.h"
 
 const char *gen_finish_name(gen_finish f) {
     switch (f) {

@@ -21,8 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kv_cache.h"
-#include "sampler.h"
+#include "core/kv_cache.h"
+#include "core/sampler.h"
 
 struct llm_model;
 struct backend;

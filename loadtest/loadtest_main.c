@@ -1,4 +1,4 @@
 /* loadtest_main.c - entry point of build/loadtest (docs/loadtest.md). */
-#include "lt_run.h"
+#include "loadtest/lt_run.h"
 
 int main(int argc, char **argv) { return lt_main(argc, argv); }

@@ -8,7 +8,7 @@
  * Every wait is a poll() of at most 50 ms so a cancel flag and the
  * deadline are noticed promptly; nothing here blocks without bound.
  */
-#include "lt_http.h"
+#include "loadtest/lt_http.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>

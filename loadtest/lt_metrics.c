@@ -3,7 +3,7 @@
  * (TTFT, ITL, TPOT, E2E) and the run summary (percentiles, throughput,
  * goodput). See lt_metrics.h for the definitions.
  */
-#include "lt_metrics.h"
+#include "loadtest/lt_metrics.h"
 
 #include <math.h>
 #include <stdlib.h>

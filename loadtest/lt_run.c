@@ -15,12 +15,12 @@
  * run.mu guards the slot list and the counters; a running slot's cancel
  * flag and RPC call handle are the only fields other threads touch.
  */
-#include "lt_run.h"
+#include "loadtest/lt_run.h"
 
-#include "infer_client.h"
-#include "lt_http.h"
-#include "lt_metrics.h"
-#include "lt_workload.h"
+#include "clients/c/infer_client.h"
+#include "loadtest/lt_http.h"
+#include "loadtest/lt_metrics.h"
+#include "loadtest/lt_workload.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -2,7 +2,7 @@
  * lt_workload.c - trace parsing, synthetic prompts and arrival gaps for
  * loadtest (see lt_workload.h).
  */
-#include "lt_workload.h"
+#include "loadtest/lt_workload.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

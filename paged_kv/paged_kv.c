@@ -14,7 +14,7 @@
  * state, so a failed call leaves the pool exactly as it was. See
  * docs/paged_kv.md for the design.
  */
-#include "paged_kv.h"
+#include "paged_kv/paged_kv.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -3,7 +3,7 @@
  * (device and CPU swap), ref counts, per-sequence block tables.
  *
  * A block holds block_size tokens of K and V for all layers in the layout of
- * engine/kv_cache.h, so one memcpy moves a block between tiers. The device
+ * core/kv_cache.h, so one memcpy moves a block between tiers. The device
  * tier's storage is an ordinary kv_cache the forward pass reads through
  * slots and block tables; the swap tier is RAM or, with swap_path, a
  * file-backed shared mapping (disk offload).
@@ -29,7 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kv_cache.h"
+#include "core/kv_cache.h"
 
 enum {
     PKV_OK = 0,

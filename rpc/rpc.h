@@ -57,7 +57,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "rpc.pb-c.h"
+#include "proto/rpc.pb-c.h"
 
 enum {
     RPC_OK = 0,

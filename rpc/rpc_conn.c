@@ -32,7 +32,7 @@
 #include <nng/nng.h>
 #include <nng/supplemental/tls/tls.h>
 
-#include "rpc.h"
+#include "rpc/rpc.h"
 
 typedef struct qitem {
     struct qitem *next;

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "rpc.h"
+#include "rpc/rpc.h"
 
 const char *rpc_status_name(int code) {
     switch (code) {

@@ -4,7 +4,7 @@
  * asked of the paged_kv pool before anything is changed, so a step never
  * leaves a half-scheduled sequence behind.
  */
-#include "scheduler.h"
+#include "scheduler/scheduler.h"
 
 #include <stdio.h>
 #include <stdlib.h>

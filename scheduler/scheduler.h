@@ -31,7 +31,7 @@
 
 #include <stdint.h>
 
-#include "paged_kv.h"
+#include "paged_kv/paged_kv.h"
 
 typedef enum { SEQ_WAITING = 0, SEQ_RUNNING, SEQ_SWAPPED, SEQ_FINISHED } sched_state;
 typedef enum { SCHED_PREEMPT_AUTO = 0, SCHED_PREEMPT_SWAP, SCHED_PREEMPT_RECOMPUTE } sched_preempt;

@@ -42,9 +42,9 @@
 
 #include <cjson/cJSON.h>
 
-#include "json_api.h"
-#include "server.h"
-#include "strbuf.h"
+#include "server/json_api.h"
+#include "server/server.h"
+#include "base/strbuf.h"
 
 #define HTTP_WRITE_TIMEOUT_MS 30000 /* a client that stops reading is given up */
 #define HTTP_READ_TIMEOUT_MS 30000  /* a request body must arrive within this */

@@ -3,7 +3,7 @@
  * json_api.h). Parsing uses cJSON; every known field is looked up once and
  * type-checked here, then handed to srv_prepare for the value rules.
  */
-#include "json_api.h"
+#include "server/json_api.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "inference.pb-c.h"
+#include "proto/inference.pb-c.h"
 
 typedef enum { JAPI_GENERATE = 0, JAPI_COMPLETIONS, JAPI_CHAT } japi_kind;
 

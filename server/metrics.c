@@ -8,7 +8,7 @@
  * exported _count is the sum of the buckets read, so it always equals the
  * +Inf bucket even while other threads observe.
  */
-#include "metrics.h"
+#include "server/metrics.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -16,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server.h"
-#include "strbuf.h"
+#include "server/server.h"
+#include "base/strbuf.h"
 
 static const double hist_bounds_ms[SRV_HIST_BUCKETS] = {5,   10,  25,  50,   75,   100,  150,
                                                         250, 500, 750, 1000, 2500, 5000, 10000};

@@ -31,10 +31,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "chat.h"
-#include "model.h"
-#include "rpc_server.h"
-#include "tokenizer.h"
+#include "core/chat.h"
+#include "core/model.h"
+#include "server/rpc_server.h"
+#include "core/tokenizer.h"
 
 /* A peer that does not read for this long loses its connection. */
 #define SEND_TIMEOUT_MS 30000

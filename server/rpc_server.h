@@ -4,7 +4,7 @@
  * frames to the methods of inference.Inference, and one thread per
  * generation call relaying engine events as MESSAGE frames.
  *
- * Lifecycle (driven by server/main.c):
+ * Lifecycle (driven by apps/infer_server.c):
  *   rpc_server_start        listen on every URL and accept connections
  *   (srv.draining = 1)      new calls get UNAVAILABLE, running ones go on
  *   rpc_server_wait_idle    until no call is in flight, or the time is up
@@ -16,8 +16,8 @@
 #ifndef SERVER_RPC_SERVER_H
 #define SERVER_RPC_SERVER_H
 
-#include "rpc.h"
-#include "server.h"
+#include "rpc/rpc.h"
+#include "server/server.h"
 
 typedef struct rpc_server rpc_server;
 

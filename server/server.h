@@ -17,10 +17,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
-#include "engine.h"
-#include "inference.pb-c.h"
-#include "metrics.h"
+#include "engine/config.h"
+#include "engine/engine.h"
+#include "proto/inference.pb-c.h"
+#include "server/metrics.h"
 
 struct llm_model;
 struct backend;

@@ -17,10 +17,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "chat.h"
-#include "model.h"
-#include "server.h"
-#include "tokenizer.h"
+#include "core/chat.h"
+#include "core/model.h"
+#include "server/server.h"
+#include "core/tokenizer.h"
 
 #define DEFAULT_MAX_TOKENS 128
 #define MAX_STOP_IDS 1024

@@ -26,7 +26,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "infer_client_impl.h"
+#include "clients/c/infer_client_impl.h"
 
 #define ICL_BUCKETS 256 /* call table: chained hash on call_id */
 #define ICL_DEFAULT_CONNECT_MS 5000

@@ -6,9 +6,9 @@
 #ifndef INFER_CLIENT_IMPL_H
 #define INFER_CLIENT_IMPL_H
 
-#include "infer_client.h"
-#include "inference.pb-c.h"
-#include "rpc.h"
+#include "clients/c/infer_client.h"
+#include "proto/inference.pb-c.h"
+#include "rpc/rpc.h"
 
 /* printf into st (when non-NULL); returns code. */
 int icl_status(infer_status *st, int code, const char *fmt, ...)

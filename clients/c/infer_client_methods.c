@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "infer_client_impl.h"
+#include "clients/c/infer_client_impl.h"
 
 void infer_gen_params_init(infer_gen_params *p) {
     memset(p, 0, sizeof *p);

@@ -1,6 +1,6 @@
 /* gguf_writer.c - see gguf_writer.h. A growable byte buffer for the header
  * and KV section, plus a list of tensors laid out at aligned offsets. */
-#include "gguf_writer.h"
+#include "tests/common/gguf_writer.h"
 
 #include <assert.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 /* tiny_model.c - see tiny_model.h. */
-#include "tiny_model.h"
+#include "tests/common/tiny_model.h"
 
 #include <assert.h>
 #include <math.h>
@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "quant.h"
+#include "core/quant.h"
 
 void tiny_spec_default(tiny_spec *s) {
     memset(s, 0, sizeof *s);

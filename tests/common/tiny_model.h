@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gguf_writer.h"
+#include "tests/common/gguf_writer.h"
 
 typedef struct {
     const char *arch; /* general.architecture; NULL: key omitted */

@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat.h"
-#include "test_util.h"
+#include "core/chat.h"
+#include "tests/common/test_util.h"
 
 /* tokenizer.chat_template of SmolLM2-135M-Instruct, byte for byte. */
 static const char SMOLLM2[] =

@@ -1,8 +1,8 @@
-/* test_cli_args.c - strict command-line value parsing (engine/cli_args.h). */
+/* test_cli_args.c - strict command-line value parsing (apps/cli_args.h). */
 #include <stdint.h>
 
-#include "cli_args.h"
-#include "test_util.h"
+#include "apps/cli_args.h"
+#include "tests/common/test_util.h"
 
 int main(void) {
     int i = 7;

@@ -29,8 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "infer_client.h"
-#include "test_util.h"
+#include "clients/c/infer_client.h"
+#include "tests/common/test_util.h"
 
 #define N_CONNS 4
 #define CALLS_PER_CONN 50

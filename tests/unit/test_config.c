@@ -11,8 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
-#include "test_util.h"
+#include "engine/config.h"
+#include "tests/common/test_util.h"
 
 static char err[1024];
 

@@ -18,11 +18,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
-#include "engine.h"
-#include "model.h"
-#include "test_util.h"
-#include "tokenizer.h"
+#include "core/backend/backend.h"
+#include "engine/engine.h"
+#include "core/model.h"
+#include "tests/common/test_util.h"
+#include "core/tokenizer.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define N_PROMPTS 16

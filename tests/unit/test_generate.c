@@ -8,11 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "generate.h"
-#include "model.h"
-#include "test_util.h"
-#include "tokenizer.h"
+#include "core/backend/backend.h"
+#include "engine/generate.h"
+#include "core/model.h"
+#include "tests/common/test_util.h"
+#include "core/tokenizer.h"
 
 static llm_model *g_model;
 static backend *g_be;

@@ -8,10 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gguf.h"
-#include "gguf_writer.h"
-#include "quant.h"
-#include "test_util.h"
+#include "core/gguf.h"
+#include "tests/common/gguf_writer.h"
+#include "core/quant.h"
+#include "tests/common/test_util.h"
 
 static int str_eq(gguf_str s, const char *c) { return s.len == strlen(c) && memcmp(s.ptr, c, s.len) == 0; }
 

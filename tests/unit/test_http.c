@@ -38,7 +38,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "test_util.h"
+#include "tests/common/test_util.h"
 
 #define IO_TIMEOUT_MS 60000 /* generous: the sanitizer build is slow */
 

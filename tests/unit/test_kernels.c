@@ -1,5 +1,5 @@
 /*
- * test_kernels.c - the CPU kernels (engine/backend/cpu/kernels*.c) and the
+ * test_kernels.c - the CPU kernels (core/backend/cpu/kernels*.c) and the
  * thread pool.
  *
  * The numerics contract in kernels.h says every SIMD table computes exactly
@@ -20,10 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kernels.h"
-#include "quant.h"
-#include "test_util.h"
-#include "threadpool.h"
+#include "core/backend/cpu/kernels.h"
+#include "core/quant.h"
+#include "tests/common/test_util.h"
+#include "core/backend/cpu/threadpool.h"
 
 static uint64_t rng_state = 0x243f6a8885a308d3ull;
 static uint64_t rng_u64(void) {

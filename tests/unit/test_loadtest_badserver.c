@@ -8,9 +8,9 @@
  * ones. Also: URL parsing, the loopback rule, exit statuses, Prometheus
  * scraping.
  */
-#include "lt_http.h"
-#include "lt_run.h"
-#include "test_util.h"
+#include "loadtest/lt_http.h"
+#include "loadtest/lt_run.h"
+#include "tests/common/test_util.h"
 
 #include <cjson/cJSON.h>
 #include <netinet/in.h>

@@ -5,8 +5,8 @@
  * values, and the run summary (throughput, goodput, failures kept out of
  * the latency statistics).
  */
-#include "lt_metrics.h"
-#include "test_util.h"
+#include "loadtest/lt_metrics.h"
+#include "tests/common/test_util.h"
 
 #include <math.h>
 #include <string.h>

@@ -5,8 +5,8 @@
  * arrival process (mean gap 1/R, burstiness changes the spread, same seed
  * same gaps) and synthetic prompts (deterministic, distinct per request).
  */
-#include "lt_workload.h"
-#include "test_util.h"
+#include "loadtest/lt_workload.h"
+#include "tests/common/test_util.h"
 
 #include <math.h>
 #include <stdio.h>

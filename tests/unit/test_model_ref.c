@@ -23,10 +23,10 @@
 
 #include <cjson/cJSON.h>
 
-#include "backend.h"
-#include "kv_cache.h"
-#include "model.h"
-#include "test_util.h"
+#include "core/backend/backend.h"
+#include "core/kv_cache.h"
+#include "core/model.h"
+#include "tests/common/test_util.h"
 
 static llm_model *M;
 static backend *BE;

@@ -1,5 +1,5 @@
 /*
- * test_model_tiny.c - the model loader and the forward pass (engine/model.c
+ * test_model_tiny.c - the model loader and the forward pass (core/model.c
  * over the CPU backend and the KV store) on tiny random Llama models built
  * by tests/common/tiny_model, so it runs without the real model file.
  *
@@ -23,13 +23,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend.h"
-#include "gguf.h"
-#include "kv_cache.h"
-#include "model.h"
-#include "quant.h"
-#include "test_util.h"
-#include "tiny_model.h"
+#include "core/backend/backend.h"
+#include "core/gguf.h"
+#include "core/kv_cache.h"
+#include "core/model.h"
+#include "core/quant.h"
+#include "tests/common/test_util.h"
+#include "tests/common/tiny_model.h"
 
 static uint64_t rng_state = 0x853c49e6748fea9bull;
 static uint64_t rng_u64(void) {

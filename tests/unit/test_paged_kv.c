@@ -15,8 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "paged_kv.h"
-#include "test_util.h"
+#include "paged_kv/paged_kv.h"
+#include "tests/common/test_util.h"
 
 static pkv_pool *make_pool(int n_layer, int kv_dim, int bs, int nb, int nb_cpu, kv_dtype dt,
                            const char *swap_path) {

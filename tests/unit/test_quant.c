@@ -1,5 +1,5 @@
 /*
- * test_quant.c - tensor element formats (engine/quant.c).
+ * test_quant.c - tensor element formats (core/quant.c).
  *
  * Every scalar dequantizer is checked on blocks built byte by byte in this
  * file from chosen integer codes and scales, with the expected floats
@@ -16,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "quant.h"
-#include "test_util.h"
+#include "core/quant.h"
+#include "tests/common/test_util.h"
 
 /* ---- deterministic random numbers ---- */
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;

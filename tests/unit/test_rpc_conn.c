@@ -24,9 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "inference.pb-c.h"
-#include "rpc.h"
-#include "test_util.h"
+#include "proto/inference.pb-c.h"
+#include "rpc/rpc.h"
+#include "tests/common/test_util.h"
 
 static double now_ms(void) {
     struct timespec ts;

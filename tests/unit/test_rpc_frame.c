@@ -15,9 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "inference.pb-c.h"
-#include "rpc.h"
-#include "test_util.h"
+#include "proto/inference.pb-c.h"
+#include "rpc/rpc.h"
+#include "tests/common/test_util.h"
 
 static void test_roundtrip(void) {
     Inference__GenerateRequest req = INFERENCE__GENERATE_REQUEST__INIT;

@@ -33,13 +33,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "backend.h"
-#include "generate.h"
-#include "inference.pb-c.h"
-#include "model.h"
-#include "rpc.h"
-#include "test_util.h"
-#include "tokenizer.h"
+#include "core/backend/backend.h"
+#include "engine/generate.h"
+#include "proto/inference.pb-c.h"
+#include "core/model.h"
+#include "rpc/rpc.h"
+#include "tests/common/test_util.h"
+#include "core/tokenizer.h"
 
 #define MAX_MESSAGE 65536
 #define FRAME_TIMEOUT_MS 500

@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sampler.h"
-#include "test_util.h"
+#include "core/sampler.h"
+#include "tests/common/test_util.h"
 
 static sampler *make(float temp, int top_k, float top_p, float min_p, float pen, uint64_t seed,
                      int n_vocab) {

@@ -25,9 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "paged_kv.h"
-#include "scheduler.h"
-#include "test_util.h"
+#include "paged_kv/paged_kv.h"
+#include "scheduler/scheduler.h"
+#include "tests/common/test_util.h"
 
 #define MAX_TOKENS 512
 

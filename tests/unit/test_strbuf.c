@@ -1,9 +1,9 @@
-/* test_strbuf.c - the growable string of engine/strbuf.h. */
+/* test_strbuf.c - the growable string of base/strbuf.h. */
 #include <stdlib.h>
 #include <string.h>
 
-#include "strbuf.h"
-#include "test_util.h"
+#include "base/strbuf.h"
+#include "tests/common/test_util.h"
 
 int main(void) {
     strbuf b = {0};

@@ -15,10 +15,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "gguf.h"
-#include "gguf_writer.h"
-#include "test_util.h"
-#include "tokenizer.h"
+#include "core/gguf.h"
+#include "tests/common/gguf_writer.h"
+#include "tests/common/test_util.h"
+#include "core/tokenizer.h"
 
 /* ---- tiny vocabulary ------------------------------------------------------------------- */
 

@@ -7,7 +7,7 @@
  * bounded by the bytes that remain, sizes are checked for overflow, tensor
  * data must lie inside the file.
  */
-#include "gguf.h"
+#include "core/gguf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "quant.h"
+#include "core/quant.h"
 
 #define GGUF_DEFAULT_ALIGNMENT 32
 #define GGUF_MAX_ARRAY_DEPTH 4

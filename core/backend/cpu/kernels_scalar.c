@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "core/backend/cpu/kernels.h"
 
 void kern_quantize_scalar(const float *x, blk_q8 *y, int n) {
     for (int b = 0; b < n / 32; b++, x += 32) {

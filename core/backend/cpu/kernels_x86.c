@@ -15,7 +15,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "core/backend/cpu/kernels.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>

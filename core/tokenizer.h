@@ -26,7 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gguf.h"
+#include "core/gguf.h"
 
 enum {
     TOK_OK = 0,

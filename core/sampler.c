@@ -14,7 +14,7 @@
  * The order (logit desc, id asc) is total, so ties resolve the same way on
  * every path and the draw is reproducible.
  */
-#include "sampler.h"
+#include "core/sampler.h"
 
 #include <math.h>
 #include <stdio.h>

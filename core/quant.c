@@ -4,7 +4,7 @@
  * are written for clarity, element by element, following the block layouts
  * in quant.h.
  */
-#include "quant.h"
+#include "core/quant.h"
 
 #include <math.h>
 #include <string.h>

@@ -4,7 +4,7 @@
  * architecture prefix), and the forward pass over a flattened batch written
  * against the backend ops interface.
  */
-#include "model.h"
+#include "core/model.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -13,9 +13,9 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "backend.h"
-#include "kv_cache.h"
-#include "quant.h"
+#include "core/backend/backend.h"
+#include "core/kv_cache.h"
+#include "core/quant.h"
 
 typedef struct {
     float *attn_norm, *ffn_norm;

@@ -3,7 +3,7 @@
  * kv_cache.h). Each sequence keeps a growable block table; blocks come from
  * a LIFO free list.
  */
-#include "kv_cache.h"
+#include "core/kv_cache.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -20,7 +20,7 @@
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 
-#include "tokenizer.h"
+#include "core/tokenizer.h"
 
 #include <pcre2.h>
 #include <stdarg.h>

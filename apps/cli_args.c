@@ -1,5 +1,5 @@
 /* cli_args.c - see cli_args.h. */
-#include "cli_args.h"
+#include "apps/cli_args.h"
 
 #include <errno.h>
 #include <math.h>

@@ -16,7 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "infer_client.h"
+#include "clients/c/infer_client.h"
 
 #define CLI_DEFAULT_URL "tcp://127.0.0.1:8700"
 #define CLI_MAX_STOP 16

@@ -5,8 +5,8 @@
  * families, so prompts match what users get from llama.cpp, with one
  * addition: ChatML templates that spell out a default system turn get it.
  */
-#include "chat.h"
-#include "strbuf.h"
+#include "core/chat.h"
+#include "base/strbuf.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -22,17 +22,17 @@
 #include <string.h>
 #include <time.h>
 
-#include "cli_args.h"
-#include "backend.h"
-#include "chat.h"
-#include "config.h"
-#include "engine.h"
-#include "gguf.h"
-#include "model.h"
-#include "rpc.h"
-#include "rpc_server.h"
-#include "server.h"
-#include "tokenizer.h"
+#include "apps/cli_args.h"
+#include "core/backend/backend.h"
+#include "core/chat.h"
+#include "engine/config.h"
+#include "engine/engine.h"
+#include "core/gguf.h"
+#include "core/model.h"
+#include "rpc/rpc.h"
+#include "server/rpc_server.h"
+#include "server/server.h"
+#include "core/tokenizer.h"
 
 #ifndef ENGINE_VERSION
 #define ENGINE_VERSION "0.1.0"

@@ -25,16 +25,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli_args.h"
-#include "backend.h"
-#include "chat.h"
-#include "config.h"
-#include "engine.h"
-#include "generate.h"
-#include "gguf.h"
-#include "model.h"
-#include "sampler.h"
-#include "tokenizer.h"
+#include "apps/cli_args.h"
+#include "core/backend/backend.h"
+#include "core/chat.h"
+#include "engine/config.h"
+#include "engine/engine.h"
+#include "engine/generate.h"
+#include "core/gguf.h"
+#include "core/model.h"
+#include "core/sampler.h"
+#include "core/tokenizer.h"
 
 #ifndef ENGINE_VERSION
 #define ENGINE_VERSION "0.1.0"

@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "quant.h"
+#include "core/quant.h"
 
 #define KERN_MAX_ROWS 4
 

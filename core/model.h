@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gguf.h"
+#include "core/gguf.h"
 
 struct backend;
 struct kv_cache;

@@ -11,7 +11,7 @@
  * open) and sees active drop to 0, no worker can touch it any more: the
  * caller does not wait for a worker the scheduler has not run yet.
  */
-#include "threadpool.h"
+#include "core/backend/cpu/threadpool.h"
 
 #include <pthread.h>
 #include <sched.h>

@@ -38,10 +38,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli_args.h"
-#include "backend.h"
-#include "kv_cache.h"
-#include "model.h"
+#include "apps/cli_args.h"
+#include "core/backend/backend.h"
+#include "core/kv_cache.h"
+#include "core/model.h"
 
 #define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define BENCH_BLOCK_SIZE 16
