@@ -138,16 +138,19 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         case 'm': a->model = v; break;
         case 'p':
             if (parse_list(v, 0, 1 << 20, &a->pp))
-                return cli_bad_arg("infer-bench", "-p: expected integers >= 0 separated by commas, got '%s'", v);
+                return cli_bad_arg("infer-bench",
+                                   "-p: expected integers >= 0 separated by commas, got '%s'", v);
             break;
         case 'n':
             if (parse_list(v, 0, 1 << 20, &a->tg))
-                return cli_bad_arg("infer-bench", "-n: expected integers >= 0 separated by commas, got '%s'", v);
+                return cli_bad_arg("infer-bench",
+                                   "-n: expected integers >= 0 separated by commas, got '%s'", v);
             break;
         case 'B':
             if (parse_list(v, 1, 4096, &a->seqs))
-                return cli_bad_arg("infer-bench", "-B: expected integers in [1, 4096] separated by commas, got '%s'",
-                               v);
+                return cli_bad_arg(
+                    "infer-bench",
+                    "-B: expected integers in [1, 4096] separated by commas, got '%s'", v);
             break;
         case 'r':
             if (cli_parse_int(v, 1, 100000, &a->reps))
@@ -155,7 +158,8 @@ static int parse_args(int argc, char **argv, bench_args *a) {
             break;
         case 't':
             if (cli_parse_int(v, 1, 1024, &a->threads))
-                return cli_bad_arg("infer-bench", "-t: expected an integer in [1, 1024], got '%s'", v);
+                return cli_bad_arg("infer-bench", "-t: expected an integer in [1, 1024], got '%s'",
+                                   v);
             break;
         case OPT_KV:
             if (strcmp(v, "f16") == 0) a->kv = KV_F16;
@@ -164,7 +168,8 @@ static int parse_args(int argc, char **argv, bench_args *a) {
             break;
         case OPT_NUMERICS:
             if (be_numerics_parse(v, &a->numerics))
-                return cli_bad_arg("infer-bench", "--numerics: expected exact or fast, got '%s'", v);
+                return cli_bad_arg("infer-bench", "--numerics: expected exact or fast, got '%s'",
+                                   v);
             break;
         case OPT_CHUNK:
             if (cli_parse_int(v, 1, 1 << 20, &a->chunk))
@@ -172,13 +177,15 @@ static int parse_args(int argc, char **argv, bench_args *a) {
             break;
         case OPT_TG_PROMPT:
             if (cli_parse_int(v, 1, 1 << 20, &a->tg_prompt))
-                return cli_bad_arg("infer-bench", "--tg-prompt: expected an integer >= 1, got '%s'", v);
+                return cli_bad_arg("infer-bench", "--tg-prompt: expected an integer >= 1, got '%s'",
+                                   v);
             break;
         case OPT_JSON: a->json = 1; break;
         case 'h': usage(stdout); return 0;
         case ':': return cli_bad_arg("infer-bench", "option '%s' needs a value", argv[optind - 1]);
         default:
-            if (optopt > 0 && optopt < 128) return cli_bad_arg("infer-bench", "unknown option '-%c'", optopt);
+            if (optopt > 0 && optopt < 128)
+                return cli_bad_arg("infer-bench", "unknown option '-%c'", optopt);
             return cli_bad_arg("infer-bench", "unknown option '%s'", argv[optind - 1]);
         }
     }
@@ -332,8 +339,8 @@ static int ctx_reset_seqs(bench_ctx *c, int n_seqs, int ctx) {
 }
 
 static int forward(bench_ctx *c, int n_tokens, int n_seqs, int n_logits) {
-    llm_batch b = {n_tokens,     c->tokens,  c->positions, c->slots, n_seqs,
-                   c->seq_start, c->ctx_len, c->tables,    n_logits, c->logit_rows, NULL};
+    llm_batch b = {n_tokens,   c->tokens, c->positions, c->slots,      n_seqs, c->seq_start,
+                   c->ctx_len, c->tables, n_logits,     c->logit_rows, NULL};
     char ferr[256];
     if (llm_forward(c->m, c->be, c->kv, &b, c->logits, ferr, sizeof ferr) != 0) {
         snprintf(c->err, sizeof c->err, "forward pass failed: %s", ferr);

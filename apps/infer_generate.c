@@ -28,13 +28,13 @@
 #include "apps/cli_args.h"
 #include "core/backend/backend.h"
 #include "core/chat.h"
-#include "engine/config.h"
-#include "engine/engine.h"
-#include "engine/generate.h"
 #include "core/gguf.h"
 #include "core/model.h"
 #include "core/sampler.h"
 #include "core/tokenizer.h"
+#include "engine/config.h"
+#include "engine/engine.h"
+#include "engine/generate.h"
 
 #ifndef ENGINE_VERSION
 #define ENGINE_VERSION "0.1.0"
@@ -85,100 +85,100 @@ typedef struct {
 
 static void usage(FILE *f) {
     fprintf(f,
-"usage: infer-generate [options] (-p PROMPT ... | --prompts-file FILE)\n"
-"\n"
-"Offline batch generation: submits every prompt to the serving engine at\n"
-"once, which batches them continuously, and prints the completions (or\n"
-"writes them as JSON Lines).\n"
-"\n"
-"Model and input:\n"
-"  -m, --model PATH         GGUF model file (model_loading_config.model_path;\n"
-"                           default: " DEFAULT_MODEL ")\n"
-"  -p, --prompt TEXT        a prompt; repeat for several\n"
-"      --prompts-file FILE  one prompt per line; or JSON Lines when lines start\n"
-"                           with '{': {\"prompt\": \"...\", \"max_tokens\": 64,\n"
-"                           \"temperature\": 0.7, \"top_k\": 40, \"top_p\": 0.9,\n"
-"                           \"min_p\": 0.05, \"repetition_penalty\": 1.1,\n"
-"                           \"min_tokens\": 0, \"seed\": 1, \"ignore_eos\": false,\n"
-"                           \"stop\": [\"...\"]}; fields left out take the\n"
-"                           command-line values; empty lines are skipped\n"
-"      --chat               wrap each prompt as a user message with the model's\n"
-"                           chat template (tokenizer.chat_template)\n"
-"\n"
-"Generation:\n"
-"  -n, --max-tokens N       tokens to generate per prompt (default 128; -1 = until\n"
-"                           end of generation, the context or the KV cache is full)\n"
-"      --min-tokens N       suppress end-of-generation before N tokens (default 0)\n"
-"      --ignore-eos         never stop at end-of-generation tokens\n"
-"      --stop TEXT          stop when the completion contains TEXT (cut from the\n"
-"                           output); repeatable\n"
-"      --temperature T      sampling temperature, 0 = greedy (default 0.8)\n"
-"      --top-k K            keep the K most likely tokens, 0 = off (default 40)\n"
-"      --top-p P            nucleus sampling, 1 = off (default 0.95)\n"
-"      --min-p P            drop tokens below P x the top probability,\n"
-"                           0 = off (default 0.05)\n"
-"      --repeat-penalty R   penalize the last 64 tokens, 1 = off (default 1.0)\n"
-"      --repeat-last-n N    tokens the repeat penalty looks at (default 64)\n"
-"      --seed N             sampling seed (default: random, printed on stderr);\n"
-"                           each prompt's sampler starts from this seed, so its\n"
-"                           output does not depend on the batch it runs in\n"
-"      --greedy             shorthand for --temperature 0\n"
-"\n"
-"Engine (batching and KV cache; every key is described in docs/config.md):\n"
-"      --config FILE        engine config JSON (model_loading_config,\n"
-"                           batcher_config, cache_config, server sections)\n"
-"      --set KEY=VALUE      set one config key, e.g. --set\n"
-"                           cache_config.kv_memory_mb=512; repeatable\n"
-"      --batching MODE      continuous (default): a finished sequence's place is\n"
-"                           taken by a waiting one at the next step; static: a\n"
-"                           batch runs to its end before the next is formed\n"
-"                           (batcher_config.policy)\n"
-"  -b, --batch-size N       sequences per step (batcher_config.batch_max_seqs,\n"
-"                           default 64)\n"
-"      --batch-max-tokens N tokens per step over all sequences: prompt chunks\n"
-"                           plus one per decoding sequence (default 512)\n"
-"      --num-blocks N|auto  KV blocks in the device tier; auto (default) fills\n"
-"                           cache_config.kv_memory_mb (default 256 MiB)\n"
-"      --num-blocks-cpu N   KV blocks in the CPU swap tier (default 0: none)\n"
-"      --block-size N       tokens per KV block, a power of two (default 16)\n"
-"      --watermark F        fraction of device blocks kept free when admitting\n"
-"                           a request, 0 .. 0.5 (default 0.01)\n"
-"      --swap-path PATH     back the CPU swap tier with this file, not RAM\n"
-"      --preemption MODE    when the device tier runs out: auto (default: swap\n"
-"                           if there is a CPU tier, else recompute), swap,\n"
-"                           recompute (cache_config.preemption_mode)\n"
-"      --kv f16|f32         KV cache element type (model_loading_config.dtype,\n"
-"                           default f16)\n"
-"      --numerics exact|fast  matmul arithmetic: exact (llama.cpp's results bit\n"
-"                           for bit, default) or fast (one float accumulator\n"
-"                           per output; model_loading_config.numerics)\n"
-"      --print-config       print the effective config as JSON and exit\n"
-"  Precedence: built-in defaults < --config < ENGINE_API_KEY < the flags above,\n"
-"  -m, -t and --set, applied in the order given.\n"
-"\n"
-"Execution and output:\n"
-"  -t, --threads N          CPU threads (model_loading_config.n_threads;\n"
-"                           default 0 = number of cores)\n"
-"  -o, --output-file FILE   write JSON Lines, one object per prompt: prompt,\n"
-"                           completion, prompt_tokens, completion_tokens,\n"
-"                           finish_reason (length|eos|stop), timings {ttft_ms\n"
-"                           (submit to first token, queueing included),\n"
-"                           latency_ms (submit to last token), prompt_ms (=\n"
-"                           ttft_ms), generation_ms (first to last token),\n"
-"                           prompt_tokens_per_s, generation_tokens_per_s}\n"
-"  -s, --stream             print tokens as they are generated (one prompt only)\n"
-"  -q, --quiet              no progress or report on stderr\n"
-"  -h, --help               show this help\n"
-"      --version            show the version\n"
-"\n"
-"Without -o, completions go to stdout; with several prompts each one is\n"
-"preceded by a line '### [i] PROMPT'. At start, stderr shows the model, the KV\n"
-"cache (blocks and MiB per tier, block size) and the batching budgets; at the\n"
-"end, prompt and generated tokens with their rates, output throughput over\n"
-"the whole run, request latency and time-to-first-token percentiles, engine\n"
-"steps and preemptions, and the total time.\n"
-"Exit status: 0 success, 1 model load or generation error, 2 bad arguments,\n"
-"bad config or bad input.\n");
+            "usage: infer-generate [options] (-p PROMPT ... | --prompts-file FILE)\n"
+            "\n"
+            "Offline batch generation: submits every prompt to the serving engine at\n"
+            "once, which batches them continuously, and prints the completions (or\n"
+            "writes them as JSON Lines).\n"
+            "\n"
+            "Model and input:\n"
+            "  -m, --model PATH         GGUF model file (model_loading_config.model_path;\n"
+            "                           default: " DEFAULT_MODEL ")\n"
+            "  -p, --prompt TEXT        a prompt; repeat for several\n"
+            "      --prompts-file FILE  one prompt per line; or JSON Lines when lines start\n"
+            "                           with '{': {\"prompt\": \"...\", \"max_tokens\": 64,\n"
+            "                           \"temperature\": 0.7, \"top_k\": 40, \"top_p\": 0.9,\n"
+            "                           \"min_p\": 0.05, \"repetition_penalty\": 1.1,\n"
+            "                           \"min_tokens\": 0, \"seed\": 1, \"ignore_eos\": false,\n"
+            "                           \"stop\": [\"...\"]}; fields left out take the\n"
+            "                           command-line values; empty lines are skipped\n"
+            "      --chat               wrap each prompt as a user message with the model's\n"
+            "                           chat template (tokenizer.chat_template)\n"
+            "\n"
+            "Generation:\n"
+            "  -n, --max-tokens N       tokens to generate per prompt (default 128; -1 = until\n"
+            "                           end of generation, the context or the KV cache is full)\n"
+            "      --min-tokens N       suppress end-of-generation before N tokens (default 0)\n"
+            "      --ignore-eos         never stop at end-of-generation tokens\n"
+            "      --stop TEXT          stop when the completion contains TEXT (cut from the\n"
+            "                           output); repeatable\n"
+            "      --temperature T      sampling temperature, 0 = greedy (default 0.8)\n"
+            "      --top-k K            keep the K most likely tokens, 0 = off (default 40)\n"
+            "      --top-p P            nucleus sampling, 1 = off (default 0.95)\n"
+            "      --min-p P            drop tokens below P x the top probability,\n"
+            "                           0 = off (default 0.05)\n"
+            "      --repeat-penalty R   penalize the last 64 tokens, 1 = off (default 1.0)\n"
+            "      --repeat-last-n N    tokens the repeat penalty looks at (default 64)\n"
+            "      --seed N             sampling seed (default: random, printed on stderr);\n"
+            "                           each prompt's sampler starts from this seed, so its\n"
+            "                           output does not depend on the batch it runs in\n"
+            "      --greedy             shorthand for --temperature 0\n"
+            "\n"
+            "Engine (batching and KV cache; every key is described in docs/config.md):\n"
+            "      --config FILE        engine config JSON (model_loading_config,\n"
+            "                           batcher_config, cache_config, server sections)\n"
+            "      --set KEY=VALUE      set one config key, e.g. --set\n"
+            "                           cache_config.kv_memory_mb=512; repeatable\n"
+            "      --batching MODE      continuous (default): a finished sequence's place is\n"
+            "                           taken by a waiting one at the next step; static: a\n"
+            "                           batch runs to its end before the next is formed\n"
+            "                           (batcher_config.policy)\n"
+            "  -b, --batch-size N       sequences per step (batcher_config.batch_max_seqs,\n"
+            "                           default 64)\n"
+            "      --batch-max-tokens N tokens per step over all sequences: prompt chunks\n"
+            "                           plus one per decoding sequence (default 512)\n"
+            "      --num-blocks N|auto  KV blocks in the device tier; auto (default) fills\n"
+            "                           cache_config.kv_memory_mb (default 256 MiB)\n"
+            "      --num-blocks-cpu N   KV blocks in the CPU swap tier (default 0: none)\n"
+            "      --block-size N       tokens per KV block, a power of two (default 16)\n"
+            "      --watermark F        fraction of device blocks kept free when admitting\n"
+            "                           a request, 0 .. 0.5 (default 0.01)\n"
+            "      --swap-path PATH     back the CPU swap tier with this file, not RAM\n"
+            "      --preemption MODE    when the device tier runs out: auto (default: swap\n"
+            "                           if there is a CPU tier, else recompute), swap,\n"
+            "                           recompute (cache_config.preemption_mode)\n"
+            "      --kv f16|f32         KV cache element type (model_loading_config.dtype,\n"
+            "                           default f16)\n"
+            "      --numerics exact|fast  matmul arithmetic: exact (llama.cpp's results bit\n"
+            "                           for bit, default) or fast (one float accumulator\n"
+            "                           per output; model_loading_config.numerics)\n"
+            "      --print-config       print the effective config as JSON and exit\n"
+            "  Precedence: built-in defaults < --config < ENGINE_API_KEY < the flags above,\n"
+            "  -m, -t and --set, applied in the order given.\n"
+            "\n"
+            "Execution and output:\n"
+            "  -t, --threads N          CPU threads (model_loading_config.n_threads;\n"
+            "                           default 0 = number of cores)\n"
+            "  -o, --output-file FILE   write JSON Lines, one object per prompt: prompt,\n"
+            "                           completion, prompt_tokens, completion_tokens,\n"
+            "                           finish_reason (length|eos|stop), timings {ttft_ms\n"
+            "                           (submit to first token, queueing included),\n"
+            "                           latency_ms (submit to last token), prompt_ms (=\n"
+            "                           ttft_ms), generation_ms (first to last token),\n"
+            "                           prompt_tokens_per_s, generation_tokens_per_s}\n"
+            "  -s, --stream             print tokens as they are generated (one prompt only)\n"
+            "  -q, --quiet              no progress or report on stderr\n"
+            "  -h, --help               show this help\n"
+            "      --version            show the version\n"
+            "\n"
+            "Without -o, completions go to stdout; with several prompts each one is\n"
+            "preceded by a line '### [i] PROMPT'. At start, stderr shows the model, the KV\n"
+            "cache (blocks and MiB per tier, block size) and the batching budgets; at the\n"
+            "end, prompt and generated tokens with their rates, output throughput over\n"
+            "the whole run, request latency and time-to-first-token percentiles, engine\n"
+            "steps and preemptions, and the total time.\n"
+            "Exit status: 0 success, 1 model load or generation error, 2 bad arguments,\n"
+            "bad config or bad input.\n");
 }
 
 static char *xstrdup(const char *s) {
@@ -316,8 +316,10 @@ static int parse_json_prompt(cli_args *a, const char *line, const char *where) {
         } else if (strcmp(k, "stop") == 0) {
             int n = cJSON_IsString(v) ? 1 : cJSON_IsArray(v) ? cJSON_GetArraySize(v) : -1;
             if (n < 0) {
-                fprintf(stderr, "infer-generate: %s: 'stop' must be a string or an array of "
-                        "strings\n", where);
+                fprintf(stderr,
+                        "infer-generate: %s: 'stop' must be a string or an array of "
+                        "strings\n",
+                        where);
                 goto out;
             }
             char **st = calloc((size_t)n + 1, sizeof *st);
@@ -338,9 +340,11 @@ static int parse_json_prompt(cli_args *a, const char *line, const char *where) {
                 }
             }
         } else {
-            fprintf(stderr, "infer-generate: %s: unknown key '%s' (known: prompt, max_tokens, "
+            fprintf(stderr,
+                    "infer-generate: %s: unknown key '%s' (known: prompt, max_tokens, "
                     "min_tokens, temperature, top_k, top_p, min_p, repetition_penalty, "
-                    "repeat_last_n, seed, ignore_eos, stop)\n", where, k);
+                    "repeat_last_n, seed, ignore_eos, stop)\n",
+                    where, k);
             goto out;
         }
     }
@@ -400,11 +404,33 @@ static int read_prompts_file(cli_args *a) {
 /* ---- argument parsing ---- */
 
 enum {
-    OPT_PROMPTS_FILE = 256, OPT_MIN_TOKENS, OPT_TEMPERATURE, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P,
-    OPT_REPEAT_PENALTY, OPT_REPEAT_LAST_N, OPT_SEED, OPT_GREEDY, OPT_IGNORE_EOS, OPT_CHAT,
-    OPT_VERSION, OPT_STOP, OPT_CONFIG, OPT_SET, OPT_BATCHING, OPT_BATCH_MAX_TOKENS,
-    OPT_NUM_BLOCKS, OPT_NUM_BLOCKS_CPU, OPT_BLOCK_SIZE, OPT_WATERMARK, OPT_SWAP_PATH,
-    OPT_PREEMPTION, OPT_KV, OPT_NUMERICS, OPT_PRINT_CONFIG
+    OPT_PROMPTS_FILE = 256,
+    OPT_MIN_TOKENS,
+    OPT_TEMPERATURE,
+    OPT_TOP_K,
+    OPT_TOP_P,
+    OPT_MIN_P,
+    OPT_REPEAT_PENALTY,
+    OPT_REPEAT_LAST_N,
+    OPT_SEED,
+    OPT_GREEDY,
+    OPT_IGNORE_EOS,
+    OPT_CHAT,
+    OPT_VERSION,
+    OPT_STOP,
+    OPT_CONFIG,
+    OPT_SET,
+    OPT_BATCHING,
+    OPT_BATCH_MAX_TOKENS,
+    OPT_NUM_BLOCKS,
+    OPT_NUM_BLOCKS_CPU,
+    OPT_BLOCK_SIZE,
+    OPT_WATERMARK,
+    OPT_SWAP_PATH,
+    OPT_PREEMPTION,
+    OPT_KV,
+    OPT_NUMERICS,
+    OPT_PRINT_CONFIG
 };
 
 /* Shortcut flags that set one engine_config key each. */
@@ -435,7 +461,8 @@ static int resolve_config(cli_args *a) {
     config_defaults(c);
     if (a->config_file && config_load_file(c, a->config_file, err, sizeof err) != 0)
         return cli_bad_arg("infer-generate", "--config: %s", err);
-    if (config_apply_env(c, err, sizeof err) != 0) return cli_bad_arg("infer-generate", "ENGINE_API_KEY: %s", err);
+    if (config_apply_env(c, err, sizeof err) != 0)
+        return cli_bad_arg("infer-generate", "ENGINE_API_KEY: %s", err);
     for (int i = 0; i < a->n_overrides; i++) {
         const cfg_override *o = &a->overrides[i];
         if (config_set(c, o->key, o->value, err, sizeof err) != 0) {
@@ -500,10 +527,10 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         fprintf(stderr, "infer-generate: out of memory\n");
         return 1;
     }
-#define BAD(...)                   \
-    do {                           \
-        rc = cli_bad_arg("infer-generate", __VA_ARGS__); \
-        goto out;                  \
+#define BAD(...)                                                                                   \
+    do {                                                                                           \
+        rc = cli_bad_arg("infer-generate", __VA_ARGS__);                                           \
+        goto out;                                                                                  \
     } while (0)
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":m:p:n:b:o:t:sqh", longopts, NULL)) != -1) {
@@ -511,8 +538,8 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         int is_config_flag = 0;
         for (size_t k = 0; k < sizeof config_flags / sizeof config_flags[0]; k++) {
             if (config_flags[k].opt != c) continue;
-            a->overrides[a->n_overrides++] = (cfg_override){config_flags[k].flag,
-                                                            config_flags[k].key, v};
+            a->overrides[a->n_overrides++] =
+                (cfg_override){config_flags[k].flag, config_flags[k].key, v};
             is_config_flag = 1;
         }
         if (is_config_flag) continue;
@@ -520,8 +547,10 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         case OPT_CONFIG: a->config_file = v; break;
         case OPT_SET: {
             const char *eq = strchr(v, '=');
-            if (!eq || eq == v) BAD("--set: expected KEY=VALUE (e.g. cache_config.block_size=32), "
-                                    "got '%s'", v);
+            if (!eq || eq == v)
+                BAD("--set: expected KEY=VALUE (e.g. cache_config.block_size=32), "
+                    "got '%s'",
+                    v);
             char *copy = xstrdup(v);
             copy[eq - v] = 0;
             a->set_args[a->n_set_args++] = copy;
@@ -548,12 +577,10 @@ static int parse_args(int argc, char **argv, cli_args *a) {
                 BAD("--top-k: expected an integer, got '%s'", v);
             break;
         case OPT_TOP_P:
-            if (cli_parse_float(v, &a->sp.top_p))
-                BAD("--top-p: expected a number, got '%s'", v);
+            if (cli_parse_float(v, &a->sp.top_p)) BAD("--top-p: expected a number, got '%s'", v);
             break;
         case OPT_MIN_P:
-            if (cli_parse_float(v, &a->sp.min_p))
-                BAD("--min-p: expected a number, got '%s'", v);
+            if (cli_parse_float(v, &a->sp.min_p)) BAD("--min-p: expected a number, got '%s'", v);
             break;
         case OPT_REPEAT_PENALTY:
             if (cli_parse_float(v, &a->sp.repetition_penalty))
@@ -631,8 +658,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         BAD("--stream works with exactly one prompt (got %d)", a->n_prompts);
     for (int i = 0; i < a->n_prompts; i++) {
         prompt_spec *p = &a->prompts[i];
-        if (sampler_params_validate(&p->sp, perr, sizeof perr) != 0)
-            BAD("%s: %s", p->origin, perr);
+        if (sampler_params_validate(&p->sp, perr, sizeof perr) != 0) BAD("%s: %s", p->origin, perr);
     }
 #undef BAD
 out:
@@ -724,7 +750,8 @@ static double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
 
 static void print_setup(const engine_config *c, const engine_options *eo, size_t block_bytes,
                         int n_prompts) {
-    fprintf(stderr, "kv cache:  %s, %d tokens per block (%.1f KiB); device %d blocks (%.1f MiB, "
+    fprintf(stderr,
+            "kv cache:  %s, %d tokens per block (%.1f KiB); device %d blocks (%.1f MiB, "
             "%ld tokens)",
             c->kv_dtype == KV_F16 ? "f16" : "f32", eo->block_size, (double)block_bytes / 1024.0,
             eo->num_blocks, mib((double)block_bytes * eo->num_blocks),
@@ -733,16 +760,16 @@ static void print_setup(const engine_config *c, const engine_options *eo, size_t
         fprintf(stderr, "; cpu %d blocks (%.1f MiB, %s%s)\n", eo->num_blocks_cpu,
                 mib((double)block_bytes * eo->num_blocks_cpu), eo->swap_path ? "file " : "RAM",
                 eo->swap_path ? eo->swap_path : "");
-    else
-        fprintf(stderr, "; cpu tier none\n");
+    else fprintf(stderr, "; cpu tier none\n");
     const char *eff = c->preemption_mode != CFG_PREEMPT_AUTO ? ""
                       : eo->num_blocks_cpu > 0               ? " (swap)"
                                                              : " (recompute)";
-    fprintf(stderr, "batching:  %s, up to %d sequences and %d tokens per step; watermark %g "
+    fprintf(stderr,
+            "batching:  %s, up to %d sequences and %d tokens per step; watermark %g "
             "(%d blocks); preemption %s%s\n",
-            eo->static_batching ? "static" : "continuous", eo->batch_max_seqs,
-            eo->batch_max_tokens, eo->watermark, (int)(eo->watermark * eo->num_blocks),
-            preempt_name(c->preemption_mode), eff);
+            eo->static_batching ? "static" : "continuous", eo->batch_max_seqs, eo->batch_max_tokens,
+            eo->watermark, (int)(eo->watermark * eo->num_blocks), preempt_name(c->preemption_mode),
+            eff);
     fprintf(stderr, "running %d prompt%s\n", n_prompts, n_prompts == 1 ? "" : "s");
 }
 
@@ -760,8 +787,8 @@ static double percentile(const double *v, int n, double p) {
     return v[k];
 }
 
-static void print_report(const cli_args *a, const gen_result *res, const gen_stats *st,
-                         double t0, double t_loaded) {
+static void print_report(const cli_args *a, const gen_result *res, const gen_stats *st, double t0,
+                         double t_loaded) {
     int n = a->n_prompts, by_reason[5] = {0};
     for (int i = 0; i < n; i++) by_reason[res[i].finish]++;
     fprintf(stderr, "prompt tokens:    %ld (prompt eval %.1f tokens/s, %.1f ms)\n",
@@ -779,14 +806,17 @@ static void print_report(const cli_args *a, const gen_result *res, const gen_sta
         }
         qsort(lat, (size_t)n, sizeof *lat, cmp_double);
         qsort(ttft, (size_t)n, sizeof *ttft, cmp_double);
-        fprintf(stderr, "latency ms:       p50 %.0f, p90 %.0f, p99 %.0f (first token p50 %.0f, "
+        fprintf(stderr,
+                "latency ms:       p50 %.0f, p90 %.0f, p99 %.0f (first token p50 %.0f, "
                 "p90 %.0f, p99 %.0f)\n",
                 percentile(lat, n, 50), percentile(lat, n, 90), percentile(lat, n, 99),
                 percentile(ttft, n, 50), percentile(ttft, n, 90), percentile(ttft, n, 99));
     }
     free(lat);
     free(ttft);
-    fprintf(stderr, "engine:           %ld steps, %ld preemptions, KV peak %d blocks at %.1f%% slot efficiency\n",
+    fprintf(stderr,
+            "engine:           %ld steps, %ld preemptions, KV peak %d blocks at %.1f%% slot "
+            "efficiency\n",
             st->steps, st->preemptions, st->peak_blocks, 100.0 * st->kv_efficiency_peak);
     fprintf(stderr, "finished:         %d length, %d eos, %d stop\n", by_reason[GEN_FINISH_LENGTH],
             by_reason[GEN_FINISH_EOS], by_reason[GEN_FINISH_STOP]);
@@ -806,8 +836,8 @@ int main(int argc, char **argv) {
     if (!a.seed_given) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        uint64_t seed = ((uint64_t)ts.tv_sec * 1000003u) ^ (uint64_t)ts.tv_nsec ^
-                        ((uint64_t)getpid() << 32);
+        uint64_t seed =
+            ((uint64_t)ts.tv_sec * 1000003u) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
         seed &= 0xffffffffu; /* short enough to retype */
         for (int i = 0; i < a.n_prompts; i++)
             if (!a.prompts[i].seed_set) a.prompts[i].sp.seed = seed;
@@ -836,8 +866,7 @@ int main(int argc, char **argv) {
         goto done;
     }
     if (tok_load(llm_model_gguf(m), &tok, err, sizeof err) != 0) {
-        fprintf(stderr, "infer-generate: cannot load the tokenizer of '%s': %s\n", model_path,
-                err);
+        fprintf(stderr, "infer-generate: cannot load the tokenizer of '%s': %s\n", model_path, err);
         goto done;
     }
     be_cpu_options bo = {cfg->n_threads, cfg->numerics};
@@ -863,8 +892,8 @@ int main(int argc, char **argv) {
                          (eo.kv_type == KV_F16 ? 2 : 4);
     /* What one request may hold: the context, and the device pool less the
      * watermark (the engine refuses more, see engine.c). */
-    long context = eo.max_context > 0 && eo.max_context < hp->n_ctx_train ? eo.max_context
-                                                                          : hp->n_ctx_train;
+    long context =
+        eo.max_context > 0 && eo.max_context < hp->n_ctx_train ? eo.max_context : hp->n_ctx_train;
     long capacity = ((long)num_blocks - (long)(eo.watermark * num_blocks)) * eo.block_size;
 
     if (a.chat) {
@@ -958,7 +987,8 @@ int main(int argc, char **argv) {
         }
     }
     if (!a.quiet) {
-        fprintf(stderr, "model:     %s (%s, %d layers, vocab %d, context %d), threads %d, "
+        fprintf(stderr,
+                "model:     %s (%s, %d layers, vocab %d, context %d), threads %d, "
                 "%s numerics, seed %llu\n",
                 hp->name[0] ? hp->name : model_path, hp->arch, hp->n_layer, hp->n_vocab,
                 hp->n_ctx_train, be->n_threads, be_numerics_name(cfg->numerics),

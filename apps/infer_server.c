@@ -25,14 +25,14 @@
 #include "apps/cli_args.h"
 #include "core/backend/backend.h"
 #include "core/chat.h"
-#include "engine/config.h"
-#include "engine/engine.h"
 #include "core/gguf.h"
 #include "core/model.h"
+#include "core/tokenizer.h"
+#include "engine/config.h"
+#include "engine/engine.h"
 #include "rpc/rpc.h"
 #include "server/rpc_server.h"
 #include "server/server.h"
-#include "core/tokenizer.h"
 
 #ifndef ENGINE_VERSION
 #define ENGINE_VERSION "0.1.0"
@@ -164,9 +164,10 @@ static int parse_args(int argc, char **argv, args *a) {
         case OPT_SET: {
             const char *eq = strchr(v, '=');
             if (!eq || eq == v)
-                return cli_bad_arg("infer-server", "--set: expected KEY=VALUE (e.g. cache_config.block_size=32), "
-                               "got '%s'",
-                               v);
+                return cli_bad_arg("infer-server",
+                                   "--set: expected KEY=VALUE (e.g. cache_config.block_size=32), "
+                                   "got '%s'",
+                                   v);
             char *copy = strdup(v);
             if (!copy) return 1;
             copy[eq - v] = 0;
@@ -176,27 +177,31 @@ static int parse_args(int argc, char **argv, args *a) {
         }
         case OPT_LISTEN:
             if (a->n_listen == MAX_CLI_LISTEN)
-                return cli_bad_arg("infer-server", "--listen: at most %d addresses", MAX_CLI_LISTEN);
+                return cli_bad_arg("infer-server", "--listen: at most %d addresses",
+                                   MAX_CLI_LISTEN);
             if (strncmp(v, "tcp://", 6) != 0 && strncmp(v, "ipc://", 6) != 0 &&
                 strncmp(v, "tls+tcp://", 10) != 0)
-                return cli_bad_arg("infer-server", "--listen: expected tcp://host:port, ipc:///path or "
-                               "tls+tcp://host:port, got '%s'",
-                               v);
+                return cli_bad_arg("infer-server",
+                                   "--listen: expected tcp://host:port, ipc:///path or "
+                                   "tls+tcp://host:port, got '%s'",
+                                   v);
             a->listen[a->n_listen++] = v;
             break;
         case OPT_TLS_CERT: a->tls_cert = v; break;
         case OPT_TLS_CA: a->tls_ca = v; break;
         case OPT_FRAME_TIMEOUT:
             if (cli_parse_int(v, 1, 3600000, &a->frame_timeout_ms))
-                return cli_bad_arg("infer-server", "--frame-timeout: expected milliseconds in [1, 3600000], got '%s'",
-                               v);
+                return cli_bad_arg(
+                    "infer-server",
+                    "--frame-timeout: expected milliseconds in [1, 3600000], got '%s'", v);
             break;
         case OPT_PRINT_CONFIG: a->print_config = 1; break;
         case 'h': usage(stdout); return 0;
         case OPT_VERSION: printf("infer-server %s\n", ENGINE_VERSION); return 0;
         case ':': return cli_bad_arg("infer-server", "option '%s' needs a value", argv[optind - 1]);
         default:
-            if (optopt > 0 && optopt < 128) return cli_bad_arg("infer-server", "unknown option '-%c'", optopt);
+            if (optopt > 0 && optopt < 128)
+                return cli_bad_arg("infer-server", "unknown option '-%c'", optopt);
             return cli_bad_arg("infer-server", "unknown option '%s'", argv[optind - 1]);
         }
     }
@@ -207,7 +212,8 @@ static int parse_args(int argc, char **argv, args *a) {
     config_defaults(cfg);
     if (a->config_file && config_load_file(cfg, a->config_file, err, sizeof err) != 0)
         return cli_bad_arg("infer-server", "--config: %s", err);
-    if (config_apply_env(cfg, err, sizeof err) != 0) return cli_bad_arg("infer-server", "ENGINE_API_KEY: %s", err);
+    if (config_apply_env(cfg, err, sizeof err) != 0)
+        return cli_bad_arg("infer-server", "ENGINE_API_KEY: %s", err);
     for (int i = 0; i < a->n_ov; i++) {
         const cfg_override *o = &a->ov[i];
         if (config_set(cfg, o->key, o->value, err, sizeof err) != 0) {
@@ -219,7 +225,8 @@ static int parse_args(int argc, char **argv, args *a) {
     if (config_validate(cfg, err, sizeof err) != 0) return cli_bad_arg("infer-server", "%s", err);
     for (int i = 0; i < a->n_listen; i++)
         if (strncmp(a->listen[i], "tls+tcp://", 10) == 0 && !a->tls_cert)
-            return cli_bad_arg("infer-server", "--listen %s: a TLS listener needs --tls-cert", a->listen[i]);
+            return cli_bad_arg("infer-server", "--listen %s: a TLS listener needs --tls-cert",
+                               a->listen[i]);
     if (a->print_config) {
         char *json = NULL;
         if (config_to_json(cfg, &json) != 0) return 1;

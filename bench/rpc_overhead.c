@@ -28,11 +28,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/backend/backend.h"
-#include "engine/engine.h"
 #include "clients/c/infer_client.h"
+#include "core/backend/backend.h"
 #include "core/model.h"
 #include "core/tokenizer.h"
+#include "engine/engine.h"
 
 static double now_ms(void) {
     struct timespec ts;

@@ -136,13 +136,16 @@ static void fmt_llama2(const char *tmpl, const chat_msg *m, size_t n, strbuf *b)
         const char *role = m[i].role;
         if (strcmp(role, "system") == 0) {
             if (sys_tags) strbuf_puts(b, "<<SYS>>\n");
-            if (strip) sb_put_trimmed(b, m[i].content); else strbuf_puts(b, m[i].content);
+            if (strip) sb_put_trimmed(b, m[i].content);
+            else strbuf_puts(b, m[i].content);
             strbuf_puts(b, sys_tags ? "\n<</SYS>>\n\n" : "\n");
         } else if (strcmp(role, "user") == 0) {
-            if (strip) sb_put_trimmed(b, m[i].content); else strbuf_puts(b, m[i].content);
+            if (strip) sb_put_trimmed(b, m[i].content);
+            else strbuf_puts(b, m[i].content);
             strbuf_puts(b, " [/INST]");
         } else {
-            if (strip) sb_put_trimmed(b, m[i].content); else strbuf_puts(b, m[i].content);
+            if (strip) sb_put_trimmed(b, m[i].content);
+            else strbuf_puts(b, m[i].content);
             strbuf_puts(b, "</s>");
             inside_turn = 0;
         }
@@ -209,8 +212,10 @@ int chat_apply(const char *tmpl, const chat_msg *msgs, size_t n, int add_generat
         }
         if (fam == FAM_LLAMA2 && strcmp(msgs[i].role, "system") != 0 &&
             strcmp(msgs[i].role, "user") != 0 && strcmp(msgs[i].role, "assistant") != 0) {
-            snprintf(err, errlen, "chat message %zu: role '%s' not supported by the Llama-2 "
-                     "template (system, user, assistant)", i, msgs[i].role);
+            snprintf(err, errlen,
+                     "chat message %zu: role '%s' not supported by the Llama-2 "
+                     "template (system, user, assistant)",
+                     i, msgs[i].role);
             return -1;
         }
     }

@@ -22,7 +22,7 @@
 #include <stddef.h>
 
 typedef struct {
-    const char *role;    /* "system", "user", "assistant" (ChatML accepts any) */
+    const char *role; /* "system", "user", "assistant" (ChatML accepts any) */
     const char *content;
 } chat_msg;
 

@@ -78,7 +78,8 @@ static int rd_str(cursor *c, gguf_str *s, const char *what) {
     uint64_t len = 0;
     if (rd(c, &len, 8, what)) return GGUF_EFORMAT;
     if (len > remaining(c))
-        return fail(c, "%s: string length %llu at offset %zu exceeds the %zu bytes left in the file",
+        return fail(c,
+                    "%s: string length %llu at offset %zu exceeds the %zu bytes left in the file",
                     what, (unsigned long long)len, c->pos - 8, remaining(c));
     s->ptr = (const char *)c->base + c->pos;
     s->len = len;
@@ -88,10 +89,17 @@ static int rd_str(cursor *c, gguf_str *s, const char *what) {
 
 static size_t type_size(gguf_type t) {
     switch (t) {
-    case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_BOOL: return 1;
-    case GGUF_TYPE_UINT16: case GGUF_TYPE_INT16: return 2;
-    case GGUF_TYPE_UINT32: case GGUF_TYPE_INT32: case GGUF_TYPE_FLOAT32: return 4;
-    case GGUF_TYPE_UINT64: case GGUF_TYPE_INT64: case GGUF_TYPE_FLOAT64: return 8;
+    case GGUF_TYPE_UINT8:
+    case GGUF_TYPE_INT8:
+    case GGUF_TYPE_BOOL: return 1;
+    case GGUF_TYPE_UINT16:
+    case GGUF_TYPE_INT16: return 2;
+    case GGUF_TYPE_UINT32:
+    case GGUF_TYPE_INT32:
+    case GGUF_TYPE_FLOAT32: return 4;
+    case GGUF_TYPE_UINT64:
+    case GGUF_TYPE_INT64:
+    case GGUF_TYPE_FLOAT64: return 8;
     default: return 0;
     }
 }
@@ -128,7 +136,8 @@ static int skip_value(cursor *c, gguf_type t, int depth, const char *key) {
         uint32_t et = 0;
         uint64_t n = 0;
         if (rd(c, &et, 4, key) || rd(c, &n, 8, key)) return GGUF_EFORMAT;
-        if (et >= GGUF_TYPE_COUNT) return fail(c, "key '%s': invalid array element type %u", key, et);
+        if (et >= GGUF_TYPE_COUNT)
+            return fail(c, "key '%s': invalid array element type %u", key, et);
         size_t es = type_size((gguf_type)et);
         if (es) {
             if (n > remaining(c) / es)
@@ -163,15 +172,17 @@ static int parse_kv(cursor *c, kv_rec *kv, int64_t idx) {
     uint32_t et = 0;
     uint64_t n = 0;
     if (rd(c, &et, 4, kv->key) || rd(c, &n, 8, kv->key)) return GGUF_EFORMAT;
-    if (et >= GGUF_TYPE_COUNT) return fail(c, "key '%s': invalid array element type %u", kv->key, et);
+    if (et >= GGUF_TYPE_COUNT)
+        return fail(c, "key '%s': invalid array element type %u", kv->key, et);
     kv->arr_type = (gguf_type)et;
     kv->arr_len = n;
     kv->val = c->base + c->pos;
     size_t es = type_size(kv->arr_type);
     if (es) {
         if (n > remaining(c) / es)
-            return fail(c, "key '%s': array of %llu x %zu bytes exceeds the %zu bytes left in the file",
-                        kv->key, (unsigned long long)n, es, remaining(c));
+            return fail(
+                c, "key '%s': array of %llu x %zu bytes exceeds the %zu bytes left in the file",
+                kv->key, (unsigned long long)n, es, remaining(c));
         c->pos += n * es;
         return 0;
     }
@@ -393,11 +404,36 @@ static int read_int(gguf_type t, const uint8_t *p, int64_t *out) {
     case GGUF_TYPE_UINT8: *out = *p; return 0;
     case GGUF_TYPE_INT8: *out = (int8_t)*p; return 0;
     case GGUF_TYPE_BOOL: *out = *p != 0; return 0;
-    case GGUF_TYPE_UINT16: { uint16_t v; memcpy(&v, p, 2); *out = v; return 0; }
-    case GGUF_TYPE_INT16: { int16_t v; memcpy(&v, p, 2); *out = v; return 0; }
-    case GGUF_TYPE_UINT32: { uint32_t v; memcpy(&v, p, 4); *out = v; return 0; }
-    case GGUF_TYPE_INT32: { int32_t v; memcpy(&v, p, 4); *out = v; return 0; }
-    case GGUF_TYPE_INT64: { int64_t v; memcpy(&v, p, 8); *out = v; return 0; }
+    case GGUF_TYPE_UINT16: {
+        uint16_t v;
+        memcpy(&v, p, 2);
+        *out = v;
+        return 0;
+    }
+    case GGUF_TYPE_INT16: {
+        int16_t v;
+        memcpy(&v, p, 2);
+        *out = v;
+        return 0;
+    }
+    case GGUF_TYPE_UINT32: {
+        uint32_t v;
+        memcpy(&v, p, 4);
+        *out = v;
+        return 0;
+    }
+    case GGUF_TYPE_INT32: {
+        int32_t v;
+        memcpy(&v, p, 4);
+        *out = v;
+        return 0;
+    }
+    case GGUF_TYPE_INT64: {
+        int64_t v;
+        memcpy(&v, p, 8);
+        *out = v;
+        return 0;
+    }
     case GGUF_TYPE_UINT64: {
         uint64_t v;
         memcpy(&v, p, 8);

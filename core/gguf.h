@@ -58,14 +58,14 @@ typedef struct {
 } gguf_str;
 
 typedef struct {
-    const char *name;      /* NUL-terminated copy */
+    const char *name; /* NUL-terminated copy */
     uint32_t n_dims;
     uint64_t ne[GGUF_MAX_DIMS]; /* ne[0] is the contiguous (innermost) dim; unused dims are 1 */
-    uint32_t type;         /* a quant_type (see quant.h) */
-    uint64_t offset;       /* relative to the start of the data section */
+    uint32_t type;              /* a quant_type (see quant.h) */
+    uint64_t offset;            /* relative to the start of the data section */
     uint64_t n_elements;
     uint64_t nbytes;
-    const void *data;      /* points into the mapping */
+    const void *data; /* points into the mapping */
 } gguf_tensor;
 
 /* Open and fully validate a file. On failure returns NULL-equivalent error

@@ -23,13 +23,13 @@ typedef enum { KV_F32 = 0, KV_F16 = 1 } kv_dtype;
 
 typedef struct kv_cache {
     int n_layer;
-    int kv_dim;      /* n_head_kv * head_dim */
-    int block_size;  /* tokens per block */
+    int kv_dim;     /* n_head_kv * head_dim */
+    int block_size; /* tokens per block */
     int num_blocks;
     kv_dtype dtype;
     size_t elt_size;
     size_t block_bytes;
-    uint8_t *data;   /* num_blocks * block_bytes */
+    uint8_t *data; /* num_blocks * block_bytes */
     /* simple allocator state */
     int32_t *free_list;
     int n_free;

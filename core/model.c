@@ -66,7 +66,8 @@ static int get_f32_key(const gguf_file *f, const char *arch, const char *suffix,
         return 0;
     }
     if (rc) return errf(err, errlen, "metadata key '%s' is not a float", key);
-    if (!isfinite(*out) || *out <= 0) return errf(err, errlen, "metadata key '%s' = %g is invalid", key, *out);
+    if (!isfinite(*out) || *out <= 0)
+        return errf(err, errlen, "metadata key '%s' = %g is invalid", key, *out);
     return 0;
 }
 
@@ -93,7 +94,8 @@ static int get_weight(llm_model *m, const char *name, int64_t n_in, int64_t n_ou
 }
 
 /* 1-D norm weights are converted to f32 copies (they are tiny). */
-static int get_norm(llm_model *m, const char *name, int64_t n, float **out, char *err, size_t errlen) {
+static int get_norm(llm_model *m, const char *name, int64_t n, float **out, char *err,
+                    size_t errlen) {
     const gguf_tensor *t = gguf_find_tensor(m->gguf, name);
     if (!t) return errf(err, errlen, "missing tensor '%s'", name);
     if (t->n_elements != (uint64_t)n || t->ne[0] != (uint64_t)n)
@@ -131,11 +133,11 @@ int llm_model_load(const char *path, llm_model **out, llm_progress_fn progress, 
     const gguf_file *f = m->gguf;
     llm_hparams *hp = &m->hp;
     gguf_str s;
-    if (gguf_get_str(f, "general.architecture", &s))
-        goto fail_msg_arch;
+    if (gguf_get_str(f, "general.architecture", &s)) goto fail_msg_arch;
     snprintf(hp->arch, sizeof hp->arch, "%.*s", (int)(s.len < 31 ? s.len : 31), s.ptr);
     if (strcmp(hp->arch, "llama") != 0 && strcmp(hp->arch, "mistral") != 0) {
-        errf(err, errlen, "%s: architecture '%s' is not supported (supported: llama)", path, hp->arch);
+        errf(err, errlen, "%s: architecture '%s' is not supported (supported: llama)", path,
+             hp->arch);
         goto fail;
     }
     if (gguf_get_str(f, "general.name", &s) == 0)
@@ -150,18 +152,22 @@ int llm_model_load(const char *path, llm_model **out, llm_progress_fn progress, 
         get_f32_key(f, a, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->rms_eps, err, errlen))
         goto fail;
     if (hp->n_layer < 1 || hp->n_embd < 1 || hp->n_head < 1 || hp->n_ff < 1) {
-        errf(err, errlen, "invalid model dimensions (layers %d, embd %d, heads %d, ff %d)", hp->n_layer,
-             hp->n_embd, hp->n_head, hp->n_ff);
+        errf(err, errlen, "invalid model dimensions (layers %d, embd %d, heads %d, ff %d)",
+             hp->n_layer, hp->n_embd, hp->n_head, hp->n_ff);
         goto fail;
     }
-    if (get_u32_key(f, a, "attention.head_count_kv", 0, (uint32_t)hp->n_head, &hp->n_head_kv, err, errlen) ||
-        get_u32_key(f, a, "attention.key_length", 0, (uint32_t)(hp->n_embd / hp->n_head), &hp->head_dim, err, errlen))
+    if (get_u32_key(f, a, "attention.head_count_kv", 0, (uint32_t)hp->n_head, &hp->n_head_kv, err,
+                    errlen) ||
+        get_u32_key(f, a, "attention.key_length", 0, (uint32_t)(hp->n_embd / hp->n_head),
+                    &hp->head_dim, err, errlen))
         goto fail;
-    if (get_u32_key(f, a, "rope.dimension_count", 0, (uint32_t)hp->head_dim, &hp->rope_dim, err, errlen))
+    if (get_u32_key(f, a, "rope.dimension_count", 0, (uint32_t)hp->head_dim, &hp->rope_dim, err,
+                    errlen))
         goto fail;
     if (hp->n_head_kv < 1 || hp->n_head % hp->n_head_kv || hp->head_dim < 2 || hp->head_dim % 2 ||
         hp->rope_dim > hp->head_dim || hp->rope_dim % 2 || hp->rope_dim > 512) {
-        errf(err, errlen, "invalid attention shape (heads %d, kv heads %d, head_dim %d, rope_dim %d)",
+        errf(err, errlen,
+             "invalid attention shape (heads %d, kv heads %d, head_dim %d, rope_dim %d)",
              hp->n_head, hp->n_head_kv, hp->head_dim, hp->rope_dim);
         goto fail;
     }
@@ -175,7 +181,8 @@ int llm_model_load(const char *path, llm_model **out, llm_progress_fn progress, 
         get_norm(m, "output_norm.weight", hp->n_embd, &m->output_norm, err, errlen))
         goto fail;
     if (gguf_find_tensor(f, "output.weight")) {
-        if (get_weight(m, "output.weight", hp->n_embd, hp->n_vocab, &m->output, err, errlen)) goto fail;
+        if (get_weight(m, "output.weight", hp->n_embd, hp->n_vocab, &m->output, err, errlen))
+            goto fail;
     } else {
         m->output = m->tok_embd;
         hp->tied_embeddings = 1;
@@ -189,8 +196,8 @@ int llm_model_load(const char *path, llm_model **out, llm_progress_fn progress, 
     for (int il = 0; il < hp->n_layer; il++) {
         llm_layer *L = &m->layers[il];
         char n[96];
-#define W(field, nm, nin, nout)                                                   \
-    snprintf(n, sizeof n, "blk.%d." nm ".weight", il);                            \
+#define W(field, nm, nin, nout)                                                                    \
+    snprintf(n, sizeof n, "blk.%d." nm ".weight", il);                                             \
     if (get_weight(m, n, nin, nout, &L->field, err, errlen)) goto fail;
         W(wq, "attn_q", hp->n_embd, q_dim)
         W(wk, "attn_k", hp->n_embd, kv_dim)
@@ -262,7 +269,8 @@ static int check_batch(const llm_model *m, const kv_cache *kv, const llm_batch *
         return errf(err, errlen, "seq_start must run from 0 to n_tokens");
     for (int s = 0; s < b->n_seqs; s++)
         if (b->seq_start[s + 1] <= b->seq_start[s] || b->seq_start[s + 1] > b->n_tokens)
-            return errf(err, errlen, "sequence %d has no rows (seq_start must increase strictly)", s);
+            return errf(err, errlen, "sequence %d has no rows (seq_start must increase strictly)",
+                        s);
     for (int s = 0; s < b->n_seqs; s++) {
         if (b->seq_start[s + 1] <= b->seq_start[s])
             return errf(err, errlen, "sequence %d has no rows", s);
@@ -312,8 +320,16 @@ int llm_forward(llm_model *m, backend *be, kv_cache *kv, const llm_batch *b, flo
     float *g = o + (size_t)T * E, *u = g + (size_t)T * F, *lx = u + (size_t)T * F;
 
     op->embed(be, &m->tok_embd, b->token_ids, T, x);
-    be_attn ad = {T, b->n_seqs, b->seq_start, b->positions, b->context_len, b->block_tables,
-                  hp->n_head, hp->n_head_kv, hp->head_dim, 1.0f / sqrtf((float)hp->head_dim),
+    be_attn ad = {T,
+                  b->n_seqs,
+                  b->seq_start,
+                  b->positions,
+                  b->context_len,
+                  b->block_tables,
+                  hp->n_head,
+                  hp->n_head_kv,
+                  hp->head_dim,
+                  1.0f / sqrtf((float)hp->head_dim),
                   b->row_single};
     for (int il = 0; il < hp->n_layer; il++) {
         const llm_layer *L = &m->layers[il];

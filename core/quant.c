@@ -63,11 +63,18 @@ size_t quant_row_bytes(uint32_t t, int64_t n) {
 
 int quant_can_dequant(uint32_t t) {
     switch (t) {
-    case QT_F32: case QT_F16: case QT_BF16: case QT_Q4_0: case QT_Q4_1: case QT_Q5_0:
-    case QT_Q5_1: case QT_Q8_0: case QT_Q8_1: case QT_Q4_K: case QT_Q6_K:
-        return 1;
-    default:
-        return 0;
+    case QT_F32:
+    case QT_F16:
+    case QT_BF16:
+    case QT_Q4_0:
+    case QT_Q4_1:
+    case QT_Q5_0:
+    case QT_Q5_1:
+    case QT_Q8_0:
+    case QT_Q8_1:
+    case QT_Q4_K:
+    case QT_Q6_K: return 1;
+    default: return 0;
     }
 }
 
@@ -104,7 +111,7 @@ qt_f16 qt_f32_to_f16(float f) {
     if (absx >= 0x7f800000u) /* inf or nan */
         return (qt_f16)(sign | 0x7c00 | (absx > 0x7f800000u ? 0x200 : 0));
     if (absx >= 0x477ff000u) return (qt_f16)(sign | 0x7c00); /* overflow -> inf */
-    if (absx < 0x38800000u) { /* subnormal or zero in half */
+    if (absx < 0x38800000u) {                                /* subnormal or zero in half */
         if (absx < 0x33000000u) return (qt_f16)sign;
         uint32_t man = (absx & 0x7fffff) | 0x800000;
         int shift = 126 - (int)(absx >> 23); /* 14..24: units of 2^-24 */
@@ -266,7 +273,9 @@ void quant_dequant_row(uint32_t type, const void *src, float *y, int64_t n) {
         case QT_Q8_1: deq_q8_1((const block_q8_1 *)p, y); break;
         case QT_Q4_K: deq_q4_K((const block_q4_K *)p, y); break;
         case QT_Q6_K: deq_q6_K((const block_q6_K *)p, y); break;
-        default: memset(y, 0, (size_t)blck * sizeof *y); break; /* callers check quant_can_dequant */
+        default:
+            memset(y, 0, (size_t)blck * sizeof *y);
+            break; /* callers check quant_can_dequant */
         }
     }
 }

@@ -59,15 +59,44 @@ typedef uint16_t qt_bf16;
 #define QK8_1 32
 #define QK_K 256
 
-typedef struct { qt_f16 d; uint8_t qs[QK4_0 / 2]; } block_q4_0;
-typedef struct { qt_f16 d, m; uint8_t qs[QK4_1 / 2]; } block_q4_1;
-typedef struct { qt_f16 d; uint8_t qh[4]; uint8_t qs[QK5_0 / 2]; } block_q5_0;
-typedef struct { qt_f16 d, m; uint8_t qh[4]; uint8_t qs[QK5_1 / 2]; } block_q5_1;
-typedef struct { qt_f16 d; int8_t qs[QK8_0]; } block_q8_0;
+typedef struct {
+    qt_f16 d;
+    uint8_t qs[QK4_0 / 2];
+} block_q4_0;
+typedef struct {
+    qt_f16 d, m;
+    uint8_t qs[QK4_1 / 2];
+} block_q4_1;
+typedef struct {
+    qt_f16 d;
+    uint8_t qh[4];
+    uint8_t qs[QK5_0 / 2];
+} block_q5_0;
+typedef struct {
+    qt_f16 d, m;
+    uint8_t qh[4];
+    uint8_t qs[QK5_1 / 2];
+} block_q5_1;
+typedef struct {
+    qt_f16 d;
+    int8_t qs[QK8_0];
+} block_q8_0;
 /* Activation format: s = d * sum(qs), which serves Q4_1's min term. */
-typedef struct { qt_f16 d, s; int8_t qs[QK8_1]; } block_q8_1;
-typedef struct { qt_f16 d, dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K;
-typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; qt_f16 d; } block_q6_K;
+typedef struct {
+    qt_f16 d, s;
+    int8_t qs[QK8_1];
+} block_q8_1;
+typedef struct {
+    qt_f16 d, dmin;
+    uint8_t scales[12];
+    uint8_t qs[QK_K / 2];
+} block_q4_K;
+typedef struct {
+    uint8_t ql[QK_K / 2];
+    uint8_t qh[QK_K / 4];
+    int8_t scales[QK_K / 16];
+    qt_f16 d;
+} block_q6_K;
 
 /* Name ("Q4_1"), elements per block and bytes per block; block size 0 for
  * codes the engine does not know. */

@@ -54,8 +54,7 @@ const sampler_params *sampler_get_params(const sampler *s);
  * repetition penalty looks at its last repeat_last_n entries. Logits of -inf
  * (e.g. a suppressed EOS) are never chosen; NaN counts as -inf. Returns the
  * token id, or -1 when every logit is -inf/NaN. */
-int32_t sampler_sample(sampler *s, const float *logits, const int32_t *history,
-                       size_t n_history);
+int32_t sampler_sample(sampler *s, const float *logits, const int32_t *history, size_t n_history);
 
 /* The distribution sampler_sample would draw from: fills up to cap
  * (id, probability) pairs, most likely first, probabilities summing to 1.

@@ -236,14 +236,10 @@ static int utf8_decode_lenient(const uint8_t *p, size_t n, uint32_t *cp) {
         return 1;
     }
     int len;
-    if ((c & 0xe0) == 0xc0)
-        len = 2;
-    else if ((c & 0xf0) == 0xe0)
-        len = 3;
-    else if ((c & 0xf8) == 0xf0)
-        len = 4;
-    else
-        return 0;
+    if ((c & 0xe0) == 0xc0) len = 2;
+    else if ((c & 0xf0) == 0xe0) len = 3;
+    else if ((c & 0xf8) == 0xf0) len = 4;
+    else return 0;
     if ((size_t)len > n) return 0;
     uint32_t v = c & (0x7f >> len);
     for (int i = 1; i < len; i++) {
@@ -539,8 +535,7 @@ static int build_pieces(llm_tokenizer *t) {
                 i += (size_t)k;
             }
             break;
-        default: /* byte / unused / undefined tokens decode to nothing */
-            break;
+        default: /* byte / unused / undefined tokens decode to nothing */ break;
         }
         t->piece_len[id] = (uint32_t)(pos - t->piece_off[id]);
         if (t->piece_len[id] > t->max_piece_len) t->max_piece_len = t->piece_len[id];
@@ -1192,8 +1187,7 @@ static int utf8_classify(const uint8_t *p, size_t n, size_t *len) {
     }
     size_t need;
     uint8_t lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
-    if (c >= 0xc2 && c <= 0xdf)
-        need = 2;
+    if (c >= 0xc2 && c <= 0xdf) need = 2;
     else if (c >= 0xe0 && c <= 0xef) {
         need = 3;
         if (c == 0xe0) lo = 0xa0;

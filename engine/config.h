@@ -24,8 +24,8 @@
 #include <stddef.h>
 
 #include "core/backend/backend.h"
-#include "engine/engine.h"
 #include "core/kv_cache.h"
+#include "engine/engine.h"
 
 typedef enum { CFG_BATCH_CONTINUOUS = 0, CFG_BATCH_STATIC } cfg_batching;
 /* auto: swap when the CPU tier exists (num_blocks_cpu > 0), else recompute. */

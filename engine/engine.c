@@ -17,9 +17,9 @@
 
 #include "core/backend/backend.h"
 #include "core/model.h"
+#include "core/tokenizer.h"
 #include "paged_kv/paged_kv.h"
 #include "scheduler/scheduler.h"
-#include "core/tokenizer.h"
 
 /* ---------------- streams ---------------- */
 
@@ -28,8 +28,8 @@ struct engine_stream {
     pthread_cond_t cv;
     engine_event *q;
     int head, n, cap;
-    int n_open;   /* completions not finished yet */
-    int refs;     /* engine + user */
+    int n_open; /* completions not finished yet */
+    int refs;   /* engine + user */
     int64_t id;
     engine *e;
 };
@@ -140,12 +140,12 @@ typedef struct {
 
 struct ereq {
     int64_t id;
-    engine_request p;  /* stop / stop_ids copied below; prompt not kept */
+    engine_request p; /* stop / stop_ids copied below; prompt not kept */
     char **stop;
     int32_t *stop_ids;
     int n_prompt;
     int32_t *prompt;
-    eseq **seqs;       /* n entries; [0] created at intake, others at fork */
+    eseq **seqs; /* n entries; [0] created at intake, others at fork */
     int n_live;
     int forked;
     int cancelled;
@@ -165,16 +165,16 @@ struct engine {
     pthread_t thread;
     int thread_started;
 
-    pthread_mutex_t mu;       /* guards the fields below */
-    pthread_cond_t cv_work;   /* engine thread waits for work */
-    pthread_cond_t cv_idle;   /* engine_wait_idle */
+    pthread_mutex_t mu;     /* guards the fields below */
+    pthread_cond_t cv_work; /* engine thread waits for work */
+    pthread_cond_t cv_idle; /* engine_wait_idle */
     ereq *pending_head, *pending_tail;
     int n_pending;
     int64_t *cancels;
     int n_cancels, cap_cancels;
     int stop;
     int held; /* engine_hold: pending requests wait */
-    int busy;                 /* engine thread has live requests */
+    int busy; /* engine thread has live requests */
     engine_stats stats;
     int64_t next_id;
 
@@ -400,7 +400,8 @@ static void seq_sample(engine *e, eseq *q, float *row) {
             return;
         }
     }
-    size_t hold = r->p.n_stop ? stop_holdback(r, q->text ? q->text : "", q->text_len, q->emitted) : 0;
+    size_t hold =
+        r->p.n_stop ? stop_holdback(r, q->text ? q->text : "", q->text_len, q->emitted) : 0;
     emit_token(q, t, q->text_len - hold);
     for (int i = 0; i < r->p.n_stop_ids; i++)
         if (r->stop_ids[i] == t) {
@@ -418,8 +419,8 @@ static void finish_unforked(ereq *r, gen_finish why) {
     if (r->forked) return;
     r->forked = 1;
     for (int i = 1; i < r->p.n; i++) {
-        engine_event ev = {.type = ENGINE_EV_FINISH, .finish = why, .index = i,
-                           .prompt_tokens = r->n_prompt};
+        engine_event ev = {
+            .type = ENGINE_EV_FINISH, .finish = why, .index = i, .prompt_tokens = r->n_prompt};
         stream_push(r->stream, &ev);
     }
 }
@@ -466,8 +467,8 @@ static void intake(engine *e) {
                 free(q->tokens);
                 free(q);
             }
-            engine_event ev = {.type = ENGINE_EV_FINISH, .finish = GEN_FINISH_ERROR,
-                               .prompt_tokens = r->n_prompt};
+            engine_event ev = {
+                .type = ENGINE_EV_FINISH, .finish = GEN_FINISH_ERROR, .prompt_tokens = r->n_prompt};
             for (int i = 0; i < r->p.n; i++) {
                 ev.index = i;
                 stream_push(r->stream, &ev);
@@ -477,7 +478,8 @@ static void intake(engine *e) {
             continue;
         }
         if (r->p.max_tokens == 0) { /* nothing to generate */
-            engine_event ev = {.type = ENGINE_EV_FINISH, .finish = GEN_FINISH_LENGTH,
+            engine_event ev = {.type = ENGINE_EV_FINISH,
+                               .finish = GEN_FINISH_LENGTH,
                                .prompt_tokens = r->n_prompt};
             for (int i = 0; i < r->p.n; i++) {
                 ev.index = i;
@@ -539,7 +541,9 @@ static void fork_completions(engine *e, ereq *r) {
             free(c->tokens);
             free(c);
         }
-        engine_event ev = {.type = ENGINE_EV_FINISH, .finish = GEN_FINISH_ERROR, .index = i,
+        engine_event ev = {.type = ENGINE_EV_FINISH,
+                           .finish = GEN_FINISH_ERROR,
+                           .index = i,
                            .prompt_tokens = r->n_prompt};
         stream_push(r->stream, &ev);
     }
@@ -609,9 +613,16 @@ static int run_step(engine *e) {
         if (b.items[i].samples) e->b_logit_rows[nl++] = rows - 1;
     }
     llm_batch lb = {
-        .n_tokens = rows, .token_ids = e->b_tok, .positions = e->b_pos, .slot_mapping = e->b_slot,
-        .n_seqs = b.n_items, .seq_start = e->b_seq_start, .context_len = e->b_ctx,
-        .block_tables = e->b_tables, .n_logits = nl, .logit_rows = e->b_logit_rows,
+        .n_tokens = rows,
+        .token_ids = e->b_tok,
+        .positions = e->b_pos,
+        .slot_mapping = e->b_slot,
+        .n_seqs = b.n_items,
+        .seq_start = e->b_seq_start,
+        .context_len = e->b_ctx,
+        .block_tables = e->b_tables,
+        .n_logits = nl,
+        .logit_rows = e->b_logit_rows,
         .row_single = e->b_single,
     };
     char err[256];
@@ -645,8 +656,8 @@ static void *engine_main(void *arg) {
     engine *e = arg;
     for (;;) {
         pthread_mutex_lock(&e->mu);
-        while (!e->stop && (e->n_pending == 0 || e->held) && e->n_cancels == 0 &&
-               e->n_live == 0 && !sched_has_work(e->sc)) {
+        while (!e->stop && (e->n_pending == 0 || e->held) && e->n_cancels == 0 && e->n_live == 0 &&
+               !sched_has_work(e->sc)) {
             e->busy = 0;
             pthread_cond_broadcast(&e->cv_idle);
             pthread_cond_wait(&e->cv_work, &e->mu);
@@ -723,8 +734,8 @@ int engine_create(llm_model *m, backend *be, const llm_tokenizer *tok, const eng
         num_blocks = (int)(opt->kv_memory_mb * 1024.0 * 1024.0 / (double)bb);
         if (num_blocks < 1) num_blocks = 1;
     }
-    pkv_config pc = {hp->n_layer, kv_dim, opt->block_size, num_blocks, opt->num_blocks_cpu,
-                     opt->kv_type, opt->swap_path};
+    pkv_config pc = {hp->n_layer,         kv_dim,       opt->block_size, num_blocks,
+                     opt->num_blocks_cpu, opt->kv_type, opt->swap_path};
     if (pkv_create(&pc, &e->pool, err, errlen) != 0) goto fail;
     sched_config scfg = {opt->batch_max_tokens, opt->batch_max_seqs, opt->watermark,
                          opt->static_batching, (sched_preempt)opt->preempt_mode};
@@ -917,7 +928,8 @@ int engine_submit(engine *e, const engine_request *rq, engine_stream **out, int6
     }
     if (e->n_pending + e->stats.n_waiting >= e->opt.max_waiting && e->opt.max_waiting > 0) {
         pthread_mutex_unlock(&e->mu);
-        snprintf(err, errlen, "too many requests waiting (%d); try again later", e->opt.max_waiting);
+        snprintf(err, errlen, "too many requests waiting (%d); try again later",
+                 e->opt.max_waiting);
         r->stream = NULL;
         req_free(r);
         pthread_mutex_destroy(&s->mu);

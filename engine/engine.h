@@ -27,9 +27,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/generate.h"
 #include "core/kv_cache.h"
 #include "core/sampler.h"
+#include "engine/generate.h"
 
 struct llm_model;
 struct backend;
@@ -55,9 +55,9 @@ void engine_options_default(engine_options *o);
 
 enum {
     ENGINE_OK = 0,
-    ENGINE_EINVAL = -1,  /* bad request parameters (message says which) */
-    ENGINE_EBUSY = -2,   /* waiting queue full */
-    ENGINE_ESTOPPED = -3,/* engine shutting down */
+    ENGINE_EINVAL = -1,   /* bad request parameters (message says which) */
+    ENGINE_EBUSY = -2,    /* waiting queue full */
+    ENGINE_ESTOPPED = -3, /* engine shutting down */
     ENGINE_ENOMEM = -4,
 };
 
@@ -72,25 +72,25 @@ typedef struct {
     int n_stop;
     const int32_t *stop_ids; /* copied; generation ends after one of these */
     int n_stop_ids;
-    int n;                   /* completions for this prompt (>= 1); they share the prompt's blocks */
+    int n; /* completions for this prompt (>= 1); they share the prompt's blocks */
 } engine_request;
 
 typedef enum { ENGINE_EV_TOKEN = 0, ENGINE_EV_FINISH } engine_ev_type;
 
 typedef struct {
     engine_ev_type type;
-    int index;          /* completion index, 0 .. n-1 */
-    int32_t token;      /* TOKEN: sampled id */
-    char *text;         /* TOKEN/FINISH: newly final text (may be empty), NUL-terminated */
+    int index;     /* completion index, 0 .. n-1 */
+    int32_t token; /* TOKEN: sampled id */
+    char *text;    /* TOKEN/FINISH: newly final text (may be empty), NUL-terminated */
     size_t text_len;
-    gen_finish finish;  /* FINISH */
+    gen_finish finish; /* FINISH */
     int prompt_tokens, completion_tokens;
-    double queue_ms;    /* submit -> first scheduled */
-    double ttft_ms;     /* submit -> first token */
-    double total_ms;    /* submit -> finish */
+    double queue_ms; /* submit -> first scheduled */
+    double ttft_ms;  /* submit -> first token */
+    double total_ms; /* submit -> finish */
     int n_preempted;
-    double t_ms;        /* CLOCK_MONOTONIC ms when the engine thread created the event
-                         * (TOKEN: right after the token was sampled and detokenized) */
+    double t_ms; /* CLOCK_MONOTONIC ms when the engine thread created the event
+                  * (TOKEN: right after the token was sampled and detokenized) */
 } engine_event;
 
 /* Free an event's text. */

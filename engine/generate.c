@@ -10,9 +10,9 @@
 #include <time.h>
 
 #include "core/backend/backend.h"
-#include "engine/engine.h"
 #include "core/model.h"
 #include "core/tokenizer.h"
+#include "engine/engine.h"
 
 const char *gen_finish_name(gen_finish f) {
     switch (f) {

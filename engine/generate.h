@@ -32,9 +32,9 @@ typedef struct {
     const int32_t *prompt; /* prompt token ids (BOS included if wanted); n_prompt >= 1 */
     int n_prompt;
     sampler_params sampling;
-    int max_tokens;   /* >= 0; tokens to generate at most */
-    int min_tokens;   /* end-of-generation tokens are suppressed before this many */
-    int ignore_eos;   /* suppress end-of-generation tokens entirely */
+    int max_tokens;          /* >= 0; tokens to generate at most */
+    int min_tokens;          /* end-of-generation tokens are suppressed before this many */
+    int ignore_eos;          /* suppress end-of-generation tokens entirely */
     const char *const *stop; /* stop strings (borrowed, may be NULL): generation ends
                                 when the text contains one; it is cut from the text */
     int n_stop;
@@ -52,9 +52,9 @@ typedef enum {
 const char *gen_finish_name(gen_finish f);
 
 typedef struct {
-    int32_t *tokens;  /* generated ids (an ending EOG token is not included) */
+    int32_t *tokens; /* generated ids (an ending EOG token is not included) */
     int n_tokens;
-    char *text;       /* detokenized completion, valid UTF-8, NUL-terminated */
+    char *text; /* detokenized completion, valid UTF-8, NUL-terminated */
     size_t text_len;
     gen_finish finish;
     int n_prompt;
@@ -75,10 +75,10 @@ typedef int (*gen_token_fn)(void *user, int request, int32_t token, const char *
 struct engine_options;
 
 typedef struct {
-    int batch_size;     /* engine batch_max_seqs (default 8) */
-    int prefill_chunk;  /* engine batch_max_tokens: rows per step (default 512) */
-    kv_dtype kv_type;   /* default KV_F16 */
-    int static_batching;/* 1: static batches instead of continuous batching */
+    int batch_size;      /* engine batch_max_seqs (default 8) */
+    int prefill_chunk;   /* engine batch_max_tokens: rows per step (default 512) */
+    kv_dtype kv_type;    /* default KV_F16 */
+    int static_batching; /* 1: static batches instead of continuous batching */
     /* Full engine options (block counts, swap, watermark...). When set, it
      * is used as is and the four fields above are ignored. */
     const struct engine_options *engine;
@@ -91,12 +91,12 @@ void gen_options_default(gen_options *o);
 typedef struct {
     long prompt_tokens;
     long gen_tokens;
-    double prompt_ms;   /* wall time until every request had its first token */
-    double gen_ms;      /* the rest of the wall time */
+    double prompt_ms; /* wall time until every request had its first token */
+    double gen_ms;    /* the rest of the wall time */
     double total_ms;
-    long steps;         /* engine steps */
-    long preemptions;   /* swap + recompute */
-    int peak_blocks;    /* most device KV blocks in use at once */
+    long steps;                /* engine steps */
+    long preemptions;          /* swap + recompute */
+    int peak_blocks;           /* most device KV blocks in use at once */
     double kv_efficiency_peak; /* tokens held / allocated KV slots at that peak */
 } gen_stats;
 

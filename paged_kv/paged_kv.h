@@ -33,20 +33,20 @@
 
 enum {
     PKV_OK = 0,
-    PKV_ENOMEM = -1,   /* not enough free blocks in the tier */
-    PKV_EINVAL = -2,   /* bad handle / argument */
-    PKV_ESTATE = -3,   /* sequence in the wrong tier for the operation */
-    PKV_EIO = -4,      /* swap file could not be created / mapped */
+    PKV_ENOMEM = -1, /* not enough free blocks in the tier */
+    PKV_EINVAL = -2, /* bad handle / argument */
+    PKV_ESTATE = -3, /* sequence in the wrong tier for the operation */
+    PKV_EIO = -4,    /* swap file could not be created / mapped */
 };
 
 typedef enum { PKV_DEVICE = 0, PKV_CPU = 1 } pkv_tier;
 
 typedef struct {
     int n_layer;
-    int kv_dim;          /* n_head_kv * head_dim */
-    int block_size;      /* tokens per block */
-    int num_blocks;      /* device tier */
-    int num_blocks_cpu;  /* swap tier; 0 disables swapping */
+    int kv_dim;         /* n_head_kv * head_dim */
+    int block_size;     /* tokens per block */
+    int num_blocks;     /* device tier */
+    int num_blocks_cpu; /* swap tier; 0 disables swapping */
     kv_dtype dtype;
     const char *swap_path; /* NULL: swap tier in RAM; else a file created/truncated for it */
 } pkv_config;

@@ -67,7 +67,8 @@ int sched_create(const sched_config *cfg, pkv_pool *pool, sched **out, char *err
     *out = NULL;
     if (cfg->batch_max_tokens < 1 || cfg->batch_max_seqs < 1 || cfg->watermark < 0 ||
         cfg->watermark >= 1) {
-        snprintf(err, errlen, "invalid scheduler budgets (batch_max_tokens %d, batch_max_seqs %d, watermark %g)",
+        snprintf(err, errlen,
+                 "invalid scheduler budgets (batch_max_tokens %d, batch_max_seqs %d, watermark %g)",
                  cfg->batch_max_tokens, cfg->batch_max_seqs, cfg->watermark);
         return -1;
     }

@@ -37,13 +37,13 @@ typedef enum { SEQ_WAITING = 0, SEQ_RUNNING, SEQ_SWAPPED, SEQ_FINISHED } sched_s
 typedef enum { SCHED_PREEMPT_AUTO = 0, SCHED_PREEMPT_SWAP, SCHED_PREEMPT_RECOMPUTE } sched_preempt;
 
 typedef struct sched_seq {
-    uint64_t arrival;    /* arrival order; lower is older (set by the caller) */
-    int n_tokens;        /* tokens known: prompt + generated */
-    int n_computed;      /* tokens whose K/V are in the cache */
-    int kv;              /* paged_kv handle, -1 when none */
+    uint64_t arrival; /* arrival order; lower is older (set by the caller) */
+    int n_tokens;     /* tokens known: prompt + generated */
+    int n_computed;   /* tokens whose K/V are in the cache */
+    int kv;           /* paged_kv handle, -1 when none */
     sched_state state;
-    int n_preempted;     /* times this sequence was preempted */
-    long step_stamp;     /* scheduler-owned: last step that scheduled it */
+    int n_preempted; /* times this sequence was preempted */
+    long step_stamp; /* scheduler-owned: last step that scheduled it */
     void *user;
     struct sched_seq *prev, *next; /* queue links (scheduler-owned) */
 } sched_seq;
@@ -51,15 +51,15 @@ typedef struct sched_seq {
 typedef struct {
     int batch_max_tokens;
     int batch_max_seqs;
-    double watermark;    /* fraction of device blocks kept free at admission */
+    double watermark; /* fraction of device blocks kept free at admission */
     int static_mode;
     sched_preempt preempt;
 } sched_config;
 
 typedef struct {
     sched_seq *seq;
-    int n_tokens;   /* rows this step: tokens seq->n_computed .. + n_tokens - 1 */
-    int samples;    /* the chunk reaches the last known token: sample after it */
+    int n_tokens; /* rows this step: tokens seq->n_computed .. + n_tokens - 1 */
+    int samples;  /* the chunk reaches the last known token: sample after it */
 } sched_item;
 
 typedef struct {

@@ -42,9 +42,9 @@
 
 #include <cjson/cJSON.h>
 
+#include "base/strbuf.h"
 #include "server/json_api.h"
 #include "server/server.h"
-#include "base/strbuf.h"
 
 #define HTTP_WRITE_TIMEOUT_MS 30000 /* a client that stops reading is given up */
 #define HTTP_READ_TIMEOUT_MS 30000  /* a request body must arrive within this */
@@ -352,7 +352,7 @@ static void calls_unregister(http_call *c) {
 /* Per-call bookkeeping of the events, shared by unary and streaming. */
 typedef struct {
     int n;
-    strbuf *text;       /* per completion */
+    strbuf *text;     /* per completion */
     int32_t **tokens; /* per completion, when return_tokens */
     int *n_tokens, *cap_tokens;
     gen_finish *finish;
@@ -712,10 +712,10 @@ static void stream_call(call_ctx *x) {
 
     strbuf out = {0};
     strbuf_puts(&out, "HTTP/1.1 200 OK\r\n"
-                 "Content-Type: text/event-stream; charset=utf-8\r\n"
-                 "Cache-Control: no-cache\r\n"
-                 "X-Accel-Buffering: no\r\n"
-                 "Connection: close\r\n\r\n");
+                      "Content-Type: text/event-stream; charset=utf-8\r\n"
+                      "Cache-Control: no-cache\r\n"
+                      "X-Accel-Buffering: no\r\n"
+                      "Connection: close\r\n\r\n");
     if (c->kind == JAPI_CHAT) {
         for (int i = 0; i < cs->n; i++) {
             cJSON *o = stream_chunk(x, i, NULL, NULL, NULL);

@@ -16,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/server.h"
 #include "base/strbuf.h"
+#include "server/server.h"
 
 static const double hist_bounds_ms[SRV_HIST_BUCKETS] = {5,   10,  25,  50,   75,   100,  150,
                                                         250, 500, 750, 1000, 2500, 5000, 10000};
@@ -91,7 +91,7 @@ int srv_metrics_render(struct srv *s, char **out, size_t *len) {
            "Finished generation calls (RPC and HTTP) by final status.");
     for (int i = 0; i < SRV_N_STATUS; i++)
         strbuf_printf(&b, "infer_calls_total{status=\"%s\"} %ld\n", status_names[i],
-                  atomic_load_explicit(&m->calls_by_status[i], memory_order_relaxed));
+                      atomic_load_explicit(&m->calls_by_status[i], memory_order_relaxed));
     metric_long(&b, "infer_http_requests_total", "counter", "HTTP requests received.",
                 atomic_load_explicit(&m->http_requests, memory_order_relaxed));
     render_hist(&b, "infer_time_to_first_token_seconds",
@@ -119,14 +119,16 @@ int srv_metrics_render(struct srv *s, char **out, size_t *len) {
         static const char *const tiers[2] = {"device", "cpu"};
         header(&b, "infer_kv_blocks_total", "gauge", "KV cache blocks per tier.");
         for (int t = 0; t < 2; t++)
-            strbuf_printf(&b, "infer_kv_blocks_total{tier=\"%s\"} %d\n", tiers[t], st.blocks_total[t]);
+            strbuf_printf(&b, "infer_kv_blocks_total{tier=\"%s\"} %d\n", tiers[t],
+                          st.blocks_total[t]);
         header(&b, "infer_kv_blocks_free", "gauge", "Free KV cache blocks per tier.");
         for (int t = 0; t < 2; t++)
-            strbuf_printf(&b, "infer_kv_blocks_free{tier=\"%s\"} %d\n", tiers[t], st.blocks_free[t]);
+            strbuf_printf(&b, "infer_kv_blocks_free{tier=\"%s\"} %d\n", tiers[t],
+                          st.blocks_free[t]);
         header(&b, "infer_kv_blocks_used", "gauge", "KV cache blocks in use per tier.");
         for (int t = 0; t < 2; t++)
             strbuf_printf(&b, "infer_kv_blocks_used{tier=\"%s\"} %d\n", tiers[t],
-                      st.blocks_total[t] - st.blocks_free[t]);
+                          st.blocks_total[t] - st.blocks_free[t]);
         metric_long(&b, "infer_kv_block_size_tokens", "gauge", "Tokens per KV block.",
                     st.block_size);
         metric_long(&b, "infer_kv_tokens", "gauge", "Tokens held in the device tier.",
@@ -135,7 +137,8 @@ int srv_metrics_render(struct srv *s, char **out, size_t *len) {
                     "Most device blocks in use at once since start.", st.peak_blocks_used);
         header(&b, "infer_preemptions_total", "counter", "Sequences preempted, by mode.");
         strbuf_printf(&b, "infer_preemptions_total{mode=\"swap\"} %ld\n", st.preempt_swap);
-        strbuf_printf(&b, "infer_preemptions_total{mode=\"recompute\"} %ld\n", st.preempt_recompute);
+        strbuf_printf(&b, "infer_preemptions_total{mode=\"recompute\"} %ld\n",
+                      st.preempt_recompute);
         metric_long(&b, "infer_swap_ins_total", "counter", "Swapped sequences brought back.",
                     st.swap_in);
         metric_long(&b, "infer_prompt_tokens_total", "counter", "Prompt tokens processed.",

@@ -25,9 +25,9 @@ typedef struct {
 typedef struct {
     atomic_long calls_by_status[SRV_N_STATUS]; /* finished calls (RPC and HTTP) by status */
     atomic_long http_requests;
-    srv_hist ttft_ms;   /* submit -> first token */
-    srv_hist itl_ms;    /* between consecutive tokens of a stream */
-    srv_hist e2e_ms;    /* submit -> finish */
+    srv_hist ttft_ms; /* submit -> first token */
+    srv_hist itl_ms;  /* between consecutive tokens of a stream */
+    srv_hist e2e_ms;  /* submit -> finish */
 } srv_metrics;
 
 struct srv;

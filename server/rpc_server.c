@@ -33,8 +33,8 @@
 
 #include "core/chat.h"
 #include "core/model.h"
-#include "server/rpc_server.h"
 #include "core/tokenizer.h"
+#include "server/rpc_server.h"
 
 /* A peer that does not read for this long loses its connection. */
 #define SEND_TIMEOUT_MS 30000

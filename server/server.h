@@ -37,7 +37,7 @@ typedef struct srv {
     atomic_int active_calls;   /* calls in flight, all front ends */
     atomic_int connections;    /* open RPC connections */
     srv_metrics metrics;
-    struct srv_http *http;     /* HTTP front end (server/http.c); NULL when off */
+    struct srv_http *http; /* HTTP front end (server/http.c); NULL when off */
 } srv;
 
 /* gRPC status codes (rpc.proto StatusCode). */

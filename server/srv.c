@@ -19,8 +19,8 @@
 
 #include "core/chat.h"
 #include "core/model.h"
-#include "server/server.h"
 #include "core/tokenizer.h"
+#include "server/server.h"
 
 #define DEFAULT_MAX_TOKENS 128
 #define MAX_STOP_IDS 1024

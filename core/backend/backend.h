@@ -22,9 +22,9 @@ struct kv_cache;
 /* A 2-D weight matrix W[n_out][n_in] stored row by row in `type`. */
 typedef struct {
     const void *data;
-    uint32_t type;  /* quant_type */
-    int64_t n_in;   /* elements per row (ne[0]) */
-    int64_t n_out;  /* rows (ne[1]) */
+    uint32_t type; /* quant_type */
+    int64_t n_in;  /* elements per row (ne[0]) */
+    int64_t n_out; /* rows (ne[1]) */
     size_t row_bytes;
     /* data lies in a read-only file mapping: a backend that keeps its own
      * copy (the CPU backend's packed weights) may drop these pages from
@@ -36,9 +36,9 @@ typedef struct {
 typedef struct {
     int n_tokens;
     int n_seqs;
-    const int32_t *seq_start;    /* [n_seqs + 1] */
-    const int32_t *positions;    /* [n_tokens] */
-    const int32_t *context_len;  /* [n_seqs] */
+    const int32_t *seq_start;   /* [n_seqs + 1] */
+    const int32_t *positions;   /* [n_tokens] */
+    const int32_t *context_len; /* [n_seqs] */
     const int32_t *const *block_tables;
     int n_head;
     int n_head_kv;
@@ -69,8 +69,8 @@ typedef struct backend_ops {
     void (*kv_store)(backend *be, struct kv_cache *kv, int layer, const float *k, const float *v,
                      int rows, const int32_t *slot_mapping);
     /* out[n_tokens][n_head*head_dim] = softmax(q k^T * scale, causal) v */
-    void (*attention)(backend *be, struct kv_cache *kv, int layer, const be_attn *a,
-                      const float *q, float *out);
+    void (*attention)(backend *be, struct kv_cache *kv, int layer, const be_attn *a, const float *q,
+                      float *out);
     /* out[i] = dequantized row ids[i] of the embedding matrix */
     void (*embed)(backend *be, const be_weight *emb, const int32_t *ids, int n, float *out);
 } backend_ops;

@@ -72,10 +72,10 @@ static void kv_head(gguf_writer *gw, const char *key, uint32_t type) {
     gw->n_kv++;
 }
 
-#define GW_SCALAR(fn, ctype, tcode)                                  \
-    void fn(gguf_writer *gw, const char *key, ctype v) {             \
-        kv_head(gw, key, tcode);                                     \
-        buf_put(&gw->kv, &v, sizeof v);                              \
+#define GW_SCALAR(fn, ctype, tcode)                                                                \
+    void fn(gguf_writer *gw, const char *key, ctype v) {                                           \
+        kv_head(gw, key, tcode);                                                                   \
+        buf_put(&gw->kv, &v, sizeof v);                                                            \
     }
 GW_SCALAR(gw_kv_u8, uint8_t, 0)
 GW_SCALAR(gw_kv_i8, int8_t, 1)

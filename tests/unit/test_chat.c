@@ -55,8 +55,7 @@ static int render_is(const char *tmpl, const chat_msg *m, size_t n, int gen, con
     int rc = chat_apply(tmpl, m, n, gen, &out, err, sizeof err);
     int ok = rc == 0 && out && strcmp(out, want) == 0;
     if (!ok)
-        fprintf(stderr, "rc=%d err='%s'\n got: [%s]\nwant: [%s]\n", rc, err, out ? out : "",
-                want);
+        fprintf(stderr, "rc=%d err='%s'\n got: [%s]\nwant: [%s]\n", rc, err, out ? out : "", want);
     free(out);
     return ok;
 }
@@ -74,8 +73,8 @@ static void test_smollm2_inserts_default_system(void) {
 }
 
 static void test_smollm2_keeps_given_system(void) {
-    chat_msg conv[] = {{"system", "Be terse."}, {"user", "Hi"}, {"assistant", "Hello!"},
-                       {"user", "Bye"}};
+    chat_msg conv[] = {
+        {"system", "Be terse."}, {"user", "Hi"}, {"assistant", "Hello!"}, {"user", "Bye"}};
     CHECK(render_is(SMOLLM2, conv, 4, 1,
                     "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
                     "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
@@ -87,8 +86,8 @@ static void test_smollm2_keeps_given_system(void) {
 
 static void test_chatml_without_default(void) {
     chat_msg one[] = {{"user", "2+2?"}};
-    CHECK(render_is(CHATML, one, 1, 1,
-                    "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"));
+    CHECK(
+        render_is(CHATML, one, 1, 1, "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"));
     CHECK(render_is(QWENISH, one, 1, 0,
                     "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
                     "assistant.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"));

@@ -543,11 +543,12 @@ static void test_example_files_load_and_validate(void) {
 static void test_engine_options_mapping(void) {
     engine_config c;
     config_defaults(&c);
-    const char *js = "{\"batcher_config\": {\"policy\": \"static\", \"batch_max_tokens\": 777,"
-                     " \"batch_max_seqs\": 9, \"max_waiting\": 5},"
-                     " \"cache_config\": {\"block_size\": 32, \"num_blocks_cpu\": 40,"
-                     " \"watermark\": 0.25, \"preemption_mode\": \"swap\", \"swap_path\": \"/tmp/s\"},"
-                     " \"model_loading_config\": {\"dtype\": \"f32\", \"model_max_length\": 1000}}";
+    const char *js =
+        "{\"batcher_config\": {\"policy\": \"static\", \"batch_max_tokens\": 777,"
+        " \"batch_max_seqs\": 9, \"max_waiting\": 5},"
+        " \"cache_config\": {\"block_size\": 32, \"num_blocks_cpu\": 40,"
+        " \"watermark\": 0.25, \"preemption_mode\": \"swap\", \"swap_path\": \"/tmp/s\"},"
+        " \"model_loading_config\": {\"dtype\": \"f32\", \"model_max_length\": 1000}}";
     CHECKF(config_load_string(&c, js, err, sizeof err) == 0, "%s", err);
     engine_options o;
     config_engine_options(&c, 123, &o);

@@ -19,10 +19,10 @@
 #include <time.h>
 
 #include "core/backend/backend.h"
-#include "engine/engine.h"
 #include "core/model.h"
-#include "tests/common/test_util.h"
 #include "core/tokenizer.h"
+#include "engine/engine.h"
+#include "tests/common/test_util.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define N_PROMPTS 16

@@ -9,10 +9,10 @@
 #include <string.h>
 
 #include "core/backend/backend.h"
-#include "engine/generate.h"
 #include "core/model.h"
-#include "tests/common/test_util.h"
 #include "core/tokenizer.h"
+#include "engine/generate.h"
+#include "tests/common/test_util.h"
 
 static llm_model *g_model;
 static backend *g_be;

@@ -9,11 +9,13 @@
 #include <string.h>
 
 #include "core/gguf.h"
-#include "tests/common/gguf_writer.h"
 #include "core/quant.h"
+#include "tests/common/gguf_writer.h"
 #include "tests/common/test_util.h"
 
-static int str_eq(gguf_str s, const char *c) { return s.len == strlen(c) && memcmp(s.ptr, c, s.len) == 0; }
+static int str_eq(gguf_str s, const char *c) {
+    return s.len == strlen(c) && memcmp(s.ptr, c, s.len) == 0;
+}
 
 static void build_sample(gguf_writer *gw) {
     gw_kv_u8(gw, "t.u8", 200);
@@ -88,7 +90,10 @@ static void check_sample(gguf_file *f, uint32_t version, uint32_t align) {
     }
     t = gguf_find_tensor(f, "w.q8");
     CHECK(t && t->type == QT_Q8_0 && t->nbytes == 68);
-    if (t) CHECK(((const uint8_t *)t->data - (const uint8_t *)gguf_find_tensor(f, "w.f32")->data) % align == 0);
+    if (t)
+        CHECK(((const uint8_t *)t->data - (const uint8_t *)gguf_find_tensor(f, "w.f32")->data) %
+                  align ==
+              0);
     CHECK(gguf_find_tensor(f, "nope") == NULL);
 }
 
@@ -136,8 +141,10 @@ static void test_bad_headers(void) {
     uint8_t v1[24] = {'G', 'G', 'U', 'F', 1, 0, 0, 0};
     CHECK(gguf_open_memory(v1, sizeof v1, &f, err, sizeof err) != 0 && strstr(err, "version 1"));
     /* tensor count far beyond the file */
-    uint8_t huge[24] = {'G', 'G', 'U', 'F', 3, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f};
-    CHECK(gguf_open_memory(huge, sizeof huge, &f, err, sizeof err) != 0 && strstr(err, "tensor count"));
+    uint8_t huge[24] = {'G',  'G',  'U',  'F',  3,    0,    0,    0,
+                        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f};
+    CHECK(gguf_open_memory(huge, sizeof huge, &f, err, sizeof err) != 0 &&
+          strstr(err, "tensor count"));
     CHECK(gguf_open("/nonexistent/model.gguf", &f, err, sizeof err) == GGUF_EIO &&
           strstr(err, "cannot open"));
     /* duplicate keys, bad alignment, unknown tensor type, misaligned offset */
@@ -161,7 +168,8 @@ static void test_bad_headers(void) {
     uint64_t ne[1] = {32};
     gw_tensor(gw, "x", 99, 1, ne, d, sizeof d);
     gw_to_memory(gw, &buf, &len);
-    CHECK(gguf_open_memory(buf, len, &f, err, sizeof err) != 0 && strstr(err, "unknown tensor type"));
+    CHECK(gguf_open_memory(buf, len, &f, err, sizeof err) != 0 &&
+          strstr(err, "unknown tensor type"));
     free(buf);
     gw_free(gw);
     gw = gw_new(3);

@@ -21,9 +21,9 @@
 #include <unistd.h>
 
 #include "core/backend/cpu/kernels.h"
+#include "core/backend/cpu/threadpool.h"
 #include "core/quant.h"
 #include "tests/common/test_util.h"
-#include "core/backend/cpu/threadpool.h"
 
 static uint64_t rng_state = 0x243f6a8885a308d3ull;
 static uint64_t rng_u64(void) {

@@ -185,19 +185,21 @@ static void test_greedy(const char *mode, int min_same) {
     for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         cJSON *j = cJSON_Parse(line);
         if (!j) continue;
-        cJSON *pi = cJSON_GetObjectItem(j, "prompt_ids"), *gi = cJSON_GetObjectItem(j, "greedy_ids");
+        cJSON *pi = cJSON_GetObjectItem(j, "prompt_ids"),
+              *gi = cJSON_GetObjectItem(j, "greedy_ids");
         int np = cJSON_GetArraySize(pi), ng = cJSON_GetArraySize(gi);
         int32_t *toks = malloc((size_t)(np + ng) * sizeof *toks);
         for (int i = 0; i < np; i++) toks[i] = cJSON_GetArrayItem(pi, i)->valueint;
         kv_cache *kv;
         char err[256];
-        kv_cache_create(hp->n_layer, hp->n_head_kv * hp->head_dim, 16, (np + ng) / 16 + 2, KV_F16, &kv,
-                        err, sizeof err);
+        kv_cache_create(hp->n_layer, hp->n_head_kv * hp->head_dim, 16, (np + ng) / 16 + 2, KV_F16,
+                        &kv, err, sizeof err);
         int seq = kv_seq_new(kv);
         kv_seq_reserve(kv, seq, np + ng);
         const int32_t *bt = kv_seq_block_table(kv, seq);
         float *logits = malloc((size_t)hp->n_vocab * sizeof *logits);
-        int32_t *pos = malloc((size_t)(np + ng) * sizeof *pos), *slots = malloc((size_t)(np + ng) * sizeof *slots);
+        int32_t *pos = malloc((size_t)(np + ng) * sizeof *pos),
+                *slots = malloc((size_t)(np + ng) * sizeof *slots);
         for (int i = 0; i < np + ng; i++) {
             pos[i] = i;
             slots[i] = kv_seq_slot(kv, seq, i);
@@ -225,7 +227,8 @@ static void test_greedy(const char *mode, int min_same) {
         }
         n_prompts++;
         n_same += same;
-        if (!same) printf("greedy prompt %d: first difference at token %d\n", n_prompts, first_diff);
+        if (!same)
+            printf("greedy prompt %d: first difference at token %d\n", n_prompts, first_diff);
         free(toks);
         free(logits);
         free(pos);

@@ -34,12 +34,12 @@
 #include <unistd.h>
 
 #include "core/backend/backend.h"
+#include "core/model.h"
+#include "core/tokenizer.h"
 #include "engine/generate.h"
 #include "proto/inference.pb-c.h"
-#include "core/model.h"
 #include "rpc/rpc.h"
 #include "tests/common/test_util.h"
-#include "core/tokenizer.h"
 
 #define MAX_MESSAGE 65536
 #define FRAME_TIMEOUT_MS 500

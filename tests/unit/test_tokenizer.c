@@ -16,9 +16,9 @@
 #include <time.h>
 
 #include "core/gguf.h"
+#include "core/tokenizer.h"
 #include "tests/common/gguf_writer.h"
 #include "tests/common/test_util.h"
-#include "core/tokenizer.h"
 
 /* ---- tiny vocabulary ------------------------------------------------------------------- */
 
@@ -534,9 +534,7 @@ int main(void) {
     spec_free(&v);
 
     const char *model = tu_model_path();
-    if (model)
-        test_real_model(model);
-    else
-        printf("tokenizer: real model not found, llama.cpp comparison skipped\n");
+    if (model) test_real_model(model);
+    else printf("tokenizer: real model not found, llama.cpp comparison skipped\n");
     return tu_finish("test_tokenizer");
 }

@@ -23,9 +23,9 @@
 
 #include "core/backend/backend.h"
 #include "core/backend/cpu/kernels.h"
+#include "core/backend/cpu/threadpool.h"
 #include "core/kv_cache.h"
 #include "core/quant.h"
-#include "core/backend/cpu/threadpool.h"
 
 /* A chunk is 16 weight columns (the AVX-512 kernels' width: 6 to 15 KB of
  * Q4_1, resident in L1 while all rows pass); rows go to the kernel 256 at a
