@@ -883,9 +883,9 @@ int config_to_json(const engine_config *c, char **out) {
             case K_INT: v = cJSON_CreateNumber(int_value(c, k)); break;
             case K_DOUBLE: v = cJSON_CreateNumber(double_value(c, k)); break;
             case K_STRING: {
-                const char *s = str_value(c, k);
-                if (k->extra == X_API_KEY && s[0]) s = "<redacted>";
-                v = cJSON_CreateString(s);
+                const char *str = str_value(c, k);
+                if (k->extra == X_API_KEY && str[0]) str = "<redacted>";
+                v = cJSON_CreateString(str);
                 break;
             }
             case K_ENUM: {
