@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""tools/check_layers.py: passes on the tree, fails on an injected upward,
-bare or dangling include (each in a scratch copy of the layer folders)."""
+"""The tree's rules, each checked on the tree and shown failing on an
+injected violation in a scratch copy:
+- tools/check_layers.py: an upward, bare or dangling include;
+- tools/check_function_length.py: a function over the length limit."""
 import os
 import shutil
 import subprocess
@@ -11,10 +13,11 @@ import unittest
 ROOT = os.environ.get("ENGINE_SOURCE_DIR") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, "tools", "check_layers.py")
+LENGTH_TOOL = os.path.join(ROOT, "tools", "check_function_length.py")
 
 
-def run(root):
-    p = subprocess.run([sys.executable, TOOL, root], capture_output=True, text=True)
+def run(root, tool=TOOL):
+    p = subprocess.run([sys.executable, tool, root], capture_output=True, text=True)
     return p.returncode, p.stderr
 
 
@@ -67,6 +70,37 @@ class CheckLayers(unittest.TestCase):
     def test_downward_include_passes(self):
         self.inject("engine/engine.c", '#include "paged_kv/paged_kv.h"\n')
         rc, err = run(self.tmp)
+        self.assertEqual(rc, 0, err)
+
+
+class CheckFunctionLength(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        os.makedirs(os.path.join(self.tmp, "engine"))
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp)
+
+    def write(self, body_lines, name="long_one"):
+        body = "".join(f"    x += {i};\n" for i in range(body_lines))
+        src = (f"static int {name}(int x,\n" f"                    int y) {{\n{body}    return x + y;\n}}\n"
+               "static const int table[] = {\n    1,\n};\n")
+        with open(os.path.join(self.tmp, "engine", "f.c"), "w") as f:
+            f.write(src)
+
+    def test_tree_is_clean(self):
+        rc, err = run(ROOT, LENGTH_TOOL)
+        self.assertEqual(rc, 0, err)
+
+    def test_long_function_fails(self):
+        self.write(200)
+        rc, err = run(self.tmp, LENGTH_TOOL)
+        self.assertEqual(rc, 1)
+        self.assertIn("engine/f.c:1: long_one is 204 lines", err)
+
+    def test_function_at_the_limit_passes(self):
+        self.write(116)  # signature (2) + body + return + brace = 120 lines
+        rc, err = run(self.tmp, LENGTH_TOOL)
         self.assertEqual(rc, 0, err)
 
 
