@@ -7,12 +7,16 @@
 #                                         already ran in phase 1)
 # Missing system packages are installed first (tools/install-deps) and the
 # default model is fetched (tools/fetch-model). Without the model, the tests
-# that need it skip (ctest reports them as "Not Run ... Skipped").
+# that need it skip (ctest reports them as "Not Run ... Skipped") -- except
+# under CI (CI=true, or STRICT=1): there a model that cannot be fetched fails
+# the run at once, and a phase in which any test skipped fails, so a green
+# run means every test ran.
 #
 # Usage: ./test.sh            (from any directory)
 #   JOBS=N           parallel build jobs (default: number of cores)
 #   SKIP_ASAN=1      run phase 1 only
 #   SKIP_DEPS=1      do not check/install system packages
+#   STRICT=0|1       skipped tests fail the phase (default: 1 under CI=true)
 #
 # Exit status: 0 when every phase built and all its tests passed or skipped;
 # 1 otherwise. Both phases always run; the summary at the end lists each.
@@ -31,9 +35,16 @@ if [ "${SKIP_DEPS:-0}" != 1 ]; then
     tools/install-deps --test || { log "installing system packages failed"; exit 1; }
 fi
 
+strict="${STRICT:-$([ "${CI:-}" = true ] && echo 1 || echo 0)}"
+
 model_ok=1
 if ! tools/fetch-model; then
     model_ok=0
+    if [ "$strict" = 1 ]; then
+        log "ERROR: the model could not be fetched; under CI that fails the run"
+        echo "RESULT: FAILED (no model)"
+        exit 1
+    fi
     log "WARNING: the model could not be fetched; tests that need it will be SKIPPED"
 fi
 
@@ -62,9 +73,14 @@ phase() {
     rc=${PIPESTATUS[0]}
     t1=$(date +%s)
     [ "$rc" = 0 ] || failed=1
-    local line
+    local line skipped
     line=$(grep -E 'tests passed|tests failed' "$dir/ctest.log" | tail -n 1)
     summary+=("[$name] ${line:-ctest exited with status $rc} ($((t1 - t0)) s incl. build)")
+    skipped=$(grep -c '(Skipped)' "$dir/ctest.log" || true)
+    if [ "$strict" = 1 ] && [ "$skipped" != 0 ]; then
+        summary+=("[$name] FAILED: $skipped test(s) skipped, and skips fail under CI/STRICT=1")
+        failed=1
+    fi
     while IFS= read -r l; do summary+=("        $l"); done < <(
         sed -n '/^The following tests \(FAILED\|did not run\):/,/^$/p' "$dir/ctest.log" |
             grep -v -e '^$' -e '^Errors while running CTest')
