@@ -250,10 +250,9 @@ static int add_bigram(encoder *e, int32_t left, int32_t right) {
 
 static int emit(encoder *e, int32_t id) { return vec_push(&e->out, &id); }
 
-/* BPE over one pre-tokenized word (raw bytes). */
-static int bpe_word(encoder *e, const char *raw, size_t n) {
-    const llm_tokenizer *t = e->t;
-    if (n == 0) return 0;
+/* Map a word's raw bytes (n > 0) into e->word in the byte alphabet, one
+ * symbol per byte, linked left to right; the merge heap starts empty. */
+static int map_word(encoder *e, const char *raw, size_t n) {
     e->word.n = 0;
     e->syms.n = 0;
     e->heap.n = 0;
@@ -273,28 +272,15 @@ static int bpe_word(encoder *e, const char *raw, size_t n) {
     }
     e->word.n = wn;
     e->syms.n = n;
+    return 0;
+}
 
-    if (t->pre->ignore_merges) {
-        int32_t id = tok_vocab_lookup(t, w, wn);
-        if (id >= 0) return emit(e, id);
-    }
-
-    for (size_t i = 1; i < n; i++)
-        if (add_bigram(e, (int32_t)i - 1, (int32_t)i)) return TOK_ENOMEM;
-
-    while (e->heap.n) {
-        bigram b = heap_pop(&e->heap);
-        s = e->syms.p;
-        symbol *l = &s[b.left], *r = &s[b.right];
-        if (l->n == 0 || r->n == 0 || l->n + r->n != b.size) continue;
-        l->n += r->n;
-        r->n = 0;
-        l->next = r->next;
-        if (r->next >= 0) s[r->next].prev = b.left;
-        if (add_bigram(e, l->prev, b.left) || add_bigram(e, b.left, l->next)) return TOK_ENOMEM;
-    }
-
-    s = e->syms.p;
+/* Emit the merged symbols of e->word; a symbol that is not a token becomes
+ * the single-byte tokens of its text. */
+static int emit_symbols(encoder *e) {
+    const llm_tokenizer *t = e->t;
+    const char *w = e->word.p;
+    const symbol *s = e->syms.p;
     for (int32_t i = 0; i != -1; i = s[i].next) {
         if (s[i].n == 0) continue;
         int32_t id = tok_vocab_lookup(t, w + s[i].off, s[i].n);
@@ -309,6 +295,35 @@ static int bpe_word(encoder *e, const char *raw, size_t n) {
         }
     }
     return 0;
+}
+
+/* BPE over one pre-tokenized word (raw bytes). */
+static int bpe_word(encoder *e, const char *raw, size_t n) {
+    const llm_tokenizer *t = e->t;
+    if (n == 0) return 0;
+    int rc = map_word(e, raw, n);
+    if (rc) return rc;
+
+    if (t->pre->ignore_merges) {
+        int32_t id = tok_vocab_lookup(t, e->word.p, e->word.n);
+        if (id >= 0) return emit(e, id);
+    }
+
+    for (size_t i = 1; i < n; i++)
+        if (add_bigram(e, (int32_t)i - 1, (int32_t)i)) return TOK_ENOMEM;
+
+    while (e->heap.n) {
+        bigram b = heap_pop(&e->heap);
+        symbol *s = e->syms.p;
+        symbol *l = &s[b.left], *r = &s[b.right];
+        if (l->n == 0 || r->n == 0 || l->n + r->n != b.size) continue;
+        l->n += r->n;
+        r->n = 0;
+        l->next = r->next;
+        if (r->next >= 0) s[r->next].prev = b.left;
+        if (add_bigram(e, l->prev, b.left) || add_bigram(e, b.left, l->next)) return TOK_ENOMEM;
+    }
+    return emit_symbols(e);
 }
 
 static int span_push(vec *v, size_t off, size_t len) {
@@ -451,26 +466,42 @@ static int partition_special(encoder *e, const char *text, size_t len, int parse
     return 0;
 }
 
+/* Set up the scratch for encoding len bytes; on failure the caller still
+ * calls encoder_free_scratch and frees e->out. */
+static int encoder_init(encoder *e, const llm_tokenizer *t, size_t len) {
+    memset(e, 0, sizeof *e);
+    e->t = t;
+    tok_byte_alphabet_init(&e->alpha);
+    e->out.elem = sizeof(int32_t);
+    e->frags[0].elem = e->frags[1].elem = sizeof(fragment);
+    e->spans[0].elem = e->spans[1].elem = sizeof(span);
+    e->word.elem = 1;
+    e->syms.elem = sizeof(symbol);
+    e->heap.elem = sizeof(bigram);
+    e->md = pcre2_match_data_create(4, NULL);
+    if (!e->md || vec_reserve(&e->out, len / 2 + 4)) return TOK_ENOMEM;
+    return 0;
+}
+
+/* Free everything but the output ids. */
+static void encoder_free_scratch(encoder *e) {
+    pcre2_match_data_free(e->md);
+    free(e->frags[0].p);
+    free(e->frags[1].p);
+    free(e->spans[0].p);
+    free(e->spans[1].p);
+    free(e->word.p);
+    free(e->syms.p);
+    free(e->heap.p);
+}
+
 int tok_encode(const llm_tokenizer *t, const char *text, size_t len, int add_special,
                int parse_special, int32_t **out) {
     *out = NULL;
     if (!text && len) return TOK_EINVAL;
     encoder e;
-    memset(&e, 0, sizeof e);
-    e.t = t;
-    tok_byte_alphabet_init(&e.alpha);
-    e.out.elem = sizeof(int32_t);
-    e.frags[0].elem = e.frags[1].elem = sizeof(fragment);
-    e.spans[0].elem = e.spans[1].elem = sizeof(span);
-    e.word.elem = 1;
-    e.syms.elem = sizeof(symbol);
-    e.heap.elem = sizeof(bigram);
-    int rc = 0;
-    e.md = pcre2_match_data_create(4, NULL);
-    if (!e.md || vec_reserve(&e.out, len / 2 + 4)) {
-        rc = TOK_ENOMEM;
-        goto done;
-    }
+    int rc = encoder_init(&e, t, len);
+    if (rc) goto done;
 
     if (add_special && t->add_bos && t->bos >= 0 && (rc = emit(&e, t->bos))) goto done;
     if (len) {
@@ -487,14 +518,7 @@ int tok_encode(const llm_tokenizer *t, const char *text, size_t len, int add_spe
     if (add_special && t->add_eos && t->eos >= 0 && (rc = emit(&e, t->eos))) goto done;
 
 done:
-    pcre2_match_data_free(e.md);
-    free(e.frags[0].p);
-    free(e.frags[1].p);
-    free(e.spans[0].p);
-    free(e.spans[1].p);
-    free(e.word.p);
-    free(e.syms.p);
-    free(e.heap.p);
+    encoder_free_scratch(&e);
     if (rc) {
         free(e.out.p);
         return rc;

@@ -193,63 +193,94 @@ static void force_control(llm_tokenizer *t, int32_t id) {
     if (id >= 0 && t->type[id] != TOK_TYPE_CONTROL) t->type[id] = TOK_TYPE_CONTROL;
 }
 
+/* Token texts that llama.cpp recognises as end-of-turn, FIM and
+ * end-of-generation tokens (forced to CONTROL), and texts that are always
+ * user-defined. Each list ends with NULL; earlier texts win. */
+static const char *const k_eot_texts[] = {"<|eot_id|>",
+                                          "<|im_end|>",
+                                          "<|end|>",
+                                          "<end_of_turn>",
+                                          "<|endoftext|>",
+                                          "<|end_of_text|>",
+                                          "<EOT>",
+                                          "_<EOT>",
+                                          "<\xef\xbd\x9c"
+                                          "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+                                          "<end_of_utterance>",
+                                          NULL};
+static const char *const k_eom_texts[] = {"<|eom_id|>", NULL};
+static const char *const k_fim_pre_texts[] = {"<|fim_prefix|>",
+                                              "<fim-prefix>",
+                                              "<fim_prefix>",
+                                              "<\xef\xbd\x9c"
+                                              "fim\xe2\x96\x81"
+                                              "begin\xef\xbd\x9c>",
+                                              "<PRE>",
+                                              "\xe2\x96\x81<PRE>",
+                                              "<|code_prefix|>",
+                                              NULL};
+static const char *const k_fim_suf_texts[] = {"<|fim_suffix|>",
+                                              "<fim-suffix>",
+                                              "<fim_suffix>",
+                                              "<\xef\xbd\x9c"
+                                              "fim\xe2\x96\x81hole\xef\xbd\x9c>",
+                                              "<SUF>",
+                                              "\xe2\x96\x81<SUF>",
+                                              "<|code_suffix|>",
+                                              NULL};
+static const char *const k_fim_mid_texts[] = {"<|fim_middle|>",
+                                              "<fim-middle>",
+                                              "<fim_middle>",
+                                              "<\xef\xbd\x9c"
+                                              "fim\xe2\x96\x81"
+                                              "end\xef\xbd\x9c>",
+                                              "<MID>",
+                                              "\xe2\x96\x81<MID>",
+                                              "<|code_middle|>",
+                                              NULL};
+static const char *const k_fim_pad_texts[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>",
+                                              NULL};
+static const char *const k_fim_rep_texts[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
+                                              "<REPO>",       "<reponame>",    NULL};
+static const char *const k_fim_sep_texts[] = {"<|file_sep|>", NULL};
+static const char *const k_eog_texts[] = {
+    "<|eot_id|>",      "<|im_end|>",         "<|end|>",    "<|return|>", "<|call|>",
+    "<end_of_turn>",   "<|endoftext|>",      "<|eom_id|>", "<EOT>",      "_<EOT>",
+    "<|end_of_text|>", "<end_of_utterance>", NULL};
+static const char *const k_always_user[] = {"<|channel|>", "<|message|>", "<|start|>",
+                                            "<|constrain|>", NULL};
+
+/* The EOG set: the given ids plus every token named in k_eog_texts; then
+ * the type fix-ups that depend on it. */
+static void mark_eog(llm_tokenizer *t, const int32_t *extra_eog, size_t n_extra) {
+    for (size_t i = 0; i < n_extra; i++)
+        if (extra_eog[i] >= 0) t->eog[extra_eog[i]] = 1;
+    for (const char *const *p = k_eog_texts; *p; p++) {
+        int32_t id = tok_vocab_lookup(t, *p, strlen(*p));
+        if (id >= 0) {
+            t->eog[id] = 1;
+            force_control(t, id);
+        }
+    }
+    for (const char *const *p = k_always_user; *p; p++) {
+        int32_t id = tok_vocab_lookup(t, *p, strlen(*p));
+        if (id >= 0) t->type[id] = TOK_TYPE_USER_DEFINED;
+    }
+
+    /* gpt-oss (harmony): with <|return|> and <|call|> present, <|end|> is not EOG. */
+    int32_t ret_id = tok_vocab_lookup(t, "<|return|>", 10),
+            call_id = tok_vocab_lookup(t, "<|call|>", 8),
+            end_id = tok_vocab_lookup(t, "<|end|>", 7);
+    if (ret_id >= 0 && call_id >= 0 && end_id >= 0 && t->eog[ret_id] && t->eog[call_id] &&
+        t->eog[end_id]) {
+        t->eog[end_id] = 0;
+        t->type[end_id] = TOK_TYPE_USER_DEFINED;
+    }
+}
+
 /* llama.cpp recognises end-of-turn, FIM and end-of-generation tokens by their
  * text and forces them to CONTROL; the EOG set is built from the same lists. */
 static int detect_special(llm_tokenizer *t, const gguf_file *f, char *err, size_t errlen) {
-    static const char *const eot_texts[] = {"<|eot_id|>",
-                                            "<|im_end|>",
-                                            "<|end|>",
-                                            "<end_of_turn>",
-                                            "<|endoftext|>",
-                                            "<|end_of_text|>",
-                                            "<EOT>",
-                                            "_<EOT>",
-                                            "<\xef\xbd\x9c"
-                                            "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
-                                            "<end_of_utterance>",
-                                            NULL};
-    static const char *const eom_texts[] = {"<|eom_id|>", NULL};
-    static const char *const fim_pre_texts[] = {"<|fim_prefix|>",
-                                                "<fim-prefix>",
-                                                "<fim_prefix>",
-                                                "<\xef\xbd\x9c"
-                                                "fim\xe2\x96\x81"
-                                                "begin\xef\xbd\x9c>",
-                                                "<PRE>",
-                                                "\xe2\x96\x81<PRE>",
-                                                "<|code_prefix|>",
-                                                NULL};
-    static const char *const fim_suf_texts[] = {"<|fim_suffix|>",
-                                                "<fim-suffix>",
-                                                "<fim_suffix>",
-                                                "<\xef\xbd\x9c"
-                                                "fim\xe2\x96\x81hole\xef\xbd\x9c>",
-                                                "<SUF>",
-                                                "\xe2\x96\x81<SUF>",
-                                                "<|code_suffix|>",
-                                                NULL};
-    static const char *const fim_mid_texts[] = {"<|fim_middle|>",
-                                                "<fim-middle>",
-                                                "<fim_middle>",
-                                                "<\xef\xbd\x9c"
-                                                "fim\xe2\x96\x81"
-                                                "end\xef\xbd\x9c>",
-                                                "<MID>",
-                                                "\xe2\x96\x81<MID>",
-                                                "<|code_middle|>",
-                                                NULL};
-    static const char *const fim_pad_texts[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>",
-                                                NULL};
-    static const char *const fim_rep_texts[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
-                                                "<REPO>",       "<reponame>",    NULL};
-    static const char *const fim_sep_texts[] = {"<|file_sep|>", NULL};
-    static const char *const eog_texts[] = {
-        "<|eot_id|>",      "<|im_end|>",         "<|end|>",    "<|return|>", "<|call|>",
-        "<end_of_turn>",   "<|endoftext|>",      "<|eom_id|>", "<EOT>",      "_<EOT>",
-        "<|end_of_text|>", "<end_of_utterance>", NULL};
-    static const char *const always_user[] = {"<|channel|>", "<|message|>", "<|start|>",
-                                              "<|constrain|>", NULL};
-
     int32_t eot = -1, eom = -1, fim_pre = -1, fim_suf = -1, fim_mid = -1, fim_pad = -1,
             fim_rep = -1, fim_sep = -1;
     /* metadata id first; without one, the first listed text that is a token */
@@ -258,14 +289,14 @@ static int detect_special(llm_tokenizer *t, const gguf_file *f, char *err, size_
         int32_t *id;
         const char *const *texts;
     } detect[] = {
-        {"tokenizer.ggml.eot_token_id", &eot, eot_texts},
-        {"tokenizer.ggml.eom_token_id", &eom, eom_texts},
-        {"tokenizer.ggml.fim_pre_token_id", &fim_pre, fim_pre_texts},
-        {"tokenizer.ggml.fim_suf_token_id", &fim_suf, fim_suf_texts},
-        {"tokenizer.ggml.fim_mid_token_id", &fim_mid, fim_mid_texts},
-        {"tokenizer.ggml.fim_pad_token_id", &fim_pad, fim_pad_texts},
-        {"tokenizer.ggml.fim_rep_token_id", &fim_rep, fim_rep_texts},
-        {"tokenizer.ggml.fim_sep_token_id", &fim_sep, fim_sep_texts},
+        {"tokenizer.ggml.eot_token_id", &eot, k_eot_texts},
+        {"tokenizer.ggml.eom_token_id", &eom, k_eom_texts},
+        {"tokenizer.ggml.fim_pre_token_id", &fim_pre, k_fim_pre_texts},
+        {"tokenizer.ggml.fim_suf_token_id", &fim_suf, k_fim_suf_texts},
+        {"tokenizer.ggml.fim_mid_token_id", &fim_mid, k_fim_mid_texts},
+        {"tokenizer.ggml.fim_pad_token_id", &fim_pad, k_fim_pad_texts},
+        {"tokenizer.ggml.fim_rep_token_id", &fim_rep, k_fim_rep_texts},
+        {"tokenizer.ggml.fim_sep_token_id", &fim_sep, k_fim_sep_texts},
     };
     for (size_t i = 0; i < sizeof detect / sizeof detect[0]; i++) {
         int rc = get_opt_id(f, detect[i].key, t->n_vocab, detect[i].id, err, errlen);
@@ -278,28 +309,7 @@ static int detect_special(llm_tokenizer *t, const gguf_file *f, char *err, size_
     t->eom = eom;
 
     int32_t extra_eog[] = {fim_pad, fim_rep, fim_sep, t->eos, eot, eom};
-    for (size_t i = 0; i < sizeof extra_eog / sizeof extra_eog[0]; i++)
-        if (extra_eog[i] >= 0) t->eog[extra_eog[i]] = 1;
-    for (const char *const *p = eog_texts; *p; p++) {
-        int32_t id = tok_vocab_lookup(t, *p, strlen(*p));
-        if (id >= 0) {
-            t->eog[id] = 1;
-            force_control(t, id);
-        }
-    }
-    for (const char *const *p = always_user; *p; p++) {
-        int32_t id = tok_vocab_lookup(t, *p, strlen(*p));
-        if (id >= 0) t->type[id] = TOK_TYPE_USER_DEFINED;
-    }
-
-    /* gpt-oss (harmony): with <|return|> and <|call|> present, <|end|> is not EOG. */
-    int32_t ret_id = tok_vocab_lookup(t, "<|return|>", 10), call_id = tok_vocab_lookup(t, "<|call|>", 8),
-            end_id = tok_vocab_lookup(t, "<|end|>", 7);
-    if (ret_id >= 0 && call_id >= 0 && end_id >= 0 && t->eog[ret_id] && t->eog[call_id] &&
-        t->eog[end_id]) {
-        t->eog[end_id] = 0;
-        t->type[end_id] = TOK_TYPE_USER_DEFINED;
-    }
+    mark_eog(t, extra_eog, sizeof extra_eog / sizeof extra_eog[0]);
     return 0;
 }
 
@@ -374,6 +384,45 @@ static int compile_regexes(llm_tokenizer *t, char *err, size_t errlen) {
     return 0;
 }
 
+/* Total text of string array idx (n entries), which must fit 32-bit pool
+ * offsets; what names the array in the message. */
+static int str_arr_total(const gguf_file *f, int64_t idx, uint64_t n, const char *what,
+                         size_t *total, char *err, size_t errlen) {
+    *total = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        gguf_str s;
+        if (gguf_arr_str(f, idx, i, &s)) return TOK_EFORMAT;
+        *total += s.len;
+    }
+    if (*total > UINT32_MAX - 1) {
+        set_err(err, errlen, "tokenizer: %s too large", what);
+        return TOK_EFORMAT;
+    }
+    return 0;
+}
+
+/* tokenizer.ggml.token_type, when present, must give one type per token; an
+ * absent one makes every token NORMAL, an unknown value UNDEFINED. */
+static int load_token_types(llm_tokenizer *t, const gguf_file *f, uint64_t n, char *err,
+                            size_t errlen) {
+    int64_t tidx = gguf_find_key(f, "tokenizer.ggml.token_type");
+    if (tidx >= 0 && gguf_arr_len(f, tidx) != n) {
+        set_err(err, errlen, "tokenizer: token_type has %llu entries, tokens has %llu",
+                (unsigned long long)gguf_arr_len(f, tidx), (unsigned long long)n);
+        return TOK_EFORMAT;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        int64_t ty = TOK_TYPE_NORMAL;
+        if (tidx >= 0 && gguf_arr_int(f, tidx, i, &ty)) {
+            set_err(err, errlen, "tokenizer: tokenizer.ggml.token_type is not an integer array");
+            return TOK_EFORMAT;
+        }
+        t->type[i] =
+            (ty >= TOK_TYPE_UNDEFINED && ty <= TOK_TYPE_BYTE) ? (uint8_t)ty : TOK_TYPE_UNDEFINED;
+    }
+    return 0;
+}
+
 static int load_vocab(llm_tokenizer *t, const gguf_file *f, char *err, size_t errlen) {
     int64_t idx;
     uint64_t n;
@@ -385,16 +434,8 @@ static int load_vocab(llm_tokenizer *t, const gguf_file *f, char *err, size_t er
         return TOK_EFORMAT;
     }
     t->n_vocab = (int)n;
-    size_t total = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        gguf_str s;
-        if (gguf_arr_str(f, idx, i, &s)) return TOK_EFORMAT;
-        total += s.len;
-    }
-    if (total > UINT32_MAX - 1) {
-        set_err(err, errlen, "tokenizer: vocabulary text too large");
-        return TOK_EFORMAT;
-    }
+    size_t total;
+    if ((rc = str_arr_total(f, idx, n, "vocabulary text", &total, err, errlen))) return rc;
     t->text_pool = malloc(total + 1);
     t->text_off = malloc(sizeof(uint32_t) * n);
     t->text_len = malloc(sizeof(uint32_t) * n);
@@ -415,21 +456,7 @@ static int load_vocab(llm_tokenizer *t, const gguf_file *f, char *err, size_t er
         pos += s.len;
     }
 
-    int64_t tidx = gguf_find_key(f, "tokenizer.ggml.token_type");
-    if (tidx >= 0 && gguf_arr_len(f, tidx) != n) {
-        set_err(err, errlen, "tokenizer: token_type has %llu entries, tokens has %llu",
-                (unsigned long long)gguf_arr_len(f, tidx), (unsigned long long)n);
-        return TOK_EFORMAT;
-    }
-    for (uint64_t i = 0; i < n; i++) {
-        int64_t ty = TOK_TYPE_NORMAL;
-        if (tidx >= 0 && gguf_arr_int(f, tidx, i, &ty)) {
-            set_err(err, errlen, "tokenizer: tokenizer.ggml.token_type is not an integer array");
-            return TOK_EFORMAT;
-        }
-        t->type[i] =
-            (ty >= TOK_TYPE_UNDEFINED && ty <= TOK_TYPE_BYTE) ? (uint8_t)ty : TOK_TYPE_UNDEFINED;
-    }
+    if ((rc = load_token_types(t, f, n, err, errlen))) return rc;
     for (int32_t id = 0; id < t->n_vocab; id++)
         if (t->text_len[id]) vocab_insert(t, id);
     return 0;
@@ -444,16 +471,8 @@ static int load_merges(llm_tokenizer *t, const gguf_file *f, char *err, size_t e
         set_err(err, errlen, "tokenizer: too many merges (%llu)", (unsigned long long)n);
         return TOK_EFORMAT;
     }
-    size_t total = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        gguf_str s;
-        if (gguf_arr_str(f, idx, i, &s)) return TOK_EFORMAT;
-        total += s.len;
-    }
-    if (total > UINT32_MAX - 1) {
-        set_err(err, errlen, "tokenizer: merges too large");
-        return TOK_EFORMAT;
-    }
+    size_t total;
+    if ((rc = str_arr_total(f, idx, n, "merges", &total, err, errlen))) return rc;
     t->n_merges = (uint32_t)n;
     t->merge_pool = malloc(total + 1);
     t->merge_off = malloc(sizeof(uint32_t) * (n ? n : 1));
@@ -484,8 +503,8 @@ static int load_merges(llm_tokenizer *t, const gguf_file *f, char *err, size_t e
     return 0;
 }
 
-int tok_load(const gguf_file *f, llm_tokenizer **out, char *err, size_t errlen) {
-    *out = NULL;
+/* The pre-tokenizer for this file's metadata; only model "gpt2" is accepted. */
+static int select_pre(const gguf_file *f, const tok_pre_def **out, char *err, size_t errlen) {
     gguf_str model;
     int rc = gguf_get_str(f, "tokenizer.ggml.model", &model);
     if (rc) {
@@ -513,6 +532,30 @@ int tok_load(const gguf_file *f, llm_tokenizer **out, char *err, size_t errlen) 
                 (int)(pre_name.len > 64 ? 64 : pre_name.len), pre_name.ptr);
         return TOK_EFORMAT;
     }
+    *out = pre;
+    return 0;
+}
+
+/* Control, user-defined and unknown tokens with text, longest first: the
+ * order in which the special-token partition cuts them out. */
+static int build_special_list(llm_tokenizer *t) {
+    t->special = malloc(sizeof(int32_t) * (size_t)t->n_vocab);
+    if (!t->special) return TOK_ENOMEM;
+    for (int32_t id = 0; id < t->n_vocab; id++) {
+        uint8_t ty = t->type[id];
+        if ((ty == TOK_TYPE_CONTROL || ty == TOK_TYPE_USER_DEFINED || ty == TOK_TYPE_UNKNOWN) &&
+            t->text_len[id] > 0)
+            t->special[t->n_special++] = id;
+    }
+    qsort_r(t->special, (size_t)t->n_special, sizeof(int32_t), cmp_special, t);
+    return 0;
+}
+
+int tok_load(const gguf_file *f, llm_tokenizer **out, char *err, size_t errlen) {
+    *out = NULL;
+    const tok_pre_def *pre;
+    int rc = select_pre(f, &pre, err, errlen);
+    if (rc) return rc;
 
     llm_tokenizer *t = calloc(1, sizeof *t);
     if (!t) {
@@ -531,23 +574,9 @@ int tok_load(const gguf_file *f, llm_tokenizer **out, char *err, size_t errlen) 
         (rc = get_opt_id(f, "tokenizer.ggml.eos_token_id", t->n_vocab, &t->eos, err, errlen)) ||
         (rc = get_opt_bool(f, "tokenizer.ggml.add_bos_token", &t->add_bos, err, errlen)) ||
         (rc = get_opt_bool(f, "tokenizer.ggml.add_eos_token", &t->add_eos, err, errlen)) ||
-        (rc = detect_special(t, f, err, errlen)))
+        (rc = detect_special(t, f, err, errlen)) || (rc = build_special_list(t)) ||
+        (rc = build_pieces(t)) || (rc = compile_regexes(t, err, errlen)))
         goto fail;
-
-    t->special = malloc(sizeof(int32_t) * (size_t)t->n_vocab);
-    if (!t->special) {
-        rc = TOK_ENOMEM;
-        goto fail;
-    }
-    for (int32_t id = 0; id < t->n_vocab; id++) {
-        uint8_t ty = t->type[id];
-        if ((ty == TOK_TYPE_CONTROL || ty == TOK_TYPE_USER_DEFINED || ty == TOK_TYPE_UNKNOWN) &&
-            t->text_len[id] > 0)
-            t->special[t->n_special++] = id;
-    }
-    qsort_r(t->special, (size_t)t->n_special, sizeof(int32_t), cmp_special, t);
-
-    if ((rc = build_pieces(t)) || (rc = compile_regexes(t, err, errlen))) goto fail;
     *out = t;
     return 0;
 
