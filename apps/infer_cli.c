@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,128 +194,169 @@ static char *cli_join(char **words, int n) {
 
 /* ---- option parsing ---------------------------------------------------- */
 
-/* Parses every option (anywhere on the line); positional words go to pos.
- * Returns 0, 1 for --help, or -1 on a usage error. */
-static int cli_parse(int argc, char **argv, cli_opts *o, char **pos, int *npos, int *want_help) {
+/* Options that only store a value are rows of this table: an int in
+ * [lo, hi], a float, a string, or (CLI_ARG_SET) the constant lo. */
+typedef enum { CLI_ARG_INT, CLI_ARG_FLOAT, CLI_ARG_STR, CLI_ARG_SET } cli_arg_kind;
+
+typedef struct {
+    const char *name, *alias; /* alias may be NULL */
+    cli_arg_kind kind;
+    size_t off; /* of the field in cli_opts */
+    long lo, hi;
+} cli_opt_def;
+
+#define CLI_OPT(name, alias, kind, field, lo, hi)                                                  \
+    { name, alias, kind, offsetof(cli_opts, field), lo, hi }
+
+static const cli_opt_def cli_opt_table[] = {
+    CLI_OPT("--url", NULL, CLI_ARG_STR, url, 0, 0),
+    CLI_OPT("--api-key", NULL, CLI_ARG_STR, api_key, 0, 0),
+    CLI_OPT("--timeout", NULL, CLI_ARG_INT, timeout_ms, 0, INT_MAX),
+    CLI_OPT("--quiet", "-q", CLI_ARG_SET, quiet, 1, 0),
+    CLI_OPT("--max-tokens", "-n", CLI_ARG_INT, gp.max_tokens, -1, INT_MAX),
+    CLI_OPT("--min-tokens", NULL, CLI_ARG_INT, gp.min_tokens, 0, INT_MAX),
+    CLI_OPT("--temperature", NULL, CLI_ARG_FLOAT, gp.temperature, 0, 0),
+    CLI_OPT("--top-k", NULL, CLI_ARG_INT, gp.top_k, INT_MIN + 1, INT_MAX),
+    CLI_OPT("--top-p", NULL, CLI_ARG_FLOAT, gp.top_p, 0, 0),
+    CLI_OPT("--min-p", NULL, CLI_ARG_FLOAT, gp.min_p, 0, 0),
+    CLI_OPT("--repeat-penalty", NULL, CLI_ARG_FLOAT, gp.repetition_penalty, 0, 0),
+    CLI_OPT("--repeat-last-n", NULL, CLI_ARG_INT, gp.repeat_last_n, INT_MIN + 1, INT_MAX),
+    CLI_OPT("--ignore-eos", NULL, CLI_ARG_SET, gp.ignore_eos, 1, 0),
+    CLI_OPT("--n", NULL, CLI_ARG_INT, gp.n, INT_MIN + 1, INT_MAX),
+    CLI_OPT("--chat", NULL, CLI_ARG_SET, chat, 1, 0),
+    CLI_OPT("--system", NULL, CLI_ARG_STR, system, 0, 0),
+    CLI_OPT("--no-special", NULL, CLI_ARG_SET, gp.add_special, 0, 0),
+    CLI_OPT("--add-special", NULL, CLI_ARG_SET, add_special, 1, 0),
+    CLI_OPT("--no-parse-special", NULL, CLI_ARG_SET, parse_special, 0, 0),
+    CLI_OPT("--render-special", NULL, CLI_ARG_SET, render_special, 1, 0),
+};
+
+/* What an option handler did with argv[i] (and its value argv[i + 1]). */
+typedef enum {
+    CLI_OPT_ERROR = -1, /* usage error, already reported */
+    CLI_OPT_UNKNOWN,    /* not this handler's option */
+    CLI_OPT_FLAG,       /* took the option alone */
+    CLI_OPT_VALUE,      /* took the option and its value */
+} cli_opt_result;
+
+static cli_opt_result cli_missing_value(const char *a) {
+    fprintf(stderr, "infer-cli: %s needs a value\n", a);
+    return CLI_OPT_ERROR;
+}
+
+static const cli_opt_def *cli_opt_find(const char *a) {
+    for (size_t i = 0; i < sizeof cli_opt_table / sizeof cli_opt_table[0]; i++) {
+        const cli_opt_def *d = &cli_opt_table[i];
+        if (!strcmp(a, d->name) || (d->alias && !strcmp(a, d->alias))) return d;
+    }
+    return NULL;
+}
+
+/* A row of cli_opt_table: store the (parsed) value in its field. */
+static cli_opt_result cli_opt_store(cli_opts *o, const cli_opt_def *d, const char *a,
+                                    const char *v) {
+    char *field = (char *)o + d->off;
+    if (d->kind == CLI_ARG_SET) {
+        *(int *)field = (int)d->lo;
+        return CLI_OPT_FLAG;
+    }
+    if (!v) return cli_missing_value(a);
+    long lv;
+    switch (d->kind) {
+    case CLI_ARG_INT:
+        if (cli_parse_int(a, v, d->lo, d->hi, &lv)) return CLI_OPT_ERROR;
+        *(int *)field = (int)lv;
+        break;
+    case CLI_ARG_FLOAT:
+        if (cli_parse_float(a, v, (float *)field)) return CLI_OPT_ERROR;
+        break;
+    default: *(const char **)field = v; break;
+    }
+    return CLI_OPT_VALUE;
+}
+
+static cli_opt_result cli_opt_seed(cli_opts *o, const char *v) {
+    char *end;
+    errno = 0;
+    unsigned long long s = strtoull(v, &end, 10);
+    if (errno || end == v || *end) {
+        fprintf(stderr, "infer-cli: --seed: expected an unsigned integer, got '%s'\n", v);
+        return CLI_OPT_ERROR;
+    }
+    o->gp.has_seed = 1;
+    o->gp.seed = (uint64_t)s;
+    return CLI_OPT_VALUE;
+}
+
+static cli_opt_result cli_opt_stop(cli_opts *o, const char *v) {
+    if (o->gp.n_stop == CLI_MAX_STOP) {
+        fprintf(stderr, "infer-cli: at most %d --stop strings\n", CLI_MAX_STOP);
+        return CLI_OPT_ERROR;
+    }
+    o->stop[o->gp.n_stop] = v;
+    o->gp.stop = o->stop;
+    o->gp.n_stop++;
+    return CLI_OPT_VALUE;
+}
+
+static cli_opt_result cli_opt_ids(cli_opts *o, const char *v) {
     static int32_t ids[CLI_MAX_IDS];
-    size_t n_stop = 0;
+    long n = cli_parse_ids(v, ids, CLI_MAX_IDS);
+    if (n < 0) {
+        fprintf(stderr, "infer-cli: --ids: expected comma-separated token ids\n");
+        return CLI_OPT_ERROR;
+    }
+    o->prompt_ids = ids;
+    o->n_prompt_ids = (size_t)n;
+    return CLI_OPT_VALUE;
+}
+
+/* Options that do more than store one value. */
+static cli_opt_result cli_opt_other(cli_opts *o, const char *a, const char *v) {
+    if (!strcmp(a, "--greedy")) {
+        o->gp.temperature = 0.0f;
+        return CLI_OPT_FLAG;
+    }
+    if (!strcmp(a, "--token-ids")) {
+        o->json_ids = 1;
+        o->gp.return_token_ids = 1;
+        return CLI_OPT_FLAG;
+    }
+    cli_opt_result (*with_value)(cli_opts *, const char *) = NULL;
+    if (!strcmp(a, "--seed")) with_value = cli_opt_seed;
+    else if (!strcmp(a, "--stop")) with_value = cli_opt_stop;
+    else if (!strcmp(a, "--ids")) with_value = cli_opt_ids;
+    else return CLI_OPT_UNKNOWN;
+    return v ? with_value(o, v) : cli_missing_value(a);
+}
+
+/* Parses every option (anywhere on the line); positional words go to pos.
+ * Returns 0, or -1 on a usage error; -h/--help sets *want_help. */
+static int cli_parse(int argc, char **argv, cli_opts *o, char **pos, int *npos, int *want_help) {
     *npos = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long lv;
-#define NEED_VALUE                                                                                 \
-    do {                                                                                           \
-        if (!v) {                                                                                  \
-            fprintf(stderr, "infer-cli: %s needs a value\n", a);                                   \
-            return -1;                                                                             \
-        }                                                                                          \
-        i++;                                                                                       \
-    } while (0)
         if (a[0] != '-' || !strcmp(a, "-")) {
             pos[(*npos)++] = argv[i];
-        } else if (!strcmp(a, "--")) {
+            continue;
+        }
+        if (!strcmp(a, "--")) {
             for (i++; i < argc; i++) pos[(*npos)++] = argv[i];
-        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            break;
+        }
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             *want_help = 1;
-        } else if (!strcmp(a, "--url")) {
-            NEED_VALUE;
-            o->url = v;
-        } else if (!strcmp(a, "--api-key")) {
-            NEED_VALUE;
-            o->api_key = v;
-        } else if (!strcmp(a, "--timeout")) {
-            NEED_VALUE;
-            if (cli_parse_int(a, v, 0, INT_MAX, &lv)) return -1;
-            o->timeout_ms = (int)lv;
-        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
-            o->quiet = 1;
-        } else if (!strcmp(a, "-n") || !strcmp(a, "--max-tokens")) {
-            NEED_VALUE;
-            if (cli_parse_int(a, v, -1, INT_MAX, &lv)) return -1;
-            o->gp.max_tokens = (int)lv;
-        } else if (!strcmp(a, "--min-tokens")) {
-            NEED_VALUE;
-            if (cli_parse_int(a, v, 0, INT_MAX, &lv)) return -1;
-            o->gp.min_tokens = (int)lv;
-        } else if (!strcmp(a, "--temperature")) {
-            NEED_VALUE;
-            if (cli_parse_float(a, v, &o->gp.temperature)) return -1;
-        } else if (!strcmp(a, "--greedy")) {
-            o->gp.temperature = 0.0f;
-        } else if (!strcmp(a, "--top-k")) {
-            NEED_VALUE;
-            if (cli_parse_int(a, v, INT_MIN + 1, INT_MAX, &lv)) return -1;
-            o->gp.top_k = (int)lv;
-        } else if (!strcmp(a, "--top-p")) {
-            NEED_VALUE;
-            if (cli_parse_float(a, v, &o->gp.top_p)) return -1;
-        } else if (!strcmp(a, "--min-p")) {
-            NEED_VALUE;
-            if (cli_parse_float(a, v, &o->gp.min_p)) return -1;
-        } else if (!strcmp(a, "--repeat-penalty")) {
-            NEED_VALUE;
-            if (cli_parse_float(a, v, &o->gp.repetition_penalty)) return -1;
-        } else if (!strcmp(a, "--repeat-last-n")) {
-            NEED_VALUE;
-            if (cli_parse_int(a, v, INT_MIN + 1, INT_MAX, &lv)) return -1;
-            o->gp.repeat_last_n = (int)lv;
-        } else if (!strcmp(a, "--seed")) {
-            NEED_VALUE;
-            char *end;
-            errno = 0;
-            unsigned long long s = strtoull(v, &end, 10);
-            if (errno || end == v || *end) {
-                fprintf(stderr, "infer-cli: --seed: expected an unsigned integer, got '%s'\n", v);
-                return -1;
-            }
-            o->gp.has_seed = 1;
-            o->gp.seed = (uint64_t)s;
-        } else if (!strcmp(a, "--stop")) {
-            NEED_VALUE;
-            if (n_stop == CLI_MAX_STOP) {
-                fprintf(stderr, "infer-cli: at most %d --stop strings\n", CLI_MAX_STOP);
-                return -1;
-            }
-            o->stop[n_stop++] = v;
-            o->gp.stop = o->stop;
-            o->gp.n_stop = n_stop;
-        } else if (!strcmp(a, "--ignore-eos")) {
-            o->gp.ignore_eos = 1;
-        } else if (!strcmp(a, "--n")) {
-            NEED_VALUE;
-            if (cli_parse_int(a, v, INT_MIN + 1, INT_MAX, &lv)) return -1;
-            o->gp.n = (int)lv;
-        } else if (!strcmp(a, "--ids")) {
-            NEED_VALUE;
-            long n = cli_parse_ids(v, ids, CLI_MAX_IDS);
-            if (n < 0) {
-                fprintf(stderr, "infer-cli: --ids: expected comma-separated token ids\n");
-                return -1;
-            }
-            o->prompt_ids = ids;
-            o->n_prompt_ids = (size_t)n;
-        } else if (!strcmp(a, "--chat")) {
-            o->chat = 1;
-        } else if (!strcmp(a, "--system")) {
-            NEED_VALUE;
-            o->system = v;
-        } else if (!strcmp(a, "--no-special")) {
-            o->gp.add_special = 0;
-        } else if (!strcmp(a, "--token-ids")) {
-            o->json_ids = 1;
-            o->gp.return_token_ids = 1;
-        } else if (!strcmp(a, "--add-special")) {
-            o->add_special = 1;
-        } else if (!strcmp(a, "--no-parse-special")) {
-            o->parse_special = 0;
-        } else if (!strcmp(a, "--render-special")) {
-            o->render_special = 1;
-        } else {
+            continue;
+        }
+        const cli_opt_def *d = cli_opt_find(a);
+        cli_opt_result r = d ? cli_opt_store(o, d, a, v) : cli_opt_other(o, a, v);
+        if (r == CLI_OPT_ERROR) return -1;
+        if (r == CLI_OPT_UNKNOWN) {
             fprintf(stderr, "infer-cli: unknown option '%s' (see --help)\n", a);
             return -1;
         }
-#undef NEED_VALUE
+        if (r == CLI_OPT_VALUE) i++;
     }
     return 0;
 }

@@ -228,8 +228,8 @@ static int penalty_applies(const sampler *s, const int32_t *history, size_t n_hi
 
 /* The first index of the largest logit, NaN never winning; -1 when none
  * exceeds -inf: what prepare returns when no penalty applies, in two tight
- * passes instead of a copy of the logits and a branchy scan (about 70 us a
- * token for a 49152-entry vocabulary); build_dist's greedy case uses it. */
+ * passes instead of a copy of the logits and a branchy scan (it runs once per
+ * token over the whole vocabulary); build_dist's greedy case uses it. */
 static int32_t argmax_first(const float *logits, int n) {
     /* 16 running maxima the compiler keeps in vector registers (a max in
      * any order is the same value; NaN is skipped by the comparison) */

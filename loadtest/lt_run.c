@@ -178,34 +178,34 @@ enum {
     O_HELP
 };
 
-/* 0 ok, 2 usage error, 3 --help. */
-static int parse_opts(int argc, char **argv, opts_t *o) {
-    static const struct option LONG[] = {{"url", 1, 0, O_URL},
-                                         {"api-key", 1, 0, O_API_KEY},
-                                         {"model", 1, 0, O_MODEL},
-                                         {"allow-remote", 0, 0, O_ALLOW_REMOTE},
-                                         {"trace", 1, 0, O_TRACE},
-                                         {"time-scale", 1, 0, O_TIME_SCALE},
-                                         {"rate", 1, 0, O_RATE},
-                                         {"burstiness", 1, 0, O_BURST},
-                                         {"concurrency", 1, 0, O_CONC},
-                                         {"prompt-len", 1, 0, O_PROMPT_LEN},
-                                         {"max-tokens", 1, 0, O_MAX_TOKENS},
-                                         {"ignore-eos", 0, 0, O_IGNORE_EOS},
-                                         {"temperature", 1, 0, O_TEMP},
-                                         {"seed", 1, 0, O_SEED},
-                                         {"num-requests", 1, 0, 'n'},
-                                         {"duration", 1, 0, O_DURATION},
-                                         {"drain-timeout", 1, 0, O_DRAIN},
-                                         {"request-timeout", 1, 0, O_REQ_TIMEOUT},
-                                         {"max-inflight", 1, 0, O_MAX_INFLIGHT},
-                                         {"slo", 1, 0, O_SLO},
-                                         {"out", 1, 0, O_OUT},
-                                         {"sample-interval", 1, 0, O_SAMPLE},
-                                         {"quiet", 0, 0, O_QUIET},
-                                         {"fail-on-error", 0, 0, O_FAIL},
-                                         {"help", 0, 0, O_HELP},
-                                         {0, 0, 0, 0}};
+static const struct option LONG_OPTS[] = {{"url", 1, 0, O_URL},
+                                          {"api-key", 1, 0, O_API_KEY},
+                                          {"model", 1, 0, O_MODEL},
+                                          {"allow-remote", 0, 0, O_ALLOW_REMOTE},
+                                          {"trace", 1, 0, O_TRACE},
+                                          {"time-scale", 1, 0, O_TIME_SCALE},
+                                          {"rate", 1, 0, O_RATE},
+                                          {"burstiness", 1, 0, O_BURST},
+                                          {"concurrency", 1, 0, O_CONC},
+                                          {"prompt-len", 1, 0, O_PROMPT_LEN},
+                                          {"max-tokens", 1, 0, O_MAX_TOKENS},
+                                          {"ignore-eos", 0, 0, O_IGNORE_EOS},
+                                          {"temperature", 1, 0, O_TEMP},
+                                          {"seed", 1, 0, O_SEED},
+                                          {"num-requests", 1, 0, 'n'},
+                                          {"duration", 1, 0, O_DURATION},
+                                          {"drain-timeout", 1, 0, O_DRAIN},
+                                          {"request-timeout", 1, 0, O_REQ_TIMEOUT},
+                                          {"max-inflight", 1, 0, O_MAX_INFLIGHT},
+                                          {"slo", 1, 0, O_SLO},
+                                          {"out", 1, 0, O_OUT},
+                                          {"sample-interval", 1, 0, O_SAMPLE},
+                                          {"quiet", 0, 0, O_QUIET},
+                                          {"fail-on-error", 0, 0, O_FAIL},
+                                          {"help", 0, 0, O_HELP},
+                                          {0, 0, 0, 0}};
+
+static void opts_defaults(opts_t *o) {
     memset(o, 0, sizeof *o);
     o->burstiness = 1;
     o->drain_timeout = 30;
@@ -217,89 +217,90 @@ static int parse_opts(int argc, char **argv, opts_t *o) {
     o->max_tokens = -1;
     o->default_max_tokens = 128;
     o->ignore_eos = -1;
-    int has_rate = 0;
-    optind = 1;
-    opterr = 0;
-    int c;
+}
+
+/* Apply one option (getopt code c, value arg); word is the option as typed.
+ * 0 ok, 2 usage error. */
+static int apply_opt(opts_t *o, int c, const char *arg, const char *word, int *has_rate) {
     long long iv;
     double dv;
-    while ((c = getopt_long(argc, argv, ":n:h", LONG, NULL)) != -1) {
-        switch (c) {
-        case O_URL: o->url = optarg; break;
-        case O_API_KEY: o->api_key = optarg; break;
-        case O_MODEL: o->model = optarg; break;
-        case O_ALLOW_REMOTE: o->allow_remote = 1; break;
-        case O_TRACE: o->trace_path = optarg; break;
-        case O_TIME_SCALE:
-            if (num_arg("--time-scale", optarg, 0, &o->time_scale)) return 2;
-            break;
-        case O_RATE:
-            if (num_arg("--rate", optarg, 0, &o->rate)) return 2;
-            if (o->rate <= 0) return usage_err("--rate must be > 0");
-            has_rate = 1;
-            break;
-        case O_BURST:
-            if (num_arg("--burstiness", optarg, 0, &o->burstiness)) return 2;
-            if (o->burstiness <= 0) return usage_err("--burstiness must be > 0");
-            break;
-        case O_CONC:
-            if (int_arg("--concurrency", optarg, 1, 100000, &iv)) return 2;
-            o->concurrency = (int)iv;
-            break;
-        case O_PROMPT_LEN:
-            if (int_arg("--prompt-len", optarg, 1, 1000000, &iv)) return 2;
-            o->prompt_len = (int)iv;
-            break;
-        case O_MAX_TOKENS:
-            if (int_arg("--max-tokens", optarg, 1, 1000000, &iv)) return 2;
-            o->max_tokens = (int)iv;
-            break;
-        case O_IGNORE_EOS: o->ignore_eos = 1; break;
-        case O_TEMP:
-            if (num_arg("--temperature", optarg, 0, &o->temperature)) return 2;
-            o->has_temperature = 1;
-            break;
-        case O_SEED:
-            if (int_arg("--seed", optarg, 0, INT64_MAX, &iv)) return 2;
-            o->seed = (uint64_t)iv;
-            break;
-        case 'n':
-            if (int_arg("--num-requests", optarg, 1, 100000000, &iv)) return 2;
-            o->num_requests = iv;
-            break;
-        case O_DURATION:
-            if (num_arg("--duration", optarg, 0, &o->duration)) return 2;
-            if (o->duration <= 0) return usage_err("--duration must be > 0");
-            break;
-        case O_DRAIN:
-            if (num_arg("--drain-timeout", optarg, 0, &o->drain_timeout)) return 2;
-            break;
-        case O_REQ_TIMEOUT:
-            if (num_arg("--request-timeout", optarg, 0, &o->request_timeout)) return 2;
-            if (o->request_timeout <= 0) return usage_err("--request-timeout must be > 0");
-            break;
-        case O_MAX_INFLIGHT:
-            if (int_arg("--max-inflight", optarg, 1, 100000, &iv)) return 2;
-            o->max_inflight = (int)iv;
-            break;
-        case O_SLO:
-            if (parse_slo(optarg, &o->slo)) return 2;
-            o->has_slo = 1;
-            break;
-        case O_OUT: o->out_dir = optarg; break;
-        case O_SAMPLE:
-            if (num_arg("--sample-interval", optarg, 0.01, &dv)) return 2;
-            o->sample_interval = dv;
-            break;
-        case O_QUIET: o->quiet = 1; break;
-        case O_FAIL: o->fail_on_error = 1; break;
-        case 'h':
-        case O_HELP: fputs(USAGE, stdout); return 3;
-        case ':': return usage_err("%s needs a value", argv[optind - 1]);
-        default: return usage_err("unknown option %s", argv[optind - 1]);
-        }
+    switch (c) {
+    case O_URL: o->url = arg; break;
+    case O_API_KEY: o->api_key = arg; break;
+    case O_MODEL: o->model = arg; break;
+    case O_ALLOW_REMOTE: o->allow_remote = 1; break;
+    case O_TRACE: o->trace_path = arg; break;
+    case O_TIME_SCALE:
+        if (num_arg("--time-scale", arg, 0, &o->time_scale)) return 2;
+        break;
+    case O_RATE:
+        if (num_arg("--rate", arg, 0, &o->rate)) return 2;
+        if (o->rate <= 0) return usage_err("--rate must be > 0");
+        *has_rate = 1;
+        break;
+    case O_BURST:
+        if (num_arg("--burstiness", arg, 0, &o->burstiness)) return 2;
+        if (o->burstiness <= 0) return usage_err("--burstiness must be > 0");
+        break;
+    case O_CONC:
+        if (int_arg("--concurrency", arg, 1, 100000, &iv)) return 2;
+        o->concurrency = (int)iv;
+        break;
+    case O_PROMPT_LEN:
+        if (int_arg("--prompt-len", arg, 1, 1000000, &iv)) return 2;
+        o->prompt_len = (int)iv;
+        break;
+    case O_MAX_TOKENS:
+        if (int_arg("--max-tokens", arg, 1, 1000000, &iv)) return 2;
+        o->max_tokens = (int)iv;
+        break;
+    case O_IGNORE_EOS: o->ignore_eos = 1; break;
+    case O_TEMP:
+        if (num_arg("--temperature", arg, 0, &o->temperature)) return 2;
+        o->has_temperature = 1;
+        break;
+    case O_SEED:
+        if (int_arg("--seed", arg, 0, INT64_MAX, &iv)) return 2;
+        o->seed = (uint64_t)iv;
+        break;
+    case 'n':
+        if (int_arg("--num-requests", arg, 1, 100000000, &iv)) return 2;
+        o->num_requests = iv;
+        break;
+    case O_DURATION:
+        if (num_arg("--duration", arg, 0, &o->duration)) return 2;
+        if (o->duration <= 0) return usage_err("--duration must be > 0");
+        break;
+    case O_DRAIN:
+        if (num_arg("--drain-timeout", arg, 0, &o->drain_timeout)) return 2;
+        break;
+    case O_REQ_TIMEOUT:
+        if (num_arg("--request-timeout", arg, 0, &o->request_timeout)) return 2;
+        if (o->request_timeout <= 0) return usage_err("--request-timeout must be > 0");
+        break;
+    case O_MAX_INFLIGHT:
+        if (int_arg("--max-inflight", arg, 1, 100000, &iv)) return 2;
+        o->max_inflight = (int)iv;
+        break;
+    case O_SLO:
+        if (parse_slo(arg, &o->slo)) return 2;
+        o->has_slo = 1;
+        break;
+    case O_OUT: o->out_dir = arg; break;
+    case O_SAMPLE:
+        if (num_arg("--sample-interval", arg, 0.01, &dv)) return 2;
+        o->sample_interval = dv;
+        break;
+    case O_QUIET: o->quiet = 1; break;
+    case O_FAIL: o->fail_on_error = 1; break;
+    default: return usage_err("unknown option %s", word);
     }
-    if (optind < argc) return usage_err("unexpected argument \"%s\"", argv[optind]);
+    return 0;
+}
+
+/* After all options: the target is allowed and exactly one traffic mode is
+ * chosen. 0 ok, 2 usage error. */
+static int check_opts(opts_t *o, int has_rate) {
     if (!o->url) return usage_err("--url is required");
     char err[512];
     if (lt_url_parse(o->url, &o->u, err, sizeof err)) return usage_err("%s", err);
@@ -313,6 +314,26 @@ static int parse_opts(int argc, char **argv, opts_t *o) {
     else if (o->trace_path) o->mode = MODE_TRACE;
     else return usage_err("give --trace, --rate or --concurrency");
     return 0;
+}
+
+/* 0 ok, 2 usage error, 3 --help. */
+static int parse_opts(int argc, char **argv, opts_t *o) {
+    opts_defaults(o);
+    int has_rate = 0;
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":n:h", LONG_OPTS, NULL)) != -1) {
+        if (c == 'h' || c == O_HELP) {
+            fputs(USAGE, stdout);
+            return 3;
+        }
+        if (c == ':') return usage_err("%s needs a value", argv[optind - 1]);
+        int rc = apply_opt(o, c, optarg, argv[optind - 1], &has_rate);
+        if (rc) return rc;
+    }
+    if (optind < argc) return usage_err("unexpected argument \"%s\"", argv[optind]);
+    return check_opts(o, has_rate);
 }
 
 /* ---- run state ---------------------------------------------------------- */
