@@ -83,8 +83,9 @@ struct backend {
 
 /* Arithmetic of the quantized matmuls (backend/cpu/kernels.h states both):
  * EXACT reproduces llama.cpp's results bit for bit; FAST keeps one float
- * accumulator per output (about twice the GEMM throughput, results within
- * float rounding of EXACT). Both are deterministic and batch-invariant: a
+ * accumulator per output (fewer float ops per weight block, so faster GEMMs:
+ * docs/benchmarks.md has the figures; results within float rounding of
+ * EXACT). Both are deterministic and batch-invariant: a
  * row's result does not depend on the other rows of the step. */
 typedef enum { BE_NUMERICS_EXACT = 0, BE_NUMERICS_FAST = 1 } be_numerics;
 

@@ -351,8 +351,10 @@ static void release_on_frame(rpc_conn *c, Rpc__Frame *f, void *user) {
     (void)user;
     rpc_frame_free(f);
     rpc_send_status(c, 1, 0, "bye", 1000);
-    rpc_conn_release(c); /* the last reference, from the receive thread */
+    /* Set before the release: once released, the client may see the close
+     * and read the flag before this thread runs another instruction. */
     atomic_store(&released_in_cb, 1);
+    rpc_conn_release(c); /* the last reference, from the receive thread */
 }
 
 static void test_release_in_callback(void) {
