@@ -21,12 +21,41 @@
 #include "rpc/rpc.h"
 #include "tests/fuzz/fuzz.h"
 
-/* Encode m, decode that, encode again: both encodings must be equal. */
+/* Whether m or a message inside it kept fields it did not know. */
+static int has_unknown_fields(const ProtobufCMessage *m) {
+    if (m->n_unknown_fields) return 1;
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *fd = &d->fields[i];
+        if (fd->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+        const char *at = (const char *)m + fd->offset;
+        if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)((const char *)m + fd->quantifier_offset);
+            ProtobufCMessage *const *sub = *(ProtobufCMessage *const *const *)at;
+            for (size_t k = 0; k < n; k++)
+                if (has_unknown_fields(sub[k])) return 1;
+        } else {
+            const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)at;
+            if (sub && has_unknown_fields(sub)) return 1;
+        }
+    }
+    return 0;
+}
+
+/* Encode m, decode that, encode again: both encodings must be equal.
+ * protobuf-c keeps unknown fields and writes them back in its own encoding
+ * of the key, which it may then refuse (field number 0 written overlong is
+ * accepted, written plainly it is not: corpus/rpc/overlong-tag0.bin), so
+ * with unknown fields the second decoding may fail. */
 static void check_reencode(const ProtobufCMessage *m) {
     uint8_t *once, *twice;
     size_t n1, n2;
     FUZZ_CHECK(rpc_msg_pack(m, &once, &n1) == RPC_OK);
     ProtobufCMessage *back = protobuf_c_message_unpack(m->descriptor, NULL, n1, once);
+    if (!back && has_unknown_fields(m)) {
+        free(once);
+        return;
+    }
     FUZZ_CHECK(back != NULL);
     FUZZ_CHECK(rpc_msg_pack(back, &twice, &n2) == RPC_OK);
     FUZZ_CHECK(n1 == n2 && memcmp(once, twice, n1) == 0);
@@ -49,7 +78,8 @@ static void check_frame(const Rpc__Frame *f) {
     Rpc__Frame *back;
     char err[256];
     FUZZ_CHECK(rpc_frame_pack(f, 0, &wire, &len) == RPC_OK);
-    FUZZ_CHECK(rpc_frame_parse(wire, len, 0, &back, &used, err, sizeof err) == RPC_OK);
+    int rc = rpc_frame_parse(wire, len, 0, &back, &used, err, sizeof err);
+    FUZZ_CHECK(rc == RPC_OK || has_unknown_fields(&f->base));
     FUZZ_CHECK(used == len);
     rpc_frame_free(back);
     free(wire);

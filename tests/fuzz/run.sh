@@ -63,7 +63,10 @@ fuzz() {
         cat "$build.configure.log" >&2
         return 1
     fi
-    cmake --build "$build" -j "${JOBS:-2}" --target "${targets[@]}" || return 1
+    if ! cmake --build "$build" -j "${JOBS:-2}" --target "${targets[@]}" >"$build.build.log" 2>&1; then
+        grep -E -A3 'error|Error' "$build.build.log" >&2
+        return 1
+    fi
     mkdir -p "$build/findings"
     local report=()
     for name in $(harnesses); do
