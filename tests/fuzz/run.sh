@@ -58,13 +58,14 @@ fuzz() {
     local seconds="$1" build="${FUZZ_BUILD_DIR:-$repo_root/build-fuzz}" name targets=() failed=0
     for name in $(harnesses); do targets+=("fuzz_$name"); done
     echo "==> building ${targets[*]} in $build" >&2
+    mkdir -p "$build"
     if ! CC=clang cmake -S "$repo_root" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DENGINE_FUZZ=ON \
-        -DENGINE_SANITIZE=ON >"$build.configure.log" 2>&1; then
-        cat "$build.configure.log" >&2
+        -DENGINE_SANITIZE=ON >"$build/fuzz-configure.log" 2>&1; then
+        cat "$build/fuzz-configure.log" >&2
         return 1
     fi
-    if ! cmake --build "$build" -j "${JOBS:-2}" --target "${targets[@]}" >"$build.build.log" 2>&1; then
-        grep -E -A3 'error|Error' "$build.build.log" >&2
+    if ! cmake --build "$build" -j "${JOBS:-2}" --target "${targets[@]}" >"$build/fuzz-build.log" 2>&1; then
+        grep -E -A3 'error|Error' "$build/fuzz-build.log" >&2
         return 1
     fi
     mkdir -p "$build/findings"
