@@ -564,7 +564,7 @@ static void *reader_main(void *arg) {
             c->h.on_bad_frame(c, rv, has_cid, cid, derr, c->user);
         }
     }
-done:
+done:;
     int drop_input = (err == RPC_ETOOBIG || err == RPC_EPROTO) && aio;
     pthread_mutex_lock(&c->mu);
     c->hold_close = drop_input;
