@@ -359,8 +359,8 @@ static const kern_attn_parts VNNI_PARTS = {kern_dot_f16_avx2, kern_dot_f16_x4_av
                                            kern_axpy_f16_avx2, kern_softmax_exp_avx512};
 
 T_VNNI void kern_attn_f16_avx512(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
-                                   const float *q32, int nq, int hd, float scale, int single,
-                                   float *work, float *out) {
+                                 const float *q32, int nq, int hd, float scale, int single,
+                                 float *work, float *out) {
     if (hd % 64 != 0 && (single || hd % 16 != 0)) {
         /* shapes with double-precision tails: the reference schedule */
         kern_attn_f16_with(&VNNI_PARTS, k, v, off, n_ctx, q32, nq, hd, scale, single, work, out);
@@ -382,16 +382,15 @@ T_VNNI void kern_attn_f16_avx512(const uint8_t *k, const uint8_t *v, const size_
     }
 }
 
-T_VNNI void kern_attn_f16_row_avx512(const uint8_t *k, const uint8_t *v, size_t kv_stride,
-                                       int nkv, const size_t *off, int n_ctx, const float *q32,
-                                       int nq, int hd, float scale, int single, float *work,
-                                       float *out) {
+T_VNNI void kern_attn_f16_row_avx512(const uint8_t *k, const uint8_t *v, size_t kv_stride, int nkv,
+                                     const size_t *off, int n_ctx, const float *q32, int nq, int hd,
+                                     float scale, int single, float *work, float *out) {
     if (single && nq == ATTN_NH && hd % 64 == 0 && nkv <= ATTN_KV_MAX) {
         attn_single_kv(ATTN_NH, k, v, kv_stride, nkv, off, n_ctx, q32, hd, scale, 1, work, out);
         return;
     }
-    kern_attn_f16_row_with(kern_attn_f16_avx512, k, v, kv_stride, nkv, off, n_ctx, q32, nq, hd, scale,
-                           single, work, out);
+    kern_attn_f16_row_with(kern_attn_f16_avx512, k, v, kv_stride, nkv, off, n_ctx, q32, nq, hd,
+                           scale, single, work, out);
 }
 
 #endif

@@ -43,7 +43,7 @@ T_AVX2 void kern_rope_avx2(float *x, const float *cs, int n_heads, int head_dim,
  * lanes of one vector (each row's adds still in column order), from an 8x8
  * transpose of the squares. */
 T_VNNI void kern_rmsnorm_avx512(const float *x, const float *g, int rows, int cols, float eps,
-                                  float *y) {
+                                float *y) {
     int r0 = 0;
     for (; r0 + 8 <= rows; r0 += 8) {
         const float *xr = x + (size_t)r0 * cols;

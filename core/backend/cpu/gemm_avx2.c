@@ -101,8 +101,8 @@ avx2_fast_tile(const int KIND, const int NR, int nb, const uint8_t *w, size_t ws
 }
 
 #define AVX2_FAST_DRIVER(NAME, KIND, SCALAR)                                                       \
-    T_AVX2 void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x, size_t xs, \
-                            int nr, float *y, size_t ys) {                                         \
+    T_AVX2 void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x, size_t xs,        \
+                     int nr, float *y, size_t ys) {                                                \
         const uint8_t *w = wv;                                                                     \
         int c = 0;                                                                                 \
         for (; c + 8 <= nc; c += 8) {                                                              \

@@ -175,8 +175,8 @@ gemv16(const int KIND, int nb, const uint8_t *w, size_t ws, const blk_q8 *x, flo
  * from code comments"). Rows the stack buffer cannot hold use the 256-bit
  * tiles. */
 #define AVX512_DRIVER(NAME, KIND, ROWS)                                                            \
-    T_VNNI void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x, size_t xs, \
-                            int nr, float *y, size_t ys) {                                         \
+    T_VNNI void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x, size_t xs,        \
+                     int nr, float *y, size_t ys) {                                                \
         const uint8_t *w = wv;                                                                     \
         if (nr == 1 && nc >= 16) {                                                                 \
             int c = 0;                                                                             \
@@ -289,8 +289,8 @@ cl_fast_group(const int KIND, const int NR, int nb, const uint8_t *w, size_t ws,
 }
 
 #define AVX512_FAST_DRIVER(NAME, KIND)                                                             \
-    T_VNNI void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x, size_t xs, \
-                            int nr, float *y, size_t ys) {                                         \
+    T_VNNI void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x, size_t xs,        \
+                     int nr, float *y, size_t ys) {                                                \
         const uint8_t *w = wv;                                                                     \
         cl_block buf[CL_MAX_NB];                                                                   \
         const int once = nb <= CL_MAX_NB; /* the chunk is transposed once for all rows */          \

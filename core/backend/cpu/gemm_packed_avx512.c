@@ -96,8 +96,8 @@ static inline T_VNNI __attribute__((always_inline)) void pk_rows(const int KIND,
 }
 
 #define AVX512_PACKED_DRIVER(NAME, KIND)                                                           \
-    T_VNNI void NAME(int nb, const void *wv, int nc, const blk_q8 *x, size_t xs,            \
-                            const int32_t *xc, int nr, float *y, size_t ys) {                      \
+    T_VNNI void NAME(int nb, const void *wv, int nc, const blk_q8 *x, size_t xs,                   \
+                     const int32_t *xc, int nr, float *y, size_t ys) {                             \
         const uint8_t *wp = wv;                                                                    \
         (void)xc;                                                                                  \
         int r = 0;                                                                                 \
@@ -184,8 +184,8 @@ static inline const int32_t *xc_row(const int KIND, const int32_t *xc, int r, si
 }
 
 #define AVX512_PACKED_EXACT_DRIVER(NAME, KIND)                                                     \
-    T_VNNI void NAME(int nb, const void *wv, int nc, const blk_q8 *x, size_t xs,            \
-                            const int32_t *xc, int nr, float *y, size_t ys) {                      \
+    T_VNNI void NAME(int nb, const void *wv, int nc, const blk_q8 *x, size_t xs,                   \
+                     const int32_t *xc, int nr, float *y, size_t ys) {                             \
         const uint8_t *wp = wv;                                                                    \
         const size_t xcs = xs * 8;                                                                 \
         int r = 0;                                                                                 \

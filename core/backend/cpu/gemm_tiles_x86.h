@@ -71,9 +71,9 @@
 
 /* Dispatch a (nc x nr) problem onto tiles: 4x1 for decode, 2x4 for many
  * rows, smaller tiles at the edges. */
-#define GEMM_DRIVER(LINKAGE, NAME, TILE, TARGET)                                                            \
-    LINKAGE TARGET void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x, size_t xs, \
-                            int nr, float *y, size_t ys) {                                         \
+#define GEMM_DRIVER(LINKAGE, NAME, TILE, TARGET)                                                   \
+    LINKAGE TARGET void NAME(int nb, const void *wv, size_t ws, int nc, const blk_q8 *x,           \
+                             size_t xs, int nr, float *y, size_t ys) {                             \
         const uint8_t *w = wv;                                                                     \
         for (int r = 0; r < nr;) {                                                                 \
             int tr = nr - r >= 4 ? 4 : nr - r;                                                     \
@@ -102,14 +102,13 @@
         }                                                                                          \
     }
 
-#define DEFINE_GEMMS(LINKAGE, SUFFIX, TARGET, DOT)                                                          \
+#define DEFINE_GEMMS(LINKAGE, SUFFIX, TARGET, DOT)                                                 \
     GEMM_TILE(tile_q4_1_##SUFFIX, TARGET, DOT, block_q4_1, Q4_1_PREP, Q4_PAIR(DOT), MIN_TERM)      \
     GEMM_TILE(tile_q4_0_##SUFFIX, TARGET, DOT, block_q4_0, Q4_0_PREP, Q4_PAIR(DOT), MIN_TERM)      \
     GEMM_TILE(tile_q8_0_##SUFFIX, TARGET, DOT, block_q8_0, Q8_0_PREP, Q8_PAIR(DOT), NO_MIN_TERM)   \
-    GEMM_DRIVER(LINKAGE, kern_gemm_q4_1_##SUFFIX, tile_q4_1_##SUFFIX, TARGET)                                    \
-    GEMM_DRIVER(LINKAGE, kern_gemm_q4_0_##SUFFIX, tile_q4_0_##SUFFIX, TARGET)                                    \
+    GEMM_DRIVER(LINKAGE, kern_gemm_q4_1_##SUFFIX, tile_q4_1_##SUFFIX, TARGET)                      \
+    GEMM_DRIVER(LINKAGE, kern_gemm_q4_0_##SUFFIX, tile_q4_0_##SUFFIX, TARGET)                      \
     GEMM_DRIVER(LINKAGE, kern_gemm_q8_0_##SUFFIX, tile_q8_0_##SUFFIX, TARGET)
-
 
 #endif
 #endif

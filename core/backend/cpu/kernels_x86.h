@@ -20,7 +20,7 @@
     void NAME(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs, int nr,        \
               float *y, size_t ys)
 #define KERN_X86_GEMM_PACKED(NAME)                                                                 \
-    void NAME(int nb, const void *wp, int nc, const blk_q8 *x, size_t xs, const int32_t *xc,      \
+    void NAME(int nb, const void *wp, int nc, const blk_q8 *x, size_t xs, const int32_t *xc,       \
               int nr, float *y, size_t ys)
 
 /* gemm_avx2.c */
