@@ -22,7 +22,6 @@ typedef struct {
     int n_tasks;
 } attn_job;
 
-
 /* One head over an f32 cache: llama.cpp's shapes (see kern_attn_f16_fn) in
  * plain float arithmetic. */
 static void attn_f32_head(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
@@ -51,7 +50,6 @@ static void attn_f32_head(const uint8_t *k, const uint8_t *v, const size_t *off,
         res[i] = single ? kern_reduce64(l) : kern_tree16(l);
     }
 }
-
 
 /* One task: scores over the row's causal context read through the block
  * table, softmax, weighted sum of V. With an f16 cache the arithmetic
@@ -89,7 +87,7 @@ static void attn_worker(void *arg, int ith, int nth) {
 }
 
 void cpu_attention(backend *be, kv_cache *kv, int layer, const be_attn *a, const float *q,
-                          float *out) {
+                   float *out) {
     cpu_impl *ci = impl_of(be);
     int max_ctx = 0;
     size_t total_ctx = 0;
@@ -99,9 +97,10 @@ void cpu_attention(backend *be, kv_cache *kv, int layer, const be_attn *a, const
     }
     for (int t = 0; t < tp_size(ci->pool); t++)
         if (cpu_ensure(&ci->per_thread[t], kern_attn_work(max_ctx, a->head_dim, a->n_head))) return;
-    if (cpu_grow((void **)&ci->row_seq, &ci->row_seq_cap, (size_t)a->n_tokens, sizeof *ci->row_seq) ||
+    if (cpu_grow((void **)&ci->row_seq, &ci->row_seq_cap, (size_t)a->n_tokens,
+                 sizeof *ci->row_seq) ||
         cpu_grow((void **)&ci->seq_off_start, &ci->seq_off_cap, (size_t)a->n_seqs,
-             sizeof *ci->seq_off_start) ||
+                 sizeof *ci->seq_off_start) ||
         cpu_grow((void **)&ci->slot_off, &ci->slot_off_cap, total_ctx, sizeof *ci->slot_off))
         return;
     /* Byte offset of each context position from its layer's slot 0: the

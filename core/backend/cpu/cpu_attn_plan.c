@@ -39,8 +39,8 @@ static int cmp_u64(const void *x, const void *y) {
 int cpu_attn_plan(cpu_impl *ci, const be_attn *a) {
     const int nth = tp_size(ci->pool), group = a->n_head / a->n_head_kv;
     if (a->n_head > INT16_MAX) return -1;
-    if (cpu_grow((void **)&ci->attn_tasks, &ci->attn_tasks_cap, (size_t)a->n_tokens * (size_t)a->n_head,
-             sizeof *ci->attn_tasks) ||
+    if (cpu_grow((void **)&ci->attn_tasks, &ci->attn_tasks_cap,
+                 (size_t)a->n_tokens * (size_t)a->n_head, sizeof *ci->attn_tasks) ||
         cpu_grow((void **)&ci->row_key, &ci->row_key_cap, (size_t)a->n_tokens, sizeof *ci->row_key))
         return -1;
     attn_task *tk = ci->attn_tasks;

@@ -181,7 +181,7 @@ static kern_gemm_fn gemm_for(const cpu_impl *ci, const be_weight *w) {
 void cpu_matmul(backend *be, const be_weight *w, const float *x, int rows, float *y);
 
 void cpu_matmul_n(backend *be, int n, const be_weight *const *w, const float *x, int rows,
-                         float *const *y) {
+                  float *const *y) {
     cpu_impl *ci = impl_of(be);
     mm_job j = {0};
     j.ci = ci;

@@ -69,7 +69,6 @@ static void *pk_alloc(cpu_impl *ci, size_t n) {
     return a->base;
 }
 
-
 static size_t pk_slot(const cpu_impl *ci, const void *src) {
     uint64_t h = (uint64_t)(uintptr_t)src * 0x9e3779b97f4a7c15ull;
     size_t i = (size_t)(h >> 20) & (ci->pk_cap - 1);

@@ -63,7 +63,7 @@ static void rmsnorm_rows(void *arg, int r0, int r1) {
 }
 
 void cpu_rmsnorm(backend *be, const float *x, const float *g, int rows, int cols, float eps,
-                        float *y) {
+                 float *y) {
     cpu_impl *ci = impl_of(be);
     norm_ctx c = {ci->k, x, g, cols, eps, y};
     par_rows(ci, rows, 8, rmsnorm_rows, &c); /* 8: the AVX-512 kernel's row group */
@@ -83,7 +83,7 @@ static int rope_table(cpu_impl *ci, int rows, int rope_dim, const int32_t *posit
         return 0;
     if (cpu_grow((void **)&ci->rope_pos, &ci->rope_pos_cap, (size_t)rows, sizeof *ci->rope_pos) ||
         cpu_grow((void **)&ci->rope_cs, &ci->rope_cs_cap, (size_t)rows * 2 * (size_t)half,
-             sizeof *ci->rope_cs)) {
+                 sizeof *ci->rope_cs)) {
         ci->rope_rows = -1;
         return -1;
     }
@@ -118,7 +118,7 @@ static void rope_rows_fn(void *arg, int r0, int r1) {
 }
 
 void cpu_rope(backend *be, float *x, int rows, int n_heads, int head_dim, int rope_dim,
-                     const int32_t *positions, float theta_base) {
+              const int32_t *positions, float theta_base) {
     cpu_impl *ci = impl_of(be);
     if (rope_table(ci, rows, rope_dim, positions, theta_base)) return; /* out of memory */
     rope_ctx c = {ci->k, x, ci->rope_cs, n_heads, head_dim, rope_dim / 2};
@@ -173,8 +173,8 @@ static void kv_store_rows(void *arg, int r0, int r1) {
         }
 }
 
-void cpu_kv_store(backend *be, kv_cache *kv, int layer, const float *k, const float *v,
-                         int rows, const int32_t *slots) {
+void cpu_kv_store(backend *be, kv_cache *kv, int layer, const float *k, const float *v, int rows,
+                  const int32_t *slots) {
     cpu_impl *ci = impl_of(be);
     kv_ctx c = {ci->k, kv, layer, {k, v}, slots};
     par_rows(ci, rows, 4, kv_store_rows, &c);
