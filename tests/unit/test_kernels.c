@@ -1,6 +1,6 @@
 /*
- * test_kernels.c - the CPU kernels (core/backend/cpu/kernels*.c) and the
- * thread pool.
+ * test_kernels.c - the CPU kernels (core/backend/cpu/kernels.h: the scalar
+ * references, the x86 tables, the packed layout) and the thread pool.
  *
  * The numerics contract in kernels.h says every SIMD table computes exactly
  * what the scalar reference computes, so each table this CPU supports is

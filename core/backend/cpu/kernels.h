@@ -13,6 +13,18 @@
  * the kernel's choice (8 lanes of one output, or one lane of 16 columns):
  * every output still gets the reference's operations in the reference's
  * order, so all variants agree bit for bit (test_kernels).
+ *
+ * Files, each calling only those listed after it (no cycles):
+ *   kernels_dispatch.c   the tables (SCALAR, AVX2, VNNI) and kern_select
+ *   gemm_avx512.c, gemm_packed_avx512.c, attn_avx512.c, gemm_avx2.c,
+ *   attn_avx2.c, elementwise_x86.c
+ *                        the x86 kernels (kernels_x86.h), per-function
+ *                        target attributes; they share static inline helpers
+ *                        through x86_simd.h, gemm_tiles_x86.h and
+ *                        gemm_cl_avx512.h, and may call the scalar kernels
+ *                        (attn_avx512.c also the AVX2 f16 dots)
+ *   kernels_scalar.c     the scalar references, calling no other kernel file
+ *   weight_pack.c        the packed weight layout (plain C)
  */
 #ifndef CPU_KERNELS_H
 #define CPU_KERNELS_H
@@ -66,8 +78,8 @@ typedef void (*kern_gemm_packed_fn)(int nb, const void *wp, int nc, const blk_q8
 /* For each of n blocks, corr[8 * i + l] = -128 * (sum of codes 4l .. 4l + 3 of x[i]):
  * what the exact Q8_0 kernels, which bias the weight codes by 128 to make
  * them vpdpbusd's unsigned operand, subtract from each 4-code dot. Computed
- * once per matmul rather than once per 16 columns (and outside the kernel's
- * dependency chains: computing it in the block loop halved its speed). */
+ * once per matmul rather than once per 16 columns, and outside the kernel's
+ * dependency chains, where it would lengthen them. */
 void kern_q8_corr(const blk_q8 *x, size_t n, int32_t *corr);
 typedef void (*kern_quantize_fn)(const float *x, blk_q8 *y, int n);
 typedef float (*kern_dot_f16_fn)(const uint16_t *a, const float *b, int n);
@@ -218,18 +230,29 @@ void kern_f32_to_f16_scalar(const float *x, uint16_t *y, int n);
 void kern_rmsnorm_scalar(const float *x, const float *g, int rows, int cols, float eps, float *y);
 /* Scratch floats attention over n_ctx positions needs for n_heads query heads. */
 size_t kern_attn_work(int n_ctx, int hd, int n_heads);
-/* attn_f16_row as nkv calls of t->attn_f16 (the tables without a kernel
- * of their own for it use this). */
-void kern_attn_f16_row_with(const kern_table *t, const uint8_t *k, const uint8_t *v,
+/* attn_f16_row as nkv calls of attn (the tables without a kernel of their
+ * own for it use this). */
+void kern_attn_f16_row_with(kern_attn_f16_fn attn, const uint8_t *k, const uint8_t *v,
                             size_t kv_stride, int nkv, const size_t *off, int n_ctx, const float *q,
                             int nq, int hd, float scale, int single, float *work, float *out);
 void kern_attn_f16_scalar(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
                           const float *q, int nq, int hd, float scale, int single, float *work,
                           float *out);
-/* The reference attention written against table t's dot, softmax and axpy
- * kernels (the AVX2 table uses it with its own). */
-void kern_attn_f16_with(const kern_table *t, const uint8_t *k, const uint8_t *v, const size_t *off,
-                        int n_ctx, const float *q, int nq, int hd, float scale, int single,
-                        float *work, float *out);
+void kern_attn_f16_row_scalar(const uint8_t *k, const uint8_t *v, size_t kv_stride, int nkv,
+                              const size_t *off, int n_ctx, const float *q, int nq, int hd,
+                              float scale, int single, float *work, float *out);
+/* The kernels the reference attention is written against; each ISA passes
+ * its table's entries for them. */
+typedef struct {
+    kern_dot_f16_fn dot_f16;
+    kern_dot_f16_fn dot_f16_x4;
+    kern_axpy_f16_fn axpy_f16;
+    kern_softmax_exp_fn softmax_exp;
+} kern_attn_parts;
+/* The reference attention written against parts t (the AVX2 table uses it
+ * with its own, the AVX-512 one for the shapes its kernels do not take). */
+void kern_attn_f16_with(const kern_attn_parts *t, const uint8_t *k, const uint8_t *v,
+                        const size_t *off, int n_ctx, const float *q, int nq, int hd, float scale,
+                        int single, float *work, float *out);
 
 #endif

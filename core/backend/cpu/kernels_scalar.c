@@ -1,10 +1,10 @@
 /*
- * kernels_scalar.c - scalar reference kernels and the run-time selection of
- * the kernel table. Every SIMD kernel must agree with these (tests compare
- * them on random data).
+ * kernels_scalar.c - the scalar reference kernels, the bottom of the kernel
+ * files: they call no other kernel file. Every SIMD kernel must agree with
+ * these (test_kernels compares them on random data); the SIMD kernels call
+ * them for tails and the shapes they do not take.
  */
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "core/backend/cpu/kernels.h"
@@ -153,71 +153,6 @@ void kern_gemm_q8_0_fast_scalar(int nb, const void *w, size_t ws, int nc, const 
     gemm_fast_scalar(W_Q8_0, nb, w, ws, nc, x, xs, nr, y, ys);
 }
 
-size_t kern_pack_group_bytes(uint32_t type, int nb) {
-    const size_t blk = type == QT_Q4_0 || type == QT_Q4_1 ? 320 : type == QT_Q8_0 ? 640 : 0;
-    return blk * (size_t)nb;
-}
-
-void kern_pack_group(uint32_t type, int nb, const void *w, size_t ws, int nc, void *out) {
-    const size_t blk = kern_pack_group_bytes(type, 1);
-    for (int b = 0; b < nb; b++) {
-        uint8_t *o = (uint8_t *)out + (size_t)b * blk;
-        for (int c = 0; c < KERN_PACK_COLS; c++) {
-            const uint8_t *row = (const uint8_t *)w + (size_t)(c < nc ? c : nc - 1) * ws;
-            if (type == QT_Q8_0) {
-                const block_q8_0 *wb = (const block_q8_0 *)row + b;
-                int32_t sum = 0;
-                for (int k = 0; k < 32; k++) {
-                    o[(k / 4) * 64 + 4 * c + k % 4] = (uint8_t)wb->qs[k];
-                    sum += wb->qs[k];
-                }
-                float d = qt_f16_to_f32(wb->d);
-                int32_t corr = -128 * sum;
-                memcpy(o + 512 + 4 * c, &d, 4);
-                memcpy(o + 576 + 4 * c, &corr, 4);
-            } else {
-                const uint8_t *qs;
-                if (type == QT_Q4_1) {
-                    const block_q4_1 *wb = (const block_q4_1 *)row + b;
-                    qs = wb->qs;
-                    memcpy(o + 256 + 2 * c, &wb->d, 2);
-                    memcpy(o + 288 + 2 * c, &wb->m, 2);
-                } else {
-                    const block_q4_0 *wb = (const block_q4_0 *)row + b;
-                    qs = wb->qs;
-                    float d = qt_f16_to_f32(wb->d);
-                    memcpy(o + 256 + 4 * c, &d, 4);
-                }
-                for (int k = 0; k < 16; k++) o[(k / 4) * 64 + 4 * c + k % 4] = qs[k];
-            }
-        }
-    }
-}
-
-void kern_unpack_column(uint32_t type, int nb, const void *group, int c, void *row) {
-    const size_t blk = kern_pack_group_bytes(type, 1);
-    for (int b = 0; b < nb; b++) {
-        const uint8_t *o = (const uint8_t *)group + (size_t)b * blk;
-        float d;
-        if (type == QT_Q8_0) {
-            block_q8_0 *wb = (block_q8_0 *)row + b;
-            for (int k = 0; k < 32; k++) wb->qs[k] = (int8_t)o[(k / 4) * 64 + 4 * c + k % 4];
-            memcpy(&d, o + 512 + 4 * c, 4);
-            wb->d = qt_f32_to_f16(d);
-        } else if (type == QT_Q4_1) {
-            block_q4_1 *wb = (block_q4_1 *)row + b;
-            for (int k = 0; k < 16; k++) wb->qs[k] = o[(k / 4) * 64 + 4 * c + k % 4];
-            memcpy(&wb->d, o + 256 + 2 * c, 2);
-            memcpy(&wb->m, o + 288 + 2 * c, 2);
-        } else {
-            block_q4_0 *wb = (block_q4_0 *)row + b;
-            for (int k = 0; k < 16; k++) wb->qs[k] = o[(k / 4) * 64 + 4 * c + k % 4];
-            memcpy(&d, o + 256 + 4 * c, 4);
-            wb->d = qt_f32_to_f16(d);
-        }
-    }
-}
-
 float kern_tree16(const float *l) {
     float t3[8], t6[4];
     for (int i = 0; i < 8; i++) t3[i] = l[i + 8] + l[i];
@@ -334,31 +269,23 @@ void kern_rmsnorm_scalar(const float *x, const float *g, int rows, int cols, flo
 /* the reference's scores, q and 64 lanes of hd; the AVX-512 tiled shape's
  * 3 heads of q, scores (rounded up to 16 past n_ctx + 64) and 16 lanes of
  * hd for V; its decode shape's q and scores of all n_heads of a row (see
- * kernels_x86.c): all fit in the same */
+ * attn_avx512.c): all fit in the same */
 size_t kern_attn_work(int n_ctx, int hd, int n_heads) {
     const size_t nh = n_heads > 3 ? (size_t)n_heads : 3;
     return nh * ((size_t)n_ctx + 80) + (66 + nh) * (size_t)hd;
 }
 
-void kern_attn_f16_row_with(const kern_table *t, const uint8_t *k, const uint8_t *v,
+void kern_attn_f16_row_with(kern_attn_f16_fn attn, const uint8_t *k, const uint8_t *v,
                             size_t kv_stride, int nkv, const size_t *off, int n_ctx, const float *q,
                             int nq, int hd, float scale, int single, float *work, float *out) {
     for (int g = 0; g < nkv; g++)
-        t->attn_f16(k + (size_t)g * kv_stride, v + (size_t)g * kv_stride, off, n_ctx,
-                    q + (size_t)g * nq * hd, nq, hd, scale, single, work,
-                    out + (size_t)g * nq * hd);
+        attn(k + (size_t)g * kv_stride, v + (size_t)g * kv_stride, off, n_ctx,
+             q + (size_t)g * nq * hd, nq, hd, scale, single, work, out + (size_t)g * nq * hd);
 }
 
-static void attn_f16_row_scalar(const uint8_t *k, const uint8_t *v, size_t kv_stride, int nkv,
-                                const size_t *off, int n_ctx, const float *q, int nq, int hd,
-                                float scale, int single, float *work, float *out) {
-    kern_attn_f16_row_with(kern_scalar(), k, v, kv_stride, nkv, off, n_ctx, q, nq, hd, scale,
-                           single, work, out);
-}
-
-void kern_attn_f16_with(const kern_table *t, const uint8_t *k, const uint8_t *v, const size_t *off,
-                        int n_ctx, const float *q32, int nq, int hd, float scale, int single,
-                        float *work, float *out) {
+void kern_attn_f16_with(const kern_attn_parts *t, const uint8_t *k, const uint8_t *v,
+                        const size_t *off, int n_ctx, const float *q32, int nq, int hd, float scale,
+                        int single, float *work, float *out) {
     const int lanes = single ? 64 : 16;
     float *scores = work, *q = work + n_ctx, *acc = q + hd; /* acc[lanes][hd] */
     for (int h = 0; h < nq; h++, q32 += hd, out += hd) {
@@ -386,42 +313,20 @@ void kern_attn_f16_with(const kern_table *t, const uint8_t *k, const uint8_t *v,
     }
 }
 
+static const kern_attn_parts SCALAR_PARTS = {kern_dot_f16_scalar, kern_dot_f16_x4_scalar,
+                                             kern_axpy_f16_scalar, kern_softmax_exp_scalar};
+
 void kern_attn_f16_scalar(const uint8_t *k, const uint8_t *v, const size_t *off, int n_ctx,
                           const float *q, int nq, int hd, float scale, int single, float *work,
                           float *out) {
-    kern_attn_f16_with(kern_scalar(), k, v, off, n_ctx, q, nq, hd, scale, single, work, out);
+    kern_attn_f16_with(&SCALAR_PARTS, k, v, off, n_ctx, q, nq, hd, scale, single, work, out);
 }
 
-static const kern_table SCALAR = {
-    .isa = "scalar",
-    .quantize = kern_quantize_scalar,
-    .gemm_q4_0 = kern_gemm_q4_0_scalar,
-    .gemm_q4_1 = kern_gemm_q4_1_scalar,
-    .gemm_q8_0 = kern_gemm_q8_0_scalar,
-    .gemm_q4_0_fast = kern_gemm_q4_0_fast_scalar,
-    .gemm_q4_1_fast = kern_gemm_q4_1_fast_scalar,
-    .gemm_q8_0_fast = kern_gemm_q8_0_fast_scalar,
-    .dot_f16 = kern_dot_f16_scalar,
-    .dot_f16_x4 = kern_dot_f16_x4_scalar,
-    .axpy_f16 = kern_axpy_f16_scalar,
-    .silu_mul = kern_silu_mul_scalar,
-    .softmax_exp = kern_softmax_exp_scalar,
-    .rope_rows = kern_rope_scalar,
-    .attn_f16 = kern_attn_f16_scalar,
-    .attn_f16_row = attn_f16_row_scalar,
-    .f32_to_f16 = kern_f32_to_f16_scalar,
-    .rmsnorm = kern_rmsnorm_scalar,
-};
-
-const kern_table *kern_scalar(void) { return &SCALAR; }
-
-const kern_table *kern_select(void) {
-    const char *force = getenv("ENGINE_ISA");
-    if (force && strcmp(force, "scalar") == 0) return &SCALAR;
-    if (force && strcmp(force, "avx2") == 0 && kern_avx2()) return kern_avx2();
-    if (kern_vnni()) return kern_vnni();
-    if (kern_avx2()) return kern_avx2();
-    return &SCALAR;
+void kern_attn_f16_row_scalar(const uint8_t *k, const uint8_t *v, size_t kv_stride, int nkv,
+                              const size_t *off, int n_ctx, const float *q, int nq, int hd,
+                              float scale, int single, float *work, float *out) {
+    kern_attn_f16_row_with(kern_attn_f16_scalar, k, v, kv_stride, nkv, off, n_ctx, q, nq, hd, scale,
+                           single, work, out);
 }
 
 void kern_q8_corr(const blk_q8 *x, size_t n, int32_t *corr) {

@@ -1,0 +1,240 @@
+/*
+ * cpu_matmul.c - the backend's matmuls. They quantize the activation rows
+ * once (kernels.h) and split output columns between the pool's threads as
+ * one contiguous range each, so every thread streams its weights
+ * sequentially; a thread that finishes early takes chunks from the end of
+ * another's range, so a slow thread never leaves the other idle. Weights
+ * that read the same input (Q, K, V; gate, up) share one job. Within a
+ * chunk of COL_CHUNK columns every activation row is processed while the
+ * chunk's weights sit in cache.
+ */
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "core/backend/cpu/cpu_internal.h"
+#include "core/quant.h"
+
+/* A chunk is 16 weight columns (the AVX-512 kernels' width: 6 to 15 KB of
+ * Q4_1, resident in L1 while all rows pass); rows go to the kernel 256 at a
+ * time, so the column-lane kernels transpose a chunk at most twice in a
+ * 512-row prefill. */
+#define COL_CHUNK 16
+_Static_assert(COL_CHUNK == KERN_PACK_COLS, "a matmul chunk is one packed group");
+#define ROW_TILE 256
+
+/*
+ * Matmul chunks [0, n) are split into one contiguous range per thread, so
+ * each thread reads its weights as one sequential stream (prefetchers follow
+ * it; interleaved chunks would restart the stream at every chunk). A thread
+ * that finishes its range takes chunks from the end of another's, so a late
+ * or preempted thread does not hold the job up. A range is packed as
+ * next | end << 32 in one atomic word: the owner advances next, a thief
+ * lowers end, and a CAS keeps them from taking the same chunk.
+ */
+static void split_init(cpu_impl *ci, int n) {
+    const int nth = tp_size(ci->pool);
+    for (int i = 0; i < nth; i++) {
+        uint64_t lo = (uint64_t)((int64_t)n * i / nth), hi = (uint64_t)((int64_t)n * (i + 1) / nth);
+        atomic_store_explicit(&ci->ranges[i].r, lo | hi << 32, memory_order_relaxed);
+    }
+}
+
+/* Claims chunks [*first, *first + return value); 0 when none are left. A
+ * claim is a quarter of what remains, at most SPLIT_MAX_CLAIM chunks: fewer
+ * atomic operations (each also waits for the thread's outstanding memory
+ * accesses), and little left stranded with a thread that gets preempted.
+ * The owner claims from the front of its range, a thief from the end. */
+#define SPLIT_MAX_CLAIM 8
+static int split_next(cpu_impl *ci, int ith, int nth, int *first) {
+    for (int k = 0; k < nth; k++) {
+        _Atomic uint64_t *r = &ci->ranges[(ith + k) % nth].r;
+        uint64_t v = atomic_load_explicit(r, memory_order_relaxed);
+        for (;;) {
+            uint32_t lo = (uint32_t)v, hi = (uint32_t)(v >> 32);
+            if (lo >= hi) break;
+            uint32_t n = (hi - lo + 3) / 4;
+            if (n > SPLIT_MAX_CLAIM) n = SPLIT_MAX_CLAIM;
+            uint64_t nv = k == 0 ? v + n : v - ((uint64_t)n << 32);
+            if (atomic_compare_exchange_weak_explicit(r, &v, nv, memory_order_relaxed,
+                                                      memory_order_relaxed)) {
+                *first = (int)(k == 0 ? lo : hi - n);
+                return (int)n;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Rows from which activation quantization is split across the pool: below
+ * that, quantizing on the calling thread costs less than the extra barrier
+ * (docs/benchmarks.md, "Figures moved from code comments"). */
+#define PAR_QUANT_ROWS 8
+#define MM_MAX_W 3
+
+/* Several weights that read the same activations (Q, K, V; gate, up) run as
+ * one job: x is quantized once and the threads share one pool of column
+ * chunks, so there is one barrier instead of one per weight. */
+typedef struct {
+    cpu_impl *ci;
+    int n_w;
+    const be_weight *w[MM_MAX_W];
+    float *y[MM_MAX_W];
+    kern_gemm_fn gemm[MM_MAX_W];
+    packed_w pk[MM_MAX_W]; /* packed copy, or .src NULL */
+    kern_gemm_packed_fn pgemm[MM_MAX_W];
+    int first_chunk[MM_MAX_W + 1]; /* weight i owns chunks [first_chunk[i], first_chunk[i+1]) */
+    int rows, nb;
+    const blk_q8 *xq;
+    const int32_t *xc; /* NULL unless a weight's packed kernel reads it */
+} mm_job;
+
+/* Column chunk c of the job's combined column space. */
+static void mm_chunk(const mm_job *j, int c) {
+    int wi = 0;
+    while (c >= j->first_chunk[wi + 1]) wi++;
+    const be_weight *w = j->w[wi];
+    const int64_t n_out = w->n_out, c0 = (int64_t)(c - j->first_chunk[wi]) * COL_CHUNK;
+    const int nc = (int)(c0 + COL_CHUNK < n_out ? COL_CHUNK : n_out - c0);
+    const uint8_t *w0 = (const uint8_t *)w->data + (size_t)c0 * w->row_bytes;
+    float *y = j->y[wi] + c0;
+    if (j->pk[wi].src) { /* COL_CHUNK == KERN_PACK_COLS: chunk = packed group */
+        const uint8_t *wp =
+            j->pk[wi].data + (size_t)(c - j->first_chunk[wi]) * j->pk[wi].group_bytes;
+        j->pgemm[wi](j->nb, wp, nc, j->xq, (size_t)j->nb, j->xc, j->rows, y, (size_t)n_out);
+        return;
+    }
+    for (int r0 = 0; r0 < j->rows; r0 += ROW_TILE) {
+        int nr = j->rows - r0 < ROW_TILE ? j->rows - r0 : ROW_TILE;
+        j->gemm[wi](j->nb, w0, w->row_bytes, nc, j->xq + (size_t)r0 * j->nb, (size_t)j->nb, nr,
+                    y + (size_t)r0 * n_out, (size_t)n_out);
+    }
+}
+
+static void mm_quant_worker(void *arg, int ith, int nth) {
+    mm_job *j = arg;
+    for (int first, n; (n = split_next(j->ci, ith, nth, &first)) > 0;)
+        for (int c = first; c < first + n; c++) mm_chunk(j, c);
+}
+
+typedef struct {
+    const be_weight *w;
+    const float *x;
+    int rows;
+    float *y;
+    cpu_impl *ci;
+} mmf_job;
+
+static void mm_float_worker(void *arg, int ith, int nth) {
+    mmf_job *j = arg;
+    const int64_t n_in = j->w->n_in, n_out = j->w->n_out;
+    float *wrow = j->ci->per_thread[ith].buf;
+    for (int first, n; (n = split_next(j->ci, ith, nth, &first)) > 0;)
+        for (int c = first; c < first + n; c++) {
+            int64_t c0 = (int64_t)c * COL_CHUNK,
+                    c1 = c0 + COL_CHUNK < n_out ? c0 + COL_CHUNK : n_out;
+            for (int64_t col = c0; col < c1; col++) {
+                quant_dequant_row(j->w->type,
+                                  (const uint8_t *)j->w->data + (size_t)col * j->w->row_bytes, wrow,
+                                  n_in);
+                for (int r = 0; r < j->rows; r++) {
+                    const float *xr = j->x + (size_t)r * n_in;
+                    float acc = 0;
+                    for (int64_t i = 0; i < n_in; i++) acc += wrow[i] * xr[i];
+                    j->y[(size_t)r * n_out + col] = acc;
+                }
+            }
+        }
+}
+
+typedef struct {
+    cpu_impl *ci;
+    const float *x;
+    int rows;
+    int n_in;
+} q_job;
+
+/* Quantize rows, claimed from a counter so that whichever threads join
+ * finish them all. */
+static void quant_worker(void *arg, int ith, int nth) {
+    q_job *q = arg;
+    cpu_impl *ci = q->ci;
+    (void)ith;
+    (void)nth;
+    const int nb = q->n_in / 32;
+    for (int r; (r = atomic_fetch_add_explicit(&ci->counter, 1, memory_order_relaxed)) < q->rows;)
+        ci->k->quantize(q->x + (size_t)r * q->n_in, ci->xq + (size_t)r * nb, q->n_in);
+}
+
+static kern_gemm_fn gemm_for(const cpu_impl *ci, const be_weight *w) {
+    const kern_table *k = ci->k;
+    if (w->n_in % 32) return NULL;
+    if (ci->numerics == BE_NUMERICS_FAST)
+        return w->type == QT_Q4_1   ? k->gemm_q4_1_fast
+               : w->type == QT_Q4_0 ? k->gemm_q4_0_fast
+               : w->type == QT_Q8_0 ? k->gemm_q8_0_fast
+                                    : NULL;
+    return w->type == QT_Q4_1   ? k->gemm_q4_1
+           : w->type == QT_Q4_0 ? k->gemm_q4_0
+           : w->type == QT_Q8_0 ? k->gemm_q8_0
+                                : NULL;
+}
+void cpu_matmul(backend *be, const be_weight *w, const float *x, int rows, float *y);
+
+void cpu_matmul_n(backend *be, int n, const be_weight *const *w, const float *x, int rows,
+                  float *const *y) {
+    cpu_impl *ci = impl_of(be);
+    mm_job j = {0};
+    j.ci = ci;
+    j.n_w = n;
+    j.rows = rows;
+    int quant = n >= 1 && n <= MM_MAX_W;
+    for (int i = 0; quant && i < n; i++) {
+        j.w[i] = w[i];
+        j.y[i] = y[i];
+        j.gemm[i] = gemm_for(ci, w[i]);
+        j.pk[i] = cpu_packed_for(ci, w[i], &j.pgemm[i]);
+        j.first_chunk[i + 1] = j.first_chunk[i] + (int)((w[i]->n_out + COL_CHUNK - 1) / COL_CHUNK);
+        quant &= j.gemm[i] != NULL && w[i]->n_in == w[0]->n_in;
+    }
+    if (quant) {
+        j.nb = (int)(w[0]->n_in / 32);
+        if (cpu_grow((void **)&ci->xq, &ci->xq_cap, (size_t)rows * (size_t)j.nb, sizeof *ci->xq))
+            quant = 0; /* out of memory: the float path needs none */
+    }
+    if (!quant) {
+        for (int i = 0; i < n; i++) cpu_matmul(be, w[i], x, rows, y[i]);
+        return;
+    }
+    q_job q = {ci, x, rows, (int)w[0]->n_in};
+    atomic_store(&ci->counter, 0);
+    if (rows >= PAR_QUANT_ROWS) tp_run_any(ci->pool, quant_worker, &q);
+    else quant_worker(&q, 0, 1); /* a few rows: cheaper than a barrier */
+    j.xq = ci->xq;
+    int need_xc = 0; /* exact packed Q8_0 kernels read kern_q8_corr words */
+    for (int i = 0; i < n; i++)
+        need_xc |= j.pk[i].src && w[i]->type == QT_Q8_0 && ci->numerics == BE_NUMERICS_EXACT;
+    if (need_xc) {
+        const size_t nblk = (size_t)rows * (size_t)j.nb;
+        if (cpu_grow((void **)&ci->xc, &ci->xc_cap, nblk * 8, sizeof *ci->xc) == 0) {
+            kern_q8_corr(ci->xq, nblk, ci->xc);
+            j.xc = ci->xc;
+        } else
+            for (int i = 0; i < n; i++) /* out of memory: the unpacked kernels need none */
+                if (w[i]->type == QT_Q8_0) j.pk[i].src = NULL;
+    }
+    split_init(ci, j.first_chunk[n]);
+    tp_run_any(ci->pool, mm_quant_worker, &j);
+}
+
+void cpu_matmul(backend *be, const be_weight *w, const float *x, int rows, float *y) {
+    cpu_impl *ci = impl_of(be);
+    if (gemm_for(ci, w)) {
+        cpu_matmul_n(be, 1, &w, x, rows, &y);
+        return;
+    }
+    for (int t = 0; t < tp_size(ci->pool); t++)
+        if (cpu_ensure(&ci->per_thread[t], (size_t)w->n_in)) return; /* OOM: leave y untouched */
+    mmf_job j = {w, x, rows, y, ci};
+    split_init(ci, (int)((w->n_out + COL_CHUNK - 1) / COL_CHUNK));
+    tp_run_any(ci->pool, mm_float_worker, &j);
+}
