@@ -55,7 +55,11 @@ static void conn_set_deadline(httpd_conn *c, int64_t at) {
 }
 
 static uint32_t conn_wanted_events(const httpd_conn *c) {
-    uint32_t out = c->out.len > c->out_off ? EPOLLOUT : 0;
+    /* `out` belongs to the worker in CONN_QUEUED and CONN_HANDLER: read it
+     * only in the states where the loop owns it */
+    uint32_t out = 0;
+    if (c->state != CONN_QUEUED && c->state != CONN_HANDLER)
+        out = c->out.len > c->out_off ? EPOLLOUT : 0;
     switch (c->state) {
     case CONN_HEAD:
     case CONN_BODY:

@@ -61,8 +61,8 @@
  *   - not declared yet: the end of stream is remembered and counts as gone
  *     once the handler declares UNARY.
  * Gone is reported once: httpd_req_gone turns 1 and the callback given to
- * httpd_req_watch runs (on the loop thread, or on the thread whose write
- * failed), with the request's lock held: it must be quick and must not call
+ * httpd_req_watch runs (on the thread that noticed: the loop, the one whose
+ * write failed, or httpd_stop's), with the request's lock held: it must be quick and must not call
  * httpd functions on that request (it typically cancels a generation).
  *
  * Stop (httpd_stop): no new connection; idle and half-received connections

@@ -11,6 +11,7 @@
  *   - a stream still arrives whole after the client half-closes; a unary
  *     request whose client closes is reported gone (flag and callback)
  *     while its handler runs;
+ *   - a client that stops reading fails the writes after write_timeout_ms;
  *   - 1,000 idle connections add no thread, max_connections answers 503;
  *   - stop with running handlers and idle connections frees everything
  *     (the ASan build reports leaks).
@@ -47,11 +48,12 @@ static void sleep_ms(int ms) {
 
 typedef struct {
     atomic_int calls;
-    atomic_int gone_calls;   /* gone callbacks */
-    atomic_int saw_gone;     /* the flag turned 1 in the handler */
-    atomic_int stream_ok;    /* every piece of the stream was written */
-    atomic_int running;      /* handlers inside */
-    int64_t gone_at;         /* ms when the callback ran */
+    atomic_int gone_calls; /* gone callbacks */
+    atomic_int saw_gone;   /* the flag turned 1 in the handler */
+    atomic_int stream_ok;  /* every piece of the stream was written */
+    atomic_int running;    /* handlers inside */
+    atomic_int flood_rc;   /* how /flood's writing ended */
+    int64_t gone_at;       /* ms when the callback ran */
 } server_state;
 
 static void on_gone(httpd_req *r, void *user) {
@@ -91,6 +93,14 @@ static void handler(httpd_req *r, void *user) {
         }
         ok = ok && httpd_stream_end(r) == HTTPD_OK;
         atomic_store(&s->stream_ok, ok);
+    } else if (strcmp(path, "/flood") == 0) {
+        /* write until the client, which does not read, stalls us */
+        static const char piece[65536];
+        int rc = httpd_stream_begin(r, 200, "application/octet-stream", NULL, 0);
+        for (int i = 0; i < 100000 && rc == HTTPD_OK; i++)
+            rc = httpd_stream_write(r, piece, sizeof piece);
+        atomic_store(&s->saw_gone, httpd_req_gone(r));
+        atomic_store(&s->flood_rc, rc);
     } else if (strcmp(path, "/wait-gone") == 0 || strcmp(path, "/hold") == 0) {
         httpd_req_watch(r, HTTPD_WATCH_UNARY, on_gone, s);
         int64_t until = now_ms() + (path[1] == 'w' ? 3000 : 60000);
@@ -454,6 +464,22 @@ static void test_gone_unary(int port, server_state *s) {
     CHECK(atomic_load(&s->saw_gone) == 1);
 }
 
+/* A client that stops reading: the write fails after write_timeout_ms
+ * and the request is gone. */
+static void test_write_timeout(int port, server_state *s) {
+    atomic_store(&s->saw_gone, 0);
+    atomic_store(&s->flood_rc, 1);
+    int fd = connect_to(port);
+    const char *req = "GET /flood HTTP/1.1\r\nHost: a\r\n\r\n";
+    send_str(fd, req, strlen(req));
+    int64_t t0 = now_ms();
+    while (atomic_load(&s->flood_rc) == 1 && now_ms() - t0 < 5000) sleep_ms(10);
+    CHECKF(atomic_load(&s->flood_rc) == HTTPD_ETIMEDOUT, "flood ended with %d",
+           atomic_load(&s->flood_rc));
+    CHECK(atomic_load(&s->saw_gone) == 1);
+    close(fd);
+}
+
 /* ---- capacity and stop ---- */
 
 static void test_idle_connections(server_state *s) {
@@ -550,6 +576,7 @@ int main(void) {
     o.max_url_bytes = 128;
     o.max_header_bytes = 512;
     o.max_body_bytes = 1024;
+    o.write_timeout_ms = 300;
     httpd *h = start(&o, &s);
     if (!h) return tu_finish("test_httpd");
     int port = httpd_port(h);
@@ -559,6 +586,7 @@ int main(void) {
     test_timeouts(port);
     test_half_close_stream(port, &s);
     test_gone_unary(port, &s);
+    test_write_timeout(port, &s);
     CHECK(httpd_stop(h, 2000) == HTTPD_OK);
     test_idle_connections(&s);
     test_stop_graceful(&s);
