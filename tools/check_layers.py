@@ -28,7 +28,8 @@ ALLOWED = {
     "scheduler": ["paged_kv", "core", "base"],
     "engine": ["scheduler", "paged_kv", "core", "base"],
     "rpc": ["proto", "base"],
-    "server": ["engine", "scheduler", "paged_kv", "core", "base", "rpc", "proto"],
+    "http": ["base"],
+    "server": ["engine", "scheduler", "paged_kv", "core", "base", "rpc", "proto", "http"],
     "clients": ["rpc", "proto", "base"],
     "loadtest": ["clients", "rpc", "proto", "base"],
 }
