@@ -220,9 +220,9 @@ static cJSON *generate_json(const call_ctx *x, const relay_result *res) {
         }
     }
     cJSON_AddItemToObject(root, "usage", usage_json(res->prompt_tokens, res->completion_tokens));
-    cJSON_AddItemToObject(root, "timings",
-                          timings_json(res->queue_ms, res->ttft_ms < 0 ? 0 : res->ttft_ms,
-                                       res->total_ms));
+    cJSON_AddItemToObject(
+        root, "timings",
+        timings_json(res->queue_ms, res->ttft_ms < 0 ? 0 : res->ttft_ms, res->total_ms));
     return root;
 }
 

@@ -63,8 +63,8 @@ void http_calls_unregister(http_call *c);
 
 /* A response with a copy of body; close adds "Connection: close", allow an
  * "Allow" header. NULL on OOM. */
-nng_http_res *http_response(int status, const char *ctype, const char *body, size_t len,
-                            int close, const char *allow);
+nng_http_res *http_response(int status, const char *ctype, const char *body, size_t len, int close,
+                            const char *allow);
 /* Complete the handler's aio with a response; nng writes it. */
 void http_reply(nng_aio *aio, int status, const char *ctype, const char *body, size_t len,
                 int close, const char *allow);

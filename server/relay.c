@@ -153,7 +153,7 @@ int relay_next(relay *r, engine_event *ev, int timeout_ms) {
             continue;
         }
         account(r, ev);
-        if (relay_end_reason(r) == RELAY_END_NONE) return 1;
+        if (relay_end_reason(r) == RELAY_END_NONE || ev->type == ENGINE_EV_FINISH) return 1;
         engine_event_clear(ev); /* draining a call that ended early */
     }
 }

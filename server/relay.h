@@ -56,8 +56,8 @@ typedef enum {
 } relay_end;
 
 typedef struct {
-    strbuf text;    /* unary mode */
-    int32_t *ids;   /* unary mode, when the request asked for token ids */
+    strbuf text;  /* unary mode */
+    int32_t *ids; /* unary mode, when the request asked for token ids */
     size_t n_ids, cap_ids;
     gen_finish finish; /* GEN_FINISH_ERROR until its FINISH event */
     int finished;
@@ -98,7 +98,8 @@ relay_end relay_end_reason(const relay *r);
 /* Stream mode: the next event to encode, with the deadline applied.
  * 1 = *ev filled (the caller clears it), 0 = none within timeout_ms
  * (>= 0; -1 waits), -1 = the stream ended. Once the call ended early,
- * the remaining events are drained here and not returned. */
+ * the remaining TOKEN events are drained here; FINISH events are still
+ * returned, for a front end that closes each completion (HTTP's SSE). */
 int relay_next(relay *r, engine_event *ev, int timeout_ms);
 
 /* Unary mode: wait for the end, accumulating the reply. */

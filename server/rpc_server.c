@@ -229,7 +229,8 @@ static void send_event(scall *k, const engine_event *ev) {
 static void stream_events(scall *k) {
     engine_event ev;
     while (relay_next(k->r, &ev, -1) == 1) {
-        send_event(k, &ev);
+        /* After an early end the STATUS says how the call ended. */
+        if (relay_end_reason(k->r) == RELAY_END_NONE) send_event(k, &ev);
         engine_event_clear(&ev);
     }
 }
