@@ -17,7 +17,6 @@
 #include <string.h>
 
 #include "base/strbuf.h"
-#include "server/server.h"
 
 static const double hist_bounds_ms[SRV_HIST_BUCKETS] = {5,   10,  25,  50,   75,   100,  150,
                                                         250, 500, 750, 1000, 2500, 5000, 10000};
@@ -81,11 +80,11 @@ static void render_hist(strbuf *b, const char *name, const char *help, srv_hist 
     strbuf_printf(b, "%s_sum %.6f\n%s_count %ld\n", name, sum_s, name, cum);
 }
 
-int srv_metrics_render(struct srv *s, char **out, size_t *len) {
+int srv_metrics_render(srv_metrics *m, const srv_metrics_gauges *g, engine *eng, char **out,
+                       size_t *len) {
     strbuf b = {.p = malloc(8192), .cap = 8192};
     if (!b.p) return -1;
     b.p[0] = 0;
-    srv_metrics *m = &s->metrics;
 
     header(&b, "infer_calls_total", "counter",
            "Finished generation calls (RPC and HTTP) by final status.");
@@ -99,17 +98,16 @@ int srv_metrics_render(struct srv *s, char **out, size_t *len) {
     render_hist(&b, "infer_inter_token_latency_seconds",
                 "Time between consecutive tokens of one completion.", &m->itl_ms);
     render_hist(&b, "infer_request_duration_seconds",
-                "Time from submit to the last event of a call.", &m->e2e_ms);
+                "Time from submit to the finish of a call's last completion.", &m->e2e_ms);
     metric_long(&b, "infer_active_calls", "gauge", "Calls in flight, all front ends.",
-                atomic_load(&s->active_calls));
-    metric_long(&b, "infer_rpc_connections", "gauge", "Open RPC connections.",
-                atomic_load(&s->connections));
+                g->active_calls);
+    metric_long(&b, "infer_rpc_connections", "gauge", "Open RPC connections.", g->connections);
     metric_long(&b, "infer_draining", "gauge", "1 while the server drains for shutdown.",
-                atomic_load(&s->draining) ? 1 : 0);
+                g->draining ? 1 : 0);
 
-    if (s->eng) {
+    if (eng) {
         engine_stats st;
-        engine_get_stats(s->eng, &st);
+        engine_get_stats(eng, &st);
         metric_long(&b, "infer_sequences_waiting", "gauge", "Requests waiting for admission.",
                     st.n_waiting);
         metric_long(&b, "infer_sequences_running", "gauge", "Requests running on the device.",

@@ -13,6 +13,8 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
+#include "engine/engine.h"
+
 #define SRV_HIST_BUCKETS 14 /* upper bounds in ms: see metrics.c */
 #define SRV_N_STATUS 17     /* gRPC codes 0..16 */
 
@@ -25,16 +27,24 @@ typedef struct {
 typedef struct {
     atomic_long calls_by_status[SRV_N_STATUS]; /* finished calls (RPC and HTTP) by status */
     atomic_long http_requests;
+    /* Per call, from the engine's timings (server/relay.h defines them). */
     srv_hist ttft_ms; /* submit -> first token */
-    srv_hist itl_ms;  /* between consecutive tokens of a stream */
+    srv_hist itl_ms;  /* between consecutive tokens of one completion */
     srv_hist e2e_ms;  /* submit -> finish */
 } srv_metrics;
 
-struct srv;
+/* The server's gauges at render time (their owner is struct srv). */
+typedef struct {
+    long active_calls;
+    long connections;
+    int draining;
+} srv_metrics_gauges;
 
 void srv_hist_observe(srv_hist *h, double ms);
 void srv_metrics_count_status(srv_metrics *m, int status);
-/* Prometheus text exposition; *out is malloc'd. Returns 0 or -1 (OOM). */
-int srv_metrics_render(struct srv *s, char **out, size_t *len);
+/* Prometheus text exposition of m, g and (when eng is not NULL) the
+ * engine's stats; *out is malloc'd. Returns 0 or -1 (OOM). */
+int srv_metrics_render(srv_metrics *m, const srv_metrics_gauges *g, engine *eng, char **out,
+                       size_t *len);
 
 #endif

@@ -1,6 +1,7 @@
 /*
  * rpc_server.c - the RPC front end: accept connections, dispatch CALL
- * frames to the methods of inference.Inference, relay engine events.
+ * frames to the methods of inference.Inference, encode generation calls'
+ * events (server/relay.h) as protobuf frames.
  *
  * Threads:
  *   - one accept thread per listener;
@@ -8,21 +9,20 @@
  *     answers the quick methods itself (Tokenize, Detokenize, Cancel,
  *     Health, ModelInfo, Stats), validates and submits generation calls,
  *     and handles CANCEL frames and the connection's end;
- *   - per generation call, a thread that reads the engine stream and sends
- *     MESSAGE frames as tokens are sampled, then the call's one STATUS.
+ *   - per generation call, a thread that takes the call's relay events and
+ *     sends them as MESSAGE frames, then the call's one STATUS.
  *
- * A call ends once: `end` is set by the first of CANCEL frame, Cancel
- * method, deadline, connection close, server shutdown or a failed send;
- * that one also cancels the engine request (freeing its KV blocks at the
- * next step) and decides the STATUS. The call thread keeps draining the
- * engine stream until it ends and never sends MESSAGEs after `end`.
+ * A call ends early once (relay_cancel: the first of CANCEL frame, Cancel
+ * method, deadline, connection close, server shutdown or a failed send
+ * wins); the relay cancels the engine request (freeing its KV blocks at
+ * the next step) and hands out no more events, and its reason decides the
+ * STATUS.
  *
  * Lifetime: a connection record (sconn) is referenced by its open
  * connection (dropped in on_close) and by each of its call threads; the
  * last reference releases the rpc_conn and the record.
  */
 #include <errno.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -34,6 +34,7 @@
 #include "core/chat.h"
 #include "core/model.h"
 #include "core/tokenizer.h"
+#include "server/relay.h"
 #include "server/rpc_server.h"
 
 /* A peer that does not read for this long loses its connection. */
@@ -64,9 +65,6 @@ static const struct {
 };
 #define N_METHODS ((int)(sizeof methods / sizeof methods[0]))
 
-/* Why a call ended early. */
-enum { END_NONE = 0, END_CANCEL, END_DEADLINE, END_CONN_CLOSED, END_SHUTDOWN, END_SEND_FAILED };
-
 typedef struct sconn sconn;
 
 typedef struct scall {
@@ -74,13 +72,9 @@ typedef struct scall {
     sconn *sc;
     uint64_t id;
     int streaming;
-    srv_request req;
-    engine_stream *es;
-    int64_t eid;
-    double t_start;
-    double deadline; /* monotonic ms; 0 = none */
+    srv_request req; /* borrowed by r */
+    relay *r;
     uint32_t deadline_ms;
-    atomic_int end;
 } scall;
 
 struct sconn {
@@ -106,12 +100,6 @@ struct rpc_server {
     int n_calls;
     int stopping;
 };
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 static void logf_(const char *fmt, ...) {
     char line[1024];
@@ -184,238 +172,147 @@ static int call_active(sconn *sc, uint64_t id) {
     return found;
 }
 
-/* End a call early (first reason wins); cancels its engine request. */
-static int call_end(scall *k, int why) {
-    int expected = END_NONE;
-    if (!atomic_compare_exchange_strong(&k->end, &expected, why)) return 0;
-    engine_cancel(k->sc->rs->s->eng, k->eid);
-    return 1;
-}
-
 /* ---- generation calls ---- */
-
-typedef struct {
-    char *text;
-    size_t len, cap;
-    int32_t *ids;
-    size_t n_ids, cap_ids;
-    const char *finish;
-} completion_acc;
-
-static int acc_text(completion_acc *a, const char *t, size_t n) {
-    if (a->len + n + 1 > a->cap) {
-        size_t cap = a->cap ? a->cap * 2 : 256;
-        while (cap < a->len + n + 1) cap *= 2;
-        char *p = realloc(a->text, cap);
-        if (!p) return -1;
-        a->text = p;
-        a->cap = cap;
-    }
-    memcpy(a->text + a->len, t, n);
-    a->len += n;
-    a->text[a->len] = 0;
-    return 0;
-}
-
-static int acc_id(completion_acc *a, int32_t id) {
-    if (a->n_ids == a->cap_ids) {
-        size_t cap = a->cap_ids ? a->cap_ids * 2 : 64;
-        int32_t *p = realloc(a->ids, cap * sizeof *p);
-        if (!p) return -1;
-        a->ids = p;
-        a->cap_ids = cap;
-    }
-    a->ids[a->n_ids++] = id;
-    return 0;
-}
 
 /* Send one chunk; on failure the call ends (a stalled peer also loses its
  * connection, since its queue is full and we cannot skip frames). */
-static int send_chunk(scall *k, const Inference__GenerateChunk *ch) {
+static void send_chunk(scall *k, const Inference__GenerateChunk *ch) {
     int rv = rpc_send_message(k->sc->c, k->id, &ch->base, SEND_TIMEOUT_MS);
-    if (rv == RPC_OK) return 0;
+    if (rv == RPC_OK) return;
     if (rv == RPC_ETIMEDOUT) {
         logf_("connection %s: the peer did not read for %d ms; closing it", rpc_conn_peer(k->sc->c),
               SEND_TIMEOUT_MS);
         rpc_conn_close(k->sc->c, 0);
     }
-    call_end(k, END_SEND_FAILED);
-    return -1;
+    relay_cancel(k->r, RELAY_END_PEER_GONE);
 }
 
-static void *call_main(void *arg) {
-    scall *k = arg;
-    sconn *sc = k->sc;
-    rpc_server *rs = sc->rs;
-    srv *s = rs->s;
-    const int n = k->req.req.n;
-    completion_acc *acc = calloc((size_t)n, sizeof *acc);
-    double *last_tok = calloc((size_t)n, sizeof *last_tok);
-    int had_error = 0, oom = !acc || !last_tok;
-    int prompt_tokens = 0, completion_tokens = 0;
-    double queue_ms = 0, ttft_ms = -1, total_ms = 0;
+static void usage_pb(Inference__Usage *u, int prompt_tokens, int completion_tokens) {
+    u->has_prompt_tokens = u->has_completion_tokens = 1;
+    u->prompt_tokens = prompt_tokens;
+    u->completion_tokens = completion_tokens;
+}
 
-    for (;;) {
-        int timeout = -1;
-        if (k->deadline > 0 && atomic_load(&k->end) == END_NONE) {
-            double left = k->deadline - now_ms();
-            if (left <= 0) call_end(k, END_DEADLINE);
-            else timeout = left > 60000 ? 60000 : (int)ceil(left); /* re-checked each slice */
+static void timings_pb(Inference__Timings *tm, double queue_ms, double ttft_ms, double total_ms) {
+    tm->has_queue_ms = tm->has_ttft_ms = tm->has_total_ms = 1;
+    tm->queue_ms = queue_ms;
+    tm->ttft_ms = ttft_ms;
+    tm->total_ms = total_ms;
+}
+
+/* One engine event as a GenerateChunk. */
+static void send_event(scall *k, const engine_event *ev) {
+    Inference__GenerateChunk ch = INFERENCE__GENERATE_CHUNK__INIT;
+    Inference__Usage u = INFERENCE__USAGE__INIT;
+    Inference__Timings tm = INFERENCE__TIMINGS__INIT;
+    int32_t tokid = ev->token;
+    ch.has_index = 1;
+    ch.index = ev->index;
+    ch.text = ev->text ? ev->text : "";
+    ch.has_sampled_ms = 1;
+    ch.sampled_ms = ev->t_ms;
+    if (ev->type == ENGINE_EV_TOKEN) {
+        if (k->req.return_token_ids) {
+            ch.n_token_ids = 1;
+            ch.token_ids = &tokid;
         }
-        engine_event ev;
-        int rv = engine_stream_next(k->es, &ev, timeout);
-        if (rv == 0) continue;
-        if (rv < 0) break;
-        if (atomic_load(&k->end) != END_NONE || oom) {
-            engine_event_clear(&ev);
-            continue; /* draining a cancelled request */
-        }
-        int i = ev.index >= 0 && ev.index < n ? ev.index : 0;
-        double t = now_ms();
-        if (ev.type == ENGINE_EV_TOKEN) {
-            if (last_tok[i] > 0) srv_hist_observe(&s->metrics.itl_ms, t - last_tok[i]);
-            last_tok[i] = t;
-            if (k->streaming) {
-                Inference__GenerateChunk ch = INFERENCE__GENERATE_CHUNK__INIT;
-                ch.has_index = 1;
-                ch.index = i;
-                ch.text = ev.text ? ev.text : "";
-                int32_t tokid = ev.token;
-                if (k->req.return_token_ids) {
-                    ch.n_token_ids = 1;
-                    ch.token_ids = &tokid;
-                }
-                ch.has_sampled_ms = 1;
-                ch.sampled_ms = ev.t_ms;
-                send_chunk(k, &ch);
-            } else {
-                if ((ev.text_len && acc_text(&acc[i], ev.text, ev.text_len) != 0) ||
-                    (k->req.return_token_ids && acc_id(&acc[i], ev.token) != 0))
-                    oom = 1;
-            }
-        } else {
-            if (ev.finish == GEN_FINISH_ERROR) had_error = 1;
-            if (ev.completion_tokens > 0) srv_hist_observe(&s->metrics.ttft_ms, ev.ttft_ms);
-            srv_hist_observe(&s->metrics.e2e_ms, ev.total_ms);
-            prompt_tokens = ev.prompt_tokens;
-            completion_tokens += ev.completion_tokens;
-            if (ttft_ms < 0 || (ev.completion_tokens > 0 && ev.ttft_ms < ttft_ms)) {
-                ttft_ms = ev.ttft_ms;
-                queue_ms = ev.queue_ms;
-            }
-            if (ev.total_ms > total_ms) total_ms = ev.total_ms;
-            if (k->streaming) {
-                Inference__GenerateChunk ch = INFERENCE__GENERATE_CHUNK__INIT;
-                Inference__Usage u = INFERENCE__USAGE__INIT;
-                Inference__Timings tm = INFERENCE__TIMINGS__INIT;
-                ch.has_index = 1;
-                ch.index = i;
-                ch.text = ev.text ? ev.text : "";
-                ch.finish_reason = (char *)srv_finish_reason(ev.finish);
-                u.has_prompt_tokens = u.has_completion_tokens = 1;
-                u.prompt_tokens = ev.prompt_tokens;
-                u.completion_tokens = ev.completion_tokens;
-                tm.has_queue_ms = tm.has_ttft_ms = tm.has_total_ms = 1;
-                tm.queue_ms = ev.queue_ms;
-                tm.ttft_ms = ev.ttft_ms;
-                tm.total_ms = ev.total_ms;
-                ch.usage = &u;
-                ch.timings = &tm;
-                ch.has_sampled_ms = 1;
-                ch.sampled_ms = ev.t_ms;
-                send_chunk(k, &ch);
-            } else {
-                if (ev.text_len && acc_text(&acc[i], ev.text, ev.text_len) != 0) oom = 1;
-                acc[i].finish = srv_finish_reason(ev.finish);
-            }
-        }
+    } else {
+        ch.finish_reason = (char *)srv_finish_reason(ev->finish);
+        usage_pb(&u, ev->prompt_tokens, ev->completion_tokens);
+        timings_pb(&tm, ev->queue_ms, ev->ttft_ms, ev->total_ms);
+        ch.usage = &u;
+        ch.timings = &tm;
+    }
+    send_chunk(k, &ch);
+}
+
+static void stream_events(scall *k) {
+    engine_event ev;
+    while (relay_next(k->r, &ev, -1) == 1) {
+        /* After an early end the STATUS says how the call ended. */
+        if (relay_end_reason(k->r) == RELAY_END_NONE) send_event(k, &ev);
         engine_event_clear(&ev);
     }
+}
 
-    int end = atomic_load(&k->end);
+/* The unary reply: one GenerateResponse. Returns the call's status
+ * (RESOURCE_EXHAUSTED when it does not fit a frame, -1 when it could not be
+ * sent). */
+static int send_response(scall *k, char *msg, size_t msglen) {
+    const relay_result *res = relay_result_get(k->r);
+    const int n = res->n;
+    Inference__GenerateResponse resp = INFERENCE__GENERATE_RESPONSE__INIT;
+    Inference__Completion *comps = calloc((size_t)n, sizeof *comps);
+    Inference__Completion **cp = calloc((size_t)n, sizeof *cp);
+    Inference__Usage u = INFERENCE__USAGE__INIT;
+    Inference__Timings tm = INFERENCE__TIMINGS__INIT;
     int code = SRV_OK;
-    char msg[256] = "";
-    switch (end) {
-    case END_CANCEL:
-        code = SRV_CANCELLED;
-        snprintf(msg, sizeof msg, "cancelled by the client");
-        break;
-    case END_DEADLINE:
-        code = SRV_DEADLINE_EXCEEDED;
-        snprintf(msg, sizeof msg, "deadline of %u ms exceeded", k->deadline_ms);
-        break;
-    case END_SHUTDOWN:
-        code = SRV_UNAVAILABLE;
-        snprintf(msg, sizeof msg, "the server is shutting down (drain timeout of %d ms reached)",
-                 s->cfg.drain_timeout_ms);
-        break;
-    case END_CONN_CLOSED:
-    case END_SEND_FAILED: code = -1; break;
-    default:
-        if (oom) {
-            code = SRV_RESOURCE_EXHAUSTED;
-            snprintf(msg, sizeof msg, "out of memory while collecting the response");
-        } else if (had_error) {
-            code = SRV_INTERNAL;
-            snprintf(msg, sizeof msg, "the engine failed while generating (see the server log)");
-        }
+    if (!comps || !cp) {
+        code = SRV_RESOURCE_EXHAUSTED;
+        snprintf(msg, msglen, "out of memory while building the response");
+        goto out;
     }
-    if (code == SRV_OK && !k->streaming) {
-        Inference__GenerateResponse resp = INFERENCE__GENERATE_RESPONSE__INIT;
-        Inference__Completion *comps = calloc((size_t)n, sizeof *comps);
-        Inference__Completion **cp = calloc((size_t)n, sizeof *cp);
-        Inference__Usage u = INFERENCE__USAGE__INIT;
-        Inference__Timings tm = INFERENCE__TIMINGS__INIT;
-        if (!comps || !cp) {
-            code = SRV_RESOURCE_EXHAUSTED;
-            snprintf(msg, sizeof msg, "out of memory while building the response");
-        } else {
-            for (int i = 0; i < n; i++) {
-                inference__completion__init(&comps[i]);
-                comps[i].has_index = 1;
-                comps[i].index = i;
-                comps[i].text = acc[i].text ? acc[i].text : "";
-                comps[i].n_token_ids = acc[i].n_ids;
-                comps[i].token_ids = acc[i].ids;
-                comps[i].finish_reason = (char *)(acc[i].finish ? acc[i].finish : "error");
-                cp[i] = &comps[i];
-            }
-            resp.n_completions = (size_t)n;
-            resp.completions = cp;
-            u.has_prompt_tokens = u.has_completion_tokens = 1;
-            u.prompt_tokens = prompt_tokens;
-            u.completion_tokens = completion_tokens;
-            tm.has_queue_ms = tm.has_ttft_ms = tm.has_total_ms = 1;
-            tm.queue_ms = queue_ms;
-            tm.ttft_ms = ttft_ms < 0 ? 0 : ttft_ms;
-            tm.total_ms = total_ms;
-            resp.usage = &u;
-            resp.timings = &tm;
-            int rv = rpc_send_message(sc->c, k->id, &resp.base, SEND_TIMEOUT_MS);
-            if (rv == RPC_ETOOBIG) {
-                code = SRV_RESOURCE_EXHAUSTED;
-                snprintf(msg, sizeof msg,
-                         "the response (%zu bytes) exceeds server.max_message_bytes (%zu)",
-                         protobuf_c_message_get_packed_size(&resp.base), rs->copts.max_frame);
-            } else if (rv != RPC_OK) {
-                code = -1;
-            }
-        }
-        free(comps);
-        free(cp);
+    for (int i = 0; i < n; i++) {
+        const relay_choice *c = &res->choices[i];
+        inference__completion__init(&comps[i]);
+        comps[i].has_index = 1;
+        comps[i].index = i;
+        comps[i].text = c->text.p ? c->text.p : "";
+        comps[i].n_token_ids = c->n_ids;
+        comps[i].token_ids = c->ids;
+        comps[i].finish_reason = (char *)(c->finished ? srv_finish_reason(c->finish) : "error");
+        cp[i] = &comps[i];
     }
-    if (code >= 0) send_status(sc, k->id, code, msg);
-    else srv_metrics_count_status(&s->metrics, SRV_CANCELLED); /* nobody left to tell */
+    resp.n_completions = (size_t)n;
+    resp.completions = cp;
+    usage_pb(&u, res->prompt_tokens, res->completion_tokens);
+    timings_pb(&tm, res->queue_ms, res->ttft_ms < 0 ? 0 : res->ttft_ms, res->total_ms);
+    resp.usage = &u;
+    resp.timings = &tm;
+    int rv = rpc_send_message(k->sc->c, k->id, &resp.base, SEND_TIMEOUT_MS);
+    if (rv == RPC_ETOOBIG) {
+        code = SRV_RESOURCE_EXHAUSTED;
+        snprintf(msg, msglen, "the response (%zu bytes) exceeds server.max_message_bytes (%zu)",
+                 protobuf_c_message_get_packed_size(&resp.base), k->sc->rs->copts.max_frame);
+    } else if (rv != RPC_OK) {
+        code = -1;
+    }
+out:
+    free(comps);
+    free(cp);
+    return code;
+}
 
-    for (int i = 0; acc && i < n; i++) {
-        free(acc[i].text);
-        free(acc[i].ids);
+/* The call's STATUS from how it ended; -1 when nobody is left to tell. */
+static int call_status(scall *k, char *msg, size_t msglen) {
+    int code = relay_outcome(k->r);
+    switch (code) {
+    case SRV_OK: return k->streaming ? SRV_OK : send_response(k, msg, msglen);
+    case SRV_CANCELLED:
+        if (relay_end_reason(k->r) == RELAY_END_PEER_GONE) return -1;
+        snprintf(msg, msglen, "cancelled by the client");
+        break;
+    case SRV_DEADLINE_EXCEEDED:
+        snprintf(msg, msglen, "deadline of %u ms exceeded", k->deadline_ms);
+        break;
+    case SRV_UNAVAILABLE:
+        snprintf(msg, msglen, "the server is shutting down (drain timeout of %d ms reached)",
+                 k->sc->rs->s->cfg.drain_timeout_ms);
+        break;
+    case SRV_RESOURCE_EXHAUSTED:
+        snprintf(msg, msglen, "out of memory while collecting the response");
+        break;
+    default: snprintf(msg, msglen, "the engine failed while generating (see the server log)");
     }
-    free(acc);
-    free(last_tok);
-    engine_stream_free(k->es);
+    return code;
+}
+
+/* Take a finished call off its connection and the server's count. */
+static void call_release(scall *k) {
+    sconn *sc = k->sc;
+    rpc_server *rs = sc->rs;
+    relay_free(k->r);
     srv_request_free(&k->req);
-
     pthread_mutex_lock(&sc->mu);
     for (scall **pp = &sc->calls; *pp; pp = &(*pp)->next)
         if (*pp == k) {
@@ -424,55 +321,70 @@ static void *call_main(void *arg) {
         }
     pthread_mutex_unlock(&sc->mu);
     free(k);
-    atomic_fetch_sub(&s->active_calls, 1);
     sconn_unref(sc);
     pthread_mutex_lock(&rs->mu);
     rs->n_calls--;
     pthread_cond_broadcast(&rs->cv);
     pthread_mutex_unlock(&rs->mu);
+}
+
+static void *call_main(void *arg) {
+    scall *k = arg;
+    if (k->streaming) stream_events(k);
+    else relay_wait(k->r);
+    char msg[256] = "";
+    int code = call_status(k, msg, sizeof msg);
+    /* Counted before the client can see the STATUS. */
+    relay_finish(k->r, code >= 0 ? code : SRV_CANCELLED);
+    if (code >= 0) rpc_send_status(k->sc->c, k->id, code, msg, SEND_TIMEOUT_MS);
+    call_release(k);
     return NULL;
+}
+
+/* Validate and submit; on failure the STATUS is sent and k is freed. */
+static int submit_generate(sconn *sc, const Rpc__Frame *f, scall *k) {
+    const char *what = "inference.GenerateRequest";
+    Inference__GenerateRequest *in = inference__generate_request__unpack(
+        NULL, f->has_payload ? f->payload.len : 0, f->has_payload ? f->payload.data : NULL);
+    char err[768];
+    int rc = SRV_INVALID_ARGUMENT;
+    if (!in)
+        snprintf(err, sizeof err, "the payload (%zu bytes) is not a valid %s",
+                 f->has_payload ? f->payload.len : 0, what);
+    else rc = srv_prepare(sc->rs->s, in, &k->req, err, sizeof err);
+    if (in) inference__generate_request__free_unpacked(in, NULL);
+    if (rc == SRV_OK)
+        rc =
+            relay_submit(k->r, &k->req, k->streaming ? RELAY_STREAM : RELAY_UNARY, err, sizeof err);
+    if (rc == SRV_OK) return 0;
+    relay_finish(k->r, rc);
+    relay_free(k->r);
+    srv_request_free(&k->req);
+    free(k);
+    rpc_send_status(sc->c, f->call_id, rc, err, SEND_TIMEOUT_MS);
+    return -1;
 }
 
 static void start_generate(sconn *sc, const Rpc__Frame *f, int streaming, uint32_t deadline_ms) {
     rpc_server *rs = sc->rs;
-    srv *s = rs->s;
-    const char *what = "inference.GenerateRequest";
-    Inference__GenerateRequest *in = inference__generate_request__unpack(
-        NULL, f->has_payload ? f->payload.len : 0, f->has_payload ? f->payload.data : NULL);
-    if (!in) {
-        send_statusf(sc, f->call_id, SRV_INVALID_ARGUMENT,
-                     "the payload (%zu bytes) is not a valid %s",
-                     f->has_payload ? f->payload.len : 0, what);
-        return;
-    }
     scall *k = calloc(1, sizeof *k);
-    if (!k) {
-        inference__generate_request__free_unpacked(in, NULL);
+    double deadline_at = deadline_ms ? relay_now_ms() + deadline_ms : 0;
+    if (k) k->r = relay_create(rs->s, deadline_at);
+    if (!k || !k->r) {
+        free(k);
         send_status(sc, f->call_id, SRV_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
     k->sc = sc;
     k->id = f->call_id;
     k->streaming = streaming;
-    k->t_start = now_ms();
     k->deadline_ms = deadline_ms;
-    if (deadline_ms) k->deadline = k->t_start + deadline_ms;
-    char err[768];
-    int rc = srv_prepare(s, in, &k->req, err, sizeof err);
-    inference__generate_request__free_unpacked(in, NULL);
-    if (rc == SRV_OK) rc = srv_submit(s, &k->req, &k->es, &k->eid, err, sizeof err);
-    if (rc != SRV_OK) {
-        srv_request_free(&k->req);
-        free(k);
-        send_status(sc, f->call_id, rc, err);
-        return;
-    }
+    if (submit_generate(sc, f, k) != 0) return;
     pthread_mutex_lock(&sc->mu);
     k->next = sc->calls;
     sc->calls = k;
     sc->refs++;
     pthread_mutex_unlock(&sc->mu);
-    atomic_fetch_add(&s->active_calls, 1);
     pthread_mutex_lock(&rs->mu);
     rs->n_calls++;
     pthread_mutex_unlock(&rs->mu);
@@ -485,26 +397,13 @@ static void start_generate(sconn *sc, const Rpc__Frame *f, int streaming, uint32
     int e = pthread_create(&tid, &attr, call_main, k);
     pthread_attr_destroy(&attr);
     if (e != 0) {
-        /* Undo: the engine request is cancelled by engine_stream_free. */
-        pthread_mutex_lock(&sc->mu);
-        for (scall **pp = &sc->calls; *pp; pp = &(*pp)->next)
-            if (*pp == k) {
-                *pp = k->next;
-                break;
-            }
-        sc->refs--;
-        pthread_mutex_unlock(&sc->mu);
-        engine_stream_free(k->es);
-        srv_request_free(&k->req);
+        /* Undo: freeing the relay cancels the engine request. */
         uint64_t id = k->id;
-        free(k);
-        atomic_fetch_sub(&s->active_calls, 1);
-        pthread_mutex_lock(&rs->mu);
-        rs->n_calls--;
-        pthread_cond_broadcast(&rs->cv);
-        pthread_mutex_unlock(&rs->mu);
-        send_statusf(sc, id, SRV_RESOURCE_EXHAUSTED, "cannot start a thread for the call: %s",
-                     strerror(e));
+        char msg[128];
+        snprintf(msg, sizeof msg, "cannot start a thread for the call: %s", strerror(e));
+        relay_finish(k->r, SRV_RESOURCE_EXHAUSTED);
+        call_release(k);
+        rpc_send_status(sc->c, id, SRV_RESOURCE_EXHAUSTED, msg, SEND_TIMEOUT_MS);
     }
 }
 
@@ -641,7 +540,8 @@ static void do_cancel(sconn *sc, const Rpc__Frame *f) {
     int found = 0;
     pthread_mutex_lock(&sc->mu);
     scall *k = find_call_locked(sc, in->call_id);
-    if (k) found = call_end(k, END_CANCEL) || atomic_load(&k->end) == END_CANCEL;
+    if (k)
+        found = relay_cancel(k->r, RELAY_END_CANCEL) || relay_end_reason(k->r) == RELAY_END_CANCEL;
     pthread_mutex_unlock(&sc->mu);
     inference__cancel_request__free_unpacked(in, NULL);
     Inference__CancelResponse out = INFERENCE__CANCEL_RESPONSE__INIT;
@@ -781,7 +681,7 @@ static void on_frame(rpc_conn *c, Rpc__Frame *f, void *user) {
     case RPC__FRAME_TYPE__FRAME_CANCEL: {
         pthread_mutex_lock(&sc->mu);
         scall *k = find_call_locked(sc, f->call_id);
-        if (k) call_end(k, END_CANCEL);
+        if (k) relay_cancel(k->r, RELAY_END_CANCEL);
         pthread_mutex_unlock(&sc->mu);
         break; /* unknown / finished call: nothing to do */
     }
@@ -824,7 +724,7 @@ static void on_close(rpc_conn *c, int err, const char *msg, void *user) {
     }
     /* The peer is gone (or will be): free its KV blocks now. */
     pthread_mutex_lock(&sc->mu);
-    for (scall *k = sc->calls; k; k = k->next) call_end(k, END_CONN_CLOSED);
+    for (scall *k = sc->calls; k; k = k->next) relay_cancel(k->r, RELAY_END_PEER_GONE);
     pthread_mutex_unlock(&sc->mu);
     atomic_fetch_sub(&s->connections, 1);
     sconn_unref(sc);
@@ -961,7 +861,7 @@ void rpc_server_cancel_all(rpc_server *r) {
     pthread_mutex_lock(&r->mu);
     for (sconn *sc = r->conns; sc; sc = sc->next) {
         pthread_mutex_lock(&sc->mu);
-        for (scall *k = sc->calls; k; k = k->next) call_end(k, END_SHUTDOWN);
+        for (scall *k = sc->calls; k; k = k->next) relay_cancel(k->r, RELAY_END_SHUTDOWN);
         pthread_mutex_unlock(&sc->mu);
     }
     pthread_mutex_unlock(&r->mu);

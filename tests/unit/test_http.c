@@ -851,6 +851,34 @@ static void test_concurrent_streams(int port) {
     CHECKF(good == N, "%d of %d concurrent streams complete with 8 tokens", good, N);
 }
 
+/* Reset fd (what a killed client looks like, rather than a polite FIN) and
+ * check that the call's KV blocks are all free within 1 s and that it was
+ * counted as CANCELLED. */
+static void check_disconnect_frees(int port, int fd, double total, double cancelled0,
+                                   const char *what) {
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd);
+    double t0 = now_ms(), freed_after = -1;
+    while (now_ms() - t0 < 1000) {
+        if (metric(port, "infer_kv_blocks_free{tier=\"device\"}") == total &&
+            metric(port, "infer_sequences_running") == 0) {
+            freed_after = now_ms() - t0;
+            break;
+        }
+        sleep_ms(20);
+    }
+    CHECKF(freed_after >= 0, "%s: KV blocks not all free 1 s after the client disconnected", what);
+    fprintf(stderr, "%s: blocks free again %.0f ms after the disconnect\n", what, freed_after);
+    double cancelled = -1;
+    for (int i = 0; i < 50 && cancelled <= cancelled0; i++) {
+        cancelled = metric(port, "infer_calls_total{status=\"CANCELLED\"}");
+        if (cancelled <= cancelled0) sleep_ms(20);
+    }
+    CHECKF(cancelled == cancelled0 + 1, "%s: CANCELLED calls %g -> %g", what, cancelled0,
+           cancelled);
+}
+
 static void test_disconnect_frees_blocks(int port) {
     double total = metric(port, "infer_kv_blocks_total{tier=\"device\"}");
     double cancelled0 = metric(port, "infer_calls_total{status=\"CANCELLED\"}");
@@ -867,29 +895,33 @@ static void test_disconnect_frees_blocks(int port) {
     CHECKF(free_mid >= 0 && free_mid < total, "blocks free %g of %g while streaming", free_mid,
            total);
     sse_free(&s);
-    if (fd >= 0) {
-        /* Reset rather than a polite FIN: what a killed client looks like. */
-        struct linger lg = {1, 0};
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-        close(fd);
-    }
-    double t0 = now_ms(), freed_after = -1;
-    while (now_ms() - t0 < 1000) {
-        if (metric(port, "infer_kv_blocks_free{tier=\"device\"}") == total &&
-            metric(port, "infer_sequences_running") == 0) {
-            freed_after = now_ms() - t0;
-            break;
-        }
-        sleep_ms(20);
-    }
-    CHECKF(freed_after >= 0, "KV blocks not all free 1 s after the client disconnected");
-    fprintf(stderr, "blocks free again %.0f ms after the disconnect\n", freed_after);
-    double cancelled = -1;
-    for (int i = 0; i < 50 && cancelled <= cancelled0; i++) {
-        cancelled = metric(port, "infer_calls_total{status=\"CANCELLED\"}");
-        if (cancelled <= cancelled0) sleep_ms(20);
-    }
-    CHECKF(cancelled == cancelled0 + 1, "CANCELLED calls %g -> %g", cancelled0, cancelled);
+    if (fd >= 0) check_disconnect_frees(port, fd, total, cancelled0, "stream");
+}
+
+/* A non-streaming call whose client goes away before the answer is
+ * cancelled too, instead of generating to the end for nobody. */
+static void test_unary_disconnect_frees_blocks(int port) {
+    double total = metric(port, "infer_kv_blocks_total{tier=\"device\"}");
+    double cancelled0 = metric(port, "infer_calls_total{status=\"CANCELLED\"}");
+    CHECK(total > 0);
+    const char *body = "{\"prompt\": \"Tell me a very long story about a dragon.\", "
+                       "\"max_tokens\": 1500, \"ignore_eos\": true, \"temperature\": 0}";
+    char req[512];
+    int n =
+        snprintf(req, sizeof req,
+                 "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                 strlen(body), body);
+    int fd = http_connect(port);
+    CHECK(fd >= 0 && send_all(fd, req, (size_t)n) == 0);
+    if (fd < 0) return;
+    /* Generating: some blocks are held. */
+    int running = 0;
+    for (double t0 = now_ms(); now_ms() - t0 < 10000 && !running; sleep_ms(10))
+        running = metric(port, "infer_sequences_running") == 1 &&
+                  metric(port, "infer_kv_blocks_free{tier=\"device\"}") < total;
+    CHECKF(running, "the non-streaming call did not start");
+    check_disconnect_frees(port, fd, total, cancelled0, "unary");
 }
 
 static void test_metrics_counted(int port) {
@@ -1083,6 +1115,7 @@ int main(void) {
     test_errors(port);
     test_concurrent_streams(port);
     test_disconnect_frees_blocks(port);
+    test_unary_disconnect_frees_blocks(port);
     test_metrics_counted(port);
 
     test_drain(&sv);
