@@ -1034,7 +1034,7 @@ KINDS = [  # (weight, function)
     (5, rpc_bad_request),
     (5, rpc_bad_frame),
     (2, rpc_duplicate_call_id),
-    (1, rpc_nul),
+    (2, rpc_nul),
 ]
 
 
