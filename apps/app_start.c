@@ -36,9 +36,8 @@ void app_config_flag(app_config_args *a, const char *flag, const char *key, cons
 int app_config_set_arg(app_config_args *a, const char *arg) {
     const char *eq = strchr(arg, '=');
     if (!eq || eq == arg)
-        return cli_bad_arg(a->prog,
-                           "--set: expected KEY=VALUE (e.g. cache_config.block_size=32), got '%s'",
-                           arg);
+        return cli_bad_arg(
+            a->prog, "--set: expected KEY=VALUE (e.g. cache_config.block_size=32), got '%s'", arg);
     char *copy = strdup(arg);
     if (!copy) {
         fprintf(stderr, "%s: out of memory\n", a->prog);
@@ -64,8 +63,7 @@ int app_resolve_config(const app_config_args *a, engine_config *c) {
             return cli_bad_arg(a->prog, "--set %s: %s", o->key, err);
         }
     }
-    if (!c->model_path[0])
-        snprintf(c->model_path, sizeof c->model_path, "%s", APP_DEFAULT_MODEL);
+    if (!c->model_path[0]) snprintf(c->model_path, sizeof c->model_path, "%s", APP_DEFAULT_MODEL);
     if (config_validate(c, err, sizeof err) != 0) return cli_bad_arg(a->prog, "%s", err);
     return -1;
 }
@@ -90,8 +88,8 @@ int app_bad_option(const char *prog, int c, char **argv) {
 int app_open(const char *prog, const app_open_opts *o, app_runtime *rt) {
     char err[1024];
     memset(rt, 0, sizeof *rt);
-    if (llm_model_load(o->model_path, &rt->model, o->progress, o->progress_user, err,
-                       sizeof err) != 0) {
+    if (llm_model_load(o->model_path, &rt->model, o->progress, o->progress_user, err, sizeof err) !=
+        0) {
         if (o->progress_abort) o->progress_abort(o->progress_user);
         fprintf(stderr, "%s: cannot load model '%s': %s\n", prog, o->model_path, err);
         return 1;

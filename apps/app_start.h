@@ -73,7 +73,7 @@ typedef struct {
     int n_threads; /* 0 = all cores */
     be_numerics numerics;
     int with_tokenizer;
-    llm_progress_fn progress; /* may be NULL */
+    llm_progress_fn progress;           /* may be NULL */
     void (*progress_abort)(void *user); /* may be NULL: loading failed, before the message */
     void *progress_user;
 } app_open_opts;
