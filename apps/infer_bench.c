@@ -38,12 +38,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "apps/app_start.h"
 #include "apps/cli_args.h"
 #include "core/backend/backend.h"
 #include "core/kv_cache.h"
 #include "core/model.h"
 
-#define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define BENCH_BLOCK_SIZE 16
 #define MAX_LIST 32
 
@@ -72,7 +72,7 @@ static void usage(FILE *f) {
                "Measures prompt processing (pp) and text generation (tg) speed of a model,\n"
                "llama-bench style; tests are defined as in bench/llamacpp_bench.py.\n"
                "\n"
-               "  -m, --model PATH       GGUF model (default: " DEFAULT_MODEL ")\n"
+               "  -m, --model PATH       GGUF model (default: " APP_DEFAULT_MODEL ")\n"
                "  -p, --n-prompt N[,N]   pp test sizes (default 512; 0 = skip)\n"
                "  -n, --n-gen N[,N]      tg test sizes (default 128; 0 = skip)\n"
                "  -B, --n-seqs B[,B]     sequences decoding in lockstep in tg tests (default 1);\n"
@@ -182,11 +182,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
             break;
         case OPT_JSON: a->json = 1; break;
         case 'h': usage(stdout); return 0;
-        case ':': return cli_bad_arg("infer-bench", "option '%s' needs a value", argv[optind - 1]);
-        default:
-            if (optopt > 0 && optopt < 128)
-                return cli_bad_arg("infer-bench", "unknown option '-%c'", optopt);
-            return cli_bad_arg("infer-bench", "unknown option '%s'", argv[optind - 1]);
+        default: return app_bad_option("infer-bench", c, argv);
         }
     }
     if (optind < argc) return cli_bad_arg("infer-bench", "unexpected argument '%s'", argv[optind]);
@@ -609,9 +605,121 @@ fail:
     return -1;
 }
 
+/* The tests, in llama-bench order: all pp, then all tg (each B of -B).
+ * Returns how many were written to res. */
+static int plan_tests(const bench_args *a, bench_result *res) {
+    int n_res = 0;
+    for (int i = 0; i < a->pp.n; i++) {
+        if (a->pp.v[i] == 0) continue;
+        bench_result *r = &res[n_res++];
+        r->n_prompt = a->pp.v[i];
+        r->n_seqs = 1;
+        snprintf(r->name, sizeof r->name, "pp%d", r->n_prompt);
+        snprintf(r->label, sizeof r->label, "pp%d", r->n_prompt);
+    }
+    for (int i = 0; i < a->tg.n; i++) {
+        if (a->tg.v[i] == 0) continue;
+        for (int j = 0; j < a->seqs.n; j++) {
+            bench_result *r = &res[n_res++];
+            r->n_gen = a->tg.v[i];
+            r->n_seqs = a->seqs.v[j];
+            if (r->n_seqs == 1) {
+                snprintf(r->name, sizeof r->name, "tg%d", r->n_gen);
+                snprintf(r->label, sizeof r->label, "tg%d", r->n_gen);
+            } else {
+                snprintf(r->name, sizeof r->name, "tg%d_b%d", r->n_gen, r->n_seqs);
+                snprintf(r->label, sizeof r->label, "tg%d x%d", r->n_gen, r->n_seqs);
+            }
+        }
+    }
+    return n_res;
+}
+
+/* The table's closing lines: weight bandwidth of each tg test against the
+ * memory probe, and the run's settings. */
+static void print_table_footer(const bench_args *a, const bench_result *res, int n_res, int threads,
+                               double mem_gbps, double rss) {
+    printf("\n");
+    for (int i = 0; i < n_res; i++) {
+        const bench_result *r = &res[i];
+        if (r->n_gen == 0) continue;
+        if (mem_gbps > 0)
+            printf("%s: weights %.2f GB/s of measured read %.2f GB/s (%.0f%% of roofline)%s\n",
+                   r->label, r->weight_gbps, mem_gbps, 100.0 * r->weight_gbps / mem_gbps,
+                   r->n_seqs > 1 ? " per lockstep step" : "");
+        else
+            printf("%s: weights %.2f GB/s (memory read probe could not run)\n", r->label,
+                   r->weight_gbps);
+    }
+    printf("kv cache %s, %s numerics, %d threads; peak RSS %.1f MiB\n",
+           a->kv == KV_F16 ? "f16" : "f32", be_numerics_name(a->numerics), threads, rss);
+}
+
+/* Run every test and print the results; frees rt->be before the memory
+ * probe. Returns 0 or 1. */
+static int run_all(const bench_args *a, app_runtime *rt, bench_result *res, int n_res) {
+    const llm_hparams *hp = llm_model_hparams(rt->model);
+    const int threads = rt->be->n_threads;
+    char isa[32];
+    snprintf(isa, sizeof isa, "%s", backend_cpu_isa(rt->be));
+    const uint64_t wbytes = llm_model_weight_bytes(rt->model);
+    const double size_mib = (double)wbytes / (1024.0 * 1024.0);
+    /* the file name says more than general.name (it carries the quant type) */
+    const char *slash = strrchr(a->model, '/');
+    char model_name[160], model_label[160];
+    snprintf(model_name, sizeof model_name, "%s", slash ? slash + 1 : a->model);
+    snprintf(model_label, sizeof model_label, "%s", model_name);
+    size_t ln = strlen(model_label);
+    if (ln > 5 && strcmp(model_label + ln - 5, ".gguf") == 0) model_label[ln - 5] = 0;
+
+    bench_ctx c = {0};
+    c.m = rt->model;
+    c.be = rt->be;
+    c.n_vocab = hp->n_vocab;
+    c.first_token = hp->n_vocab > 1000 ? 17 : 0; /* as the python script: skip control ids */
+    c.rng = 1234;
+    c.chunk = a->chunk;
+    c.tg_prompt = a->tg_prompt;
+    c.kv_type = a->kv;
+
+    if (!a->json) print_table_header();
+    int has_tg = 0;
+    for (int i = 0; i < n_res; i++) {
+        bench_result *r = &res[i];
+        if (run_test(&c, r, a->reps) != 0) {
+            if (!a->json) fflush(stdout);
+            fprintf(stderr, "infer-bench: %s: %s\n", r->name, c.err);
+            return 1;
+        }
+        if (r->n_gen > 0) {
+            /* weights are read once per step; a step advances every sequence by one */
+            r->weight_gbps = (double)wbytes * (r->median / r->n_seqs) / 1e9;
+            has_tg = 1;
+        }
+        if (!a->json) print_table_row(model_label, size_mib, threads, isa, r);
+    }
+
+    double rss = peak_rss_mib();
+    backend_free(rt->be); /* its workers spin; keep them off the cores during the probe */
+    rt->be = NULL;
+    double mem_gbps = has_tg ? measure_read_gbps(threads) : 0;
+
+    if (!a->json) {
+        print_table_footer(a, res, n_res, threads, mem_gbps, rss);
+        return 0;
+    }
+    if (print_json(res, n_res, model_name, wbytes, threads, isa, a->kv, a->numerics, mem_gbps,
+                   rss)) {
+        fprintf(stderr, "infer-bench: out of memory printing JSON\n");
+        return 1;
+    }
+    fprintf(stderr, "infer-bench: peak RSS %.1f MiB\n", rss);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     bench_args a = {0};
-    a.model = DEFAULT_MODEL;
+    a.model = APP_DEFAULT_MODEL;
     a.pp = (int_list){{512}, 1};
     a.tg = (int_list){{128}, 1};
     a.seqs = (int_list){{1}, 1};
@@ -622,138 +730,32 @@ int main(int argc, char **argv) {
     int rc = parse_args(argc, argv, &a);
     if (rc >= 0) return rc;
 
-    rc = 1;
-    char err[512];
-    llm_model *m = NULL;
-    backend *be = NULL;
-    int n_res = 0;
     bench_result *res = calloc(MAX_LIST * (MAX_LIST + 1), sizeof *res);
     if (!res) {
         fprintf(stderr, "infer-bench: out of memory\n");
         return 1;
     }
-
-    if (llm_model_load(a.model, &m, NULL, NULL, err, sizeof err) != 0) {
-        fprintf(stderr, "infer-bench: cannot load model '%s': %s\n", a.model, err);
-        free(res);
-        return 1;
-    }
-    be_cpu_options bo = {a.threads, a.numerics};
-    be = backend_cpu_create_opts(&bo, err, sizeof err);
-    if (!be) {
-        fprintf(stderr, "infer-bench: cannot create the CPU backend: %s\n", err);
-        goto done;
-    }
-    const llm_hparams *hp = llm_model_hparams(m);
-    const int threads = be->n_threads;
-    const char *isa = backend_cpu_isa(be);
-    const uint64_t wbytes = llm_model_weight_bytes(m);
-    const double size_mib = (double)wbytes / (1024.0 * 1024.0);
-    char isa_copy[32];
-    snprintf(isa_copy, sizeof isa_copy, "%s", isa);
-    /* the file name says more than general.name (it carries the quant type) */
-    const char *slash = strrchr(a.model, '/');
-    char model_name[160], model_label[160];
-    snprintf(model_name, sizeof model_name, "%s", slash ? slash + 1 : a.model);
-    snprintf(model_label, sizeof model_label, "%s", model_name);
-    size_t ln = strlen(model_label);
-    if (ln > 5 && strcmp(model_label + ln - 5, ".gguf") == 0) model_label[ln - 5] = 0;
-
-    /* the tests, in llama-bench order: all pp, then all tg */
-    for (int i = 0; i < a.pp.n; i++) {
-        if (a.pp.v[i] == 0) continue;
-        bench_result *r = &res[n_res++];
-        r->n_prompt = a.pp.v[i];
-        r->n_seqs = 1;
-        snprintf(r->name, sizeof r->name, "pp%d", r->n_prompt);
-        snprintf(r->label, sizeof r->label, "pp%d", r->n_prompt);
-    }
-    for (int i = 0; i < a.tg.n; i++) {
-        if (a.tg.v[i] == 0) continue;
-        for (int j = 0; j < a.seqs.n; j++) {
-            bench_result *r = &res[n_res++];
-            r->n_gen = a.tg.v[i];
-            r->n_seqs = a.seqs.v[j];
-            if (r->n_seqs == 1) {
-                snprintf(r->name, sizeof r->name, "tg%d", r->n_gen);
-                snprintf(r->label, sizeof r->label, "tg%d", r->n_gen);
-            } else {
-                snprintf(r->name, sizeof r->name, "tg%d_b%d", r->n_gen, r->n_seqs);
-                snprintf(r->label, sizeof r->label, "tg%d x%d", r->n_gen, r->n_seqs);
+    app_open_opts oo = {a.model, a.threads, a.numerics, 0, NULL, NULL, NULL};
+    app_runtime rt;
+    int n_res = 0;
+    rc = app_open("infer-bench", &oo, &rt);
+    if (rc < 0) {
+        const llm_hparams *hp = llm_model_hparams(rt.model);
+        n_res = plan_tests(&a, res);
+        for (int i = 0; i < n_res; i++) {
+            int ctx = res[i].n_prompt > 0 ? res[i].n_prompt : a.tg_prompt + res[i].n_gen;
+            if (ctx > hp->n_ctx_train) {
+                fprintf(stderr,
+                        "infer-bench: note: %s uses %d positions, beyond the model's "
+                        "training context of %d\n",
+                        res[i].name, ctx, hp->n_ctx_train);
+                break;
             }
         }
+        rc = run_all(&a, &rt, res, n_res);
     }
-    for (int i = 0; i < n_res; i++) {
-        int ctx = res[i].n_prompt > 0 ? res[i].n_prompt : a.tg_prompt + res[i].n_gen;
-        if (ctx > hp->n_ctx_train) {
-            fprintf(stderr,
-                    "infer-bench: note: %s uses %d positions, beyond the model's "
-                    "training context of %d\n",
-                    res[i].name, ctx, hp->n_ctx_train);
-            break;
-        }
-    }
-
-    bench_ctx c = {0};
-    c.m = m;
-    c.be = be;
-    c.n_vocab = hp->n_vocab;
-    c.first_token = hp->n_vocab > 1000 ? 17 : 0; /* as the python script: skip control ids */
-    c.rng = 1234;
-    c.chunk = a.chunk;
-    c.tg_prompt = a.tg_prompt;
-    c.kv_type = a.kv;
-
-    if (!a.json) print_table_header();
-    int has_tg = 0;
-    for (int i = 0; i < n_res; i++) {
-        bench_result *r = &res[i];
-        if (run_test(&c, r, a.reps) != 0) {
-            if (!a.json) fflush(stdout);
-            fprintf(stderr, "infer-bench: %s: %s\n", r->name, c.err);
-            goto done;
-        }
-        if (r->n_gen > 0) {
-            /* weights are read once per step; a step advances every sequence by one */
-            r->weight_gbps = (double)wbytes * (r->median / r->n_seqs) / 1e9;
-            has_tg = 1;
-        }
-        if (!a.json) print_table_row(model_label, size_mib, threads, isa, r);
-    }
-
-    double rss = peak_rss_mib();
-    backend_free(be); /* its workers spin; keep them off the cores during the probe */
-    be = NULL;
-    double mem_gbps = has_tg ? measure_read_gbps(threads) : 0;
-
-    if (a.json) {
-        if (print_json(res, n_res, model_name, wbytes, threads, isa_copy, a.kv, a.numerics,
-                       mem_gbps, rss)) {
-            fprintf(stderr, "infer-bench: out of memory printing JSON\n");
-            goto done;
-        }
-        fprintf(stderr, "infer-bench: peak RSS %.1f MiB\n", rss);
-    } else {
-        printf("\n");
-        for (int i = 0; i < n_res; i++) {
-            const bench_result *r = &res[i];
-            if (r->n_gen == 0) continue;
-            if (mem_gbps > 0)
-                printf("%s: weights %.2f GB/s of measured read %.2f GB/s (%.0f%% of roofline)%s\n",
-                       r->label, r->weight_gbps, mem_gbps, 100.0 * r->weight_gbps / mem_gbps,
-                       r->n_seqs > 1 ? " per lockstep step" : "");
-            else
-                printf("%s: weights %.2f GB/s (memory read probe could not run)\n", r->label,
-                       r->weight_gbps);
-        }
-        printf("kv cache %s, %s numerics, %d threads; peak RSS %.1f MiB\n",
-               a.kv == KV_F16 ? "f16" : "f32", be_numerics_name(a.numerics), threads, rss);
-    }
-    rc = 0;
-done:
     for (int i = 0; i < n_res; i++) free(res[i].samples);
     free(res);
-    backend_free(be);
-    llm_model_free(m);
+    app_close(&rt);
     return rc;
 }

@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "apps/app_start.h"
 #include "apps/cli_args.h"
 #include "core/backend/backend.h"
 #include "core/chat.h"
@@ -36,11 +37,7 @@
 #include "engine/engine.h"
 #include "engine/generate.h"
 
-#ifndef ENGINE_VERSION
-#define ENGINE_VERSION "0.1.0"
-#endif
-
-#define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define PROG "infer-generate"
 
 /* One prompt and its settings, as read from the command line or a file. */
 typedef struct {
@@ -55,22 +52,11 @@ typedef struct {
     int seed_set; /* the file gave a seed */
 } prompt_spec;
 
-/* A command-line setting of the engine config, applied with config_set
- * after the --config file, in command-line order. */
 typedef struct {
-    const char *flag; /* "--block-size", or NULL for --set */
-    const char *key;  /* dotted key */
-    const char *value;
-} cfg_override;
-
-typedef struct {
-    const char *config_file;
-    cfg_override *overrides;
-    int n_overrides;
-    char **set_args; /* copies of --set arguments, split at '=' */
-    int n_set_args;
-    int print_config;
-    engine_config cfg; /* resolved: defaults, file, env, overrides, validated */
+    app_config_args ca;
+    engine_config cfg;        /* resolved: defaults, file, env, overrides, validated */
+    const char **cli_prompts; /* -p, in order */
+    int n_cli_prompts;
     const char *prompts_file;
     const char *output_file;
     int max_tokens, min_tokens, ignore_eos;
@@ -93,7 +79,7 @@ static void usage(FILE *f) {
             "\n"
             "Model and input:\n"
             "  -m, --model PATH         GGUF model file (model_loading_config.model_path;\n"
-            "                           default: " DEFAULT_MODEL ")\n"
+            "                           default: " APP_DEFAULT_MODEL ")\n"
             "  -p, --prompt TEXT        a prompt; repeat for several\n"
             "      --prompts-file FILE  one prompt per line; or JSON Lines when lines start\n"
             "                           with '{': {\"prompt\": \"...\", \"max_tokens\": 64,\n"
@@ -217,9 +203,8 @@ static void free_args(cli_args *a) {
     }
     free(a->prompts);
     free(a->stop);
-    for (int i = 0; i < a->n_set_args; i++) free(a->set_args[i]);
-    free(a->set_args);
-    free(a->overrides);
+    free(a->cli_prompts);
+    app_config_args_free(&a->ca);
 }
 
 /* Defaults from the command line; file entries override them field by field. */
@@ -453,26 +438,99 @@ static const struct {
     {OPT_PREEMPTION, "--preemption", "cache_config.preemption_mode"},
 };
 
-/* defaults < --config < ENGINE_API_KEY < overrides in command-line order,
- * then the cross-field rules. Returns 0, or 2 after printing the error. */
-static int resolve_config(cli_args *a) {
-    char err[1024];
-    engine_config *c = &a->cfg;
-    config_defaults(c);
-    if (a->config_file && config_load_file(c, a->config_file, err, sizeof err) != 0)
-        return cli_bad_arg("infer-generate", "--config: %s", err);
-    if (config_apply_env(c, err, sizeof err) != 0)
-        return cli_bad_arg("infer-generate", "ENGINE_API_KEY: %s", err);
-    for (int i = 0; i < a->n_overrides; i++) {
-        const cfg_override *o = &a->overrides[i];
-        if (config_set(c, o->key, o->value, err, sizeof err) != 0) {
-            if (o->flag) return cli_bad_arg("infer-generate", "%s: %s", o->flag, err);
-            return cli_bad_arg("infer-generate", "--set %s: %s", o->key, err);
-        }
+/* A sampling or output option (the config shortcuts are handled by the
+ * caller). -1 to go on, or an exit code. */
+static int parse_option(cli_args *a, int c, const char *v, char **argv) {
+    switch (c) {
+    case OPT_CONFIG: a->ca.config_file = v; break;
+    case OPT_SET: return app_config_set_arg(&a->ca, v);
+    case OPT_PRINT_CONFIG: a->ca.print_config = 1; break;
+    case 'p': a->cli_prompts[a->n_cli_prompts++] = v; break;
+    case OPT_PROMPTS_FILE: a->prompts_file = v; break;
+    case 'n':
+        if (cli_parse_int(v, -1, INT_MAX, &a->max_tokens))
+            return cli_bad_arg(PROG, "--max-tokens: expected an integer >= -1, got '%s'", v);
+        break;
+    case OPT_MIN_TOKENS:
+        if (cli_parse_int(v, 0, INT_MAX, &a->min_tokens))
+            return cli_bad_arg(PROG, "--min-tokens: expected an integer >= 0, got '%s'", v);
+        break;
+    case OPT_TEMPERATURE:
+        if (cli_parse_float(v, &a->sp.temperature))
+            return cli_bad_arg(PROG, "--temperature: expected a number, got '%s'", v);
+        break;
+    case OPT_TOP_K:
+        if (cli_parse_int(v, INT_MIN, INT_MAX, &a->sp.top_k))
+            return cli_bad_arg(PROG, "--top-k: expected an integer, got '%s'", v);
+        break;
+    case OPT_TOP_P:
+        if (cli_parse_float(v, &a->sp.top_p))
+            return cli_bad_arg(PROG, "--top-p: expected a number, got '%s'", v);
+        break;
+    case OPT_MIN_P:
+        if (cli_parse_float(v, &a->sp.min_p))
+            return cli_bad_arg(PROG, "--min-p: expected a number, got '%s'", v);
+        break;
+    case OPT_REPEAT_PENALTY:
+        if (cli_parse_float(v, &a->sp.repetition_penalty))
+            return cli_bad_arg(PROG, "--repeat-penalty: expected a number, got '%s'", v);
+        break;
+    case OPT_REPEAT_LAST_N:
+        if (cli_parse_int(v, INT_MIN, INT_MAX, &a->sp.repeat_last_n))
+            return cli_bad_arg(PROG, "--repeat-last-n: expected an integer, got '%s'", v);
+        break;
+    case OPT_SEED:
+        if (cli_parse_u64(v, &a->sp.seed))
+            return cli_bad_arg(PROG, "--seed: expected a non-negative integer, got '%s'", v);
+        a->seed_given = 1;
+        break;
+    case OPT_GREEDY: a->sp.temperature = 0.0f; break;
+    case OPT_IGNORE_EOS: a->ignore_eos = 1; break;
+    case OPT_STOP:
+        if (!*v) return cli_bad_arg(PROG, "--stop: the text must not be empty");
+        a->stop[a->n_stop++] = (char *)v;
+        break;
+    case 'o': a->output_file = v; break;
+    case OPT_CHAT: a->chat = 1; break;
+    case 's': a->stream = 1; break;
+    case 'q': a->quiet = 1; break;
+    case 'h': usage(stdout); return 0;
+    case OPT_VERSION: printf("infer-generate %s\n", ENGINE_VERSION); return 0;
+    default: return app_bad_option(PROG, c, argv);
     }
-    if (!c->model_path[0]) snprintf(c->model_path, sizeof c->model_path, "%s", DEFAULT_MODEL);
-    if (config_validate(c, err, sizeof err) != 0) return cli_bad_arg("infer-generate", "%s", err);
-    return 0;
+    return -1;
+}
+
+/* After the options: the config, then the prompts from -p and the file,
+ * each checked. -1 to go on, or an exit code. */
+static int finish_args(cli_args *a) {
+    int rc = app_resolve_config(&a->ca, &a->cfg);
+    if (rc >= 0) return rc;
+    if (a->ca.print_config) return app_print_config(&a->ca, &a->cfg);
+    char perr[256];
+    if (sampler_params_validate(&a->sp, perr, sizeof perr) != 0)
+        return cli_bad_arg(PROG, "%s", perr);
+    for (int i = 0; i < a->n_cli_prompts; i++) {
+        prompt_spec *p = add_prompt(a);
+        spec_defaults(a, p);
+        p->text = xstrdup(a->cli_prompts[i]);
+        char where[32];
+        snprintf(where, sizeof where, "prompt %d", i + 1);
+        p->origin = xstrdup(where);
+    }
+    if (a->prompts_file && read_prompts_file(a) != 0) return 2;
+    if (a->n_prompts == 0) {
+        if (a->prompts_file) return cli_bad_arg(PROG, "no prompts in '%s'", a->prompts_file);
+        return cli_bad_arg(PROG, "no prompt given (use -p or --prompts-file)");
+    }
+    if (a->stream && a->n_prompts != 1)
+        return cli_bad_arg(PROG, "--stream works with exactly one prompt (got %d)", a->n_prompts);
+    for (int i = 0; i < a->n_prompts; i++) {
+        prompt_spec *p = &a->prompts[i];
+        if (sampler_params_validate(&p->sp, perr, sizeof perr) != 0)
+            return cli_bad_arg(PROG, "%s: %s", p->origin, perr);
+    }
+    return -1;
 }
 
 /* Returns -1 to go on, or an exit code. */
@@ -517,153 +575,28 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         {"print-config", no_argument, 0, OPT_PRINT_CONFIG},
         {0, 0, 0, 0},
     };
-    const char **cli_prompts = calloc((size_t)argc + 1, sizeof *cli_prompts);
-    int n_cli_prompts = 0, c, rc = -1;
+    int rc = app_config_args_init(&a->ca, PROG, argc);
+    if (rc >= 0) return rc;
+    a->cli_prompts = calloc((size_t)argc + 1, sizeof *a->cli_prompts);
     a->stop = calloc((size_t)argc + 1, sizeof *a->stop);
-    a->overrides = calloc((size_t)argc + 1, sizeof *a->overrides);
-    a->set_args = calloc((size_t)argc + 1, sizeof *a->set_args);
-    if (!cli_prompts || !a->stop || !a->overrides || !a->set_args) {
-        free(cli_prompts);
+    if (!a->cli_prompts || !a->stop) {
         fprintf(stderr, "infer-generate: out of memory\n");
         return 1;
     }
-#define BAD(...)                                                                                   \
-    do {                                                                                           \
-        rc = cli_bad_arg("infer-generate", __VA_ARGS__);                                           \
-        goto out;                                                                                  \
-    } while (0)
     opterr = 0;
+    int c;
     while ((c = getopt_long(argc, argv, ":m:p:n:b:o:t:sqh", longopts, NULL)) != -1) {
-        const char *v = optarg;
         int is_config_flag = 0;
         for (size_t k = 0; k < sizeof config_flags / sizeof config_flags[0]; k++) {
             if (config_flags[k].opt != c) continue;
-            a->overrides[a->n_overrides++] =
-                (cfg_override){config_flags[k].flag, config_flags[k].key, v};
+            app_config_flag(&a->ca, config_flags[k].flag, config_flags[k].key, optarg);
             is_config_flag = 1;
         }
-        if (is_config_flag) continue;
-        switch (c) {
-        case OPT_CONFIG: a->config_file = v; break;
-        case OPT_SET: {
-            const char *eq = strchr(v, '=');
-            if (!eq || eq == v)
-                BAD("--set: expected KEY=VALUE (e.g. cache_config.block_size=32), "
-                    "got '%s'",
-                    v);
-            char *copy = xstrdup(v);
-            copy[eq - v] = 0;
-            a->set_args[a->n_set_args++] = copy;
-            a->overrides[a->n_overrides++] = (cfg_override){NULL, copy, copy + (eq - v) + 1};
-            break;
-        }
-        case OPT_PRINT_CONFIG: a->print_config = 1; break;
-        case 'p': cli_prompts[n_cli_prompts++] = v; break;
-        case OPT_PROMPTS_FILE: a->prompts_file = v; break;
-        case 'n':
-            if (cli_parse_int(v, -1, INT_MAX, &a->max_tokens))
-                BAD("--max-tokens: expected an integer >= -1, got '%s'", v);
-            break;
-        case OPT_MIN_TOKENS:
-            if (cli_parse_int(v, 0, INT_MAX, &a->min_tokens))
-                BAD("--min-tokens: expected an integer >= 0, got '%s'", v);
-            break;
-        case OPT_TEMPERATURE:
-            if (cli_parse_float(v, &a->sp.temperature))
-                BAD("--temperature: expected a number, got '%s'", v);
-            break;
-        case OPT_TOP_K:
-            if (cli_parse_int(v, INT_MIN, INT_MAX, &a->sp.top_k))
-                BAD("--top-k: expected an integer, got '%s'", v);
-            break;
-        case OPT_TOP_P:
-            if (cli_parse_float(v, &a->sp.top_p)) BAD("--top-p: expected a number, got '%s'", v);
-            break;
-        case OPT_MIN_P:
-            if (cli_parse_float(v, &a->sp.min_p)) BAD("--min-p: expected a number, got '%s'", v);
-            break;
-        case OPT_REPEAT_PENALTY:
-            if (cli_parse_float(v, &a->sp.repetition_penalty))
-                BAD("--repeat-penalty: expected a number, got '%s'", v);
-            break;
-        case OPT_REPEAT_LAST_N:
-            if (cli_parse_int(v, INT_MIN, INT_MAX, &a->sp.repeat_last_n))
-                BAD("--repeat-last-n: expected an integer, got '%s'", v);
-            break;
-        case OPT_SEED:
-            if (cli_parse_u64(v, &a->sp.seed))
-                BAD("--seed: expected a non-negative integer, got '%s'", v);
-            a->seed_given = 1;
-            break;
-        case OPT_GREEDY: a->sp.temperature = 0.0f; break;
-        case OPT_IGNORE_EOS: a->ignore_eos = 1; break;
-        case OPT_STOP:
-            if (!*v) BAD("--stop: the text must not be empty");
-            a->stop[a->n_stop++] = (char *)v;
-            break;
-        case 'o': a->output_file = v; break;
-        case OPT_CHAT: a->chat = 1; break;
-        case 's': a->stream = 1; break;
-        case 'q': a->quiet = 1; break;
-        case 'h':
-            usage(stdout);
-            rc = 0;
-            goto out;
-        case OPT_VERSION:
-            printf("infer-generate %s\n", ENGINE_VERSION);
-            rc = 0;
-            goto out;
-        case ':': BAD("option '%s' needs a value", argv[optind - 1]);
-        default:
-            if (optopt > 0 && optopt < 128) BAD("unknown option '-%c'", optopt);
-            BAD("unknown option '%s'", argv[optind - 1]);
-        }
+        if (!is_config_flag && (rc = parse_option(a, c, optarg, argv)) >= 0) return rc;
     }
-    if (optind < argc) BAD("unexpected argument '%s' (prompts go after -p)", argv[optind]);
-    if (resolve_config(a) != 0) {
-        rc = 2;
-        goto out;
-    }
-    if (a->print_config) {
-        char *json = NULL;
-        if (config_to_json(&a->cfg, &json) != 0) {
-            fprintf(stderr, "infer-generate: out of memory\n");
-            rc = 1;
-            goto out;
-        }
-        printf("%s\n", json);
-        free(json);
-        rc = 0;
-        goto out;
-    }
-    char perr[256];
-    if (sampler_params_validate(&a->sp, perr, sizeof perr) != 0) BAD("%s", perr);
-    for (int i = 0; i < n_cli_prompts; i++) {
-        prompt_spec *p = add_prompt(a);
-        spec_defaults(a, p);
-        p->text = xstrdup(cli_prompts[i]);
-        char where[32];
-        snprintf(where, sizeof where, "prompt %d", i + 1);
-        p->origin = xstrdup(where);
-    }
-    if (a->prompts_file && read_prompts_file(a) != 0) {
-        rc = 2;
-        goto out;
-    }
-    if (a->n_prompts == 0) {
-        if (a->prompts_file) BAD("no prompts in '%s'", a->prompts_file);
-        BAD("no prompt given (use -p or --prompts-file)");
-    }
-    if (a->stream && a->n_prompts != 1)
-        BAD("--stream works with exactly one prompt (got %d)", a->n_prompts);
-    for (int i = 0; i < a->n_prompts; i++) {
-        prompt_spec *p = &a->prompts[i];
-        if (sampler_params_validate(&p->sp, perr, sizeof perr) != 0) BAD("%s: %s", p->origin, perr);
-    }
-#undef BAD
-out:
-    free(cli_prompts);
-    return rc;
+    if (optind < argc)
+        return cli_bad_arg(PROG, "unexpected argument '%s' (prompts go after -p)", argv[optind]);
+    return finish_args(a);
 }
 
 /* ---- progress and output ---- */
@@ -742,37 +675,6 @@ static int write_jsonl(FILE *f, const prompt_spec *p, const gen_result *r) {
 
 /* ---- engine setup and report ---- */
 
-static const char *preempt_name(cfg_preempt p) {
-    return p == CFG_PREEMPT_SWAP ? "swap" : p == CFG_PREEMPT_RECOMPUTE ? "recompute" : "auto";
-}
-
-static double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
-
-static void print_setup(const engine_config *c, const engine_options *eo, size_t block_bytes,
-                        int n_prompts) {
-    fprintf(stderr,
-            "kv cache:  %s, %d tokens per block (%.1f KiB); device %d blocks (%.1f MiB, "
-            "%ld tokens)",
-            c->kv_dtype == KV_F16 ? "f16" : "f32", eo->block_size, (double)block_bytes / 1024.0,
-            eo->num_blocks, mib((double)block_bytes * eo->num_blocks),
-            (long)eo->num_blocks * eo->block_size);
-    if (eo->num_blocks_cpu > 0)
-        fprintf(stderr, "; cpu %d blocks (%.1f MiB, %s%s)\n", eo->num_blocks_cpu,
-                mib((double)block_bytes * eo->num_blocks_cpu), eo->swap_path ? "file " : "RAM",
-                eo->swap_path ? eo->swap_path : "");
-    else fprintf(stderr, "; cpu tier none\n");
-    const char *eff = c->preemption_mode != CFG_PREEMPT_AUTO ? ""
-                      : eo->num_blocks_cpu > 0               ? " (swap)"
-                                                             : " (recompute)";
-    fprintf(stderr,
-            "batching:  %s, up to %d sequences and %d tokens per step; watermark %g "
-            "(%d blocks); preemption %s%s\n",
-            eo->static_batching ? "static" : "continuous", eo->batch_max_seqs, eo->batch_max_tokens,
-            eo->watermark, (int)(eo->watermark * eo->num_blocks), preempt_name(c->preemption_mode),
-            eff);
-    fprintf(stderr, "running %d prompt%s\n", n_prompts, n_prompts == 1 ? "" : "s");
-}
-
 static int cmp_double(const void *x, const void *y) {
     double a = *(const double *)x, b = *(const double *)y;
     return (a > b) - (a < b);
@@ -824,6 +726,186 @@ static void print_report(const cli_args *a, const gen_result *res, const gen_sta
             (now_ms() - t0) / 1e3, (t_loaded - t0) / 1e3, st->total_ms / 1e3);
 }
 
+/* A seed from the clock for the prompts that did not set one. */
+static void pick_seed(cli_args *a) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t seed =
+        ((uint64_t)ts.tv_sec * 1000003u) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+    seed &= 0xffffffffu; /* short enough to retype */
+    for (int i = 0; i < a->n_prompts; i++)
+        if (!a->prompts[i].seed_set) a->prompts[i].sp.seed = seed;
+    a->sp.seed = seed;
+}
+
+/* The model's chat template for --chat, checked to be one we can apply.
+ * -1 to go on (*tmpl set), or an exit code. */
+static int load_chat_template(const llm_model *m, char **tmpl) {
+    char err[512];
+    *tmpl = llm_model_chat_template(m);
+    if (!*tmpl) {
+        fprintf(stderr, "infer-generate: --chat: the model has no tokenizer.chat_template\n");
+        return 2;
+    }
+    if (!chat_template_family(*tmpl)) {
+        chat_msg probe = {"user", ""};
+        char *tmp = NULL;
+        chat_apply(*tmpl, &probe, 1, 1, &tmp, err, sizeof err);
+        free(tmp);
+        fprintf(stderr, "infer-generate: --chat: %s\n", err);
+        return 2;
+    }
+    return -1;
+}
+
+/* Prompt p as a request: wrapped in the chat template (tmpl, may be NULL),
+ * tokenized into *ids, max_tokens -1 resolved to what the limits leave.
+ * -1 to go on, or an exit code. */
+static int build_request(const prompt_spec *p, const llm_tokenizer *tok, const char *tmpl,
+                         const engine_limits *lim, int32_t **ids, gen_request *req) {
+    char err[512];
+    const char *text = p->text;
+    char *wrapped = NULL;
+    if (tmpl) {
+        chat_msg msg = {"user", p->text};
+        if (chat_apply(tmpl, &msg, 1, 1, &wrapped, err, sizeof err) != 0) {
+            fprintf(stderr, "infer-generate: %s: %s\n", p->origin, err);
+            return 2;
+        }
+        text = wrapped;
+    }
+    int n = tok_encode(tok, text, strlen(text), 1, 1, ids);
+    free(wrapped);
+    if (n < 0) {
+        fprintf(stderr, "infer-generate: %s: tokenization failed (code %d)\n", p->origin, n);
+        return 1;
+    }
+    if (n == 0) {
+        fprintf(stderr, "infer-generate: %s: the prompt is empty\n", p->origin);
+        return 2;
+    }
+    long limit = lim->context_length < lim->kv_capacity ? lim->context_length : lim->kv_capacity;
+    long max_tokens = p->max_tokens < 0 ? limit - n : p->max_tokens;
+    if (max_tokens < 0) max_tokens = 0; /* -1 and the prompt alone is too long */
+    engine_fit fit = engine_check_fit(lim, n, max_tokens, err, sizeof err);
+    if (fit != ENGINE_FITS) {
+        fprintf(stderr, "infer-generate: %s: %s%s\n", p->origin, err,
+                fit == ENGINE_OVER_KV_CAPACITY ? "; raise cache_config.num_blocks or kv_memory_mb"
+                                               : "");
+        return 2;
+    }
+    *req = (gen_request){
+        .prompt = *ids,
+        .n_prompt = n,
+        .sampling = p->sp,
+        .max_tokens = (int)max_tokens,
+        .min_tokens = p->min_tokens,
+        .ignore_eos = p->ignore_eos,
+        .stop = (const char *const *)p->stop,
+        .n_stop = p->n_stop,
+    };
+    return -1;
+}
+
+/* The completions: JSON Lines to out (--output-file, which this closes),
+ * else plain text on stdout (with a '### [i] PROMPT' line each when there
+ * are several; with --stream they were printed already). Returns 0 or 1. */
+static int write_results(const cli_args *a, const gen_result *res, FILE *out) {
+    for (int i = 0; i < a->n_prompts; i++) {
+        if (out) {
+            if (write_jsonl(out, &a->prompts[i], &res[i]) != 0) {
+                fprintf(stderr, "infer-generate: cannot write '%s'\n", a->output_file);
+                fclose(out);
+                return 1;
+            }
+        } else if (!a->stream) {
+            if (a->n_prompts > 1) {
+                /* the prompt on one line: newlines shown as spaces */
+                printf("### [%d] ", i + 1);
+                for (const char *c = a->prompts[i].text; *c; c++)
+                    putchar(*c == '\n' || *c == '\r' ? ' ' : *c);
+                putchar('\n');
+            }
+            printf("%s\n", res[i].text ? res[i].text : "");
+        }
+    }
+    if (out && fclose(out) != 0) {
+        fprintf(stderr, "infer-generate: cannot write '%s': %s\n", a->output_file, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+static void progress_abort(void *user) {
+    progress_state *ps = user;
+    if (ps->tty && ps->last_pct >= 0 && ps->last_pct < 100) fputc('\n', stderr);
+}
+
+/* The requests, the banner, the run and its output, on an open runtime.
+ * Returns the exit code. */
+static int run(const cli_args *a, const app_runtime *rt, const char *tmpl, double t0,
+               double t_loaded) {
+    const engine_config *cfg = &a->cfg;
+    engine_options eo;
+    engine_limits lim;
+    int rc = app_engine_options(PROG, cfg, rt->model, &eo, &lim);
+    if (rc >= 0) return rc;
+    char err[512];
+    gen_request *reqs = calloc((size_t)a->n_prompts, sizeof *reqs);
+    gen_result *res = calloc((size_t)a->n_prompts, sizeof *res);
+    int32_t **ids = calloc((size_t)a->n_prompts, sizeof *ids);
+    if (!reqs || !res || !ids) {
+        fprintf(stderr, "infer-generate: out of memory\n");
+        rc = 1;
+    }
+    for (int i = 0; rc < 0 && i < a->n_prompts; i++)
+        rc = build_request(&a->prompts[i], rt->tok, tmpl, &lim, &ids[i], &reqs[i]);
+    FILE *out = NULL; /* opened before the run: a bad path fails at once */
+    if (rc < 0 && a->output_file && !(out = fopen(a->output_file, "w"))) {
+        fprintf(stderr, "infer-generate: cannot write '%s': %s\n", a->output_file, strerror(errno));
+        rc = 2;
+    }
+    if (rc < 0 && !a->quiet) {
+        const llm_hparams *hp = llm_model_hparams(rt->model);
+        fprintf(stderr,
+                "model:     %s (%s, %d layers, vocab %d, context %d), threads %d, "
+                "%s numerics, seed %llu\n",
+                hp->name[0] ? hp->name : cfg->model_path, hp->arch, hp->n_layer, hp->n_vocab,
+                hp->n_ctx_train, rt->be->n_threads, be_numerics_name(cfg->numerics),
+                (unsigned long long)a->sp.seed);
+        app_print_engine_banner(&eo, &lim);
+        fprintf(stderr, "running %d prompt%s\n", a->n_prompts, a->n_prompts == 1 ? "" : "s");
+    }
+    if (rc < 0) {
+        gen_options opt;
+        gen_options_default(&opt);
+        opt.engine = &eo;
+        if (a->stream) opt.on_token = on_stream_token;
+        gen_stats st;
+        int ok = gen_run(rt->model, rt->be, rt->tok, reqs, a->n_prompts, &opt, res, &st, err,
+                         sizeof err) == 0;
+        if (a->stream) {
+            fputc('\n', stdout);
+            fflush(stdout);
+        }
+        if (ok) {
+            rc = write_results(a, res, out);
+            out = NULL;
+        } else {
+            fprintf(stderr, "infer-generate: generation failed: %s\n", err);
+            rc = 1;
+        }
+        if (rc == 0 && !a->quiet) print_report(a, res, &st, t0, t_loaded);
+    }
+    if (out) fclose(out);
+    for (int i = 0; res && i < a->n_prompts; i++) gen_result_free(&res[i]);
+    for (int i = 0; ids && i < a->n_prompts; i++) free(ids[i]);
+    free(ids);
+    free(res);
+    free(reqs);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     cli_args a = {0};
     a.max_tokens = 128;
@@ -833,221 +915,26 @@ int main(int argc, char **argv) {
         free_args(&a);
         return rc;
     }
-    if (!a.seed_given) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        uint64_t seed =
-            ((uint64_t)ts.tv_sec * 1000003u) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
-        seed &= 0xffffffffu; /* short enough to retype */
-        for (int i = 0; i < a.n_prompts; i++)
-            if (!a.prompts[i].seed_set) a.prompts[i].sp.seed = seed;
-        a.sp.seed = seed;
-    }
-
-    const engine_config *cfg = &a.cfg;
-    const char *model_path = cfg->model_path;
+    if (!a.seed_given) pick_seed(&a);
     double t0 = now_ms();
-    char err[512];
-    llm_model *m = NULL;
-    llm_tokenizer *tok = NULL;
-    backend *be = NULL;
-    char *tmpl = NULL;
-    gen_request *reqs = NULL;
-    gen_result *res = NULL;
-    int32_t **ids = NULL;
-    FILE *out = NULL;
-    rc = 1;
-
     progress_state ps = {isatty(2), -1};
-    if (llm_model_load(model_path, &m, a.quiet ? NULL : on_load_progress, &ps, err, sizeof err) !=
-        0) {
-        if (!a.quiet && ps.tty && ps.last_pct >= 0 && ps.last_pct < 100) fputc('\n', stderr);
-        fprintf(stderr, "infer-generate: cannot load model '%s': %s\n", model_path, err);
-        goto done;
+    app_open_opts oo = {a.cfg.model_path,
+                        a.cfg.n_threads,
+                        a.cfg.numerics,
+                        1,
+                        a.quiet ? NULL : on_load_progress,
+                        a.quiet ? NULL : progress_abort,
+                        &ps};
+    app_runtime rt;
+    char *tmpl = NULL;
+    rc = app_open(PROG, &oo, &rt);
+    if (rc < 0) {
+        double t_loaded = now_ms();
+        if (a.chat) rc = load_chat_template(rt.model, &tmpl);
+        if (rc < 0) rc = run(&a, &rt, tmpl, t0, t_loaded);
     }
-    if (tok_load(llm_model_gguf(m), &tok, err, sizeof err) != 0) {
-        fprintf(stderr, "infer-generate: cannot load the tokenizer of '%s': %s\n", model_path, err);
-        goto done;
-    }
-    be_cpu_options bo = {cfg->n_threads, cfg->numerics};
-    be = backend_cpu_create_opts(&bo, err, sizeof err);
-    if (!be) {
-        fprintf(stderr, "infer-generate: cannot create the CPU backend: %s\n", err);
-        goto done;
-    }
-    double t_loaded = now_ms();
-    const llm_hparams *hp = llm_model_hparams(m);
-
-    /* The KV pool against this model's shape. */
-    const int kv_dim = hp->n_head_kv * hp->head_dim;
-    int num_blocks = config_resolve_num_blocks(cfg, hp->n_layer, kv_dim, err, sizeof err);
-    if (num_blocks < 0) {
-        fprintf(stderr, "infer-generate: %s\n", err);
-        rc = 2;
-        goto done;
-    }
-    engine_options eo;
-    config_engine_options(cfg, num_blocks, &eo);
-    size_t block_bytes = (size_t)hp->n_layer * 2 * (size_t)eo.block_size * (size_t)kv_dim *
-                         (eo.kv_type == KV_F16 ? 2 : 4);
-    /* What one request may hold: the context, and the device pool less the
-     * watermark (the engine refuses more, see engine.c). */
-    long context =
-        eo.max_context > 0 && eo.max_context < hp->n_ctx_train ? eo.max_context : hp->n_ctx_train;
-    long capacity = ((long)num_blocks - (long)(eo.watermark * num_blocks)) * eo.block_size;
-
-    if (a.chat) {
-        tmpl = llm_model_chat_template(m);
-        if (!tmpl) {
-            fprintf(stderr, "infer-generate: --chat: the model has no tokenizer.chat_template\n");
-            rc = 2;
-            goto done;
-        }
-        if (!chat_template_family(tmpl)) {
-            chat_msg probe = {"user", ""};
-            char *tmp = NULL;
-            chat_apply(tmpl, &probe, 1, 1, &tmp, err, sizeof err);
-            free(tmp);
-            fprintf(stderr, "infer-generate: --chat: %s\n", err);
-            rc = 2;
-            goto done;
-        }
-    }
-
-    reqs = calloc((size_t)a.n_prompts, sizeof *reqs);
-    res = calloc((size_t)a.n_prompts, sizeof *res);
-    ids = calloc((size_t)a.n_prompts, sizeof *ids);
-    if (!reqs || !res || !ids) {
-        fprintf(stderr, "infer-generate: out of memory\n");
-        goto done;
-    }
-    for (int i = 0; i < a.n_prompts; i++) {
-        prompt_spec *p = &a.prompts[i];
-        char *text = p->text;
-        char *wrapped = NULL;
-        if (a.chat) {
-            chat_msg msg = {"user", p->text};
-            if (chat_apply(tmpl, &msg, 1, 1, &wrapped, err, sizeof err) != 0) {
-                fprintf(stderr, "infer-generate: %s: %s\n", p->origin, err);
-                rc = 2;
-                goto done;
-            }
-            text = wrapped;
-        }
-        int n = tok_encode(tok, text, strlen(text), 1, 1, &ids[i]);
-        free(wrapped);
-        if (n < 0) {
-            fprintf(stderr, "infer-generate: %s: tokenization failed (code %d)\n", p->origin, n);
-            goto done;
-        }
-        if (n == 0) {
-            fprintf(stderr, "infer-generate: %s: the prompt is empty\n", p->origin);
-            rc = 2;
-            goto done;
-        }
-        long limit = context < capacity ? context : capacity;
-        long max_tokens = p->max_tokens < 0 ? limit - n : p->max_tokens;
-        if (max_tokens < 0) max_tokens = 0; /* -1 and the prompt alone is too long */
-        if (n + max_tokens > context) {
-            fprintf(stderr,
-                    "infer-generate: %s: prompt (%d tokens) + max tokens (%ld) exceeds the "
-                    "context of %ld tokens\n",
-                    p->origin, n, max_tokens, context);
-            rc = 2;
-            goto done;
-        }
-        if (n + max_tokens > capacity) {
-            fprintf(stderr,
-                    "infer-generate: %s: prompt (%d tokens) + max tokens (%ld) exceeds the KV "
-                    "cache capacity of %ld tokens (%d blocks of %d, less the watermark); raise "
-                    "cache_config.num_blocks or kv_memory_mb\n",
-                    p->origin, n, max_tokens, capacity, num_blocks, eo.block_size);
-            rc = 2;
-            goto done;
-        }
-        reqs[i] = (gen_request){
-            .prompt = ids[i],
-            .n_prompt = n,
-            .sampling = p->sp,
-            .max_tokens = (int)max_tokens,
-            .min_tokens = p->min_tokens,
-            .ignore_eos = p->ignore_eos,
-            .stop = (const char *const *)p->stop,
-            .n_stop = p->n_stop,
-        };
-    }
-
-    if (a.output_file) {
-        out = fopen(a.output_file, "w");
-        if (!out) {
-            fprintf(stderr, "infer-generate: cannot write '%s': %s\n", a.output_file,
-                    strerror(errno));
-            rc = 2;
-            goto done;
-        }
-    }
-    if (!a.quiet) {
-        fprintf(stderr,
-                "model:     %s (%s, %d layers, vocab %d, context %d), threads %d, "
-                "%s numerics, seed %llu\n",
-                hp->name[0] ? hp->name : model_path, hp->arch, hp->n_layer, hp->n_vocab,
-                hp->n_ctx_train, be->n_threads, be_numerics_name(cfg->numerics),
-                (unsigned long long)a.sp.seed);
-        print_setup(cfg, &eo, block_bytes, a.n_prompts);
-    }
-
-    gen_options opt;
-    gen_options_default(&opt);
-    opt.engine = &eo;
-    if (a.stream) opt.on_token = on_stream_token;
-    gen_stats st;
-    if (gen_run(m, be, tok, reqs, a.n_prompts, &opt, res, &st, err, sizeof err) != 0) {
-        if (a.stream) fputc('\n', stdout);
-        fprintf(stderr, "infer-generate: generation failed: %s\n", err);
-        goto done;
-    }
-    if (a.stream) {
-        fputc('\n', stdout);
-        fflush(stdout);
-    }
-    for (int i = 0; i < a.n_prompts; i++) {
-        if (out) {
-            if (write_jsonl(out, &a.prompts[i], &res[i]) != 0) {
-                fprintf(stderr, "infer-generate: cannot write '%s'\n", a.output_file);
-                goto done;
-            }
-        } else if (!a.stream) {
-            if (a.n_prompts > 1) {
-                /* the prompt on one line: newlines shown as spaces */
-                printf("### [%d] ", i + 1);
-                for (const char *c = a.prompts[i].text; *c; c++)
-                    putchar(*c == '\n' || *c == '\r' ? ' ' : *c);
-                putchar('\n');
-            }
-            printf("%s\n", res[i].text ? res[i].text : "");
-        }
-    }
-    if (out && fclose(out) != 0) {
-        out = NULL;
-        fprintf(stderr, "infer-generate: cannot write '%s': %s\n", a.output_file, strerror(errno));
-        goto done;
-    }
-    out = NULL;
-    if (!a.quiet) print_report(&a, res, &st, t0, t_loaded);
-    rc = 0;
-done:
-    if (out) fclose(out);
-    if (res)
-        for (int i = 0; i < a.n_prompts; i++) gen_result_free(&res[i]);
-    if (ids)
-        for (int i = 0; i < a.n_prompts; i++) free(ids[i]);
-    free(ids);
-    free(res);
-    free(reqs);
     free(tmpl);
-    if (be) backend_free(be);
-    if (tok) tok_free(tok);
-    if (m) llm_model_free(m);
+    app_close(&rt);
     free_args(&a);
     return rc;
 }

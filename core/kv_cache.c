@@ -5,6 +5,7 @@
  */
 #include "core/kv_cache.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,18 @@ static void advise_huge(void *p, size_t n) {
 #endif
 }
 
+size_t kv_dtype_size(kv_dtype dtype) { return dtype == KV_F16 ? 2 : 4; }
+
+size_t kv_block_bytes(int n_layer, int kv_dim, int block_size, kv_dtype dtype) {
+    return (size_t)n_layer * 2 * (size_t)block_size * (size_t)kv_dim * kv_dtype_size(dtype);
+}
+
+uint64_t kv_blocks_in_budget(double mib, size_t block_bytes) {
+    /* Whole bytes of the budget; the integer division is then exact. */
+    uint64_t n = (uint64_t)floor(mib * 1048576.0) / (uint64_t)block_bytes;
+    return n < 1 ? 1 : n;
+}
+
 int kv_cache_create(int n_layer, int kv_dim, int block_size, int num_blocks, kv_dtype dtype,
                     kv_cache **out, char *err, size_t errlen) {
     *out = NULL;
@@ -50,8 +63,8 @@ int kv_cache_create(int n_layer, int kv_dim, int block_size, int num_blocks, kv_
     kv->block_size = block_size;
     kv->num_blocks = num_blocks;
     kv->dtype = dtype;
-    kv->elt_size = dtype == KV_F16 ? 2 : 4;
-    kv->block_bytes = (size_t)n_layer * 2 * (size_t)block_size * (size_t)kv_dim * kv->elt_size;
+    kv->elt_size = kv_dtype_size(dtype);
+    kv->block_bytes = kv_block_bytes(n_layer, kv_dim, block_size, dtype);
     kv->data = calloc((size_t)num_blocks, kv->block_bytes);
     kv->free_list = malloc((size_t)num_blocks * sizeof *kv->free_list);
     if (!kv->data || !kv->free_list) goto oom;

@@ -37,6 +37,16 @@ typedef struct kv_cache {
     int n_seq_slots;
 } kv_cache;
 
+/* Bytes of one element of the cache dtype. */
+size_t kv_dtype_size(kv_dtype dtype);
+/* Bytes of one block: K and V of block_size tokens for n_layer layers of
+ * kv_dim elements (the stride between blocks in kv_cache.data). The one
+ * place this product is written; sizing, banners and budgets call it. */
+size_t kv_block_bytes(int n_layer, int kv_dim, int block_size, kv_dtype dtype);
+/* Whole blocks of block_bytes that fit in a budget of mib MiB (whole bytes
+ * of it), at least 1. */
+uint64_t kv_blocks_in_budget(double mib, size_t block_bytes);
+
 int kv_cache_create(int n_layer, int kv_dim, int block_size, int num_blocks, kv_dtype dtype,
                     kv_cache **out, char *err, size_t errlen);
 void kv_cache_free(kv_cache *kv);

@@ -55,8 +55,6 @@ typedef struct {
 
 static const char *const dtype_names[] = {"f32", "f16"};       /* index = kv_dtype */
 static const char *const numerics_names[] = {"exact", "fast"}; /* index = be_numerics */
-static const char *const policy_names[] = {"continuous", "static"};
-static const char *const preempt_names[] = {"auto", "swap", "recompute"};
 
 #define OFF(f) offsetof(engine_config, f)
 #define INT_KEY(s, n, f, lo, hi)                                                                   \
@@ -75,7 +73,7 @@ static const cfg_key keys[] = {
 
     INT_KEY("batcher_config", "batch_max_tokens", batch_max_tokens, 1, 1048576),
     INT_KEY("batcher_config", "batch_max_seqs", batch_max_seqs, 1, 65536),
-    ENUM_KEY("batcher_config", "policy", batching, policy_names),
+    ENUM_KEY("batcher_config", "policy", batching, engine_batching_names),
     INT_KEY("batcher_config", "max_waiting", max_waiting, 1, 16777216),
 
     {"cache_config", "num_blocks", K_BLOCKS, OFF(num_blocks), 0, 1, BLOCKS_MAX, 0, X_NONE, NULL, 0},
@@ -85,7 +83,7 @@ static const cfg_key keys[] = {
     {"cache_config", "block_size", K_INT, OFF(block_size), 0, 1, 256, 0, X_POW2, NULL, 0},
     {"cache_config", "watermark", K_DOUBLE, OFF(watermark), 0, 0, 0.5, 0, X_NONE, NULL, 0},
     STR_KEY("cache_config", "swap_path", swap_path, X_NONE),
-    ENUM_KEY("cache_config", "preemption_mode", preemption_mode, preempt_names),
+    ENUM_KEY("cache_config", "preemption_mode", preemption_mode, engine_preempt_names),
 
     {"server", "listen", K_LISTEN, OFF(listen), 0, 0, CFG_MAX_LISTEN, 0, X_NONE, NULL, 0},
     STR_KEY("server", "http_listen", http_listen, X_HTTP_ADDR),
@@ -127,8 +125,8 @@ static int enum_value(const engine_config *c, const cfg_key *k) {
 static void enum_set(engine_config *c, const cfg_key *k, int v) {
     if (k->off == OFF(kv_dtype)) c->kv_dtype = (kv_dtype)v;
     else if (k->off == OFF(numerics)) c->numerics = (be_numerics)v;
-    else if (k->off == OFF(batching)) c->batching = (cfg_batching)v;
-    else c->preemption_mode = (cfg_preempt)v;
+    else if (k->off == OFF(batching)) c->batching = (engine_batching)v;
+    else c->preemption_mode = (engine_preempt_mode)v;
 }
 
 /* ---- defaults ---- */
@@ -140,21 +138,23 @@ static void set_str(char *dst, size_t cap, const char *src) {
 }
 
 void config_defaults(engine_config *c) {
+    engine_options o;
+    engine_options_default(&o);
     memset(c, 0, sizeof *c);
-    c->kv_dtype = KV_F16;
-    c->model_max_length = 0;
+    c->kv_dtype = o.kv_type;
+    c->model_max_length = o.max_context;
     c->n_threads = 0;
     c->numerics = BE_NUMERICS_EXACT;
-    c->batch_max_tokens = 512;
-    c->batch_max_seqs = 64;
-    c->batching = CFG_BATCH_CONTINUOUS;
-    c->max_waiting = 1024;
-    c->num_blocks = CFG_NUM_BLOCKS_AUTO;
-    c->kv_memory_mb = 256;
-    c->num_blocks_cpu = 0;
-    c->block_size = 16;
-    c->watermark = 0.01;
-    c->preemption_mode = CFG_PREEMPT_AUTO;
+    c->batch_max_tokens = o.batch_max_tokens;
+    c->batch_max_seqs = o.batch_max_seqs;
+    c->batching = o.batching;
+    c->max_waiting = o.max_waiting;
+    c->num_blocks = o.num_blocks > 0 ? o.num_blocks : CFG_NUM_BLOCKS_AUTO;
+    c->kv_memory_mb = o.kv_memory_mb;
+    c->num_blocks_cpu = o.num_blocks_cpu;
+    c->block_size = o.block_size;
+    c->watermark = o.watermark;
+    c->preemption_mode = o.preempt_mode;
     set_str(c->listen[0], sizeof c->listen[0], "tcp://127.0.0.1:8700");
     c->n_listen = 1;
     set_str(c->http_listen, sizeof c->http_listen, "http://127.0.0.1:8080");
@@ -798,7 +798,7 @@ int config_validate(const engine_config *c, char *err, size_t errlen) {
                  c->num_blocks_cpu);
         return -1;
     }
-    if (c->preemption_mode == CFG_PREEMPT_SWAP && c->num_blocks_cpu <= 0) {
+    if (c->preemption_mode == ENGINE_PREEMPT_SWAP && c->num_blocks_cpu <= 0) {
         snprintf(err, errlen,
                  "cache_config.preemption_mode: \"swap\" requires cache_config.num_blocks_cpu > 0, "
                  "got num_blocks_cpu %d",
@@ -845,12 +845,8 @@ int config_resolve_num_blocks(const engine_config *c, int n_layer, int kv_dim, c
                  c->kv_memory_mb);
         return -1;
     }
-    uint64_t elt = c->kv_dtype == KV_F32 ? 4 : 2;
-    uint64_t block_bytes = (uint64_t)n_layer * 2 * (uint64_t)c->block_size * (uint64_t)kv_dim * elt;
-    /* Whole bytes of the budget; the integer division is then exact. */
-    uint64_t budget = (uint64_t)floor(c->kv_memory_mb * 1048576.0);
-    uint64_t n = budget / block_bytes;
-    if (n < 1) n = 1;
+    uint64_t block_bytes = kv_block_bytes(n_layer, kv_dim, c->block_size, c->kv_dtype);
+    uint64_t n = kv_blocks_in_budget(c->kv_memory_mb, block_bytes);
     if (n > BLOCKS_MAX) {
         snprintf(err, errlen,
                  "cache_config.kv_memory_mb: %g MiB makes %llu blocks of %llu bytes, more than "
@@ -934,7 +930,7 @@ void config_engine_options(const engine_config *c, int num_blocks, engine_option
     engine_options_default(o);
     o->batch_max_tokens = c->batch_max_tokens;
     o->batch_max_seqs = c->batch_max_seqs;
-    o->static_batching = c->batching == CFG_BATCH_STATIC;
+    o->batching = c->batching;
     o->max_waiting = c->max_waiting;
     o->num_blocks = num_blocks;
     o->kv_memory_mb = c->kv_memory_mb;
@@ -942,9 +938,7 @@ void config_engine_options(const engine_config *c, int num_blocks, engine_option
     o->block_size = c->block_size;
     o->watermark = c->watermark;
     o->swap_path = c->swap_path[0] ? c->swap_path : NULL;
-    o->preempt_mode = c->preemption_mode == CFG_PREEMPT_SWAP        ? 1
-                      : c->preemption_mode == CFG_PREEMPT_RECOMPUTE ? 2
-                                                                    : 0;
+    o->preempt_mode = c->preemption_mode;
     o->kv_type = c->kv_dtype;
     o->max_context = c->model_max_length;
 }

@@ -27,10 +27,6 @@
 #include "core/kv_cache.h"
 #include "engine/engine.h"
 
-typedef enum { CFG_BATCH_CONTINUOUS = 0, CFG_BATCH_STATIC } cfg_batching;
-/* auto: swap when the CPU tier exists (num_blocks_cpu > 0), else recompute. */
-typedef enum { CFG_PREEMPT_AUTO = 0, CFG_PREEMPT_SWAP, CFG_PREEMPT_RECOMPUTE } cfg_preempt;
-
 #define CFG_MAX_LISTEN 8
 #define CFG_NUM_BLOCKS_AUTO (-1)
 
@@ -43,10 +39,10 @@ typedef struct {
     be_numerics numerics; /* "numerics": "exact" | "fast", the CPU matmuls' arithmetic */
 
     /* batcher_config */
-    int batch_max_tokens;  /* tokens per forward step, over all sequences */
-    int batch_max_seqs;    /* sequences per forward step */
-    cfg_batching batching; /* "policy" */
-    int max_waiting;       /* bound of the waiting queue; more requests are rejected */
+    int batch_max_tokens;     /* tokens per forward step, over all sequences */
+    int batch_max_seqs;       /* sequences per forward step */
+    engine_batching batching; /* "policy" */
+    int max_waiting;          /* bound of the waiting queue; more requests are rejected */
 
     /* cache_config */
     int num_blocks;       /* device tier; CFG_NUM_BLOCKS_AUTO = from kv_memory_mb */
@@ -55,7 +51,7 @@ typedef struct {
     int block_size;       /* tokens per block, power of two */
     double watermark;     /* fraction of device blocks kept free at admission */
     char swap_path[1024]; /* "" = swap tier in RAM, else a file backs it */
-    cfg_preempt preemption_mode;
+    engine_preempt_mode preemption_mode;
 
     /* server (checked now, used by the RPC / HTTP servers) */
     char listen[CFG_MAX_LISTEN][256]; /* nng-style "tcp://host:port" or "ipc:///path" */
@@ -68,6 +64,8 @@ typedef struct {
     int drain_timeout_ms;             /* on shutdown, time to let running requests finish */
 } engine_config;
 
+/* The engine's keys take engine_options_default's values (one table of
+ * defaults); the server's have their own. */
 void config_defaults(engine_config *c);
 
 /* Merge a JSON file / string over the current values. Messages from a file

@@ -114,6 +114,17 @@ int engine_stream_next(engine_stream *s, engine_event *ev, int timeout_ms) {
 
 int64_t engine_stream_id(const engine_stream *s) { return s->id; }
 
+const char *gen_finish_name(gen_finish f) {
+    switch (f) {
+    case GEN_FINISH_LENGTH: return "length";
+    case GEN_FINISH_EOS: return "eos";
+    case GEN_FINISH_STOP: return "stop";
+    case GEN_FINISH_CANCELLED: return "cancelled";
+    case GEN_FINISH_ERROR: return "error";
+    }
+    return "unknown";
+}
+
 void engine_event_clear(engine_event *ev) {
     free(ev->text);
     ev->text = NULL;
@@ -159,7 +170,8 @@ struct engine {
     backend *be;
     const llm_tokenizer *tok;
     engine_options opt;
-    int n_vocab, max_context, capacity_tokens;
+    engine_limits limits;
+    int n_vocab;
     pkv_pool *pool;
     sched *sc;
     pthread_t thread;
@@ -194,16 +206,63 @@ struct engine {
     long prompt_tokens, generated_tokens, finished;
 };
 
+const char *const engine_batching_names[ENGINE_BATCH_COUNT] = {"continuous", "static"};
+const char *const engine_preempt_names[ENGINE_PREEMPT_COUNT] = {"auto", "swap", "recompute"};
+
 void engine_options_default(engine_options *o) {
     memset(o, 0, sizeof *o);
     o->batch_max_tokens = 512;
     o->batch_max_seqs = 64;
+    o->batching = ENGINE_BATCH_CONTINUOUS;
     o->max_waiting = 1024;
     o->num_blocks = 0;
     o->kv_memory_mb = 256;
+    o->num_blocks_cpu = 0;
     o->block_size = 16;
     o->watermark = 0.01;
+    o->swap_path = NULL;
+    o->preempt_mode = ENGINE_PREEMPT_AUTO;
     o->kv_type = KV_F16;
+    o->max_context = 0;
+}
+
+void engine_limits_for(const llm_model *m, const engine_options *o, engine_limits *out) {
+    const llm_hparams *hp = llm_model_hparams(m);
+    memset(out, 0, sizeof *out);
+    out->context_length =
+        o->max_context > 0 && o->max_context < hp->n_ctx_train ? o->max_context : hp->n_ctx_train;
+    out->block_size = o->block_size;
+    out->block_bytes =
+        kv_block_bytes(hp->n_layer, hp->n_head_kv * hp->head_dim, o->block_size, o->kv_type);
+    out->num_blocks = o->num_blocks;
+    if (out->num_blocks <= 0 && out->block_bytes > 0) {
+        uint64_t n = kv_blocks_in_budget(o->kv_memory_mb, out->block_bytes);
+        out->num_blocks = n > INT32_MAX ? INT32_MAX : (int)n;
+    }
+    out->watermark_blocks = sched_watermark_blocks(o->watermark, out->num_blocks);
+    out->kv_capacity = ((long)out->num_blocks - out->watermark_blocks) * o->block_size;
+}
+
+void engine_get_limits(const engine *e, engine_limits *out) { *out = e->limits; }
+
+engine_fit engine_check_fit(const engine_limits *l, long n_prompt, long max_tokens, char *err,
+                            size_t errlen) {
+    long total = n_prompt + max_tokens;
+    if (total > l->context_length) {
+        snprintf(err, errlen,
+                 "prompt (%ld tokens) + max_tokens (%ld) = %ld exceeds the context length of %d "
+                 "tokens",
+                 n_prompt, max_tokens, total, l->context_length);
+        return ENGINE_OVER_CONTEXT;
+    }
+    if (total > l->kv_capacity) {
+        snprintf(err, errlen,
+                 "prompt (%ld tokens) + max_tokens (%ld) = %ld exceeds the KV cache capacity of "
+                 "%ld tokens (cache_config.num_blocks x block_size less the watermark)",
+                 n_prompt, max_tokens, total, l->kv_capacity);
+        return ENGINE_OVER_KV_CAPACITY;
+    }
+    return ENGINE_FITS;
 }
 
 static void req_free(ereq *r) {
@@ -710,6 +769,14 @@ static int warm_up(engine *e, char *err, size_t errlen) {
 
 /* ---------------- public API ---------------- */
 
+static sched_preempt sched_preempt_of(engine_preempt_mode m) {
+    switch (m) {
+    case ENGINE_PREEMPT_SWAP: return SCHED_PREEMPT_SWAP;
+    case ENGINE_PREEMPT_RECOMPUTE: return SCHED_PREEMPT_RECOMPUTE;
+    default: return SCHED_PREEMPT_AUTO;
+    }
+}
+
 int engine_create(llm_model *m, backend *be, const llm_tokenizer *tok, const engine_options *opt,
                   engine **out, char *err, size_t errlen) {
     *out = NULL;
@@ -721,27 +788,18 @@ int engine_create(llm_model *m, backend *be, const llm_tokenizer *tok, const eng
     e->tok = tok;
     e->opt = *opt;
     e->n_vocab = hp->n_vocab;
-    e->max_context = opt->max_context > 0 && opt->max_context < hp->n_ctx_train ? opt->max_context
-                                                                                : hp->n_ctx_train;
+    engine_limits_for(m, opt, &e->limits);
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv_work, NULL);
     pthread_cond_init(&e->cv_idle, NULL);
-    const int kv_dim = hp->n_head_kv * hp->head_dim;
-    int num_blocks = opt->num_blocks;
-    if (num_blocks <= 0) {
-        size_t bb = (size_t)hp->n_layer * 2 * (size_t)opt->block_size * (size_t)kv_dim *
-                    (opt->kv_type == KV_F16 ? 2 : 4);
-        num_blocks = (int)(opt->kv_memory_mb * 1024.0 * 1024.0 / (double)bb);
-        if (num_blocks < 1) num_blocks = 1;
-    }
-    pkv_config pc = {hp->n_layer,         kv_dim,       opt->block_size, num_blocks,
-                     opt->num_blocks_cpu, opt->kv_type, opt->swap_path};
+    const int num_blocks = e->limits.num_blocks;
+    pkv_config pc = {hp->n_layer,   hp->n_head_kv * hp->head_dim, opt->block_size,
+                     num_blocks,    opt->num_blocks_cpu,          opt->kv_type,
+                     opt->swap_path};
     if (pkv_create(&pc, &e->pool, err, errlen) != 0) goto fail;
     sched_config scfg = {opt->batch_max_tokens, opt->batch_max_seqs, opt->watermark,
-                         opt->static_batching, (sched_preempt)opt->preempt_mode};
+                         opt->batching == ENGINE_BATCH_STATIC, sched_preempt_of(opt->preempt_mode)};
     if (sched_create(&scfg, e->pool, &e->sc, err, errlen) != 0) goto fail;
-    int wm = (int)(opt->watermark * num_blocks);
-    e->capacity_tokens = (num_blocks - wm) * opt->block_size;
 
     /* end-of-generation ids */
     e->eog = malloc((size_t)hp->n_vocab * sizeof *e->eog);
@@ -849,20 +907,8 @@ static int validate(const engine *e, const engine_request *r, char *err, size_t 
         snprintf(err, errlen, "n must be in [1, %d], got %d", e->opt.batch_max_seqs, r->n);
         return -1;
     }
-    long total = (long)r->n_prompt + r->max_tokens;
-    if (total > e->max_context) {
-        snprintf(err, errlen,
-                 "prompt (%d tokens) + max_tokens (%d) = %ld exceeds the context length of %d",
-                 r->n_prompt, r->max_tokens, total, e->max_context);
+    if (engine_check_fit(&e->limits, r->n_prompt, r->max_tokens, err, errlen) != ENGINE_FITS)
         return -1;
-    }
-    if (total > e->capacity_tokens) {
-        snprintf(err, errlen,
-                 "prompt (%d tokens) + max_tokens (%d) = %ld exceeds the KV cache capacity of %d "
-                 "tokens (num_blocks x block_size less the watermark)",
-                 r->n_prompt, r->max_tokens, total, e->capacity_tokens);
-        return -1;
-    }
     if (r->n_stop < 0 || r->n_stop_ids < 0) {
         snprintf(err, errlen, "negative stop count");
         return -1;

@@ -29,28 +29,53 @@
 
 #include "core/kv_cache.h"
 #include "core/sampler.h"
-#include "engine/generate.h"
 
 struct llm_model;
 struct backend;
 struct llm_tokenizer;
 
+/* How sequences share steps. CONTINUOUS: every step re-decides who runs,
+ * a finished sequence's place is taken at once; STATIC: collect a batch
+ * while nothing runs and run it to completion. */
+typedef enum {
+    ENGINE_BATCH_CONTINUOUS = 0,
+    ENGINE_BATCH_STATIC,
+    ENGINE_BATCH_COUNT
+} engine_batching;
+/* What happens to a running sequence that must give up its blocks. AUTO:
+ * swap to the CPU tier when there is one (num_blocks_cpu > 0), else
+ * recompute; SWAP: swap (needs the CPU tier); RECOMPUTE: free the blocks
+ * and recompute the sequence later from its tokens. */
+typedef enum {
+    ENGINE_PREEMPT_AUTO = 0,
+    ENGINE_PREEMPT_SWAP,
+    ENGINE_PREEMPT_RECOMPUTE,
+    ENGINE_PREEMPT_COUNT
+} engine_preempt_mode;
+
+/* The modes' names, index = enum value: what the config file spells and
+ * the banners print. */
+extern const char *const engine_batching_names[ENGINE_BATCH_COUNT];
+extern const char *const engine_preempt_names[ENGINE_PREEMPT_COUNT];
+
 typedef struct engine_options {
-    int batch_max_tokens;  /* rows per step (default 512) */
-    int batch_max_seqs;    /* sequences per step (default 64) */
-    int static_batching;   /* collect a batch, run it to completion */
-    int max_waiting;       /* submit fails with ENGINE_EBUSY beyond this (default 1024) */
-    int num_blocks;        /* device tier blocks; <= 0: from kv_memory_mb */
-    double kv_memory_mb;   /* budget for num_blocks <= 0 (default 256) */
-    int num_blocks_cpu;    /* swap tier (default 0: no swapping) */
-    int block_size;        /* tokens per block (default 16) */
-    double watermark;      /* default 0.01 */
-    const char *swap_path; /* NULL: swap tier in RAM */
-    int preempt_mode;      /* 0 auto, 1 swap, 2 recompute */
-    kv_dtype kv_type;      /* default KV_F16 */
-    int max_context;       /* 0: the model's training context */
+    int batch_max_tokens;     /* rows per step */
+    int batch_max_seqs;       /* sequences per step */
+    engine_batching batching; /* continuous or static */
+    int max_waiting;          /* submit fails with ENGINE_EBUSY beyond this */
+    int num_blocks;           /* device tier blocks; <= 0: from kv_memory_mb */
+    double kv_memory_mb;      /* budget for num_blocks <= 0, MiB */
+    int num_blocks_cpu;       /* swap tier (0: no swapping) */
+    int block_size;           /* tokens per block */
+    double watermark;         /* fraction of device blocks kept free at admission */
+    const char *swap_path;    /* NULL: swap tier in RAM */
+    engine_preempt_mode preempt_mode;
+    kv_dtype kv_type;
+    int max_context; /* 0: the model's training context */
 } engine_options;
 
+/* The defaults of every option: the one table of them (engine/config.c
+ * starts its config from here too). */
 void engine_options_default(engine_options *o);
 
 enum {
@@ -75,6 +100,19 @@ typedef struct {
     int n; /* completions for this prompt (>= 1); they share the prompt's blocks */
 } engine_request;
 
+/* Why a completion ended. (Named gen_ for its first client, generate.h;
+ * the engine produces it.) */
+typedef enum {
+    GEN_FINISH_LENGTH = 0,
+    GEN_FINISH_EOS,
+    GEN_FINISH_STOP,
+    GEN_FINISH_CANCELLED,
+    GEN_FINISH_ERROR,
+} gen_finish;
+
+/* "length", "eos", "stop", "cancelled", "error" */
+const char *gen_finish_name(gen_finish f);
+
 typedef enum { ENGINE_EV_TOKEN = 0, ENGINE_EV_FINISH } engine_ev_type;
 
 typedef struct {
@@ -98,6 +136,31 @@ void engine_event_clear(engine_event *ev);
 
 typedef struct engine engine;
 typedef struct engine_stream engine_stream;
+
+/* What one request may hold, for a model and options: prompt + max_tokens
+ * must fit both the context and the device pool less the watermark. The
+ * one computation of these numbers: engine_submit checks against them, the
+ * server validates with them and infer-generate sizes requests by them. */
+typedef struct {
+    int context_length;   /* max_context capped by the model's training context */
+    int num_blocks;       /* device blocks (resolved from kv_memory_mb when <= 0) */
+    int block_size;       /* tokens per block */
+    int watermark_blocks; /* blocks the watermark keeps free (sched_watermark_blocks) */
+    long kv_capacity;     /* (num_blocks - watermark_blocks) * block_size tokens */
+    size_t block_bytes;   /* bytes of one block (kv_block_bytes) */
+} engine_limits;
+
+/* Fill *out for model m and options o (before or without an engine). */
+void engine_limits_for(const struct llm_model *m, const engine_options *o, engine_limits *out);
+/* The limits of a running engine (as engine_limits_for gave at create). */
+void engine_get_limits(const engine *e, engine_limits *out);
+
+typedef enum { ENGINE_FITS = 0, ENGINE_OVER_CONTEXT, ENGINE_OVER_KV_CAPACITY } engine_fit;
+/* Whether n_prompt + max_tokens fits l; when not, a message that names the
+ * limit, e.g. "prompt (5 tokens) + max_tokens (100000) = 100005 exceeds the
+ * context length of 8192 tokens". */
+engine_fit engine_check_fit(const engine_limits *l, long n_prompt, long max_tokens, char *err,
+                            size_t errlen);
 
 int engine_create(struct llm_model *m, struct backend *be, const struct llm_tokenizer *tok,
                   const engine_options *opt, engine **out, char *err, size_t errlen);

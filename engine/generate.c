@@ -14,17 +14,6 @@
 #include "core/tokenizer.h"
 #include "engine/engine.h"
 
-const char *gen_finish_name(gen_finish f) {
-    switch (f) {
-    case GEN_FINISH_LENGTH: return "length";
-    case GEN_FINISH_EOS: return "eos";
-    case GEN_FINISH_STOP: return "stop";
-    case GEN_FINISH_CANCELLED: return "cancelled";
-    case GEN_FINISH_ERROR: return "error";
-    }
-    return "unknown";
-}
-
 void gen_result_free(gen_result *r) {
     if (!r) return;
     free(r->tokens);
@@ -33,10 +22,13 @@ void gen_result_free(gen_result *r) {
 }
 
 void gen_options_default(gen_options *o) {
+    engine_options eo;
+    engine_options_default(&eo);
     memset(o, 0, sizeof *o);
     o->batch_size = 8;
-    o->prefill_chunk = 512;
-    o->kv_type = KV_F16;
+    o->prefill_chunk = eo.batch_max_tokens;
+    o->kv_type = eo.kv_type;
+    o->batching = eo.batching;
 }
 
 static double now_ms(void) {
@@ -85,10 +77,10 @@ int gen_run(llm_model *m, backend *be, const llm_tokenizer *tok, const gen_reque
     } else {
         engine_options_default(&eo);
         eo.batch_max_seqs = opt->batch_size > 0 ? opt->batch_size : 1;
-        eo.batch_max_tokens = opt->prefill_chunk > 0 ? opt->prefill_chunk : 512;
+        if (opt->prefill_chunk > 0) eo.batch_max_tokens = opt->prefill_chunk;
         if (eo.batch_max_tokens < eo.batch_max_seqs) eo.batch_max_tokens = eo.batch_max_seqs;
         eo.kv_type = opt->kv_type;
-        eo.static_batching = opt->static_batching;
+        eo.batching = opt->batching;
         /* room for a full batch of the longest request, plus the watermark */
         long longest = 1;
         for (int i = 0; i < n; i++) {

@@ -23,6 +23,7 @@
 
 #include "core/kv_cache.h"
 #include "core/sampler.h"
+#include "engine/engine.h"
 
 struct llm_model;
 struct backend;
@@ -39,17 +40,6 @@ typedef struct {
                                 when the text contains one; it is cut from the text */
     int n_stop;
 } gen_request;
-
-typedef enum {
-    GEN_FINISH_LENGTH = 0,
-    GEN_FINISH_EOS,
-    GEN_FINISH_STOP,
-    GEN_FINISH_CANCELLED,
-    GEN_FINISH_ERROR,
-} gen_finish;
-
-/* "length", "eos", "stop", "cancelled", "error" */
-const char *gen_finish_name(gen_finish f);
 
 typedef struct {
     int32_t *tokens; /* generated ids (an ending EOG token is not included) */
@@ -72,16 +62,14 @@ void gen_result_free(gen_result *r);
  * Return nonzero to stop that request (finish = cancelled). */
 typedef int (*gen_token_fn)(void *user, int request, int32_t token, const char *text, size_t len);
 
-struct engine_options;
-
 typedef struct {
-    int batch_size;      /* engine batch_max_seqs (default 8) */
-    int prefill_chunk;   /* engine batch_max_tokens: rows per step (default 512) */
-    kv_dtype kv_type;    /* default KV_F16 */
-    int static_batching; /* 1: static batches instead of continuous batching */
+    int batch_size;           /* engine batch_max_seqs (default 8) */
+    int prefill_chunk;        /* engine batch_max_tokens: rows per step (default 512) */
+    kv_dtype kv_type;         /* default KV_F16 */
+    engine_batching batching; /* default continuous */
     /* Full engine options (block counts, swap, watermark...). When set, it
      * is used as is and the four fields above are ignored. */
-    const struct engine_options *engine;
+    const engine_options *engine;
     gen_token_fn on_token; /* may be NULL */
     void *user;
 } gen_options;

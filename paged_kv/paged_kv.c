@@ -216,7 +216,7 @@ int pkv_create(const pkv_config *cfg, pkv_pool **out, char *err, size_t errlen) 
     /* Slots (block * block_size + offset) are int32; block bytes and tier
      * bytes must fit size_t. */
     int max_blocks = cfg->num_blocks > cfg->num_blocks_cpu ? cfg->num_blocks : cfg->num_blocks_cpu;
-    size_t elt = cfg->dtype == KV_F16 ? 2 : 4;
+    size_t elt = kv_dtype_size(cfg->dtype);
     size_t row = (size_t)cfg->kv_dim * elt;
     size_t per_layer = (size_t)2 * (size_t)cfg->block_size;
     if ((int64_t)max_blocks * cfg->block_size > INT32_MAX || row / elt != (size_t)cfg->kv_dim ||

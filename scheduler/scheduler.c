@@ -122,8 +122,8 @@ void sched_finish(sched *s, sched_seq *q) {
     s->st.finished++;
 }
 
-static int watermark_blocks(const sched *s) {
-    return (int)(s->cfg.watermark * pkv_n_total(s->pool, PKV_DEVICE));
+int sched_watermark_blocks(double watermark, int num_blocks) {
+    return (int)(watermark * num_blocks);
 }
 
 /* Blocks a swap-in or admission must leave free. The reserve is for the
@@ -174,7 +174,7 @@ int sched_step(sched *s, sched_batch *b) {
     b->items = s->items;
     s->step++;
     int budget_tok = s->cfg.batch_max_tokens, budget_seq = s->cfg.batch_max_seqs;
-    const int wm = watermark_blocks(s);
+    const int wm = sched_watermark_blocks(s->cfg.watermark, pkv_n_total(s->pool, PKV_DEVICE));
 
     /* static mode: a new batch is formed only when the previous one is done */
     if (s->cfg.static_mode && s->running.n == 0 && s->swapped.n == 0) {

@@ -78,6 +78,12 @@ typedef struct {
 
 typedef struct sched sched;
 
+/* Device blocks the watermark keeps free at admission: watermark (a
+ * fraction) of num_blocks, rounded down. The one rule for it: the
+ * scheduler applies it, the engine's capacity limit and the banners report
+ * it. */
+int sched_watermark_blocks(double watermark, int num_blocks);
+
 int sched_create(const sched_config *cfg, pkv_pool *pool, sched **out, char *err, size_t errlen);
 void sched_free(sched *s);
 

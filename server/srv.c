@@ -253,8 +253,6 @@ int srv_prepare(srv *s, const Inference__GenerateRequest *in, srv_request *out, 
                         r->max_tokens);
         r->min_tokens = in->min_tokens;
     }
-    engine_stats st;
-    engine_get_stats(s->eng, &st);
     r->n = 1;
     if (in->has_n) {
         int max_n = s->cfg.batch_max_seqs;
@@ -290,26 +288,12 @@ int srv_prepare(srv *s, const Inference__GenerateRequest *in, srv_request *out, 
     r->prompt = out->prompt_ids;
     r->n_prompt = n_prompt;
 
-    /* What one request may hold: the context, and the device pool less the
-     * watermark (engine.c refuses more). */
-    const llm_hparams *hp = llm_model_hparams(s->model);
-    long context = s->cfg.model_max_length > 0 && s->cfg.model_max_length < hp->n_ctx_train
-                       ? s->cfg.model_max_length
-                       : hp->n_ctx_train;
-    long capacity =
-        ((long)st.num_blocks - (long)(s->cfg.watermark * st.num_blocks)) * st.block_size;
-    long total = (long)n_prompt + r->max_tokens;
-    if (total > context || total > capacity) {
-        if (total > context)
-            fail(err, errlen, 0,
-                 "prompt (%d tokens) + max_tokens (%d) = %ld exceeds the context length of %ld "
-                 "tokens",
-                 n_prompt, r->max_tokens, total, context);
-        else
-            fail(err, errlen, 0,
-                 "prompt (%d tokens) + max_tokens (%d) = %ld exceeds the KV cache capacity of "
-                 "%ld tokens (cache_config.num_blocks x block_size less the watermark)",
-                 n_prompt, r->max_tokens, total, capacity);
+    /* What one request may hold: the engine's limits (engine_submit refuses
+     * more), checked here so the caller gets INVALID_ARGUMENT before a
+     * stream is opened. */
+    engine_limits lim;
+    engine_get_limits(s->eng, &lim);
+    if (engine_check_fit(&lim, n_prompt, r->max_tokens, err, errlen) != ENGINE_FITS) {
         srv_request_free(out); /* after the message: it zeroes r */
         return SRV_INVALID_ARGUMENT;
     }

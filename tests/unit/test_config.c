@@ -68,7 +68,7 @@ static void test_defaults_are_documented_values_and_valid(void) {
     CHECK(c.numerics == BE_NUMERICS_EXACT);
     CHECK(c.batch_max_tokens == 512);
     CHECK(c.batch_max_seqs == 64);
-    CHECK(c.batching == CFG_BATCH_CONTINUOUS);
+    CHECK(c.batching == ENGINE_BATCH_CONTINUOUS);
     CHECK(c.max_waiting == 1024);
     CHECK(c.num_blocks == CFG_NUM_BLOCKS_AUTO);
     CHECK(c.kv_memory_mb == 256);
@@ -76,7 +76,7 @@ static void test_defaults_are_documented_values_and_valid(void) {
     CHECK(c.block_size == 16);
     CHECK(c.watermark == 0.01);
     CHECK(strcmp(c.swap_path, "") == 0);
-    CHECK(c.preemption_mode == CFG_PREEMPT_AUTO);
+    CHECK(c.preemption_mode == ENGINE_PREEMPT_AUTO);
     CHECK(c.n_listen == 1 && strcmp(c.listen[0], "tcp://127.0.0.1:8700") == 0);
     CHECK(strcmp(c.http_listen, "http://127.0.0.1:8080") == 0);
     CHECK(c.max_message_bytes == 4 * 1024 * 1024);
@@ -126,7 +126,7 @@ static void check_full_values(const engine_config *c) {
     CHECK(c->numerics == BE_NUMERICS_FAST);
     CHECK(c->batch_max_tokens == 2048);
     CHECK(c->batch_max_seqs == 128);
-    CHECK(c->batching == CFG_BATCH_STATIC);
+    CHECK(c->batching == ENGINE_BATCH_STATIC);
     CHECK(c->max_waiting == 77);
     CHECK(c->num_blocks == 4000);
     CHECK(c->kv_memory_mb == 1.5);
@@ -134,7 +134,7 @@ static void check_full_values(const engine_config *c) {
     CHECK(c->block_size == 32);
     CHECK(c->watermark == 0.125);
     CHECK(strcmp(c->swap_path, "/tmp/kv.swap") == 0);
-    CHECK(c->preemption_mode == CFG_PREEMPT_SWAP);
+    CHECK(c->preemption_mode == ENGINE_PREEMPT_SWAP);
     CHECK(c->n_listen == 3);
     CHECK(strcmp(c->listen[0], "tcp://0.0.0.0:9000") == 0);
     CHECK(strcmp(c->listen[1], "ipc:///tmp/engine.sock") == 0);
@@ -378,7 +378,7 @@ static void test_validate_checks_cross_field_rules(void) {
     CHECKF(config_validate(&c, err, sizeof err) == 0, "%s", err);
 
     config_defaults(&c);
-    c.preemption_mode = CFG_PREEMPT_SWAP;
+    c.preemption_mode = ENGINE_PREEMPT_SWAP;
     expect_invalid(
         &c, "cache_config.preemption_mode: \"swap\" requires cache_config.num_blocks_cpu > 0");
     c.num_blocks_cpu = 1;
@@ -429,9 +429,9 @@ static void test_set_overrides_single_keys(void) {
     CHECK(config_set(&c, "model_loading_config.dtype", "f32", err, sizeof err) == 0);
     CHECK(c.kv_dtype == KV_F32);
     CHECK(config_set(&c, "batcher_config.policy", "static", err, sizeof err) == 0);
-    CHECK(c.batching == CFG_BATCH_STATIC);
+    CHECK(c.batching == ENGINE_BATCH_STATIC);
     CHECK(config_set(&c, "cache_config.preemption_mode", "recompute", err, sizeof err) == 0);
-    CHECK(c.preemption_mode == CFG_PREEMPT_RECOMPUTE);
+    CHECK(c.preemption_mode == ENGINE_PREEMPT_RECOMPUTE);
     /* A string key takes the text as is, even when it looks like a number. */
     CHECK(config_set(&c, "cache_config.swap_path", "123", err, sizeof err) == 0);
     CHECK(strcmp(c.swap_path, "123") == 0);
@@ -552,14 +552,15 @@ static void test_engine_options_mapping(void) {
     CHECKF(config_load_string(&c, js, err, sizeof err) == 0, "%s", err);
     engine_options o;
     config_engine_options(&c, 123, &o);
-    CHECK(o.static_batching == 1 && o.batch_max_tokens == 777 && o.batch_max_seqs == 9);
+    CHECK(o.batching == ENGINE_BATCH_STATIC && o.batch_max_tokens == 777 && o.batch_max_seqs == 9);
     CHECK(o.max_waiting == 5 && o.num_blocks == 123 && o.num_blocks_cpu == 40);
-    CHECK(o.block_size == 32 && o.watermark == 0.25 && o.preempt_mode == 1);
+    CHECK(o.block_size == 32 && o.watermark == 0.25 && o.preempt_mode == ENGINE_PREEMPT_SWAP);
     CHECK(o.swap_path && strcmp(o.swap_path, "/tmp/s") == 0);
     CHECK(o.kv_type == KV_F32 && o.max_context == 1000);
     config_defaults(&c);
     config_engine_options(&c, 10, &o);
-    CHECK(o.static_batching == 0 && o.swap_path == NULL && o.preempt_mode == 0);
+    CHECK(o.batching == ENGINE_BATCH_CONTINUOUS && o.swap_path == NULL &&
+          o.preempt_mode == ENGINE_PREEMPT_AUTO);
 }
 
 int main(void) {

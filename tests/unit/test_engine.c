@@ -176,9 +176,9 @@ static void test_preemption_identical(int brief) {
         base_options(&o);
         if (mode == 0) {
             o.num_blocks_cpu = 512;
-            o.preempt_mode = 1;
+            o.preempt_mode = ENGINE_PREEMPT_SWAP;
         } else {
-            o.preempt_mode = 2;
+            o.preempt_mode = ENGINE_PREEMPT_RECOMPUTE;
         }
         CHECK(run_all(&o, GOT, N_PROMPTS, &st) == 0);
         int n_same = 0;
@@ -200,7 +200,7 @@ static void test_preemption_identical(int brief) {
     if (brief) return;
     /* static batching: same outputs */
     base_options(&o);
-    o.static_batching = 1;
+    o.batching = ENGINE_BATCH_STATIC;
     o.num_blocks = 0; /* from the memory budget: everything fits */
     CHECK(run_all(&o, GOT, N_PROMPTS, &st) == 0);
     int n_same = 0;
@@ -304,7 +304,7 @@ static void test_n_completions(void) {
 static void test_hold(void) {
     engine_options o;
     base_options(&o);
-    o.static_batching = 1;
+    o.batching = ENGINE_BATCH_STATIC;
     o.batch_max_seqs = 4;
     o.num_blocks = 64;
     engine *e;
@@ -376,6 +376,59 @@ static void test_invalid(void) {
     engine_destroy(e);
 }
 
+/* engine_limits: the context is max_context capped by the model, the KV
+ * capacity the device blocks less the watermark's (rounded down), and the
+ * running engine refuses exactly what engine_check_fit refuses, with the
+ * same message. */
+static void test_limits(void) {
+    const llm_hparams *hp = llm_model_hparams(M);
+    engine_options o;
+    base_options(&o); /* 48 blocks of 16 */
+    o.watermark = 0.25;
+    o.max_context = 300;
+    engine_limits l;
+    engine_limits_for(M, &o, &l);
+    CHECKF(l.context_length == 300 && l.num_blocks == 48 && l.block_size == 16 &&
+               l.watermark_blocks == 12 && l.kv_capacity == 36 * 16,
+           "context %d, %d blocks, watermark %d, capacity %ld", l.context_length, l.num_blocks,
+           l.watermark_blocks, l.kv_capacity);
+    CHECK(l.block_bytes == kv_block_bytes(hp->n_layer, hp->n_head_kv * hp->head_dim, 16, KV_F16));
+    char err[256], err2[256];
+    CHECK(engine_check_fit(&l, 200, 100, err, sizeof err) == ENGINE_FITS);
+    CHECK(engine_check_fit(&l, 200, 101, err, sizeof err) == ENGINE_OVER_CONTEXT &&
+          strstr(err, "= 301 exceeds the context length of 300 tokens"));
+    o.max_context = 0;
+    engine_limits_for(M, &o, &l);
+    CHECK(l.context_length == hp->n_ctx_train);
+    CHECK(engine_check_fit(&l, 500, 77, err, sizeof err) == ENGINE_OVER_KV_CAPACITY &&
+          strstr(err, "exceeds the KV cache capacity of 576 tokens"));
+
+    /* blocks from the memory budget, as config_resolve_num_blocks counts them */
+    o.num_blocks = 0;
+    o.kv_memory_mb = 1;
+    engine_limits_for(M, &o, &l);
+    CHECK((uint64_t)l.num_blocks == kv_blocks_in_budget(1, l.block_bytes));
+
+    base_options(&o);
+    o.watermark = 0.25;
+    engine *e;
+    CHECK(engine_create(M, BE, TOK, &o, &e, err, sizeof err) == 0);
+    engine_limits got;
+    engine_get_limits(e, &got);
+    engine_limits_for(M, &o, &l);
+    CHECK(got.context_length == l.context_length && got.num_blocks == l.num_blocks &&
+          got.watermark_blocks == l.watermark_blocks && got.kv_capacity == l.kv_capacity &&
+          got.block_bytes == l.block_bytes);
+    engine_request r = greedy_req(0);
+    r.max_tokens = (int)(l.kv_capacity - r.n_prompt + 1);
+    engine_stream *st;
+    CHECK(engine_check_fit(&l, r.n_prompt, r.max_tokens, err2, sizeof err2) ==
+          ENGINE_OVER_KV_CAPACITY);
+    CHECK(engine_submit(e, &r, &st, NULL, err, sizeof err) == ENGINE_EINVAL &&
+          strcmp(err, err2) == 0);
+    engine_destroy(e);
+}
+
 int main(void) {
     const char *path = tu_model_path();
     if (!path) {
@@ -398,6 +451,7 @@ int main(void) {
     test_n_completions();
     test_hold();
     test_invalid();
+    test_limits();
     /* the fast numerics are batch-invariant too: the same checks on a
      * backend that uses them (ALONE is recomputed with it) */
     backend_free(BE);

@@ -865,7 +865,33 @@ static void test_random_operations_keep_invariants(void) {
     CHECK(rc.cow > 0 && rc.swaps > 0);
 }
 
+/* kv_block_bytes is the stride the pool really uses between blocks, for
+ * both element types: what sizing and banners compute is what is allocated. */
+static void test_block_bytes_is_the_pool_stride(void) {
+    const kv_dtype types[2] = {KV_F16, KV_F32};
+    for (int t = 0; t < 2; t++) {
+        pkv_config cfg = {3, 24, 8, 4, 0, types[t], NULL};
+        pkv_pool *p = NULL;
+        char err[256];
+        CHECKF(pkv_create(&cfg, &p, err, sizeof err) == PKV_OK, "%s", err);
+        if (!p) continue;
+        size_t want = kv_block_bytes(3, 24, 8, types[t]);
+        CHECK(want == (size_t)3 * 2 * 8 * 24 * kv_dtype_size(types[t]));
+        CHECK(pkv_block_bytes(p) == want);
+        const kv_cache *kv = pkv_device_cache(p);
+        CHECK(kv->block_bytes == want);
+        /* slot block_size is the first row of block 1 */
+        CHECK((size_t)((uint8_t *)kv_slot_ptr(kv, 0, 0, 8) - (uint8_t *)kv_slot_ptr(kv, 0, 0, 0)) ==
+              want);
+        pkv_free(p);
+    }
+    /* a budget of 1 MiB over 1000-byte blocks: whole blocks, at least one */
+    CHECK(kv_blocks_in_budget(1.0, 1000) == 1048);
+    CHECK(kv_blocks_in_budget(0.0001, 1 << 20) == 1);
+}
+
 int main(void) {
+    test_block_bytes_is_the_pool_stride();
     test_append_grows_across_block_boundaries();
     test_slots_map_positions_to_blocks();
     test_enomem_leaves_state_unchanged();

@@ -961,7 +961,19 @@ static void test_random_runs_finish_every_sequence(void) {
     }
 }
 
+/* The watermark in blocks rounds down: a pool smaller than 1/watermark
+ * keeps nothing back. */
+static void test_watermark_blocks_round_down(void) {
+    CHECK(sched_watermark_blocks(0.01, 100) == 1);
+    CHECK(sched_watermark_blocks(0.01, 99) == 0);
+    CHECK(sched_watermark_blocks(0.5, 7) == 3);
+    CHECK(sched_watermark_blocks(0.0, 4096) == 0);
+    CHECK(sched_watermark_blocks(0.02, 48) == 0);
+    CHECK(sched_watermark_blocks(0.25, 48) == 12);
+}
+
 int main(void) {
+    test_watermark_blocks_round_down();
     test_create_rejects_bad_budgets();
     test_fcfs_admission_and_chunked_prefill();
     test_preemption_swaps_the_newest_and_swaps_it_back();

@@ -1,0 +1,156 @@
+/* app_start.c - see app_start.h. */
+#include "apps/app_start.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "apps/cli_args.h"
+
+int app_config_args_init(app_config_args *a, const char *prog, int argc) {
+    memset(a, 0, sizeof *a);
+    a->prog = prog;
+    a->ov = calloc((size_t)argc + 1, sizeof *a->ov);
+    a->set_copies = calloc((size_t)argc + 1, sizeof *a->set_copies);
+    if (!a->ov || !a->set_copies) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return 1;
+    }
+    return -1;
+}
+
+void app_config_args_free(app_config_args *a) {
+    for (int i = 0; i < a->n_set_copies; i++) free(a->set_copies[i]);
+    free(a->set_copies);
+    free(a->ov);
+    a->set_copies = NULL;
+    a->ov = NULL;
+    a->n_set_copies = a->n_ov = 0;
+}
+
+void app_config_flag(app_config_args *a, const char *flag, const char *key, const char *value) {
+    a->ov[a->n_ov++] = (app_override){flag, key, value};
+}
+
+int app_config_set_arg(app_config_args *a, const char *arg) {
+    const char *eq = strchr(arg, '=');
+    if (!eq || eq == arg)
+        return cli_bad_arg(
+            a->prog, "--set: expected KEY=VALUE (e.g. cache_config.block_size=32), got '%s'", arg);
+    char *copy = strdup(arg);
+    if (!copy) {
+        fprintf(stderr, "%s: out of memory\n", a->prog);
+        return 1;
+    }
+    copy[eq - arg] = 0;
+    a->set_copies[a->n_set_copies++] = copy;
+    a->ov[a->n_ov++] = (app_override){NULL, copy, copy + (eq - arg) + 1};
+    return -1;
+}
+
+int app_resolve_config(const app_config_args *a, engine_config *c) {
+    char err[1024];
+    config_defaults(c);
+    if (a->config_file && config_load_file(c, a->config_file, err, sizeof err) != 0)
+        return cli_bad_arg(a->prog, "--config: %s", err);
+    if (config_apply_env(c, err, sizeof err) != 0)
+        return cli_bad_arg(a->prog, "ENGINE_API_KEY: %s", err);
+    for (int i = 0; i < a->n_ov; i++) {
+        const app_override *o = &a->ov[i];
+        if (config_set(c, o->key, o->value, err, sizeof err) != 0) {
+            if (o->flag) return cli_bad_arg(a->prog, "%s: %s", o->flag, err);
+            return cli_bad_arg(a->prog, "--set %s: %s", o->key, err);
+        }
+    }
+    if (!c->model_path[0]) snprintf(c->model_path, sizeof c->model_path, "%s", APP_DEFAULT_MODEL);
+    if (config_validate(c, err, sizeof err) != 0) return cli_bad_arg(a->prog, "%s", err);
+    return -1;
+}
+
+int app_print_config(const app_config_args *a, const engine_config *c) {
+    char *json = NULL;
+    if (config_to_json(c, &json) != 0) {
+        fprintf(stderr, "%s: out of memory\n", a->prog);
+        return 1;
+    }
+    printf("%s\n", json);
+    free(json);
+    return 0;
+}
+
+int app_bad_option(const char *prog, int c, char **argv) {
+    if (c == ':') return cli_bad_arg(prog, "option '%s' needs a value", argv[optind - 1]);
+    if (optopt > 0 && optopt < 128) return cli_bad_arg(prog, "unknown option '-%c'", optopt);
+    return cli_bad_arg(prog, "unknown option '%s'", argv[optind - 1]);
+}
+
+int app_open(const char *prog, const app_open_opts *o, app_runtime *rt) {
+    char err[1024];
+    memset(rt, 0, sizeof *rt);
+    if (llm_model_load(o->model_path, &rt->model, o->progress, o->progress_user, err, sizeof err) !=
+        0) {
+        if (o->progress_abort) o->progress_abort(o->progress_user);
+        fprintf(stderr, "%s: cannot load model '%s': %s\n", prog, o->model_path, err);
+        return 1;
+    }
+    if (o->with_tokenizer && tok_load(llm_model_gguf(rt->model), &rt->tok, err, sizeof err) != 0) {
+        fprintf(stderr, "%s: cannot load the tokenizer of '%s': %s\n", prog, o->model_path, err);
+        app_close(rt);
+        return 1;
+    }
+    be_cpu_options bo = {o->n_threads, o->numerics};
+    rt->be = backend_cpu_create_opts(&bo, err, sizeof err);
+    if (!rt->be) {
+        fprintf(stderr, "%s: cannot create the CPU backend: %s\n", prog, err);
+        app_close(rt);
+        return 1;
+    }
+    return -1;
+}
+
+void app_close(app_runtime *rt) {
+    if (rt->be) backend_free(rt->be);
+    if (rt->tok) tok_free(rt->tok);
+    if (rt->model) llm_model_free(rt->model);
+    memset(rt, 0, sizeof *rt);
+}
+
+int app_engine_options(const char *prog, const engine_config *c, const llm_model *m,
+                       engine_options *eo, engine_limits *lim) {
+    char err[1024];
+    const llm_hparams *hp = llm_model_hparams(m);
+    int num_blocks =
+        config_resolve_num_blocks(c, hp->n_layer, hp->n_head_kv * hp->head_dim, err, sizeof err);
+    if (num_blocks < 0) {
+        fprintf(stderr, "%s: %s\n", prog, err);
+        return 2;
+    }
+    config_engine_options(c, num_blocks, eo);
+    engine_limits_for(m, eo, lim);
+    return -1;
+}
+
+static double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
+
+void app_print_engine_banner(const engine_options *eo, const engine_limits *lim) {
+    const double bb = (double)lim->block_bytes;
+    fprintf(stderr,
+            "kv cache:  dtype %s, %d tokens per block (%.1f KiB); device %d blocks "
+            "(%.1f MiB, %ld tokens)",
+            eo->kv_type == KV_F16 ? "f16" : "f32", lim->block_size, bb / 1024.0, lim->num_blocks,
+            mib(bb * lim->num_blocks), (long)lim->num_blocks * lim->block_size);
+    if (eo->num_blocks_cpu > 0)
+        fprintf(stderr, "; cpu %d blocks (%.1f MiB, %s%s)\n", eo->num_blocks_cpu,
+                mib(bb * eo->num_blocks_cpu), eo->swap_path ? "file " : "RAM",
+                eo->swap_path ? eo->swap_path : "");
+    else fprintf(stderr, "; cpu tier none\n");
+    const char *eff = eo->preempt_mode != ENGINE_PREEMPT_AUTO ? ""
+                      : eo->num_blocks_cpu > 0                ? " (swap)"
+                                                              : " (recompute)";
+    fprintf(stderr,
+            "batching:  %s, %d tokens and %d sequences per step; watermark %g (%d blocks); "
+            "preemption %s%s\n",
+            engine_batching_names[eo->batching], eo->batch_max_tokens, eo->batch_max_seqs,
+            eo->watermark, lim->watermark_blocks, engine_preempt_names[eo->preempt_mode], eff);
+}

@@ -1,0 +1,93 @@
+/*
+ * app_start.h - the start-up the programs share (infer-server,
+ * infer-generate, infer-bench): the engine configuration from defaults, a
+ * --config file, the environment and flags; the model, its tokenizer and
+ * the CPU backend; engine options sized against the model; the banner lines
+ * that describe the KV cache and the batching budgets.
+ *
+ * Messages go to stderr prefixed with the program's name; functions return
+ * -1 to go on or the exit code the program should return (1 start-up
+ * failure, 2 bad arguments or config), as cli_bad_arg does.
+ * Thread-safety: for main() before any thread starts.
+ */
+#ifndef APPS_APP_START_H
+#define APPS_APP_START_H
+
+#include "core/backend/backend.h"
+#include "core/model.h"
+#include "core/tokenizer.h"
+#include "engine/config.h"
+#include "engine/engine.h"
+
+#define APP_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+#ifndef ENGINE_VERSION
+#define ENGINE_VERSION "0.1.0"
+#endif
+
+/* A command-line setting of one config key, applied with config_set after
+ * the --config file, in command-line order. */
+typedef struct {
+    const char *flag; /* "--block-size", or NULL for --set */
+    const char *key;  /* dotted key */
+    const char *value;
+} app_override;
+
+/* The config part of a program's arguments. */
+typedef struct {
+    const char *prog;
+    const char *config_file;
+    app_override *ov;
+    int n_ov;
+    char **set_copies; /* --set arguments, split at '=' */
+    int n_set_copies;
+    int print_config;
+} app_config_args;
+
+/* Room for argc overrides. -1, or 1 (out of memory). */
+int app_config_args_init(app_config_args *a, const char *prog, int argc);
+void app_config_args_free(app_config_args *a);
+/* A shortcut flag that sets one key. */
+void app_config_flag(app_config_args *a, const char *flag, const char *key, const char *value);
+/* --set KEY=VALUE. */
+int app_config_set_arg(app_config_args *a, const char *arg);
+/* defaults < --config < ENGINE_API_KEY < overrides in order, the default
+ * model path when none is set, then config_validate. */
+int app_resolve_config(const app_config_args *a, engine_config *c);
+/* --print-config: the effective config as JSON on stdout; returns 0 or 1. */
+int app_print_config(const app_config_args *a, const engine_config *c);
+
+/* getopt_long's ':' (missing value) and '?' (unknown option) as messages;
+ * returns 2. */
+int app_bad_option(const char *prog, int c, char **argv);
+
+/* The model, its tokenizer and the CPU backend. */
+typedef struct {
+    llm_model *model;
+    llm_tokenizer *tok; /* NULL when not asked for */
+    backend *be;
+} app_runtime;
+
+typedef struct {
+    const char *model_path;
+    int n_threads; /* 0 = all cores */
+    be_numerics numerics;
+    int with_tokenizer;
+    llm_progress_fn progress;           /* may be NULL */
+    void (*progress_abort)(void *user); /* may be NULL: loading failed, before the message */
+    void *progress_user;
+} app_open_opts;
+
+/* Load and create; on failure prints why and frees what was made. */
+int app_open(const char *prog, const app_open_opts *o, app_runtime *rt);
+void app_close(app_runtime *rt);
+
+/* The config's engine options with the device block count resolved
+ * against the model, and their limits. */
+int app_engine_options(const char *prog, const engine_config *c, const llm_model *m,
+                       engine_options *eo, engine_limits *lim);
+
+/* "kv cache: ..." and "batching: ..." banner lines. */
+void app_print_engine_banner(const engine_options *eo, const engine_limits *lim);
+
+#endif
