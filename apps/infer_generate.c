@@ -787,7 +787,7 @@ static int build_request(const prompt_spec *p, const llm_tokenizer *tok, const c
     long limit = lim->context_length < lim->kv_capacity ? lim->context_length : lim->kv_capacity;
     long max_tokens = p->max_tokens < 0 ? limit - n : p->max_tokens;
     if (max_tokens < 0) max_tokens = 0; /* -1 and the prompt alone is too long */
-    engine_fit fit = engine_check_fit(lim, n, max_tokens, err, sizeof err);
+    engine_fit fit = engine_check_fit(lim, n, max_tokens, 1, err, sizeof err);
     if (fit != ENGINE_FITS) {
         fprintf(stderr, "infer-generate: %s: %s%s\n", p->origin, err,
                 fit == ENGINE_OVER_KV_CAPACITY ? "; raise cache_config.num_blocks or kv_memory_mb"

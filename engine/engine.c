@@ -245,8 +245,15 @@ void engine_limits_for(const llm_model *m, const engine_options *o, engine_limit
 
 void engine_get_limits(const engine *e, engine_limits *out) { *out = e->limits; }
 
-engine_fit engine_check_fit(const engine_limits *l, long n_prompt, long max_tokens, char *err,
-                            size_t errlen) {
+long engine_blocks_needed(const engine_limits *l, long n_prompt, long max_tokens, int n) {
+    long bs = l->block_size;
+    long shared = n > 1 ? n_prompt / bs : 0; /* full prompt blocks the forks share */
+    long own = n_prompt - shared * bs + max_tokens;
+    return shared + (long)n * ((own + bs - 1) / bs);
+}
+
+engine_fit engine_check_fit(const engine_limits *l, long n_prompt, long max_tokens, int n,
+                            char *err, size_t errlen) {
     long total = n_prompt + max_tokens;
     if (total > l->context_length) {
         snprintf(err, errlen,
@@ -255,11 +262,21 @@ engine_fit engine_check_fit(const engine_limits *l, long n_prompt, long max_toke
                  n_prompt, max_tokens, total, l->context_length);
         return ENGINE_OVER_CONTEXT;
     }
-    if (total > l->kv_capacity) {
+    if (n <= 1 && total > l->kv_capacity) {
         snprintf(err, errlen,
                  "prompt (%ld tokens) + max_tokens (%ld) = %ld exceeds the KV cache capacity of "
                  "%ld tokens (cache_config.num_blocks x block_size less the watermark)",
                  n_prompt, max_tokens, total, l->kv_capacity);
+        return ENGINE_OVER_KV_CAPACITY;
+    }
+    long need = engine_blocks_needed(l, n_prompt, max_tokens, n);
+    long have = l->num_blocks - l->watermark_blocks;
+    if (n > 1 && need > have) {
+        snprintf(err, errlen,
+                 "n (%d) completions of prompt (%ld tokens) + max_tokens (%ld) need up to %ld KV "
+                 "blocks of %d tokens at once, more than the cache's %ld "
+                 "(cache_config.num_blocks less the watermark); lower n or max_tokens",
+                 n, n_prompt, max_tokens, need, l->block_size, have);
         return ENGINE_OVER_KV_CAPACITY;
     }
     return ENGINE_FITS;
@@ -907,7 +924,7 @@ static int validate(const engine *e, const engine_request *r, char *err, size_t 
         snprintf(err, errlen, "n must be in [1, %d], got %d", e->opt.batch_max_seqs, r->n);
         return -1;
     }
-    if (engine_check_fit(&e->limits, r->n_prompt, r->max_tokens, err, errlen) != ENGINE_FITS)
+    if (engine_check_fit(&e->limits, r->n_prompt, r->max_tokens, r->n, err, errlen) != ENGINE_FITS)
         return -1;
     if (r->n_stop < 0 || r->n_stop_ids < 0) {
         snprintf(err, errlen, "negative stop count");

@@ -156,11 +156,19 @@ void engine_limits_for(const struct llm_model *m, const engine_options *o, engin
 void engine_get_limits(const engine *e, engine_limits *out);
 
 typedef enum { ENGINE_FITS = 0, ENGINE_OVER_CONTEXT, ENGINE_OVER_KV_CAPACITY } engine_fit;
-/* Whether n_prompt + max_tokens fits l; when not, a message that names the
- * limit, e.g. "prompt (5 tokens) + max_tokens (100000) = 100005 exceeds the
- * context length of 8192 tokens". */
-engine_fit engine_check_fit(const engine_limits *l, long n_prompt, long max_tokens, char *err,
-                            size_t errlen);
+/* Whether a request of n completions of n_prompt + max_tokens tokens can
+ * ever run within l: each completion within the context, and all of them at
+ * once within the device pool less the watermark. Completions 1..n-1 fork
+ * from completion 0 after the prefill, sharing its full prompt blocks, so
+ * the worst case holds those once plus, per completion, the blocks for the
+ * prompt's partial last block and max_tokens. When it does not fit, a
+ * message that names the limit, e.g. "prompt (5 tokens) + max_tokens
+ * (100000) = 100005 exceeds the context length of 8192 tokens". A request
+ * that fits may still wait for blocks held by others. */
+engine_fit engine_check_fit(const engine_limits *l, long n_prompt, long max_tokens, int n,
+                            char *err, size_t errlen);
+/* Blocks the worst case of such a request holds (see engine_check_fit). */
+long engine_blocks_needed(const engine_limits *l, long n_prompt, long max_tokens, int n);
 
 int engine_create(struct llm_model *m, struct backend *be, const struct llm_tokenizer *tok,
                   const engine_options *opt, engine **out, char *err, size_t errlen);

@@ -293,7 +293,7 @@ int srv_prepare(srv *s, const Inference__GenerateRequest *in, srv_request *out, 
      * stream is opened. */
     engine_limits lim;
     engine_get_limits(s->eng, &lim);
-    if (engine_check_fit(&lim, n_prompt, r->max_tokens, err, errlen) != ENGINE_FITS) {
+    if (engine_check_fit(&lim, n_prompt, r->max_tokens, r->n, err, errlen) != ENGINE_FITS) {
         srv_request_free(out); /* after the message: it zeroes r */
         return SRV_INVALID_ARGUMENT;
     }

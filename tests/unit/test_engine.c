@@ -394,14 +394,23 @@ static void test_limits(void) {
            l.watermark_blocks, l.kv_capacity);
     CHECK(l.block_bytes == kv_block_bytes(hp->n_layer, hp->n_head_kv * hp->head_dim, 16, KV_F16));
     char err[256], err2[256];
-    CHECK(engine_check_fit(&l, 200, 100, err, sizeof err) == ENGINE_FITS);
-    CHECK(engine_check_fit(&l, 200, 101, err, sizeof err) == ENGINE_OVER_CONTEXT &&
+    CHECK(engine_check_fit(&l, 200, 100, 1, err, sizeof err) == ENGINE_FITS);
+    CHECK(engine_check_fit(&l, 200, 101, 1, err, sizeof err) == ENGINE_OVER_CONTEXT &&
           strstr(err, "= 301 exceeds the context length of 300 tokens"));
     o.max_context = 0;
     engine_limits_for(M, &o, &l);
     CHECK(l.context_length == hp->n_ctx_train);
-    CHECK(engine_check_fit(&l, 500, 77, err, sizeof err) == ENGINE_OVER_KV_CAPACITY &&
+    CHECK(engine_check_fit(&l, 500, 77, 1, err, sizeof err) == ENGINE_OVER_KV_CAPACITY &&
           strstr(err, "exceeds the KV cache capacity of 576 tokens"));
+    /* n completions share the prompt's full blocks: 40 tokens = 2 full
+     * blocks + 8; each completion holds 8 + 88 = 96 tokens = 6 blocks, so 5
+     * need 2 + 30 = 32 <= 36 blocks and 6 need 38 */
+    CHECK(engine_blocks_needed(&l, 40, 88, 5) == 32 && engine_blocks_needed(&l, 40, 88, 6) == 38);
+    CHECK(engine_blocks_needed(&l, 40, 88, 1) == 8); /* ceil(128 / 16) */
+    CHECK(engine_check_fit(&l, 40, 88, 5, err, sizeof err) == ENGINE_FITS);
+    CHECK(engine_check_fit(&l, 40, 88, 6, err, sizeof err) == ENGINE_OVER_KV_CAPACITY &&
+          strstr(err, "n (6) completions") && strstr(err, "need up to 38 KV blocks") &&
+          strstr(err, "more than the cache's 36"));
 
     /* blocks from the memory budget, as config_resolve_num_blocks counts them */
     o.num_blocks = 0;
@@ -422,7 +431,7 @@ static void test_limits(void) {
     engine_request r = greedy_req(0);
     r.max_tokens = (int)(l.kv_capacity - r.n_prompt + 1);
     engine_stream *st;
-    CHECK(engine_check_fit(&l, r.n_prompt, r.max_tokens, err2, sizeof err2) ==
+    CHECK(engine_check_fit(&l, r.n_prompt, r.max_tokens, 1, err2, sizeof err2) ==
           ENGINE_OVER_KV_CAPACITY);
     CHECK(engine_submit(e, &r, &st, NULL, err, sizeof err) == ENGINE_EINVAL &&
           strcmp(err, err2) == 0);
