@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Build and run every test, twice:
+# Build and run every test, in three phases:
 #   1. Release build in build/        -> ctest (all tests)
 #   2. ASan + UBSan build in build-asan/ (-DENGINE_SANITIZE=ON)
 #                                      -> ctest -LE slow (tests labelled `slow`
 #                                         take too long under the sanitizers and
 #                                         already ran in phase 1)
+#   3. ThreadSanitizer build in build-tsan/ (-DENGINE_TSAN=ON)
+#                                      -> ctest -L threads (the tests of the
+#                                         threaded code; tests/tsan.supp names
+#                                         the uninstrumented libraries)
 # Missing system packages are installed first (tools/install-deps) and the
 # default model is fetched (tools/fetch-model). Without the model, the tests
 # that need it skip (ctest reports them as "Not Run ... Skipped") -- except
@@ -14,7 +18,8 @@
 #
 # Usage: ./test.sh            (from any directory)
 #   JOBS=N           parallel build jobs (default: number of cores)
-#   SKIP_ASAN=1      run phase 1 only
+#   SKIP_ASAN=1      skip phase 2
+#   SKIP_TSAN=1      skip phase 3
 #   SKIP_DEPS=1      do not check/install system packages
 #   STRICT=0|1       skipped tests fail the phase (default: 1 under CI=true)
 #
@@ -95,6 +100,13 @@ if [ "${SKIP_ASAN:-0}" != 1 ]; then
     export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
     # The sanitizer flags bring their own -O1 -g (CMakeLists.txt).
     phase asan+ubsan build-asan "-DCMAKE_BUILD_TYPE=Release -DENGINE_SANITIZE=ON" "-LE slow"
+fi
+
+if [ "${SKIP_TSAN:-0}" != 1 ]; then
+    # A report makes the process exit 66 (the test, or the server it runs,
+    # then fails); halt_on_error=0 lets one run show every race.
+    export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=0 second_deadlock_stack=1 suppressions=$repo_root/tests/tsan.supp}"
+    phase tsan build-tsan "-DCMAKE_BUILD_TYPE=Release -DENGINE_TSAN=ON" "-L threads"
 fi
 
 echo
