@@ -13,12 +13,19 @@
  *   - POST /v1/chat/completions streamed (role first, finish_reason last);
  *   - errors with OpenAI-style JSON bodies: bad JSON (with its position),
  *     a wrong type, a bad value, unknown path (404), wrong method (405),
- *     body too large (413);
+ *     body too large (413, "Content Too Large");
+ *   - JSON rules: a NUL escape in any string, a number out of range
+ *     (1e400) and a duplicate key are refused, naming the field;
+ *   - transport errors answered in JSON: Content-Length with
+ *     Transfer-Encoding (400, the smuggled request is not served), 414,
+ *     431, no Host, HTTP/2.0 (505), an unknown method (405), OPTIONS (204
+ *     with Allow), HEAD; stalled headers and a stalled body get 408;
  *   - Expect: 100-continue is honoured; 16 concurrent streams complete;
  *   - a second server: API key (401), a call past server.request_timeout_ms
  *     gets 504, a full waiting queue gives 429;
- *   - a client that disconnects mid-stream has its request cancelled and
- *     every KV block is free again within 1 s;
+ *   - a client that disconnects mid-stream, or from a non-streaming call
+ *     (keep-alive or not), has its request cancelled and every KV block is
+ *     free again within 1 s; a half-closed client still gets its stream;
  *   - SIGTERM drains: /health says so, new calls get 503, a running stream
  *     completes, and the server exits 0 (under the sanitizers: no leak).
  */
