@@ -1,20 +1,16 @@
 /*
  * http_call.c - the HTTP generation endpoints (POST /generate,
- * /v1/completions, /v1/chat/completions): a worker thread decodes the JSON
- * body, hands the call to its relay (server/relay.h) and encodes what the
- * relay gives back, as one JSON reply or as Server-Sent Events.
+ * /v1/completions, /v1/chat/completions): on httpd's worker thread, decode
+ * the JSON body, hand the call to its relay (server/relay.h) and encode
+ * what the relay gives back, as one JSON reply or as Server-Sent Events
+ * (httpd's stream: chunked on HTTP/1.1, so the connection may be kept).
  *
- *   - unary on a keep-alive connection: the reply goes back through the
- *     handler's aio and nng writes it (keep-alive works as usual);
- *   - stream, or unary on a connection that closes after the reply: the
- *     worker hijacks the connection and writes the reply itself (a stream:
- *     the HTTP/1.1 head, one event per batch of tokens, "data: [DONE]",
- *     then the close delimits the body). A read kept pending on the
- *     connection notices a client that goes away, and the relay cancels
- *     the engine request at once, so its KV blocks are freed even while
- *     nothing is being written. A keep-alive connection cannot be watched
- *     so: nng closes a connection whose pending read is cancelled, and the
- *     next request would otherwise land in the watch's buffer.
+ * While the call runs, httpd watches its connection (httpd_req_watch): a
+ * client that goes away cancels the relay at once, so the engine request's
+ * KV blocks are freed even while nothing is being written, on keep-alive
+ * connections too. A unary call treats a half-closed client as gone (it
+ * cannot be told apart from a closed one); a stream does not, so a client
+ * that shuts down its sending side after the request still reads it all.
  */
 #include "server/http_call.h"
 
@@ -23,15 +19,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include <cjson/cJSON.h>
 
 #include "base/strbuf.h"
 
-#define HTTP_WRITE_TIMEOUT_MS 30000 /* a client that stops reading is given up */
-#define SSE_BATCH_BYTES 65536       /* events ready at once are sent in one write up to this */
+#define SSE_BATCH_BYTES 65536 /* events ready at once are sent in one write up to this */
 
 typedef struct {
     http_call *c;
@@ -107,97 +101,30 @@ static void sse_event(strbuf *b, cJSON *j) {
 }
 
 /* ---------------------------------------------------------------------
- * A hijacked connection
+ * The connection
  * ------------------------------------------------------------------- */
 
-static void watch_arm(http_call *c) {
-    nng_iov iov = {.iov_buf = c->rd_buf, .iov_len = sizeof c->rd_buf};
-    nng_aio_set_iov(c->rd, 1, &iov);
-    nng_http_conn_read(c->conn, c->rd);
+/* httpd's callback when the client is gone (any thread, quick). */
+static void call_gone(httpd_req *req, void *user) {
+    (void)req;
+    http_call *c = user;
+    relay_cancel(c->r, RELAY_END_PEER_GONE);
 }
 
-/* Runs on an nng thread when the read completes: data from the client is
- * ignored (the request was complete), an error means the peer is gone. */
-static void watch_cb(void *arg) {
-    http_call *c = arg;
-    int rv = nng_aio_result(c->rd);
-    pthread_mutex_lock(&c->mu);
-    if (!c->rd_closing) {
-        if (rv == 0) watch_arm(c);
-        else relay_cancel(c->r, RELAY_END_PEER_GONE);
-    }
-    pthread_mutex_unlock(&c->mu);
-}
-
-/* Take the connection over (nng forgets it and the request) and watch it. */
-static int conn_hijack(http_call *c) {
-    if (nng_aio_alloc(&c->wr, NULL, NULL) != 0 || nng_aio_alloc(&c->rd, watch_cb, c) != 0) {
-        if (c->wr) nng_aio_free(c->wr);
-        c->wr = NULL;
-        return -1;
-    }
-    nng_http_hijack(c->conn);
-    nng_aio_set_output(c->aio, 0, NULL);
-    nng_aio_finish(c->aio, 0);
-    c->aio = NULL;
-    watch_arm(c);
-    return 0;
-}
-
-static void conn_teardown(http_call *c) {
-    pthread_mutex_lock(&c->mu);
-    c->rd_closing = 1;
-    pthread_mutex_unlock(&c->mu);
-    nng_aio_stop(c->rd);
-    nng_aio_stop(c->wr);
-    nng_http_conn_close(c->conn);
-    c->conn = NULL;
-    nng_aio_free(c->rd);
-    nng_aio_free(c->wr);
-    c->rd = c->wr = NULL;
-    nng_http_req_free(c->req);
-    c->req = NULL;
-}
-
-static int conn_write(http_call *c, const char *p, size_t n) {
-    if (relay_end_reason(c->r) == RELAY_END_PEER_GONE) return NNG_ECLOSED;
-    nng_iov iov = {.iov_buf = (void *)p, .iov_len = n};
-    nng_aio_set_iov(c->wr, 1, &iov);
-    nng_aio_set_timeout(c->wr, HTTP_WRITE_TIMEOUT_MS);
-    nng_http_conn_write_all(c->conn, c->wr);
-    nng_aio_wait(c->wr);
-    int rv = nng_aio_result(c->wr);
-    if (rv != 0) relay_cancel(c->r, RELAY_END_PEER_GONE);
+/* A piece of a stream; a failed write means the client is gone. */
+static int stream_write(http_call *c, const char *p, size_t n) {
+    if (relay_end_reason(c->r) == RELAY_END_PEER_GONE) return HTTPD_EGONE;
+    int rv = httpd_stream_write(c->req, p, n);
+    if (rv != HTTPD_OK) relay_cancel(c->r, RELAY_END_PEER_GONE);
     return rv;
-}
-
-/* A whole response on the hijacked connection, which then closes. */
-static void conn_reply(http_call *c, int status, const char *body) {
-    nng_http_res *res = http_response(status, "application/json", body, strlen(body), 1, NULL);
-    if (!res) return;
-    nng_aio_set_timeout(c->wr, HTTP_WRITE_TIMEOUT_MS);
-    nng_http_conn_write_res(c->conn, res, c->wr);
-    nng_aio_wait(c->wr);
-    nng_http_res_free(res);
 }
 
 /* ---------------------------------------------------------------------
  * Unary replies
  * ------------------------------------------------------------------- */
 
-static void reply_body(http_call *c, int status, const char *json) {
-    if (c->aio) http_reply(c->aio, status, "application/json", json, strlen(json), 0, NULL);
-    else conn_reply(c, status, json);
-}
-
 static void reply_error(http_call *c, int status, const char *code, const char *msg) {
-    char *body = http_error_json(status, code, msg);
-    if (!body) {
-        if (c->aio) nng_aio_finish(c->aio, NNG_ENOMEM);
-        return;
-    }
-    reply_body(c, status, body);
-    cJSON_free(body);
+    http_reply_error(c->req, status, code, NULL, "%s", msg);
 }
 
 static cJSON *generate_json(const call_ctx *x, const relay_result *res) {
@@ -253,9 +180,7 @@ static cJSON *openai_json(const call_ctx *x, const relay_result *res) {
 static void reply_outcome_error(http_call *c, int st) {
     char msg[160];
     switch (st) {
-    case SRV_CANCELLED: /* the client went away: nobody to answer */
-        if (c->aio) nng_aio_finish(c->aio, NNG_ECLOSED);
-        return;
+    case SRV_CANCELLED: return; /* the client went away: nobody to answer */
     case SRV_DEADLINE_EXCEEDED:
         snprintf(msg, sizeof msg,
                  "the request did not finish within server.request_timeout_ms (%d ms)",
@@ -287,7 +212,7 @@ static void unary_call(call_ctx *x) {
      * reading /metrics (or main's drain loop reading active_calls) right
      * after it finds the call counted. */
     relay_finish(c->r, st);
-    if (txt) reply_body(c, 200, txt);
+    if (txt) http_reply_json(c->req, 200, txt);
     else reply_outcome_error(c, st);
     cJSON_free(txt);
 }
@@ -346,13 +271,17 @@ static void stream_event(const call_ctx *x, strbuf *out, const engine_event *ev)
     sse_event(out, stream_chunk(x, i, x->c->kind == JAPI_CHAT ? NULL : "", ev, NULL));
 }
 
-/* The response head and, for chat, each choice's role. */
-static void stream_head(const call_ctx *x, strbuf *out, int n) {
-    strbuf_puts(out, "HTTP/1.1 200 OK\r\n"
-                     "Content-Type: text/event-stream; charset=utf-8\r\n"
-                     "Cache-Control: no-cache\r\n"
-                     "X-Accel-Buffering: no\r\n"
-                     "Connection: close\r\n\r\n");
+/* The response head; 0, or an httpd error when the client is gone. */
+static int stream_begin(http_call *c) {
+    static const httpd_header hd[] = {{"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}};
+    int rv = httpd_stream_begin(c->req, 200, "text/event-stream; charset=utf-8", hd,
+                                sizeof hd / sizeof hd[0]);
+    if (rv != HTTPD_OK) relay_cancel(c->r, RELAY_END_PEER_GONE);
+    return rv;
+}
+
+/* For chat, each choice's role first. */
+static void stream_roles(const call_ctx *x, strbuf *out, int n) {
     if (x->c->kind != JAPI_CHAT) return;
     for (int i = 0; i < n; i++) {
         cJSON *o = stream_chunk(x, i, NULL, NULL, NULL);
@@ -378,7 +307,7 @@ static int stream_events(const call_ctx *x, strbuf *out) {
             engine_event_clear(&ev);
         }
         if (out->oom) return -1;
-        if (out->len) conn_write(c, out->p, out->len); /* a failure ends the call */
+        if (out->len) stream_write(c, out->p, out->len); /* a failure ends the call */
     }
     return 0;
 }
@@ -389,14 +318,10 @@ static void stream_tail(const call_ctx *x, strbuf *out, int st) {
     http_call *c = x->c;
     out->len = 0;
     if (st == SRV_DEADLINE_EXCEEDED) {
-        char *e = http_error_json(504, "deadline_exceeded",
-                                  "the request did not finish within server.request_timeout_ms");
-        if (e) {
-            strbuf_puts(out, "data: ");
-            strbuf_puts(out, e);
-            strbuf_puts(out, "\n\n");
-            cJSON_free(e);
-        }
+        strbuf_puts(out, "data: ");
+        httpd_error_body(out, 504, "deadline_exceeded",
+                         "the request did not finish within server.request_timeout_ms");
+        strbuf_puts(out, "\n\n");
     }
     if (c->kind != JAPI_GENERATE && x->jr->include_usage) {
         const relay_result *res = relay_result_get(c->r);
@@ -407,15 +332,15 @@ static void stream_tail(const call_ctx *x, strbuf *out, int st) {
         sse_event(out, o);
     }
     strbuf_puts(out, "data: [DONE]\n\n");
-    if (!out->oom) conn_write(c, out->p, out->len);
+    if (!out->oom) stream_write(c, out->p, out->len);
 }
 
 static void stream_call(const call_ctx *x) {
     http_call *c = x->c;
     strbuf out = {0};
     int st = SRV_CANCELLED;
-    stream_head(x, &out, relay_result_get(c->r)->n);
-    if (!out.oom && conn_write(c, out.p, out.len) == 0)
+    stream_roles(x, &out, relay_result_get(c->r)->n);
+    if (!out.oom && stream_begin(c) == HTTPD_OK && stream_write(c, out.p, out.len) == 0)
         st = stream_events(x, &out) == 0 ? relay_outcome(c->r) : SRV_INTERNAL;
     relay_finish(c->r, st);
     if (st != SRV_CANCELLED) stream_tail(x, &out, st);
@@ -426,24 +351,15 @@ static void stream_call(const call_ctx *x) {
  * The call
  * ------------------------------------------------------------------- */
 
-/* Read, parse and validate the body. Returns 0, or -1 after answering. */
+/* Parse and validate the body. Returns 0, or -1 after answering. */
 static int call_decode(http_call *c, japi_request *jr, srv_request *sr) {
     char err[1024];
-    char *body = NULL;
-    int rv = http_read_body(c, &body);
-    if (rv != 0) {
-        /* The client is gone or too slow: nothing to answer to. */
-        relay_finish(c->r, SRV_CANCELLED);
-        nng_aio_finish(c->aio, rv);
-        return -1;
-    }
-    rv = japi_parse(c->kind, body, c->body_len, jr, err, sizeof err);
-    free(body);
-    if (rv != 0) {
+    size_t len;
+    const char *body = httpd_req_body(c->req, &len);
+    if (japi_parse(c->kind, body, len, jr, err, sizeof err) != 0) {
         relay_finish(c->r, SRV_INVALID_ARGUMENT);
         int json = strncmp(err, "invalid JSON", 12) == 0 || strncmp(err, "request body", 12) == 0;
-        http_reply_error(c->aio, 400, json ? "invalid_json" : "invalid_parameter", 0, NULL, "%s",
-                         err);
+        http_reply_error(c->req, 400, json ? "invalid_json" : "invalid_parameter", NULL, "%s", err);
         return -1;
     }
     int st = srv_prepare(c->s, &jr->gen, sr, err, sizeof err);
@@ -453,40 +369,28 @@ static int call_decode(http_call *c, japi_request *jr, srv_request *sr) {
         relay_finish(c->r, st);
         /* Sampling fields sit at the top level of the JSON bodies. */
         const char *msg = strncmp(err, "sampling.", 9) == 0 ? err + 9 : err;
-        http_reply_error(c->aio, hs, code, 0, NULL, "%s", msg);
+        http_reply_error(c->req, hs, code, NULL, "%s", msg);
         japi_request_free(jr);
         return -1;
     }
     return 0;
 }
 
-/* Whether nng closes the connection after this request's reply (HTTP/1.0,
- * or "Connection: close"), so that the call may watch it. */
-static int closes_after_reply(nng_http_req *req) {
-    const char *v = nng_http_req_get_version(req);
-    const char *conn = nng_http_req_get_header(req, "Connection");
-    return (v && strcmp(v, "HTTP/1.1") != 0) || (conn && strcasestr(conn, "close"));
-}
-
-/* Submit, and take the connection over when the call may watch it.
- * Returns 0, or -1 after answering. */
+/* Submit and watch the connection. Returns 0, or -1 after answering. */
 static int call_start(call_ctx *x, const srv_request *sr) {
     http_call *c = x->c;
     char err[1024];
     int st = relay_submit(c->r, sr, x->jr->stream ? RELAY_STREAM : RELAY_UNARY, err, sizeof err);
-    if (st == SRV_OK && (x->jr->stream || closes_after_reply(c->req)) && conn_hijack(c) != 0) {
-        st = SRV_INTERNAL;
-        snprintf(err, sizeof err, "out of memory");
-    }
     if (st != SRV_OK) {
         const char *code;
         int hs = http_status_of(st, &code);
         relay_finish(c->r, st);
-        http_reply_error(c->aio, hs, code, 0, NULL, "%s", err);
+        http_reply_error(c->req, hs, code, NULL, "%s", err);
         return -1;
     }
-    /* Registered: srv_http_stop may cancel it (and abort a stalled write)
-     * from now on. */
+    /* A client already gone cancels the call here and now. */
+    httpd_req_watch(c->req, x->jr->stream ? HTTPD_WATCH_STREAM : HTTPD_WATCH_UNARY, call_gone, c);
+    /* Registered: srv_http_stop may cancel it from now on. */
     http_calls_register(c);
     x->created = (long)time(NULL);
     snprintf(x->id, sizeof x->id, "%s-%lx%04" PRIx64, c->kind == JAPI_CHAT ? "chatcmpl" : "cmpl",
@@ -504,7 +408,8 @@ void http_call_run(http_call *c) {
         if (jr.stream) stream_call(&x);
         else unary_call(&x);
         http_calls_unregister(c);
-        if (c->rd) conn_teardown(c);
+        /* No callback may see c after this. */
+        httpd_req_watch(c->req, jr.stream ? HTTPD_WATCH_STREAM : HTTPD_WATCH_UNARY, NULL, NULL);
     }
     srv_request_free(&sr);
     japi_request_free(&jr);

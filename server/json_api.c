@@ -50,6 +50,163 @@ static void line_col(const char *text, size_t off, int *line, int *col) {
     }
 }
 
+/* ---------------------------------------------------------------------
+ * What cJSON accepts but a request must not carry: a NUL escape (cJSON
+ * decodes "\u0000" into a NUL byte, so the string would be cut there), a
+ * number out of a double's range (cJSON makes 1e400 an infinity), and a
+ * key given twice in one object (cJSON keeps both; lookups find the first).
+ * The text was parsed by cJSON already, so the scanner below may assume
+ * valid JSON; nesting is bounded by cJSON's limit.
+ * ------------------------------------------------------------------- */
+
+typedef struct {
+    const char *p;
+    char path[256]; /* "messages[0].content", "" at the top */
+    char *err;
+    size_t errlen;
+} json_scan;
+
+static const char *path_name(const json_scan *s) { return s->path[0] ? s->path : "request body"; }
+
+static void scan_ws(json_scan *s) {
+    while (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r') s->p++;
+}
+
+/* Past a string at s->p; *raw_len: its length as sent. 1 when it holds an
+ * escaped NUL. */
+static int scan_string(json_scan *s, size_t *raw_len) {
+    const char *start = ++s->p;
+    int nul = 0;
+    while (*s->p != '"') {
+        if (*s->p == '\\') {
+            if (s->p[1] == 'u' && strncmp(s->p + 2, "0000", 4) == 0) nul = 1;
+            s->p += s->p[1] == 'u' ? 6 : 2;
+        } else {
+            s->p++;
+        }
+    }
+    *raw_len = (size_t)(s->p - start);
+    s->p++;
+    return nul;
+}
+
+static int scan_value(json_scan *s);
+
+/* Scan the value at s->p under path + suffix. */
+static int scan_member(json_scan *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int scan_member(json_scan *s, const char *fmt, ...) {
+    size_t at = strlen(s->path);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->path + at, sizeof s->path - at, fmt, ap);
+    va_end(ap);
+    int rv = scan_value(s);
+    s->path[at] = 0;
+    return rv;
+}
+
+static int scan_object(json_scan *s) {
+    s->p++;
+    for (scan_ws(s); *s->p != '}'; scan_ws(s)) {
+        if (*s->p == ',') {
+            s->p++;
+            scan_ws(s);
+        }
+        const char *key = s->p + 1;
+        size_t n;
+        if (scan_string(s, &n))
+            return fail(s->err, s->errlen, "%s: object keys may not contain NUL (\\u0000)",
+                        path_name(s));
+        scan_ws(s);
+        s->p++; /* ':' */
+        if (scan_member(s, "%s%.*s", s->path[0] ? "." : "", (int)n, key)) return -1;
+    }
+    s->p++;
+    return 0;
+}
+
+static int scan_array(json_scan *s) {
+    s->p++;
+    int i = 0;
+    for (scan_ws(s); *s->p != ']'; scan_ws(s)) {
+        if (*s->p == ',') s->p++;
+        if (scan_member(s, "[%d]", i++)) return -1;
+    }
+    s->p++;
+    return 0;
+}
+
+static int scan_value(json_scan *s) {
+    scan_ws(s);
+    size_t n;
+    switch (*s->p) {
+    case '{': return scan_object(s);
+    case '[': return scan_array(s);
+    case '"':
+        if (scan_string(s, &n))
+            return fail(s->err, s->errlen, "%s: strings may not contain NUL (\\u0000)",
+                        path_name(s));
+        return 0;
+    case 't':
+    case 'f':
+    case 'n':
+        while (*s->p >= 'a' && *s->p <= 'z') s->p++;
+        return 0;
+    default: {
+        char *end;
+        double v = strtod(s->p, &end);
+        if (!isfinite(v))
+            return fail(s->err, s->errlen, "%s: %.*s is out of range for a number", path_name(s),
+                        (int)(end - s->p), s->p);
+        s->p = end;
+        return 0;
+    }
+    }
+}
+
+static int by_name(const void *a, const void *b) {
+    return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
+}
+
+/* A key given twice in any object of the tree under v (at path). */
+static int check_duplicates(const cJSON *v, char *path, size_t cap, char *err, size_t errlen) {
+    int n = cJSON_GetArraySize(v);
+    if (cJSON_IsObject(v) && n > 1) {
+        const cJSON **kids = malloc((size_t)n * sizeof *kids);
+        if (!kids) return fail(err, errlen, "out of memory");
+        int i = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, v) kids[i++] = e;
+        qsort(kids, (size_t)n, sizeof *kids, by_name);
+        const char *dup = NULL;
+        for (i = 1; i < n && !dup; i++)
+            if (strcmp(kids[i - 1]->string, kids[i]->string) == 0) dup = kids[i]->string;
+        free(kids);
+        if (dup && path[0]) return fail(err, errlen, "%s: duplicate key \"%s\"", path, dup);
+        if (dup) return fail(err, errlen, "duplicate key \"%s\" in the request object", dup);
+    }
+    if (!cJSON_IsObject(v) && !cJSON_IsArray(v)) return 0;
+    size_t at = strlen(path);
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v) {
+        if (cJSON_IsObject(v)) snprintf(path + at, cap - at, "%s%s", at ? "." : "", e->string);
+        else snprintf(path + at, cap - at, "[%d]", i++);
+        int rv = check_duplicates(e, path, cap, err, errlen);
+        path[at] = 0;
+        if (rv) return -1;
+    }
+    return 0;
+}
+
+/* The checks above on a parsed body. */
+static int check_body(const char *text, const cJSON *root, char *err, size_t errlen) {
+    json_scan s = {.p = text, .err = err, .errlen = errlen};
+    if (scan_value(&s)) return -1;
+    char path[256] = "";
+    return check_duplicates(root, path, sizeof path, err, errlen);
+}
+
 static int parse_json(const char *body, size_t len, cJSON **out, char *err, size_t errlen) {
     if (len == 0) return fail(err, errlen, "request body is empty (expected a JSON object)");
     if (memchr(body, 0, len))
@@ -81,7 +238,12 @@ static int parse_json(const char *body, size_t len, cJSON **out, char *err, size
         free(text);
         return -1;
     }
+    int bad = check_body(text, root, err, errlen);
     free(text);
+    if (bad) {
+        cJSON_Delete(root);
+        return -1;
+    }
     if (!cJSON_IsObject(root)) {
         fail(err, errlen, "request body must be a JSON object, got %s", json_type_name(root));
         cJSON_Delete(root);

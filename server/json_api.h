@@ -11,7 +11,10 @@
  * fields are ignored, as OpenAI-compatible servers do, except the OpenAI
  * features we do not implement when they would change the output (echo,
  * logprobs, best_of > 1, suffix, tools, logit_bias): those are refused so a
- * client is never silently given something else than it asked for.
+ * client is never silently given something else than it asked for. For the
+ * same reason a body is refused when a string holds a NUL ("\u0000",
+ * which would cut it), a number is out of a double's range (1e400), or an
+ * object (at any depth) has a key twice; the message names the field.
  *
  * Ownership: japi_request owns everything it points to (the parsed JSON
  * tree backs the strings); japi_request_free releases it. No shared state.
@@ -48,7 +51,8 @@ typedef struct {
 /* Parse body[0..len) as a request of the given dialect. Returns 0, or -1
  * with a message for the client: "invalid JSON at line 1, column 17:
  * unexpected character 'x'", "temperature must be a number, got string",
- * ... On failure *out needs no free. */
+ * "prompt: strings may not contain NUL (\u0000)", "duplicate key
+ * \"temperature\" in the request object", ... On failure *out needs no free. */
 int japi_parse(japi_kind kind, const char *body, size_t len, japi_request *out, char *err,
                size_t errlen);
 void japi_request_free(japi_request *r);

@@ -28,7 +28,7 @@
  *
  * Threads: one thread (the call's) drives create .. free. relay_cancel and
  * relay_end_reason may be called from any thread until relay_free, e.g. from
- * a connection's receive loop or an nng callback that sees the peer go.
+ * a connection's receive loop or httpd's callback that sees the peer go.
  * Ownership: the relay borrows srv; the caller owns the srv_request.
  * Errors: status codes from server.h.
  */

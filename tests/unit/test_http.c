@@ -13,12 +13,19 @@
  *   - POST /v1/chat/completions streamed (role first, finish_reason last);
  *   - errors with OpenAI-style JSON bodies: bad JSON (with its position),
  *     a wrong type, a bad value, unknown path (404), wrong method (405),
- *     body too large (413);
+ *     body too large (413, "Content Too Large");
+ *   - JSON rules: a NUL escape in any string, a number out of range
+ *     (1e400) and a duplicate key are refused, naming the field;
+ *   - transport errors answered in JSON: Content-Length with
+ *     Transfer-Encoding (400, the smuggled request is not served), 414,
+ *     431, no Host, HTTP/2.0 (505), an unknown method (405), OPTIONS (204
+ *     with Allow), HEAD; stalled headers and a stalled body get 408;
  *   - Expect: 100-continue is honoured; 16 concurrent streams complete;
  *   - a second server: API key (401), a call past server.request_timeout_ms
  *     gets 504, a full waiting queue gives 429;
- *   - a client that disconnects mid-stream has its request cancelled and
- *     every KV block is free again within 1 s;
+ *   - a client that disconnects mid-stream, or from a non-streaming call
+ *     (keep-alive or not), has its request cancelled and every KV block is
+ *     free again within 1 s; a half-closed client still gets its stream;
  *   - SIGTERM drains: /health says so, new calls get 503, a running stream
  *     completes, and the server exits 0 (under the sanitizers: no leak).
  */
@@ -379,6 +386,14 @@ static void sse_free(sse_result *s) {
     memset(s, 0, sizeof *s);
 }
 
+/* The data of one event ("data: X" -> "X"), or NULL. Streams are chunked
+ * on HTTP/1.1, and every chunk holds whole events, so the chunk framing
+ * ("\r\n1a3\r\n") only ever precedes an event's "data: ". */
+static char *sse_data(char *event) {
+    char *d = strstr(event, "data: ");
+    return d ? d + 6 : NULL;
+}
+
 static void sse_take(sse_result *s, const char *data) {
     if (strcmp(data, "[DONE]") == 0) {
         s->done = 1;
@@ -408,10 +423,11 @@ static void sse_take(sse_result *s, const char *data) {
 }
 
 /* Send a streaming request and read the events. stop_after > 0: return
- * with the connection open (*fd_out) after that many events. Carries the
+ * with the connection open (*fd_out) after that many events. half_close:
+ * shut down the sending side once the request is sent. Carries the
  * second server's key (a server without one ignores it). */
-static int sse_call(int port, const char *path, const char *body, sse_result *s, int stop_after,
-                    int *fd_out) {
+static int sse_call_ex(int port, const char *path, const char *body, sse_result *s, int stop_after,
+                       int *fd_out, int half_close) {
     memset(s, 0, sizeof *s);
     int fd = http_connect(port);
     if (fd < 0) return -1;
@@ -421,7 +437,8 @@ static int sse_call(int port, const char *path, const char *body, sse_result *s,
                      "Accept: text/event-stream\r\nAuthorization: Bearer s3cret-key\r\n"
                      "Content-Length: %zu\r\n\r\n",
                      path, strlen(body));
-    if (send_all(fd, head, (size_t)n) || send_all(fd, body, strlen(body))) {
+    if (send_all(fd, head, (size_t)n) || send_all(fd, body, strlen(body)) ||
+        (half_close && shutdown(fd, SHUT_WR) != 0)) {
         close(fd);
         return -1;
     }
@@ -450,7 +467,7 @@ static int sse_call(int port, const char *path, const char *body, sse_result *s,
         char *ev;
         while ((ev = strstr(buf, "\n\n")) != NULL) {
             *ev = 0;
-            if (strncmp(buf, "data: ", 6) == 0) sse_take(s, buf + 6);
+            if (sse_data(buf)) sse_take(s, sse_data(buf));
             got++;
             size_t used = (size_t)(ev + 2 - buf);
             memmove(buf, ev + 2, len - used + 1);
@@ -466,6 +483,11 @@ static int sse_call(int port, const char *path, const char *body, sse_result *s,
     free(buf);
     close(fd);
     return rc;
+}
+
+static int sse_call(int port, const char *path, const char *body, sse_result *s, int stop_after,
+                    int *fd_out) {
+    return sse_call_ex(port, path, body, s, stop_after, fd_out, 0);
 }
 
 /* ---------------------------------------------------------------------
@@ -784,8 +806,9 @@ static void test_errors(int port) {
         CHECK(read_response(fd, &r) == 0);
         cJSON *j = resp_json(&r);
         const char *msg = j ? jstr(j, "error.message") : NULL;
-        CHECKF(r.status == 413 && msg && strstr(msg, "max_message_bytes"), "%d %s", r.status,
+        CHECKF(r.status == 413 && msg && strstr(msg, "larger than 65536 bytes"), "%d %s", r.status,
                r.body ? r.body : "");
+        CHECKF(!strncmp(r.head, "HTTP/1.1 413 Content Too Large\r\n", 32), "%.40s", r.head);
         cJSON_Delete(j);
         resp_free(&r);
         close(fd);
@@ -797,13 +820,179 @@ static void test_errors(int port) {
     body[0] = '{';
     body[big - 1] = '}';
     body[big] = 0;
-    expect_error(port, "POST", "/generate", NULL, body, 413, NULL, "exceeds");
+    expect_error(port, "POST", "/generate", NULL, body, 413, NULL, "larger than");
     free(body);
 
     /* After all that the server still serves. */
     http_resp r;
     CHECK(http_call(port, "GET", "/health", NULL, NULL, &r) == 0 && r.status == 200);
     resp_free(&r);
+}
+
+/* Strings are served whole or refused; numbers out of range and keys given
+ * twice are refused; every message names the field. */
+static void test_json_rules(int port) {
+    expect_error(port, "POST", "/v1/completions", NULL,
+                 "{\"prompt\": \"Paris\\u0000 is the capital of France\", \"max_tokens\": 1}", 400,
+                 "invalid_request_error", "prompt: strings may not contain NUL (\\u0000)");
+    expect_error(port, "POST", "/v1/chat/completions", NULL,
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"a\\u0000b\"}]}", 400, NULL,
+                 "messages[0].content: strings may not contain NUL");
+    expect_error(port, "POST", "/v1/chat/completions", NULL,
+                 "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\", "
+                 "\"text\": \"x\\u0000\"}]}]}",
+                 400, NULL, "messages[0].content[0].text: strings may not contain NUL");
+    expect_error(port, "POST", "/v1/completions", NULL,
+                 "{\"prompt\": \"x\", \"stop\": [\"a\", \"b\\u0000c\"]}", 400, NULL,
+                 "stop[1]: strings may not contain NUL");
+    /* An escaped backslash before "u0000" is text, not a NUL. */
+    http_resp r;
+    CHECK(http_call(port, "POST", "/generate", NULL,
+                    "{\"prompt\": \"a\\\\u0000b\", \"max_tokens\": 1}", &r) == 0);
+    CHECKF(r.status == 200, "escaped backslash: %d %s", r.status, r.body ? r.body : "");
+    resp_free(&r);
+    expect_error(port, "POST", "/generate", NULL, "{\"prompt\": \"x\", \"temperature\": 1e400}",
+                 400, NULL, "temperature: 1e400 is out of range for a number");
+    expect_error(port, "POST", "/v1/completions", NULL,
+                 "{\"prompt\": \"x\", \"max_tokens\": -1e999}", 400, NULL,
+                 "max_tokens: -1e999 is out of range");
+    expect_error(port, "POST", "/generate", NULL,
+                 "{\"prompt\": \"x\", \"temperature\": 0, \"temperature\": 2}", 400, NULL,
+                 "duplicate key \"temperature\" in the request object");
+    expect_error(port, "POST", "/v1/chat/completions", NULL,
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"a\", \"role\": \"system\"}]}",
+                 400, NULL, "messages[0]: duplicate key \"role\"");
+}
+
+/* Send raw bytes on a new connection and read one response; returns the
+ * connection (or -1). */
+static int raw_call(int port, const char *req, size_t len, http_resp *r) {
+    memset(r, 0, sizeof *r);
+    int fd = http_connect(port);
+    if (fd < 0) return -1;
+    if (send_all(fd, req, len) != 0 || read_response(fd, r) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* A JSON error body in the documented shape, with the given status. */
+static void check_json_error(const http_resp *r, int status, const char *what) {
+    cJSON *j = resp_json(r);
+    char ct[128] = "";
+    resp_header(r, "Content-Type", ct, sizeof ct);
+    CHECKF(r->status == status && j && jstr(j, "error.message") && jstr(j, "error.type") &&
+               jstr(j, "error.code") && cJSON_IsNull(jpath(j, "error.param")) &&
+               strstr(ct, "application/json"),
+           "%s: %d (want %d) %s", what, r->status, status, r->body ? r->body : "");
+    cJSON_Delete(j);
+}
+
+/* After an answer, the connection closes without serving anything else. */
+static void check_closed(int fd, const char *what) {
+    char c;
+    CHECKF(recv_some(fd, &c, 1, IO_TIMEOUT_MS) == 0, "%s: more bytes after the error", what);
+}
+
+/* Requests the transport refuses, each with a JSON error. */
+static void test_transport_errors(int port) {
+    http_resp r;
+    /* A request smuggled behind Content-Length + Transfer-Encoding. */
+    const char *smuggle = "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                          "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                          "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    int fd = raw_call(port, smuggle, strlen(smuggle), &r);
+    check_json_error(&r, 400, "Content-Length with Transfer-Encoding");
+    if (fd >= 0) check_closed(fd, "smuggling");
+    resp_free(&r);
+    if (fd >= 0) close(fd);
+
+    char *big = malloc(40000);
+    int n = snprintf(big, 40000, "GET /health?%09000d HTTP/1.1\r\nHost: x\r\n\r\n", 0);
+    fd = raw_call(port, big, (size_t)n, &r);
+    check_json_error(&r, 414, "long URL");
+    resp_free(&r);
+    if (fd >= 0) close(fd);
+    n = snprintf(big, 40000, "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: %020000d\r\n\r\n", 0);
+    fd = raw_call(port, big, (size_t)n, &r);
+    check_json_error(&r, 431, "big header block");
+    resp_free(&r);
+    if (fd >= 0) close(fd);
+    free(big);
+
+    static const struct {
+        const char *req;
+        int status;
+    } bad[] = {
+        {"GET /health HTTP/1.1\r\n\r\n", 400},            /* no Host */
+        {"GET /health HTTP/2.0\r\nHost: x\r\n\r\n", 505}, /* version */
+        {"BREW /health HTTP/1.1\r\nHost: x\r\n\r\n", 405},
+        {"OPTIONS /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", 404},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        fd = raw_call(port, bad[i].req, strlen(bad[i].req), &r);
+        check_json_error(&r, bad[i].status, bad[i].req);
+        resp_free(&r);
+        if (fd >= 0) close(fd);
+    }
+    const char *opt = "OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    fd = raw_call(port, opt, strlen(opt), &r);
+    char allow[128] = "";
+    resp_header(&r, "Allow", allow, sizeof allow);
+    CHECKF(r.status == 204 && strstr(allow, "POST") && strstr(allow, "GET"), "OPTIONS *: %d '%s'",
+           r.status, allow);
+    resp_free(&r);
+    if (fd >= 0) close(fd);
+    CHECK(http_call(port, "OPTIONS", "/v1/completions", NULL, NULL, &r) == 0);
+    resp_header(&r, "Allow", allow, sizeof allow);
+    CHECKF(r.status == 204 && !strcmp(allow, "POST, OPTIONS"), "OPTIONS: %d '%s'", r.status, allow);
+    resp_free(&r);
+    CHECK(http_call(port, "HEAD", "/health", NULL, NULL, &r) == 0);
+    CHECKF(r.status == 200 && r.body_len == 0, "HEAD: %d, %zu body bytes", r.status, r.body_len);
+    resp_free(&r);
+}
+
+/* A client that stalls in its headers (slowloris) or its body gets 408
+ * and the connection closes: the defaults (10 s, 30 s) run concurrently. */
+static void test_slow_clients(int port) {
+    int head_fd = http_connect(port), body_fd = http_connect(port);
+    CHECK(head_fd >= 0 && body_fd >= 0);
+    if (head_fd < 0 || body_fd < 0) return;
+    const char *head = "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    const char *body = "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"pr";
+    double t0 = now_ms();
+    CHECK(send_all(head_fd, head, strlen(head)) == 0 && send_all(body_fd, body, strlen(body)) == 0);
+    http_resp r;
+    CHECK(read_response(head_fd, &r) == 0);
+    double took = now_ms() - t0;
+    check_json_error(&r, 408, "stalled headers");
+    CHECKF(took > 9000 && took < 15000, "headers: 408 after %.0f ms", took);
+    check_closed(head_fd, "stalled headers");
+    resp_free(&r);
+    CHECK(read_response(body_fd, &r) == 0);
+    took = now_ms() - t0;
+    check_json_error(&r, 408, "stalled body");
+    CHECKF(took > 29000 && took < 36000, "body: 408 after %.0f ms", took);
+    check_closed(body_fd, "stalled body");
+    resp_free(&r);
+    close(head_fd);
+    close(body_fd);
+}
+
+/* A client may send its request, shut down its sending side, and still
+ * read the whole stream. */
+static void test_half_close_stream(int port) {
+    sse_result s;
+    CHECK(
+        sse_call_ex(port, "/v1/completions",
+                    "{\"prompt\": \"Count: one, two,\", \"max_tokens\": 12, \"ignore_eos\": true, "
+                    "\"stream\": true, \"stream_options\": {\"include_usage\": true}}",
+                    &s, 0, NULL, 1) == 0);
+    cJSON *last = s.n_events ? s.events[s.n_events - 1] : NULL;
+    CHECKF(s.status == 200 && s.done && last && jnum(last, "usage.completion_tokens") == 12,
+           "half-closed stream: status %d, done %d, %d events", s.status, s.done, s.n_events);
+    sse_free(&s);
 }
 
 typedef struct {
@@ -899,8 +1088,9 @@ static void test_disconnect_frees_blocks(int port) {
 }
 
 /* A non-streaming call whose client goes away before the answer is
- * cancelled too, instead of generating to the end for nobody. */
-static void test_unary_disconnect_frees_blocks(int port) {
+ * cancelled too, instead of generating to the end for nobody, whether its
+ * connection was to be kept alive or not. */
+static void test_unary_disconnect_frees_blocks(int port, int keep_alive) {
     double total = metric(port, "infer_kv_blocks_total{tier=\"device\"}");
     double cancelled0 = metric(port, "infer_calls_total{status=\"CANCELLED\"}");
     CHECK(total > 0);
@@ -910,8 +1100,8 @@ static void test_unary_disconnect_frees_blocks(int port) {
     int n =
         snprintf(req, sizeof req,
                  "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                 strlen(body), body);
+                 "Content-Length: %zu\r\n%s\r\n%s",
+                 strlen(body), keep_alive ? "" : "Connection: close\r\n", body);
     int fd = http_connect(port);
     CHECK(fd >= 0 && send_all(fd, req, (size_t)n) == 0);
     if (fd < 0) return;
@@ -921,7 +1111,8 @@ static void test_unary_disconnect_frees_blocks(int port) {
         running = metric(port, "infer_sequences_running") == 1 &&
                   metric(port, "infer_kv_blocks_free{tier=\"device\"}") < total;
     CHECKF(running, "the non-streaming call did not start");
-    check_disconnect_frees(port, fd, total, cancelled0, "unary");
+    check_disconnect_frees(port, fd, total, cancelled0,
+                           keep_alive ? "unary, keep-alive" : "unary, Connection: close");
 }
 
 static void test_metrics_counted(int port) {
@@ -976,10 +1167,11 @@ static void test_drain(server *sv) {
             char *ev;
             while ((ev = strstr(buf, "\n\n")) != NULL) {
                 *ev = 0;
-                if (!strcmp(buf, "data: [DONE]")) done = 1;
-                else if (!strncmp(buf, "data: ", 6)) {
+                const char *data = sse_data(buf);
+                if (data && !strcmp(data, "[DONE]")) done = 1;
+                else if (data) {
                     events++;
-                    cJSON *j = cJSON_Parse(buf + 6);
+                    cJSON *j = cJSON_Parse(data);
                     if (j && jstr(j, "finish_reason"))
                         tokens = (int)jnum(j, "usage.completion_tokens");
                     cJSON_Delete(j);
@@ -1113,9 +1305,14 @@ int main(void) {
     test_completions(port, greedy);
     test_chat_stream(port);
     test_errors(port);
+    test_json_rules(port);
+    test_transport_errors(port);
+    test_slow_clients(port);
     test_concurrent_streams(port);
     test_disconnect_frees_blocks(port);
-    test_unary_disconnect_frees_blocks(port);
+    test_unary_disconnect_frees_blocks(port, 0);
+    test_unary_disconnect_frees_blocks(port, 1);
+    test_half_close_stream(port);
     test_metrics_counted(port);
 
     test_drain(&sv);
