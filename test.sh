@@ -9,6 +9,10 @@
 #                                      -> ctest -L threads (the tests of the
 #                                         threaded code; tests/tsan.supp names
 #                                         the uninstrumented libraries)
+#   4. libFuzzer build in build-fuzz/ (clang, ASan+UBSan)
+#                                      -> tests/fuzz/run.sh $FUZZ_SECONDS
+#                                         (default 10 s per harness; the long
+#                                         runs are in docs/testing.md)
 # Missing system packages are installed first (tools/install-deps) and the
 # default model is fetched (tools/fetch-model). Without the model, the tests
 # that need it skip (ctest reports them as "Not Run ... Skipped") -- except
@@ -20,6 +24,7 @@
 #   JOBS=N           parallel build jobs (default: number of cores)
 #   SKIP_ASAN=1      skip phase 2
 #   SKIP_TSAN=1      skip phase 3
+#   SKIP_FUZZ=1      skip phase 4; FUZZ_SECONDS=N its seconds per harness
 #   SKIP_DEPS=1      do not check/install system packages
 #   STRICT=0|1       skipped tests fail the phase (default: 1 under CI=true)
 #
@@ -107,6 +112,20 @@ if [ "${SKIP_TSAN:-0}" != 1 ]; then
     # then fails); halt_on_error=0 lets one run show every race.
     export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=0 second_deadlock_stack=1 suppressions=$repo_root/tests/tsan.supp}"
     phase tsan build-tsan "-DCMAKE_BUILD_TYPE=Release -DENGINE_TSAN=ON" "-L threads"
+fi
+
+if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+    t0=$(date +%s)
+    log "[fuzz] tests/fuzz/run.sh ${FUZZ_SECONDS:-10}"
+    mkdir -p build-fuzz
+    if JOBS="$jobs" tests/fuzz/run.sh "${FUZZ_SECONDS:-10}" 2>&1 | tee build-fuzz/run.log; then
+        result="every harness ran clean"
+    else
+        result="FAILED (a finding or a build failure; see build-fuzz/run.log)"
+        failed=1
+    fi
+    summary+=("[fuzz] $result ($(($(date +%s) - t0)) s incl. build)")
+    while IFS= read -r l; do summary+=("        $l"); done < <(grep -E " execs " build-fuzz/run.log)
 fi
 
 echo
