@@ -91,18 +91,17 @@ int tok_utf8_encode(uint32_t cp, char *out) {
 
 /* GPT-2's bytes_to_unicode: printable bytes map to themselves, the other 68
  * to U+0100.. in byte order. All results are below U+0144. */
-static uint32_t byte_to_cp(uint8_t b) {
-    if ((b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || b >= 0xae) return b;
-    uint32_t n = 0;
-    for (uint32_t c = 0; c < b; c++)
-        if (!((c >= 0x21 && c <= 0x7e) || (c >= 0xa1 && c <= 0xac) || c >= 0xae)) n++;
-    return 256 + n;
+static int byte_is_printable(uint32_t b) {
+    return (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || b >= 0xae;
 }
 
+/* A printable byte stands for itself; the others, in byte order, for
+ * U+0100, U+0101, ... */
 void tok_byte_alphabet_init(byte_alphabet *a) {
     for (int i = 0; i < 0x144; i++) a->dec[i] = -1;
-    for (int b = 0; b < 256; b++) {
-        uint32_t cp = byte_to_cp((uint8_t)b);
+    uint32_t n_unprintable = 0;
+    for (uint32_t b = 0; b < 256; b++) {
+        uint32_t cp = byte_is_printable(b) ? b : 256 + n_unprintable++;
         a->enc_len[b] = (uint8_t)tok_utf8_encode(cp, a->enc[b]);
         a->dec[cp] = (int16_t)b;
     }
@@ -191,7 +190,6 @@ typedef struct {
 /* Scratch memory for one tok_encode call. */
 typedef struct {
     const llm_tokenizer *t;
-    byte_alphabet alpha;
     vec out;      /* int32_t */
     vec frags[2]; /* fragment */
     vec spans[2]; /* span */
@@ -264,11 +262,11 @@ static int map_word(encoder *e, const char *raw, size_t n) {
     for (size_t i = 0; i < n; i++) {
         uint8_t b = (uint8_t)raw[i];
         s[i].off = (uint32_t)wn;
-        s[i].n = e->alpha.enc_len[b];
+        s[i].n = e->t->alpha.enc_len[b];
         s[i].prev = (int32_t)i - 1;
         s[i].next = i + 1 < n ? (int32_t)i + 1 : -1;
-        memcpy(w + wn, e->alpha.enc[b], e->alpha.enc_len[b]);
-        wn += e->alpha.enc_len[b];
+        memcpy(w + wn, e->t->alpha.enc[b], e->t->alpha.enc_len[b]);
+        wn += e->t->alpha.enc_len[b];
     }
     e->word.n = wn;
     e->syms.n = n;
@@ -471,7 +469,6 @@ static int partition_special(encoder *e, const char *text, size_t len, int parse
 static int encoder_init(encoder *e, const llm_tokenizer *t, size_t len) {
     memset(e, 0, sizeof *e);
     e->t = t;
-    tok_byte_alphabet_init(&e->alpha);
     e->out.elem = sizeof(int32_t);
     e->frags[0].elem = e->frags[1].elem = sizeof(fragment);
     e->spans[0].elem = e->spans[1].elem = sizeof(span);

@@ -31,6 +31,13 @@ typedef struct {
     int add_bos;       /* default for add_bos_token */
 } tok_pre_def;
 
+/* GPT-2's byte-level alphabet: every byte as a printable code point. */
+typedef struct {
+    char enc[256][2]; /* UTF-8 of each byte's code point (1 or 2 bytes) */
+    uint8_t enc_len[256];
+    int16_t dec[0x144]; /* code point -> byte, -1 if none */
+} byte_alphabet;
+
 struct llm_tokenizer {
     int n_vocab;
     char *text_pool; /* stored token texts, back to back */
@@ -61,6 +68,7 @@ struct llm_tokenizer {
     const tok_pre_def *pre;
     pcre2_code *re[TOK_MAX_REGEX];
     int n_re;
+    byte_alphabet alpha; /* built once at load; encoding and pieces read it */
 };
 
 /* ---- hashing (FNV-1a) ------------------------------------------------------------------ */
@@ -92,12 +100,6 @@ int32_t tok_vocab_lookup(const llm_tokenizer *t, const char *s, size_t n);
 int tok_utf8_decode_lenient(const uint8_t *p, size_t n, uint32_t *cp);
 /* Encode one code point (at most U+10FFFF); returns its length, 1..4. */
 int tok_utf8_encode(uint32_t cp, char *out);
-
-typedef struct {
-    char enc[256][2]; /* UTF-8 of each byte's code point (1 or 2 bytes) */
-    uint8_t enc_len[256];
-    int16_t dec[0x144]; /* code point -> byte, -1 if none */
-} byte_alphabet;
 
 /* Fill the table from GPT-2's bytes_to_unicode. */
 void tok_byte_alphabet_init(byte_alphabet *a);

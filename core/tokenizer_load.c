@@ -321,8 +321,8 @@ static int cmp_special(const void *a, const void *b, void *ctx) {
 }
 
 static int build_pieces(llm_tokenizer *t) {
-    byte_alphabet a;
-    tok_byte_alphabet_init(&a);
+    const byte_alphabet *a = &t->alpha;
+    tok_byte_alphabet_init(&t->alpha);
     size_t total = 0;
     for (int32_t id = 0; id < t->n_vocab; id++) total += t->text_len[id];
     /* a decoded piece is never longer than its text */
@@ -347,8 +347,8 @@ static int build_pieces(llm_tokenizer *t) {
                 uint32_t cp = 0xfffd;
                 int k = tok_utf8_decode_lenient(s + i, n - i, &cp);
                 if (k == 0) k = 1;
-                if (cp < 0x144 && a.dec[cp] >= 0) {
-                    t->piece_pool[pos++] = (char)a.dec[cp];
+                if (cp < 0x144 && a->dec[cp] >= 0) {
+                    t->piece_pool[pos++] = (char)a->dec[cp];
                 } else {
                     /* not in the byte alphabet: pass the character through */
                     memcpy(t->piece_pool + pos, s + i, (size_t)k);
