@@ -4,8 +4,10 @@
  * events (server/relay.h) as protobuf frames.
  *
  * Threads:
- *   - one accept thread per listener;
- *   - per connection, the receive loop of rpc_conn (callbacks below). It
+ *   - one accept thread per listener; it refuses connections over
+ *     max_connections itself;
+ *   - per connection, once its first frame is in (rpc/rpc.h), the receive
+ *     loop of rpc_conn (callbacks below). It
  *     answers the quick methods itself (Tokenize, Detokenize, Cancel,
  *     Health, ModelInfo, Stats), validates and submits generation calls,
  *     and handles CANCEL frames and the connection's end;
