@@ -12,7 +12,10 @@
  * A connection (rpc_conn) has ONE receive loop (a thread) that reads
  * frames in order and hands each to a callback, or to an inbox read with
  * rpc_conn_recv when no callbacks are given; and ONE ordered send queue
- * drained by a writer thread. The queue is bounded (bytes and frames): a
+ * drained by a writer thread. An accepted connection costs no thread until
+ * its first frame is complete: that frame is read with nng's asynchronous
+ * I/O, and only then (or once it failed) do the two threads start, so
+ * sockets that never speak cannot pile up threads. The queue is bounded (bytes and frames): a
  * sender whose frame does not fit waits up to its timeout_ms, then gets
  * RPC_ETIMEDOUT - that is the backpressure against a peer that reads too
  * slowly. Frames from concurrent senders go out whole and in the order
@@ -29,6 +32,15 @@
  *     (the length prefix kept the stream in sync).
  *   - a frame that started but did not complete within frame_timeout_ms:
  *     on_close(RPC_EPROTO, "truncated frame: ...") and the connection closes.
+ *   - accepted connections: the first frame must be complete within
+ *     first_frame_timeout_ms of the start; nothing at all by then:
+ *     on_close(RPC_ETIMEDOUT, "no frame within N ms of connecting"), part
+ *     of a frame: on_close(RPC_EPROTO, "truncated frame: ...").
+ *   - no frame started for idle_timeout_ms (when set): on_idle decides;
+ *     without on_idle, or when it says so, on_close(RPC_ETIMEDOUT, "no
+ *     frame for N ms (idle timeout)") and the connection closes.
+ *   - a string field holding a NUL byte (protobuf-c would cut it there) is
+ *     a body that does not decode: on_bad_frame, see rpc_frame_unpack.
  *   - end of stream: on_close(RPC_ECLOSED, ...); inside a frame the message
  *     says it was truncated.
  *
@@ -80,6 +92,7 @@ enum {
 #define RPC_DEFAULT_QUEUE_FRAMES 4096
 #define RPC_DEFAULT_FRAME_TIMEOUT_MS 10000
 #define RPC_DEFAULT_LINGER_MS 1000
+#define RPC_DEFAULT_FIRST_FRAME_TIMEOUT_MS 10000
 
 /* Method names on the wire. */
 #define RPC_METHOD_PREFIX "inference.Inference/"
@@ -101,8 +114,9 @@ void rpc_frame_put_len(uint8_t hdr[RPC_HEADER_BYTES], uint32_t len);
 int rpc_frame_pack(const Rpc__Frame *f, size_t max_frame, uint8_t **out, size_t *len);
 
 /* Decode a frame body (without the prefix). *out is freed with
- * rpc_frame_free. RPC_EPROTO with a message for bytes that do not decode
- * or lack required fields. */
+ * rpc_frame_free. RPC_EPROTO with a message for bytes that do not decode,
+ * lack required fields or hold a NUL in a string field ("malformed frame:
+ * Frame.api_key: strings may not contain NUL"). */
 int rpc_frame_unpack(const uint8_t *body, size_t len, Rpc__Frame **out, char *err, size_t errlen);
 
 /* Parse the first complete frame of buf[0..len) (prefix + body).
@@ -118,6 +132,22 @@ int rpc_frame_parse(const uint8_t *buf, size_t len, size_t max_frame, Rpc__Frame
 int rpc_frame_peek_call_id(const uint8_t *body, size_t len, uint64_t *call_id);
 
 void rpc_frame_free(Rpc__Frame *f);
+
+/* Check that no string field of the message of type d encoded in
+ * data[0..len) (sub-messages included) contains a NUL byte: protobuf-c
+ * would silently cut such a string at the NUL. RPC_EPROTO with err naming
+ * the field ("GenerateRequest.prompt: strings may not contain NUL").
+ * Bytes fields may hold anything; unknown fields are not looked at. The
+ * bytes must already have decoded (this only adds the NUL rule). */
+int rpc_msg_check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len,
+                          char *err, size_t errlen);
+
+/* Decode a payload as a message of type d (free it with
+ * protobuf_c_message_free_unpacked). RPC_EPROTO with a message a client
+ * can read for bytes that do not decode ("the payload (N bytes) is not a
+ * valid inference.X") or a string holding a NUL (see above). */
+int rpc_msg_unpack(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len,
+                   ProtobufCMessage **out, char *err, size_t errlen);
 
 /* Encode any protobuf-c message into a malloc'd buffer (for payloads). */
 int rpc_msg_pack(const ProtobufCMessage *m, uint8_t **out, size_t *len);
@@ -143,6 +173,12 @@ typedef struct {
     int max_queue_frames;   /* unsent frames queued at most; 0 = default */
     int frame_timeout_ms;   /* a started frame must complete within; 0 = default, <0 none */
     int linger_ms;          /* closing after an error: time to flush the queue; 0 = default */
+    /* Accepted connections: the first frame must be complete within this
+     * long of rpc_conn_start; 0 = default, <0 none. */
+    int first_frame_timeout_ms;
+    /* No frame started for this long: the connection is idle (see
+     * on_idle); <= 0 none (the default). */
+    int idle_timeout_ms;
 } rpc_conn_opts;
 
 void rpc_conn_opts_default(rpc_conn_opts *o);
@@ -160,9 +196,14 @@ typedef struct {
     void (*on_bad_frame)(rpc_conn *c, int err, int has_call_id, uint64_t call_id, const char *msg,
                          void *user);
     /* The receive loop ended (err: RPC_ECLOSED, RPC_ETOOBIG, RPC_EPROTO,
-     * RPC_EIO). Frames queued from here are still flushed (bounded by
+     * RPC_ETIMEDOUT, RPC_EIO, RPC_ENOMEM). Frames queued from here are still flushed (bounded by
      * linger_ms), then the transport closes. */
     void (*on_close)(rpc_conn *c, int err, const char *msg, void *user);
+    /* idle_timeout_ms passed without a frame: return 1 to close the
+     * connection (on_close(RPC_ETIMEDOUT) follows), 0 to keep it for
+     * another idle_timeout_ms (e.g. while the owner has work in flight
+     * for the peer). NULL: close. */
+    int (*on_idle)(rpc_conn *c, void *user);
 } rpc_conn_handlers;
 
 /* Connect. timeout_ms < 0: no limit. tls is used for tls+tcp:// (NULL =
@@ -188,7 +229,9 @@ void rpc_listener_free(rpc_listener *l);
 
 /* Start the receive loop and the writer. With h == NULL (or all of h's
  * callbacks NULL) received frames are queued for rpc_conn_recv.
- * Frames may be queued with rpc_conn_send before the start. */
+ * Frames may be queued with rpc_conn_send before the start. A connection
+ * from rpc_listener_accept starts its threads only when its first frame is
+ * in (or failed): frames queued before that wait for them. */
 int rpc_conn_start(rpc_conn *c, const rpc_conn_handlers *h, void *user, char *err, size_t errlen);
 
 /* Inbox mode: the next frame. RPC_OK with *out (rpc_frame_free it);
@@ -215,7 +258,9 @@ int rpc_send_status(rpc_conn *c, uint64_t call_id, int code, const char *message
 int rpc_send_cancel(rpc_conn *c, uint64_t call_id, int timeout_ms);
 
 /* Wait until everything queued has been written (RPC_OK), the time runs
- * out (RPC_ETIMEDOUT) or the connection closes (RPC_ECLOSED). */
+ * out (RPC_ETIMEDOUT) or the connection closes (RPC_ECLOSED). Before
+ * rpc_conn_start the caller's thread writes the queue itself (e.g. a last
+ * STATUS for a connection that is refused without being started). */
 int rpc_conn_flush(rpc_conn *c, int timeout_ms);
 
 /* Close. linger_ms == 0: at once (queued frames are dropped); > 0: stop

@@ -40,6 +40,27 @@ typedef struct qitem {
     size_t len;
 } qitem;
 
+/* Reading one frame step by step. The same steps serve the receive loop
+ * (blocking waits) and the first frame of an accepted connection (nng
+ * callbacks, before any thread of ours exists). */
+typedef enum { FR_MORE, FR_DONE, FR_FAIL } fr_state;
+
+typedef struct {
+    uint8_t hdr[RPC_HEADER_BYTES];
+    uint8_t *body; /* malloc'd once the length is known; FR_DONE: taken by the caller */
+    uint32_t len;
+    size_t got;         /* bytes of the part being read (prefix, then body) */
+    int in_body;        /* the prefix is complete */
+    int started;        /* a byte of this frame arrived */
+    double start_by;    /* monotonic ms the frame must start by (idle timeout); 0: none */
+    double done_by;     /* ... must be complete by (first frame, frame timeout); 0: none */
+    int start_limit_ms; /* the limits behind start_by and done_by, for messages */
+    int done_limit_ms;
+    int idle; /* FR_FAIL: nothing arrived before start_by */
+    int err;  /* FR_FAIL: RPC_E* code and message */
+    char msg[256];
+} frame_rd;
+
 typedef struct inbox_item {
     struct inbox_item *next;
     Rpc__Frame *f; /* NULL: a bad frame, see msg */
@@ -62,14 +83,18 @@ struct rpc_conn {
     size_t q_bytes; /* queued + in flight */
     int q_frames;
     int closing;         /* no more sends */
-    int hold_close;      /* the reader drops input before the close (see reader_main) */
-    int recv_nng_err;    /* last nng error of the receive loop (its thread only) */
+    int hold_close;      /* the reader drops input before the close (see reader_finish) */
     nng_aio *linger_aio; /* timer: closes the stream when the linger time is up */
     int linger_armed;
     double linger_until; /* monotonic ms; writer gives up after it */
     int stream_closed;   /* nng_stream_close done */
 
-    /* receiving */
+    /* receiving: rd is the frame being read, by first_aio's callback
+     * until the threads start, then by the receive loop */
+    frame_rd rd;
+    int accepted;       /* the first frame is read without a thread */
+    nng_aio *first_aio; /* its reads (and retries of the thread start) */
+    fr_state first_state;
     rpc_conn_handlers h;
     void *user;
     int inbox_mode;
@@ -148,6 +173,8 @@ void rpc_conn_opts_default(rpc_conn_opts *o) {
     o->max_queue_frames = RPC_DEFAULT_QUEUE_FRAMES;
     o->frame_timeout_ms = RPC_DEFAULT_FRAME_TIMEOUT_MS;
     o->linger_ms = RPC_DEFAULT_LINGER_MS;
+    o->first_frame_timeout_ms = RPC_DEFAULT_FIRST_FRAME_TIMEOUT_MS;
+    o->idle_timeout_ms = 0;
 }
 
 static void opts_resolve(rpc_conn_opts *dst, const rpc_conn_opts *src) {
@@ -158,6 +185,8 @@ static void opts_resolve(rpc_conn_opts *dst, const rpc_conn_opts *src) {
     if (src->max_queue_frames > 0) dst->max_queue_frames = src->max_queue_frames;
     if (src->frame_timeout_ms) dst->frame_timeout_ms = src->frame_timeout_ms;
     if (src->linger_ms > 0) dst->linger_ms = src->linger_ms;
+    if (src->first_frame_timeout_ms) dst->first_frame_timeout_ms = src->first_frame_timeout_ms;
+    dst->idle_timeout_ms = src->idle_timeout_ms;
 }
 
 /* ---- TLS ---- */
@@ -271,6 +300,8 @@ static void queue_clear_locked(rpc_conn *c) {
 static void conn_free(rpc_conn *c) {
     nng_aio_stop(c->linger_aio); /* waits for a running linger_expired */
     nng_aio_free(c->linger_aio);
+    if (c->first_aio) nng_aio_free(c->first_aio); /* waits for a running first_frame_cb */
+    free(c->rd.body);
     queue_clear_locked(c);
     for (inbox_item *i = c->ihead; i;) {
         inbox_item *n = i->next;
@@ -318,7 +349,8 @@ static int io_start(rpc_conn *c, nng_aio *aio, int is_send) {
 void rpc_conn_close(rpc_conn *c, int linger_ms) {
     if (!c) return;
     pthread_mutex_lock(&c->mu);
-    int now = linger_ms <= 0 || !c->started || c->stream_closed;
+    /* Without a writer nobody would flush: close at once. */
+    int now = linger_ms <= 0 || !c->have_send || c->stream_closed;
     int arm = 0;
     if (!now) {
         double until = now_ms() + linger_ms;
@@ -429,37 +461,118 @@ static void *writer_main(void *arg) {
     return NULL;
 }
 
-/* Read exactly len bytes. *started tracks whether the current frame has
- * begun (then frame_deadline bounds the wait). Returns RPC_OK, RPC_ECLOSED
- * (clean end: nothing of a frame read), RPC_EPROTO (end or timeout inside a
- * frame; *got = bytes of this read), other errors. */
-static int read_exact(rpc_conn *c, nng_aio *aio, uint8_t *buf, size_t len, int *started,
-                      double *frame_deadline, size_t *got) {
-    *got = 0;
-    while (*got < len) {
-        nng_iov iov = {.iov_buf = buf + *got, .iov_len = len - *got};
-        nng_aio_set_iov(aio, 1, &iov);
-        if (*started && c->o.frame_timeout_ms > 0) {
-            double left = *frame_deadline - now_ms();
-            if (left <= 0) return RPC_ETIMEDOUT;
-            nng_aio_set_timeout(aio, (nng_duration)(left + 1));
-        } else {
-            nng_aio_set_timeout(aio, NNG_DURATION_INFINITE);
-        }
-        if (io_start(c, aio, 0) != RPC_OK) return RPC_ECLOSED;
-        nng_aio_wait(aio);
-        int rv = nng_aio_result(aio);
-        c->recv_nng_err = rv;
-        if (rv != 0) return map_nng(rv);
-        size_t n = nng_aio_count(aio);
-        if (n == 0) return RPC_ECLOSED;
-        if (!*started) {
-            *started = 1;
-            *frame_deadline = now_ms() + c->o.frame_timeout_ms;
-        }
-        *got += n;
+/* ---- reading frames ---- */
+
+static void frame_rd_reset(frame_rd *r, int start_within_ms, int done_within_ms) {
+    free(r->body);
+    memset(r, 0, sizeof *r);
+    double now = now_ms();
+    if (start_within_ms > 0) {
+        r->start_by = now + start_within_ms;
+        r->start_limit_ms = start_within_ms;
     }
-    return RPC_OK;
+    if (done_within_ms > 0) {
+        r->done_by = now + done_within_ms;
+        r->done_limit_ms = done_within_ms;
+    }
+}
+
+static fr_state frame_rd_fail(frame_rd *r, int err, const char *fmt, ...) {
+    r->err = err;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->msg, sizeof r->msg, fmt, ap);
+    va_end(ap);
+    return FR_FAIL;
+}
+
+static fr_state frame_rd_timed_out(frame_rd *r) {
+    if (r->in_body)
+        return frame_rd_fail(r, RPC_EPROTO,
+                             "truncated frame: %zu of %u body bytes arrived within %d ms", r->got,
+                             r->len, r->done_limit_ms);
+    if (r->started)
+        return frame_rd_fail(r, RPC_EPROTO,
+                             "truncated frame: %zu of %d length bytes arrived within %d ms", r->got,
+                             RPC_HEADER_BYTES, r->done_limit_ms);
+    if (r->start_by && (!r->done_by || r->start_by <= r->done_by)) {
+        r->idle = 1;
+        return frame_rd_fail(r, RPC_ETIMEDOUT, "no frame for %d ms (idle timeout)",
+                             r->start_limit_ms);
+    }
+    return frame_rd_fail(r, RPC_ETIMEDOUT, "no frame within %d ms of connecting", r->done_limit_ms);
+}
+
+/* Point aio at the bytes still missing, with the time left for them. */
+static fr_state frame_rd_arm(frame_rd *r, nng_aio *aio) {
+    nng_iov iov;
+    iov.iov_buf = r->in_body ? r->body + r->got : r->hdr + r->got;
+    iov.iov_len = (r->in_body ? r->len : RPC_HEADER_BYTES) - r->got;
+    nng_aio_set_iov(aio, 1, &iov);
+    double by = r->done_by;
+    if (!r->started && r->start_by && (!by || r->start_by < by)) by = r->start_by;
+    if (!by) {
+        nng_aio_set_timeout(aio, NNG_DURATION_INFINITE);
+        return FR_MORE;
+    }
+    double left = by - now_ms();
+    if (left <= 0) return frame_rd_timed_out(r);
+    nng_aio_set_timeout(aio, (nng_duration)left + 1);
+    return FR_MORE;
+}
+
+/* Account for a finished receive (nng result rv, n bytes). */
+static fr_state frame_rd_step(rpc_conn *c, frame_rd *r, int rv, size_t n) {
+    if (rv == NNG_ETIMEDOUT) return frame_rd_timed_out(r);
+    if (rv == 0 && n == 0) rv = NNG_ECLOSED;
+    if (rv != 0 && map_nng(rv) != RPC_ECLOSED)
+        return frame_rd_fail(r, map_nng(rv), "receive failed: %s", nng_strerror(rv));
+    if (rv != 0 && r->in_body)
+        return frame_rd_fail(r, RPC_EPROTO,
+                             "truncated frame: connection closed after %zu of %u body bytes",
+                             r->got, r->len);
+    if (rv != 0 && r->started)
+        return frame_rd_fail(r, RPC_ECLOSED,
+                             "connection closed inside a frame (%zu of %d length bytes)", r->got,
+                             RPC_HEADER_BYTES);
+    if (rv != 0) return frame_rd_fail(r, RPC_ECLOSED, "connection closed");
+    if (!r->started) {
+        r->started = 1;
+        double by = now_ms() + c->o.frame_timeout_ms;
+        if (c->o.frame_timeout_ms > 0 && (!r->done_by || by < r->done_by)) {
+            r->done_by = by;
+            r->done_limit_ms = c->o.frame_timeout_ms;
+        }
+    }
+    r->got += n;
+    if (!r->in_body) {
+        if (r->got < RPC_HEADER_BYTES) return FR_MORE;
+        r->len = rpc_frame_get_len(r->hdr);
+        if (r->len > c->o.max_frame)
+            return frame_rd_fail(r, RPC_ETOOBIG, "frame of %u bytes exceeds the limit of %zu bytes",
+                                 r->len, c->o.max_frame);
+        r->body = malloc(r->len ? r->len : 1);
+        if (!r->body)
+            return frame_rd_fail(r, RPC_ENOMEM, "out of memory for a frame of %u bytes", r->len);
+        r->in_body = 1;
+        r->got = 0;
+    }
+    return r->got < r->len ? FR_MORE : FR_DONE;
+}
+
+/* Blocking: read the rest of the frame r. */
+static fr_state read_frame(rpc_conn *c, nng_aio *aio, frame_rd *r) {
+    for (;;) {
+        fr_state st = frame_rd_arm(r, aio);
+        if (st != FR_MORE) return st;
+        int rv = NNG_ECLOSED;
+        if (io_start(c, aio, 0) == RPC_OK) {
+            nng_aio_wait(aio);
+            rv = nng_aio_result(aio);
+        }
+        st = frame_rd_step(c, r, rv, rv == 0 ? nng_aio_count(aio) : 0);
+        if (st != FR_MORE) return st;
+    }
 }
 
 static void inbox_push(rpc_conn *c, Rpc__Frame *f, const char *msg) {
@@ -485,86 +598,33 @@ static int callbacks_live(rpc_conn *c) {
     return live;
 }
 
-static void *reader_main(void *arg) {
-    rpc_conn *c = arg;
-    nng_aio *aio = NULL;
-    int err = RPC_ECLOSED;
-    char msg[256] = "";
-    if (nng_aio_alloc(&aio, NULL, NULL) != 0) {
-        err = RPC_ENOMEM;
-        snprintf(msg, sizeof msg, "out of memory");
-        goto done;
+/* Decode a complete body (freed here) and hand it on. */
+static void deliver(rpc_conn *c, uint8_t *body, uint32_t len) {
+    Rpc__Frame *f = NULL;
+    char derr[200];
+    int rv = rpc_frame_unpack(body, len, &f, derr, sizeof derr);
+    uint64_t cid = 0;
+    int has_cid = rv != RPC_OK && rpc_frame_peek_call_id(body, len, &cid);
+    free(body);
+    if (c->inbox_mode) {
+        inbox_push(c, f, rv == RPC_OK ? NULL : derr);
+    } else if (!callbacks_live(c)) {
+        rpc_frame_free(f);
+    } else if (rv == RPC_OK) {
+        if (c->h.on_frame) c->h.on_frame(c, f, c->user);
+        else rpc_frame_free(f);
+    } else if (c->h.on_bad_frame) {
+        c->h.on_bad_frame(c, rv, has_cid, cid, derr, c->user);
     }
-    for (;;) {
-        uint8_t hdr[RPC_HEADER_BYTES];
-        int started = 0;
-        double frame_deadline = 0;
-        size_t got;
-        int rv = read_exact(c, aio, hdr, sizeof hdr, &started, &frame_deadline, &got);
-        if (rv != RPC_OK) {
-            err = rv == RPC_ETIMEDOUT ? RPC_EPROTO : rv;
-            if (rv == RPC_ETIMEDOUT)
-                snprintf(msg, sizeof msg,
-                         "truncated frame: %zu of %d length bytes arrived "
-                         "within %d ms",
-                         got, RPC_HEADER_BYTES, c->o.frame_timeout_ms);
-            else if (started && rv == RPC_ECLOSED)
-                snprintf(msg, sizeof msg,
-                         "connection closed inside a frame (%zu of %d length "
-                         "bytes)",
-                         got, RPC_HEADER_BYTES);
-            else if (rv == RPC_ECLOSED) snprintf(msg, sizeof msg, "connection closed");
-            else snprintf(msg, sizeof msg, "receive failed: %s", nng_strerror(c->recv_nng_err));
-            break;
-        }
-        uint32_t len = rpc_frame_get_len(hdr);
-        if (len > c->o.max_frame) {
-            err = RPC_ETOOBIG;
-            snprintf(msg, sizeof msg, "frame of %u bytes exceeds the limit of %zu bytes", len,
-                     c->o.max_frame);
-            break;
-        }
-        uint8_t *body = malloc(len ? len : 1);
-        if (!body) {
-            err = RPC_ENOMEM;
-            snprintf(msg, sizeof msg, "out of memory for a frame of %u bytes", len);
-            break;
-        }
-        rv = read_exact(c, aio, body, len, &started, &frame_deadline, &got);
-        if (rv != RPC_OK) {
-            free(body);
-            err = rv == RPC_ETIMEDOUT || rv == RPC_ECLOSED ? RPC_EPROTO : rv;
-            if (rv == RPC_ETIMEDOUT)
-                snprintf(msg, sizeof msg,
-                         "truncated frame: %zu of %u body bytes arrived within "
-                         "%d ms",
-                         got, len, c->o.frame_timeout_ms);
-            else if (rv == RPC_ECLOSED)
-                snprintf(msg, sizeof msg,
-                         "truncated frame: connection closed after %zu of %u "
-                         "body bytes",
-                         got, len);
-            else snprintf(msg, sizeof msg, "receive failed: %s", nng_strerror(c->recv_nng_err));
-            break;
-        }
-        Rpc__Frame *f = NULL;
-        char derr[200];
-        rv = rpc_frame_unpack(body, len, &f, derr, sizeof derr);
-        uint64_t cid = 0;
-        int has_cid = rv != RPC_OK && rpc_frame_peek_call_id(body, len, &cid);
-        free(body);
-        if (c->inbox_mode) {
-            inbox_push(c, f, rv == RPC_OK ? NULL : derr);
-        } else if (!callbacks_live(c)) {
-            rpc_frame_free(f);
-        } else if (rv == RPC_OK) {
-            if (c->h.on_frame) c->h.on_frame(c, f, c->user);
-            else rpc_frame_free(f);
-        } else if (c->h.on_bad_frame) {
-            c->h.on_bad_frame(c, rv, has_cid, cid, derr, c->user);
-        }
-    }
-done:;
+}
+
+/* The idle time ran out: 1 when the owner wants the connection kept. */
+static int idle_vetoed(rpc_conn *c) {
+    return !c->inbox_mode && c->h.on_idle && callbacks_live(c) && !c->h.on_idle(c, c->user);
+}
+
+/* The receive loop ended with err: tell the owner, then close. */
+static void reader_finish(rpc_conn *c, nng_aio *aio, int err, const char *msg) {
     int drop_input = (err == RPC_ETOOBIG || err == RPC_EPROTO) && aio;
     pthread_mutex_lock(&c->mu);
     c->hold_close = drop_input;
@@ -599,9 +659,102 @@ done:;
     }
     /* Let what on_close queued (a final STATUS) go out, then close. */
     rpc_conn_close(c, c->o.linger_ms);
+}
+
+static void *reader_main(void *arg) {
+    rpc_conn *c = arg;
+    frame_rd *r = &c->rd;
+    nng_aio *aio = NULL;
+    fr_state st;
+    if (nng_aio_alloc(&aio, NULL, NULL) != 0) {
+        aio = NULL;
+        st = frame_rd_fail(r, RPC_ENOMEM, "out of memory");
+    } else if (c->accepted) {
+        st = c->first_state; /* read by first_frame_cb */
+    } else {
+        frame_rd_reset(r, c->o.idle_timeout_ms, 0);
+        st = read_frame(c, aio, r);
+    }
+    for (;;) {
+        if (st == FR_FAIL && !(r->idle && idle_vetoed(c))) break;
+        if (st == FR_DONE) {
+            uint8_t *body = r->body;
+            r->body = NULL;
+            deliver(c, body, r->len);
+        }
+        frame_rd_reset(r, c->o.idle_timeout_ms, 0);
+        st = read_frame(c, aio, r);
+    }
+    reader_finish(c, aio, r->err, r->msg);
     if (aio) nng_aio_free(aio);
     thread_exit(c, 1);
     return NULL;
+}
+
+/* Create the writer and the receive loop, those not running yet; under
+ * mu. Returns 0 or the pthread error. */
+static int threads_start_locked(rpc_conn *c) {
+    /* Small stacks: a server holds two loops per connection. */
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 << 10);
+    int e = 0;
+    if (!c->have_send && (e = pthread_create(&c->send_tid, &attr, writer_main, c)) == 0) {
+        c->have_send = 1;
+        c->threads++;
+    }
+    if (!e && !c->have_recv && (e = pthread_create(&c->recv_tid, &attr, reader_main, c)) == 0) {
+        c->have_recv = 1;
+        c->threads++;
+    }
+    pthread_attr_destroy(&attr);
+    return e;
+}
+
+/* Pause before trying again to start the threads of a connection whose
+ * first frame is in (the process ran out of threads for a moment). */
+#define THREAD_RETRY_MS 100
+
+/* The next read of the first frame; not FR_MORE when there is nothing to
+ * wait for (the time is up, the stream is closed). */
+static fr_state first_frame_next(rpc_conn *c) {
+    fr_state st = frame_rd_arm(&c->rd, c->first_aio);
+    if (st != FR_MORE) return st;
+    if (io_start(c, c->first_aio, 0) != RPC_OK) return frame_rd_step(c, &c->rd, NNG_ECLOSED, 0);
+    return FR_MORE;
+}
+
+/* nng callback: a read of the first frame finished (or a retry timer
+ * fired). Once the frame is complete or has failed, start the threads;
+ * the receive loop takes it from there (even a failure is reported by
+ * the loop, so on_close always runs on the receive thread). */
+static void first_frame_cb(void *arg) {
+    rpc_conn *c = arg;
+    if (c->first_state == FR_MORE) {
+        int rv = nng_aio_result(c->first_aio);
+        fr_state st = frame_rd_step(c, &c->rd, rv, rv == 0 ? nng_aio_count(c->first_aio) : 0);
+        if (st == FR_MORE) st = first_frame_next(c);
+        if (st == FR_MORE) return;
+        c->first_state = st;
+    }
+    pthread_mutex_lock(&c->mu);
+    int e = c->released ? 0 : threads_start_locked(c);
+    pthread_mutex_unlock(&c->mu);
+    if (e != 0) nng_sleep_aio(THREAD_RETRY_MS, c->first_aio);
+}
+
+/* An accepted connection: read its first frame without a thread. */
+static int first_frame_start(rpc_conn *c) {
+    if (nng_aio_alloc(&c->first_aio, first_frame_cb, c) != 0) return RPC_ENOMEM;
+    frame_rd_reset(&c->rd, 0, c->o.first_frame_timeout_ms);
+    c->first_state = FR_MORE;
+    fr_state st = first_frame_next(c);
+    if (st != FR_MORE) {
+        /* Nothing to read: hand over through the callback all the same. */
+        c->first_state = st;
+        nng_sleep_aio(0, c->first_aio);
+    }
+    return RPC_OK;
 }
 
 int rpc_conn_start(rpc_conn *c, const rpc_conn_handlers *h, void *user, char *err, size_t errlen) {
@@ -615,23 +768,12 @@ int rpc_conn_start(rpc_conn *c, const rpc_conn_handlers *h, void *user, char *er
     c->user = user;
     c->inbox_mode = !h || (!h->on_frame && !h->on_bad_frame && !h->on_close);
     c->started = 1;
-    c->threads = 2;
+    int e = c->accepted ? 0 : threads_start_locked(c);
     pthread_mutex_unlock(&c->mu);
-    /* Small stacks: a server holds two loops per connection. */
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 256 << 10);
-    pthread_mutex_lock(&c->mu);
-    int e1 = pthread_create(&c->send_tid, &attr, writer_main, c);
-    int e2 = e1 ? -1 : pthread_create(&c->recv_tid, &attr, reader_main, c);
-    c->have_send = !e1;
-    c->have_recv = !e1 && !e2;
-    pthread_mutex_unlock(&c->mu);
-    pthread_attr_destroy(&attr);
-    if (e1 || e2) {
-        set_err(err, errlen, "cannot start connection threads: %s", strerror(e1 ? e1 : e2));
+    if (c->accepted && first_frame_start(c) != RPC_OK) e = ENOMEM;
+    if (e != 0) {
+        set_err(err, errlen, "cannot start connection threads: %s", strerror(e));
         pthread_mutex_lock(&c->mu);
-        c->threads = e1 ? 0 : 1;
         c->recv_done = 1;
         c->close_err = RPC_ENOMEM;
         pthread_mutex_unlock(&c->mu);
@@ -804,7 +946,38 @@ int rpc_send_cancel(rpc_conn *c, uint64_t call_id, int timeout_ms) {
     return rpc_conn_send(c, &f, timeout_ms);
 }
 
+/* Before the start: write the queue in the caller's thread. */
+static int flush_here(rpc_conn *c, int timeout_ms) {
+    nng_aio *aio;
+    if (nng_aio_alloc(&aio, NULL, NULL) != 0) return RPC_ENOMEM;
+    double until = now_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
+    int rv = RPC_OK;
+    pthread_mutex_lock(&c->mu);
+    while (c->qhead && rv == RPC_OK) {
+        qitem *q = c->qhead;
+        c->qhead = q->next;
+        if (!c->qhead) c->qtail = NULL;
+        pthread_mutex_unlock(&c->mu);
+        int left = timeout_ms < 0 ? -1 : (int)(until - now_ms());
+        rv =
+            timeout_ms >= 0 && left <= 0 ? RPC_ETIMEDOUT : write_all(c, aio, q->data, q->len, left);
+        pthread_mutex_lock(&c->mu);
+        c->q_bytes -= q->len;
+        c->q_frames--;
+        free(q->data);
+        free(q);
+    }
+    pthread_cond_broadcast(&c->cv_room);
+    pthread_mutex_unlock(&c->mu);
+    nng_aio_free(aio);
+    return rv;
+}
+
 int rpc_conn_flush(rpc_conn *c, int timeout_ms) {
+    pthread_mutex_lock(&c->mu);
+    int started = c->started;
+    pthread_mutex_unlock(&c->mu);
+    if (!started) return flush_here(c, timeout_ms);
     struct timespec ts = deadline_ts(timeout_ms > 0 ? timeout_ms : 0);
     int rv = RPC_OK;
     pthread_mutex_lock(&c->mu);
@@ -847,17 +1020,17 @@ void rpc_conn_release(rpc_conn *c) {
         c->threads > 0 && ((c->have_recv && pthread_equal(pthread_self(), c->recv_tid)) ||
                            (c->have_send && pthread_equal(pthread_self(), c->send_tid)));
     c->self_release = on_own_thread;
-    int started = c->started;
     pthread_mutex_unlock(&c->mu);
     rpc_conn_close(c, c->o.linger_ms);
     if (on_own_thread) return; /* the last loop frees */
-    if (started) {
-        pthread_mutex_lock(&c->mu);
-        while (c->threads > 0) pthread_cond_wait(&c->cv_exit, &c->mu);
-        pthread_mutex_unlock(&c->mu);
-        if (c->have_send) pthread_join(c->send_tid, NULL);
-        if (c->have_recv) pthread_join(c->recv_tid, NULL);
-    }
+    /* A first frame still being read ends with the close; after the stop
+     * its callback starts no threads (released is set). */
+    if (c->first_aio) nng_aio_stop(c->first_aio);
+    pthread_mutex_lock(&c->mu);
+    while (c->threads > 0) pthread_cond_wait(&c->cv_exit, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+    if (c->have_send) pthread_join(c->send_tid, NULL);
+    if (c->have_recv) pthread_join(c->recv_tid, NULL);
     conn_free(c);
 }
 
@@ -1022,6 +1195,7 @@ int rpc_listener_accept(rpc_listener *l, const rpc_conn_opts *o, rpc_conn **out,
         set_err(err, errlen, "out of memory");
         return RPC_ENOMEM;
     }
+    c->accepted = 1;
     *out = c;
     return RPC_OK;
 }

@@ -5,6 +5,11 @@
  *
  * The cap is checked on the prefix alone, before any body byte is looked
  * at, so an oversized frame costs the receiver nothing but four bytes.
+ *
+ * protobuf-c hands out strings NUL-terminated and without their length, so
+ * a NUL inside one would silently cut it (an API key "<key>\0junk" would
+ * pass as <key>). Decoding therefore walks the wire bytes once more and
+ * refuses a string field that holds a NUL (rpc_msg_check_strings).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -92,6 +97,12 @@ int rpc_frame_unpack(const uint8_t *body, size_t len, Rpc__Frame **out, char *er
         set_err(err, errlen, "malformed frame: %zu bytes that do not decode as rpc.Frame", len);
         return RPC_EPROTO;
     }
+    char why[200];
+    if (rpc_msg_check_strings(&rpc__frame__descriptor, body, len, why, sizeof why) != RPC_OK) {
+        set_err(err, errlen, "malformed frame: %s", why);
+        rpc_frame_free(f);
+        return RPC_EPROTO;
+    }
     *out = f;
     return RPC_OK;
 }
@@ -126,36 +137,96 @@ static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
     return -1;
 }
 
+/* Skip the value of a field of wire type wt; *len_out gets the length of a
+ * length-delimited one (wire type 2), whose bytes are skipped too. */
+static int skip_value(const uint8_t **p, const uint8_t *end, unsigned wt, uint64_t *len_out) {
+    uint64_t v;
+    switch (wt) {
+    case 0: return read_varint(p, end, &v);
+    case 1:
+        if ((size_t)(end - *p) < 8) return -1;
+        *p += 8;
+        return 0;
+    case 2:
+        if (read_varint(p, end, &v) != 0 || v > (uint64_t)(end - *p)) return -1;
+        *len_out = v;
+        *p += v;
+        return 0;
+    case 5:
+        if ((size_t)(end - *p) < 4) return -1;
+        *p += 4;
+        return 0;
+    default: return -1;
+    }
+}
+
 int rpc_frame_peek_call_id(const uint8_t *body, size_t len, uint64_t *call_id) {
     const uint8_t *p = body, *end = body + len;
     while (p < end) {
         uint64_t key, v;
         if (read_varint(&p, end, &key) != 0) return 0;
-        unsigned field = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
-        switch (wt) {
-        case 0:
+        if ((key & 7) == 0 && key >> 3 == 1) {
             if (read_varint(&p, end, &v) != 0) return 0;
-            if (field == 1) {
-                *call_id = v;
-                return 1;
-            }
-            break;
-        case 1:
-            if ((size_t)(end - p) < 8) return 0;
-            p += 8;
-            break;
-        case 2:
-            if (read_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p)) return 0;
-            p += v;
-            break;
-        case 5:
-            if ((size_t)(end - p) < 4) return 0;
-            p += 4;
-            break;
-        default: return 0;
+            *call_id = v;
+            return 1;
         }
+        if (skip_value(&p, end, (unsigned)(key & 7), &v) != 0) return 0;
     }
     return 0;
+}
+
+/* Nesting followed by the NUL check; deeper messages are not ours. */
+#define MAX_CHECK_DEPTH 32
+
+/* Walk the wire bytes of a message of type d: every string field's bytes
+ * (sub-messages too) must be free of NUL. path names the message so far
+ * ("GenerateRequest.messages"). */
+static int check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uint8_t *end,
+                         char *path, size_t pathlen, int depth, char *err, size_t errlen) {
+    size_t used = strlen(path);
+    while (p < end) {
+        uint64_t key, vlen = 0;
+        if (read_varint(&p, end, &key) != 0) return RPC_OK; /* unpack judged the bytes */
+        unsigned wt = (unsigned)(key & 7);
+        if (skip_value(&p, end, wt, &vlen) != 0) return RPC_OK;
+        if (wt != 2 || key >> 3 > UINT32_MAX) continue;
+        const ProtobufCFieldDescriptor *fd =
+            protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3));
+        if (!fd) continue; /* unknown field: kept as bytes, never read as a string */
+        const uint8_t *val = p - vlen;
+        snprintf(path + used, pathlen - used, ".%s", fd->name);
+        if (fd->type == PROTOBUF_C_TYPE_STRING && memchr(val, 0, (size_t)vlen)) {
+            set_err(err, errlen, "%s: strings may not contain NUL", path);
+            return RPC_EPROTO;
+        }
+        if (fd->type == PROTOBUF_C_TYPE_MESSAGE && depth < MAX_CHECK_DEPTH &&
+            check_strings(fd->descriptor, val, p, path, pathlen, depth + 1, err, errlen) != RPC_OK)
+            return RPC_EPROTO;
+        path[used] = 0;
+    }
+    return RPC_OK;
+}
+
+int rpc_msg_check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len,
+                          char *err, size_t errlen) {
+    char path[256];
+    snprintf(path, sizeof path, "%s", d->short_name);
+    return check_strings(d, data, data + len, path, sizeof path, 0, err, errlen);
+}
+
+int rpc_msg_unpack(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len,
+                   ProtobufCMessage **out, char *err, size_t errlen) {
+    *out = protobuf_c_message_unpack(d, NULL, len, data);
+    if (!*out) {
+        set_err(err, errlen, "the payload (%zu bytes) is not a valid %s", len, d->name);
+        return RPC_EPROTO;
+    }
+    if (rpc_msg_check_strings(d, data, len, err, errlen) != RPC_OK) {
+        protobuf_c_message_free_unpacked(*out, NULL);
+        *out = NULL;
+        return RPC_EPROTO;
+    }
+    return RPC_OK;
 }
 
 void rpc_frame_free(Rpc__Frame *f) {

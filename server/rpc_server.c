@@ -4,8 +4,10 @@
  * events (server/relay.h) as protobuf frames.
  *
  * Threads:
- *   - one accept thread per listener;
- *   - per connection, the receive loop of rpc_conn (callbacks below). It
+ *   - one accept thread per listener; it refuses connections over
+ *     max_connections itself;
+ *   - per connection, once its first frame is in (rpc/rpc.h), the receive
+ *     loop of rpc_conn (callbacks below). It
  *     answers the quick methods itself (Tokenize, Detokenize, Cancel,
  *     Health, ModelInfo, Stats), validates and submits generation calls,
  *     and handles CANCEL frames and the connection's end;
@@ -41,6 +43,9 @@
 #define SEND_TIMEOUT_MS 30000
 #define MAX_LISTENERS 16
 #define CALL_STACK_BYTES (512 << 10)
+/* A refused connection's STATUS must fit the fresh socket's buffer at
+ * once; the accept thread does not wait on a peer for longer. */
+#define REFUSE_WRITE_MS 50
 
 enum {
     M_GENERATE,
@@ -93,12 +98,14 @@ struct rpc_server {
     rpc_listener *ls[MAX_LISTENERS];
     pthread_t acc[MAX_LISTENERS];
     int acc_started[MAX_LISTENERS];
-    pthread_mutex_t mu; /* conns, n_conns, n_calls, stopping */
+    pthread_mutex_t mu; /* conns, n_conns, n_calls, stopping, max_connections, refusing */
     pthread_cond_t cv;
     sconn *conns;
     int n_conns;
     int n_calls;
     int stopping;
+    int max_connections;
+    int refusing; /* the last connection was refused (logged once per episode) */
 };
 
 static void logf_(const char *fmt, ...) {
@@ -134,6 +141,19 @@ static void send_reply(sconn *sc, uint64_t id, const ProtobufCMessage *m) {
                      "the response (%zu bytes) exceeds server.max_message_bytes (%zu)",
                      protobuf_c_message_get_packed_size(m), sc->rs->copts.max_frame);
     else if (rv == RPC_OK) send_status(sc, id, SRV_OK, NULL);
+}
+
+/* The CALL's payload as a message of type d; NULL after the STATUS
+ * INVALID_ARGUMENT was sent (bytes that do not decode, a NUL in a string). */
+static ProtobufCMessage *call_request(sconn *sc, const Rpc__Frame *f,
+                                      const ProtobufCMessageDescriptor *d) {
+    ProtobufCMessage *m;
+    char err[256];
+    if (rpc_msg_unpack(d, f->has_payload ? f->payload.data : NULL,
+                       f->has_payload ? f->payload.len : 0, &m, err, sizeof err) == RPC_OK)
+        return m;
+    send_status(sc, f->call_id, SRV_INVALID_ARGUMENT, err);
+    return NULL;
 }
 
 /* ---- connection records ---- */
@@ -343,15 +363,15 @@ static void *call_main(void *arg) {
 
 /* Validate and submit; on failure the STATUS is sent and k is freed. */
 static int submit_generate(sconn *sc, const Rpc__Frame *f, scall *k) {
-    const char *what = "inference.GenerateRequest";
-    Inference__GenerateRequest *in = inference__generate_request__unpack(
-        NULL, f->has_payload ? f->payload.len : 0, f->has_payload ? f->payload.data : NULL);
+    ProtobufCMessage *m;
     char err[768];
     int rc = SRV_INVALID_ARGUMENT;
-    if (!in)
-        snprintf(err, sizeof err, "the payload (%zu bytes) is not a valid %s",
-                 f->has_payload ? f->payload.len : 0, what);
-    else rc = srv_prepare(sc->rs->s, in, &k->req, err, sizeof err);
+    if (rpc_msg_unpack(&inference__generate_request__descriptor,
+                       f->has_payload ? f->payload.data : NULL, f->has_payload ? f->payload.len : 0,
+                       &m, err, sizeof err) != RPC_OK)
+        m = NULL;
+    Inference__GenerateRequest *in = (Inference__GenerateRequest *)m;
+    if (in) rc = srv_prepare(sc->rs->s, in, &k->req, err, sizeof err);
     if (in) inference__generate_request__free_unpacked(in, NULL);
     if (rc == SRV_OK)
         rc =
@@ -449,13 +469,9 @@ static char *utf8_repair(const char *str, size_t n) {
 
 static void do_tokenize(sconn *sc, const Rpc__Frame *f) {
     srv *s = sc->rs->s;
-    Inference__TokenizeRequest *in = inference__tokenize_request__unpack(
-        NULL, f->has_payload ? f->payload.len : 0, f->has_payload ? f->payload.data : NULL);
-    if (!in) {
-        send_status(sc, f->call_id, SRV_INVALID_ARGUMENT,
-                    "the payload is not a valid inference.TokenizeRequest");
-        return;
-    }
+    Inference__TokenizeRequest *in =
+        (Inference__TokenizeRequest *)call_request(sc, f, &inference__tokenize_request__descriptor);
+    if (!in) return;
     const char *text = in->text ? in->text : "";
     /* Reuse srv_prepare's UTF-8 rule through a minimal request. */
     size_t n = strlen(text);
@@ -487,13 +503,9 @@ static void do_tokenize(sconn *sc, const Rpc__Frame *f) {
 
 static void do_detokenize(sconn *sc, const Rpc__Frame *f) {
     srv *s = sc->rs->s;
-    Inference__DetokenizeRequest *in = inference__detokenize_request__unpack(
-        NULL, f->has_payload ? f->payload.len : 0, f->has_payload ? f->payload.data : NULL);
-    if (!in) {
-        send_status(sc, f->call_id, SRV_INVALID_ARGUMENT,
-                    "the payload is not a valid inference.DetokenizeRequest");
-        return;
-    }
+    Inference__DetokenizeRequest *in = (Inference__DetokenizeRequest *)call_request(
+        sc, f, &inference__detokenize_request__descriptor);
+    if (!in) return;
     int n_vocab = tok_n_vocab(s->tok);
     for (size_t i = 0; i < in->n_ids; i++)
         if (in->ids[i] < 0 || in->ids[i] >= n_vocab) {
@@ -525,13 +537,9 @@ static void do_detokenize(sconn *sc, const Rpc__Frame *f) {
 }
 
 static void do_cancel(sconn *sc, const Rpc__Frame *f) {
-    Inference__CancelRequest *in = inference__cancel_request__unpack(
-        NULL, f->has_payload ? f->payload.len : 0, f->has_payload ? f->payload.data : NULL);
-    if (!in) {
-        send_status(sc, f->call_id, SRV_INVALID_ARGUMENT,
-                    "the payload is not a valid inference.CancelRequest");
-        return;
-    }
+    Inference__CancelRequest *in =
+        (Inference__CancelRequest *)call_request(sc, f, &inference__cancel_request__descriptor);
+    if (!in) return;
     if (!in->has_call_id) {
         inference__cancel_request__free_unpacked(in, NULL);
         send_status(sc, f->call_id, SRV_INVALID_ARGUMENT, "call_id is required");
@@ -719,7 +727,8 @@ static void on_close(rpc_conn *c, int err, const char *msg, void *user) {
     } else if (err == RPC_EPROTO) {
         logf_("connection %s: %s; closing it", rpc_conn_peer(c), msg);
         send_status(sc, 0, SRV_INVALID_ARGUMENT, msg);
-    } else if (err != RPC_ECLOSED) {
+    } else if (err != RPC_ECLOSED && err != RPC_ETIMEDOUT) {
+        /* (idle and silent connections are closed without a word) */
         logf_("connection %s: %s", rpc_conn_peer(c), msg);
     }
     /* The peer is gone (or will be): free its KV blocks now. */
@@ -730,7 +739,33 @@ static void on_close(rpc_conn *c, int err, const char *msg, void *user) {
     sconn_unref(sc);
 }
 
+/* Idle for idle_timeout_ms: close unless a call is in flight (a stream
+ * may be quiet for a long while, e.g. during a long prompt). */
+static int on_idle(rpc_conn *c, void *user) {
+    (void)c;
+    sconn *sc = user;
+    pthread_mutex_lock(&sc->mu);
+    int idle = sc->calls == NULL;
+    pthread_mutex_unlock(&sc->mu);
+    return idle;
+}
+
 /* ---- listeners ---- */
+
+/* Over max_connections: one STATUS if the socket takes it at once, then
+ * close. The connection never gets a thread. */
+static void refuse_connection(rpc_server *rs, rpc_conn *c, int max, int log) {
+    char msg[64];
+    snprintf(msg, sizeof msg, "too many connections (%d)", max);
+    if (log)
+        logf_("connection %s refused: %s (server.max_connections); refusing more without a log "
+              "line until one is accepted",
+              rpc_conn_peer(c), msg);
+    srv_metrics_count_status(&rs->s->metrics, SRV_RESOURCE_EXHAUSTED);
+    if (rpc_send_status(c, 0, SRV_RESOURCE_EXHAUSTED, msg, 0) == RPC_OK)
+        rpc_conn_flush(c, REFUSE_WRITE_MS);
+    rpc_conn_release(c);
+}
 
 typedef struct {
     rpc_server *rs;
@@ -742,7 +777,7 @@ static void *accept_main(void *arg) {
     free(arg);
     rpc_server *rs = a.rs;
     rpc_listener *l = rs->ls[a.i];
-    static const rpc_conn_handlers handlers = {on_frame, on_bad_frame, on_close};
+    static const rpc_conn_handlers handlers = {on_frame, on_bad_frame, on_close, on_idle};
     for (;;) {
         rpc_conn *c;
         char err[256];
@@ -756,10 +791,13 @@ static void *accept_main(void *arg) {
         }
         sconn *sc = calloc(1, sizeof *sc);
         pthread_mutex_lock(&rs->mu);
-        if (rs->stopping || !sc) {
+        int max = rs->max_connections, full = rs->n_conns >= max, log = full && !rs->refusing;
+        rs->refusing = full;
+        if (rs->stopping || !sc || full) {
             pthread_mutex_unlock(&rs->mu);
             free(sc);
-            rpc_conn_release(c);
+            if (full) refuse_connection(rs, c, max, log);
+            else rpc_conn_release(c);
             continue;
         }
         pthread_mutex_init(&sc->mu, NULL);
@@ -802,7 +840,13 @@ int rpc_server_start(srv *s, const char *const *urls, int n, const rpc_tls_opts 
             rs->copts.max_queue_frames = conn_opts->max_queue_frames;
         if (conn_opts->frame_timeout_ms) rs->copts.frame_timeout_ms = conn_opts->frame_timeout_ms;
         if (conn_opts->linger_ms > 0) rs->copts.linger_ms = conn_opts->linger_ms;
+        if (conn_opts->first_frame_timeout_ms)
+            rs->copts.first_frame_timeout_ms = conn_opts->first_frame_timeout_ms;
+        rs->copts.idle_timeout_ms = conn_opts->idle_timeout_ms;
     }
+    if (rs->copts.idle_timeout_ms == 0)
+        rs->copts.idle_timeout_ms = RPC_SERVER_DEFAULT_IDLE_TIMEOUT_MS;
+    rs->max_connections = RPC_SERVER_DEFAULT_MAX_CONNECTIONS;
     pthread_mutex_init(&rs->mu, NULL);
     pthread_cond_init(&rs->cv, NULL);
     for (int i = 0; i < n; i++) {
@@ -830,6 +874,12 @@ int rpc_server_start(srv *s, const char *const *urls, int n, const rpc_tls_opts 
 fail:
     rpc_server_stop(rs);
     return -1;
+}
+
+void rpc_server_set_max_connections(rpc_server *r, int n) {
+    pthread_mutex_lock(&r->mu);
+    r->max_connections = n > 0 ? n : RPC_SERVER_DEFAULT_MAX_CONNECTIONS;
+    pthread_mutex_unlock(&r->mu);
 }
 
 const char *rpc_server_url(const rpc_server *r, int i) {

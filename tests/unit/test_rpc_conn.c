@@ -8,6 +8,11 @@
  *     peer before the connection closes;
  *   - an undecodable body is reported and the next frame still arrives;
  *   - a frame that stalls midway is cut after frame_timeout_ms;
+ *   - accepted connections that have not sent a frame add no threads; a
+ *     silent one is closed after first_frame_timeout_ms (RPC_ETIMEDOUT), a
+ *     partial first frame after frame_timeout_ms (RPC_EPROTO);
+ *   - idle_timeout_ms closes a connection without frames, unless on_idle
+ *     keeps it (work in flight);
  *   - backpressure: against a peer that does not read, sends fail with
  *     RPC_ETIMEDOUT once the bounded queue is full, and succeed again when
  *     it drains;
@@ -116,7 +121,7 @@ static void echo_close(rpc_conn *c, int err, const char *msg, void *user) {
     atomic_store(&st->closed, 1);
 }
 
-static const rpc_conn_handlers ECHO = {echo_frame, echo_bad, echo_close};
+static const rpc_conn_handlers ECHO = {echo_frame, echo_bad, echo_close, NULL};
 
 typedef struct {
     rpc_conn *c;
@@ -343,6 +348,157 @@ static void test_backpressure(void) {
            sent);
 }
 
+/* ---- accepted connections: first frame, idle time ---- */
+
+static int thread_count(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    int n = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "Threads: %d", &n) == 1) break;
+    if (f) fclose(f);
+    return n;
+}
+
+typedef struct {
+    atomic_int frames, closed, close_err, busy;
+    char close_msg[256];
+} watch_state;
+
+static void watch_frame(rpc_conn *c, Rpc__Frame *f, void *user) {
+    (void)c;
+    watch_state *st = user;
+    atomic_fetch_add(&st->frames, 1);
+    rpc_frame_free(f);
+}
+
+static void watch_close(rpc_conn *c, int err, const char *msg, void *user) {
+    (void)c;
+    watch_state *st = user;
+    snprintf(st->close_msg, sizeof st->close_msg, "%s", msg);
+    atomic_store(&st->close_err, err);
+    atomic_fetch_add(&st->closed, 1);
+}
+
+static int watch_idle(rpc_conn *c, void *user) {
+    (void)c;
+    watch_state *st = user;
+    return !atomic_load(&st->busy);
+}
+
+static const rpc_conn_handlers WATCH = {watch_frame, NULL, watch_close, watch_idle};
+
+static int wait_closed(watch_state *st, int n, int timeout_ms) {
+    double t0 = now_ms();
+    while (atomic_load(&st->closed) < n && now_ms() - t0 < timeout_ms) usleep(2000);
+    return atomic_load(&st->closed) >= n;
+}
+
+/* n accepted connections, started lazily; dialed ones are not started. */
+static int accept_many(rpc_listener *l, const rpc_conn_opts *so, watch_state *st, int n,
+                       rpc_conn **cli, rpc_conn **srv) {
+    char err[256];
+    for (int i = 0; i < n; i++) {
+        if (rpc_dial(rpc_listener_url(l), NULL, NULL, 5000, &cli[i], err, sizeof err) != RPC_OK ||
+            rpc_listener_accept(l, so, &srv[i], err, sizeof err) != RPC_OK ||
+            rpc_conn_start(srv[i], &WATCH, &st[i], err, sizeof err) != RPC_OK) {
+            fprintf(stderr, "connection %d: %s\n", i, err);
+            return i;
+        }
+    }
+    return n;
+}
+
+static void test_first_frame(void) {
+    enum { N = 200 };
+    static rpc_conn *cli[N], *srv[N];
+    static watch_state st[N];
+    memset(st, 0, sizeof st);
+    rpc_listener *l = NULL;
+    char err[256];
+    CHECK(rpc_listen("tcp://127.0.0.1:0", NULL, &l, err, sizeof err) == RPC_OK);
+    if (!l) return;
+    rpc_conn_opts so;
+    rpc_conn_opts_default(&so);
+    so.first_frame_timeout_ms = 1500;
+    so.frame_timeout_ms = 200;
+    /* the first pair lets nng start its own worker threads */
+    int made = accept_many(l, &so, st, 1, cli, srv);
+    int before = thread_count();
+    made += accept_many(l, &so, st + 1, N - 1, cli + 1, srv + 1);
+    CHECK(made == N);
+    int idle_threads = thread_count();
+    CHECKF(idle_threads - before <= 2, "%d silent connections added %d threads", N - 1,
+           idle_threads - before);
+    /* a complete first frame starts that connection's two threads */
+    CHECK(rpc_conn_start(cli[0], NULL, NULL, err, sizeof err) == RPC_OK);
+    CHECK(rpc_send_call(cli[0], 1, "x/Hello", 0, NULL, NULL, 1000) == RPC_OK);
+    double t0 = now_ms();
+    while (atomic_load(&st[0].frames) == 0 && now_ms() - t0 < 5000) usleep(1000);
+    CHECK(atomic_load(&st[0].frames) == 1);
+    /* a partial first frame is cut after frame_timeout_ms, as later ones */
+    const uint8_t part[] = {50, 0, 0, 0, 0x08};
+    CHECK(rpc_conn_send_bytes(cli[1], part, sizeof part, 1000) == RPC_OK);
+    CHECK(rpc_conn_start(cli[1], NULL, NULL, err, sizeof err) == RPC_OK);
+    CHECK(wait_closed(&st[1], 1, 1000));
+    CHECKF(atomic_load(&st[1].close_err) == RPC_EPROTO &&
+               strstr(st[1].close_msg, "truncated frame: 1 of 50 body bytes"),
+           "%d %s", atomic_load(&st[1].close_err), st[1].close_msg);
+    /* the silent ones are closed after first_frame_timeout_ms */
+    int closed = 0;
+    for (int i = 2; i < N; i++) closed += wait_closed(&st[i], 1, 5000);
+    double took = now_ms() - t0;
+    CHECKF(closed == N - 2, "%d of %d silent connections closed", closed, N - 2);
+    CHECKF(atomic_load(&st[2].close_err) == RPC_ETIMEDOUT &&
+               strstr(st[2].close_msg, "no frame within 1500 ms of connecting"),
+           "%d %s", atomic_load(&st[2].close_err), st[2].close_msg);
+    CHECK(took < 4000);
+    CHECK(atomic_load(&st[0].closed) == 0); /* the one that spoke stays */
+    Rpc__Frame *g = NULL;
+    CHECK(rpc_conn_start(cli[2], NULL, NULL, err, sizeof err) == RPC_OK);
+    CHECK(rpc_conn_recv(cli[2], &g, 2000, err, sizeof err) == RPC_ECLOSED);
+    for (int i = 0; i < N; i++) {
+        rpc_conn_release(cli[i]);
+        rpc_conn_release(srv[i]);
+    }
+    rpc_listener_free(l);
+    printf("first frame: %d silent connections added %d threads; closed after 1500 ms\n", N - 1,
+           idle_threads - before);
+}
+
+static void test_idle_timeout(void) {
+    rpc_listener *l = NULL;
+    char err[256];
+    CHECK(rpc_listen("tcp://127.0.0.1:0", NULL, &l, err, sizeof err) == RPC_OK);
+    if (!l) return;
+    rpc_conn_opts so;
+    rpc_conn_opts_default(&so);
+    so.idle_timeout_ms = 300;
+    rpc_conn *cli = NULL, *srv = NULL;
+    static watch_state st;
+    memset(&st, 0, sizeof st);
+    atomic_store(&st.busy, 1);
+    CHECK(accept_many(l, &so, &st, 1, &cli, &srv) == 1);
+    if (cli) CHECK(rpc_conn_start(cli, NULL, NULL, err, sizeof err) == RPC_OK);
+    if (cli) CHECK(rpc_send_call(cli, 1, "x/Work", 0, NULL, NULL, 1000) == RPC_OK);
+    /* while the owner has work in flight, on_idle keeps the connection */
+    usleep(900 * 1000);
+    CHECK(atomic_load(&st.frames) == 1 && atomic_load(&st.closed) == 0);
+    double t0 = now_ms();
+    atomic_store(&st.busy, 0);
+    CHECK(wait_closed(&st, 1, 3000));
+    double took = now_ms() - t0;
+    CHECKF(atomic_load(&st.close_err) == RPC_ETIMEDOUT && strstr(st.close_msg, "idle timeout"),
+           "%d %s", atomic_load(&st.close_err), st.close_msg);
+    CHECKF(took < 1000, "closed %.0f ms after it became idle", took);
+    Rpc__Frame *g = NULL;
+    if (cli) CHECK(rpc_conn_recv(cli, &g, 2000, err, sizeof err) == RPC_ECLOSED);
+    rpc_conn_release(cli);
+    rpc_conn_release(srv);
+    rpc_listener_free(l);
+    printf("idle timeout: kept while busy, closed %.0f ms after it became idle\n", took);
+}
+
 /* ---- release from a callback ---- */
 
 static atomic_int released_in_cb;
@@ -365,7 +521,7 @@ static void test_release_in_callback(void) {
         return;
     }
     char err[256];
-    rpc_conn_handlers h = {release_on_frame, NULL, NULL};
+    rpc_conn_handlers h = {release_on_frame, NULL, NULL, NULL};
     CHECK(rpc_conn_start(p.srv, &h, NULL, err, sizeof err) == RPC_OK);
     p.srv = NULL; /* owned by the callback now */
     CHECK(rpc_conn_start(p.cli, NULL, NULL, err, sizeof err) == RPC_OK);
@@ -486,6 +642,8 @@ int main(void) {
     test_oversized();
     test_frame_timeout();
     test_backpressure();
+    test_first_frame();
+    test_idle_timeout();
     test_release_in_callback();
     test_addresses();
     test_tls();

@@ -9,7 +9,10 @@
  *     alone, and pack refuses to build such a frame;
  *   - garbage, empty bodies and bodies missing required fields are
  *     RPC_EPROTO with a message, and the call id is still recovered when it
- *     is there.
+ *     is there;
+ *   - a NUL byte inside a string field (Frame.api_key, GenerateRequest's
+ *     prompt, a stop string, a chat message's content) is refused with the
+ *     field's name; NUL in a bytes field is fine.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -169,6 +172,71 @@ static void test_bad_bodies(void) {
     free(buf);
 }
 
+/* Append field `field` (wire type 2) holding s[0..n) to buf at *at. */
+static void put_bytes(uint8_t *buf, size_t *at, unsigned field, const void *s, size_t n) {
+    buf[(*at)++] = (uint8_t)(field << 3 | 2);
+    buf[(*at)++] = (uint8_t)n;
+    memcpy(buf + *at, s, n);
+    *at += n;
+}
+
+static void test_nul_in_strings(void) {
+    /* Frame{call_id 9, CALL, method "m", api_key "k\0junk"} */
+    uint8_t body[64] = {0x08, 9, 0x10, 1};
+    size_t n = 4;
+    put_bytes(body, &n, 3, "m", 1);
+    put_bytes(body, &n, 5, "k\0junk", 6);
+    Rpc__Frame *f = NULL;
+    char err[256] = "";
+    CHECK(rpc_frame_unpack(body, n, &f, err, sizeof err) == RPC_EPROTO && !f);
+    CHECKF(strstr(err, "Frame.api_key: strings may not contain NUL") != NULL, "%s", err);
+    uint64_t id = 0;
+    CHECK(rpc_frame_peek_call_id(body, n, &id) == 1 && id == 9);
+    /* a NUL in a bytes field (the payload) is fine */
+    n = 4;
+    put_bytes(body, &n, 6, "a\0b", 3);
+    CHECK(rpc_frame_unpack(body, n, &f, err, sizeof err) == RPC_OK && f);
+    rpc_frame_free(f);
+
+    /* GenerateRequest: prompt, a stop string, a chat message's content */
+    struct {
+        const char *want;
+        uint8_t msg[64];
+        size_t len;
+    } cases[3] = {{"GenerateRequest.prompt: strings may not contain NUL", {0}, 0},
+                  {"GenerateRequest.stop: strings may not contain NUL", {0}, 0},
+                  {"GenerateRequest.messages.content: strings may not contain NUL", {0}, 0}};
+    put_bytes(cases[0].msg, &cases[0].len, 1, "hi\0there", 8);
+    put_bytes(cases[1].msg, &cases[1].len, 1, "hi", 2);
+    put_bytes(cases[1].msg, &cases[1].len, 7, "ok", 2);
+    put_bytes(cases[1].msg, &cases[1].len, 7, "e\0nd", 4);
+    uint8_t chat[32];
+    size_t clen = 0;
+    put_bytes(chat, &clen, 1, "user", 4);
+    put_bytes(chat, &clen, 2, "x\0y", 3);
+    put_bytes(cases[2].msg, &cases[2].len, 3, chat, clen);
+    for (int i = 0; i < 3; i++) {
+        ProtobufCMessage *m = NULL;
+        err[0] = 0;
+        int rv = rpc_msg_unpack(&inference__generate_request__descriptor, cases[i].msg,
+                                cases[i].len, &m, err, sizeof err);
+        CHECKF(rv == RPC_EPROTO && !m && strcmp(err, cases[i].want) == 0, "case %d: %d %s", i, rv,
+               err);
+    }
+    /* the same request without the NUL decodes */
+    uint8_t ok[32];
+    size_t oklen = 0;
+    put_bytes(ok, &oklen, 1, "hi there", 8);
+    ProtobufCMessage *m = NULL;
+    CHECK(rpc_msg_unpack(&inference__generate_request__descriptor, ok, oklen, &m, err,
+                         sizeof err) == RPC_OK &&
+          m && strcmp(((Inference__GenerateRequest *)m)->prompt, "hi there") == 0);
+    if (m) protobuf_c_message_free_unpacked(m, NULL);
+    CHECK(rpc_msg_unpack(&inference__generate_request__descriptor, (const uint8_t *)"\xff", 1, &m,
+                         err, sizeof err) == RPC_EPROTO);
+    CHECK(strstr(err, "is not a valid inference.GenerateRequest") != NULL);
+}
+
 static void test_names(void) {
     CHECK(strcmp(rpc_status_name(0), "OK") == 0);
     CHECK(strcmp(rpc_status_name(3), "INVALID_ARGUMENT") == 0);
@@ -181,6 +249,7 @@ static void test_names(void) {
 int main(void) {
     test_roundtrip();
     test_bad_bodies();
+    test_nul_in_strings();
     test_names();
     return tu_finish("test_rpc_frame");
 }

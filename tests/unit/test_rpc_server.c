@@ -2,10 +2,15 @@
  * test_rpc_server.c - infer-server on loopback with the real model, driven
  * with raw frames through rpc/rpc.h:
  *   - a table of bad inputs (malformed, truncated, oversized and garbage
- *     frames, unknown methods, every invalid parameter, a deadline, a
+ *     frames, unknown methods, every invalid parameter, NUL bytes in the
+ *     API key, a prompt, a stop string, a chat message, a deadline, a
  *     duplicate call id, CANCEL) each gets its status code and a message
  *     naming the problem; afterwards Health is SERVING and Stats shows
  *     every KV block free;
+ *   - 1100 idle TCP connections add no server threads, those over
+ *     max_connections are refused with RESOURCE_EXHAUSTED; a partial first
+ *     frame is cut after the frame timeout, a silent connection after the
+ *     first-frame timeout;
  *   - GenerateStream delivers tokens as they are sampled: the first chunk
  *     reaches the client before the server finished the request;
  *   - greedy Generate through the server equals gen_run in this process;
@@ -20,14 +25,18 @@
  *     completes (or ends UNAVAILABLE after the drain timeout), exit 0.
  * Every wait is bounded. Skips (77) without the model or the server binary.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -39,6 +48,7 @@
 #include "engine/generate.h"
 #include "proto/inference.pb-c.h"
 #include "rpc/rpc.h"
+#include "server/rpc_server.h"
 #include "tests/common/test_util.h"
 
 #define MAX_MESSAGE 65536
@@ -549,6 +559,36 @@ static void f_cancel_no_id(Rpc__Frame *f, uint8_t *s) {
     f->method = RPC_METHOD_PREFIX "Cancel";
 }
 
+/* A CALL of method whose payload is the raw bytes p[0..n) (hand-encoded:
+ * protobuf-c cannot put a NUL into a string). */
+static void raw_payload(Rpc__Frame *f, uint8_t *s, const char *method, const char *p, size_t n) {
+    memcpy(s, p, n);
+    f->type = RPC__FRAME_TYPE__FRAME_CALL;
+    f->method = (char *)method;
+    f->has_payload = 1;
+    f->payload.data = s;
+    f->payload.len = n;
+}
+#define GENERATE RPC_METHOD_PREFIX "Generate"
+static void f_nul_prompt(Rpc__Frame *f, uint8_t *s) {
+    raw_payload(f, s, GENERATE, "\x0a\x08hi\0there", 10);
+}
+static void f_nul_stop(Rpc__Frame *f, uint8_t *s) {
+    raw_payload(f, s, GENERATE,
+                "\x0a\x02hi\x3a\x04"
+                "e\0nd",
+                10);
+}
+static void f_nul_chat(Rpc__Frame *f, uint8_t *s) {
+    raw_payload(f, s, GENERATE, "\x1a\x0b\x0a\x04user\x12\x03x\0y", 13);
+}
+static void f_nul_tokenize(Rpc__Frame *f, uint8_t *s) {
+    raw_payload(f, s, RPC_METHOD_PREFIX "Tokenize",
+                "\x0a\x03"
+                "a\0b",
+                5);
+}
+
 static const bad_case CASES[] = {
     /* framing */
     {"garbage body", K_RAW, "\x08\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff", 12, 0, NULL, NULL,
@@ -566,6 +606,9 @@ static const bad_case CASES[] = {
     {"truncated, then the client hangs up", K_RAW, "\x64\x00\x00\x00\x08", 5, 1, NULL, NULL, NULL,
      0, -1, NULL, 1},
     {"empty body", K_RAW, "\x00\x00\x00\x00", 4, 0, NULL, NULL, NULL, 0, 3, "malformed frame", 0},
+    {"NUL in the API key", K_RAW,
+     "\x28\x00\x00\x00\x08\x00\x10\x01\x1a\x1ainference.Inference/Health\x2a\x06k\0junk", 44, 0,
+     NULL, NULL, NULL, 0, 3, "Frame.api_key: strings may not contain NUL", 0},
     {"frame without a type", K_RAW, "\x02\x00\x00\x00\x08\x2a", 6, 0, NULL, NULL, NULL, 0, 3,
      "malformed frame", 0},
     {"CALL without a method", K_CALL, NULL, 0, 0, f_no_method, NULL, NULL, 0, 3, "without a method",
@@ -577,6 +620,14 @@ static const bad_case CASES[] = {
     {"MESSAGE frame from a client", K_CALL, NULL, 0, 0, f_message, NULL, NULL, 0, 3,
      "unexpected MESSAGE frame", 0},
     {"unknown frame type", K_CALL, NULL, 0, 0, f_bad_type, NULL, NULL, 0, 3, "frame", 0},
+    {"NUL in the prompt", K_CALL, NULL, 0, 0, f_nul_prompt, NULL, NULL, 0, 3,
+     "GenerateRequest.prompt: strings may not contain NUL", 0},
+    {"NUL in a stop string", K_CALL, NULL, 0, 0, f_nul_stop, NULL, NULL, 0, 3,
+     "GenerateRequest.stop: strings may not contain NUL", 0},
+    {"NUL in a chat message", K_CALL, NULL, 0, 0, f_nul_chat, NULL, NULL, 0, 3,
+     "GenerateRequest.messages.content: strings may not contain NUL", 0},
+    {"NUL in the text to tokenize", K_CALL, NULL, 0, 0, f_nul_tokenize, NULL, NULL, 0, 3,
+     "TokenizeRequest.text: strings may not contain NUL", 0},
     {"payload that is not a GenerateRequest", K_CALL, NULL, 0, 0, f_garbage_payload, NULL, NULL, 0,
      3, "is not a valid inference.GenerateRequest", 0},
     /* parameters */
@@ -1220,6 +1271,124 @@ static void test_drain(server *sv) {
     printf("drain: stream finished (%d tokens), new call UNAVAILABLE, exit %d\n", tokens, st);
 }
 
+/* ---- connection limits ---- */
+
+/* Threads of process pid (/proc), or -1. */
+static int process_threads(pid_t pid) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    int n = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "Threads: %d", &n) == 1) break;
+    if (f) fclose(f);
+    return n;
+}
+
+static int tcp_connect(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* The first frame the server sent on fd before closing it, within
+ * timeout_ms: 1 closed (*code / msg: its STATUS, -1 when none), 0 still
+ * open. */
+static int read_until_closed(int fd, int timeout_ms, int *code, char *msg, size_t msglen) {
+    uint8_t buf[512];
+    const size_t cap = sizeof buf;
+    size_t got = 0;
+    int closed = 0;
+    *code = -1;
+    msg[0] = 0;
+    double until = now_ms() + timeout_ms;
+    for (;;) {
+        int left = (int)(until - now_ms());
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, left > 0 ? left : 0) <= 0) break;
+        ssize_t n = read(fd, buf + got, cap - got);
+        if (n <= 0) {
+            closed = 1;
+            break;
+        }
+        got += (size_t)n;
+        if (got == cap) break;
+    }
+    Rpc__Frame *f = NULL;
+    size_t used;
+    char err[128];
+    if (rpc_frame_parse(buf, got, 0, &f, &used, err, sizeof err) == RPC_OK) {
+        *code = f->has_status ? (int)f->status : -1;
+        snprintf(msg, msglen, "%s", f->message ? f->message : "");
+    }
+    rpc_frame_free(f);
+    return closed;
+}
+
+/* Idle sockets cost the server no threads; those over max_connections
+ * are refused; a silent one is closed after the first-frame timeout. */
+static void test_connection_limits(const server *sv) {
+    enum { N = RPC_SERVER_DEFAULT_MAX_CONNECTIONS + 76 };
+    static int fds[N];
+    int silent = tcp_connect(sv->port), partial = tcp_connect(sv->port);
+    double t_open = now_ms();
+    CHECK(silent >= 0 && partial >= 0);
+    if (partial >= 0) CHECK(write(partial, "\x10\x00", 2) == 2);
+    sleep_ms(1000); /* the partial frame's cut is over (it ran on threads) */
+    int before = process_threads(sv->pid);
+    int opened = 0;
+    for (int i = 0; i < N; i++) opened += (fds[i] = tcp_connect(sv->port)) >= 0;
+    CHECKF(opened == N, "%d of %d connections opened", opened, N);
+    sleep_ms(300);
+    int during = process_threads(sv->pid);
+    int refused = 0, refused_ok = 0, code;
+    char msg[256];
+    for (int i = 0; i < N; i++) {
+        if (fds[i] < 0 || !read_until_closed(fds[i], 0, &code, msg, sizeof msg)) continue;
+        refused++;
+        refused_ok += code == 8 && strstr(msg, "too many connections (1024)") != NULL;
+    }
+    /* The silent connection holds one of the places; each refused one was
+     * told why. */
+    CHECKF(refused >= N - RPC_SERVER_DEFAULT_MAX_CONNECTIONS + 1 &&
+               refused <= N - RPC_SERVER_DEFAULT_MAX_CONNECTIONS + 4,
+           "%d of %d connections refused", refused, N);
+    CHECKF(refused_ok == refused, "%d of %d refusals carried the STATUS", refused_ok, refused);
+    CHECKF(during - before <= 2, "%d idle connections added %d threads to the server", N - refused,
+           during - before);
+    printf("connection cap: %d idle connections added %d server threads; %d over the cap "
+           "refused with RESOURCE_EXHAUSTED\n",
+           N - refused, during - before, refused);
+    for (int i = 0; i < N; i++)
+        if (fds[i] >= 0) close(fds[i]);
+    /* the partial frame was cut after --frame-timeout, the silent socket
+     * after the first-frame timeout */
+    if (partial >= 0) {
+        CHECK(read_until_closed(partial, 3000, &code, msg, sizeof msg) == 1);
+        CHECKF(code == 3 && strstr(msg, "truncated frame") != NULL, "partial first frame: %d '%s'",
+               code, msg);
+        close(partial);
+    }
+    if (silent >= 0) {
+        int closed = read_until_closed(silent, 15000, &code, msg, sizeof msg);
+        double took = now_ms() - t_open;
+        CHECKF(closed && took >= RPC_DEFAULT_FIRST_FRAME_TIMEOUT_MS - 500 &&
+                   took < RPC_DEFAULT_FIRST_FRAME_TIMEOUT_MS + 3000,
+               "silent connection: closed %d after %.0f ms", closed, took);
+        printf("silent connection closed after %.0f ms\n", took);
+        close(silent);
+    }
+    /* and the server takes connections again */
+    char hs[32] = "";
+    CHECK(health(sv, hs, sizeof hs, NULL) == 0 && strcmp(hs, "SERVING") == 0);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--stream-child") == 0) return stream_child(argv[2]);
     MODEL = tu_model_path();
@@ -1266,6 +1435,7 @@ int main(int argc, char **argv) {
     if (s) inference__stats_response__free_unpacked(s, NULL);
     rpc_conn_release(c);
     printf("after the bad inputs: Health SERVING, %d of %d blocks free\n", NUM_BLOCKS, NUM_BLOCKS);
+    test_connection_limits(&sv);
 
     test_streaming(&sv);
     test_greedy_equals_gen_run(&sv);
