@@ -489,7 +489,8 @@ static double measure_read_gbps(int n_threads) {
     /* Fault every page in before timing, with distinct contents: pages of
      * one repeated byte can be merged by the hypervisor (KSM) or the kernel
      * into a few physical pages, and reading those runs from the cache (a
-     * memset-filled buffer measured 67-122 GB/s on a 27 GB/s VM). */
+     * memset-filled buffer read several times faster than the memory can:
+     * docs/benchmarks.md). */
     uint64_t *w = (uint64_t *)buf;
     for (size_t i = 0; i < size / sizeof *w; i++) w[i] = (i + 1) * 0x9e3779b97f4a7c15ull;
     size_t n_vec = size / sizeof(membw_vec);

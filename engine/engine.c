@@ -766,9 +766,9 @@ static void *engine_main(void *arg) {
 }
 
 /* One token through the model before the engine serves anything: the CPU
- * backend packs each weight on its first matmul (about 0.4 s for the default
- * model), which would otherwise be paid by the first request's time to
- * first token. The token's block is freed again; no stats change. */
+ * backend packs each weight on its first matmul (a noticeable pause:
+ * docs/benchmarks.md), which would otherwise be paid by the first request's
+ * time to first token. The token's block is freed again; no stats change. */
 static int warm_up(engine *e, char *err, size_t errlen) {
     const int seq = pkv_seq_new(e->pool);
     if (seq < 0) return 0; /* nothing to warm with: the first request packs */
