@@ -300,7 +300,7 @@ static http_call *call_new(srv_http *h, nng_aio *aio, nng_http_req *req, nng_htt
                            japi_kind kind, double t_arrival) {
     http_call *c = calloc(1, sizeof *c);
     if (!c) return NULL;
-    int limit = h->s->cfg.request_timeout_ms;
+    int limit = h->s->net.request_timeout_ms;
     c->r = relay_create(h->s, limit > 0 ? t_arrival + limit : 0);
     if (!c->r) {
         free(c);
@@ -395,11 +395,11 @@ static void handle_generation(srv_http *h, nng_aio *aio, nng_http_req *req, nng_
                              cl);
             return;
         }
-        if (v > (unsigned long long)s->cfg.max_message_bytes) {
+        if (v > (unsigned long long)s->net.max_message_bytes) {
             srv_metrics_count_status(&s->metrics, SRV_RESOURCE_EXHAUSTED);
             http_reply_error(aio, 413, "body_too_large", 1, NULL,
                              "request body of %llu bytes exceeds server.max_message_bytes (%d)", v,
-                             s->cfg.max_message_bytes);
+                             s->net.max_message_bytes);
             return;
         }
         len = (size_t)v;
