@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "apps/cli_args.h"
+#include "server/server_config.h"
 
 int app_config_args_init(app_config_args *a, const char *prog, int argc) {
     memset(a, 0, sizeof *a);
@@ -49,28 +50,42 @@ int app_config_set_arg(app_config_args *a, const char *arg) {
     return -1;
 }
 
-int app_resolve_config(const app_config_args *a, engine_config *c) {
+/* The tables a program binds: the engine's, and the server's when it runs
+ * one; without a server the server section is skipped. bind has room for 2. */
+static config_bindings app_bindings(engine_config *c, const config_binding *server,
+                                    config_binding *bind) {
+    static const char *const no_server[] = {SERVER_CONFIG_SECTION, NULL};
+    bind[0] = (config_binding){&config_engine_table, c};
+    if (!server) return (config_bindings){bind, 1, no_server};
+    bind[1] = *server;
+    return (config_bindings){bind, 2, NULL};
+}
+
+int app_resolve_config(const app_config_args *a, engine_config *c, const config_binding *server) {
     char err[1024];
-    config_defaults(c);
-    if (a->config_file && config_load_file(c, a->config_file, err, sizeof err) != 0)
+    config_binding bind[2];
+    config_bindings b = app_bindings(c, server, bind);
+    config_defaults(&b);
+    if (a->config_file && config_load_file(&b, a->config_file, err, sizeof err) != 0)
         return cli_bad_arg(a->prog, "--config: %s", err);
-    if (config_apply_env(c, err, sizeof err) != 0)
-        return cli_bad_arg(a->prog, "ENGINE_API_KEY: %s", err);
+    if (config_apply_env(&b, err, sizeof err) != 0) return cli_bad_arg(a->prog, "%s", err);
     for (int i = 0; i < a->n_ov; i++) {
         const app_override *o = &a->ov[i];
-        if (config_set(c, o->key, o->value, err, sizeof err) != 0) {
+        if (config_set(&b, o->key, o->value, err, sizeof err) != 0) {
             if (o->flag) return cli_bad_arg(a->prog, "%s: %s", o->flag, err);
             return cli_bad_arg(a->prog, "--set %s: %s", o->key, err);
         }
     }
     if (!c->model_path[0]) snprintf(c->model_path, sizeof c->model_path, "%s", APP_DEFAULT_MODEL);
-    if (config_validate(c, err, sizeof err) != 0) return cli_bad_arg(a->prog, "%s", err);
+    if (config_validate(&b, err, sizeof err) != 0) return cli_bad_arg(a->prog, "%s", err);
     return -1;
 }
 
-int app_print_config(const app_config_args *a, const engine_config *c) {
+int app_print_config(const app_config_args *a, engine_config *c, const config_binding *server) {
+    config_binding bind[2];
+    config_bindings b = app_bindings(c, server, bind);
     char *json = NULL;
-    if (config_to_json(c, &json) != 0) {
+    if (config_to_json(&b, &json) != 0) {
         fprintf(stderr, "%s: out of memory\n", a->prog);
         return 1;
     }

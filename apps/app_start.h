@@ -1,6 +1,6 @@
 /*
  * app_start.h - the start-up the programs share (infer-server,
- * infer-generate, infer-bench): the engine configuration from defaults, a
+ * infer-generate, infer-bench): the configuration from defaults, a
  * --config file, the environment and flags; the model, its tokenizer and
  * the CPU backend; engine options sized against the model; the banner lines
  * that describe the KV cache and the batching budgets.
@@ -51,11 +51,15 @@ void app_config_args_free(app_config_args *a);
 void app_config_flag(app_config_args *a, const char *flag, const char *key, const char *value);
 /* --set KEY=VALUE. */
 int app_config_set_arg(app_config_args *a, const char *arg);
-/* defaults < --config < ENGINE_API_KEY < overrides in order, the default
- * model path when none is set, then config_validate. */
-int app_resolve_config(const app_config_args *a, engine_config *c);
-/* --print-config: the effective config as JSON on stdout; returns 0 or 1. */
-int app_print_config(const app_config_args *a, const engine_config *c);
+/* defaults < --config < the environment < overrides in order, the default
+ * model path when none is set, then config_validate. The engine's sections
+ * go to c; server binds the server's table (server/server_config.h) for the
+ * program that runs one, and is NULL in the others, which accept and ignore
+ * a server section (one config file serves every program). */
+int app_resolve_config(const app_config_args *a, engine_config *c, const config_binding *server);
+/* --print-config: the effective config (the same bindings) as JSON on
+ * stdout; returns 0 or 1. */
+int app_print_config(const app_config_args *a, engine_config *c, const config_binding *server);
 
 /* getopt_long's ':' (missing value) and '?' (unknown option) as messages;
  * returns 2. */

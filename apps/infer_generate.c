@@ -6,8 +6,8 @@
  * JSON Lines with per-prompt settings). All of them are submitted to the
  * engine at once; it batches them continuously (or in static batches with
  * --batching static) under the batching and KV cache settings of an
- * engine_config: defaults < --config FILE < ENGINE_API_KEY < flags and
- * --set KEY=VALUE in the order given (docs/config.md).
+ * engine_config: defaults < --config FILE < flags and --set KEY=VALUE in
+ * the order given (docs/config.md); a server section in the file is ignored.
  *
  * Completions go to stdout, or as JSON Lines to --output-file; progress and
  * the report go to stderr. Exit codes: 0 ok, 1 model load / generation
@@ -112,7 +112,7 @@ static void usage(FILE *f) {
             "\n"
             "Engine (batching and KV cache; every key is described in docs/config.md):\n"
             "      --config FILE        engine config JSON (model_loading_config,\n"
-            "                           batcher_config, cache_config, server sections)\n"
+            "                           batcher_config, cache_config; server is ignored)\n"
             "      --set KEY=VALUE      set one config key, e.g. --set\n"
             "                           cache_config.kv_memory_mb=512; repeatable\n"
             "      --batching MODE      continuous (default): a finished sequence's place is\n"
@@ -139,7 +139,7 @@ static void usage(FILE *f) {
             "                           for bit, default) or fast (one float accumulator\n"
             "                           per output; model_loading_config.numerics)\n"
             "      --print-config       print the effective config as JSON and exit\n"
-            "  Precedence: built-in defaults < --config < ENGINE_API_KEY < the flags above,\n"
+            "  Precedence: built-in defaults < --config < the flags above,\n"
             "  -m, -t and --set, applied in the order given.\n"
             "\n"
             "Execution and output:\n"
@@ -504,9 +504,9 @@ static int parse_option(cli_args *a, int c, const char *v, char **argv) {
 /* After the options: the config, then the prompts from -p and the file,
  * each checked. -1 to go on, or an exit code. */
 static int finish_args(cli_args *a) {
-    int rc = app_resolve_config(&a->ca, &a->cfg);
+    int rc = app_resolve_config(&a->ca, &a->cfg, NULL);
     if (rc >= 0) return rc;
-    if (a->ca.print_config) return app_print_config(&a->ca, &a->cfg);
+    if (a->ca.print_config) return app_print_config(&a->ca, &a->cfg, NULL);
     char perr[256];
     if (sampler_params_validate(&a->sp, perr, sizeof perr) != 0)
         return cli_bad_arg(PROG, "%s", perr);

@@ -34,6 +34,7 @@
 #include "rpc/rpc.h"
 #include "server/rpc_server.h"
 #include "server/server.h"
+#include "server/server_config.h"
 
 #define PROG "infer-server"
 #define MAX_CLI_LISTEN 16
@@ -81,6 +82,7 @@ typedef struct {
     const char *tls_cert, *tls_ca;
     int frame_timeout_ms;
     engine_config cfg;
+    server_settings net;
 } args;
 
 enum {
@@ -163,11 +165,12 @@ static int parse_args(int argc, char **argv, args *a) {
     while ((c = getopt_long(argc, argv, ":m:t:h", longopts, NULL)) != -1)
         if ((rc = parse_option(a, c, optarg, argv)) >= 0) return rc;
     if (optind < argc) return cli_bad_arg(PROG, "unexpected argument '%s'", argv[optind]);
-    if ((rc = app_resolve_config(&a->ca, &a->cfg)) >= 0) return rc;
+    config_binding net = {&server_config_table, &a->net};
+    if ((rc = app_resolve_config(&a->ca, &a->cfg, &net)) >= 0) return rc;
     for (int i = 0; i < a->n_listen; i++)
         if (strncmp(a->listen[i], "tls+tcp://", 10) == 0 && !a->tls_cert)
             return cli_bad_arg(PROG, "--listen %s: a TLS listener needs --tls-cert", a->listen[i]);
-    if (a->ca.print_config) return app_print_config(&a->ca, &a->cfg);
+    if (a->ca.print_config) return app_print_config(&a->ca, &a->cfg, &net);
     return -1;
 }
 
@@ -180,6 +183,7 @@ static double now_ms(void) {
 static void banner(const srv *s, const engine_options *eo, const engine_limits *lim,
                    const char *const *urls, int n_urls) {
     const engine_config *c = &s->cfg;
+    const server_settings *n = &s->net;
     const llm_hparams *hp = llm_model_hparams(s->model);
     const char *fam = s->chat_template ? chat_template_family(s->chat_template) : NULL;
     fprintf(stderr, "infer-server %s\n", ENGINE_VERSION);
@@ -191,18 +195,18 @@ static void banner(const srv *s, const engine_options *eo, const engine_limits *
             fam ? fam : "none", c->model_path);
     app_print_engine_banner(eo, lim);
     char timeout[32];
-    if (c->request_timeout_ms > 0)
-        snprintf(timeout, sizeof timeout, "%d ms", c->request_timeout_ms);
+    if (n->request_timeout_ms > 0)
+        snprintf(timeout, sizeof timeout, "%d ms", n->request_timeout_ms);
     else snprintf(timeout, sizeof timeout, "none");
     fprintf(stderr,
             "limits:    %d waiting at most, messages %d bytes, %d stop strings, request timeout "
             "%s, drain %d ms, api key %s; %d threads, %s numerics\n",
-            eo->max_waiting, c->max_message_bytes, c->max_stop_strings, timeout,
-            c->drain_timeout_ms, c->api_key[0] ? "required" : "off", s->be->n_threads,
+            eo->max_waiting, n->max_message_bytes, n->max_stop_strings, timeout,
+            n->drain_timeout_ms, n->api_key[0] ? "required" : "off", s->be->n_threads,
             be_numerics_name(c->numerics));
     for (int i = 0; i < n_urls; i++) fprintf(stderr, "listening: rpc  %s\n", urls[i]);
-    if (c->http_listen[0]) fprintf(stderr, "listening: http %s\n", c->http_listen);
-    if (n_urls == 0 && !c->http_listen[0])
+    if (n->http_listen[0]) fprintf(stderr, "listening: http %s\n", n->http_listen);
+    if (n_urls == 0 && !n->http_listen[0])
         fprintf(stderr, "listening: nothing (no server.listen, no server.http_listen)\n");
 }
 
@@ -232,31 +236,31 @@ static int start_engine(srv *s, engine_options *eo, engine_limits *lim) {
  * once they are bound. -1 to go on, or an exit code. */
 static int start_listeners(srv *s, const args *a, const engine_options *eo,
                            const engine_limits *lim, rpc_server **rs, int *http_started) {
-    const engine_config *cfg = &s->cfg;
+    const server_settings *net = &s->net;
     char err[1024];
-    const char *urls[MAX_CLI_LISTEN + CFG_MAX_LISTEN];
+    const char *urls[MAX_CLI_LISTEN + SERVER_MAX_LISTEN];
     int n_urls = 0;
     if (a->n_listen)
         for (int i = 0; i < a->n_listen; i++) urls[n_urls++] = a->listen[i];
     else
-        for (int i = 0; i < cfg->n_listen; i++) urls[n_urls++] = cfg->listen[i];
+        for (int i = 0; i < net->n_listen; i++) urls[n_urls++] = net->listen[i];
     rpc_tls_opts tls = {.cert_key_file = a->tls_cert, .ca_file = a->tls_ca};
     rpc_conn_opts co;
     rpc_conn_opts_default(&co);
-    co.max_frame = (size_t)cfg->max_message_bytes;
+    co.max_frame = (size_t)net->max_message_bytes;
     if (a->frame_timeout_ms > 0) co.frame_timeout_ms = a->frame_timeout_ms;
     if (n_urls > 0 && rpc_server_start(s, urls, n_urls, &tls, &co, rs, err, sizeof err) != 0) {
         fprintf(stderr, "infer-server: %s\n", err);
         return 1;
     }
-    if (cfg->http_listen[0]) {
-        if (srv_http_start(s, cfg->http_listen, err, sizeof err) != 0) {
+    if (net->http_listen[0]) {
+        if (srv_http_start(s, net->http_listen, err, sizeof err) != 0) {
             fprintf(stderr, "infer-server: HTTP: %s\n", err);
             return 1;
         }
         *http_started = 1;
     }
-    const char *bound[MAX_CLI_LISTEN + CFG_MAX_LISTEN];
+    const char *bound[MAX_CLI_LISTEN + SERVER_MAX_LISTEN];
     for (int i = 0; i < n_urls; i++) bound[i] = rpc_server_url(*rs, i);
     banner(s, eo, lim, bound, n_urls);
     return -1;
@@ -272,9 +276,9 @@ static void serve_and_drain(srv *s, sigset_t *sigs, rpc_server *rs) {
     int n_active = atomic_load(&s->active_calls);
     fprintf(stderr, "infer-server: %s: draining (%d call%s in flight, up to %d ms)\n",
             sig == SIGTERM ? "SIGTERM" : "SIGINT", n_active, n_active == 1 ? "" : "s",
-            s->cfg.drain_timeout_ms);
+            s->net.drain_timeout_ms);
     atomic_store(&s->draining, 1);
-    double until = now_ms() + s->cfg.drain_timeout_ms;
+    double until = now_ms() + s->net.drain_timeout_ms;
     int forced = 0;
     while (atomic_load(&s->active_calls) > 0) {
         double left = until - now_ms();
@@ -322,6 +326,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     s->cfg = a.cfg;
+    s->net = a.net;
     atomic_init(&s->draining, 0);
     atomic_init(&s->active_calls, 0);
     atomic_init(&s->connections, 0);

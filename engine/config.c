@@ -1,16 +1,17 @@
 /*
- * config.c - the JSON configuration (see config.h, docs/config.md).
+ * config.c - the JSON configuration (see config.h, docs/config.md): the
+ * generic mechanism, then the engine's key table.
  *
  * Every key is one row of a table (section, name, kind, where it lives in
- * engine_config, its range). The file loader, the --set overrides, the
- * validator and the JSON writer all walk that table, so a key added there
- * is parsed, checked, overridable and printed without further code.
+ * its owner's struct, its range). The file loader, the --set overrides, the
+ * validator and the JSON writer all walk the bound tables, so a key added to
+ * a table is parsed, checked, overridable and printed without further code.
  *
  * A value arrives as a cJSON node (from the file, or built from the
  * command-line text by config_set), is type-checked and stored into a
- * scratch copy of the config, then the stored value is range-checked by the
- * same function config_validate uses. The caller's config is replaced only
- * when everything succeeded, so a failed load changes nothing.
+ * scratch copy of its struct, then the stored value is range-checked by the
+ * same function config_validate uses. The caller's structs are replaced
+ * only when everything succeeded, so a failed load changes nothing.
  */
 #include "engine/config.h"
 
@@ -27,109 +28,35 @@
 #define CFG_FILE_MAX (1 << 20) /* a config file is small; refuse anything huge */
 #define BLOCKS_MAX (1 << 24)
 
-/* ---- the key table ---- */
+/* ---- fields of a bound struct ---- */
 
-typedef enum {
-    K_INT,    /* JSON integer in [min, max] */
-    K_DOUBLE, /* JSON number in [min, max] (min exclusive when min_open) */
-    K_STRING, /* JSON string shorter than its field */
-    K_ENUM,   /* JSON string, one of names[] */
-    K_BLOCKS, /* integer > 0 or "auto" */
-    K_LISTEN, /* array of address strings */
-} key_kind;
-
-typedef enum { X_NONE, X_POW2, X_HTTP_ADDR, X_API_KEY } key_extra;
-
-typedef struct {
-    const char *section;
-    const char *name;
-    key_kind kind;
-    size_t off; /* offset of the field in engine_config */
-    size_t cap; /* K_STRING: field size */
-    double min, max;
-    int min_open;
-    key_extra extra;
-    const char *const *names; /* K_ENUM: index = enum value */
-    int n_names;
-} cfg_key;
-
-static const char *const dtype_names[] = {"f32", "f16"};       /* index = kv_dtype */
-static const char *const numerics_names[] = {"exact", "fast"}; /* index = be_numerics */
-
-#define OFF(f) offsetof(engine_config, f)
-#define INT_KEY(s, n, f, lo, hi)                                                                   \
-    { s, n, K_INT, OFF(f), 0, lo, hi, 0, X_NONE, NULL, 0 }
-#define STR_KEY(s, n, f, x)                                                                        \
-    { s, n, K_STRING, OFF(f), sizeof(((engine_config *)0)->f), 0, 0, 0, x, NULL, 0 }
-#define ENUM_KEY(s, n, f, tab)                                                                     \
-    { s, n, K_ENUM, OFF(f), 0, 0, 0, 0, X_NONE, tab, (int)(sizeof tab / sizeof tab[0]) }
-
-static const cfg_key keys[] = {
-    STR_KEY("model_loading_config", "model_path", model_path, X_NONE),
-    ENUM_KEY("model_loading_config", "dtype", kv_dtype, dtype_names),
-    INT_KEY("model_loading_config", "model_max_length", model_max_length, 0, 16777216),
-    INT_KEY("model_loading_config", "n_threads", n_threads, 0, 1024),
-    ENUM_KEY("model_loading_config", "numerics", numerics, numerics_names),
-
-    INT_KEY("batcher_config", "batch_max_tokens", batch_max_tokens, 1, 1048576),
-    INT_KEY("batcher_config", "batch_max_seqs", batch_max_seqs, 1, 65536),
-    ENUM_KEY("batcher_config", "policy", batching, engine_batching_names),
-    INT_KEY("batcher_config", "max_waiting", max_waiting, 1, 16777216),
-
-    {"cache_config", "num_blocks", K_BLOCKS, OFF(num_blocks), 0, 1, BLOCKS_MAX, 0, X_NONE, NULL, 0},
-    {"cache_config", "kv_memory_mb", K_DOUBLE, OFF(kv_memory_mb), 0, 0, 16777216, 1, X_NONE, NULL,
-     0},
-    INT_KEY("cache_config", "num_blocks_cpu", num_blocks_cpu, 0, BLOCKS_MAX),
-    {"cache_config", "block_size", K_INT, OFF(block_size), 0, 1, 256, 0, X_POW2, NULL, 0},
-    {"cache_config", "watermark", K_DOUBLE, OFF(watermark), 0, 0, 0.5, 0, X_NONE, NULL, 0},
-    STR_KEY("cache_config", "swap_path", swap_path, X_NONE),
-    ENUM_KEY("cache_config", "preemption_mode", preemption_mode, engine_preempt_names),
-
-    {"server", "listen", K_LISTEN, OFF(listen), 0, 0, CFG_MAX_LISTEN, 0, X_NONE, NULL, 0},
-    STR_KEY("server", "http_listen", http_listen, X_HTTP_ADDR),
-    INT_KEY("server", "max_message_bytes", max_message_bytes, 1024, 1073741824),
-    STR_KEY("server", "api_key", api_key, X_API_KEY),
-    INT_KEY("server", "max_stop_strings", max_stop_strings, 0, 1024),
-    INT_KEY("server", "request_timeout_ms", request_timeout_ms, 0, 86400000),
-    INT_KEY("server", "drain_timeout_ms", drain_timeout_ms, 0, 3600000),
-};
-#define N_KEYS ((int)(sizeof keys / sizeof keys[0]))
-
-static const char *const sections[] = {"model_loading_config", "batcher_config", "cache_config",
-                                       "server"};
-#define N_SECTIONS ((int)(sizeof sections / sizeof sections[0]))
-
-static int *int_field(engine_config *c, const cfg_key *k) { return (int *)((char *)c + k->off); }
-static int int_value(const engine_config *c, const cfg_key *k) {
-    return *(const int *)((const char *)c + k->off);
+static int *int_field(void *st, const config_key *k) { return (int *)((char *)st + k->off); }
+static int int_value(const void *st, const config_key *k) {
+    return *(const int *)((const char *)st + k->off);
 }
-static double *double_field(engine_config *c, const cfg_key *k) {
-    return (double *)((char *)c + k->off);
+static double *double_field(void *st, const config_key *k) {
+    return (double *)((char *)st + k->off);
 }
-static double double_value(const engine_config *c, const cfg_key *k) {
-    return *(const double *)((const char *)c + k->off);
+static double double_value(const void *st, const config_key *k) {
+    return *(const double *)((const char *)st + k->off);
 }
-static char *str_field(engine_config *c, const cfg_key *k) { return (char *)c + k->off; }
-static const char *str_value(const engine_config *c, const cfg_key *k) {
-    return (const char *)c + k->off;
+static char *str_field(void *st, const config_key *k) { return (char *)st + k->off; }
+static const char *str_value(const void *st, const config_key *k) {
+    return (const char *)st + k->off;
 }
-
-/* The enums have their own types, so they are read and written by
- * name rather than through an int pointer. */
-static int enum_value(const engine_config *c, const cfg_key *k) {
-    if (k->off == OFF(kv_dtype)) return (int)c->kv_dtype;
-    if (k->off == OFF(numerics)) return (int)c->numerics;
-    if (k->off == OFF(batching)) return (int)c->batching;
-    return (int)c->preemption_mode;
+/* CONFIG_STRLIST: entry i and the entry count. */
+static char *entry_field(void *st, const config_key *k, int i) {
+    return (char *)st + k->off + (size_t)i * k->cap;
 }
-static void enum_set(engine_config *c, const cfg_key *k, int v) {
-    if (k->off == OFF(kv_dtype)) c->kv_dtype = (kv_dtype)v;
-    else if (k->off == OFF(numerics)) c->numerics = (be_numerics)v;
-    else if (k->off == OFF(batching)) c->batching = (engine_batching)v;
-    else c->preemption_mode = (engine_preempt_mode)v;
+static const char *entry_value(const void *st, const config_key *k, int i) {
+    return (const char *)st + k->off + (size_t)i * k->cap;
 }
-
-/* ---- defaults ---- */
+static int *count_field(void *st, const config_key *k) {
+    return (int *)((char *)st + k->count_off);
+}
+static int count_value(const void *st, const config_key *k) {
+    return *(const int *)((const char *)st + k->count_off);
+}
 
 static void set_str(char *dst, size_t cap, const char *src) {
     memset(dst, 0, cap);
@@ -137,31 +64,33 @@ static void set_str(char *dst, size_t cap, const char *src) {
     memcpy(dst, src, n < cap ? n : cap - 1);
 }
 
-void config_defaults(engine_config *c) {
-    engine_options o;
-    engine_options_default(&o);
-    memset(c, 0, sizeof *c);
-    c->kv_dtype = o.kv_type;
-    c->model_max_length = o.max_context;
-    c->n_threads = 0;
-    c->numerics = BE_NUMERICS_EXACT;
-    c->batch_max_tokens = o.batch_max_tokens;
-    c->batch_max_seqs = o.batch_max_seqs;
-    c->batching = o.batching;
-    c->max_waiting = o.max_waiting;
-    c->num_blocks = o.num_blocks > 0 ? o.num_blocks : CFG_NUM_BLOCKS_AUTO;
-    c->kv_memory_mb = o.kv_memory_mb;
-    c->num_blocks_cpu = o.num_blocks_cpu;
-    c->block_size = o.block_size;
-    c->watermark = o.watermark;
-    c->preemption_mode = o.preempt_mode;
-    set_str(c->listen[0], sizeof c->listen[0], "tcp://127.0.0.1:8700");
-    c->n_listen = 1;
-    set_str(c->http_listen, sizeof c->http_listen, "http://127.0.0.1:8080");
-    c->max_message_bytes = 4 << 20;
-    c->max_stop_strings = 16;
-    c->request_timeout_ms = 0;
-    c->drain_timeout_ms = 30000;
+void config_defaults(const config_bindings *b) {
+    for (int i = 0; i < b->n; i++) b->bind[i].table->defaults(b->bind[i].dst);
+}
+
+/* ---- finding sections and keys among the bound tables ---- */
+
+#define SECTION_UNKNOWN (-1)
+#define SECTION_SKIPPED (-2)
+
+/* The index of the binding whose table owns section, or SECTION_SKIPPED /
+ * SECTION_UNKNOWN. */
+static int section_owner(const config_bindings *b, const char *section) {
+    for (int i = 0; i < b->n; i++) {
+        const config_table *t = b->bind[i].table;
+        for (int s = 0; s < t->n_sections; s++)
+            if (strcmp(t->sections[s], section) == 0) return i;
+    }
+    for (const char *const *p = b->skip; p && *p; p++)
+        if (strcmp(*p, section) == 0) return SECTION_SKIPPED;
+    return SECTION_UNKNOWN;
+}
+
+static const config_key *find_key(const config_table *t, const char *section, const char *name) {
+    for (int i = 0; i < t->n_keys; i++)
+        if (strcmp(t->keys[i].section, section) == 0 && strcmp(t->keys[i].name, name) == 0)
+            return &t->keys[i];
+    return NULL;
 }
 
 /* ---- unknown keys: a suggestion by edit distance ---- */
@@ -196,186 +125,130 @@ static int is_close(const char *typed, const char *candidate) {
     return edit_distance(typed, candidate) <= limit;
 }
 
+/* Keeps candidate in *best when it is a closer typo of name than *best. */
+static void consider(const char *name, const char *candidate, const char **best, int *best_d) {
+    if (!is_close(name, candidate)) return;
+    int d = edit_distance(name, candidate);
+    if (d < *best_d) *best_d = d, *best = candidate;
+}
+
 /* Writes " (did you mean 'x'?)" or "" into buf. section is NULL for a key at
- * the top level. A name that exists in another section is suggested with its
- * full path (the usual mistake: right key, wrong section); otherwise the
- * nearest name in the same place, without a path. */
-static void suggest(const char *section, const char *name, char *buf, size_t len) {
+ * the top level. A name that exists in another section of any bound table is
+ * suggested with its full path (the usual mistake: right key, wrong section);
+ * otherwise the nearest name in the same place, without a path. */
+static void suggest(const config_bindings *b, const char *section, const char *name, char *buf,
+                    size_t len) {
     buf[0] = '\0';
-    for (int i = 0; i < N_KEYS; i++) {
-        if (strcmp(keys[i].name, name) == 0 &&
-            (!section || strcmp(keys[i].section, section) != 0)) {
-            snprintf(buf, len, " (did you mean '%s.%s'?)", keys[i].section, keys[i].name);
-            return;
+    for (int t = 0; t < b->n; t++) {
+        const config_table *tab = b->bind[t].table;
+        for (int i = 0; i < tab->n_keys; i++) {
+            const config_key *k = &tab->keys[i];
+            if (strcmp(k->name, name) == 0 && (!section || strcmp(k->section, section) != 0)) {
+                snprintf(buf, len, " (did you mean '%s.%s'?)", k->section, k->name);
+                return;
+            }
         }
     }
     const char *best = NULL;
     int best_d = INT_MAX;
-    if (section) {
-        for (int i = 0; i < N_KEYS; i++) {
-            if (strcmp(keys[i].section, section) != 0 || !is_close(name, keys[i].name)) continue;
-            int d = edit_distance(name, keys[i].name);
-            if (d < best_d) best_d = d, best = keys[i].name;
-        }
-    } else {
-        for (int i = 0; i < N_SECTIONS; i++) {
-            if (!is_close(name, sections[i])) continue;
-            int d = edit_distance(name, sections[i]);
-            if (d < best_d) best_d = d, best = sections[i];
+    for (int t = 0; t < b->n; t++) {
+        const config_table *tab = b->bind[t].table;
+        if (section) {
+            for (int i = 0; i < tab->n_keys; i++)
+                if (strcmp(tab->keys[i].section, section) == 0)
+                    consider(name, tab->keys[i].name, &best, &best_d);
+        } else {
+            for (int s = 0; s < tab->n_sections; s++)
+                consider(name, tab->sections[s], &best, &best_d);
         }
     }
     if (best) snprintf(buf, len, " (did you mean '%s'?)", best);
-}
-
-static int is_section(const char *name) {
-    for (int i = 0; i < N_SECTIONS; i++)
-        if (strcmp(sections[i], name) == 0) return 1;
-    return 0;
-}
-
-static const cfg_key *find_key(const char *section, const char *name) {
-    for (int i = 0; i < N_KEYS; i++)
-        if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0)
-            return &keys[i];
-    return NULL;
 }
 
 /* ---- checks on stored values (shared by load, set and validate) ---- */
 
 static int is_pow2(int v) { return v > 0 && (v & (v - 1)) == 0; }
 
-/* "host:port" with host empty, a name, an IPv4 address or [IPv6], and a
- * decimal port 0..65535 (0: let the system pick). */
-static int host_port_ok(const char *s) {
-    const char *colon = strrchr(s, ':');
-    if (!colon) return 0;
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        if (!close || close + 1 != colon || close == s + 1) return 0;
-    } else {
-        for (const char *p = s; p < colon; p++)
-            if (!(isalnum((unsigned char)*p) || *p == '.' || *p == '-' || *p == '_' || *p == '*'))
-                return 0;
-    }
-    const char *port = colon + 1;
-    size_t n = strlen(port);
-    if (n == 0 || n > 5) return 0;
-    long v = 0;
-    for (const char *p = port; *p; p++) {
-        if (!isdigit((unsigned char)*p)) return 0;
-        v = v * 10 + (*p - '0');
-    }
-    return v <= 65535;
-}
-
-static int listen_addr_ok(const char *s) {
-    if (strncmp(s, "tcp://", 6) == 0) return host_port_ok(s + 6);
-    if (strncmp(s, "ipc://", 6) == 0) return s[6] != '\0';
-    return 0;
-}
-
-static int check_key(const cfg_key *k, const engine_config *c, char *err, size_t errlen) {
-    switch (k->kind) {
-    case K_INT: {
-        int v = int_value(c, k);
-        if (k->extra == X_POW2) {
-            if (v < k->min || v > k->max || !is_pow2(v)) {
-                snprintf(err, errlen, "%s.%s: must be a power of two between %.0f and %.0f, got %d",
-                         k->section, k->name, k->min, k->max, v);
-                return -1;
-            }
-        } else if (v < k->min || v > k->max) {
-            snprintf(err, errlen, "%s.%s: must be between %.0f and %.0f, got %d", k->section,
-                     k->name, k->min, k->max, v);
-            return -1;
-        }
-        return 0;
-    }
-    case K_DOUBLE: {
-        double v = double_value(c, k);
-        int low = k->min_open ? !(v > k->min) : !(v >= k->min);
-        if (!isfinite(v) || low || v > k->max) {
-            if (k->min_open)
-                snprintf(err, errlen, "%s.%s: must be greater than %g and at most %g, got %g",
-                         k->section, k->name, k->min, k->max, v);
-            else
-                snprintf(err, errlen, "%s.%s: must be between %g and %g, got %g", k->section,
-                         k->name, k->min, k->max, v);
-            return -1;
-        }
-        return 0;
-    }
-    case K_BLOCKS: {
-        int v = int_value(c, k);
-        if (v == CFG_NUM_BLOCKS_AUTO) return 0;
-        if (v < k->min || v > k->max) {
-            snprintf(err, errlen,
-                     "%s.%s: must be \"auto\" or an integer between %.0f and %.0f, got %d",
+static int check_int(const config_key *k, int v, char *err, size_t errlen) {
+    if (k->extra == CONFIG_POW2) {
+        if (v < k->min || v > k->max || !is_pow2(v)) {
+            snprintf(err, errlen, "%s.%s: must be a power of two between %.0f and %.0f, got %d",
                      k->section, k->name, k->min, k->max, v);
             return -1;
         }
-        return 0;
-    }
-    case K_ENUM: {
-        int v = enum_value(c, k);
-        if (v < 0 || v >= k->n_names) {
-            snprintf(err, errlen, "%s.%s: invalid value %d", k->section, k->name, v);
-            return -1;
-        }
-        return 0;
-    }
-    case K_STRING: {
-        const char *s = str_value(c, k);
-        if (memchr(s, '\0', k->cap) == NULL) {
-            snprintf(err, errlen, "%s.%s: not terminated within %zu bytes", k->section, k->name,
-                     k->cap);
-            return -1;
-        }
-        if (k->extra == X_HTTP_ADDR && s[0] &&
-            (strncmp(s, "http://", 7) != 0 || !host_port_ok(s + 7))) {
-            snprintf(err, errlen, "%s.%s: expected \"http://host:port\" or \"\", got \"%.200s\"",
-                     k->section, k->name, s);
-            return -1;
-        }
-        if (k->extra == X_API_KEY) {
-            /* The key is never echoed: error messages end up in logs. */
-            for (const char *p = s; *p; p++) {
-                if (*p < 0x21 || *p > 0x7e) {
-                    snprintf(err, errlen, "%s.%s: must be printable ASCII without spaces",
-                             k->section, k->name);
-                    return -1;
-                }
-            }
-        }
-        return 0;
-    }
-    case K_LISTEN: {
-        if (c->n_listen < 0 || c->n_listen > CFG_MAX_LISTEN) {
-            snprintf(err, errlen, "%s.%s: must list at most %d addresses, got %d", k->section,
-                     k->name, CFG_MAX_LISTEN, c->n_listen);
-            return -1;
-        }
-        for (int i = 0; i < c->n_listen; i++) {
-            const char *s = c->listen[i];
-            if (memchr(s, '\0', sizeof c->listen[i]) == NULL || !listen_addr_ok(s)) {
-                snprintf(
-                    err, errlen,
-                    "%s.%s[%d]: expected \"tcp://host:port\" or \"ipc:///path\", got \"%.200s\"",
-                    k->section, k->name, i, memchr(s, '\0', sizeof c->listen[i]) ? s : "");
-                return -1;
-            }
-            for (int j = 0; j < i; j++) {
-                if (strcmp(c->listen[j], s) == 0) {
-                    snprintf(err, errlen, "%s.%s[%d]: \"%.200s\" is listed twice", k->section,
-                             k->name, i, s);
-                    return -1;
-                }
-            }
-        }
-        return 0;
-    }
+    } else if (v < k->min || v > k->max) {
+        snprintf(err, errlen, "%s.%s: must be between %.0f and %.0f, got %d", k->section, k->name,
+                 k->min, k->max, v);
+        return -1;
     }
     return 0;
+}
+
+static int check_double(const config_key *k, double v, char *err, size_t errlen) {
+    int low = k->min_open ? !(v > k->min) : !(v >= k->min);
+    if (isfinite(v) && !low && v <= k->max) return 0;
+    if (k->min_open)
+        snprintf(err, errlen, "%s.%s: must be greater than %g and at most %g, got %g", k->section,
+                 k->name, k->min, k->max, v);
+    else
+        snprintf(err, errlen, "%s.%s: must be between %g and %g, got %g", k->section, k->name,
+                 k->min, k->max, v);
+    return -1;
+}
+
+static int check_strlist(const config_key *k, const void *st, char *err, size_t errlen) {
+    int n = count_value(st, k);
+    if (n < 0 || n > k->max) {
+        snprintf(err, errlen, "%s.%s: must list at most %.0f %s, got %d", k->section, k->name,
+                 k->max, k->entries, n);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (memchr(entry_value(st, k, i), '\0', k->cap) == NULL) {
+            snprintf(err, errlen, "%s.%s[%d]: not terminated within %zu bytes", k->section, k->name,
+                     i, k->cap);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The key's kind and range, then its owner's rule. */
+static int check_key(const config_table *t, const config_key *k, const void *st, char *err,
+                     size_t errlen) {
+    int rc = 0;
+    switch (k->kind) {
+    case CONFIG_INT: rc = check_int(k, int_value(st, k), err, errlen); break;
+    case CONFIG_DOUBLE: rc = check_double(k, double_value(st, k), err, errlen); break;
+    case CONFIG_BLOCKS: {
+        int v = int_value(st, k);
+        if (v != CFG_NUM_BLOCKS_AUTO && (v < k->min || v > k->max)) {
+            snprintf(err, errlen,
+                     "%s.%s: must be \"auto\" or an integer between %.0f and %.0f, got %d",
+                     k->section, k->name, k->min, k->max, v);
+            rc = -1;
+        }
+        break;
+    }
+    case CONFIG_ENUM: {
+        int v = t->enum_get(st, k);
+        if (v < 0 || v >= k->n_names) {
+            snprintf(err, errlen, "%s.%s: invalid value %d", k->section, k->name, v);
+            rc = -1;
+        }
+        break;
+    }
+    case CONFIG_STRING:
+        if (memchr(str_value(st, k), '\0', k->cap) == NULL) {
+            snprintf(err, errlen, "%s.%s: not terminated within %zu bytes", k->section, k->name,
+                     k->cap);
+            rc = -1;
+        }
+        break;
+    case CONFIG_STRLIST: rc = check_strlist(k, st, err, errlen); break;
+    }
+    if (rc == 0 && k->check) rc = k->check(k, st, err, errlen);
+    return rc;
 }
 
 /* ---- storing a JSON value ---- */
@@ -402,7 +275,7 @@ static int type_error(const char *path, const char *expected, const cJSON *v, ch
 
 /* An integral JSON number that fits an int. Out-of-range integers report the
  * key's range rather than a type error. */
-static int json_int(const cfg_key *k, const char *path, const cJSON *v, int *out, char *err,
+static int json_int(const config_key *k, const char *path, const cJSON *v, int *out, char *err,
                     size_t errlen) {
     if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || floor(v->valuedouble) != v->valuedouble)
         return type_error(path, "an integer", v, err, errlen);
@@ -428,84 +301,118 @@ static int store_string(const char *path, char *dst, size_t cap, const cJSON *v,
     return 0;
 }
 
-static int apply_value(const cfg_key *k, const cJSON *v, engine_config *c, char *err,
-                       size_t errlen) {
-    char path[128];
-    snprintf(path, sizeof path, "%s.%s", k->section, k->name);
-    switch (k->kind) {
-    case K_INT: {
-        int x = 0;
-        if (json_int(k, path, v, &x, err, errlen)) return -1;
-        *int_field(c, k) = x;
-        break;
+static int store_enum(const config_table *t, const config_key *k, const char *path, const cJSON *v,
+                      void *st, char *err, size_t errlen) {
+    char list[128] = "";
+    for (int i = 0; i < k->n_names; i++) {
+        size_t n = strlen(list);
+        snprintf(list + n, sizeof list - n, "%s\"%s\"", i ? ", " : "", k->names[i]);
     }
-    case K_DOUBLE:
-        if (!cJSON_IsNumber(v)) return type_error(path, "a number", v, err, errlen);
-        *double_field(c, k) = v->valuedouble;
-        break;
-    case K_STRING:
-        if (store_string(path, str_field(c, k), k->cap, v, err, errlen)) return -1;
-        break;
-    case K_ENUM: {
-        char list[128] = "";
-        for (int i = 0; i < k->n_names; i++) {
-            size_t n = strlen(list);
-            snprintf(list + n, sizeof list - n, "%s\"%s\"", i ? ", " : "", k->names[i]);
+    if (!cJSON_IsString(v)) {
+        char expected[160];
+        snprintf(expected, sizeof expected, "a string (one of %s)", list);
+        return type_error(path, expected, v, err, errlen);
+    }
+    for (int i = 0; i < k->n_names; i++) {
+        if (strcmp(v->valuestring, k->names[i]) == 0) {
+            t->enum_set(st, k, i);
+            return 0;
         }
-        if (!cJSON_IsString(v)) {
-            char expected[160];
-            snprintf(expected, sizeof expected, "a string (one of %s)", list);
-            return type_error(path, expected, v, err, errlen);
-        }
-        for (int i = 0; i < k->n_names; i++) {
-            if (strcmp(v->valuestring, k->names[i]) == 0) {
-                enum_set(c, k, i);
-                return 0;
-            }
-        }
+    }
+    char got[80];
+    describe(v, got, sizeof got);
+    snprintf(err, errlen, "%s: must be one of %s, got %s", path, list, got);
+    return -1;
+}
+
+static int store_blocks(const config_key *k, const char *path, const cJSON *v, void *st, char *err,
+                        size_t errlen) {
+    if (cJSON_IsString(v) && strcmp(v->valuestring, "auto") == 0) {
+        *int_field(st, k) = CFG_NUM_BLOCKS_AUTO;
+    } else if (cJSON_IsNumber(v) && isfinite(v->valuedouble) &&
+               floor(v->valuedouble) == v->valuedouble && v->valuedouble >= k->min &&
+               v->valuedouble <= k->max) {
+        *int_field(st, k) = (int)v->valuedouble;
+    } else {
         char got[80];
         describe(v, got, sizeof got);
-        snprintf(err, errlen, "%s: must be one of %s, got %s", path, list, got);
+        snprintf(err, errlen, "%s: must be \"auto\" or an integer between %.0f and %.0f, got %s",
+                 path, k->min, k->max, got);
         return -1;
     }
-    case K_BLOCKS:
-        if (cJSON_IsString(v) && strcmp(v->valuestring, "auto") == 0) {
-            *int_field(c, k) = CFG_NUM_BLOCKS_AUTO;
-        } else if (cJSON_IsNumber(v) && isfinite(v->valuedouble) &&
-                   floor(v->valuedouble) == v->valuedouble && v->valuedouble >= k->min &&
-                   v->valuedouble <= k->max) {
-            *int_field(c, k) = (int)v->valuedouble;
-        } else {
-            char got[80];
-            describe(v, got, sizeof got);
-            snprintf(err, errlen,
-                     "%s: must be \"auto\" or an integer between %.0f and %.0f, got %s", path,
-                     k->min, k->max, got);
-            return -1;
-        }
-        break;
-    case K_LISTEN: {
-        if (!cJSON_IsArray(v)) return type_error(path, "an array of strings", v, err, errlen);
-        int n = cJSON_GetArraySize(v);
-        if (n > CFG_MAX_LISTEN) {
-            snprintf(err, errlen, "%s: must list at most %d addresses, got %d", path,
-                     CFG_MAX_LISTEN, n);
-            return -1;
-        }
-        int i = 0;
-        const cJSON *e;
-        cJSON_ArrayForEach(e, v) {
-            char epath[160];
-            snprintf(epath, sizeof epath, "%s[%d]", path, i);
-            if (store_string(epath, c->listen[i], sizeof c->listen[i], e, err, errlen)) return -1;
-            i++;
-        }
-        for (int j = i; j < CFG_MAX_LISTEN; j++) memset(c->listen[j], 0, sizeof c->listen[j]);
-        c->n_listen = n;
+    return 0;
+}
+
+/* The array replaces the whole list. */
+static int store_strlist(const config_key *k, const char *path, const cJSON *v, void *st, char *err,
+                         size_t errlen) {
+    if (!cJSON_IsArray(v)) return type_error(path, "an array of strings", v, err, errlen);
+    int n = cJSON_GetArraySize(v);
+    if (n > k->max) {
+        snprintf(err, errlen, "%s: must list at most %.0f %s, got %d", path, k->max, k->entries, n);
+        return -1;
+    }
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v) {
+        char epath[160];
+        snprintf(epath, sizeof epath, "%s[%d]", path, i);
+        if (store_string(epath, entry_field(st, k, i), k->cap, e, err, errlen)) return -1;
+        i++;
+    }
+    for (int j = i; j < (int)k->max; j++) memset(entry_field(st, k, j), 0, k->cap);
+    *count_field(st, k) = n;
+    return 0;
+}
+
+static int apply_value(const config_table *t, const config_key *k, const cJSON *v, void *st,
+                       char *err, size_t errlen) {
+    char path[128];
+    snprintf(path, sizeof path, "%s.%s", k->section, k->name);
+    int rc = 0;
+    switch (k->kind) {
+    case CONFIG_INT: {
+        int x = 0;
+        rc = json_int(k, path, v, &x, err, errlen);
+        if (rc == 0) *int_field(st, k) = x;
         break;
     }
+    case CONFIG_DOUBLE:
+        if (!cJSON_IsNumber(v)) return type_error(path, "a number", v, err, errlen);
+        *double_field(st, k) = v->valuedouble;
+        break;
+    case CONFIG_STRING: rc = store_string(path, str_field(st, k), k->cap, v, err, errlen); break;
+    case CONFIG_ENUM: return store_enum(t, k, path, v, st, err, errlen);
+    case CONFIG_BLOCKS: rc = store_blocks(k, path, v, st, err, errlen); break;
+    case CONFIG_STRLIST: rc = store_strlist(k, path, v, st, err, errlen); break;
     }
-    return check_key(k, c, err, errlen);
+    return rc ? rc : check_key(t, k, st, err, errlen);
+}
+
+/* ---- scratch copies: a failed load or set changes nothing ---- */
+
+/* A copy of every bound struct, or NULL (out of memory). */
+static void **scratch_open(const config_bindings *b) {
+    void **s = calloc((size_t)b->n + 1, sizeof *s);
+    for (int i = 0; s && i < b->n; i++) {
+        s[i] = malloc(b->bind[i].table->size);
+        if (!s[i]) {
+            for (int j = 0; j < i; j++) free(s[j]);
+            free(s);
+            return NULL;
+        }
+        memcpy(s[i], b->bind[i].dst, b->bind[i].table->size);
+    }
+    return s;
+}
+
+/* Copies the scratch structs back when commit, then frees them. */
+static void scratch_close(const config_bindings *b, void **s, int commit) {
+    for (int i = 0; i < b->n; i++) {
+        if (commit) memcpy(b->bind[i].dst, s[i], b->bind[i].table->size);
+        free(s[i]);
+    }
+    free(s);
 }
 
 /* ---- loading ---- */
@@ -518,36 +425,47 @@ static int earlier_sibling_named(const cJSON *parent, const cJSON *item) {
     return 0;
 }
 
-static int apply_object(engine_config *c, const cJSON *root, char *err, size_t errlen) {
+/* The keys of one section into st, the struct of the binding that owns it. */
+static int apply_section(const config_bindings *b, const config_table *t, const cJSON *sec,
+                         void *st, char *err, size_t errlen) {
+    const cJSON *item;
+    cJSON_ArrayForEach(item, sec) {
+        if (earlier_sibling_named(sec, item)) {
+            snprintf(err, errlen, "duplicate key '%s.%.100s'", sec->string, item->string);
+            return -1;
+        }
+        const config_key *k = find_key(t, sec->string, item->string);
+        if (!k) {
+            char hint[128];
+            suggest(b, sec->string, item->string, hint, sizeof hint);
+            snprintf(err, errlen, "unknown key '%s.%.100s'%s", sec->string, item->string, hint);
+            return -1;
+        }
+        if (apply_value(t, k, item, st, err, errlen)) return -1;
+    }
+    return 0;
+}
+
+static int apply_object(const config_bindings *b, void **scratch, const cJSON *root, char *err,
+                        size_t errlen) {
     if (!cJSON_IsObject(root))
         return type_error("config", "an object at the top level", root, err, errlen);
     const cJSON *sec;
     cJSON_ArrayForEach(sec, root) {
-        char hint[128];
         if (earlier_sibling_named(root, sec)) {
             snprintf(err, errlen, "duplicate key '%s'", sec->string);
             return -1;
         }
-        if (!is_section(sec->string)) {
-            suggest(NULL, sec->string, hint, sizeof hint);
+        int owner = section_owner(b, sec->string);
+        if (owner == SECTION_UNKNOWN) {
+            char hint[128];
+            suggest(b, NULL, sec->string, hint, sizeof hint);
             snprintf(err, errlen, "unknown key '%.100s'%s", sec->string, hint);
             return -1;
         }
         if (!cJSON_IsObject(sec)) return type_error(sec->string, "an object", sec, err, errlen);
-        const cJSON *item;
-        cJSON_ArrayForEach(item, sec) {
-            if (earlier_sibling_named(sec, item)) {
-                snprintf(err, errlen, "duplicate key '%s.%.100s'", sec->string, item->string);
-                return -1;
-            }
-            const cfg_key *k = find_key(sec->string, item->string);
-            if (!k) {
-                suggest(sec->string, item->string, hint, sizeof hint);
-                snprintf(err, errlen, "unknown key '%s.%.100s'%s", sec->string, item->string, hint);
-                return -1;
-            }
-            if (apply_value(k, item, c, err, errlen)) return -1;
-        }
+        if (owner == SECTION_SKIPPED) continue;
+        if (apply_section(b, b->bind[owner].table, sec, scratch[owner], err, errlen)) return -1;
     }
     return 0;
 }
@@ -562,7 +480,42 @@ static void line_col(const char *text, size_t off, int *line, int *col) {
     }
 }
 
-static int load_text(engine_config *c, const char *json, const char *origin, char *err,
+/* Why json (which cJSON refused, stopping at end) is malformed, with line
+ * and column. */
+static void parse_error(const char *json, const char *end, char *msg, size_t msglen) {
+    size_t off = end && end >= json ? (size_t)(end - json) : 0;
+    size_t total = strlen(json);
+    if (off > total) off = total;
+    /* The commonest mistake in a hand-written config is a trailing comma;
+     * cJSON stops at or just past the closing bracket, so point at the
+     * comma instead. */
+    size_t comma = off;
+    for (size_t p = off ? off - 1 : 0; p <= off && comma == off; p++) {
+        if (json[p] != '}' && json[p] != ']') continue;
+        size_t i = p;
+        while (i > 0 && strchr(" \t\r\n", json[i - 1])) i--;
+        if (i > 0 && json[i - 1] == ',') comma = i - 1;
+    }
+    int line, col;
+    if (comma != off) {
+        line_col(json, comma, &line, &col);
+        snprintf(msg, msglen, "line %d, column %d: malformed JSON (trailing comma)", line, col);
+        return;
+    }
+    line_col(json, off, &line, &col);
+    size_t start = off + strspn(json + off, " \t\r\n");
+    size_t n = 0;
+    while (n < 16 && json[start + n] && json[start + n] != '\n' && json[start + n] != '\r') n++;
+    if (strspn(json, " \t\r\n") == total)
+        snprintf(msg, msglen, "line %d, column %d: malformed JSON (empty input)", line, col);
+    else if (n == 0)
+        snprintf(msg, msglen, "line %d, column %d: malformed JSON (unexpected end)", line, col);
+    else
+        snprintf(msg, msglen, "line %d, column %d: malformed JSON near '%.*s'", line, col, (int)n,
+                 json + start);
+}
+
+static int load_text(const config_bindings *b, const char *json, const char *origin, char *err,
                      size_t errlen) {
     char msg[512];
     if (strncmp(json, "\xEF\xBB\xBF", 3) == 0) json += 3; /* UTF-8 byte order mark */
@@ -570,64 +523,34 @@ static int load_text(engine_config *c, const char *json, const char *origin, cha
      * global and so racy between threads). */
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithOpts(json, &end, 1);
+    void **scratch = root ? scratch_open(b) : NULL;
     if (!root) {
-        size_t off = end && end >= json ? (size_t)(end - json) : 0;
-        size_t total = strlen(json);
-        if (off > total) off = total;
-        /* The commonest mistake in a hand-written config is a trailing
-         * comma; cJSON stops at or just past the closing bracket, so point at
-         * the comma instead. */
-        size_t comma = off;
-        for (size_t p = off ? off - 1 : 0; p <= off && comma == off; p++) {
-            if (json[p] != '}' && json[p] != ']') continue;
-            size_t i = p;
-            while (i > 0 && strchr(" \t\r\n", json[i - 1])) i--;
-            if (i > 0 && json[i - 1] == ',') comma = i - 1;
-        }
-        int line, col;
-        if (comma != off) {
-            line_col(json, comma, &line, &col);
-            snprintf(msg, sizeof msg, "line %d, column %d: malformed JSON (trailing comma)", line,
-                     col);
-        } else {
-            line_col(json, off, &line, &col);
-            size_t start = off + strspn(json + off, " \t\r\n");
-            size_t n = 0;
-            while (n < 16 && json[start + n] && json[start + n] != '\n' && json[start + n] != '\r')
-                n++;
-            if (strspn(json, " \t\r\n") == total)
-                snprintf(msg, sizeof msg, "line %d, column %d: malformed JSON (empty input)", line,
-                         col);
-            else if (n == 0)
-                snprintf(msg, sizeof msg, "line %d, column %d: malformed JSON (unexpected end)",
-                         line, col);
-            else
-                snprintf(msg, sizeof msg, "line %d, column %d: malformed JSON near '%.*s'", line,
-                         col, (int)n, json + start);
-        }
+        parse_error(json, end, msg, sizeof msg);
+    } else if (!scratch) {
+        snprintf(msg, sizeof msg, "out of memory");
     } else {
-        engine_config tmp = *c;
-        int rc = apply_object(&tmp, root, msg, sizeof msg);
-        cJSON_Delete(root);
+        int rc = apply_object(b, scratch, root, msg, sizeof msg);
+        scratch_close(b, scratch, rc == 0);
         if (rc == 0) {
-            *c = tmp;
+            cJSON_Delete(root);
             return 0;
         }
     }
+    cJSON_Delete(root);
     if (origin) snprintf(err, errlen, "%s: %s", origin, msg);
     else snprintf(err, errlen, "%s", msg);
     return -1;
 }
 
-int config_load_string(engine_config *c, const char *json, char *err, size_t errlen) {
+int config_load_string(const config_bindings *b, const char *json, char *err, size_t errlen) {
     if (!json) {
         snprintf(err, errlen, "no JSON text");
         return -1;
     }
-    return load_text(c, json, NULL, err, errlen);
+    return load_text(b, json, NULL, err, errlen);
 }
 
-int config_load_file(engine_config *c, const char *path, char *err, size_t errlen) {
+int config_load_file(const config_bindings *b, const char *path, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
@@ -658,80 +581,97 @@ int config_load_file(engine_config *c, const char *path, char *err, size_t errle
         snprintf(err, errlen, "%s: contains NUL bytes; not a JSON file", path);
         return -1;
     }
-    int rc = load_text(c, buf, path, err, errlen);
+    int rc = load_text(b, buf, path, err, errlen);
     free(buf);
     return rc;
 }
 
-int config_apply_env(engine_config *c, char *err, size_t errlen) {
-    const char *key = getenv("ENGINE_API_KEY");
-    if (!key || !*key) return 0;
-    if (strlen(key) >= sizeof c->api_key) {
-        snprintf(err, errlen, "ENGINE_API_KEY: longer than %zu bytes", sizeof c->api_key - 1);
-        return -1;
+int config_apply_env(const config_bindings *b, char *err, size_t errlen) {
+    for (int i = 0; i < b->n; i++) {
+        const config_table *t = b->bind[i].table;
+        if (t->apply_env && t->apply_env(b->bind[i].dst, err, errlen)) return -1;
     }
-    for (const char *p = key; *p; p++) {
-        if (*p < 0x21 || *p > 0x7e) {
-            snprintf(err, errlen, "ENGINE_API_KEY: must be printable ASCII without spaces");
-            return -1;
-        }
-    }
-    set_str(c->api_key, sizeof c->api_key, key);
     return 0;
 }
 
 /* ---- command-line overrides ---- */
 
+/* A comma-separated list as a JSON array of strings (blanks around the
+ * commas dropped; "" is the empty list). */
+static cJSON *list_node(const char *p) {
+    cJSON *arr = cJSON_CreateArray();
+    if (!arr) return NULL;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
+        char *item = malloc(n + 1);
+        if (!item) {
+            cJSON_Delete(arr);
+            return NULL;
+        }
+        memcpy(item, p, n);
+        item[n] = '\0';
+        cJSON *s = cJSON_CreateString(item);
+        free(item);
+        if (!s) {
+            cJSON_Delete(arr);
+            return NULL;
+        }
+        cJSON_AddItemToArray(arr, s);
+        if (!comma) break;
+        p = comma + 1;
+        while (*p == ' ' || *p == '\t') p++;
+    }
+    return arr;
+}
+
 /* The command-line text as the JSON value the key expects. Numbers are
  * parsed as JSON; text that is not a number stays a string so the type
  * error can quote it. */
-static cJSON *value_node(const cfg_key *k, const char *value) {
+static cJSON *value_node(const config_key *k, const char *value) {
     switch (k->kind) {
-    case K_STRING:
-    case K_ENUM: return cJSON_CreateString(value);
-    case K_INT:
-    case K_DOUBLE:
-    case K_BLOCKS: {
+    case CONFIG_STRING:
+    case CONFIG_ENUM: return cJSON_CreateString(value);
+    case CONFIG_INT:
+    case CONFIG_DOUBLE:
+    case CONFIG_BLOCKS: {
         cJSON *v = cJSON_ParseWithOpts(value, NULL, 1);
         if (v && (cJSON_IsNumber(v) || cJSON_IsBool(v) || cJSON_IsNull(v))) return v;
         cJSON_Delete(v);
         return cJSON_CreateString(value);
     }
-    case K_LISTEN: {
+    case CONFIG_STRLIST: {
         const char *p = value;
         while (*p == ' ' || *p == '\t') p++;
         if (*p == '[') return cJSON_ParseWithOpts(value, NULL, 1);
-        cJSON *arr = cJSON_CreateArray();
-        if (!arr) return NULL;
-        while (*p) {
-            const char *comma = strchr(p, ',');
-            size_t n = comma ? (size_t)(comma - p) : strlen(p);
-            while (n && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
-            char *item = malloc(n + 1);
-            if (!item) {
-                cJSON_Delete(arr);
-                return NULL;
-            }
-            memcpy(item, p, n);
-            item[n] = '\0';
-            cJSON *s = cJSON_CreateString(item);
-            free(item);
-            if (!s) {
-                cJSON_Delete(arr);
-                return NULL;
-            }
-            cJSON_AddItemToArray(arr, s);
-            if (!comma) break;
-            p = comma + 1;
-            while (*p == ' ' || *p == '\t') p++;
-        }
-        return arr;
+        return list_node(p);
     }
     }
     return NULL;
 }
 
-int config_set(engine_config *c, const char *dotted_key, const char *value, char *err,
+/* "'x' is a section; ..." when dotted_key names a bound section, else
+ * "unknown key" with a suggestion. Returns -1. */
+static int undotted_key_error(const config_bindings *b, const char *dotted_key, char *err,
+                              size_t errlen) {
+    for (int t = 0; t < b->n; t++) {
+        const config_table *tab = b->bind[t].table;
+        for (int i = 0; i < tab->n_keys; i++) {
+            if (strcmp(tab->keys[i].section, dotted_key) == 0) {
+                snprintf(err, errlen, "'%s' is a section; set one of its keys, e.g. '%s.%s'",
+                         dotted_key, dotted_key, tab->keys[i].name);
+                return -1;
+            }
+        }
+    }
+    char hint[128];
+    suggest(b, NULL, dotted_key, hint, sizeof hint);
+    snprintf(err, errlen, "unknown key '%.100s'%s", dotted_key, hint);
+    return -1;
+}
+
+int config_set(const config_bindings *b, const char *dotted_key, const char *value, char *err,
                size_t errlen) {
     if (!dotted_key || !value) {
         snprintf(err, errlen, "config_set: missing key or value");
@@ -739,51 +679,229 @@ int config_set(engine_config *c, const char *dotted_key, const char *value, char
     }
     char section[64], hint[128];
     const char *dot = strchr(dotted_key, '.');
-    if (!dot) {
-        for (int i = 0; i < N_KEYS; i++) {
-            if (strcmp(keys[i].section, dotted_key) == 0) {
-                snprintf(err, errlen, "'%s' is a section; set one of its keys, e.g. '%s.%s'",
-                         dotted_key, dotted_key, keys[i].name);
-                return -1;
-            }
-        }
-        suggest(NULL, dotted_key, hint, sizeof hint);
-        snprintf(err, errlen, "unknown key '%.100s'%s", dotted_key, hint);
-        return -1;
-    }
+    if (!dot) return undotted_key_error(b, dotted_key, err, errlen);
     size_t slen = (size_t)(dot - dotted_key);
     snprintf(section, sizeof section, "%.*s",
              (int)(slen < sizeof section ? slen : sizeof section - 1), dotted_key);
-    if (slen >= sizeof section || !is_section(section)) {
-        suggest(NULL, section, hint, sizeof hint);
+    int owner = slen < sizeof section ? section_owner(b, section) : SECTION_UNKNOWN;
+    if (owner == SECTION_SKIPPED) return 0;
+    if (owner == SECTION_UNKNOWN) {
+        suggest(b, NULL, section, hint, sizeof hint);
         snprintf(err, errlen, "unknown key '%.100s'%s", dotted_key, hint);
         return -1;
     }
-    const cfg_key *k = find_key(section, dot + 1);
+    const config_binding *bd = &b->bind[owner];
+    const config_key *k = find_key(bd->table, section, dot + 1);
     if (!k) {
-        suggest(section, dot + 1, hint, sizeof hint);
+        suggest(b, section, dot + 1, hint, sizeof hint);
         snprintf(err, errlen, "unknown key '%.100s'%s", dotted_key, hint);
         return -1;
     }
     cJSON *v = value_node(k, value);
-    if (!v) {
-        if (k->kind == K_LISTEN)
+    void *tmp = v ? malloc(bd->table->size) : NULL;
+    if (!tmp) {
+        if (!v && k->kind == CONFIG_STRLIST)
             snprintf(err, errlen, "%s.%s: malformed JSON array", k->section, k->name);
         else snprintf(err, errlen, "%s.%s: out of memory", k->section, k->name);
+        cJSON_Delete(v);
         return -1;
     }
-    engine_config tmp = *c;
-    int rc = apply_value(k, v, &tmp, err, errlen);
+    memcpy(tmp, bd->dst, bd->table->size);
+    int rc = apply_value(bd->table, k, v, tmp, err, errlen);
     cJSON_Delete(v);
-    if (rc == 0) *c = tmp;
+    if (rc == 0) memcpy(bd->dst, tmp, bd->table->size);
+    free(tmp);
     return rc;
 }
 
 /* ---- whole-config checks ---- */
 
-int config_validate(const engine_config *c, char *err, size_t errlen) {
-    for (int i = 0; i < N_KEYS; i++)
-        if (check_key(&keys[i], c, err, errlen)) return -1;
+int config_validate(const config_bindings *b, char *err, size_t errlen) {
+    for (int t = 0; t < b->n; t++) {
+        const config_table *tab = b->bind[t].table;
+        for (int i = 0; i < tab->n_keys; i++)
+            if (check_key(tab, &tab->keys[i], b->bind[t].dst, err, errlen)) return -1;
+    }
+    for (int t = 0; t < b->n; t++) {
+        const config_table *tab = b->bind[t].table;
+        if (tab->validate && tab->validate(b->bind[t].dst, err, errlen)) return -1;
+    }
+    return 0;
+}
+
+/* ---- writing ---- */
+
+static cJSON *strlist_node(const config_key *k, const void *st) {
+    cJSON *v = cJSON_CreateArray();
+    for (int j = 0; v && j < count_value(st, k) && j < (int)k->max; j++) {
+        cJSON *e = cJSON_CreateString(entry_value(st, k, j));
+        if (!e) {
+            cJSON_Delete(v);
+            return NULL;
+        }
+        cJSON_AddItemToArray(v, e);
+    }
+    return v;
+}
+
+/* The stored value of k as the JSON the file format takes. */
+static cJSON *key_node(const config_table *t, const config_key *k, const void *st) {
+    switch (k->kind) {
+    case CONFIG_INT: return cJSON_CreateNumber(int_value(st, k));
+    case CONFIG_DOUBLE: return cJSON_CreateNumber(double_value(st, k));
+    case CONFIG_STRING: {
+        const char *str = str_value(st, k);
+        if (k->extra == CONFIG_SECRET && str[0]) str = "<redacted>";
+        return cJSON_CreateString(str);
+    }
+    case CONFIG_ENUM: {
+        int e = t->enum_get(st, k);
+        return cJSON_CreateString(e >= 0 && e < k->n_names ? k->names[e] : "?");
+    }
+    case CONFIG_BLOCKS:
+        return int_value(st, k) == CFG_NUM_BLOCKS_AUTO ? cJSON_CreateString("auto")
+                                                       : cJSON_CreateNumber(int_value(st, k));
+    case CONFIG_STRLIST: return strlist_node(k, st);
+    }
+    return NULL;
+}
+
+/* Adds every section of one bound table to root; 0 or -1 (out of memory). */
+static int add_sections(cJSON *root, const config_binding *bd) {
+    const config_table *t = bd->table;
+    for (int s = 0; s < t->n_sections; s++) {
+        cJSON *sec = cJSON_AddObjectToObject(root, t->sections[s]);
+        if (!sec) return -1;
+        for (int i = 0; i < t->n_keys; i++) {
+            const config_key *k = &t->keys[i];
+            if (strcmp(k->section, t->sections[s]) != 0) continue;
+            cJSON *v = key_node(t, k, bd->dst);
+            if (!v) return -1;
+            cJSON_AddItemToObject(sec, k->name, v);
+        }
+    }
+    return 0;
+}
+
+int config_to_json(const config_bindings *b, char **out) {
+    *out = NULL;
+    cJSON *root = cJSON_CreateObject();
+    if (!root) return -1;
+    int ok = 1;
+    for (int i = 0; i < b->n && ok; i++) ok = add_sections(root, &b->bind[i]) == 0;
+    char *text = ok ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!text) return -1;
+    /* Copy into plain malloc memory so the caller frees it with free()
+     * whatever allocator hooks cJSON was given. */
+    size_t n = strlen(text);
+    *out = malloc(n + 2);
+    if (*out) {
+        memcpy(*out, text, n);
+        (*out)[n] = '\n';
+        (*out)[n + 1] = '\0';
+    }
+    cJSON_free(text);
+    return *out ? 0 : -1;
+}
+
+/* ---- the engine's table ---- */
+
+static const char *const dtype_names[] = {"f32", "f16"};       /* index = kv_dtype */
+static const char *const numerics_names[] = {"exact", "fast"}; /* index = be_numerics */
+
+#define ENG(f) offsetof(engine_config, f)
+
+static const config_key engine_keys[] = {
+    CONFIG_STR_KEY(engine_config, "model_loading_config", "model_path", model_path),
+    CONFIG_ENUM_KEY(engine_config, "model_loading_config", "dtype", kv_dtype, dtype_names),
+    CONFIG_INT_KEY(engine_config, "model_loading_config", "model_max_length", model_max_length, 0,
+                   16777216),
+    CONFIG_INT_KEY(engine_config, "model_loading_config", "n_threads", n_threads, 0, 1024),
+    CONFIG_ENUM_KEY(engine_config, "model_loading_config", "numerics", numerics, numerics_names),
+
+    CONFIG_INT_KEY(engine_config, "batcher_config", "batch_max_tokens", batch_max_tokens, 1,
+                   1048576),
+    CONFIG_INT_KEY(engine_config, "batcher_config", "batch_max_seqs", batch_max_seqs, 1, 65536),
+    CONFIG_ENUM_KEY(engine_config, "batcher_config", "policy", batching, engine_batching_names),
+    CONFIG_INT_KEY(engine_config, "batcher_config", "max_waiting", max_waiting, 1, 16777216),
+
+    {.section = "cache_config",
+     .name = "num_blocks",
+     .kind = CONFIG_BLOCKS,
+     .off = ENG(num_blocks),
+     .min = 1,
+     .max = BLOCKS_MAX},
+    {.section = "cache_config",
+     .name = "kv_memory_mb",
+     .kind = CONFIG_DOUBLE,
+     .off = ENG(kv_memory_mb),
+     .min = 0,
+     .max = 16777216,
+     .min_open = 1},
+    CONFIG_INT_KEY(engine_config, "cache_config", "num_blocks_cpu", num_blocks_cpu, 0, BLOCKS_MAX),
+    {.section = "cache_config",
+     .name = "block_size",
+     .kind = CONFIG_INT,
+     .off = ENG(block_size),
+     .min = 1,
+     .max = 256,
+     .extra = CONFIG_POW2},
+    {.section = "cache_config",
+     .name = "watermark",
+     .kind = CONFIG_DOUBLE,
+     .off = ENG(watermark),
+     .min = 0,
+     .max = 0.5},
+    CONFIG_STR_KEY(engine_config, "cache_config", "swap_path", swap_path),
+    CONFIG_ENUM_KEY(engine_config, "cache_config", "preemption_mode", preemption_mode,
+                    engine_preempt_names),
+};
+
+static const char *const engine_sections[] = {"model_loading_config", "batcher_config",
+                                              "cache_config"};
+
+/* The enums have their own types, so they are read and written by name
+ * rather than through an int pointer. */
+static int engine_enum_get(const void *st, const config_key *k) {
+    const engine_config *c = st;
+    if (k->off == ENG(kv_dtype)) return (int)c->kv_dtype;
+    if (k->off == ENG(numerics)) return (int)c->numerics;
+    if (k->off == ENG(batching)) return (int)c->batching;
+    return (int)c->preemption_mode;
+}
+static void engine_enum_set(void *st, const config_key *k, int v) {
+    engine_config *c = st;
+    if (k->off == ENG(kv_dtype)) c->kv_dtype = (kv_dtype)v;
+    else if (k->off == ENG(numerics)) c->numerics = (be_numerics)v;
+    else if (k->off == ENG(batching)) c->batching = (engine_batching)v;
+    else c->preemption_mode = (engine_preempt_mode)v;
+}
+
+void config_engine_defaults(engine_config *c) {
+    engine_options o;
+    engine_options_default(&o);
+    memset(c, 0, sizeof *c);
+    c->kv_dtype = o.kv_type;
+    c->model_max_length = o.max_context;
+    c->n_threads = 0;
+    c->numerics = BE_NUMERICS_EXACT;
+    c->batch_max_tokens = o.batch_max_tokens;
+    c->batch_max_seqs = o.batch_max_seqs;
+    c->batching = o.batching;
+    c->max_waiting = o.max_waiting;
+    c->num_blocks = o.num_blocks > 0 ? o.num_blocks : CFG_NUM_BLOCKS_AUTO;
+    c->kv_memory_mb = o.kv_memory_mb;
+    c->num_blocks_cpu = o.num_blocks_cpu;
+    c->block_size = o.block_size;
+    c->watermark = o.watermark;
+    c->preemption_mode = o.preempt_mode;
+}
+static void engine_defaults(void *st) { config_engine_defaults(st); }
+
+/* The cross-field rules of the engine's sections. */
+static int engine_validate(const void *st, char *err, size_t errlen) {
+    const engine_config *c = st;
     if (c->batch_max_seqs > c->batch_max_tokens) {
         snprintf(err, errlen,
                  "batcher_config.batch_max_seqs: must be at most batcher_config.batch_max_tokens "
@@ -818,6 +936,18 @@ int config_validate(const engine_config *c, char *err, size_t errlen) {
     }
     return 0;
 }
+
+const config_table config_engine_table = {
+    .sections = engine_sections,
+    .n_sections = (int)(sizeof engine_sections / sizeof engine_sections[0]),
+    .keys = engine_keys,
+    .n_keys = (int)(sizeof engine_keys / sizeof engine_keys[0]),
+    .size = sizeof(engine_config),
+    .defaults = engine_defaults,
+    .validate = engine_validate,
+    .enum_get = engine_enum_get,
+    .enum_set = engine_enum_set,
+};
 
 int config_resolve_num_blocks(const engine_config *c, int n_layer, int kv_dim, char *err,
                               size_t errlen) {
@@ -856,74 +986,6 @@ int config_resolve_num_blocks(const engine_config *c, int n_layer, int kv_dim, c
         return -1;
     }
     return (int)n;
-}
-
-/* ---- writing ---- */
-
-int config_to_json(const engine_config *c, char **out) {
-    *out = NULL;
-    cJSON *root = cJSON_CreateObject();
-    if (!root) return -1;
-    int ok = 1;
-    for (int s = 0; s < N_SECTIONS && ok; s++) {
-        cJSON *sec = cJSON_AddObjectToObject(root, sections[s]);
-        if (!sec) {
-            ok = 0;
-            break;
-        }
-        for (int i = 0; i < N_KEYS && ok; i++) {
-            const cfg_key *k = &keys[i];
-            if (strcmp(k->section, sections[s]) != 0) continue;
-            cJSON *v = NULL;
-            switch (k->kind) {
-            case K_INT: v = cJSON_CreateNumber(int_value(c, k)); break;
-            case K_DOUBLE: v = cJSON_CreateNumber(double_value(c, k)); break;
-            case K_STRING: {
-                const char *str = str_value(c, k);
-                if (k->extra == X_API_KEY && str[0]) str = "<redacted>";
-                v = cJSON_CreateString(str);
-                break;
-            }
-            case K_ENUM: {
-                int e = enum_value(c, k);
-                v = cJSON_CreateString(e >= 0 && e < k->n_names ? k->names[e] : "?");
-                break;
-            }
-            case K_BLOCKS:
-                v = int_value(c, k) == CFG_NUM_BLOCKS_AUTO ? cJSON_CreateString("auto")
-                                                           : cJSON_CreateNumber(int_value(c, k));
-                break;
-            case K_LISTEN:
-                v = cJSON_CreateArray();
-                for (int j = 0; v && j < c->n_listen && j < CFG_MAX_LISTEN; j++) {
-                    cJSON *e = cJSON_CreateString(c->listen[j]);
-                    if (!e) {
-                        cJSON_Delete(v);
-                        v = NULL;
-                        break;
-                    }
-                    cJSON_AddItemToArray(v, e);
-                }
-                break;
-            }
-            if (!v) ok = 0;
-            else cJSON_AddItemToObject(sec, k->name, v);
-        }
-    }
-    char *text = ok ? cJSON_Print(root) : NULL;
-    cJSON_Delete(root);
-    if (!text) return -1;
-    /* Copy into plain malloc memory so the caller frees it with free()
-     * whatever allocator hooks cJSON was given. */
-    size_t n = strlen(text);
-    *out = malloc(n + 2);
-    if (*out) {
-        memcpy(*out, text, n);
-        (*out)[n] = '\n';
-        (*out)[n + 1] = '\0';
-    }
-    cJSON_free(text);
-    return *out ? 0 : -1;
 }
 
 void config_engine_options(const engine_config *c, int num_blocks, engine_options *o) {

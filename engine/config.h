@@ -1,20 +1,29 @@
 /*
- * config.h - the engine's configuration: one JSON file (--config) with four
- * sections (model_loading_config, batcher_config, cache_config, server),
- * overridden key by key from the command line (--set section.key=value).
- * docs/config.md documents every key.
+ * config.h - the JSON configuration: one file (--config) of sections, each
+ * owned by one layer, overridden key by key from the command line (--set
+ * section.key=value). docs/config.md documents every key.
+ *
+ * The mechanism is generic: a layer describes its settings as a key table
+ * (config_table: its sections, one row per key, its struct's defaults and
+ * cross-field rules), and a program binds each table it runs to a struct of
+ * its own (config_bindings). One file then fills every bound struct under
+ * one set of rules. This file also owns the engine's table
+ * (config_engine_table: model_loading_config, batcher_config, cache_config
+ * into engine_config); the server's lives in server/server_config.h.
  *
  * Precedence: config_defaults < config_load_file / config_load_string <
- * config_apply_env (ENGINE_API_KEY) < config_set (command-line flags). Each
- * step merges over the current values: keys it does not mention keep theirs.
- * Loading and config_set check each value on its own (type, range, syntax);
- * config_validate checks the whole struct including cross-field rules and is
+ * config_apply_env < config_set (command-line flags). Each step merges over
+ * the current values: keys it does not mention keep theirs. Loading and
+ * config_set check each value on its own (type, range, syntax);
+ * config_validate checks every struct including cross-field rules and is
  * meant to run once, after the last override.
  *
  * Errors: every function returns 0 (config_resolve_num_blocks: the block
  * count) or -1 with a message in err that names the key's full path, e.g.
  * "cache_config.block_size: must be a power of two between 1 and 256, got 24".
- * A failed load or set leaves the config unchanged.
+ * A section or key no bound table owns is an error (with a suggestion), except
+ * the sections listed in config_bindings.skip. A failed load or set leaves
+ * every bound struct unchanged.
  * Thread-safety: none needed; the functions touch only their arguments (and
  * config_apply_env reads the environment).
  */
@@ -27,7 +36,126 @@
 #include "core/kv_cache.h"
 #include "engine/engine.h"
 
-#define CFG_MAX_LISTEN 8
+/* ---- the mechanism ---- */
+
+typedef enum {
+    CONFIG_INT,    /* JSON integer in [min, max] */
+    CONFIG_DOUBLE, /* JSON number in [min, max] (min exclusive when min_open) */
+    CONFIG_STRING, /* JSON string shorter than its field (char[cap]) */
+    CONFIG_ENUM,   /* JSON string, one of names[]; stored through the table's enum hooks */
+    CONFIG_BLOCKS, /* integer in [min, max] or "auto" (stored as CFG_NUM_BLOCKS_AUTO) */
+    CONFIG_STRLIST /* JSON array of at most max strings: char[max][cap] and an int count */
+} config_kind;
+
+typedef enum {
+    CONFIG_PLAIN,
+    CONFIG_POW2,  /* CONFIG_INT: a power of two as well */
+    CONFIG_SECRET /* CONFIG_STRING: printed as "<redacted>" when set */
+} config_extra;
+
+typedef struct config_key config_key;
+
+/* One key: where it lives in its table's struct and the rules for its value.
+ * Rows are written with the CONFIG_*_KEY macros below. */
+struct config_key {
+    const char *section;
+    const char *name;
+    config_kind kind;
+    size_t off; /* offset of the field in the table's struct */
+    size_t cap; /* CONFIG_STRING, CONFIG_STRLIST: bytes of one string */
+    double min, max;
+    int min_open;
+    config_extra extra;
+    const char *const *names; /* CONFIG_ENUM: index = enum value */
+    int n_names;
+    size_t count_off;    /* CONFIG_STRLIST: offset of the int entry count */
+    const char *entries; /* CONFIG_STRLIST: what an entry is, plural, for messages */
+    /* The owner's rule beyond kind and range (address syntax, ...), run
+     * after the generic checks wherever those run; NULL for none. Messages
+     * start with "section.key". */
+    int (*check)(const config_key *k, const void *st, char *err, size_t errlen);
+};
+
+#define CONFIG_INT_KEY(T, s, n, f, lo, hi)                                                         \
+    { .section = s, .name = n, .kind = CONFIG_INT, .off = offsetof(T, f), .min = lo, .max = hi }
+#define CONFIG_STR_KEY(T, s, n, f)                                                                 \
+    {                                                                                              \
+        .section = s, .name = n, .kind = CONFIG_STRING, .off = offsetof(T, f),                     \
+        .cap = sizeof(((T *)0)->f)                                                                 \
+    }
+#define CONFIG_ENUM_KEY(T, s, n, f, tab)                                                           \
+    {                                                                                              \
+        .section = s, .name = n, .kind = CONFIG_ENUM, .off = offsetof(T, f), .names = tab,         \
+        .n_names = (int)(sizeof tab / sizeof tab[0])                                               \
+    }
+
+/* A layer's settings: its sections (in print order), its keys, and the
+ * functions of its struct. */
+typedef struct {
+    const char *const *sections;
+    int n_sections;
+    const config_key *keys;
+    int n_keys;
+    size_t size;                /* of the struct the table describes */
+    void (*defaults)(void *st); /* every field, not only the keys' */
+    /* Rules relating two keys, run by config_validate after every key's own
+     * checks; NULL for none. */
+    int (*validate)(const void *st, char *err, size_t errlen);
+    /* Values the environment supplies, run by config_apply_env; on failure
+     * st is unchanged. NULL for none. */
+    int (*apply_env)(void *st, char *err, size_t errlen);
+    /* CONFIG_ENUM fields have their own enum types, so the owner reads and
+     * writes them; NULL when the table has no enum key. */
+    int (*enum_get)(const void *st, const config_key *k);
+    void (*enum_set)(void *st, const config_key *k, int v);
+} config_table;
+
+/* One table and the struct (of table->size bytes) it fills. */
+typedef struct {
+    const config_table *table;
+    void *dst;
+} config_binding;
+
+/* What one program reads from a config: the bound tables, in print order,
+ * and the sections of tables it does not run (NULL-terminated list, may be
+ * NULL): those are accepted, must be objects, and are otherwise ignored, in
+ * a file and by config_set alike, so one file can serve every program. */
+typedef struct {
+    const config_binding *bind;
+    int n;
+    const char *const *skip;
+} config_bindings;
+
+/* Every bound struct to its table's defaults. */
+void config_defaults(const config_bindings *b);
+
+/* Merge a JSON file / string over the current values. Messages from a file
+ * start with its path; malformed JSON reports line and column. */
+int config_load_file(const config_bindings *b, const char *path, char *err, size_t errlen);
+int config_load_string(const config_bindings *b, const char *json, char *err, size_t errlen);
+
+/* Each bound table's values from the environment (the server's:
+ * ENGINE_API_KEY), so secrets can stay out of config files. */
+int config_apply_env(const config_bindings *b, char *err, size_t errlen);
+
+/* One override: dotted_key is "section.key", value is the text given on the
+ * command line: numbers as written, strings bare ("/models/x.gguf"),
+ * CONFIG_BLOCKS keys an integer or "auto", CONFIG_STRLIST keys a
+ * comma-separated list or a JSON array. */
+int config_set(const config_bindings *b, const char *dotted_key, const char *value, char *err,
+               size_t errlen);
+
+/* Every per-key rule again (so values put into a struct directly are
+ * checked too), then each table's cross-field rules. */
+int config_validate(const config_bindings *b, char *err, size_t errlen);
+
+/* The bound structs as pretty-printed JSON in the file format, one section
+ * after another in binding order (for logging; CONFIG_SECRET keys are shown
+ * as "<redacted>" when set). *out is malloc'd, the caller frees it. */
+int config_to_json(const config_bindings *b, char **out);
+
+/* ---- the engine's settings ---- */
+
 #define CFG_NUM_BLOCKS_AUTO (-1)
 
 typedef struct {
@@ -52,41 +180,14 @@ typedef struct {
     double watermark;     /* fraction of device blocks kept free at admission */
     char swap_path[1024]; /* "" = swap tier in RAM, else a file backs it */
     engine_preempt_mode preemption_mode;
-
-    /* server (checked now, used by the RPC / HTTP servers) */
-    char listen[CFG_MAX_LISTEN][256]; /* nng-style "tcp://host:port" or "ipc:///path" */
-    int n_listen;                     /* 0 = no RPC listener */
-    char http_listen[256];            /* "http://host:port"; "" = no HTTP listener */
-    int max_message_bytes;            /* largest request / response message */
-    char api_key[256];                /* "" = no authentication */
-    int max_stop_strings;             /* stop strings per request */
-    int request_timeout_ms;           /* 0 = no deadline */
-    int drain_timeout_ms;             /* on shutdown, time to let running requests finish */
 } engine_config;
 
-/* The engine's keys take engine_options_default's values (one table of
- * defaults); the server's have their own. */
-void config_defaults(engine_config *c);
+/* The engine's table: model_loading_config, batcher_config and
+ * cache_config into an engine_config. */
+extern const config_table config_engine_table;
 
-/* Merge a JSON file / string over the current values. Messages from a file
- * start with its path; malformed JSON reports line and column. */
-int config_load_file(engine_config *c, const char *path, char *err, size_t errlen);
-int config_load_string(engine_config *c, const char *json, char *err, size_t errlen);
-
-/* ENGINE_API_KEY, when set and non-empty, replaces server.api_key (so the
- * key can stay out of config files). */
-int config_apply_env(engine_config *c, char *err, size_t errlen);
-
-/* One override: dotted_key is "section.key", value is the text given on the
- * command line: numbers as written, strings bare ("/models/x.gguf"),
- * cache_config.num_blocks an integer or "auto", server.listen a
- * comma-separated list or a JSON array. */
-int config_set(engine_config *c, const char *dotted_key, const char *value, char *err,
-               size_t errlen);
-
-/* Every per-key rule again plus the cross-field ones (batch_max_seqs <=
- * batch_max_tokens, swap needs a CPU tier, ...). */
-int config_validate(const engine_config *c, char *err, size_t errlen);
+/* engine_options_default's values (one table of defaults). */
+void config_engine_defaults(engine_config *c);
 
 /* Device blocks to create: num_blocks when set, else
  * floor(kv_memory_mb MiB / block bytes), at least 1, where a block holds
@@ -94,11 +195,6 @@ int config_validate(const engine_config *c, char *err, size_t errlen);
  * kv_dtype. Returns the count or -1 (bad model shape, count beyond int). */
 int config_resolve_num_blocks(const engine_config *c, int n_layer, int kv_dim, char *err,
                               size_t errlen);
-
-/* The effective config as pretty-printed JSON in the file format (for
- * logging; api_key is shown as "<redacted>" when set). *out is malloc'd, the
- * caller frees it. */
-int config_to_json(const engine_config *c, char **out);
 
 /* The batching and cache settings of c as engine options (the rest keep
  * engine_options_default's values). num_blocks is the device block count

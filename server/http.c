@@ -176,7 +176,7 @@ static void handle_generation(srv_http *h, httpd_req *req, japi_kind kind, doubl
         http_reply_error(req, 503, "draining", NULL, "the server is shutting down");
         return;
     }
-    int limit = s->cfg.request_timeout_ms;
+    int limit = s->net.request_timeout_ms;
     http_call c = {.h = h, .s = s, .req = req, .kind = kind};
     c.r = relay_create(s, limit > 0 ? t_arrival + limit : 0);
     if (!c.r) {
@@ -364,7 +364,7 @@ int srv_http_start(srv *s, const char *url, char *err, size_t errlen) {
     pthread_mutex_init(&h->mu, NULL);
     httpd_opts o;
     httpd_opts_default(&o);
-    if (s->cfg.max_message_bytes > 0) o.max_body_bytes = (size_t)s->cfg.max_message_bytes;
+    if (s->net.max_message_bytes > 0) o.max_body_bytes = (size_t)s->net.max_message_bytes;
     char msg[256];
     if (httpd_start(host, port, &o, http_handle, h, &h->d, msg, sizeof msg) != HTTPD_OK) {
         snprintf(err, errlen, "%s: %s", url, msg);

@@ -184,7 +184,7 @@ static void reply_outcome_error(http_call *c, int st) {
     case SRV_DEADLINE_EXCEEDED:
         snprintf(msg, sizeof msg,
                  "the request did not finish within server.request_timeout_ms (%d ms)",
-                 c->s->cfg.request_timeout_ms);
+                 c->s->net.request_timeout_ms);
         reply_error(c, 504, "deadline_exceeded", msg);
         return;
     case SRV_UNAVAILABLE:

@@ -317,7 +317,7 @@ static int call_status(scall *k, char *msg, size_t msglen) {
         break;
     case SRV_UNAVAILABLE:
         snprintf(msg, msglen, "the server is shutting down (drain timeout of %d ms reached)",
-                 k->sc->rs->s->cfg.drain_timeout_ms);
+                 k->sc->rs->s->net.drain_timeout_ms);
         break;
     case SRV_RESOURCE_EXHAUSTED:
         snprintf(msg, msglen, "out of memory while collecting the response");
@@ -667,7 +667,7 @@ static void handle_call(sconn *sc, const Rpc__Frame *f) {
         return;
     }
     uint32_t deadline = f->has_deadline_ms ? f->deadline_ms : 0;
-    uint32_t cfg_limit = (uint32_t)s->cfg.request_timeout_ms;
+    uint32_t cfg_limit = (uint32_t)s->net.request_timeout_ms;
     if (cfg_limit > 0 && (deadline == 0 || cfg_limit < deadline)) deadline = cfg_limit;
     switch (m) {
     case M_GENERATE: start_generate(sc, f, 0, deadline); break;

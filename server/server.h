@@ -21,13 +21,15 @@
 #include "engine/engine.h"
 #include "proto/inference.pb-c.h"
 #include "server/metrics.h"
+#include "server/server_config.h"
 
 struct llm_model;
 struct backend;
 struct llm_tokenizer;
 
 typedef struct srv {
-    engine_config cfg;
+    engine_config cfg;   /* the engine's sections of the config */
+    server_settings net; /* the server section: listeners, limits, API key */
     struct llm_model *model;
     struct backend *be;
     struct llm_tokenizer *tok;

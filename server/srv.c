@@ -263,10 +263,10 @@ int srv_prepare(srv *s, const Inference__GenerateRequest *in, srv_request *out, 
         r->n = in->n;
     }
     r->ignore_eos = in->has_ignore_eos && in->ignore_eos;
-    if (in->n_stop > (size_t)s->cfg.max_stop_strings)
+    if (in->n_stop > (size_t)s->net.max_stop_strings)
         return fail(err, errlen, SRV_INVALID_ARGUMENT,
                     "too many stop strings: %zu (server.max_stop_strings is %d)", in->n_stop,
-                    s->cfg.max_stop_strings);
+                    s->net.max_stop_strings);
     for (size_t i = 0; i < in->n_stop; i++) {
         char what[32];
         if (!in->stop[i] || !in->stop[i][0])
@@ -348,7 +348,7 @@ int srv_submit(srv *s, const srv_request *r, engine_stream **out, int64_t *id, c
 }
 
 int srv_check_key(const srv *s, const char *presented) {
-    const char *key = s->cfg.api_key;
+    const char *key = s->net.api_key;
     if (!key[0]) return SRV_OK;
     if (!presented) return SRV_UNAUTHENTICATED;
     /* Compare in time independent of where the strings differ. */

@@ -12,12 +12,28 @@
 #include <unistd.h>
 
 #include "engine/config.h"
+#include "server/server_config.h"
 #include "tests/common/test_util.h"
 
 static char err[1024];
 
+/* The engine's and the server's settings bound as infer-server binds them. */
+typedef struct {
+    engine_config eng;
+    server_settings net;
+    config_binding bind[2];
+    config_bindings b;
+} server_cfg;
+
+static void server_cfg_init(server_cfg *c) {
+    c->bind[0] = (config_binding){&config_engine_table, &c->eng};
+    c->bind[1] = (config_binding){&server_config_table, &c->net};
+    c->b = (config_bindings){c->bind, 2, NULL};
+    config_defaults(&c->b);
+}
+
 /* Field by field, so a mismatch names the field. */
-static int same_config(const engine_config *a, const engine_config *b, int skip_api_key) {
+static int same_config(const server_cfg *a, const server_cfg *b, int skip_api_key) {
     int ok = 1;
 #define SAME(f)                                                                                    \
     if (a->f != b->f) {                                                                            \
@@ -29,72 +45,72 @@ static int same_config(const engine_config *a, const engine_config *b, int skip_
         fprintf(stderr, "  field %s differs: '%s' vs '%s'\n", #f, a->f, b->f);                     \
         ok = 0;                                                                                    \
     }
-    SAME_STR(model_path);
-    SAME(kv_dtype);
-    SAME(model_max_length);
-    SAME(n_threads);
-    SAME(numerics);
-    SAME(batch_max_tokens);
-    SAME(batch_max_seqs);
-    SAME(batching);
-    SAME(max_waiting);
-    SAME(num_blocks);
-    SAME(kv_memory_mb);
-    SAME(num_blocks_cpu);
-    SAME(block_size);
-    SAME(watermark);
-    SAME_STR(swap_path);
-    SAME(preemption_mode);
-    SAME(n_listen);
-    for (int i = 0; i < a->n_listen && i < b->n_listen; i++) SAME_STR(listen[i]);
-    SAME_STR(http_listen);
-    SAME(max_message_bytes);
-    if (!skip_api_key) SAME_STR(api_key);
-    SAME(max_stop_strings);
-    SAME(request_timeout_ms);
-    SAME(drain_timeout_ms);
+    SAME_STR(eng.model_path);
+    SAME(eng.kv_dtype);
+    SAME(eng.model_max_length);
+    SAME(eng.n_threads);
+    SAME(eng.numerics);
+    SAME(eng.batch_max_tokens);
+    SAME(eng.batch_max_seqs);
+    SAME(eng.batching);
+    SAME(eng.max_waiting);
+    SAME(eng.num_blocks);
+    SAME(eng.kv_memory_mb);
+    SAME(eng.num_blocks_cpu);
+    SAME(eng.block_size);
+    SAME(eng.watermark);
+    SAME_STR(eng.swap_path);
+    SAME(eng.preemption_mode);
+    SAME(net.n_listen);
+    for (int i = 0; i < a->net.n_listen && i < b->net.n_listen; i++) SAME_STR(net.listen[i]);
+    SAME_STR(net.http_listen);
+    SAME(net.max_message_bytes);
+    if (!skip_api_key) SAME_STR(net.api_key);
+    SAME(net.max_stop_strings);
+    SAME(net.request_timeout_ms);
+    SAME(net.drain_timeout_ms);
 #undef SAME
 #undef SAME_STR
     return ok;
 }
 
 static void test_defaults_are_documented_values_and_valid(void) {
-    engine_config c;
-    config_defaults(&c);
-    CHECK(strcmp(c.model_path, "") == 0);
-    CHECK(c.kv_dtype == KV_F16);
-    CHECK(c.model_max_length == 0);
-    CHECK(c.n_threads == 0);
-    CHECK(c.numerics == BE_NUMERICS_EXACT);
-    CHECK(c.batch_max_tokens == 512);
-    CHECK(c.batch_max_seqs == 64);
-    CHECK(c.batching == ENGINE_BATCH_CONTINUOUS);
-    CHECK(c.max_waiting == 1024);
-    CHECK(c.num_blocks == CFG_NUM_BLOCKS_AUTO);
-    CHECK(c.kv_memory_mb == 256);
-    CHECK(c.num_blocks_cpu == 0);
-    CHECK(c.block_size == 16);
-    CHECK(c.watermark == 0.01);
-    CHECK(strcmp(c.swap_path, "") == 0);
-    CHECK(c.preemption_mode == ENGINE_PREEMPT_AUTO);
-    CHECK(c.n_listen == 1 && strcmp(c.listen[0], "tcp://127.0.0.1:8700") == 0);
-    CHECK(strcmp(c.http_listen, "http://127.0.0.1:8080") == 0);
-    CHECK(c.max_message_bytes == 4 * 1024 * 1024);
-    CHECK(strcmp(c.api_key, "") == 0);
-    CHECK(c.max_stop_strings == 16);
-    CHECK(c.request_timeout_ms == 0);
-    CHECK(c.drain_timeout_ms == 30000);
-    CHECKF(config_validate(&c, err, sizeof err) == 0, "%s", err);
+    server_cfg c;
+    server_cfg_init(&c);
+    CHECK(strcmp(c.eng.model_path, "") == 0);
+    CHECK(c.eng.kv_dtype == KV_F16);
+    CHECK(c.eng.model_max_length == 0);
+    CHECK(c.eng.n_threads == 0);
+    CHECK(c.eng.numerics == BE_NUMERICS_EXACT);
+    CHECK(c.eng.batch_max_tokens == 512);
+    CHECK(c.eng.batch_max_seqs == 64);
+    CHECK(c.eng.batching == ENGINE_BATCH_CONTINUOUS);
+    CHECK(c.eng.max_waiting == 1024);
+    CHECK(c.eng.num_blocks == CFG_NUM_BLOCKS_AUTO);
+    CHECK(c.eng.kv_memory_mb == 256);
+    CHECK(c.eng.num_blocks_cpu == 0);
+    CHECK(c.eng.block_size == 16);
+    CHECK(c.eng.watermark == 0.01);
+    CHECK(strcmp(c.eng.swap_path, "") == 0);
+    CHECK(c.eng.preemption_mode == ENGINE_PREEMPT_AUTO);
+    CHECK(c.net.n_listen == 1 && strcmp(c.net.listen[0], "tcp://127.0.0.1:8700") == 0);
+    CHECK(strcmp(c.net.http_listen, "http://127.0.0.1:8080") == 0);
+    CHECK(c.net.max_message_bytes == 4 * 1024 * 1024);
+    CHECK(strcmp(c.net.api_key, "") == 0);
+    CHECK(c.net.max_stop_strings == 16);
+    CHECK(c.net.request_timeout_ms == 0);
+    CHECK(c.net.drain_timeout_ms == 30000);
+    CHECKF(config_validate(&c.b, err, sizeof err) == 0, "%s", err);
 
     char *json = NULL;
-    CHECK(config_to_json(&c, &json) == 0 && json);
+    CHECK(config_to_json(&c.b, &json) == 0 && json);
     if (json) {
         CHECK(strstr(json, "\"num_blocks\":\t\"auto\"") != NULL);
         CHECK(strstr(json, "\"dtype\":\t\"f16\"") != NULL);
-        engine_config back;
-        config_defaults(&back);
-        back.block_size = 64; /* must be overwritten by the load */
-        CHECKF(config_load_string(&back, json, err, sizeof err) == 0, "%s", err);
+        server_cfg back;
+        server_cfg_init(&back);
+        back.eng.block_size = 64; /* must be overwritten by the load */
+        CHECKF(config_load_string(&back.b, json, err, sizeof err) == 0, "%s", err);
         CHECK(same_config(&c, &back, 0));
         free(json);
     }
@@ -118,32 +134,32 @@ static const char *full_file =
     "             \"request_timeout_ms\": 120000, \"drain_timeout_ms\": 0}\n"
     "}\n";
 
-static void check_full_values(const engine_config *c) {
-    CHECK(strcmp(c->model_path, "/models/m.gguf") == 0);
-    CHECK(c->kv_dtype == KV_F32);
-    CHECK(c->model_max_length == 4096);
-    CHECK(c->n_threads == 6);
-    CHECK(c->numerics == BE_NUMERICS_FAST);
-    CHECK(c->batch_max_tokens == 2048);
-    CHECK(c->batch_max_seqs == 128);
-    CHECK(c->batching == ENGINE_BATCH_STATIC);
-    CHECK(c->max_waiting == 77);
-    CHECK(c->num_blocks == 4000);
-    CHECK(c->kv_memory_mb == 1.5);
-    CHECK(c->num_blocks_cpu == 900);
-    CHECK(c->block_size == 32);
-    CHECK(c->watermark == 0.125);
-    CHECK(strcmp(c->swap_path, "/tmp/kv.swap") == 0);
-    CHECK(c->preemption_mode == ENGINE_PREEMPT_SWAP);
-    CHECK(c->n_listen == 3);
-    CHECK(strcmp(c->listen[0], "tcp://0.0.0.0:9000") == 0);
-    CHECK(strcmp(c->listen[1], "ipc:///tmp/engine.sock") == 0);
-    CHECK(strcmp(c->listen[2], "tcp://[::1]:9001") == 0);
-    CHECK(strcmp(c->http_listen, "http://localhost:8081") == 0);
-    CHECK(c->max_message_bytes == 65536);
-    CHECK(c->max_stop_strings == 4);
-    CHECK(c->request_timeout_ms == 120000);
-    CHECK(c->drain_timeout_ms == 0);
+static void check_full_values(const server_cfg *c) {
+    CHECK(strcmp(c->eng.model_path, "/models/m.gguf") == 0);
+    CHECK(c->eng.kv_dtype == KV_F32);
+    CHECK(c->eng.model_max_length == 4096);
+    CHECK(c->eng.n_threads == 6);
+    CHECK(c->eng.numerics == BE_NUMERICS_FAST);
+    CHECK(c->eng.batch_max_tokens == 2048);
+    CHECK(c->eng.batch_max_seqs == 128);
+    CHECK(c->eng.batching == ENGINE_BATCH_STATIC);
+    CHECK(c->eng.max_waiting == 77);
+    CHECK(c->eng.num_blocks == 4000);
+    CHECK(c->eng.kv_memory_mb == 1.5);
+    CHECK(c->eng.num_blocks_cpu == 900);
+    CHECK(c->eng.block_size == 32);
+    CHECK(c->eng.watermark == 0.125);
+    CHECK(strcmp(c->eng.swap_path, "/tmp/kv.swap") == 0);
+    CHECK(c->eng.preemption_mode == ENGINE_PREEMPT_SWAP);
+    CHECK(c->net.n_listen == 3);
+    CHECK(strcmp(c->net.listen[0], "tcp://0.0.0.0:9000") == 0);
+    CHECK(strcmp(c->net.listen[1], "ipc:///tmp/engine.sock") == 0);
+    CHECK(strcmp(c->net.listen[2], "tcp://[::1]:9001") == 0);
+    CHECK(strcmp(c->net.http_listen, "http://localhost:8081") == 0);
+    CHECK(c->net.max_message_bytes == 65536);
+    CHECK(c->net.max_stop_strings == 4);
+    CHECK(c->net.request_timeout_ms == 120000);
+    CHECK(c->net.drain_timeout_ms == 0);
 }
 
 static int write_file(const char *path, const char *text) {
@@ -161,21 +177,21 @@ static void test_full_file_round_trips_through_to_json(void) {
     close(fd);
     CHECK(write_file(path, full_file) == 0);
 
-    engine_config c;
-    config_defaults(&c);
-    CHECKF(config_load_file(&c, path, err, sizeof err) == 0, "%s", err);
+    server_cfg c;
+    server_cfg_init(&c);
+    CHECKF(config_load_file(&c.b, path, err, sizeof err) == 0, "%s", err);
     check_full_values(&c);
-    CHECK(strcmp(c.api_key, "s3cret-Key") == 0);
-    CHECKF(config_validate(&c, err, sizeof err) == 0, "%s", err);
+    CHECK(strcmp(c.net.api_key, "s3cret-Key") == 0);
+    CHECKF(config_validate(&c.b, err, sizeof err) == 0, "%s", err);
 
     char *json = NULL;
-    CHECK(config_to_json(&c, &json) == 0 && json);
+    CHECK(config_to_json(&c.b, &json) == 0 && json);
     if (json) {
         CHECKF(strstr(json, "s3cret") == NULL, "the API key must not reach the log");
         CHECK(strstr(json, "<redacted>") != NULL);
-        engine_config back;
-        config_defaults(&back);
-        CHECKF(config_load_string(&back, json, err, sizeof err) == 0, "%s", err);
+        server_cfg back;
+        server_cfg_init(&back);
+        CHECKF(config_load_string(&back.b, json, err, sizeof err) == 0, "%s", err);
         CHECK(same_config(&c, &back, 1));
         check_full_values(&back);
         free(json);
@@ -184,28 +200,29 @@ static void test_full_file_round_trips_through_to_json(void) {
 }
 
 static void test_file_merges_over_current_values(void) {
-    engine_config c;
-    config_defaults(&c);
-    c.n_threads = 3; /* as if set earlier */
-    CHECK(config_load_string(&c, "{\"cache_config\": {\"block_size\": 8}}", err, sizeof err) == 0);
-    CHECK(c.block_size == 8);
-    CHECK(c.n_threads == 3);
-    CHECK(c.batch_max_tokens == 512);
+    server_cfg c;
+    server_cfg_init(&c);
+    c.eng.n_threads = 3; /* as if set earlier */
+    CHECK(config_load_string(&c.b, "{\"cache_config\": {\"block_size\": 8}}", err, sizeof err) ==
+          0);
+    CHECK(c.eng.block_size == 8);
+    CHECK(c.eng.n_threads == 3);
+    CHECK(c.eng.batch_max_tokens == 512);
     /* A second load replaces the listen list as a whole. */
-    CHECK(config_load_string(&c, "{\"server\": {\"listen\": []}}", err, sizeof err) == 0);
-    CHECK(c.n_listen == 0);
-    CHECK(config_load_string(&c, "{}", err, sizeof err) == 0);
-    CHECK(config_load_string(&c, "\xEF\xBB\xBF{\"server\": {}}", err, sizeof err) == 0);
+    CHECK(config_load_string(&c.b, "{\"server\": {\"listen\": []}}", err, sizeof err) == 0);
+    CHECK(c.net.n_listen == 0);
+    CHECK(config_load_string(&c.b, "{}", err, sizeof err) == 0);
+    CHECK(config_load_string(&c.b, "\xEF\xBB\xBF{\"server\": {}}", err, sizeof err) == 0);
 }
 
 /* Load json over defaults, expect failure with each of the substrings in the
  * message, and the config untouched. */
 static void expect_load_error(const char *json, const char *want1, const char *want2) {
-    engine_config c, before;
-    config_defaults(&c);
+    server_cfg c, before;
+    server_cfg_init(&c);
     before = c;
     err[0] = '\0';
-    int rc = config_load_string(&c, json, err, sizeof err);
+    int rc = config_load_string(&c.b, json, err, sizeof err);
     CHECKF(rc == -1, "accepted: %s", json);
     CHECKF(want1 == NULL || strstr(err, want1), "message '%s' lacks '%s'", err, want1);
     CHECKF(want2 == NULL || strstr(err, want2), "message '%s' lacks '%s'", err, want2);
@@ -240,9 +257,9 @@ static void test_unknown_keys_are_errors_with_suggestions(void) {
         "unknown key 'batcher_config.block_size' (did you mean 'cache_config.block_size'?)", NULL);
     expect_load_error("{\"num_blocks\": 16}", "(did you mean 'cache_config.num_blocks'?)", NULL);
     /* Nothing close: no suggestion. */
-    engine_config c;
-    config_defaults(&c);
-    CHECK(config_load_string(&c, "{\"cache_config\": {\"zebra\": 1}}", err, sizeof err) == -1);
+    server_cfg c;
+    server_cfg_init(&c);
+    CHECK(config_load_string(&c.b, "{\"cache_config\": {\"zebra\": 1}}", err, sizeof err) == -1);
     CHECK(strstr(err, "unknown key 'cache_config.zebra'") && !strstr(err, "did you mean"));
     expect_load_error("{\"cache_config\": {\"block_size\": 16, \"block_size\": 32}}",
                       "duplicate key 'cache_config.block_size'", NULL);
@@ -343,222 +360,271 @@ static void test_bad_values_name_the_key_and_the_rule(void) {
     expect_load_error("{\"server\": {\"http_listen\": \"tcp://127.0.0.1:80\"}}",
                       "server.http_listen: expected \"http://host:port\"", NULL);
 
-    engine_config c;
-    config_defaults(&c);
-    CHECK(config_load_string(&c, "{\"server\": {\"api_key\": \"has space\"}}", err, sizeof err) ==
+    server_cfg c;
+    server_cfg_init(&c);
+    CHECK(config_load_string(&c.b, "{\"server\": {\"api_key\": \"has space\"}}", err, sizeof err) ==
           -1);
     CHECK(strstr(err, "server.api_key: must be printable ASCII"));
     CHECKF(strstr(err, "has space") == NULL, "the key must not be echoed: %s", err);
 
     /* The message from a file starts with the file's name. */
-    CHECK(config_load_file(&c, "/nonexistent/dir/engine.json", err, sizeof err) == -1);
+    CHECK(config_load_file(&c.b, "/nonexistent/dir/engine.json", err, sizeof err) == -1);
     CHECK(strstr(err, "/nonexistent/dir/engine.json: cannot open"));
 }
 
-static void expect_invalid(const engine_config *c, const char *want) {
+static void expect_invalid(const server_cfg *c, const char *want) {
     err[0] = '\0';
-    CHECKF(config_validate(c, err, sizeof err) == -1, "accepted; wanted '%s'", want);
+    CHECKF(config_validate(&c->b, err, sizeof err) == -1, "accepted; wanted '%s'", want);
     CHECKF(strstr(err, want), "message '%s' lacks '%s'", err, want);
 }
 
 static void test_validate_checks_cross_field_rules(void) {
-    engine_config c;
-    config_defaults(&c);
-    c.batch_max_tokens = 32;
-    c.batch_max_seqs = 64;
+    server_cfg c;
+    server_cfg_init(&c);
+    c.eng.batch_max_tokens = 32;
+    c.eng.batch_max_seqs = 64;
     expect_invalid(
         &c, "batcher_config.batch_max_seqs: must be at most batcher_config.batch_max_tokens (32)");
-    c.batch_max_seqs = 32;
-    CHECKF(config_validate(&c, err, sizeof err) == 0, "%s", err);
+    c.eng.batch_max_seqs = 32;
+    CHECKF(config_validate(&c.b, err, sizeof err) == 0, "%s", err);
 
-    config_defaults(&c);
-    strcpy(c.swap_path, "/tmp/swap");
+    server_cfg_init(&c);
+    strcpy(c.eng.swap_path, "/tmp/swap");
     expect_invalid(&c, "cache_config.swap_path: requires cache_config.num_blocks_cpu > 0");
-    c.num_blocks_cpu = 64;
-    CHECKF(config_validate(&c, err, sizeof err) == 0, "%s", err);
+    c.eng.num_blocks_cpu = 64;
+    CHECKF(config_validate(&c.b, err, sizeof err) == 0, "%s", err);
 
-    config_defaults(&c);
-    c.preemption_mode = ENGINE_PREEMPT_SWAP;
+    server_cfg_init(&c);
+    c.eng.preemption_mode = ENGINE_PREEMPT_SWAP;
     expect_invalid(
         &c, "cache_config.preemption_mode: \"swap\" requires cache_config.num_blocks_cpu > 0");
-    c.num_blocks_cpu = 1;
-    CHECKF(config_validate(&c, err, sizeof err) == 0, "%s", err);
+    c.eng.num_blocks_cpu = 1;
+    CHECKF(config_validate(&c.b, err, sizeof err) == 0, "%s", err);
 
-    config_defaults(&c);
-    c.num_blocks = 8;
-    c.model_max_length = 2048;
+    server_cfg_init(&c);
+    c.eng.num_blocks = 8;
+    c.eng.model_max_length = 2048;
     expect_invalid(&c, "cache_config.num_blocks: 8 blocks of 16 tokens hold 128 tokens");
-    c.num_blocks = 128;
-    CHECKF(config_validate(&c, err, sizeof err) == 0, "%s", err);
+    c.eng.num_blocks = 128;
+    CHECKF(config_validate(&c.b, err, sizeof err) == 0, "%s", err);
 
     /* Values put into the struct directly get the per-key rules too. */
-    config_defaults(&c);
-    c.block_size = 24;
+    server_cfg_init(&c);
+    c.eng.block_size = 24;
     expect_invalid(&c, "cache_config.block_size: must be a power of two between 1 and 256, got 24");
-    config_defaults(&c);
-    c.watermark = 0.9;
+    server_cfg_init(&c);
+    c.eng.watermark = 0.9;
     expect_invalid(&c, "cache_config.watermark");
-    config_defaults(&c);
-    c.num_blocks = 0;
+    server_cfg_init(&c);
+    c.eng.num_blocks = 0;
     expect_invalid(&c, "cache_config.num_blocks");
-    config_defaults(&c);
-    c.n_listen = 9;
+    server_cfg_init(&c);
+    c.net.n_listen = 9;
     expect_invalid(&c, "server.listen");
-    config_defaults(&c);
-    c.kv_dtype = (kv_dtype)7;
+    server_cfg_init(&c);
+    c.eng.kv_dtype = (kv_dtype)7;
     expect_invalid(&c, "model_loading_config.dtype");
 }
 
 static void test_set_overrides_single_keys(void) {
-    engine_config c;
-    config_defaults(&c);
-    CHECK(config_load_string(&c, "{\"cache_config\": {\"num_blocks\": 100}}", err, sizeof err) ==
+    server_cfg c;
+    server_cfg_init(&c);
+    CHECK(config_load_string(&c.b, "{\"cache_config\": {\"num_blocks\": 100}}", err, sizeof err) ==
           0);
-    CHECK(c.num_blocks == 100);
+    CHECK(c.eng.num_blocks == 100);
     /* Flags come after the file and win. */
-    CHECKF(config_set(&c, "cache_config.num_blocks", "auto", err, sizeof err) == 0, "%s", err);
-    CHECK(c.num_blocks == CFG_NUM_BLOCKS_AUTO);
-    CHECK(config_set(&c, "cache_config.num_blocks", "300", err, sizeof err) == 0);
-    CHECK(c.num_blocks == 300);
-    CHECK(config_set(&c, "cache_config.watermark", "0.2", err, sizeof err) == 0);
-    CHECK(c.watermark == 0.2);
-    CHECK(config_set(&c, "cache_config.kv_memory_mb", "1024", err, sizeof err) == 0);
-    CHECK(c.kv_memory_mb == 1024);
-    CHECK(config_set(&c, "model_loading_config.model_path", "/m/x y.gguf", err, sizeof err) == 0);
-    CHECK(strcmp(c.model_path, "/m/x y.gguf") == 0);
-    CHECK(config_set(&c, "model_loading_config.dtype", "f32", err, sizeof err) == 0);
-    CHECK(c.kv_dtype == KV_F32);
-    CHECK(config_set(&c, "batcher_config.policy", "static", err, sizeof err) == 0);
-    CHECK(c.batching == ENGINE_BATCH_STATIC);
-    CHECK(config_set(&c, "cache_config.preemption_mode", "recompute", err, sizeof err) == 0);
-    CHECK(c.preemption_mode == ENGINE_PREEMPT_RECOMPUTE);
+    CHECKF(config_set(&c.b, "cache_config.num_blocks", "auto", err, sizeof err) == 0, "%s", err);
+    CHECK(c.eng.num_blocks == CFG_NUM_BLOCKS_AUTO);
+    CHECK(config_set(&c.b, "cache_config.num_blocks", "300", err, sizeof err) == 0);
+    CHECK(c.eng.num_blocks == 300);
+    CHECK(config_set(&c.b, "cache_config.watermark", "0.2", err, sizeof err) == 0);
+    CHECK(c.eng.watermark == 0.2);
+    CHECK(config_set(&c.b, "cache_config.kv_memory_mb", "1024", err, sizeof err) == 0);
+    CHECK(c.eng.kv_memory_mb == 1024);
+    CHECK(config_set(&c.b, "model_loading_config.model_path", "/m/x y.gguf", err, sizeof err) == 0);
+    CHECK(strcmp(c.eng.model_path, "/m/x y.gguf") == 0);
+    CHECK(config_set(&c.b, "model_loading_config.dtype", "f32", err, sizeof err) == 0);
+    CHECK(c.eng.kv_dtype == KV_F32);
+    CHECK(config_set(&c.b, "batcher_config.policy", "static", err, sizeof err) == 0);
+    CHECK(c.eng.batching == ENGINE_BATCH_STATIC);
+    CHECK(config_set(&c.b, "cache_config.preemption_mode", "recompute", err, sizeof err) == 0);
+    CHECK(c.eng.preemption_mode == ENGINE_PREEMPT_RECOMPUTE);
     /* A string key takes the text as is, even when it looks like a number. */
-    CHECK(config_set(&c, "cache_config.swap_path", "123", err, sizeof err) == 0);
-    CHECK(strcmp(c.swap_path, "123") == 0);
+    CHECK(config_set(&c.b, "cache_config.swap_path", "123", err, sizeof err) == 0);
+    CHECK(strcmp(c.eng.swap_path, "123") == 0);
 
-    CHECK(config_set(&c, "server.listen", "tcp://127.0.0.1:1, ipc:///tmp/e.sock", err,
+    CHECK(config_set(&c.b, "server.listen", "tcp://127.0.0.1:1, ipc:///tmp/e.sock", err,
                      sizeof err) == 0);
-    CHECK(c.n_listen == 2 && strcmp(c.listen[1], "ipc:///tmp/e.sock") == 0);
-    CHECK(config_set(&c, "server.listen", "[\"tcp://h:2\"]", err, sizeof err) == 0);
-    CHECK(c.n_listen == 1 && strcmp(c.listen[0], "tcp://h:2") == 0);
-    CHECK(config_set(&c, "server.listen", "", err, sizeof err) == 0);
-    CHECK(c.n_listen == 0);
-    CHECK(config_set(&c, "server.http_listen", "", err, sizeof err) == 0);
-    CHECK(c.http_listen[0] == '\0');
+    CHECK(c.net.n_listen == 2 && strcmp(c.net.listen[1], "ipc:///tmp/e.sock") == 0);
+    CHECK(config_set(&c.b, "server.listen", "[\"tcp://h:2\"]", err, sizeof err) == 0);
+    CHECK(c.net.n_listen == 1 && strcmp(c.net.listen[0], "tcp://h:2") == 0);
+    CHECK(config_set(&c.b, "server.listen", "", err, sizeof err) == 0);
+    CHECK(c.net.n_listen == 0);
+    CHECK(config_set(&c.b, "server.http_listen", "", err, sizeof err) == 0);
+    CHECK(c.net.http_listen[0] == '\0');
 
-    engine_config before = c;
-    CHECK(config_set(&c, "batcher_config.batch_max_tokens", "abc", err, sizeof err) == -1);
+    server_cfg before = c;
+    CHECK(config_set(&c.b, "batcher_config.batch_max_tokens", "abc", err, sizeof err) == -1);
     CHECK(strstr(err, "batcher_config.batch_max_tokens: expected an integer, got \"abc\""));
-    CHECK(config_set(&c, "batcher_config.batch_max_tokens", "512abc", err, sizeof err) == -1);
+    CHECK(config_set(&c.b, "batcher_config.batch_max_tokens", "512abc", err, sizeof err) == -1);
     CHECK(strstr(err, "expected an integer, got \"512abc\""));
-    CHECK(config_set(&c, "batcher_config.batch_max_tokens", "", err, sizeof err) == -1);
-    CHECK(config_set(&c, "cache_config.block_size", "24", err, sizeof err) == -1);
+    CHECK(config_set(&c.b, "batcher_config.batch_max_tokens", "", err, sizeof err) == -1);
+    CHECK(config_set(&c.b, "cache_config.block_size", "24", err, sizeof err) == -1);
     CHECK(strstr(err, "cache_config.block_size: must be a power of two between 1 and 256, got 24"));
-    CHECK(config_set(&c, "cache_config.num_blocks", "autoo", err, sizeof err) == -1);
+    CHECK(config_set(&c.b, "cache_config.num_blocks", "autoo", err, sizeof err) == -1);
     CHECK(strstr(err, "cache_config.num_blocks") && strstr(err, "got \"autoo\""));
-    CHECK(config_set(&c, "cache_config.num_block", "5", err, sizeof err) == -1);
+    CHECK(config_set(&c.b, "cache_config.num_block", "5", err, sizeof err) == -1);
     CHECK(strstr(err, "unknown key 'cache_config.num_block' (did you mean 'num_blocks'?)"));
-    CHECK(config_set(&c, "cache_confg.num_blocks", "5", err, sizeof err) == -1);
+    CHECK(config_set(&c.b, "cache_confg.num_blocks", "5", err, sizeof err) == -1);
     CHECK(strstr(err, "unknown key 'cache_confg.num_blocks' (did you mean 'cache_config'?)"));
-    CHECK(config_set(&c, "block_size", "16", err, sizeof err) == -1);
+    CHECK(config_set(&c.b, "block_size", "16", err, sizeof err) == -1);
     CHECK(strstr(err, "did you mean 'cache_config.block_size'?"));
-    CHECK(config_set(&c, "cache_config", "16", err, sizeof err) == -1);
+    CHECK(config_set(&c.b, "cache_config", "16", err, sizeof err) == -1);
     CHECK(strstr(err, "'cache_config' is a section"));
-    CHECK(config_set(&c, "server.listen", "[\"tcp://h:2\"", err, sizeof err) == -1);
+    CHECK(config_set(&c.b, "server.listen", "[\"tcp://h:2\"", err, sizeof err) == -1);
     CHECK(strstr(err, "server.listen"));
-    CHECK(config_set(&c, "server.listen", "tcp://a:1,,tcp://b:2", err, sizeof err) == -1);
+    CHECK(config_set(&c.b, "server.listen", "tcp://a:1,,tcp://b:2", err, sizeof err) == -1);
     CHECK(strstr(err, "server.listen[1]"));
-    CHECK(config_set(&c, "model_loading_config.dtype", "q8", err, sizeof err) == -1);
+    CHECK(config_set(&c.b, "model_loading_config.dtype", "q8", err, sizeof err) == -1);
     CHECKF(memcmp(&c, &before, sizeof c) == 0, "failed overrides changed the config");
 }
 
 static void test_env_api_key_overrides_file(void) {
-    engine_config c;
-    config_defaults(&c);
-    CHECK(config_load_string(&c, "{\"server\": {\"api_key\": \"from-file\"}}", err, sizeof err) ==
+    server_cfg c;
+    server_cfg_init(&c);
+    CHECK(config_load_string(&c.b, "{\"server\": {\"api_key\": \"from-file\"}}", err, sizeof err) ==
           0);
     unsetenv("ENGINE_API_KEY");
-    CHECK(config_apply_env(&c, err, sizeof err) == 0);
-    CHECK(strcmp(c.api_key, "from-file") == 0);
+    CHECK(config_apply_env(&c.b, err, sizeof err) == 0);
+    CHECK(strcmp(c.net.api_key, "from-file") == 0);
     setenv("ENGINE_API_KEY", "from-env", 1);
-    CHECK(config_apply_env(&c, err, sizeof err) == 0);
-    CHECK(strcmp(c.api_key, "from-env") == 0);
+    CHECK(config_apply_env(&c.b, err, sizeof err) == 0);
+    CHECK(strcmp(c.net.api_key, "from-env") == 0);
     setenv("ENGINE_API_KEY", "bad key", 1);
-    CHECK(config_apply_env(&c, err, sizeof err) == -1);
+    CHECK(config_apply_env(&c.b, err, sizeof err) == -1);
     CHECK(strstr(err, "ENGINE_API_KEY") && !strstr(err, "bad key"));
-    CHECK(strcmp(c.api_key, "from-env") == 0);
+    CHECK(strcmp(c.net.api_key, "from-env") == 0);
     unsetenv("ENGINE_API_KEY");
 }
 
 static void test_auto_num_blocks_from_memory_budget(void) {
-    engine_config c;
-    config_defaults(&c);
+    server_cfg c;
+    server_cfg_init(&c);
     /* SmolLM2-135M: 30 layers, 3 KV heads x 64. One f16 block of 16 tokens:
      * 30 * 2 * 16 * 192 * 2 = 368640 bytes; 256 MiB / that = 728.2 -> 728. */
-    CHECK(config_resolve_num_blocks(&c, 30, 192, err, sizeof err) == 728);
-    c.kv_dtype = KV_F32; /* twice the bytes: 364.09 -> 364 */
-    CHECK(config_resolve_num_blocks(&c, 30, 192, err, sizeof err) == 364);
-    c.kv_dtype = KV_F16;
-    c.block_size = 32;
-    CHECK(config_resolve_num_blocks(&c, 30, 192, err, sizeof err) == 364);
+    CHECK(config_resolve_num_blocks(&c.eng, 30, 192, err, sizeof err) == 728);
+    c.eng.kv_dtype = KV_F32; /* twice the bytes: 364.09 -> 364 */
+    CHECK(config_resolve_num_blocks(&c.eng, 30, 192, err, sizeof err) == 364);
+    c.eng.kv_dtype = KV_F16;
+    c.eng.block_size = 32;
+    CHECK(config_resolve_num_blocks(&c.eng, 30, 192, err, sizeof err) == 364);
 
     /* An exact fit: 2 * 2 * 16 * 64 * 2 = 8192 bytes, 1 MiB = 128 blocks. */
-    config_defaults(&c);
-    c.kv_memory_mb = 1;
-    CHECK(config_resolve_num_blocks(&c, 2, 64, err, sizeof err) == 128);
-    c.kv_memory_mb = 1.0 - 1.0 / 1048576; /* one byte short */
-    CHECK(config_resolve_num_blocks(&c, 2, 64, err, sizeof err) == 127);
-    c.kv_memory_mb = 0.001; /* below one block: still one */
-    CHECK(config_resolve_num_blocks(&c, 2, 64, err, sizeof err) == 1);
+    server_cfg_init(&c);
+    c.eng.kv_memory_mb = 1;
+    CHECK(config_resolve_num_blocks(&c.eng, 2, 64, err, sizeof err) == 128);
+    c.eng.kv_memory_mb = 1.0 - 1.0 / 1048576; /* one byte short */
+    CHECK(config_resolve_num_blocks(&c.eng, 2, 64, err, sizeof err) == 127);
+    c.eng.kv_memory_mb = 0.001; /* below one block: still one */
+    CHECK(config_resolve_num_blocks(&c.eng, 2, 64, err, sizeof err) == 1);
 
     /* An explicit count is used as is. */
-    c.num_blocks = 42;
-    CHECK(config_resolve_num_blocks(&c, 30, 192, err, sizeof err) == 42);
+    c.eng.num_blocks = 42;
+    CHECK(config_resolve_num_blocks(&c.eng, 30, 192, err, sizeof err) == 42);
 
-    config_defaults(&c);
-    CHECK(config_resolve_num_blocks(&c, 0, 192, err, sizeof err) == -1);
+    server_cfg_init(&c);
+    CHECK(config_resolve_num_blocks(&c.eng, 0, 192, err, sizeof err) == -1);
     CHECK(strstr(err, "n_layer 0"));
-    c.kv_memory_mb = 16777216; /* 16 TiB of 4-byte blocks is far beyond the limit */
-    c.block_size = 1;
-    CHECK(config_resolve_num_blocks(&c, 1, 1, err, sizeof err) == -1);
+    c.eng.kv_memory_mb = 16777216; /* 16 TiB of 4-byte blocks is far beyond the limit */
+    c.eng.block_size = 1;
+    CHECK(config_resolve_num_blocks(&c.eng, 1, 1, err, sizeof err) == -1);
     CHECK(strstr(err, "cache_config.kv_memory_mb"));
 }
 
 static void test_example_files_load_and_validate(void) {
-    engine_config c, d;
-    config_defaults(&c);
-    config_defaults(&d);
-    CHECKF(config_load_file(&c, tu_src_path("configs/default.json"), err, sizeof err) == 0, "%s",
+    server_cfg c, d;
+    server_cfg_init(&c);
+    server_cfg_init(&d);
+    CHECKF(config_load_file(&c.b, tu_src_path("configs/default.json"), err, sizeof err) == 0, "%s",
            err);
     CHECKF(same_config(&c, &d, 0), "configs/default.json must spell out the defaults");
-    CHECKF(config_validate(&c, err, sizeof err) == 0, "%s", err);
+    CHECKF(config_validate(&c.b, err, sizeof err) == 0, "%s", err);
 
-    config_defaults(&c);
-    CHECKF(config_load_file(&c, tu_src_path("configs/small-pool.json"), err, sizeof err) == 0, "%s",
+    server_cfg_init(&c);
+    CHECKF(config_load_file(&c.b, tu_src_path("configs/small-pool.json"), err, sizeof err) == 0,
+           "%s", err);
+    CHECKF(config_validate(&c.b, err, sizeof err) == 0, "%s", err);
+    CHECK(c.eng.num_blocks > 0 && c.eng.num_blocks_cpu > 0);
+}
+
+/* infer-generate binds the engine's table alone: a server section (as in
+ * configs/default.json) is accepted and ignored, in a file and in --set,
+ * and the printout holds the engine's sections only. Unskipped, the same
+ * section is an unknown key. */
+static void test_engine_only_binding_skips_the_server_section(void) {
+    static const char *const skip[] = {SERVER_CONFIG_SECTION, NULL};
+    engine_config e, d;
+    config_binding bind = {&config_engine_table, &e};
+    config_bindings b = {&bind, 1, skip};
+    config_defaults(&b);
+    config_engine_defaults(&d);
+    CHECKF(config_load_file(&b, tu_src_path("configs/default.json"), err, sizeof err) == 0, "%s",
            err);
-    CHECKF(config_validate(&c, err, sizeof err) == 0, "%s", err);
-    CHECK(c.num_blocks > 0 && c.num_blocks_cpu > 0);
+    CHECK(memcmp(&e, &d, sizeof e) == 0);
+    CHECKF(config_load_string(&b, "{\"server\": {\"listen\": 5, \"zebra\": 1}}", err, sizeof err) ==
+               0,
+           "%s", err);
+    CHECK(config_set(&b, "server.api_key", "x", err, sizeof err) == 0);
+    CHECK(memcmp(&e, &d, sizeof e) == 0);
+    CHECK(config_load_string(&b, "{\"server\": 5}", err, sizeof err) == -1);
+    CHECK(strstr(err, "server: expected an object, got 5"));
+    char *json = NULL;
+    CHECK(config_to_json(&b, &json) == 0 && json);
+    if (json) {
+        CHECK(strstr(json, "\"cache_config\"") && !strstr(json, "\"server\""));
+        free(json);
+    }
+    b.skip = NULL;
+    CHECK(config_load_string(&b, "{\"server\": {}}", err, sizeof err) == -1);
+    CHECK(strstr(err, "unknown key 'server'"));
+    CHECK(config_set(&b, "server.api_key", "x", err, sizeof err) == -1);
+    CHECK(strstr(err, "unknown key 'server.api_key'"));
+}
+
+/* Both tables print their sections in binding order, as one file. */
+static void test_to_json_prints_sections_in_binding_order(void) {
+    server_cfg c;
+    server_cfg_init(&c);
+    char *json = NULL;
+    CHECK(config_to_json(&c.b, &json) == 0 && json);
+    if (!json) return;
+    const char *m = strstr(json, "\"model_loading_config\"");
+    const char *bc = strstr(json, "\"batcher_config\"");
+    const char *cc = strstr(json, "\"cache_config\"");
+    const char *sv = strstr(json, "\"server\"");
+    CHECK(m && bc && cc && sv && m < bc && bc < cc && cc < sv);
+    free(json);
 }
 
 static void test_engine_options_mapping(void) {
-    engine_config c;
-    config_defaults(&c);
+    server_cfg c;
+    server_cfg_init(&c);
     const char *js =
         "{\"batcher_config\": {\"policy\": \"static\", \"batch_max_tokens\": 777,"
         " \"batch_max_seqs\": 9, \"max_waiting\": 5},"
         " \"cache_config\": {\"block_size\": 32, \"num_blocks_cpu\": 40,"
         " \"watermark\": 0.25, \"preemption_mode\": \"swap\", \"swap_path\": \"/tmp/s\"},"
         " \"model_loading_config\": {\"dtype\": \"f32\", \"model_max_length\": 1000}}";
-    CHECKF(config_load_string(&c, js, err, sizeof err) == 0, "%s", err);
+    CHECKF(config_load_string(&c.b, js, err, sizeof err) == 0, "%s", err);
     engine_options o;
-    config_engine_options(&c, 123, &o);
+    config_engine_options(&c.eng, 123, &o);
     CHECK(o.batching == ENGINE_BATCH_STATIC && o.batch_max_tokens == 777 && o.batch_max_seqs == 9);
     CHECK(o.max_waiting == 5 && o.num_blocks == 123 && o.num_blocks_cpu == 40);
     CHECK(o.block_size == 32 && o.watermark == 0.25 && o.preempt_mode == ENGINE_PREEMPT_SWAP);
     CHECK(o.swap_path && strcmp(o.swap_path, "/tmp/s") == 0);
     CHECK(o.kv_type == KV_F32 && o.max_context == 1000);
-    config_defaults(&c);
-    config_engine_options(&c, 10, &o);
+    server_cfg_init(&c);
+    config_engine_options(&c.eng, 10, &o);
     CHECK(o.batching == ENGINE_BATCH_CONTINUOUS && o.swap_path == NULL &&
           o.preempt_mode == ENGINE_PREEMPT_AUTO);
 }
@@ -577,5 +643,7 @@ int main(void) {
     test_env_api_key_overrides_file();
     test_auto_num_blocks_from_memory_budget();
     test_example_files_load_and_validate();
+    test_engine_only_binding_skips_the_server_section();
+    test_to_json_prints_sections_in_binding_order();
     return tu_finish("test_config");
 }

@@ -1,0 +1,37 @@
+/*
+ * server_config.h - the server's settings: the `server` section of the JSON
+ * configuration (docs/config.md), its key table for the mechanism in
+ * engine/config.h, its defaults, and ENGINE_API_KEY from the environment.
+ *
+ * infer-server binds server_config_table next to config_engine_table;
+ * programs that run no server leave it unbound and skip the section
+ * (SERVER_CONFIG_SECTION).
+ * Thread-safety: server_settings is a plain value; the table is constant.
+ */
+#ifndef SERVER_SERVER_CONFIG_H
+#define SERVER_SERVER_CONFIG_H
+
+#include "engine/config.h"
+
+#define SERVER_CONFIG_SECTION "server"
+#define SERVER_MAX_LISTEN 8
+
+typedef struct {
+    char listen[SERVER_MAX_LISTEN][256]; /* nng-style "tcp://host:port" or "ipc:///path" */
+    int n_listen;                        /* 0 = no RPC listener */
+    char http_listen[256];               /* "http://host:port"; "" = no HTTP listener */
+    int max_message_bytes;               /* largest request / response message */
+    char api_key[256];                   /* "" = no authentication */
+    int max_stop_strings;                /* stop strings per request */
+    int request_timeout_ms;              /* 0 = no deadline */
+    int drain_timeout_ms;                /* on shutdown, time to let running requests finish */
+} server_settings;
+
+/* The `server` section into a server_settings. Its apply_env takes
+ * ENGINE_API_KEY, when set and non-empty, as server.api_key (so the key can
+ * stay out of config files); config_to_json shows the key as "<redacted>". */
+extern const config_table server_config_table;
+
+void server_settings_defaults(server_settings *s);
+
+#endif
