@@ -64,8 +64,9 @@ static void usage(FILE *f) {
 "                           (server.api_key; or ENGINE_API_KEY in the environment)\n"
 "      --tls-cert FILE      PEM certificate + private key for tls+tcp:// listeners\n"
 "      --tls-ca FILE        PEM CA bundle: require client certificates it signed\n"
-"      --frame-timeout MS   time a started frame may take to arrive completely\n"
-"                           (default %d)\n"
+"      --frame-timeout MS   time a started RPC frame may take to arrive completely,\n"
+"                           and the longest stall of an HTTP body\n"
+"                           (server.frame_timeout_ms, default %d)\n"
 "      --print-config       print the effective config as JSON and exit\n"
 "  -h, --help               this text\n"
 "      --version            print the version\n"
@@ -80,7 +81,6 @@ typedef struct {
     const char *listen[MAX_CLI_LISTEN];
     int n_listen;
     const char *tls_cert, *tls_ca;
-    int frame_timeout_ms;
     engine_config cfg;
     server_settings net;
 } args;
@@ -127,9 +127,7 @@ static int parse_option(args *a, int c, const char *v, char **argv) {
     case OPT_TLS_CERT: a->tls_cert = v; break;
     case OPT_TLS_CA: a->tls_ca = v; break;
     case OPT_FRAME_TIMEOUT:
-        if (cli_parse_int(v, 1, 3600000, &a->frame_timeout_ms))
-            return cli_bad_arg(
-                PROG, "--frame-timeout: expected milliseconds in [1, 3600000], got '%s'", v);
+        app_config_flag(ca, "--frame-timeout", "server.frame_timeout_ms", v);
         break;
     case OPT_PRINT_CONFIG: ca->print_config = 1; break;
     case 'h': usage(stdout); return 0;
@@ -248,11 +246,14 @@ static int start_listeners(srv *s, const args *a, const engine_options *eo,
     rpc_conn_opts co;
     rpc_conn_opts_default(&co);
     co.max_frame = (size_t)net->max_message_bytes;
-    if (a->frame_timeout_ms > 0) co.frame_timeout_ms = a->frame_timeout_ms;
+    co.frame_timeout_ms = net->frame_timeout_ms;
+    co.first_frame_timeout_ms = net->handshake_timeout_ms;
+    co.idle_timeout_ms = net->rpc_idle_timeout_ms > 0 ? net->rpc_idle_timeout_ms : -1;
     if (n_urls > 0 && rpc_server_start(s, urls, n_urls, &tls, &co, rs, err, sizeof err) != 0) {
         fprintf(stderr, "infer-server: %s\n", err);
         return 1;
     }
+    if (n_urls > 0) rpc_server_set_max_connections(*rs, net->max_connections);
     if (net->http_listen[0]) {
         if (srv_http_start(s, net->http_listen, err, sizeof err) != 0) {
             fprintf(stderr, "infer-server: HTTP: %s\n", err);

@@ -365,6 +365,11 @@ int srv_http_start(srv *s, const char *url, char *err, size_t errlen) {
     httpd_opts o;
     httpd_opts_default(&o);
     if (s->net.max_message_bytes > 0) o.max_body_bytes = (size_t)s->net.max_message_bytes;
+    o.max_connections = s->net.max_connections;
+    o.header_timeout_ms = s->net.handshake_timeout_ms;
+    o.body_timeout_ms = s->net.frame_timeout_ms;
+    o.keepalive_idle_ms = s->net.http_idle_timeout_ms;
+    o.n_workers = s->net.http_workers;
     char msg[256];
     if (httpd_start(host, port, &o, http_handle, h, &h->d, msg, sizeof msg) != HTTPD_OK) {
         snprintf(err, errlen, "%s: %s", url, msg);

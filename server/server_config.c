@@ -7,6 +7,9 @@
  */
 #include "server/server_config.h"
 
+#include "http/httpd.h"
+#include "rpc/rpc.h"
+
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,6 +126,17 @@ static const config_key server_keys[] = {
                    0, 86400000),
     CONFIG_INT_KEY(server_settings, SERVER_CONFIG_SECTION, "drain_timeout_ms", drain_timeout_ms, 0,
                    3600000),
+    CONFIG_INT_KEY(server_settings, SERVER_CONFIG_SECTION, "max_connections", max_connections, 1,
+                   1000000),
+    CONFIG_INT_KEY(server_settings, SERVER_CONFIG_SECTION, "handshake_timeout_ms",
+                   handshake_timeout_ms, 1, 3600000),
+    CONFIG_INT_KEY(server_settings, SERVER_CONFIG_SECTION, "frame_timeout_ms", frame_timeout_ms, 1,
+                   3600000),
+    CONFIG_INT_KEY(server_settings, SERVER_CONFIG_SECTION, "rpc_idle_timeout_ms",
+                   rpc_idle_timeout_ms, 0, 86400000),
+    CONFIG_INT_KEY(server_settings, SERVER_CONFIG_SECTION, "http_idle_timeout_ms",
+                   http_idle_timeout_ms, 1, 86400000),
+    CONFIG_INT_KEY(server_settings, SERVER_CONFIG_SECTION, "http_workers", http_workers, 1, 65536),
 };
 
 static const char *const server_sections[] = {SERVER_CONFIG_SECTION};
@@ -136,6 +150,12 @@ void server_settings_defaults(server_settings *s) {
     s->max_stop_strings = 16;
     s->request_timeout_ms = 0;
     s->drain_timeout_ms = 30000;
+    s->max_connections = HTTPD_DEFAULT_MAX_CONNECTIONS;
+    s->handshake_timeout_ms = RPC_DEFAULT_FIRST_FRAME_TIMEOUT_MS;
+    s->frame_timeout_ms = RPC_DEFAULT_FRAME_TIMEOUT_MS;
+    s->rpc_idle_timeout_ms = 300000;
+    s->http_idle_timeout_ms = HTTPD_DEFAULT_KEEPALIVE_IDLE_MS;
+    s->http_workers = HTTPD_DEFAULT_N_WORKERS;
 }
 static void server_defaults(void *st) { server_settings_defaults(st); }
 

@@ -25,6 +25,19 @@ typedef struct {
     int max_stop_strings;                /* stop strings per request */
     int request_timeout_ms;              /* 0 = no deadline */
     int drain_timeout_ms;                /* on shutdown, time to let running requests finish */
+    /* What a connection may cost, on the RPC and the HTTP listeners alike:
+     * connections beyond max_connections are refused (RPC: STATUS
+     * RESOURCE_EXHAUSTED, HTTP: 503); a new connection's first frame / request
+     * head must arrive within handshake_timeout_ms; a frame that started must
+     * arrive within frame_timeout_ms (RPC), a request body may stall no longer
+     * (HTTP); idle connections close after rpc_idle_timeout_ms (no call in
+     * flight; 0 = never) / http_idle_timeout_ms (keep-alive). */
+    int max_connections;
+    int handshake_timeout_ms;
+    int frame_timeout_ms;
+    int rpc_idle_timeout_ms;
+    int http_idle_timeout_ms;
+    int http_workers; /* HTTP requests handled at once; more wait in a bounded queue */
 } server_settings;
 
 /* The `server` section into a server_settings. Its apply_env takes
