@@ -15,7 +15,8 @@
  *     a wrong type, a bad value, unknown path (404), wrong method (405),
  *     body too large (413, "Content Too Large");
  *   - JSON rules: a NUL escape in any string, a number out of range
- *     (1e400) and a duplicate key are refused, naming the field;
+ *     (1e400) and a duplicate key are refused, naming the field; a request
+ *     whose n completions can never fit the KV pool is refused (400);
  *   - transport errors answered in JSON: Content-Length with
  *     Transfer-Encoding (400, the smuggled request is not served), 414,
  *     431, no Host, HTTP/2.0 (505), an unknown method (405), OPTIONS (204
@@ -864,6 +865,11 @@ static void test_json_rules(int port) {
     expect_error(port, "POST", "/v1/chat/completions", NULL,
                  "{\"messages\": [{\"role\": \"user\", \"content\": \"a\", \"role\": \"system\"}]}",
                  400, NULL, "messages[0]: duplicate key \"role\"");
+    /* a request that could never fit the KV pool (256 blocks of 16 here) is
+     * refused at admission with the numbers, not admitted to wait forever */
+    expect_error(port, "POST", "/v1/completions", NULL,
+                 "{\"prompt\": \"x\", \"n\": 64, \"max_tokens\": 8000}", 400, NULL,
+                 "n (64) completions of prompt (");
 }
 
 /* Send raw bytes on a new connection and read one response; returns the
