@@ -178,14 +178,28 @@ static void conn_reply(httpd_conn *c, int status, const char *code, const char *
 
 /* ---- the worker pool ---- */
 
+/* A worker with nothing to do for this long exits, so a burst of requests
+ * does not leave its threads behind; the next burst starts new ones. */
+#define WORKER_IDLE_EXIT_MS 5000
+
+/* Wait for work; 0 when the worker should exit (stop, or idle too long). */
+static int worker_wait(httpd *h) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += WORKER_IDLE_EXIT_MS / 1000;
+    h->n_idle++;
+    int timed_out = 0;
+    while (!h->queue_head && !h->quit_workers && !timed_out)
+        timed_out = pthread_cond_timedwait(&h->work_cv, &h->mu, &until) == ETIMEDOUT;
+    h->n_idle--;
+    return h->queue_head != NULL;
+}
+
 static void *worker_main(void *arg) {
     httpd *h = arg;
     pthread_mutex_lock(&h->mu);
     for (;;) {
-        h->n_idle++;
-        while (!h->queue_head && !h->quit_workers) pthread_cond_wait(&h->work_cv, &h->mu);
-        h->n_idle--;
-        if (!h->queue_head) break;
+        if (!worker_wait(h)) break;
         httpd_conn *c = h->queue_head;
         h->queue_head = c->qnext;
         if (!h->queue_head) h->queue_tail = NULL;
@@ -206,8 +220,20 @@ static void *worker_main(void *arg) {
         h->returned = c;
         wake_loop(h);
     }
+    if (--h->n_threads == 0) pthread_cond_broadcast(&h->workers_cv);
     pthread_mutex_unlock(&h->mu);
     return NULL;
+}
+
+/* Start one detached worker; 0 on success. Under mu. */
+static int worker_start(httpd *h) {
+    pthread_t t;
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr) != 0) return -1;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, worker_main, h);
+    pthread_attr_destroy(&attr);
+    return rc;
 }
 
 /* Queue c for a worker, starting one when none is idle. 0 when the pool
@@ -215,8 +241,7 @@ static void *worker_main(void *arg) {
 static int pool_submit(httpd *h, httpd_conn *c) {
     pthread_mutex_lock(&h->mu);
     int waiting = h->n_queued - h->n_idle;
-    if (waiting >= 0 && h->n_threads < h->o.n_workers &&
-        pthread_create(&h->threads[h->n_threads], NULL, worker_main, h) == 0) {
+    if (waiting >= 0 && h->n_threads < h->o.n_workers && worker_start(h) == 0) {
         h->n_threads++;
         waiting = -1;
     }
@@ -633,7 +658,7 @@ static void release(httpd *h) {
     pthread_mutex_destroy(&h->mu);
     pthread_cond_destroy(&h->work_cv);
     pthread_cond_destroy(&h->done_cv);
-    free(h->threads);
+    pthread_cond_destroy(&h->workers_cv);
     free(h);
 }
 
@@ -650,12 +675,12 @@ int httpd_start(const char *host, int port, const httpd_opts *o, httpd_handler_f
     pthread_mutex_init(&h->mu, NULL);
     pthread_cond_init(&h->work_cv, NULL);
     pthread_cond_init(&h->done_cv, NULL);
+    pthread_cond_init(&h->workers_cv, NULL);
     apply_opts(h, o);
     h->handler = handler;
     h->user = user;
     h->next_deadline = INT64_MAX;
-    h->threads = calloc((size_t)h->o.n_workers, sizeof *h->threads);
-    int rc = h->threads ? listen_on(h, host, port, err, errlen) : HTTPD_ENOMEM;
+    int rc = listen_on(h, host, port, err, errlen);
     if (rc == HTTPD_OK) {
         h->epfd = epoll_create1(EPOLL_CLOEXEC);
         h->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -712,8 +737,8 @@ int httpd_stop(httpd *h, int timeout_ms) {
     pthread_mutex_lock(&h->mu);
     h->quit_workers = 1;
     pthread_cond_broadcast(&h->work_cv);
+    while (h->n_threads > 0) pthread_cond_wait(&h->workers_cv, &h->mu);
     pthread_mutex_unlock(&h->mu);
-    for (int i = 0; i < h->n_threads; i++) pthread_join(h->threads[i], NULL);
     release(h);
     return rc;
 }

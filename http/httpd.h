@@ -6,7 +6,8 @@
  * every connection (epoll; an idle or half-received connection costs a few
  * buffers, never a thread). A complete request (head and whole body) is
  * handed to a handler thread from a pool that grows on demand up to
- * n_workers and keeps its threads until httpd_stop. The handler may run as
+ * n_workers; a worker idle for a few seconds exits, so the threads go back
+ * to what the load needs. The handler may run as
  * long as it needs (a generation); while it runs, the loop keeps watching
  * the connection for the client going away.
  *

@@ -99,7 +99,9 @@ struct httpd {
     pthread_cond_t work_cv, done_cv;
     httpd_conn *queue_head, *queue_tail, *returned, *active;
     int n_queued;
-    pthread_t *threads;
+    /* workers are detached: n_threads counts the live ones, and the last to
+     * exit after quit_workers signals workers_cv */
+    pthread_cond_t workers_cv;
     int n_threads, n_idle, quit_workers, loop_exited;
 };
 
