@@ -27,6 +27,7 @@
 
 #include "apps/app_start.h"
 #include "apps/cli_args.h"
+#include "base/clock.h"
 #include "core/backend/backend.h"
 #include "core/chat.h"
 #include "core/gguf.h"
@@ -636,12 +637,6 @@ static int on_stream_token(void *user, int request, int32_t token, const char *t
     return 0;
 }
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static double rate(double tokens, double ms) { return ms > 0 ? tokens * 1e3 / ms : 0.0; }
 static double round3(double x) { return round(x * 1e3) / 1e3; }
 
@@ -723,7 +718,7 @@ static void print_report(const cli_args *a, const gen_result *res, const gen_sta
     fprintf(stderr, "finished:         %d length, %d eos, %d stop\n", by_reason[GEN_FINISH_LENGTH],
             by_reason[GEN_FINISH_EOS], by_reason[GEN_FINISH_STOP]);
     fprintf(stderr, "total time:       %.3f s (model load %.3f s, generation %.3f s)\n",
-            (now_ms() - t0) / 1e3, (t_loaded - t0) / 1e3, st->total_ms / 1e3);
+            (clock_now_ms() - t0) / 1e3, (t_loaded - t0) / 1e3, st->total_ms / 1e3);
 }
 
 /* A seed from the clock for the prompts that did not set one. */
@@ -916,7 +911,7 @@ int main(int argc, char **argv) {
         return rc;
     }
     if (!a.seed_given) pick_seed(&a);
-    double t0 = now_ms();
+    double t0 = clock_now_ms();
     progress_state ps = {isatty(2), -1};
     app_open_opts oo = {a.cfg.model_path,
                         a.cfg.n_threads,
@@ -929,7 +924,7 @@ int main(int argc, char **argv) {
     char *tmpl = NULL;
     rc = app_open(PROG, &oo, &rt);
     if (rc < 0) {
-        double t_loaded = now_ms();
+        double t_loaded = clock_now_ms();
         if (a.chat) rc = load_chat_template(rt.model, &tmpl);
         if (rc < 0) rc = run(&a, &rt, tmpl, t0, t_loaded);
     }

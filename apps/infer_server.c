@@ -24,6 +24,7 @@
 
 #include "apps/app_start.h"
 #include "apps/cli_args.h"
+#include "base/clock.h"
 #include "core/backend/backend.h"
 #include "core/chat.h"
 #include "core/gguf.h"
@@ -172,12 +173,6 @@ static int parse_args(int argc, char **argv, args *a) {
     return -1;
 }
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static void banner(const srv *s, const engine_options *eo, const engine_limits *lim,
                    const char *const *urls, int n_urls) {
     const engine_config *c = &s->cfg;
@@ -279,10 +274,10 @@ static void serve_and_drain(srv *s, sigset_t *sigs, rpc_server *rs) {
             sig == SIGTERM ? "SIGTERM" : "SIGINT", n_active, n_active == 1 ? "" : "s",
             s->net.drain_timeout_ms);
     atomic_store(&s->draining, 1);
-    double until = now_ms() + s->net.drain_timeout_ms;
+    double until = clock_now_ms() + s->net.drain_timeout_ms;
     int forced = 0;
     while (atomic_load(&s->active_calls) > 0) {
-        double left = until - now_ms();
+        double left = until - clock_now_ms();
         if (left <= 0) break;
         if (left > 50) left = 50;
         struct timespec ts = {0, (long)(left * 1e6)};

@@ -28,17 +28,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "clients/c/infer_client.h"
 #include "core/backend/backend.h"
 #include "core/model.h"
 #include "core/tokenizer.h"
 #include "engine/engine.h"
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 static int cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -67,7 +62,7 @@ typedef struct {
 } stream_acc;
 
 static int on_chunk(const infer_chunk *ch, void *user) {
-    double t = now_ms();
+    double t = clock_now_ms();
     stream_acc *a = user;
     if (ch->finish_reason) return 0; /* the final chunk carries no new token */
     a->n_tokens++;
@@ -161,7 +156,7 @@ static pid_t start_server(const bench_opts *o, const char *url) {
 static infer_client *wait_ready(pid_t pid, const char *url) {
     infer_client *c = NULL;
     char err[512];
-    double t0 = now_ms();
+    double t0 = clock_now_ms();
     for (;;) {
         int wst;
         if (waitpid(pid, &wst, WNOHANG) == pid) {
@@ -173,7 +168,7 @@ static infer_client *wait_ready(pid_t pid, const char *url) {
             char hs[32];
             if (infer_health(c, 1000, hs, sizeof hs, NULL) == INFER_OK) return c;
         }
-        if (now_ms() - t0 > 60000) {
+        if (clock_now_ms() - t0 > 60000) {
             fprintf(stderr, "rpc-overhead-bench: server not ready after 60 s\n");
             kill(pid, SIGTERM);
             waitpid(pid, NULL, 0);
@@ -205,12 +200,12 @@ static int measure_unary(infer_client *c, const infer_gen_params *gp, const benc
     for (int i = 0; i < o->warmup + o->calls; i++) {
         infer_result res;
         infer_status st;
-        double a = now_ms();
+        double a = clock_now_ms();
         if (infer_generate(c, gp, 30000, &res, &st) != INFER_OK) {
             fprintf(stderr, "Generate failed: %s: %s\n", infer_status_name(st.code), st.message);
             return 1;
         }
-        double b = now_ms();
+        double b = clock_now_ms();
         r->prompt_tokens = res.usage.prompt_tokens;
         infer_result_free(&res);
         if (i >= o->warmup) r->unary[i - o->warmup] = b - a;
@@ -229,13 +224,13 @@ static int measure_stream(infer_client *c, const infer_gen_params *gp, const ben
     for (int i = 0; rc == 0 && i < o->stream_calls + 1; i++) { /* the first call warms up */
         infer_status st;
         stream_acc one = {.d = sa->d + sa->n, .cap = sa->cap - sa->n};
-        double a = now_ms();
+        double a = clock_now_ms();
         if (infer_generate_stream(c, &sp, 60000, on_chunk, &one, &st) != INFER_OK) {
             fprintf(stderr, "GenerateStream failed: %s: %s\n", infer_status_name(st.code),
                     st.message);
             return 1;
         }
-        double b = now_ms();
+        double b = clock_now_ms();
         if (one.n_tokens != o->stream_tokens) {
             fprintf(stderr, "GenerateStream: %d tokens, expected %d\n", one.n_tokens,
                     o->stream_tokens);
@@ -319,14 +314,14 @@ static int measure_engine(const bench_opts *o, double *eng) {
     rq.n = 1;
     for (int i = 0; i < o->warmup + o->calls; i++) {
         engine_stream *s = NULL;
-        double a = now_ms();
+        double a = clock_now_ms();
         if (engine_submit(e, &rq, &s, NULL, err, sizeof err) != 0) {
             fprintf(stderr, "engine_submit: %s\n", err);
             return 1;
         }
         engine_event ev;
         while (engine_stream_next(s, &ev, -1) == 1) engine_event_clear(&ev);
-        double b = now_ms();
+        double b = clock_now_ms();
         engine_stream_free(s);
         if (i >= o->warmup) eng[i - o->warmup] = b - a;
     }

@@ -6,6 +6,7 @@
  * sequences) belongs to the engine thread.
  */
 #include "engine/engine.h"
+#include "base/clock.h"
 
 #include <errno.h>
 #include <math.h>
@@ -34,12 +35,6 @@ struct engine_stream {
     engine *e;
 };
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static void stream_unref(engine_stream *s) {
     pthread_mutex_lock(&s->mu);
     int left = --s->refs;
@@ -54,7 +49,7 @@ static void stream_unref(engine_stream *s) {
 
 /* Takes ownership of ev->text. */
 static void stream_push(engine_stream *s, engine_event *ev) {
-    if (ev->t_ms == 0) ev->t_ms = now_ms(); /* events built without a time */
+    if (ev->t_ms == 0) ev->t_ms = clock_now_ms(); /* events built without a time */
     pthread_mutex_lock(&s->mu);
     if (s->n == s->cap) {
         int cap = s->cap ? s->cap * 2 : 16;
@@ -84,15 +79,7 @@ static void stream_push(engine_stream *s, engine_event *ev) {
 int engine_stream_next(engine_stream *s, engine_event *ev, int timeout_ms) {
     pthread_mutex_lock(&s->mu);
     struct timespec dl;
-    if (timeout_ms >= 0) {
-        clock_gettime(CLOCK_REALTIME, &dl);
-        dl.tv_sec += timeout_ms / 1000;
-        dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (dl.tv_nsec >= 1000000000L) {
-            dl.tv_sec++;
-            dl.tv_nsec -= 1000000000L;
-        }
-    }
+    if (timeout_ms >= 0) dl = clock_realtime_after_ms(timeout_ms);
     while (s->n == 0 && s->n_open > 0) {
         if (timeout_ms < 0) {
             pthread_cond_wait(&s->cv, &s->mu);
@@ -383,7 +370,7 @@ static void emit_token(eseq *q, int32_t tok, size_t upto) {
     ev.type = ENGINE_EV_TOKEN;
     ev.index = q->index;
     ev.token = tok;
-    ev.t_ms = now_ms(); /* the token was sampled in this step */
+    ev.t_ms = clock_now_ms(); /* the token was sampled in this step */
     size_t n = upto > q->emitted ? upto - q->emitted : 0;
     ev.text = dup_range(q->text ? q->text + q->emitted : "", n);
     ev.text_len = ev.text ? n : 0;
@@ -405,7 +392,7 @@ static void seq_finish(engine *e, eseq *q, gen_finish why) {
             why = GEN_FINISH_STOP;
         }
     }
-    double t = now_ms();
+    double t = clock_now_ms();
     engine_event ev = {0};
     ev.type = ENGINE_EV_FINISH;
     ev.index = q->index;
@@ -446,7 +433,7 @@ static void seq_sample(engine *e, eseq *q, float *row) {
         seq_finish(e, q, GEN_FINISH_ERROR);
         return;
     }
-    if (r->t_first_token == 0) r->t_first_token = now_ms();
+    if (r->t_first_token == 0) r->t_first_token = clock_now_ms();
     e->generated_tokens++;
     if (is_eog(e, t)) {
         seq_finish(e, q, GEN_FINISH_EOS);
@@ -669,7 +656,7 @@ static int run_step(engine *e) {
     if (b.n_items == 0) return 0;
     int rows = 0, nl = 0;
     e->b_seq_start[0] = 0;
-    double t = now_ms();
+    double t = clock_now_ms();
     for (int i = 0; i < b.n_items; i++) {
         eseq *q = b.items[i].seq->user;
         const int n0 = q->ss.n_computed, n = b.items[i].n_tokens;
@@ -976,7 +963,7 @@ int engine_submit(engine *e, const engine_request *rq, engine_stream **out, int6
     s->refs = 2;
     s->e = e;
     r->stream = s;
-    r->t_submit = now_ms();
+    r->t_submit = clock_now_ms();
 
     pthread_mutex_lock(&e->mu);
     if (e->stop) {

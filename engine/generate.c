@@ -3,6 +3,7 @@
  * about batching, memory and sampling happens there.
  */
 #include "engine/generate.h"
+#include "base/clock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,12 +30,6 @@ void gen_options_default(gen_options *o) {
     o->prefill_chunk = eo.batch_max_tokens;
     o->kv_type = eo.kv_type;
     o->batching = eo.batching;
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 static int append(gen_result *r, int32_t tok, const char *text, size_t len, int *cap) {
@@ -105,7 +100,7 @@ int gen_run(llm_model *m, backend *be, const llm_tokenizer *tok, const gen_reque
         engine_destroy(e);
         return -1;
     }
-    double t0 = now_ms();
+    double t0 = clock_now_ms();
     int rc = 0;
     engine_hold(e, 1); /* all prompts reach the scheduler in the same step */
     for (int i = 0; i < n && rc == 0; i++) {
@@ -168,7 +163,7 @@ int gen_run(llm_model *m, backend *be, const llm_tokenizer *tok, const gen_reque
     stats->kv_efficiency_peak = es.kv_efficiency_peak;
     for (int i = 0; i < n; i++) engine_stream_free(streams[i]);
     engine_destroy(e);
-    double t1 = now_ms();
+    double t1 = clock_now_ms();
     stats->total_ms = t1 - t0;
     stats->prompt_ms = last_first - t0;
     stats->gen_ms = stats->total_ms - stats->prompt_ms;

@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "http/httpd_internal.h"
 
 /* After an error answer: how long a closing connection may still send
@@ -184,9 +185,7 @@ static void conn_reply(httpd_conn *c, int status, const char *code, const char *
 
 /* Wait for work; 0 when the worker should exit (stop, or idle too long). */
 static int worker_wait(httpd *h) {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += WORKER_IDLE_EXIT_MS / 1000;
+    struct timespec until = clock_realtime_after_ms(WORKER_IDLE_EXIT_MS);
     h->n_idle++;
     int timed_out = 0;
     while (!h->queue_head && !h->quit_workers && !timed_out)
@@ -719,14 +718,7 @@ static void cut_handlers(httpd *h) {
 int httpd_stop(httpd *h, int timeout_ms) {
     atomic_store(&h->stopping, 1);
     wake_loop(h);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = clock_realtime_after_ms(timeout_ms);
     int rc = HTTPD_OK;
     pthread_mutex_lock(&h->mu);
     while (!h->loop_exited && rc == HTTPD_OK)

@@ -16,6 +16,7 @@
  * flag and RPC call handle are the only fields other threads touch.
  */
 #include "loadtest/lt_run.h"
+#include "base/clock.h"
 
 #include "clients/c/infer_client.h"
 #include "loadtest/lt_http.h"
@@ -988,10 +989,7 @@ static void finish_run(run_t *r, int bounded_drain) {
             bounded_drain = 1;
             drain_end = now_s(r) + r->o->drain_timeout;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000000;
-        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        struct timespec ts = clock_realtime_after_ms(50);
         pthread_cond_timedwait(&r->cv, &r->mu, &ts);
     }
     r->stop_workers = 1;
@@ -1017,10 +1015,7 @@ static void dispatch(run_t *r, long long n_total) {
                 long outstanding = (long)r->n_slots - r->completed - r->failed;
                 if (outstanding < o->concurrency || g_interrupted) break;
                 if (o->duration > 0 && now_s(r) - r->t0 >= o->duration) break;
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_nsec += 50 * 1000000;
-                if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+                struct timespec ts = clock_realtime_after_ms(50);
                 pthread_cond_timedwait(&r->cv, &r->mu, &ts);
             }
             double t = now_s(r) - r->t0;

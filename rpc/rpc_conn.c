@@ -32,6 +32,7 @@
 #include <nng/nng.h>
 #include <nng/supplemental/tls/tls.h>
 
+#include "base/clock.h"
 #include "rpc/rpc.h"
 
 typedef struct qitem {
@@ -131,24 +132,8 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 /* Absolute CLOCK_REALTIME time timeout_ms from now (for cond waits). */
-static struct timespec deadline_ts(int timeout_ms) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
+static struct timespec deadline_ts(int timeout_ms) { return clock_realtime_after_ms(timeout_ms); }
 
 static int map_nng(int rv) {
     switch (rv) {
@@ -353,7 +338,7 @@ void rpc_conn_close(rpc_conn *c, int linger_ms) {
     int now = linger_ms <= 0 || !c->have_send || c->stream_closed;
     int arm = 0;
     if (!now) {
-        double until = now_ms() + linger_ms;
+        double until = clock_now_ms() + linger_ms;
         if (!c->closing || until < c->linger_until) c->linger_until = until;
         c->closing = 1;
         arm = !c->linger_armed;
@@ -379,12 +364,12 @@ const char *rpc_conn_peer(const rpc_conn *c) { return c->peer; }
 
 /* Write all of buf; timeout_ms < 0 = none. */
 static int write_all(rpc_conn *c, nng_aio *aio, const uint8_t *buf, size_t len, int timeout_ms) {
-    double until = timeout_ms >= 0 ? now_ms() + timeout_ms : 0;
+    double until = timeout_ms >= 0 ? clock_now_ms() + timeout_ms : 0;
     while (len > 0) {
         nng_iov iov = {.iov_buf = (void *)buf, .iov_len = len};
         nng_aio_set_iov(aio, 1, &iov);
         if (timeout_ms >= 0) {
-            double left = until - now_ms();
+            double left = until - clock_now_ms();
             if (left <= 0) return RPC_ETIMEDOUT;
             nng_aio_set_timeout(aio, (nng_duration)(left + 1));
         } else {
@@ -426,8 +411,8 @@ static void *writer_main(void *arg) {
             pthread_cond_wait(&c->cv_writer, &c->mu);
         if (c->stream_closed || !aio) break;
         if (!c->qhead) { /* closing and flushed */
-            if (c->hold_close && c->linger_until > now_ms()) {
-                struct timespec ts = deadline_ts((int)(c->linger_until - now_ms()) + 1);
+            if (c->hold_close && c->linger_until > clock_now_ms()) {
+                struct timespec ts = deadline_ts((int)(c->linger_until - clock_now_ms()) + 1);
                 pthread_cond_timedwait(&c->cv_writer, &c->mu, &ts);
                 continue;
             }
@@ -435,7 +420,7 @@ static void *writer_main(void *arg) {
         }
         int timeout = -1;
         if (c->closing) {
-            double left = c->linger_until - now_ms();
+            double left = c->linger_until - clock_now_ms();
             if (left <= 0) break;
             timeout = (int)left + 1;
         }
@@ -466,7 +451,7 @@ static void *writer_main(void *arg) {
 static void frame_rd_reset(frame_rd *r, int start_within_ms, int done_within_ms) {
     free(r->body);
     memset(r, 0, sizeof *r);
-    double now = now_ms();
+    double now = clock_now_ms();
     if (start_within_ms > 0) {
         r->start_by = now + start_within_ms;
         r->start_limit_ms = start_within_ms;
@@ -515,7 +500,7 @@ static fr_state frame_rd_arm(frame_rd *r, nng_aio *aio) {
         nng_aio_set_timeout(aio, NNG_DURATION_INFINITE);
         return FR_MORE;
     }
-    double left = by - now_ms();
+    double left = by - clock_now_ms();
     if (left <= 0) return frame_rd_timed_out(r);
     nng_aio_set_timeout(aio, (nng_duration)left + 1);
     return FR_MORE;
@@ -538,7 +523,7 @@ static fr_state frame_rd_step(rpc_conn *c, frame_rd *r, int rv, size_t n) {
     if (rv != 0) return frame_rd_fail(r, RPC_ECLOSED, "connection closed");
     if (!r->started) {
         r->started = 1;
-        double by = now_ms() + c->o.frame_timeout_ms;
+        double by = clock_now_ms() + c->o.frame_timeout_ms;
         if (c->o.frame_timeout_ms > 0 && (!r->done_by || by < r->done_by)) {
             r->done_by = by;
             r->done_limit_ms = c->o.frame_timeout_ms;
@@ -640,10 +625,10 @@ static void reader_finish(rpc_conn *c, nng_aio *aio, int err, const char *msg) {
          * the peer: flush it, then read and drop input for a moment; the
          * writer holds the close back meanwhile (hold_close). */
         rpc_conn_flush(c, c->o.linger_ms);
-        double until = now_ms() + (c->o.linger_ms < 250 ? c->o.linger_ms : 250);
+        double until = clock_now_ms() + (c->o.linger_ms < 250 ? c->o.linger_ms : 250);
         uint8_t sink[4096];
         for (;;) {
-            double left = until - now_ms();
+            double left = until - clock_now_ms();
             if (left <= 0) break;
             nng_iov iov = {.iov_buf = sink, .iov_len = sizeof sink};
             nng_aio_set_iov(aio, 1, &iov);
@@ -950,7 +935,7 @@ int rpc_send_cancel(rpc_conn *c, uint64_t call_id, int timeout_ms) {
 static int flush_here(rpc_conn *c, int timeout_ms) {
     nng_aio *aio;
     if (nng_aio_alloc(&aio, NULL, NULL) != 0) return RPC_ENOMEM;
-    double until = now_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
+    double until = clock_now_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
     int rv = RPC_OK;
     pthread_mutex_lock(&c->mu);
     while (c->qhead && rv == RPC_OK) {
@@ -958,7 +943,7 @@ static int flush_here(rpc_conn *c, int timeout_ms) {
         c->qhead = q->next;
         if (!c->qhead) c->qtail = NULL;
         pthread_mutex_unlock(&c->mu);
-        int left = timeout_ms < 0 ? -1 : (int)(until - now_ms());
+        int left = timeout_ms < 0 ? -1 : (int)(until - clock_now_ms());
         rv =
             timeout_ms >= 0 && left <= 0 ? RPC_ETIMEDOUT : write_all(c, aio, q->data, q->len, left);
         pthread_mutex_lock(&c->mu);

@@ -28,6 +28,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "base/clock.h"
 #include "server/http_call.h"
 
 /* How long srv_http_stop lets cancelled handlers finish before httpd cuts
@@ -250,7 +251,7 @@ static void handle_options(httpd_req *req, int r) {
 }
 
 static void route(srv_http *h, httpd_req *req) {
-    double t_arrival = relay_now_ms();
+    double t_arrival = clock_now_ms();
     const char *method = httpd_req_method(req);
     char path[1024];
     snprintf(path, sizeof path, "%s", httpd_req_path(req));

@@ -8,6 +8,7 @@
  * at least one side sees both and cancels the engine request.
  */
 #include "server/relay.h"
+#include "base/clock.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -31,12 +32,6 @@ struct relay {
     relay_result res;
     double *last_token_ms; /* per choice: event time of its latest token */
 };
-
-double relay_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 relay *relay_create(srv *s, double deadline_at) {
     relay *r = calloc(1, sizeof *r);
@@ -130,7 +125,7 @@ static void account(relay *r, const engine_event *ev) {
 /* The wait allowed before the deadline; cancels the call once it passed. */
 static int wait_slice(relay *r, int timeout_ms) {
     if (r->deadline_at <= 0 || relay_end_reason(r) != RELAY_END_NONE) return timeout_ms;
-    double left = r->deadline_at - relay_now_ms();
+    double left = r->deadline_at - clock_now_ms();
     if (left <= 0) {
         relay_cancel(r, RELAY_END_DEADLINE);
         return timeout_ms;
@@ -140,12 +135,12 @@ static int wait_slice(relay *r, int timeout_ms) {
 }
 
 int relay_next(relay *r, engine_event *ev, int timeout_ms) {
-    double until = timeout_ms >= 0 ? relay_now_ms() + timeout_ms : 0;
+    double until = timeout_ms >= 0 ? clock_now_ms() + timeout_ms : 0;
     for (;;) {
         int rv = engine_stream_next(r->es, ev, wait_slice(r, timeout_ms));
         if (rv < 0) return -1;
         if (rv == 0) {
-            if (timeout_ms >= 0 && relay_now_ms() >= until) return 0;
+            if (timeout_ms >= 0 && clock_now_ms() >= until) return 0;
             continue; /* a deadline slice ended */
         }
         if (ev->index < 0 || ev->index >= r->res.n) {

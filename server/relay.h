@@ -75,10 +75,7 @@ typedef struct {
 
 typedef struct relay relay;
 
-/* CLOCK_MONOTONIC in ms: the clock of deadlines and of engine events. */
-double relay_now_ms(void);
-
-/* deadline_at: relay_now_ms() value at which the call is cancelled with
+/* deadline_at: clock_now_ms() value at which the call is cancelled with
  * DEADLINE_EXCEEDED; 0 = none. NULL on OOM (nothing counted). */
 relay *relay_create(srv *s, double deadline_at);
 

@@ -33,6 +33,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "core/chat.h"
 #include "core/model.h"
 #include "core/tokenizer.h"
@@ -388,7 +389,7 @@ static int submit_generate(sconn *sc, const Rpc__Frame *f, scall *k) {
 static void start_generate(sconn *sc, const Rpc__Frame *f, int streaming, uint32_t deadline_ms) {
     rpc_server *rs = sc->rs;
     scall *k = calloc(1, sizeof *k);
-    double deadline_at = deadline_ms ? relay_now_ms() + deadline_ms : 0;
+    double deadline_at = deadline_ms ? clock_now_ms() + deadline_ms : 0;
     if (k) k->r = relay_create(rs->s, deadline_at);
     if (!k || !k->r) {
         free(k);
@@ -887,14 +888,7 @@ const char *rpc_server_url(const rpc_server *r, int i) {
 }
 
 int rpc_server_wait_idle(rpc_server *r, int timeout_ms) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = clock_realtime_after_ms(timeout_ms);
     pthread_mutex_lock(&r->mu);
     int rc = 0;
     while (r->n_calls > 0) {
