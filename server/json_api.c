@@ -68,8 +68,10 @@ typedef struct {
 
 static const char *path_name(const json_scan *s) { return s->path[0] ? s->path : "request body"; }
 
+/* cJSON's white space: every byte up to and including ' ' (so a control
+ * byte between values, which cJSON accepts, is skipped here too). */
 static void scan_ws(json_scan *s) {
-    while (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r') s->p++;
+    while (*s->p && (unsigned char)*s->p <= ' ') s->p++;
 }
 
 /* Past a string at s->p; *raw_len: its length as sent. 1 when it holds an
@@ -77,7 +79,7 @@ static void scan_ws(json_scan *s) {
 static int scan_string(json_scan *s, size_t *raw_len) {
     const char *start = ++s->p;
     int nul = 0;
-    while (*s->p != '"') {
+    while (*s->p && *s->p != '"') {
         if (*s->p == '\\') {
             if (s->p[1] == 'u' && strncmp(s->p + 2, "0000", 4) == 0) nul = 1;
             s->p += s->p[1] == 'u' ? 6 : 2;
@@ -86,7 +88,7 @@ static int scan_string(json_scan *s, size_t *raw_len) {
         }
     }
     *raw_len = (size_t)(s->p - start);
-    s->p++;
+    if (*s->p) s->p++;
     return nul;
 }
 
@@ -107,7 +109,7 @@ static int scan_member(json_scan *s, const char *fmt, ...) {
 
 static int scan_object(json_scan *s) {
     s->p++;
-    for (scan_ws(s); *s->p != '}'; scan_ws(s)) {
+    for (scan_ws(s); *s->p && *s->p != '}'; scan_ws(s)) {
         if (*s->p == ',') {
             s->p++;
             scan_ws(s);
@@ -128,7 +130,7 @@ static int scan_object(json_scan *s) {
 static int scan_array(json_scan *s) {
     s->p++;
     int i = 0;
-    for (scan_ws(s); *s->p != ']'; scan_ws(s)) {
+    for (scan_ws(s); *s->p && *s->p != ']'; scan_ws(s)) {
         if (*s->p == ',') s->p++;
         if (scan_member(s, "[%d]", i++)) return -1;
     }
@@ -155,6 +157,9 @@ static int scan_value(json_scan *s) {
     default: {
         char *end;
         double v = strtod(s->p, &end);
+        if (end == s->p) /* cannot follow cJSON's parse; never loop on it */
+            return fail(s->err, s->errlen, "%s: unexpected '%c' in the JSON text", path_name(s),
+                        *s->p ? *s->p : '?');
         if (!isfinite(v))
             return fail(s->err, s->errlen, "%s: %.*s is out of range for a number", path_name(s),
                         (int)(end - s->p), s->p);
