@@ -11,7 +11,9 @@
 #                                      tests/fuzz/corpus/<name>/ (what ctest
 #                                      fuzz_corpus_replay does; any compiler)
 # Environment: FUZZ_BUILD_DIR (default build-fuzz), JOBS (build jobs,
-# default 2), FUZZ_ONLY="gguf rpc" to run only those harnesses.
+# default 2), FUZZ_ONLY="gguf rpc" to run only those harnesses,
+# FUZZ_RUNS=N to stop each harness after N executions (or SECONDS, whichever
+# comes first; the long run of docs/testing.md uses FUZZ_RUNS=10000000).
 #
 # Harnesses are the files tests/fuzz/fuzz_<name>.c. A fuzz run reports per
 # harness the executions and the outcome (ok, crash, leak, timeout, oom);
@@ -75,8 +77,8 @@ fuzz() {
         work="$(mktemp -d)"
         log="$build/findings/$name.log"
         cp -r "$fuzz_dir/corpus/$name/." "$work/"
-        echo "==> fuzz_$name for $seconds s" >&2
-        "$build/fuzz_$name" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+        echo "==> fuzz_$name for $seconds s${FUZZ_RUNS:+ or $FUZZ_RUNS executions}" >&2
+        "$build/fuzz_$name" -max_total_time="$seconds" -runs="${FUZZ_RUNS:--1}" -timeout=10 -rss_limit_mb=2048 \
             -print_final_stats=1 -artifact_prefix="$build/findings/$name-" "$work" >"$log" 2>&1
         rc=$?
         rm -rf "$work"
@@ -86,7 +88,7 @@ fuzz() {
             failed=1
             grep -m 3 -E 'ERROR|FUZZ_CHECK|runtime error|SUMMARY' "$log" >&2
         fi
-        report+=("$(printf '%-12s %10s execs  %s' "$name" "${execs:-?}" "$result")")
+        report+=("$(printf '%-12s %10s execs  %6s s  %s' "$name" "${execs:-?}" "$(awk '/^Done [0-9]+ runs in/ {print $5}' "$log")" "$result")")
     done
     echo "==> summary (logs and inputs of findings: $build/findings/)"
     printf '%s\n' "${report[@]}"
