@@ -65,14 +65,17 @@ GEMM_DRIVER(, kern_gemm_iq4_nl_avx2, tile_iq4_nl_kq, T_AVX2)
 
 /* ---- K-quants against Q8_K ---- */
 
-/* The 8 (scale, min) pairs of Q4_K/Q5_K's 12 bytes: scales to sc, mins to mn. */
-static inline void k45_scales(const uint8_t *q, int16_t *sc, uint8_t *mn) {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = q[j] & 63;
-        mn[j] = q[j + 4] & 63;
-        sc[j + 4] = (int16_t)((q[j + 8] & 0xf) | ((q[j] >> 6) << 4));
-        mn[j + 4] = (uint8_t)((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
-    }
+/* The 8 (scale, min) pairs of Q4_K/Q5_K's 12 bytes as 16 int16 lanes:
+ * the scales in lanes 0..7, the mins in 8..15 (ggml's utmp shuffle). */
+static inline T_AVX2 __m256i k45_scales(const uint8_t *q) {
+    uint32_t u[4];
+    memcpy(u, q, 12);
+    u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+    const uint32_t mins_lo = u[1] & 0x3f3f3f3f;
+    u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+    u[2] = mins_lo;
+    u[0] &= 0x3f3f3f3f;
+    return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)u));
 }
 
 static inline T_AVX2 float hsum4_avx2(__m128 v) {
@@ -87,7 +90,7 @@ static inline T_AVX2 AI void k45_tile(const int FIVE, const int NR, int nb, cons
     const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
     __m256 acc[4];
     __m128 accm[4];
-    for (int r = 0; r < NR; r++) {
+    UNROLL for (int r = 0; r < NR; r++) {
         acc[r] = _mm256_setzero_ps();
         accm[r] = _mm_setzero_ps();
     }
@@ -96,14 +99,13 @@ static inline T_AVX2 AI void k45_tile(const int FIVE, const int NR, int nb, cons
         _mm_prefetch((const char *)wb + 2 * bsz, _MM_HINT_T0);
         const float dw = _cvtsh_ss((unsigned short)ld_i16(wb)),
                     dm = _cvtsh_ss((unsigned short)ld_i16(wb + 2));
-        int16_t sc[8];
-        uint8_t mn[16] = {0};
-        k45_scales(wb + 4, sc, mn);
-        const __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
+        const __m256i sm = k45_scales(wb + 4);
+        const __m128i mins = _mm256_extracti128_si256(sm, 1);
+        const __m256i scales = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
         const uint8_t *qs = wb + 16 + (FIVE ? 32 : 0);
         const __m256i hb = FIVE ? _mm256_loadu_si256((const __m256i *)(wb + 16)) : m4;
         __m256i sumi[4];
-        for (int r = 0; r < NR; r++) {
+        UNROLL for (int r = 0; r < NR; r++) {
             const block_q8_K *xb = x + (size_t)r * xs + b;
             const __m128i q8s = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)xb->bsums),
                                                _mm_loadu_si128((const __m128i *)xb->bsums + 1));
@@ -122,8 +124,12 @@ static inline T_AVX2 AI void k45_tile(const int FIVE, const int NR, int nb, cons
                     hi,
                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), one), 4));
             }
-            const __m256i sl = _mm256_set1_epi16(sc[2 * j]), sh = _mm256_set1_epi16(sc[2 * j + 1]);
-            for (int r = 0; r < NR; r++) {
+            /* int16 lanes 2j and 2j + 1 of scales, broadcast */
+            const __m256i sl =
+                _mm256_shuffle_epi8(scales, _mm256_set1_epi16((short)(0x0100 + 0x0404 * j)));
+            const __m256i sh =
+                _mm256_shuffle_epi8(scales, _mm256_set1_epi16((short)(0x0302 + 0x0404 * j)));
+            UNROLL for (int r = 0; r < NR; r++) {
                 const int8_t *q8 = x[(size_t)r * xs + b].qs + 64 * j;
                 __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8));
                 __m256i ph =
@@ -132,11 +138,10 @@ static inline T_AVX2 AI void k45_tile(const int FIVE, const int NR, int nb, cons
                                                                      _mm256_madd_epi16(sh, ph)));
             }
         }
-        for (int r = 0; r < NR; r++)
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(x[(size_t)r * xs + b].d * dw),
-                                     _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+        UNROLL for (int r = 0; r < NR; r++) acc[r] = _mm256_fmadd_ps(
+            _mm256_set1_ps(x[(size_t)r * xs + b].d * dw), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
     }
-    for (int r = 0; r < NR; r++) y[(size_t)r * ys] = hsum_avx2(acc[r]) + hsum4_avx2(accm[r]);
+    UNROLL for (int r = 0; r < NR; r++) y[(size_t)r * ys] = hsum_avx2(acc[r]) + hsum4_avx2(accm[r]);
 }
 
 /* The 4 runs of 32 codes of one half (128 codes) of a Q6_K block, as
@@ -160,21 +165,24 @@ static inline T_AVX2 AI void q6k_tile(const int NR, int nb, const uint8_t *w, co
                                       size_t xs, float *y, size_t ys) {
     const __m256i m32 = _mm256_set1_epi8(32);
     __m256 acc[4];
-    for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_ps();
+    UNROLL for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const block_q6_K *wb = (const block_q6_K *)w + b;
         _mm_prefetch((const char *)(wb + 2), _MM_HINT_T0);
         const float dw = _cvtsh_ss(wb->d);
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)wb->scales);
         __m256i sumi[4];
-        for (int r = 0; r < NR; r++) sumi[r] = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
+        UNROLL for (int r = 0; r < NR; r++) sumi[r] = _mm256_setzero_si256();
+        UNROLL for (int h = 0; h < 2; h++) {
             __m256i q[4];
             q6k_half(wb, h, q);
             UNROLL for (int k = 0; k < 4; k++) {
                 const int si = 8 * h + 2 * k;
-                const __m256i sv = _mm256_set_m128i(_mm_set1_epi16(wb->scales[si + 1]),
-                                                    _mm_set1_epi16(wb->scales[si]));
-                for (int r = 0; r < NR; r++) {
+                /* int16 lanes 0..7 scale si, 8..15 scale si + 1 */
+                const __m256i sv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+                    sc8, _mm_set_epi64x((long long)(0x0101010101010101ull * (uint64_t)(si + 1)),
+                                        (long long)(0x0101010101010101ull * (uint64_t)si))));
+                UNROLL for (int r = 0; r < NR; r++) {
                     const __m256i q8 = _mm256_loadu_si256(
                         (const __m256i *)(x[(size_t)r * xs + b].qs + 128 * h + 32 * k));
                     const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8),
@@ -183,11 +191,10 @@ static inline T_AVX2 AI void q6k_tile(const int NR, int nb, const uint8_t *w, co
                 }
             }
         }
-        for (int r = 0; r < NR; r++)
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(x[(size_t)r * xs + b].d * dw),
-                                     _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+        UNROLL for (int r = 0; r < NR; r++) acc[r] = _mm256_fmadd_ps(
+            _mm256_set1_ps(x[(size_t)r * xs + b].d * dw), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
     }
-    for (int r = 0; r < NR; r++) y[(size_t)r * ys] = hsum_avx2(acc[r]);
+    UNROLL for (int r = 0; r < NR; r++) y[(size_t)r * ys] = hsum_avx2(acc[r]);
 }
 
 #define KQ_TILE_Q4_K(NR, nb, w, x, xs, y, ys) k45_tile(0, NR, nb, w, x, xs, y, ys)
@@ -232,19 +239,16 @@ static inline T_AVX2 AI __m256 fw_load(uint32_t type, const uint8_t *w, int i) {
 static inline T_AVX2 AI void fw_tile(uint32_t type, const int NR, int n, const uint8_t *w,
                                      const float *x, size_t xs, float *y, size_t ys) {
     __m256 a[3][4];
-    for (int r = 0; r < NR; r++)
-        for (int k = 0; k < 4; k++) a[r][k] = _mm256_setzero_ps();
+    UNROLL for (int r = 0; r < NR; r++) UNROLL for (int k = 0; k < 4; k++) a[r][k] =
+        _mm256_setzero_ps();
     for (int i = 0; i < n; i += 32) {
         __m256 wv[4];
-        for (int k = 0; k < 4; k++) wv[k] = fw_load(type, w, i + 8 * k);
-        for (int r = 0; r < NR; r++)
-            for (int k = 0; k < 4; k++)
-                a[r][k] = _mm256_fmadd_ps(wv[k], _mm256_loadu_ps(x + (size_t)r * xs + i + 8 * k),
-                                          a[r][k]);
+        UNROLL for (int k = 0; k < 4; k++) wv[k] = fw_load(type, w, i + 8 * k);
+        UNROLL for (int r = 0; r < NR; r++) UNROLL for (int k = 0; k < 4; k++) a[r][k] =
+            _mm256_fmadd_ps(wv[k], _mm256_loadu_ps(x + (size_t)r * xs + i + 8 * k), a[r][k]);
     }
-    for (int r = 0; r < NR; r++)
-        y[(size_t)r * ys] = hsum_avx2(
-            _mm256_add_ps(_mm256_add_ps(a[r][0], a[r][2]), _mm256_add_ps(a[r][1], a[r][3])));
+    UNROLL for (int r = 0; r < NR; r++) y[(size_t)r * ys] =
+        hsum_avx2(_mm256_add_ps(_mm256_add_ps(a[r][0], a[r][2]), _mm256_add_ps(a[r][1], a[r][3])));
 }
 
 #define FW_DRIVER(NAME, TYPE)                                                                      \
