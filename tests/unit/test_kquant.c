@@ -43,14 +43,17 @@ static void put16(uint8_t *p, qt_f16 v) { memcpy(p, &v, 2); }
 
 typedef enum { A_Q8, A_Q8K, A_FLOAT } act_kind;
 
-static const uint32_t FORMATS[] = {QT_Q5_0, QT_Q5_1, QT_IQ4_NL, QT_Q4_K, QT_Q5_K,
-                                   QT_Q6_K, QT_F32,  QT_F16,    QT_BF16};
+static const uint32_t FORMATS[] = {QT_Q5_0, QT_Q5_1, QT_IQ4_NL, QT_Q2_K, QT_Q3_K, QT_Q4_K,
+                                   QT_Q5_K, QT_Q6_K, QT_IQ4_XS, QT_F32,  QT_F16,  QT_BF16};
 
 static act_kind act_of(uint32_t type) {
     switch (type) {
+    case QT_Q2_K:
+    case QT_Q3_K:
     case QT_Q4_K:
     case QT_Q5_K:
-    case QT_Q6_K: return A_Q8K;
+    case QT_Q6_K:
+    case QT_IQ4_XS: return A_Q8K;
     case QT_F32:
     case QT_F16:
     case QT_BF16: return A_FLOAT;
@@ -84,6 +87,11 @@ static void fill_weights(uint32_t type, uint8_t *w, int64_t n_in, int64_t rows) 
             put16(b + 2, rand_scale(0.0001f, 0.002f));
             break;
         case QT_Q6_K: put16(b + offsetof(block_q6_K, d), rand_scale(-0.0002f, 0.0002f)); break;
+        case QT_Q2_K:
+            put16(b + offsetof(block_q2_K, d), rand_scale(0.0001f, 0.001f));
+            put16(b + offsetof(block_q2_K, dmin), rand_scale(0.0001f, 0.001f));
+            break;
+        case QT_Q3_K: put16(b + offsetof(block_q3_K, d), rand_scale(-0.001f, 0.001f)); break;
         default: put16(b, rand_scale(-0.01f, 0.01f)); break; /* Q5_0, IQ4_NL */
         }
     }
@@ -143,6 +151,9 @@ static void run_kernel(const kern_table *t, uint32_t type, int n, const uint8_t 
     case QT_Q4_K: t->gemm_q4_k(n / QK_K, w, ws, nc, a->q8k, (size_t)n / QK_K, nr, y, ys); break;
     case QT_Q5_K: t->gemm_q5_k(n / QK_K, w, ws, nc, a->q8k, (size_t)n / QK_K, nr, y, ys); break;
     case QT_Q6_K: t->gemm_q6_k(n / QK_K, w, ws, nc, a->q8k, (size_t)n / QK_K, nr, y, ys); break;
+    case QT_Q2_K: t->gemm_q2_k(n / QK_K, w, ws, nc, a->q8k, (size_t)n / QK_K, nr, y, ys); break;
+    case QT_Q3_K: t->gemm_q3_k(n / QK_K, w, ws, nc, a->q8k, (size_t)n / QK_K, nr, y, ys); break;
+    case QT_IQ4_XS: t->gemm_iq4_xs(n / QK_K, w, ws, nc, a->q8k, (size_t)n / QK_K, nr, y, ys); break;
     case QT_F32: t->gemm_f32(n, w, ws, nc, a->xf, (size_t)n, nr, y, ys); break;
     case QT_F16: t->gemm_f16(n, w, ws, nc, a->xf, (size_t)n, nr, y, ys); break;
     default: t->gemm_bf16(n, w, ws, nc, a->xf, (size_t)n, nr, y, ys); break;
@@ -336,7 +347,7 @@ static void weight_of(be_weight *w, uint32_t type, const uint8_t *data, int n_in
 /* The backend: a Q4_K_M-style group (Q4_K, Q6_K, Q4_K sharing one input)
  * through matmul_n gives the bits of separate matmuls and of the scalar
  * kernels, whatever the row count or thread count (batch invariance), and
- * a type without a kernel (Q3_K) still runs through the float fallback. */
+ * a shape no kernel takes still runs through the float fallback. */
 static void test_backend_mixed_formats(void) {
     const int n = 512, n_out[3] = {50, 33, 64}, rows = 9;
     const uint32_t types[3] = {QT_Q4_K, QT_Q6_K, QT_Q4_K};
@@ -372,30 +383,28 @@ static void test_backend_mixed_formats(void) {
                    (size_t)n_out[i]);
         CHECK(!memcmp(y[i], y1[i], sizeof(float) * (size_t)n_out[i] * rows));
     }
-    /* fallback: Q3_K against the exact float dot of the dequantized weights */
-    uint8_t *q3 = malloc(quant_row_bytes(QT_Q3_K, n) * 20);
-    for (size_t i = 0; i < quant_row_bytes(QT_Q3_K, n) * 20; i++) q3[i] = (uint8_t)rng_u64();
-    for (int b = 0; b < 20 * n / QK_K; b++)
-        put16(q3 + (size_t)b * sizeof(block_q3_K) + offsetof(block_q3_K, d),
-              rand_scale(-0.01f, 0.01f));
-    be_weight w3;
-    weight_of(&w3, QT_Q3_K, q3, n, 20);
-    b2->ops->matmul(b2, &w3, x, rows, y1[0]);
-    float wd[512];
+    /* fallback: F16 rows of 200 elements (no kernel takes n % 32 != 0)
+     * against the float dot of the dequantized weights */
+    enum { FN = 200, FC = 20 };
+    uint8_t f16w[FN * FC * 2];
+    fill_weights(QT_F16, f16w, FN, FC);
+    be_weight wf;
+    weight_of(&wf, QT_F16, f16w, FN, FC);
+    b2->ops->matmul(b2, &wf, x, rows, y1[0]);
+    float wd[FN];
     int bad = 0;
-    for (int c = 0; c < 20; c++) {
-        quant_dequant_row(QT_Q3_K, q3 + (size_t)c * w3.row_bytes, wd, n);
+    for (int c = 0; c < FC; c++) {
+        quant_dequant_row(QT_F16, f16w + (size_t)c * wf.row_bytes, wd, FN);
         for (int r = 0; r < rows; r++) {
             double ref = 0, abs_sum = 0;
-            for (int i = 0; i < n; i++) {
-                ref += (double)wd[i] * x[(size_t)r * n + i];
-                abs_sum += fabs((double)wd[i] * x[(size_t)r * n + i]);
+            for (int i = 0; i < FN; i++) {
+                ref += (double)wd[i] * x[(size_t)r * FN + i];
+                abs_sum += fabs((double)wd[i] * x[(size_t)r * FN + i]);
             }
-            bad += !(fabs(y1[0][(size_t)r * 20 + c] - ref) <= 1e-5 * abs_sum);
+            bad += !(fabs(y1[0][(size_t)r * FC + c] - ref) <= 1e-5 * abs_sum);
         }
     }
-    CHECKF(bad == 0, "Q3_K fallback: %d outputs off", bad);
-    free(q3);
+    CHECKF(bad == 0, "F16 fallback: %d outputs off", bad);
     free_acts(&a);
     backend_free(b1);
     backend_free(b2);

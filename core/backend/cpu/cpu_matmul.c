@@ -222,6 +222,9 @@ static int kernel_for(const cpu_impl *ci, const be_weight *w, mm_kernel *mk) {
     case QT_Q4_K: mk->k = k->gemm_q4_k; break;
     case QT_Q5_K: mk->k = k->gemm_q5_k; break;
     case QT_Q6_K: mk->k = k->gemm_q6_k; break;
+    case QT_Q2_K: mk->k = k->gemm_q2_k; break;
+    case QT_Q3_K: mk->k = k->gemm_q3_k; break;
+    case QT_IQ4_XS: mk->k = k->gemm_iq4_xs; break;
     case QT_F32: mk->f = k->gemm_f32, mk->act = ACT_F32; break;
     case QT_F16: mk->f = k->gemm_f16, mk->act = ACT_F16; break;
     case QT_BF16: mk->f = k->gemm_bf16, mk->act = ACT_BF16; break;

@@ -1,7 +1,7 @@
 /*
  * gemm_kquant_avx2.c - AVX2 GEMMs of the weight formats beyond Q4_0, Q4_1
  * and Q8_0: Q5_0, Q5_1 and IQ4_NL (32-blocks, through the tile template of
- * gemm_tiles_x86.h), Q4_K, Q5_K and Q6_K against Q8_K activations, and
+ * gemm_tiles_x86.h), Q2_K .. Q6_K and IQ4_XS against Q8_K activations, and
  * F32, F16 and BF16 weights against float activations. Each output gets
  * the operations of its scalar reference (gemm_kquant_scalar.c,
  * kernels_scalar.c) in the same order, as the numerics contract in
@@ -197,6 +197,108 @@ static inline T_AVX2 AI void q6k_tile(const int NR, int nb, const uint8_t *w, co
     UNROLL for (int r = 0; r < NR; r++) y[(size_t)r * ys] = hsum_avx2(acc[r]);
 }
 
+/* Q2_K, Q3_K and IQ4_XS: per block the 16 scales as int8 (one a 16 codes;
+ * IQ4_XS repeats each of its 8), then 8 runs of 32 codes. */
+enum { KS_Q2_K, KS_Q3_K, KS_IQ4_XS };
+
+static inline T_AVX2 __m128i q3k_scales(const uint8_t *s) {
+    uint32_t a[3], u[4];
+    memcpy(a, s, 12);
+    u[0] = (a[0] & 0x0f0f0f0f) | ((a[2] & 0x03030303) << 4);
+    u[1] = (a[1] & 0x0f0f0f0f) | (((a[2] >> 2) & 0x03030303) << 4);
+    u[2] = ((a[0] >> 4) & 0x0f0f0f0f) | (((a[2] >> 4) & 0x03030303) << 4);
+    u[3] = ((a[1] >> 4) & 0x0f0f0f0f) | (((a[2] >> 6) & 0x03030303) << 4);
+    return _mm_sub_epi8(_mm_loadu_si128((const __m128i *)u), _mm_set1_epi8(32));
+}
+
+static inline T_AVX2 __m128i iq4xs_scales(const block_iq4_xs *b) {
+    int8_t s[16];
+    for (int t = 0; t < 8; t++)
+        s[2 * t] = s[2 * t + 1] = (int8_t)((((b->scales_l[t / 2] >> (4 * (t % 2))) & 0xf) |
+                                            (((b->scales_h >> (2 * t)) & 3) << 4)) -
+                                           32);
+    return _mm_loadu_si128((const __m128i *)s);
+}
+
+static inline T_AVX2 AI void ks_tile(const int KIND, const int NR, int nb, const uint8_t *w,
+                                     const block_q8_K *x, size_t xs, float *y, size_t ys) {
+    const size_t bsz = KIND == KS_Q2_K   ? sizeof(block_q2_K)
+                       : KIND == KS_Q3_K ? sizeof(block_q3_K)
+                                         : sizeof(block_iq4_xs);
+    const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    const __m256i tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4NL_TABLE));
+    __m256 acc[4];
+    UNROLL for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *wb = w + (size_t)b * bsz;
+        _mm_prefetch((const char *)wb + 2 * bsz, _MM_HINT_T0);
+        const block_q2_K *b2 = (const block_q2_K *)wb;
+        const block_q3_K *b3 = (const block_q3_K *)wb;
+        const block_iq4_xs *b4 = (const block_iq4_xs *)wb;
+        __m128i sc8;
+        float dw;
+        const uint8_t *qs = KIND == KS_Q2_K ? b2->qs : KIND == KS_Q3_K ? b3->qs : b4->qs;
+        __m256i hb = one;
+        if (KIND == KS_Q2_K) {
+            const __m128i ms = _mm_loadu_si128((const __m128i *)b2->scales);
+            sc8 = _mm_and_si128(ms, _mm_set1_epi8(0x0f));
+            const __m256i mins =
+                _mm256_cvtepi8_epi16(_mm_and_si128(_mm_srli_epi16(ms, 4), _mm_set1_epi8(0x0f)));
+            const float dm = _cvtsh_ss(b2->dmin);
+            UNROLL for (int r = 0; r < NR; r++) {
+                const block_q8_K *xb = x + (size_t)r * xs + b;
+                const __m256i prod =
+                    _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)xb->bsums));
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(-(xb->d * dm)), _mm256_cvtepi32_ps(prod),
+                                         acc[r]);
+            }
+            dw = _cvtsh_ss(b2->d);
+        } else if (KIND == KS_Q3_K) {
+            sc8 = q3k_scales(b3->scales);
+            hb = _mm256_loadu_si256((const __m256i *)b3->hmask);
+            dw = _cvtsh_ss(b3->d);
+        } else {
+            sc8 = iq4xs_scales(b4);
+            dw = _cvtsh_ss(b4->d);
+        }
+        __m256i sumi[4];
+        UNROLL for (int r = 0; r < NR; r++) sumi[r] = _mm256_setzero_si256();
+        UNROLL8 for (int t = 0; t < 8; t++) {
+            __m256i u, h4 = one;
+            if (KIND == KS_IQ4_XS) {
+                u = _mm256_shuffle_epi8(tbl, unpack_q4(qs + 16 * t));
+            } else {
+                u = _mm256_and_si256(
+                    _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(qs + 32 * (t / 4))),
+                                      2 * (t % 4)),
+                    m3);
+                if (KIND == KS_Q3_K) /* 4 where the hmask bit is clear */
+                    h4 = _mm256_slli_epi16(_mm256_andnot_si256(_mm256_srli_epi16(hb, t), one), 2);
+            }
+            const __m256i sv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+                sc8, _mm_set_epi64x((long long)(0x0101010101010101ull * (uint64_t)(2 * t + 1)),
+                                    (long long)(0x0101010101010101ull * (uint64_t)(2 * t)))));
+            UNROLL for (int r = 0; r < NR; r++) {
+                const __m256i q8 =
+                    _mm256_loadu_si256((const __m256i *)(x[(size_t)r * xs + b].qs + 32 * t));
+                __m256i p;
+                if (KIND == KS_IQ4_XS)
+                    p = _mm256_maddubs_epi16(_mm256_sign_epi8(u, u), _mm256_sign_epi8(q8, u));
+                else if (KIND == KS_Q3_K)
+                    p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, q8), _mm256_maddubs_epi16(h4, q8));
+                else p = _mm256_maddubs_epi16(u, q8);
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(sv, p));
+            }
+        }
+        UNROLL for (int r = 0; r < NR; r++) acc[r] = _mm256_fmadd_ps(
+            _mm256_set1_ps(x[(size_t)r * xs + b].d * dw), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+    }
+    UNROLL for (int r = 0; r < NR; r++) y[(size_t)r * ys] = hsum_avx2(acc[r]);
+}
+
+#define KQ_TILE_Q2_K(NR, nb, w, x, xs, y, ys) ks_tile(KS_Q2_K, NR, nb, w, x, xs, y, ys)
+#define KQ_TILE_Q3_K(NR, nb, w, x, xs, y, ys) ks_tile(KS_Q3_K, NR, nb, w, x, xs, y, ys)
+#define KQ_TILE_IQ4_XS(NR, nb, w, x, xs, y, ys) ks_tile(KS_IQ4_XS, NR, nb, w, x, xs, y, ys)
 #define KQ_TILE_Q4_K(NR, nb, w, x, xs, y, ys) k45_tile(0, NR, nb, w, x, xs, y, ys)
 #define KQ_TILE_Q5_K(NR, nb, w, x, xs, y, ys) k45_tile(1, NR, nb, w, x, xs, y, ys)
 #define KQ_TILE_Q6_K(NR, nb, w, x, xs, y, ys) q6k_tile(NR, nb, w, x, xs, y, ys)
@@ -224,6 +326,9 @@ static inline T_AVX2 AI void q6k_tile(const int NR, int nb, const uint8_t *w, co
 KQ_DRIVER(kern_gemm_q4_k_avx2, KQ_TILE_Q4_K)
 KQ_DRIVER(kern_gemm_q5_k_avx2, KQ_TILE_Q5_K)
 KQ_DRIVER(kern_gemm_q6_k_avx2, KQ_TILE_Q6_K)
+KQ_DRIVER(kern_gemm_q2_k_avx2, KQ_TILE_Q2_K)
+KQ_DRIVER(kern_gemm_q3_k_avx2, KQ_TILE_Q3_K)
+KQ_DRIVER(kern_gemm_iq4_xs_avx2, KQ_TILE_IQ4_XS)
 
 /* ---- float weights ---- */
 

@@ -21,12 +21,13 @@ static float hsum8(const float *l) {
 /* A K-quant block decoded: 256 codes as the integer dot uses them, the
  * scale of each 16 codes, the min of each 32 (Q4_K, Q5_K) and the f16
  * scales. */
+typedef enum { KM_NONE, KM_PAIRS, KM_INTO_ACC } kq_min;
 typedef struct {
     int q[QK_K];
     int sc[QK_K / 16];
-    int mn[QK_K / 32];
+    int mn[QK_K / 16]; /* KM_PAIRS: one a 32 (8); KM_INTO_ACC: one a 16 */
     float d, dmin;
-    int has_min;
+    kq_min min;
 } kq_block;
 
 /* Q4_K and Q5_K share the 12-byte packing of 8 six-bit (scale, min) pairs. */
@@ -46,7 +47,7 @@ static void decode_k45(const uint8_t *scales, const uint8_t *qs, const uint8_t *
                        qt_f16 dmin, kq_block *o) {
     o->d = qt_f16_to_f32(d);
     o->dmin = qt_f16_to_f32(dmin);
-    o->has_min = 1;
+    o->min = KM_PAIRS;
     for (int j = 0; j < 8; j++) {
         int sc, m;
         k4_scale_min(scales, j, &sc, &m);
@@ -63,7 +64,7 @@ static void decode_k45(const uint8_t *scales, const uint8_t *qs, const uint8_t *
 static void decode_q6k(const block_q6_K *b, kq_block *o) {
     o->d = qt_f16_to_f32(b->d);
     o->dmin = 0;
-    o->has_min = 0;
+    o->min = KM_NONE;
     for (int i = 0; i < 16; i++) o->sc[i] = b->scales[i];
     for (int h = 0; h < 2; h++) { /* each 128 codes: 64 bytes of ql, 32 of qh */
         const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
@@ -77,10 +78,67 @@ static void decode_q6k(const block_q6_K *b, kq_block *o) {
     }
 }
 
-typedef enum { KQ_Q4_K, KQ_Q5_K, KQ_Q6_K } kq_kind;
+/* Q2_K and Q3_K: run t (32 codes) is bits 2 (t % 4) .. of qs[32 (t / 4) ..];
+ * Q3_K's code is that minus 4 where bit t of hmask[l] is clear. */
+static void decode_q23k(const uint8_t *qs, const uint8_t *hmask, kq_block *o) {
+    for (int t = 0; t < 8; t++)
+        for (int l = 0; l < 32; l++) {
+            int v = (qs[32 * (t / 4) + l] >> (2 * (t % 4))) & 3;
+            if (hmask && !((hmask[l] >> t) & 1)) v -= 4;
+            o->q[32 * t + l] = v;
+        }
+}
+
+static const int8_t IQ4NL_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                        1,    13,   25,  38,  53,  69,  89,  113};
+
+static void decode_small_k(uint32_t type, const uint8_t *wb, kq_block *o) {
+    o->dmin = 0;
+    o->min = KM_NONE;
+    if (type == QT_Q2_K) {
+        const block_q2_K *b = (const block_q2_K *)wb;
+        o->d = qt_f16_to_f32(b->d);
+        o->dmin = qt_f16_to_f32(b->dmin);
+        o->min = KM_INTO_ACC;
+        for (int i = 0; i < 16; i++) {
+            o->sc[i] = b->scales[i] & 0xf;
+            o->mn[i] = b->scales[i] >> 4;
+        }
+        decode_q23k(b->qs, NULL, o);
+    } else if (type == QT_Q3_K) {
+        const block_q3_K *b = (const block_q3_K *)wb;
+        o->d = qt_f16_to_f32(b->d);
+        for (int i = 0; i < 16; i++) {
+            int lo = i < 8 ? b->scales[i] & 0xf : b->scales[i - 8] >> 4;
+            int hi = (b->scales[8 + i % 4] >> (2 * (i / 4))) & 3;
+            o->sc[i] = (lo | hi << 4) - 32;
+        }
+        decode_q23k(b->qs, b->hmask, o);
+    } else { /* IQ4_XS */
+        const block_iq4_xs *b = (const block_iq4_xs *)wb;
+        o->d = qt_f16_to_f32(b->d);
+        for (int t = 0; t < 8; t++) {
+            int ls = ((b->scales_l[t / 2] >> (4 * (t % 2))) & 0xf) |
+                     (((b->scales_h >> (2 * t)) & 3) << 4);
+            o->sc[2 * t] = o->sc[2 * t + 1] = ls - 32;
+            for (int l = 0; l < 16; l++) {
+                o->q[32 * t + l] = IQ4NL_VALUES[b->qs[16 * t + l] & 0xf];
+                o->q[32 * t + l + 16] = IQ4NL_VALUES[b->qs[16 * t + l] >> 4];
+            }
+        }
+    }
+}
+
+typedef enum { KQ_Q4_K, KQ_Q5_K, KQ_Q6_K, KQ_Q2_K, KQ_Q3_K, KQ_IQ4_XS } kq_kind;
 
 static void decode_kq(kq_kind kind, const uint8_t *wrow, int b, kq_block *o) {
-    if (kind == KQ_Q4_K) {
+    if (kind == KQ_Q2_K) {
+        decode_small_k(QT_Q2_K, wrow + (size_t)b * sizeof(block_q2_K), o);
+    } else if (kind == KQ_Q3_K) {
+        decode_small_k(QT_Q3_K, wrow + (size_t)b * sizeof(block_q3_K), o);
+    } else if (kind == KQ_IQ4_XS) {
+        decode_small_k(QT_IQ4_XS, wrow + (size_t)b * sizeof(block_iq4_xs), o);
+    } else if (kind == KQ_Q4_K) {
         const block_q4_K *wb = (const block_q4_K *)wrow + b;
         decode_k45(wb->scales, wb->qs, NULL, wb->d, wb->dmin, o);
     } else if (kind == KQ_Q5_K) {
@@ -99,9 +157,16 @@ static float kq_dot(kq_kind kind, const uint8_t *wrow, int nb, const block_q8_K 
         decode_kq(kind, wrow, b, &k);
         int32_t lanes[8] = {0};
         for (int t = 0; t < QK_K; t++) lanes[(t % 32) / 4] += k.sc[t / 16] * k.q[t] * x[b].qs[t];
+        if (k.min == KM_INTO_ACC) { /* Q2_K: the min term first, into the same lanes */
+            const float dmin = -(x[b].d * k.dmin);
+            for (int l = 0; l < 8; l++) {
+                int m = k.mn[2 * l] * x[b].bsums[2 * l] + k.mn[2 * l + 1] * x[b].bsums[2 * l + 1];
+                acc[l] = fmaf(dmin, (float)m, acc[l]);
+            }
+        }
         const float d = x[b].d * k.d;
         for (int l = 0; l < 8; l++) acc[l] = fmaf(d, (float)lanes[l], acc[l]);
-        if (k.has_min) {
+        if (k.min == KM_PAIRS) {
             const float dmin = -(x[b].d * k.dmin);
             for (int i = 0; i < 4; i++) {
                 int s0 = x[b].bsums[4 * i] + x[b].bsums[4 * i + 1];
@@ -112,7 +177,7 @@ static float kq_dot(kq_kind kind, const uint8_t *wrow, int nb, const block_q8_K 
         }
     }
     float y = hsum8(acc);
-    if (kind != KQ_Q6_K) y += (accm[0] + accm[2]) + (accm[1] + accm[3]);
+    if (kind == KQ_Q4_K || kind == KQ_Q5_K) y += (accm[0] + accm[2]) + (accm[1] + accm[3]);
     return y;
 }
 
@@ -135,6 +200,19 @@ void kern_gemm_q5_k_scalar(int nb, const void *w, size_t ws, int nc, const block
 void kern_gemm_q6_k_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
                            int nr, float *y, size_t ys) {
     gemm_kq_scalar(KQ_Q6_K, nb, w, ws, nc, x, xs, nr, y, ys);
+}
+
+void kern_gemm_q2_k_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                           int nr, float *y, size_t ys) {
+    gemm_kq_scalar(KQ_Q2_K, nb, w, ws, nc, x, xs, nr, y, ys);
+}
+void kern_gemm_q3_k_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                           int nr, float *y, size_t ys) {
+    gemm_kq_scalar(KQ_Q3_K, nb, w, ws, nc, x, xs, nr, y, ys);
+}
+void kern_gemm_iq4_xs_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x,
+                             size_t xs, int nr, float *y, size_t ys) {
+    gemm_kq_scalar(KQ_IQ4_XS, nb, w, ws, nc, x, xs, nr, y, ys);
 }
 
 /* ---- float weights ---- */

@@ -86,7 +86,7 @@ typedef void (*kern_gemm_packed_fn)(int nb, const void *wp, int nc, const blk_q8
 void kern_q8_corr(const blk_q8 *x, size_t n, int32_t *corr);
 typedef void (*kern_quantize_fn)(const float *x, blk_q8 *y, int n);
 /*
- * Weights in the K-quant formats (Q4_K, Q5_K, Q6_K, IQ4_XS: 256-element
+ * Weights in the K-quant formats (Q2_K .. Q6_K, IQ4_XS: 256-element
  * blocks) dot against activations quantized to block_q8_K
  * (quant_quantize_row_q8_K); the signature is kern_gemm_fn's with nb
  * counted in 256-element blocks. Float weights (F32, F16, BF16) take float
@@ -171,6 +171,9 @@ typedef struct {
     kern_gemm_k_fn gemm_q4_k;
     kern_gemm_k_fn gemm_q5_k;
     kern_gemm_k_fn gemm_q6_k;
+    kern_gemm_k_fn gemm_q2_k;
+    kern_gemm_k_fn gemm_q3_k;
+    kern_gemm_k_fn gemm_iq4_xs;
     kern_gemm_f_fn gemm_f32;
     kern_gemm_f_fn gemm_f16;
     kern_gemm_f_fn gemm_bf16;
@@ -232,12 +235,18 @@ typedef struct {
  *   - Q5_0 and IQ4_NL as exact Q8_0 and Q5_1 as exact Q4_1 above (the
  *     signed codes q - 16 or the table values; the unsigned 5-bit codes
  *     with the min term m * sx).
- *   - Q4_K, Q5_K, Q6_K against Q8_K: per 256-block, 8 int32 lanes; lane l
- *     gets, for each run of 32 codes, scale(sub-block) * (sum of the code
- *     products at positions 4l .. 4l + 3 of the run) (Q4_K, Q5_K: unsigned
- *     codes and the 6-bit scale of the 32-run; Q6_K: code - 32 and the int8
- *     scale of each 16); then acc[l] = fmaf(x.d * f16(w.d), (float)lane,
- *     acc[l]). Q4_K, Q5_K also keep 4 lanes of the min term:
+ *   - Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS against Q8_K: per 256-block,
+ *     8 int32 lanes; lane l gets, for each run of 32 codes,
+ *     scale(sub-block) * (sum of the code products at positions 4l .. 4l + 3
+ *     of the run) (Q4_K, Q5_K: unsigned codes and the 6-bit scale of the
+ *     32-run; Q6_K: code - 32 and the int8 scale of each 16; Q3_K: the 2-bit
+ *     code, minus 4 where its hmask bit is clear, and its 6-bit scale - 32
+ *     of each 16; Q2_K: the 2-bit code and the 4-bit scale of each 16;
+ *     IQ4_XS: the table value and the 6-bit scale - 32 of the 32-run); then
+ *     acc[l] = fmaf(x.d * f16(w.d), (float)lane, acc[l]). Q2_K first adds
+ *     its min term to the same lanes, acc[l] = fmaf(-(x.d * f16(w.dmin)),
+ *     (float)(min[2l] * bsums[2l] + min[2l+1] * bsums[2l+1]), acc[l]), with
+ *     its 4-bit min of each 16. Q4_K, Q5_K keep 4 lanes of the min term:
  *     m[k] = min[2k] * S[2k] + min[2k+1] * S[2k+1] with S[j] the sum of
  *     activation codes of sub-block j (from bsums), and
  *     accm[k] = fmaf(-(x.d * f16(w.dmin)), (float)m[k], accm[k]).
@@ -285,6 +294,12 @@ void kern_gemm_q5_k_scalar(int nb, const void *w, size_t ws, int nc, const block
                            int nr, float *y, size_t ys);
 void kern_gemm_q6_k_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
                            int nr, float *y, size_t ys);
+void kern_gemm_q2_k_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                           int nr, float *y, size_t ys);
+void kern_gemm_q3_k_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                           int nr, float *y, size_t ys);
+void kern_gemm_iq4_xs_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x,
+                             size_t xs, int nr, float *y, size_t ys);
 void kern_gemm_f32_scalar(int n, const void *w, size_t ws, int nc, const float *x, size_t xs,
                           int nr, float *y, size_t ys);
 void kern_gemm_f16_scalar(int n, const void *w, size_t ws, int nc, const float *x, size_t xs,

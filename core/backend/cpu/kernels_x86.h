@@ -41,6 +41,12 @@ void kern_gemm_q5_k_avx2(int nb, const void *w, size_t ws, int nc, const block_q
                          int nr, float *y, size_t ys);
 void kern_gemm_q6_k_avx2(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
                          int nr, float *y, size_t ys);
+void kern_gemm_q2_k_avx2(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                         int nr, float *y, size_t ys);
+void kern_gemm_q3_k_avx2(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                         int nr, float *y, size_t ys);
+void kern_gemm_iq4_xs_avx2(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                           int nr, float *y, size_t ys);
 void kern_gemm_f32_avx2(int n, const void *w, size_t ws, int nc, const float *x, size_t xs, int nr,
                         float *y, size_t ys);
 void kern_gemm_f16_avx2(int n, const void *w, size_t ws, int nc, const float *x, size_t xs, int nr,
