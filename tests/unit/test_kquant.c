@@ -258,6 +258,34 @@ static void test_q8_K_quantizer(void) {
     CHECK(q[1].d == 0.0f && q[1].qs[5] == 0 && q[1].bsums[3] == 0);
 }
 
+/* Every table's quantize_q8k gives the reference's bytes: ordinary rows,
+ * ties between x and -x at the largest magnitude (the first one sets the
+ * sign of d), all-zero and tiny blocks, values that round to .5. */
+static void test_q8_K_tables(void) {
+    enum { N = 6 * QK_K };
+    static float x[N];
+    static block_q8_K want[N / QK_K], got[N / QK_K];
+    const kern_table *simd[2] = {kern_avx2(), kern_vnni()};
+    for (int style = 0; style < 4; style++) {
+        for (int i = 0; i < N; i++) x[i] = rng_normalish() * (style == 1 ? 1e-30f : 1.0f);
+        x[3] = 5.0f, x[200] = -5.0f;                   /* block 0: tie, positive first */
+        x[QK_K + 9] = -7.0f, x[QK_K + 10] = 7.0f;      /* block 1: tie, negative first */
+        memset(x + 2 * QK_K, 0, sizeof(float) * QK_K); /* block 2: zeros */
+        if (style == 2)
+            for (int i = 3 * QK_K; i < 4 * QK_K; i++) x[i] = (float)(i % 9) * 0.5f - 2.0f;
+        if (style == 3) x[5 * QK_K + 17] = -0.0f;
+        quant_quantize_row_q8_K(x, want, N);
+        CHECK(kern_scalar()->quantize_q8k != NULL);
+        for (int s = 0; s < 2; s++) {
+            if (!simd[s]) continue;
+            memset(got, 0x55, sizeof got);
+            simd[s]->quantize_q8k(x, got, N);
+            CHECKF(!memcmp(want, got, sizeof want), "%s quantize_q8k, style %d", simd[s]->isa,
+                   style);
+        }
+    }
+}
+
 static const int8_t IQ4NL[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                  1,    13,   25,  38,  53,  69,  89,  113};
 
@@ -420,6 +448,7 @@ int main(void) {
     if (!kern_avx2()) printf("test_kquant: no AVX2 on this CPU: scalar checks only\n");
     if (!kern_vnni()) printf("test_kquant: no AVX-512 VNNI on this CPU\n");
     test_q8_K_quantizer();
+    test_q8_K_tables();
     test_dequantizers();
     test_kernels_match_reference();
     test_backend_mixed_formats();

@@ -1,6 +1,9 @@
 /*
- * cpu_matmul.c - the backend's matmuls. They quantize the activation rows
- * once (kernels.h) and split output columns between the pool's threads as
+ * cpu_matmul.c - the backend's matmuls. They convert the activation rows
+ * once into each format their weights' kernels read (kernels.h: 8-bit
+ * blocks of 32 or 256, or floats rounded to f16 / bf16), fall back to
+ * dequantize + float dot for the types and shapes no kernel takes, and
+ * split output columns between the pool's threads as
  * one contiguous range each, so every thread streams its weights
  * sequentially; a thread that finishes early takes chunks from the end of
  * another's range, so a slow thread never leaves the other idle. Weights
@@ -197,7 +200,7 @@ static void quant_worker(void *arg, int ith, int nth) {
     for (int r; (r = atomic_fetch_add_explicit(&ci->counter, 1, memory_order_relaxed)) < q->rows;) {
         const float *x = q->x + (size_t)r * n;
         if (q->need[ACT_Q8]) ci->k->quantize(x, q->xq + (size_t)r * (n / 32), q->n_in);
-        if (q->need[ACT_Q8K]) quant_quantize_row_q8_K(x, q->xk + (size_t)r * (n / QK_K), q->n_in);
+        if (q->need[ACT_Q8K]) ci->k->quantize_q8k(x, q->xk + (size_t)r * (n / QK_K), q->n_in);
         if (q->need[ACT_F16])
             kern_round_activations(QT_F16, x, q->xf[ACT_F16] + (size_t)r * n, q->n_in);
         if (q->need[ACT_BF16])

@@ -65,6 +65,60 @@ GEMM_DRIVER(, kern_gemm_iq4_nl_avx2, tile_iq4_nl_kq, T_AVX2)
 
 /* ---- K-quants against Q8_K ---- */
 
+/* quant_quantize_row_q8_K with vectors: the same value of largest
+ * magnitude (the first one, as the reference's strict > keeps), the same
+ * products and rounding (nearest even), so the same bits. */
+T_AVX2 void kern_quantize_q8k_avx2(const float *x, block_q8_K *y, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m256 m = _mm256_setzero_ps();
+        for (int i = 0; i < QK_K; i += 8)
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+        __m128 m1 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m1 = _mm_max_ps(m1, _mm_movehl_ps(m1, m1));
+        m1 = _mm_max_ss(m1, _mm_movehdup_ps(m1));
+        const float amax = _mm_cvtss_f32(m1);
+        memset(&y[b], 0, sizeof y[b]);
+        if (amax == 0.0f) continue;
+        const __m256 va = _mm256_set1_ps(amax);
+        int first = 0;
+        for (int i = 0; i < QK_K; i += 8) {
+            int hit = _mm256_movemask_ps(
+                _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), va, _CMP_EQ_OQ));
+            if (hit) {
+                first = i + __builtin_ctz((unsigned)hit);
+                break;
+            }
+        }
+        const float iscale = -127.0f / x[first];
+        const __m256 vs = _mm256_set1_ps(iscale);
+        const __m256i cap = _mm256_set1_epi32(127);
+        const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        for (int i = 0; i < QK_K; i += 32) {
+            __m256i v[4];
+            for (int k = 0; k < 4; k++)
+                v[k] =
+                    _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_round_ps(
+                                         _mm256_mul_ps(vs, _mm256_loadu_ps(x + i + 8 * k)), rnd)),
+                                     cap);
+            /* bsums: elements i .. i + 15 are v[0], v[1]; i + 16 .. are v[2], v[3] */
+            for (int h = 0; h < 2; h++) {
+                __m256i s8 = _mm256_add_epi32(v[2 * h], v[2 * h + 1]);
+                __m128i s4 =
+                    _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+                s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+                s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+                y[b].bsums[i / 16 + h] = (int16_t)_mm_cvtsi128_si32(s4);
+            }
+            __m256i p =
+                _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+            p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(y[b].qs + i), p);
+        }
+        y[b].d = 1.0f / iscale;
+    }
+}
+
 /* The 8 (scale, min) pairs of Q4_K/Q5_K's 12 bytes as 16 int16 lanes:
  * the scales in lanes 0..7, the mins in 8..15 (ggml's utmp shuffle). */
 static inline T_AVX2 __m256i k45_scales(const uint8_t *q) {

@@ -254,6 +254,10 @@ void kern_gemm_bf16_scalar(int n, const void *w, size_t ws, int nc, const float 
     gemm_float_scalar(QT_BF16, n, w, ws, nc, x, xs, nr, y, ys);
 }
 
+void kern_quantize_q8k_scalar(const float *x, block_q8_K *y, int n) {
+    quant_quantize_row_q8_K(x, y, n);
+}
+
 void kern_round_activations(uint32_t type, const float *x, float *y, int n) {
     for (int i = 0; i < n; i++)
         y[i] = type == QT_F16    ? qt_f16_to_f32(qt_f32_to_f16(x[i]))

@@ -100,6 +100,8 @@ typedef void (*kern_gemm_k_fn)(int nb, const void *w, size_t ws, int nc, const b
                                size_t xs, int nr, float *y, size_t ys);
 typedef void (*kern_gemm_f_fn)(int n, const void *w, size_t ws, int nc, const float *x, size_t xs,
                                int nr, float *y, size_t ys);
+/* quant_quantize_row_q8_K (n a multiple of 256); every variant gives its bits. */
+typedef void (*kern_quantize_k_fn)(const float *x, block_q8_K *y, int n);
 /* y = x rounded to f16 (type QT_F16) or bf16 (QT_BF16) precision, nearest
  * even, kept as float; a copy for QT_F32. */
 void kern_round_activations(uint32_t type, const float *x, float *y, int n);
@@ -165,6 +167,7 @@ typedef struct {
     kern_gemm_packed_fn gemm_q4_1_packed_exact;
     kern_gemm_packed_fn gemm_q8_0_packed_exact;
     /* other formats, one numerics (below); the VNNI table reuses AVX2's */
+    kern_quantize_k_fn quantize_q8k;
     kern_gemm_fn gemm_q5_0;
     kern_gemm_fn gemm_q5_1;
     kern_gemm_fn gemm_iq4_nl;
@@ -282,6 +285,7 @@ void kern_gemm_q4_1_fast_scalar(int nb, const void *w, size_t ws, int nc, const 
                                 size_t xs, int nr, float *y, size_t ys);
 void kern_gemm_q8_0_fast_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x,
                                 size_t xs, int nr, float *y, size_t ys);
+void kern_quantize_q8k_scalar(const float *x, block_q8_K *y, int n);
 void kern_gemm_q5_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
                            int nr, float *y, size_t ys);
 void kern_gemm_q5_1_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,

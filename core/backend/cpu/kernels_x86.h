@@ -32,6 +32,7 @@ KERN_X86_GEMM(kern_gemm_q4_0_fast_avx2);
 KERN_X86_GEMM(kern_gemm_q4_1_fast_avx2);
 KERN_X86_GEMM(kern_gemm_q8_0_fast_avx2);
 /* gemm_kquant_avx2.c (also the VNNI table's) */
+void kern_quantize_q8k_avx2(const float *x, block_q8_K *y, int n);
 KERN_X86_GEMM(kern_gemm_q5_0_avx2);
 KERN_X86_GEMM(kern_gemm_q5_1_avx2);
 KERN_X86_GEMM(kern_gemm_iq4_nl_avx2);
