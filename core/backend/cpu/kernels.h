@@ -231,10 +231,13 @@ typedef struct {
  * sequence's results do not depend on what it is batched with.
  */
 /*
- * The other weight formats have one numerics each, in both modes, that of
- * llama.cpp's AVX2 vec_dot kernels, with every output's arithmetic spelled
- * out here (test_kquant checks every SIMD variant bit for bit against the
- * scalar reference, and the reference against a dequantize + double dot):
+ * The other weight formats have one numerics each, in both modes, modelled
+ * on llama.cpp's AVX2 vec_dot kernels (the same operations in the same
+ * order for Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q6_K; Q5_K's min term and
+ * IQ4_NL's, IQ4_XS's block pairing differ; no test compares bits with
+ * llama.cpp yet), with every output's arithmetic spelled out here
+ * (test_kquant checks every SIMD variant bit for bit against the scalar
+ * reference, and the reference against a dequantize + double dot):
  *   - Q5_0 and IQ4_NL as exact Q8_0 and Q5_1 as exact Q4_1 above (the
  *     signed codes q - 16 or the table values; the unsigned 5-bit codes
  *     with the min term m * sx).
