@@ -143,10 +143,12 @@ static inline T_AVX2 AI void k45_tile(const int FIVE, const int NR, int nb, cons
     const size_t bsz = FIVE ? sizeof(block_q5_K) : sizeof(block_q4_K);
     const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
     __m256 acc[4];
-    __m128 accm[4];
+    __m128 accm[4]; /* Q4_K's min term */
+    float summs[4]; /* Q5_K's */
     UNROLL for (int r = 0; r < NR; r++) {
         acc[r] = _mm256_setzero_ps();
         accm[r] = _mm_setzero_ps();
+        summs[r] = 0;
     }
     for (int b = 0; b < nb; b++) {
         const uint8_t *wb = w + (size_t)b * bsz; /* d, dmin, scales[12], (qh[32]), qs[128] */
@@ -163,8 +165,14 @@ static inline T_AVX2 AI void k45_tile(const int FIVE, const int NR, int nb, cons
             const block_q8_K *xb = x + (size_t)r * xs + b;
             const __m128i q8s = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)xb->bsums),
                                                _mm_loadu_si128((const __m128i *)xb->bsums + 1));
-            accm[r] = _mm_fmadd_ps(_mm_set1_ps(-(xb->d * dm)),
-                                   _mm_cvtepi32_ps(_mm_madd_epi16(mins, q8s)), accm[r]);
+            const __m128i prod = _mm_madd_epi16(mins, q8s);
+            if (FIVE) {
+                __m128i t = _mm_add_epi32(prod, _mm_shuffle_epi32(prod, 0x4e));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+                summs[r] = fmaf(-(xb->d * dm), (float)_mm_cvtsi128_si32(t), summs[r]);
+            } else {
+                accm[r] = _mm_fmadd_ps(_mm_set1_ps(-(xb->d * dm)), _mm_cvtepi32_ps(prod), accm[r]);
+            }
             sumi[r] = _mm256_setzero_si256();
         }
         UNROLL for (int j = 0; j < 4; j++) {
@@ -195,7 +203,8 @@ static inline T_AVX2 AI void k45_tile(const int FIVE, const int NR, int nb, cons
         UNROLL for (int r = 0; r < NR; r++) acc[r] = _mm256_fmadd_ps(
             _mm256_set1_ps(x[(size_t)r * xs + b].d * dw), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
     }
-    UNROLL for (int r = 0; r < NR; r++) y[(size_t)r * ys] = hsum_avx2(acc[r]) + hsum4_avx2(accm[r]);
+    UNROLL for (int r = 0; r < NR; r++) y[(size_t)r * ys] =
+        hsum_avx2(acc[r]) + (FIVE ? summs[r] : hsum4_avx2(accm[r]));
 }
 
 /* The 4 runs of 32 codes of one half (128 codes) of a Q6_K block, as
@@ -217,7 +226,6 @@ static inline T_AVX2 AI void q6k_half(const block_q6_K *wb, int h, __m256i *q) {
 
 static inline T_AVX2 AI void q6k_tile(const int NR, int nb, const uint8_t *w, const block_q8_K *x,
                                       size_t xs, float *y, size_t ys) {
-    const __m256i m32 = _mm256_set1_epi8(32);
     __m256 acc[4];
     UNROLL for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
@@ -226,7 +234,15 @@ static inline T_AVX2 AI void q6k_tile(const int NR, int nb, const uint8_t *w, co
         const float dw = _cvtsh_ss(wb->d);
         const __m128i sc8 = _mm_loadu_si128((const __m128i *)wb->scales);
         __m256i sumi[4];
-        UNROLL for (int r = 0; r < NR; r++) sumi[r] = _mm256_setzero_si256();
+        /* the codes' offset of 32: 32 * scale * (activation sum) per 16, in
+         * lanes of 2 groups of 16 */
+        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+        UNROLL for (int r = 0; r < NR; r++) sumi[r] = _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            _mm256_slli_epi32(
+                _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x[(size_t)r * xs + b].bsums),
+                                  sc16),
+                5));
         UNROLL for (int h = 0; h < 2; h++) {
             __m256i q[4];
             q6k_half(wb, h, q);
@@ -239,9 +255,8 @@ static inline T_AVX2 AI void q6k_tile(const int NR, int nb, const uint8_t *w, co
                 UNROLL for (int r = 0; r < NR; r++) {
                     const __m256i q8 = _mm256_loadu_si256(
                         (const __m256i *)(x[(size_t)r * xs + b].qs + 128 * h + 32 * k));
-                    const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8),
-                                                       _mm256_maddubs_epi16(m32, q8));
-                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(sv, p));
+                    sumi[r] = _mm256_add_epi32(
+                        sumi[r], _mm256_madd_epi16(sv, _mm256_maddubs_epi16(q[k], q8)));
                 }
             }
         }

@@ -21,7 +21,10 @@ static float hsum8(const float *l) {
 /* A K-quant block decoded: 256 codes as the integer dot uses them, the
  * scale of each 16 codes, the min of each 32 (Q4_K, Q5_K) and the f16
  * scales. */
-typedef enum { KM_NONE, KM_PAIRS, KM_INTO_ACC } kq_min;
+/* How the min (or Q6_K's offset) term enters: none, 4 float lanes
+ * (Q4_K), one float (Q5_K), the main lanes before the scales (Q2_K), the
+ * integer lanes (Q6_K: 32 * scale * the activation sum of each 16). */
+typedef enum { KM_NONE, KM_PAIRS, KM_SCALAR, KM_INTO_ACC, KM_OFFSET32 } kq_min;
 typedef struct {
     int q[QK_K];
     int sc[QK_K / 16];
@@ -61,19 +64,20 @@ static void decode_k45(const uint8_t *scales, const uint8_t *qs, const uint8_t *
     }
 }
 
+/* Q6_K's codes unsigned (0..63); kq_dot subtracts the offset of 32. */
 static void decode_q6k(const block_q6_K *b, kq_block *o) {
     o->d = qt_f16_to_f32(b->d);
     o->dmin = 0;
-    o->min = KM_NONE;
+    o->min = KM_OFFSET32;
     for (int i = 0; i < 16; i++) o->sc[i] = b->scales[i];
     for (int h = 0; h < 2; h++) { /* each 128 codes: 64 bytes of ql, 32 of qh */
         const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
         int *q = o->q + 128 * h;
         for (int l = 0; l < 32; l++) {
-            q[l] = ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) - 32;
-            q[l + 32] = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32;
-            q[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-            q[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+            q[l] = (ql[l] & 0xf) | ((qh[l] & 3) << 4);
+            q[l + 32] = (ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4);
+            q[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            q[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
         }
     }
 }
@@ -144,6 +148,7 @@ static void decode_kq(kq_kind kind, const uint8_t *wrow, int b, kq_block *o) {
     } else if (kind == KQ_Q5_K) {
         const block_q5_K *wb = (const block_q5_K *)wrow + b;
         decode_k45(wb->scales, wb->qs, wb->qh, wb->d, wb->dmin, o);
+        o->min = KM_SCALAR;
     } else {
         decode_q6k((const block_q6_K *)wrow + b, o);
     }
@@ -151,12 +156,16 @@ static void decode_kq(kq_kind kind, const uint8_t *wrow, int b, kq_block *o) {
 
 /* One output over nb blocks (the contract's K-quant arithmetic). */
 static float kq_dot(kq_kind kind, const uint8_t *wrow, int nb, const block_q8_K *x) {
-    float acc[8] = {0}, accm[4] = {0};
+    float acc[8] = {0}, accm[4] = {0}, summs = 0;
     kq_block k;
     for (int b = 0; b < nb; b++) {
         decode_kq(kind, wrow, b, &k);
         int32_t lanes[8] = {0};
         for (int t = 0; t < QK_K; t++) lanes[(t % 32) / 4] += k.sc[t / 16] * k.q[t] * x[b].qs[t];
+        if (k.min == KM_OFFSET32)
+            for (int l = 0; l < 8; l++)
+                lanes[l] -= 32 * (k.sc[2 * l] * x[b].bsums[2 * l] +
+                                  k.sc[2 * l + 1] * x[b].bsums[2 * l + 1]);
         if (k.min == KM_INTO_ACC) { /* Q2_K: the min term first, into the same lanes */
             const float dmin = -(x[b].d * k.dmin);
             for (int l = 0; l < 8; l++) {
@@ -166,18 +175,22 @@ static float kq_dot(kq_kind kind, const uint8_t *wrow, int nb, const block_q8_K 
         }
         const float d = x[b].d * k.d;
         for (int l = 0; l < 8; l++) acc[l] = fmaf(d, (float)lanes[l], acc[l]);
-        if (k.min == KM_PAIRS) {
+        if (k.min == KM_PAIRS || k.min == KM_SCALAR) {
             const float dmin = -(x[b].d * k.dmin);
+            int32_t m[4], msum = 0;
             for (int i = 0; i < 4; i++) {
                 int s0 = x[b].bsums[4 * i] + x[b].bsums[4 * i + 1];
                 int s1 = x[b].bsums[4 * i + 2] + x[b].bsums[4 * i + 3];
-                int m = k.mn[2 * i] * s0 + k.mn[2 * i + 1] * s1;
-                accm[i] = fmaf(dmin, (float)m, accm[i]);
+                m[i] = k.mn[2 * i] * s0 + k.mn[2 * i + 1] * s1;
+                msum += m[i];
+                if (k.min == KM_PAIRS) accm[i] = fmaf(dmin, (float)m[i], accm[i]);
             }
+            if (k.min == KM_SCALAR) summs = fmaf(dmin, (float)msum, summs);
         }
     }
     float y = hsum8(acc);
-    if (kind == KQ_Q4_K || kind == KQ_Q5_K) y += (accm[0] + accm[2]) + (accm[1] + accm[3]);
+    if (kind == KQ_Q4_K) y += (accm[0] + accm[2]) + (accm[1] + accm[3]);
+    if (kind == KQ_Q5_K) y += summs;
     return y;
 }
 

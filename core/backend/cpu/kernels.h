@@ -231,11 +231,12 @@ typedef struct {
  * sequence's results do not depend on what it is batched with.
  */
 /*
- * The other weight formats have one numerics each, in both modes, modelled
- * on llama.cpp's AVX2 vec_dot kernels (the same operations in the same
- * order for Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q6_K; Q5_K's min term and
- * IQ4_NL's, IQ4_XS's block pairing differ; no test compares bits with
- * llama.cpp yet), with every output's arithmetic spelled out here
+ * The other weight formats have one numerics each, in both modes: that of
+ * llama.cpp's AVX2 vec_dot kernels (the same operations in the same order,
+ * so the same bits, for Q5_0, Q5_1, Q2_K .. Q6_K and IQ4_XS, checked against
+ * ggml's functions outside the test suite; IQ4_NL pairs blocks differently,
+ * and llama.cpp runs repacked Q4_K and IQ4_NL with other arithmetic on
+ * AVX2 anyway), with every output's arithmetic spelled out here
  * (test_kquant checks every SIMD variant bit for bit against the scalar
  * reference, and the reference against a dequantize + double dot):
  *   - Q5_0 and IQ4_NL as exact Q8_0 and Q5_1 as exact Q4_1 above (the
@@ -245,19 +246,23 @@ typedef struct {
  *     8 int32 lanes; lane l gets, for each run of 32 codes,
  *     scale(sub-block) * (sum of the code products at positions 4l .. 4l + 3
  *     of the run) (Q4_K, Q5_K: unsigned codes and the 6-bit scale of the
- *     32-run; Q6_K: code - 32 and the int8 scale of each 16; Q3_K: the 2-bit
+ *     32-run; Q6_K: the 6-bit code and the int8 scale of each 16, and the
+ *     lane then less 32 * (sc[2l] * bsums[2l] + sc[2l+1] * bsums[2l+1]), which
+ *     makes the codes code - 32; Q3_K: the 2-bit
  *     code, minus 4 where its hmask bit is clear, and its 6-bit scale - 32
  *     of each 16; Q2_K: the 2-bit code and the 4-bit scale of each 16;
  *     IQ4_XS: the table value and the 6-bit scale - 32 of the 32-run); then
  *     acc[l] = fmaf(x.d * f16(w.d), (float)lane, acc[l]). Q2_K first adds
  *     its min term to the same lanes, acc[l] = fmaf(-(x.d * f16(w.dmin)),
  *     (float)(min[2l] * bsums[2l] + min[2l+1] * bsums[2l+1]), acc[l]), with
- *     its 4-bit min of each 16. Q4_K, Q5_K keep 4 lanes of the min term:
+ *     its 4-bit min of each 16. Q4_K keeps 4 lanes of the min term:
  *     m[k] = min[2k] * S[2k] + min[2k+1] * S[2k+1] with S[j] the sum of
  *     activation codes of sub-block j (from bsums), and
- *     accm[k] = fmaf(-(x.d * f16(w.dmin)), (float)m[k], accm[k]).
- *     y = hsum8(acc) (+ ((accm[0] + accm[2]) + (accm[1] + accm[3]))), where
- *     hsum8 adds lanes (l, l + 4), then (0 + 2) + (1 + 3).
+ *     accm[k] = fmaf(-(x.d * f16(w.dmin)), (float)m[k], accm[k]); Q5_K one
+ *     float, summs = fmaf(-(x.d * f16(w.dmin)), (float)(m[0] + .. + m[3]),
+ *     summs). y = hsum8(acc) (Q4_K: + ((accm[0] + accm[2]) + (accm[1] +
+ *     accm[3])); Q5_K: + summs), where hsum8 adds lanes (l, l + 4), then
+ *     (0 + 2) + (1 + 3).
  *   - F32, F16, BF16: per output 32 float lanes, lane i % 32 accumulating
  *     fmaf(w[i], x[i], .) in order of i; then per l < 8
  *     (a[l] + a[l + 16]) + (a[l + 8] + a[l + 24]), and those 8 by hsum8.
