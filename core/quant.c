@@ -72,10 +72,20 @@ int quant_can_dequant(uint32_t t) {
     case QT_Q5_1:
     case QT_Q8_0:
     case QT_Q8_1:
+    case QT_Q2_K:
+    case QT_Q3_K:
     case QT_Q4_K:
-    case QT_Q6_K: return 1;
+    case QT_Q5_K:
+    case QT_Q6_K:
+    case QT_IQ4_NL:
+    case QT_IQ4_XS: return 1;
     default: return 0;
     }
+}
+
+const char *quant_supported_names(void) {
+    return "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, "
+           "IQ4_NL, IQ4_XS";
 }
 
 /* ---- half precision ---- */
@@ -243,6 +253,87 @@ static void deq_q6_K(const block_q6_K *b, float *y) {
     }
 }
 
+static void deq_q5_K(const block_q5_K *b, float *y) {
+    float d = F16(b->d), dmin = F16(b->dmin);
+    const uint8_t *ql = b->qs;
+    for (int j = 0, is = 0; j < QK_K; j += 64, is += 2) {
+        uint8_t sc, m;
+        q4k_scale_min(is, b->scales, &sc, &m);
+        float d1 = d * sc, m1 = dmin * m;
+        q4k_scale_min(is + 1, b->scales, &sc, &m);
+        float d2 = d * sc, m2 = dmin * m;
+        for (int l = 0; l < 32; l++)
+            *y++ = d1 * (float)((ql[l] & 0xf) | (((b->qh[l] >> is) & 1) << 4)) - m1;
+        for (int l = 0; l < 32; l++)
+            *y++ = d2 * (float)((ql[l] >> 4) | (((b->qh[l] >> (is + 1)) & 1) << 4)) - m2;
+        ql += 32;
+    }
+}
+
+/* Q2_K: 16 groups of 16, each with a 4-bit scale and 4-bit min; codes are
+ * 2 bits, four groups of 32 sharing a byte at shifts 0, 2, 4, 6. */
+static void deq_q2_K(const block_q2_K *b, float *y) {
+    float d = F16(b->d), dmin = F16(b->dmin);
+    const uint8_t *q = b->qs;
+    int is = 0;
+    for (int n = 0; n < QK_K; n += 128, q += 32)
+        for (int shift = 0; shift < 8; shift += 2)
+            for (int half = 0; half < 2; half++) {
+                uint8_t sc = b->scales[is++];
+                float dl = d * (float)(sc & 0xf), ml = dmin * (float)(sc >> 4);
+                for (int l = 0; l < 16; l++)
+                    *y++ = dl * (float)((q[l + 16 * half] >> shift) & 3) - ml;
+            }
+}
+
+/* Q3_K's 16 six-bit scales: low 4 bits in bytes 0..7 (two per byte), high
+ * 2 bits in bytes 8..11 (four per byte). */
+static int q3k_scale(const uint8_t *s, int i) {
+    int lo = i < 8 ? s[i] & 0xf : s[i - 8] >> 4;
+    int hi = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+    return (lo | hi << 4) - 32;
+}
+
+static void deq_q3_K(const block_q3_K *b, float *y) {
+    float d = F16(b->d);
+    const uint8_t *q = b->qs;
+    int is = 0, m = 1;
+    for (int n = 0; n < QK_K; n += 128, q += 32)
+        for (int shift = 0; shift < 8; shift += 2, m <<= 1)
+            for (int half = 0; half < 2; half++) {
+                float dl = d * (float)q3k_scale(b->scales, is++);
+                for (int l = 16 * half; l < 16 * half + 16; l++) {
+                    int v = ((q[l] >> shift) & 3) - ((b->hmask[l] & m) ? 0 : 4);
+                    *y++ = dl * (float)v;
+                }
+            }
+}
+
+static const int8_t IQ4NL_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                        1,    13,   25,  38,  53,  69,  89,  113};
+
+static void deq_iq4_nl(const block_iq4_nl *b, float *y) {
+    float d = F16(b->d);
+    for (int j = 0; j < 16; j++) {
+        y[j] = d * (float)IQ4NL_VALUES[b->qs[j] & 0xf];
+        y[j + 16] = d * (float)IQ4NL_VALUES[b->qs[j] >> 4];
+    }
+}
+
+static void deq_iq4_xs(const block_iq4_xs *b, float *y) {
+    float d = F16(b->d);
+    const uint8_t *qs = b->qs;
+    for (int ib = 0; ib < QK_K / 32; ib++, y += 32, qs += 16) {
+        int ls =
+            ((b->scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | (((b->scales_h >> 2 * ib) & 3) << 4);
+        float dl = d * (float)(ls - 32);
+        for (int j = 0; j < 16; j++) {
+            y[j] = dl * (float)IQ4NL_VALUES[qs[j] & 0xf];
+            y[j + 16] = dl * (float)IQ4NL_VALUES[qs[j] >> 4];
+        }
+    }
+}
+
 void quant_dequant_row(uint32_t type, const void *src, float *y, int64_t n) {
     const uint8_t *p = src;
     int blck = quant_block_elems(type);
@@ -273,6 +364,11 @@ void quant_dequant_row(uint32_t type, const void *src, float *y, int64_t n) {
         case QT_Q8_1: deq_q8_1((const block_q8_1 *)p, y); break;
         case QT_Q4_K: deq_q4_K((const block_q4_K *)p, y); break;
         case QT_Q6_K: deq_q6_K((const block_q6_K *)p, y); break;
+        case QT_Q5_K: deq_q5_K((const block_q5_K *)p, y); break;
+        case QT_Q2_K: deq_q2_K((const block_q2_K *)p, y); break;
+        case QT_Q3_K: deq_q3_K((const block_q3_K *)p, y); break;
+        case QT_IQ4_NL: deq_iq4_nl((const block_iq4_nl *)p, y); break;
+        case QT_IQ4_XS: deq_iq4_xs((const block_iq4_xs *)p, y); break;
         default:
             memset(y, 0, (size_t)blck * sizeof *y);
             break; /* callers check quant_can_dequant */
@@ -339,5 +435,25 @@ void quant_quantize_row_q4_1(const float *x, block_q4_1 *y, int64_t n) {
             int b = (int)fminf(15.0f, (x[j + 16] - mn) * id + 0.5f);
             y[i].qs[j] = (uint8_t)(a | (b << 4));
         }
+    }
+}
+
+void quant_quantize_row_q8_K(const float *x, block_q8_K *y, int64_t n) {
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        float max = 0, amax = 0;
+        for (int j = 0; j < QK_K; j++)
+            if (fabsf(x[j]) > amax) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        memset(&y[i], 0, sizeof y[i]);
+        if (amax == 0.0f) continue;
+        const float iscale = -127.0f / max;
+        for (int j = 0; j < QK_K; j++) {
+            int v = (int)nearbyintf(iscale * x[j]);
+            y[i].qs[j] = (int8_t)(v < 127 ? v : 127);
+            y[i].bsums[j / 16] = (int16_t)(y[i].bsums[j / 16] + y[i].qs[j]);
+        }
+        y[i].d = 1.0f / iscale;
     }
 }

@@ -97,6 +97,41 @@ typedef struct {
     int8_t scales[QK_K / 16];
     qt_f16 d;
 } block_q6_K;
+typedef struct {
+    qt_f16 d, dmin;
+    uint8_t scales[12]; /* 8 six-bit (scale, min) pairs, packed as Q4_K's */
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+} block_q5_K;
+typedef struct {
+    uint8_t scales[QK_K / 16]; /* low nibble scale, high nibble min */
+    uint8_t qs[QK_K / 4];
+    qt_f16 d, dmin;
+} block_q2_K;
+typedef struct {
+    uint8_t hmask[QK_K / 8];
+    uint8_t qs[QK_K / 4];
+    uint8_t scales[12]; /* 16 six-bit scales, biased by 32 */
+    qt_f16 d;
+} block_q3_K;
+#define QK4_NL 32
+typedef struct {
+    qt_f16 d;
+    uint8_t qs[QK4_NL / 2]; /* indices into the non-linear table */
+} block_iq4_nl;
+typedef struct {
+    qt_f16 d;
+    uint16_t scales_h;
+    uint8_t scales_l[QK_K / 64];
+    uint8_t qs[QK_K / 2];
+} block_iq4_xs;
+/* Activation format of the K-quant dots (ggml's): d is a float, bsums[i]
+ * the sum of codes 16i .. 16i + 15. */
+typedef struct {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];
+} block_q8_K;
 
 /* Name ("Q4_1"), elements per block and bytes per block; block size 0 for
  * codes the engine does not know. */
@@ -108,6 +143,9 @@ size_t quant_block_bytes(uint32_t type);
 size_t quant_row_bytes(uint32_t type, int64_t n);
 /* Whether quant_dequant_row supports the type. */
 int quant_can_dequant(uint32_t type);
+/* The names of the types quant_can_dequant accepts, ", "-separated, for
+ * error messages ("F32, F16, ..."); a static string. */
+const char *quant_supported_names(void);
 
 /* Scalar reference: dequantize n elements (a multiple of the block size). */
 void quant_dequant_row(uint32_t type, const void *src, float *dst, int64_t n);
@@ -117,6 +155,11 @@ void quant_quantize_row_q8_0(const float *x, block_q8_0 *y, int64_t n);
 void quant_quantize_row_q8_1(const float *x, block_q8_1 *y, int64_t n);
 void quant_quantize_row_q4_0(const float *x, block_q4_0 *y, int64_t n);
 void quant_quantize_row_q4_1(const float *x, block_q4_1 *y, int64_t n);
+/* ggml's quantize_row_q8_K_ref: per 256 values, d = max / -127 with max the
+ * value of largest magnitude, codes round(x / d) (nearest even) capped at
+ * 127, bsums of 16; an all-zero block has d = 0 and zero codes. n multiple
+ * of 256. */
+void quant_quantize_row_q8_K(const float *x, block_q8_K *y, int64_t n);
 
 float qt_f16_to_f32(qt_f16 h);
 qt_f16 qt_f32_to_f16(float f);

@@ -165,12 +165,12 @@ static void test_format_table(void) {
     CHECK(quant_row_bytes(QT_F16, 7) == 14);
 
     /* which formats the dequantizer knows */
-    const uint32_t can[] = {QT_F32,  QT_F16,  QT_BF16, QT_Q4_0, QT_Q4_1, QT_Q5_0,
-                            QT_Q5_1, QT_Q8_0, QT_Q8_1, QT_Q4_K, QT_Q6_K};
+    const uint32_t can[] = {QT_F32,  QT_F16,  QT_BF16,   QT_Q4_0,  QT_Q4_1, QT_Q5_0,
+                            QT_Q5_1, QT_Q8_0, QT_Q8_1,   QT_Q2_K,  QT_Q3_K, QT_Q4_K,
+                            QT_Q5_K, QT_Q6_K, QT_IQ4_NL, QT_IQ4_XS};
     for (size_t i = 0; i < sizeof can / sizeof *can; i++)
         CHECKF(quant_can_dequant(can[i]), "%u", can[i]);
-    const uint32_t cannot[] = {QT_Q2_K,   QT_Q3_K, QT_Q5_K, QT_Q8_K,
-                               QT_IQ4_NL, QT_I32,  QT_F64,  QT_TQ1_0};
+    const uint32_t cannot[] = {QT_Q8_K, QT_IQ2_XXS, QT_I32, QT_F64, QT_TQ1_0};
     for (size_t i = 0; i < sizeof cannot / sizeof *cannot; i++)
         CHECKF(!quant_can_dequant(cannot[i]), "%s should not be dequantizable",
                quant_name(cannot[i]));

@@ -52,7 +52,10 @@ typedef struct {
     const kern_table *k;
     be_numerics numerics;
     /* cpu_matmul.c */
-    blk_q8 *xq; /* quantized activation rows */
+    /* the activation rows in the formats this matmul's weights read, one
+     * allocation: blk_q8 rows, then block_q8_K rows, then rows rounded to
+     * f16 and to bf16 (see mm_act in cpu_matmul.c) */
+    blk_q8 *xq;
     size_t xq_cap;
     int32_t *xc; /* their kern_q8_corr words, for exact Q8_0 weights */
     size_t xc_cap;

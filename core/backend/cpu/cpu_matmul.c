@@ -1,6 +1,9 @@
 /*
- * cpu_matmul.c - the backend's matmuls. They quantize the activation rows
- * once (kernels.h) and split output columns between the pool's threads as
+ * cpu_matmul.c - the backend's matmuls. They convert the activation rows
+ * once into each format their weights' kernels read (kernels.h: 8-bit
+ * blocks of 32 or 256, or floats rounded to f16 / bf16), fall back to
+ * dequantize + float dot for the types and shapes no kernel takes, and
+ * split output columns between the pool's threads as
  * one contiguous range each, so every thread streams its weights
  * sequentially; a thread that finishes early takes chunks from the end of
  * another's range, so a slow thread never leaves the other idle. Weights
@@ -71,22 +74,55 @@ static int split_next(cpu_impl *ci, int ith, int nth, int *first) {
 #define PAR_QUANT_ROWS 8
 #define MM_MAX_W 3
 
+/* The activation formats weights read (kernels.h): blk_q8 (32-blocks),
+ * block_q8_K (K-quants), floats rounded to f16 or bf16, the floats as given. */
+typedef enum { ACT_Q8, ACT_Q8K, ACT_F16, ACT_BF16, ACT_F32, ACT_COUNT } mm_act;
+
+/* A weight's kernel: one of the three signatures, by its activation format. */
+typedef struct {
+    mm_act act;
+    kern_gemm_fn q8;
+    kern_gemm_k_fn k;
+    kern_gemm_f_fn f;
+} mm_kernel;
+
 /* Several weights that read the same activations (Q, K, V; gate, up) run as
- * one job: x is quantized once and the threads share one pool of column
- * chunks, so there is one barrier instead of one per weight. */
+ * one job: x is converted once into each format the weights read, and the
+ * threads share one pool of column chunks, so there is one barrier instead
+ * of one per weight. */
 typedef struct {
     cpu_impl *ci;
     int n_w;
     const be_weight *w[MM_MAX_W];
     float *y[MM_MAX_W];
-    kern_gemm_fn gemm[MM_MAX_W];
+    mm_kernel mk[MM_MAX_W];
     packed_w pk[MM_MAX_W]; /* packed copy, or .src NULL */
     kern_gemm_packed_fn pgemm[MM_MAX_W];
     int first_chunk[MM_MAX_W + 1]; /* weight i owns chunks [first_chunk[i], first_chunk[i+1]) */
-    int rows, nb;
+    int rows, nb, n_in;
     const blk_q8 *xq;
-    const int32_t *xc; /* NULL unless a weight's packed kernel reads it */
+    const block_q8_K *xk;
+    const float *xf[ACT_COUNT]; /* rows of n_in floats for ACT_F16, ACT_BF16, ACT_F32 */
+    const int32_t *xc;          /* NULL unless a weight's packed kernel reads it */
 } mm_job;
+
+/* Rows [r0, r0 + nr) of weight wi's columns [c0, c0 + nc). */
+static void mm_rows(const mm_job *j, int wi, int64_t c0, int nc, int r0, int nr) {
+    const be_weight *w = j->w[wi];
+    const mm_kernel *mk = &j->mk[wi];
+    const uint8_t *w0 = (const uint8_t *)w->data + (size_t)c0 * w->row_bytes;
+    float *y = j->y[wi] + (size_t)r0 * (size_t)w->n_out + c0;
+    const size_t ys = (size_t)w->n_out;
+    if (mk->act == ACT_Q8) {
+        mk->q8(j->nb, w0, w->row_bytes, nc, j->xq + (size_t)r0 * j->nb, (size_t)j->nb, nr, y, ys);
+    } else if (mk->act == ACT_Q8K) {
+        const int nbk = j->n_in / QK_K;
+        mk->k(nbk, w0, w->row_bytes, nc, j->xk + (size_t)r0 * nbk, (size_t)nbk, nr, y, ys);
+    } else {
+        mk->f(j->n_in, w0, w->row_bytes, nc, j->xf[mk->act] + (size_t)r0 * j->n_in, (size_t)j->n_in,
+              nr, y, ys);
+    }
+}
 
 /* Column chunk c of the job's combined column space. */
 static void mm_chunk(const mm_job *j, int c) {
@@ -95,19 +131,15 @@ static void mm_chunk(const mm_job *j, int c) {
     const be_weight *w = j->w[wi];
     const int64_t n_out = w->n_out, c0 = (int64_t)(c - j->first_chunk[wi]) * COL_CHUNK;
     const int nc = (int)(c0 + COL_CHUNK < n_out ? COL_CHUNK : n_out - c0);
-    const uint8_t *w0 = (const uint8_t *)w->data + (size_t)c0 * w->row_bytes;
-    float *y = j->y[wi] + c0;
     if (j->pk[wi].src) { /* COL_CHUNK == KERN_PACK_COLS: chunk = packed group */
         const uint8_t *wp =
             j->pk[wi].data + (size_t)(c - j->first_chunk[wi]) * j->pk[wi].group_bytes;
-        j->pgemm[wi](j->nb, wp, nc, j->xq, (size_t)j->nb, j->xc, j->rows, y, (size_t)n_out);
+        j->pgemm[wi](j->nb, wp, nc, j->xq, (size_t)j->nb, j->xc, j->rows, j->y[wi] + c0,
+                     (size_t)n_out);
         return;
     }
-    for (int r0 = 0; r0 < j->rows; r0 += ROW_TILE) {
-        int nr = j->rows - r0 < ROW_TILE ? j->rows - r0 : ROW_TILE;
-        j->gemm[wi](j->nb, w0, w->row_bytes, nc, j->xq + (size_t)r0 * j->nb, (size_t)j->nb, nr,
-                    y + (size_t)r0 * n_out, (size_t)n_out);
-    }
+    for (int r0 = 0; r0 < j->rows; r0 += ROW_TILE)
+        mm_rows(j, wi, c0, nc, r0, j->rows - r0 < ROW_TILE ? j->rows - r0 : ROW_TILE);
 }
 
 static void mm_quant_worker(void *arg, int ith, int nth) {
@@ -151,33 +183,98 @@ typedef struct {
     const float *x;
     int rows;
     int n_in;
+    int need[ACT_COUNT];
+    blk_q8 *xq;
+    block_q8_K *xk;
+    float *xf[ACT_COUNT];
 } q_job;
 
-/* Quantize rows, claimed from a counter so that whichever threads join
- * finish them all. */
+/* Convert rows into every format the job's weights read, claimed from a
+ * counter so that whichever threads join finish them all. */
 static void quant_worker(void *arg, int ith, int nth) {
     q_job *q = arg;
     cpu_impl *ci = q->ci;
     (void)ith;
     (void)nth;
-    const int nb = q->n_in / 32;
-    for (int r; (r = atomic_fetch_add_explicit(&ci->counter, 1, memory_order_relaxed)) < q->rows;)
-        ci->k->quantize(q->x + (size_t)r * q->n_in, ci->xq + (size_t)r * nb, q->n_in);
+    const size_t n = (size_t)q->n_in;
+    for (int r; (r = atomic_fetch_add_explicit(&ci->counter, 1, memory_order_relaxed)) < q->rows;) {
+        const float *x = q->x + (size_t)r * n;
+        if (q->need[ACT_Q8]) ci->k->quantize(x, q->xq + (size_t)r * (n / 32), q->n_in);
+        if (q->need[ACT_Q8K]) ci->k->quantize_q8k(x, q->xk + (size_t)r * (n / QK_K), q->n_in);
+        if (q->need[ACT_F16])
+            kern_round_activations(QT_F16, x, q->xf[ACT_F16] + (size_t)r * n, q->n_in);
+        if (q->need[ACT_BF16])
+            kern_round_activations(QT_BF16, x, q->xf[ACT_BF16] + (size_t)r * n, q->n_in);
+    }
 }
 
-static kern_gemm_fn gemm_for(const cpu_impl *ci, const be_weight *w) {
+/* The native kernel of w's type under the backend's numerics; 0 when there
+ * is none (the float fallback computes it). */
+static int kernel_for(const cpu_impl *ci, const be_weight *w, mm_kernel *mk) {
     const kern_table *k = ci->k;
-    if (w->n_in % 32) return NULL;
-    if (ci->numerics == BE_NUMERICS_FAST)
-        return w->type == QT_Q4_1   ? k->gemm_q4_1_fast
-               : w->type == QT_Q4_0 ? k->gemm_q4_0_fast
-               : w->type == QT_Q8_0 ? k->gemm_q8_0_fast
-                                    : NULL;
-    return w->type == QT_Q4_1   ? k->gemm_q4_1
-           : w->type == QT_Q4_0 ? k->gemm_q4_0
-           : w->type == QT_Q8_0 ? k->gemm_q8_0
-                                : NULL;
+    const int fast = ci->numerics == BE_NUMERICS_FAST;
+    *mk = (mm_kernel){ACT_Q8, NULL, NULL, NULL};
+    if (w->n_in % 32) return 0;
+    switch (w->type) {
+    case QT_Q4_0: mk->q8 = fast ? k->gemm_q4_0_fast : k->gemm_q4_0; break;
+    case QT_Q4_1: mk->q8 = fast ? k->gemm_q4_1_fast : k->gemm_q4_1; break;
+    case QT_Q8_0: mk->q8 = fast ? k->gemm_q8_0_fast : k->gemm_q8_0; break;
+    case QT_Q5_0: mk->q8 = k->gemm_q5_0; break;
+    case QT_Q5_1: mk->q8 = k->gemm_q5_1; break;
+    case QT_IQ4_NL: mk->q8 = k->gemm_iq4_nl; break;
+    case QT_Q4_K: mk->k = k->gemm_q4_k; break;
+    case QT_Q5_K: mk->k = k->gemm_q5_k; break;
+    case QT_Q6_K: mk->k = k->gemm_q6_k; break;
+    case QT_Q2_K: mk->k = k->gemm_q2_k; break;
+    case QT_Q3_K: mk->k = k->gemm_q3_k; break;
+    case QT_IQ4_XS: mk->k = k->gemm_iq4_xs; break;
+    case QT_F32: mk->f = k->gemm_f32, mk->act = ACT_F32; break;
+    case QT_F16: mk->f = k->gemm_f16, mk->act = ACT_F16; break;
+    case QT_BF16: mk->f = k->gemm_bf16, mk->act = ACT_BF16; break;
+    default: return 0;
+    }
+    if (mk->k) {
+        mk->act = ACT_Q8K;
+        if (w->n_in % QK_K) return 0;
+    }
+    return mk->q8 || mk->k || mk->f;
 }
+
+/* Sizes the activation buffer (ci->xq) for the formats q->need lists and
+ * points q's rows into it; -1 when out of memory. */
+static int act_buffers(cpu_impl *ci, q_job *q) {
+    const size_t rows = (size_t)q->rows, n = (size_t)q->n_in;
+    const size_t b8 = q->need[ACT_Q8] ? rows * (n / 32) * sizeof(blk_q8) : 0;
+    const size_t bk = q->need[ACT_Q8K] ? rows * (n / QK_K) * sizeof(block_q8_K) : 0;
+    const size_t bh = q->need[ACT_F16] ? rows * n * sizeof(float) : 0;
+    const size_t bb = q->need[ACT_BF16] ? rows * n * sizeof(float) : 0;
+    const size_t total = b8 + bk + bh + bb;
+    if (cpu_grow((void **)&ci->xq, &ci->xq_cap, total / sizeof(blk_q8) + 1, sizeof(blk_q8)))
+        return -1;
+    uint8_t *p = (uint8_t *)ci->xq; /* every part's size keeps 4-byte alignment */
+    q->xq = ci->xq;
+    q->xk = (block_q8_K *)(p + b8);
+    q->xf[ACT_F16] = (float *)(p + b8 + bk);
+    q->xf[ACT_BF16] = (float *)(p + b8 + bk + bh);
+    q->xf[ACT_F32] = (float *)q->x;
+    return 0;
+}
+
+/* The exact packed Q8_0 kernels read kern_q8_corr words of the activations. */
+static void mm_q8_corr(cpu_impl *ci, mm_job *j, int n) {
+    int need_xc = 0;
+    for (int i = 0; i < n; i++)
+        need_xc |= j->pk[i].src && j->w[i]->type == QT_Q8_0 && ci->numerics == BE_NUMERICS_EXACT;
+    if (!need_xc) return;
+    const size_t nblk = (size_t)j->rows * (size_t)j->nb;
+    if (cpu_grow((void **)&ci->xc, &ci->xc_cap, nblk * 8, sizeof *ci->xc) == 0) {
+        kern_q8_corr(ci->xq, nblk, ci->xc);
+        j->xc = ci->xc;
+    } else
+        for (int i = 0; i < n; i++) /* out of memory: the unpacked kernels need none */
+            if (j->w[i]->type == QT_Q8_0) j->pk[i].src = NULL;
+}
+
 void cpu_matmul(backend *be, const be_weight *w, const float *x, int rows, float *y);
 
 void cpu_matmul_n(backend *be, int n, const be_weight *const *w, const float *x, int rows,
@@ -187,48 +284,38 @@ void cpu_matmul_n(backend *be, int n, const be_weight *const *w, const float *x,
     j.ci = ci;
     j.n_w = n;
     j.rows = rows;
-    int quant = n >= 1 && n <= MM_MAX_W;
-    for (int i = 0; quant && i < n; i++) {
+    q_job q = {.ci = ci, .x = x, .rows = rows, .n_in = n >= 1 ? (int)w[0]->n_in : 0};
+    int native = n >= 1 && n <= MM_MAX_W;
+    for (int i = 0; native && i < n; i++) {
         j.w[i] = w[i];
         j.y[i] = y[i];
-        j.gemm[i] = gemm_for(ci, w[i]);
-        j.pk[i] = cpu_packed_for(ci, w[i], &j.pgemm[i]);
+        native &= kernel_for(ci, w[i], &j.mk[i]) && w[i]->n_in == w[0]->n_in;
+        q.need[j.mk[i].act] = 1;
+        j.pk[i] = j.mk[i].q8 ? cpu_packed_for(ci, w[i], &j.pgemm[i]) : (packed_w){0};
         j.first_chunk[i + 1] = j.first_chunk[i] + (int)((w[i]->n_out + COL_CHUNK - 1) / COL_CHUNK);
-        quant &= j.gemm[i] != NULL && w[i]->n_in == w[0]->n_in;
     }
-    if (quant) {
-        j.nb = (int)(w[0]->n_in / 32);
-        if (cpu_grow((void **)&ci->xq, &ci->xq_cap, (size_t)rows * (size_t)j.nb, sizeof *ci->xq))
-            quant = 0; /* out of memory: the float path needs none */
-    }
-    if (!quant) {
+    if (native && act_buffers(ci, &q)) native = 0; /* out of memory: the float path needs none */
+    if (!native) {
         for (int i = 0; i < n; i++) cpu_matmul(be, w[i], x, rows, y[i]);
         return;
     }
-    q_job q = {ci, x, rows, (int)w[0]->n_in};
     atomic_store(&ci->counter, 0);
     if (rows >= PAR_QUANT_ROWS) tp_run_any(ci->pool, quant_worker, &q);
     else quant_worker(&q, 0, 1); /* a few rows: cheaper than a barrier */
-    j.xq = ci->xq;
-    int need_xc = 0; /* exact packed Q8_0 kernels read kern_q8_corr words */
-    for (int i = 0; i < n; i++)
-        need_xc |= j.pk[i].src && w[i]->type == QT_Q8_0 && ci->numerics == BE_NUMERICS_EXACT;
-    if (need_xc) {
-        const size_t nblk = (size_t)rows * (size_t)j.nb;
-        if (cpu_grow((void **)&ci->xc, &ci->xc_cap, nblk * 8, sizeof *ci->xc) == 0) {
-            kern_q8_corr(ci->xq, nblk, ci->xc);
-            j.xc = ci->xc;
-        } else
-            for (int i = 0; i < n; i++) /* out of memory: the unpacked kernels need none */
-                if (w[i]->type == QT_Q8_0) j.pk[i].src = NULL;
-    }
+    j.n_in = q.n_in;
+    j.nb = q.n_in / 32;
+    j.xq = q.xq;
+    j.xk = q.xk;
+    for (int a = 0; a < ACT_COUNT; a++) j.xf[a] = q.xf[a];
+    mm_q8_corr(ci, &j, n);
     split_init(ci, j.first_chunk[n]);
     tp_run_any(ci->pool, mm_quant_worker, &j);
 }
 
 void cpu_matmul(backend *be, const be_weight *w, const float *x, int rows, float *y) {
     cpu_impl *ci = impl_of(be);
-    if (gemm_for(ci, w)) {
+    mm_kernel mk;
+    if (kernel_for(ci, w, &mk)) {
         cpu_matmul_n(be, 1, &w, x, rows, &y);
         return;
     }

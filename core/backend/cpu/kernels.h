@@ -23,7 +23,10 @@
  *                        through x86_simd.h, gemm_tiles_x86.h and
  *                        gemm_cl_avx512.h, and may call the scalar kernels
  *                        (attn_avx512.c also the AVX2 f16 dots)
- *   kernels_scalar.c     the scalar references, calling no other kernel file
+ *   gemm_kquant_avx2.c   AVX2 GEMMs of the other weight formats (K-quants,
+ *                        Q5_0, Q5_1, IQ4_NL, F32, F16, BF16)
+ *   kernels_scalar.c, gemm_kquant_scalar.c
+ *                        the scalar references, calling no other kernel file
  *   weight_pack.c        the packed weight layout (plain C)
  */
 #ifndef CPU_KERNELS_H
@@ -82,6 +85,26 @@ typedef void (*kern_gemm_packed_fn)(int nb, const void *wp, int nc, const blk_q8
  * dependency chains, where it would lengthen them. */
 void kern_q8_corr(const blk_q8 *x, size_t n, int32_t *corr);
 typedef void (*kern_quantize_fn)(const float *x, blk_q8 *y, int n);
+/*
+ * Weights in the K-quant formats (Q2_K .. Q6_K, IQ4_XS: 256-element
+ * blocks) dot against activations quantized to block_q8_K
+ * (quant_quantize_row_q8_K); the signature is kern_gemm_fn's with nb
+ * counted in 256-element blocks. Float weights (F32, F16, BF16) take float
+ * activation rows of n elements (n a multiple of 32, rows xs floats apart)
+ * that the caller has rounded to the weight's precision
+ * (kern_round_activations), so an F16 weight's dot is the product of two
+ * f16 values, as in ggml, which converts src1 to f16. The arithmetic is in
+ * the numerics contract below.
+ */
+typedef void (*kern_gemm_k_fn)(int nb, const void *w, size_t ws, int nc, const block_q8_K *x,
+                               size_t xs, int nr, float *y, size_t ys);
+typedef void (*kern_gemm_f_fn)(int n, const void *w, size_t ws, int nc, const float *x, size_t xs,
+                               int nr, float *y, size_t ys);
+/* quant_quantize_row_q8_K (n a multiple of 256); every variant gives its bits. */
+typedef void (*kern_quantize_k_fn)(const float *x, block_q8_K *y, int n);
+/* y = x rounded to f16 (type QT_F16) or bf16 (QT_BF16) precision, nearest
+ * even, kept as float; a copy for QT_F32. */
+void kern_round_activations(uint32_t type, const float *x, float *y, int n);
 typedef float (*kern_dot_f16_fn)(const uint16_t *a, const float *b, int n);
 /* The same dot with ggml_vec_dot_f16's shape: 4 accumulators of 16 lanes
  * over steps of 64, reduced (a0 + a2) + (a1 + a3) then as a tree; a tail
@@ -143,6 +166,20 @@ typedef struct {
     kern_gemm_packed_fn gemm_q4_0_packed_exact;
     kern_gemm_packed_fn gemm_q4_1_packed_exact;
     kern_gemm_packed_fn gemm_q8_0_packed_exact;
+    /* other formats, one numerics (below); the VNNI table reuses AVX2's */
+    kern_quantize_k_fn quantize_q8k;
+    kern_gemm_fn gemm_q5_0;
+    kern_gemm_fn gemm_q5_1;
+    kern_gemm_fn gemm_iq4_nl;
+    kern_gemm_k_fn gemm_q4_k;
+    kern_gemm_k_fn gemm_q5_k;
+    kern_gemm_k_fn gemm_q6_k;
+    kern_gemm_k_fn gemm_q2_k;
+    kern_gemm_k_fn gemm_q3_k;
+    kern_gemm_k_fn gemm_iq4_xs;
+    kern_gemm_f_fn gemm_f32;
+    kern_gemm_f_fn gemm_f16;
+    kern_gemm_f_fn gemm_bf16;
     kern_dot_f16_fn dot_f16;
     kern_dot_f16_fn dot_f16_x4;
     kern_axpy_f16_fn axpy_f16;
@@ -193,6 +230,44 @@ typedef struct {
  * or columns a call computes or how calls are split between threads, so a
  * sequence's results do not depend on what it is batched with.
  */
+/*
+ * The other weight formats have one numerics each, in both modes: that of
+ * llama.cpp's AVX2 vec_dot kernels (the same operations in the same order,
+ * so the same bits, for Q5_0, Q5_1, Q2_K .. Q6_K and IQ4_XS, checked against
+ * ggml's functions outside the test suite; IQ4_NL pairs blocks differently,
+ * and llama.cpp runs repacked Q4_K and IQ4_NL with other arithmetic on
+ * AVX2 anyway), with every output's arithmetic spelled out here
+ * (test_kquant checks every SIMD variant bit for bit against the scalar
+ * reference, and the reference against a dequantize + double dot):
+ *   - Q5_0 and IQ4_NL as exact Q8_0 and Q5_1 as exact Q4_1 above (the
+ *     signed codes q - 16 or the table values; the unsigned 5-bit codes
+ *     with the min term m * sx).
+ *   - Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS against Q8_K: per 256-block,
+ *     8 int32 lanes; lane l gets, for each run of 32 codes,
+ *     scale(sub-block) * (sum of the code products at positions 4l .. 4l + 3
+ *     of the run) (Q4_K, Q5_K: unsigned codes and the 6-bit scale of the
+ *     32-run; Q6_K: the 6-bit code and the int8 scale of each 16, and the
+ *     lane then less 32 * (sc[2l] * bsums[2l] + sc[2l+1] * bsums[2l+1]), which
+ *     makes the codes code - 32; Q3_K: the 2-bit
+ *     code, minus 4 where its hmask bit is clear, and its 6-bit scale - 32
+ *     of each 16; Q2_K: the 2-bit code and the 4-bit scale of each 16;
+ *     IQ4_XS: the table value and the 6-bit scale - 32 of the 32-run); then
+ *     acc[l] = fmaf(x.d * f16(w.d), (float)lane, acc[l]). Q2_K first adds
+ *     its min term to the same lanes, acc[l] = fmaf(-(x.d * f16(w.dmin)),
+ *     (float)(min[2l] * bsums[2l] + min[2l+1] * bsums[2l+1]), acc[l]), with
+ *     its 4-bit min of each 16. Q4_K keeps 4 lanes of the min term:
+ *     m[k] = min[2k] * S[2k] + min[2k+1] * S[2k+1] with S[j] the sum of
+ *     activation codes of sub-block j (from bsums), and
+ *     accm[k] = fmaf(-(x.d * f16(w.dmin)), (float)m[k], accm[k]); Q5_K one
+ *     float, summs = fmaf(-(x.d * f16(w.dmin)), (float)(m[0] + .. + m[3]),
+ *     summs). y = hsum8(acc) (Q4_K: + ((accm[0] + accm[2]) + (accm[1] +
+ *     accm[3])); Q5_K: + summs), where hsum8 adds lanes (l, l + 4), then
+ *     (0 + 2) + (1 + 3).
+ *   - F32, F16, BF16: per output 32 float lanes, lane i % 32 accumulating
+ *     fmaf(w[i], x[i], .) in order of i; then per l < 8
+ *     (a[l] + a[l + 16]) + (a[l + 8] + a[l + 24]), and those 8 by hsum8.
+ * Integer lanes are exact (no int16 saturation: |code| <= 63, |x| <= 127).
+ */
 float kern_tree16(const float *lanes);
 float kern_exp_ref(float x);
 
@@ -218,6 +293,31 @@ void kern_gemm_q4_1_fast_scalar(int nb, const void *w, size_t ws, int nc, const 
                                 size_t xs, int nr, float *y, size_t ys);
 void kern_gemm_q8_0_fast_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x,
                                 size_t xs, int nr, float *y, size_t ys);
+void kern_quantize_q8k_scalar(const float *x, block_q8_K *y, int n);
+void kern_gemm_q5_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
+                           int nr, float *y, size_t ys);
+void kern_gemm_q5_1_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
+                           int nr, float *y, size_t ys);
+void kern_gemm_iq4_nl_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
+                             int nr, float *y, size_t ys);
+void kern_gemm_q4_k_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                           int nr, float *y, size_t ys);
+void kern_gemm_q5_k_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                           int nr, float *y, size_t ys);
+void kern_gemm_q6_k_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                           int nr, float *y, size_t ys);
+void kern_gemm_q2_k_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                           int nr, float *y, size_t ys);
+void kern_gemm_q3_k_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                           int nr, float *y, size_t ys);
+void kern_gemm_iq4_xs_scalar(int nb, const void *w, size_t ws, int nc, const block_q8_K *x,
+                             size_t xs, int nr, float *y, size_t ys);
+void kern_gemm_f32_scalar(int n, const void *w, size_t ws, int nc, const float *x, size_t xs,
+                          int nr, float *y, size_t ys);
+void kern_gemm_f16_scalar(int n, const void *w, size_t ws, int nc, const float *x, size_t xs,
+                          int nr, float *y, size_t ys);
+void kern_gemm_bf16_scalar(int n, const void *w, size_t ws, int nc, const float *x, size_t xs,
+                           int nr, float *y, size_t ys);
 float kern_dot_f16_scalar(const uint16_t *a, const float *b, int n);
 float kern_dot_f16_x4_scalar(const uint16_t *a, const float *b, int n);
 /* (l[0..16) + l[32..48)) + (l[16..32) + l[48..64)), then the tree */

@@ -40,10 +40,74 @@ static float hsum8(const float *l) {
  * one fma per lane per block, the 8-lane sum at the end. Integer sums are
  * exact, so results are bit-identical to the AVX2 and VNNI kernels.
  */
-typedef enum { W_Q4_0, W_Q4_1, W_Q8_0 } wkind;
+typedef enum { W_Q4_0, W_Q4_1, W_Q8_0, W_Q5_0, W_Q5_1, W_IQ4_NL } wkind;
+
+static const int8_t IQ4NL_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                        1,    13,   25,  38,  53,  69,  89,  113};
+
+/* Block b of a weight row as 32 integer codes, its scale dw and the weight
+ * of the activation sum mw (0 for the formats with signed codes). */
+static void decode_block32(wkind kind, const uint8_t *wrow, int b, int *wq, float *dw, float *mw) {
+    const uint8_t *qs;
+    uint32_t qh = 0;
+    *mw = 0;
+    switch (kind) {
+    case W_Q8_0: {
+        const block_q8_0 *wb = (const block_q8_0 *)wrow + b;
+        for (int k = 0; k < 32; k++) wq[k] = wb->qs[k];
+        *dw = qt_f16_to_f32(wb->d);
+        return;
+    }
+    case W_Q4_1: {
+        const block_q4_1 *wb = (const block_q4_1 *)wrow + b;
+        qs = wb->qs;
+        *dw = qt_f16_to_f32(wb->d);
+        *mw = qt_f16_to_f32(wb->m);
+        break;
+    }
+    case W_Q5_0: {
+        const block_q5_0 *wb = (const block_q5_0 *)wrow + b;
+        qs = wb->qs;
+        memcpy(&qh, wb->qh, 4);
+        *dw = qt_f16_to_f32(wb->d);
+        break;
+    }
+    case W_Q5_1: {
+        const block_q5_1 *wb = (const block_q5_1 *)wrow + b;
+        qs = wb->qs;
+        memcpy(&qh, wb->qh, 4);
+        *dw = qt_f16_to_f32(wb->d);
+        *mw = qt_f16_to_f32(wb->m);
+        break;
+    }
+    case W_IQ4_NL: {
+        const block_iq4_nl *wb = (const block_iq4_nl *)wrow + b;
+        *dw = qt_f16_to_f32(wb->d);
+        for (int k = 0; k < 16; k++) {
+            wq[k] = IQ4NL_VALUES[wb->qs[k] & 0xf];
+            wq[k + 16] = IQ4NL_VALUES[wb->qs[k] >> 4];
+        }
+        return;
+    }
+    default: { /* W_Q4_0 */
+        const block_q4_0 *wb = (const block_q4_0 *)wrow + b;
+        qs = wb->qs;
+        *dw = qt_f16_to_f32(wb->d);
+        *mw = -8.0f * *dw;
+        break;
+    }
+    }
+    for (int k = 0; k < 16; k++) {
+        wq[k] = (qs[k] & 0xf) | (int)(((qh >> k) & 1) << 4);
+        wq[k + 16] = (qs[k] >> 4) | (int)(((qh >> (k + 16)) & 1) << 4);
+    }
+    if (kind == W_Q5_0)
+        for (int k = 0; k < 32; k++) wq[k] -= 16;
+}
 
 static void gemm_scalar(wkind kind, int nb, const void *w, size_t ws, int nc, const blk_q8 *x,
                         size_t xs, int nr, float *y, size_t ys) {
+    const int has_min = kind == W_Q4_0 || kind == W_Q4_1 || kind == W_Q5_1;
     for (int c = 0; c < nc; c++) {
         const uint8_t *wrow = (const uint8_t *)w + (size_t)c * ws;
         for (int r = 0; r < nr; r++) {
@@ -51,36 +115,15 @@ static void gemm_scalar(wkind kind, int nb, const void *w, size_t ws, int nc, co
             float lanes[8] = {0}, macc = 0;
             for (int b = 0; b < nb; b++) {
                 int wq[32];
-                float dw, mw = 0;
-                if (kind == W_Q8_0) {
-                    const block_q8_0 *wb = (const block_q8_0 *)wrow + b;
-                    for (int k = 0; k < 32; k++) wq[k] = wb->qs[k];
-                    dw = qt_f16_to_f32(wb->d);
-                } else {
-                    const uint8_t *qs;
-                    if (kind == W_Q4_1) {
-                        const block_q4_1 *wb = (const block_q4_1 *)wrow + b;
-                        qs = wb->qs;
-                        dw = qt_f16_to_f32(wb->d);
-                        mw = qt_f16_to_f32(wb->m);
-                    } else {
-                        const block_q4_0 *wb = (const block_q4_0 *)wrow + b;
-                        qs = wb->qs;
-                        dw = qt_f16_to_f32(wb->d);
-                        mw = -8.0f * dw;
-                    }
-                    for (int k = 0; k < 16; k++) {
-                        wq[k] = qs[k] & 0xf;
-                        wq[k + 16] = qs[k] >> 4;
-                    }
-                }
+                float dw, mw;
+                decode_block32(kind, wrow, b, wq, &dw, &mw);
                 float scale = dw * xr[b].d;
                 for (int l = 0; l < 8; l++) {
                     int sum = 0;
                     for (int k = 4 * l; k < 4 * l + 4; k++) sum += wq[k] * xr[b].qs[k];
                     lanes[l] = fmaf((float)sum, scale, lanes[l]);
                 }
-                if (kind != W_Q8_0) macc += mw * xr[b].s;
+                if (has_min) macc += mw * xr[b].s;
             }
             y[(size_t)r * ys + c] = hsum8(lanes) + macc;
         }
@@ -98,6 +141,18 @@ void kern_gemm_q4_1_scalar(int nb, const void *w, size_t ws, int nc, const blk_q
 void kern_gemm_q8_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
                            int nr, float *y, size_t ys) {
     gemm_scalar(W_Q8_0, nb, w, ws, nc, x, xs, nr, y, ys);
+}
+void kern_gemm_q5_0_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
+                           int nr, float *y, size_t ys) {
+    gemm_scalar(W_Q5_0, nb, w, ws, nc, x, xs, nr, y, ys);
+}
+void kern_gemm_q5_1_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
+                           int nr, float *y, size_t ys) {
+    gemm_scalar(W_Q5_1, nb, w, ws, nc, x, xs, nr, y, ys);
+}
+void kern_gemm_iq4_nl_scalar(int nb, const void *w, size_t ws, int nc, const blk_q8 *x, size_t xs,
+                             int nr, float *y, size_t ys) {
+    gemm_scalar(W_IQ4_NL, nb, w, ws, nc, x, xs, nr, y, ys);
 }
 
 /* The "fast" numerics (kernels.h): one int dot per block, one fma chain

@@ -31,6 +31,29 @@ KERN_X86_GEMM(kern_gemm_q8_0_avx2);
 KERN_X86_GEMM(kern_gemm_q4_0_fast_avx2);
 KERN_X86_GEMM(kern_gemm_q4_1_fast_avx2);
 KERN_X86_GEMM(kern_gemm_q8_0_fast_avx2);
+/* gemm_kquant_avx2.c (also the VNNI table's) */
+void kern_quantize_q8k_avx2(const float *x, block_q8_K *y, int n);
+KERN_X86_GEMM(kern_gemm_q5_0_avx2);
+KERN_X86_GEMM(kern_gemm_q5_1_avx2);
+KERN_X86_GEMM(kern_gemm_iq4_nl_avx2);
+void kern_gemm_q4_k_avx2(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                         int nr, float *y, size_t ys);
+void kern_gemm_q5_k_avx2(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                         int nr, float *y, size_t ys);
+void kern_gemm_q6_k_avx2(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                         int nr, float *y, size_t ys);
+void kern_gemm_q2_k_avx2(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                         int nr, float *y, size_t ys);
+void kern_gemm_q3_k_avx2(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                         int nr, float *y, size_t ys);
+void kern_gemm_iq4_xs_avx2(int nb, const void *w, size_t ws, int nc, const block_q8_K *x, size_t xs,
+                           int nr, float *y, size_t ys);
+void kern_gemm_f32_avx2(int n, const void *w, size_t ws, int nc, const float *x, size_t xs, int nr,
+                        float *y, size_t ys);
+void kern_gemm_f16_avx2(int n, const void *w, size_t ws, int nc, const float *x, size_t xs, int nr,
+                        float *y, size_t ys);
+void kern_gemm_bf16_avx2(int n, const void *w, size_t ws, int nc, const float *x, size_t xs, int nr,
+                         float *y, size_t ys);
 /* gemm_avx512.c */
 KERN_X86_GEMM(kern_gemm_q4_0_avx512);
 KERN_X86_GEMM(kern_gemm_q4_1_avx512);
