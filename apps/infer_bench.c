@@ -90,7 +90,8 @@ static void usage(FILE *f) {
             "      --tg-prompt N      untimed prompt tokens before a tg test (default 8)\n"
             "      --json             print a JSON array of results instead of the table\n"
             "      --membw            run only the memory read probe (no model) and print it\n"
-            "      --membw-passes N   timed passes of the memory read probe (default %d)\n"
+            "      --membw-passes N   timed passes of the memory read probe (default %d; 0 = no\n"
+            "                         probe: no roofline figures)\n"
             "  -h, --help             show this help\n"
             "\n"
             "For tg tests the table adds the weight bandwidth achieved per decode step\n"
@@ -200,15 +201,17 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         case OPT_JSON: a->json = 1; break;
         case OPT_MEMBW: a->membw_only = 1; break;
         case OPT_MEMBW_PASSES:
-            if (cli_parse_int(v, 1, 1000, &a->membw_passes))
+            if (cli_parse_int(v, 0, 1000, &a->membw_passes))
                 return cli_bad_arg("infer-bench",
-                                   "--membw-passes: expected an integer in [1, 1000], got '%s'", v);
+                                   "--membw-passes: expected an integer in [0, 1000], got '%s'", v);
             break;
         case 'h': usage(stdout); return 0;
         default: return app_bad_option("infer-bench", c, argv);
         }
     }
     if (optind < argc) return cli_bad_arg("infer-bench", "unexpected argument '%s'", argv[optind]);
+    if (a->membw_only && a->membw_passes == 0)
+        return cli_bad_arg("infer-bench", "--membw needs --membw-passes >= 1");
     if (a->membw_only) return -1;
     int any = 0;
     for (int i = 0; i < a->pp.n; i++) any |= a->pp.v[i] > 0;
@@ -594,7 +597,7 @@ static void print_table_footer(const bench_args *a, const bench_result *res, int
                    r->label, r->weight_gbps, mem_gbps, 100.0 * r->weight_gbps / mem_gbps,
                    r->n_seqs > 1 ? " per lockstep step" : "");
         else
-            printf("%s: weights %.2f GB/s (memory read probe could not run)\n", r->label,
+            printf("%s: weights %.2f GB/s (no memory read probe figure)\n", r->label,
                    r->weight_gbps);
     }
     if (mem_gbps > 0) print_membw(mem);
@@ -650,7 +653,7 @@ static int run_all(const bench_args *a, app_runtime *rt, bench_result *res, int 
     backend_free(rt->be); /* its workers spin; keep them off the cores during the probe */
     rt->be = NULL;
     membw_result mem = {0};
-    if (has_tg && membw_measure(threads, a->membw_passes, &mem) != 0)
+    if (has_tg && a->membw_passes > 0 && membw_measure(threads, a->membw_passes, &mem) != 0)
         fprintf(stderr, "infer-bench: the memory read probe could not run\n");
 
     if (!a->json) {
