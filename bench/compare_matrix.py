@@ -214,7 +214,10 @@ def make_file(p, a, log_dir):
         env = found[1]
     log(f"making {p['path']}: {shlex.join(cmd)}")
     with open(os.path.join(log_dir, "make.log"), "w") as lf:
-        rc = subprocess.run(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env).returncode
+        try:
+            rc = subprocess.run(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env).returncode
+        except OSError as e:
+            return f"cannot run {cmd[0]}: {e}"
     if rc != 0 or not os.path.exists(tmp):
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -236,6 +239,9 @@ def run_cmd(cmd, out_path, err_path, timeout):
         except subprocess.TimeoutExpired:
             err.write(f"timed out after {timeout} s\n")
             return 124
+        except OSError as e:
+            err.write(f"cannot run {cmd[0]}: {e}\n")
+            return 127
 
 
 def load_json(path):
