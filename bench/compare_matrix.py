@@ -314,16 +314,24 @@ def run_point(p, a, raw_dir):
                 continue
             for k, v in got.items():
                 (ours if engine == "ours" else llama).setdefault(k, []).append(v)
-    res["ours"] = {t: {"median_ts": statistics.median(v), "rounds_ts": v}
-                   for t, v in ours.items()}
+    res["ours"], res["llama"] = aggregate(ours, llama)
+    return res
+
+
+def aggregate(ours, llama):
+    """Per-round values -> summaries. ours: {test: [round values]}; llama:
+    {(test, config): [round values]}. A value is the median over rounds; for
+    llama.cpp, per test, that of the configuration whose median is best."""
+    o = {t: {"median_ts": statistics.median(v), "rounds_ts": v} for t, v in ours.items() if v}
     per_cfg = {}
     for (t, cfg), v in llama.items():
-        per_cfg.setdefault(t, {})[cfg] = {"median_ts": statistics.median(v), "rounds_ts": v}
+        if v:
+            per_cfg.setdefault(t, {})[cfg] = {"median_ts": statistics.median(v), "rounds_ts": v}
+    ll = {}
     for t, cfgs in per_cfg.items():
         best = max(cfgs, key=lambda c: cfgs[c]["median_ts"])
-        res["llama"][t] = {"median_ts": cfgs[best]["median_ts"], "best_config": best,
-                           "configs": cfgs}
-    return res
+        ll[t] = {"median_ts": cfgs[best]["median_ts"], "best_config": best, "configs": cfgs}
+    return o, ll
 
 
 # ---- machine, table, main ----
