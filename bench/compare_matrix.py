@@ -420,11 +420,16 @@ def parse_args(argv):
     ap.add_argument("--smoke", action="store_true",
                     help="a check of the plumbing, not a measurement: -p 64 -n 16, 2 rounds, "
                          "1 repetition each")
+    ap.add_argument("--make-only", action="store_true",
+                    help="make the missing files and list every point's file and tensor types; "
+                         "no runs")
     a = ap.parse_args(argv)
+    if a.make_only:
+        a.engines = set()
     if a.smoke:
         a.n_prompt, a.n_gen, a.runs, a.ours_reps, a.llama_reps = 64, 16, 2, 1, 1
-    a.engines = set(a.engines.split(","))
-    if not a.engines or not a.engines <= {"ours", "llama"}:
+    a.engines = set(a.engines.split(",")) if not a.make_only else set()
+    if not a.make_only and (not a.engines or not a.engines <= {"ours", "llama"}):
         ap.error("--engines: ours, llama or both")
     if min(a.runs, a.ours_reps, a.llama_reps, a.threads) < 1 or min(a.n_prompt, a.n_gen) < 0:
         ap.error("--runs, --ours-reps, --llama-reps and -t must be >= 1")
@@ -436,21 +441,41 @@ def parse_args(argv):
     return a
 
 
+def make_only(points, a, raw):
+    """--make-only: make what is missing, list file, size and tensor types."""
+    rc = 0
+    for p in points:
+        d = os.path.join(raw, p["label"].replace(" ", "_"))
+        os.makedirs(d, exist_ok=True)
+        err = make_file(p, a, d)
+        if err:
+            print(f"{p['label']}: {err}", flush=True)
+            rc = 1
+            continue
+        mix = mix_label(gguf_type_mix(p["path"]))
+        print(f"{p['label']}: {p['path']}, {os.path.getsize(p['path']) / 2**20:.1f} MiB, {mix}",
+              flush=True)
+    return rc
+
+
 def main(argv):
     a = parse_args(argv)
     results = os.path.abspath(a.results)
     raw = os.path.join(results, "raw")
     os.makedirs(raw, exist_ok=True)
     points = parse_points(a)
+    if a.make_only:
+        return make_only(points, a, raw)
     info = machine_info(a, results)
     log(f"{len(points)} points x {a.runs} rounds; results in {results}")
     done = []
     for p in points:
         done.append(run_point(p, a, raw))
-        builds = [r.get("build_commit") for r in load_json(
-            os.path.join(raw, p["label"].replace(" ", "_"), "r0.llama.json")) or []]
-        if builds and "llama_build" not in info:
-            info["llama_build"] = builds[0]
+        recs = load_json(os.path.join(raw, p["label"].replace(" ", "_"), "r0.llama.json"))
+        if isinstance(recs, list) and recs and "llama_build" not in info:
+            info["llama_build"] = recs[0].get("build_commit", "?")
+            info["llama_cpu_info"] = recs[0].get("cpu_info")
+            info["llama_backends"] = recs[0].get("backends")
     info["loadavg_end"] = os.getloadavg()
     with open(os.path.join(results, "machine.json"), "w") as f:
         json.dump(info, f, indent=1)
