@@ -282,16 +282,27 @@ def run_llama(p, a, base):
     return out
 
 
+def last_line(path):
+    """The last non-empty line of a run's stderr: why it failed."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except OSError:
+        return "?"
+    return lines[-1][:300] if lines else "?"
+
+
 def run_point(p, a, raw_dir):
     """All rounds of one point -> its summary dict."""
     d = os.path.join(raw_dir, p["label"].replace(" ", "_"))
     os.makedirs(d, exist_ok=True)
-    res = dict(p, ours={}, llama={}, errors=[], failed=[])
+    res = dict(p, ours={}, llama={}, errors=[], failed=[], reasons={})
     res.pop("make")
     err = make_file(p, a, d)
     if err:
         res["errors"].append(err)
         res["failed"] = sorted(a.engines)
+        res["reasons"] = {"file": err}
         log(f"{p['label']}: {err}")
         return res
     res["size_mib"] = os.path.getsize(p["path"]) / 2**20
@@ -311,6 +322,7 @@ def run_point(p, a, raw_dir):
                 res["errors"].append(f"round {i}: {engine} failed (see {base}.{engine}.err)")
                 if engine not in res["failed"]:
                     res["failed"].append(engine)
+                    res["reasons"][engine] = last_line(f"{base}.{engine}.err")
                 continue
             for k, v in got.items():
                 (ours if engine == "ours" else llama).setdefault(k, []).append(v)
@@ -385,6 +397,10 @@ def table_md(points, info, a):
             best.append(p["llama"].get(t, {}).get("best_config", "-"))
         cells.append(" / ".join(best))
         lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- {p['label']}, {who}: {why}" for p in points
+             for who, why in sorted(p.get("reasons", {}).items())]
+    if notes:
+        lines += ["", "Failures (the last line of the run's stderr):", ""] + notes
     return "\n".join(lines) + "\n"
 
 
