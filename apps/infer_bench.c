@@ -16,10 +16,11 @@
  * Every test runs once untimed (warm-up), then -r timed repetitions.
  *
  * For decode the weights are read once per step, so weight bytes x steps/s
- * is the bandwidth the step achieves; it is compared against a short
- * multi-threaded memory read probe run after the tests (the backend is freed
- * first so its spinning workers do not compete). Peak RSS is taken before
- * the probe, so it reflects the engine only.
+ * is the bandwidth the step achieves; it is compared against the memory read
+ * probe of infer_bench_membw.h, run after the tests with the same thread
+ * count (the backend is freed first so its spinning workers do not compete);
+ * --membw runs the probe alone. Peak RSS is taken before the probe, so it
+ * reflects the engine only.
  *
  * Exit codes: 0 ok, 1 model load / run failure, 2 bad arguments.
  */
@@ -28,7 +29,6 @@
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -40,6 +40,7 @@
 
 #include "apps/app_start.h"
 #include "apps/cli_args.h"
+#include "apps/infer_bench_membw.h"
 #include "core/backend/backend.h"
 #include "core/kv_cache.h"
 #include "core/model.h"
@@ -64,33 +65,40 @@ typedef struct {
     kv_dtype kv;
     be_numerics numerics;
     int json;
+    int membw_only;   /* run the memory read probe alone, no model */
+    int membw_passes; /* timed passes of the probe */
 } bench_args;
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: infer-bench [options]\n"
-               "\n"
-               "Measures prompt processing (pp) and text generation (tg) speed of a model,\n"
-               "llama-bench style; tests are defined as in bench/llamacpp_bench.py.\n"
-               "\n"
-               "  -m, --model PATH       GGUF model (default: " APP_DEFAULT_MODEL ")\n"
-               "  -p, --n-prompt N[,N]   pp test sizes (default 512; 0 = skip)\n"
-               "  -n, --n-gen N[,N]      tg test sizes (default 128; 0 = skip)\n"
-               "  -B, --n-seqs B[,B]     sequences decoding in lockstep in tg tests (default 1);\n"
-               "                         B > 1 reports aggregate tokens/s of all B sequences\n"
-               "  -r, --repetitions N    timed runs per test, after one warm-up (default 5)\n"
-               "  -t, --threads N        CPU threads (default: number of cores)\n"
-               "      --kv f16|f32       KV cache element type (default f16)\n"
-               "      --numerics exact|fast  matmul arithmetic: llama.cpp's bits, or one float\n"
-               "                         accumulator per output (default exact)\n"
-               "      --chunk N          rows per forward call in pp tests (default 512)\n"
-               "      --tg-prompt N      untimed prompt tokens before a tg test (default 8)\n"
-               "      --json             print a JSON array of results instead of the table\n"
-               "  -h, --help             show this help\n"
-               "\n"
-               "For tg tests the table adds the weight bandwidth achieved per decode step\n"
-               "(weight bytes x steps/s) against a measured memory read bandwidth (a short\n"
-               "probe with the same thread count), and the peak RSS at the end.\n"
-               "Exit status: 0 success, 1 model load or run error, 2 bad arguments.\n");
+    fprintf(f,
+            "usage: infer-bench [options]\n"
+            "\n"
+            "Measures prompt processing (pp) and text generation (tg) speed of a model,\n"
+            "llama-bench style; tests are defined as in bench/llamacpp_bench.py.\n"
+            "\n"
+            "  -m, --model PATH       GGUF model (default: " APP_DEFAULT_MODEL ")\n"
+            "  -p, --n-prompt N[,N]   pp test sizes (default 512; 0 = skip)\n"
+            "  -n, --n-gen N[,N]      tg test sizes (default 128; 0 = skip)\n"
+            "  -B, --n-seqs B[,B]     sequences decoding in lockstep in tg tests (default 1);\n"
+            "                         B > 1 reports aggregate tokens/s of all B sequences\n"
+            "  -r, --repetitions N    timed runs per test, after one warm-up (default 5)\n"
+            "  -t, --threads N        CPU threads (default: number of cores)\n"
+            "      --kv f16|f32       KV cache element type (default f16)\n"
+            "      --numerics exact|fast  matmul arithmetic: llama.cpp's bits, or one float\n"
+            "                         accumulator per output (default exact)\n"
+            "      --chunk N          rows per forward call in pp tests (default 512)\n"
+            "      --tg-prompt N      untimed prompt tokens before a tg test (default 8)\n"
+            "      --json             print a JSON array of results instead of the table\n"
+            "      --membw            run only the memory read probe (no model) and print it\n"
+            "      --membw-passes N   timed passes of the memory read probe (default %d; 0 = no\n"
+            "                         probe: no roofline figures)\n"
+            "  -h, --help             show this help\n"
+            "\n"
+            "For tg tests the table adds the weight bandwidth achieved per decode step\n"
+            "(weight bytes x steps/s) against a measured memory read bandwidth (a short\n"
+            "probe with the same thread count), and the peak RSS at the end.\n"
+            "Exit status: 0 success, 1 model load or run error, 2 bad arguments.\n",
+            MEMBW_DEFAULT_PASSES);
 }
 
 /* "512" or "128,256": each entry in [lo, hi]. */
@@ -111,7 +119,15 @@ static int parse_list(const char *s, long lo, long hi, int_list *out) {
     }
 }
 
-enum { OPT_KV = 256, OPT_JSON, OPT_CHUNK, OPT_TG_PROMPT, OPT_NUMERICS };
+enum {
+    OPT_KV = 256,
+    OPT_JSON,
+    OPT_CHUNK,
+    OPT_TG_PROMPT,
+    OPT_NUMERICS,
+    OPT_MEMBW,
+    OPT_MEMBW_PASSES
+};
 
 /* Returns -1 to go on, or an exit code. */
 static int parse_args(int argc, char **argv, bench_args *a) {
@@ -127,6 +143,8 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         {"chunk", required_argument, 0, OPT_CHUNK},
         {"tg-prompt", required_argument, 0, OPT_TG_PROMPT},
         {"json", no_argument, 0, OPT_JSON},
+        {"membw", no_argument, 0, OPT_MEMBW},
+        {"membw-passes", required_argument, 0, OPT_MEMBW_PASSES},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -181,11 +199,20 @@ static int parse_args(int argc, char **argv, bench_args *a) {
                                    v);
             break;
         case OPT_JSON: a->json = 1; break;
+        case OPT_MEMBW: a->membw_only = 1; break;
+        case OPT_MEMBW_PASSES:
+            if (cli_parse_int(v, 0, 1000, &a->membw_passes))
+                return cli_bad_arg("infer-bench",
+                                   "--membw-passes: expected an integer in [0, 1000], got '%s'", v);
+            break;
         case 'h': usage(stdout); return 0;
         default: return app_bad_option("infer-bench", c, argv);
         }
     }
     if (optind < argc) return cli_bad_arg("infer-bench", "unexpected argument '%s'", argv[optind]);
+    if (a->membw_only && a->membw_passes == 0)
+        return cli_bad_arg("infer-bench", "--membw needs --membw-passes >= 1");
+    if (a->membw_only) return -1;
     int any = 0;
     for (int i = 0; i < a->pp.n; i++) any |= a->pp.v[i] > 0;
     for (int i = 0; i < a->tg.n; i++) any |= a->tg.v[i] > 0;
@@ -441,100 +468,14 @@ static int run_test(bench_ctx *c, bench_result *r, int reps) {
     return 0;
 }
 
-/* ---- memory read bandwidth probe ---- */
-
-typedef uint64_t membw_vec __attribute__((vector_size(16)));
-
-/* Workers check in, then wait for `go`, so timing starts with all of them
- * ready (a barrier would leave them stuck if a thread failed to start). */
-typedef struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int ready, go;
-} membw_gate;
-
-typedef struct {
-    const membw_vec *p;
-    size_t n; /* vectors, a multiple of 4 */
-    membw_gate *gate;
-    uint64_t sum;
-} membw_job;
-
-static void *membw_worker(void *arg) {
-    membw_job *j = arg;
-    membw_vec a0 = {0, 0}, a1 = a0, a2 = a0, a3 = a0;
-    pthread_mutex_lock(&j->gate->mu);
-    j->gate->ready++;
-    pthread_cond_broadcast(&j->gate->cv);
-    while (!j->gate->go) pthread_cond_wait(&j->gate->cv, &j->gate->mu);
-    pthread_mutex_unlock(&j->gate->mu);
-    for (size_t i = 0; i < j->n; i += 4) {
-        a0 += j->p[i];
-        a1 += j->p[i + 1];
-        a2 += j->p[i + 2];
-        a3 += j->p[i + 3];
-    }
-    membw_vec s = a0 + a1 + a2 + a3;
-    j->sum = s[0] + s[1];
-    return NULL;
-}
-
-/* Best of 3 multi-threaded reads of a buffer far larger than the caches.
- * Returns GB/s (1e9 bytes), or 0 when it cannot run. */
-static double measure_read_gbps(int n_threads) {
-    size_t size = (size_t)1 << 29; /* 512 MiB: 16x a large L3, and quick to fault in */
-    membw_vec *buf = NULL;
-    while (size >= ((size_t)1 << 27) && !(buf = aligned_alloc(64, size))) size /= 2;
-    if (!buf) return 0;
-    /* Fault every page in before timing, with distinct contents: pages of
-     * one repeated byte can be merged by the hypervisor (KSM) or the kernel
-     * into a few physical pages, and reading those runs from the cache (a
-     * memset-filled buffer read several times faster than the memory can:
-     * docs/benchmarks.md). */
-    uint64_t *w = (uint64_t *)buf;
-    for (size_t i = 0; i < size / sizeof *w; i++) w[i] = (i + 1) * 0x9e3779b97f4a7c15ull;
-    size_t n_vec = size / sizeof(membw_vec);
-    size_t per = (n_vec / (size_t)n_threads) & ~(size_t)3;
-    membw_job *jobs = calloc((size_t)n_threads, sizeof *jobs);
-    pthread_t *tid = calloc((size_t)n_threads, sizeof *tid);
-    double best = 0;
-    uint64_t sink = 0;
-    for (int rep = 0; rep < 3 && jobs && tid; rep++) {
-        membw_gate gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
-        int started = 0;
-        for (int t = 0; t < n_threads; t++) {
-            jobs[t] = (membw_job){buf + (size_t)t * per, per, &gate, 0};
-            if (pthread_create(&tid[t], NULL, membw_worker, &jobs[t])) break;
-            started++;
-        }
-        pthread_mutex_lock(&gate.mu);
-        while (gate.ready < started) pthread_cond_wait(&gate.cv, &gate.mu);
-        gate.go = 1;
-        pthread_cond_broadcast(&gate.cv);
-        pthread_mutex_unlock(&gate.mu);
-        double t0 = now_s();
-        for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
-        double dt = now_s() - t0;
-        pthread_cond_destroy(&gate.cv);
-        pthread_mutex_destroy(&gate.mu);
-        if (started < n_threads) {
-            best = 0;
-            break;
-        }
-        for (int t = 0; t < n_threads; t++) sink ^= jobs[t].sum;
-        double gbps = (double)(per * (size_t)n_threads * sizeof(membw_vec)) / dt / 1e9;
-        if (gbps > best) best = gbps;
-    }
-    /* keep the sums observable so the reads cannot be optimised away */
-    if (sink == 0x5eed5eed5eed5eedull)
-        fprintf(stderr, "infer-bench: (checksum %llx)\n", (unsigned long long)sink);
-    free(jobs);
-    free(tid);
-    free(buf);
-    return best;
-}
-
 /* ---- output ---- */
+
+static void print_membw(const membw_result *m) {
+    printf("memory read probe: median %.2f GB/s (min %.2f, max %.2f) over %d passes of %.0f MiB "
+           "with %d threads; largest cache %.0f MiB\n",
+           m->median_gbps, m->min_gbps, m->max_gbps, m->passes, (double)m->buf_bytes / 1048576.0,
+           m->threads, (double)m->llc_bytes / 1048576.0);
+}
 
 static double peak_rss_mib(void) {
     struct rusage ru;
@@ -562,7 +503,7 @@ static void print_table_row(const char *model, double size_mib, int threads, con
 
 static int print_json(const bench_result *res, int n, const char *model_name, uint64_t wbytes,
                       int threads, const char *isa, kv_dtype kv, be_numerics numerics,
-                      double mem_gbps, double rss) {
+                      const membw_result *mem, double rss) {
     cJSON *arr = cJSON_CreateArray();
     if (!arr) return -1;
     for (int i = 0; i < n; i++) {
@@ -583,7 +524,13 @@ static int print_json(const bench_result *res, int n, const char *model_name, ui
         cJSON_AddItemToObject(o, "samples_ts", s);
         if (r->n_gen > 0) {
             cJSON_AddNumberToObject(o, "weight_gbps", r->weight_gbps);
+            double mem_gbps = mem->median_gbps;
             cJSON_AddNumberToObject(o, "mem_read_gbps", mem_gbps);
+            cJSON_AddNumberToObject(o, "mem_read_min_gbps", mem->min_gbps);
+            cJSON_AddNumberToObject(o, "mem_read_max_gbps", mem->max_gbps);
+            cJSON_AddNumberToObject(o, "mem_probe_bytes", (double)mem->buf_bytes);
+            cJSON_AddNumberToObject(o, "mem_probe_passes", mem->passes);
+            cJSON_AddNumberToObject(o, "llc_bytes", (double)mem->llc_bytes);
             cJSON_AddNumberToObject(o, "roofline_pct",
                                     mem_gbps > 0 ? 100.0 * r->weight_gbps / mem_gbps : 0.0);
         }
@@ -639,7 +586,8 @@ static int plan_tests(const bench_args *a, bench_result *res) {
 /* The table's closing lines: weight bandwidth of each tg test against the
  * memory probe, and the run's settings. */
 static void print_table_footer(const bench_args *a, const bench_result *res, int n_res, int threads,
-                               double mem_gbps, double rss) {
+                               const membw_result *mem, double rss) {
+    const double mem_gbps = mem->median_gbps;
     printf("\n");
     for (int i = 0; i < n_res; i++) {
         const bench_result *r = &res[i];
@@ -649,9 +597,10 @@ static void print_table_footer(const bench_args *a, const bench_result *res, int
                    r->label, r->weight_gbps, mem_gbps, 100.0 * r->weight_gbps / mem_gbps,
                    r->n_seqs > 1 ? " per lockstep step" : "");
         else
-            printf("%s: weights %.2f GB/s (memory read probe could not run)\n", r->label,
+            printf("%s: weights %.2f GB/s (no memory read probe figure)\n", r->label,
                    r->weight_gbps);
     }
+    if (mem_gbps > 0) print_membw(mem);
     printf("kv cache %s, %s numerics, %d threads; peak RSS %.1f MiB\n",
            a->kv == KV_F16 ? "f16" : "f32", be_numerics_name(a->numerics), threads, rss);
 }
@@ -703,18 +652,39 @@ static int run_all(const bench_args *a, app_runtime *rt, bench_result *res, int 
     double rss = peak_rss_mib();
     backend_free(rt->be); /* its workers spin; keep them off the cores during the probe */
     rt->be = NULL;
-    double mem_gbps = has_tg ? measure_read_gbps(threads) : 0;
+    membw_result mem = {0};
+    if (has_tg && a->membw_passes > 0 && membw_measure(threads, a->membw_passes, &mem) != 0)
+        fprintf(stderr, "infer-bench: the memory read probe could not run\n");
 
     if (!a->json) {
-        print_table_footer(a, res, n_res, threads, mem_gbps, rss);
+        print_table_footer(a, res, n_res, threads, &mem, rss);
         return 0;
     }
-    if (print_json(res, n_res, model_name, wbytes, threads, isa, a->kv, a->numerics, mem_gbps,
-                   rss)) {
+    if (print_json(res, n_res, model_name, wbytes, threads, isa, a->kv, a->numerics, &mem, rss)) {
         fprintf(stderr, "infer-bench: out of memory printing JSON\n");
         return 1;
     }
     fprintf(stderr, "infer-bench: peak RSS %.1f MiB\n", rss);
+    return 0;
+}
+
+/* --membw: the probe alone, with -t threads (default: online cores). */
+static int run_membw_only(const bench_args *a) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = a->threads > 0 ? a->threads : (cores > 0 ? (int)cores : 1);
+    membw_result m;
+    if (membw_measure(threads, a->membw_passes, &m) != 0) {
+        fprintf(stderr, "infer-bench: the memory read probe could not run (out of memory?)\n");
+        return 1;
+    }
+    if (!a->json) {
+        print_membw(&m);
+        return 0;
+    }
+    printf("{\"test\": \"membw\", \"n_threads\": %d, \"mem_read_gbps\": %.3f, "
+           "\"mem_read_min_gbps\": %.3f, \"mem_read_max_gbps\": %.3f, \"mem_probe_bytes\": %zu, "
+           "\"mem_probe_passes\": %d, \"llc_bytes\": %zu}\n",
+           m.threads, m.median_gbps, m.min_gbps, m.max_gbps, m.buf_bytes, m.passes, m.llc_bytes);
     return 0;
 }
 
@@ -728,8 +698,10 @@ int main(int argc, char **argv) {
     a.chunk = 512;
     a.tg_prompt = 8; /* as bench/llamacpp_bench.py --tg-prompt */
     a.kv = KV_F16;
+    a.membw_passes = MEMBW_DEFAULT_PASSES;
     int rc = parse_args(argc, argv, &a);
     if (rc >= 0) return rc;
+    if (a.membw_only) return run_membw_only(&a);
 
     bench_result *res = calloc(MAX_LIST * (MAX_LIST + 1), sizeof *res);
     if (!res) {

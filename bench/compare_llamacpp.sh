@@ -27,10 +27,21 @@
 #   --llamacpp-only  run only the llama.cpp half
 #
 # Set KEEP_JSON=DIR to keep the raw JSON output of every run in DIR.
+#
+# Matrix mode: bench/compare_llamacpp.sh --matrix RESULTS_DIR [options]
+#   models x formats (SmolLM2 requantized with llama-quantize, Gemma 3 270M,
+#   the synthetic 1.1B model) -> one markdown table of ours / llama.cpp
+#   (llama-bench, best of -fa 0/1 x -t 1/2) for pp and tg, rounds alternated,
+#   medians, raw JSON under RESULTS_DIR. Options: bench/compare_matrix.py -h.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
+
+if [ "${1:-}" = "--matrix" ]; then
+    shift
+    exec python3 bench/compare_matrix.py "$@"
+fi
 
 model="models/SmolLM2-135M-Instruct.Q4_1.gguf"
 n_prompt=512
@@ -57,7 +68,7 @@ while [ $# -gt 0 ]; do
         --llama-bench) llama_bench="$2"; shift 2 ;;
         --llama-args) llama_args="$2"; shift 2 ;;
         --llamacpp-only) llamacpp_only=1; shift ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
