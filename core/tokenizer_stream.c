@@ -2,6 +2,11 @@
  * tokenizer_stream.c - decoding: token ids back to bytes (tok_piece,
  * tok_decode) and the incremental detokenizer (tok_stream), which emits only
  * complete, valid UTF-8; see tokenizer.h for the contract.
+ *
+ * Pieces are precomputed at load (tokenizer_load.c: GPT-2 byte alphabet or
+ * SentencePiece's U+2581 and <0xNN> byte tokens), so decoding only copies.
+ * A vocabulary with a space prefix (SentencePiece) loses one leading space
+ * of the first piece of a whole sequence, as llama.cpp's detokenize does.
  */
 #include <stdint.h>
 #include <string.h>
@@ -36,6 +41,10 @@ int tok_decode(const llm_tokenizer *t, const int32_t *ids, size_t n, int render_
         if (ids[i] < 0 || ids[i] >= t->n_vocab) return TOK_EINVAL;
         size_t pn;
         const char *p = piece_ptr(t, ids[i], render_special, &pn);
+        if (i == 0 && t->add_space_prefix && pn && p[0] == ' ') {
+            p++;
+            pn--;
+        }
         if (buf && total < cap) memcpy(buf + total, p, pn < cap - total ? pn : cap - total);
         total += pn;
         if (total > INT32_MAX) return TOK_EINVAL;
@@ -91,6 +100,11 @@ void tok_stream_init(tok_stream *s, int render_special) {
     s->render_special = render_special;
 }
 
+void tok_stream_init_sequence(tok_stream *s, const llm_tokenizer *t, int render_special) {
+    tok_stream_init(s, render_special);
+    s->strip_space = t->add_space_prefix;
+}
+
 /* The bytes a stream works on: what it held back, then the new piece. */
 typedef struct {
     const uint8_t *a;
@@ -133,7 +147,13 @@ int tok_stream_push(tok_stream *s, const llm_tokenizer *t, int32_t id, char *out
     if (id < 0 || id >= t->n_vocab) return TOK_EINVAL;
     size_t pn;
     const char *p = piece_ptr(t, id, s->render_special, &pn);
-    if (pn == 0) return 0;
+    int strip = s->strip_space && pn && p[0] == ' ';
+    p += strip;
+    pn -= (size_t)strip;
+    if (pn == 0) {
+        s->strip_space = 0; /* only the first token, even when it strips nothing */
+        return 0;
+    }
     uint8_t pending[sizeof s->pending];
     memcpy(pending, s->pending, (size_t)s->n_pending);
     two_part d = {pending, (size_t)s->n_pending, (const uint8_t *)p, pn};
@@ -141,6 +161,7 @@ int tok_stream_push(tok_stream *s, const llm_tokenizer *t, int32_t id, char *out
     size_t need = stream_process(&d, NULL, &held);
     if (need > cap || need > INT32_MAX) return TOK_ENOSPC;
     stream_process(&d, out, &held);
+    s->strip_space = 0;
     /* held <= 3: an incomplete character is at most 3 bytes */
     for (size_t k = 0; k < held; k++) s->pending[k] = (char)two_part_at(&d, d.na + d.nb - held + k);
     s->n_pending = (int)held;

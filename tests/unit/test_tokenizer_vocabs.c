@@ -1,0 +1,236 @@
+/*
+ * test_tokenizer_vocabs.c - SentencePiece vocabularies against llama.cpp.
+ *
+ * Part 1 uses tests/golden/spm_tiny.gguf (a 2000-token SentencePiece BPE
+ * vocabulary with byte fallback and a space prefix, written by
+ * tools/gen_tokenizer_refs.py and committed): the metadata defaults, the
+ * space prefix after BOS and special tokens, byte-fallback tokens and their
+ * decoding, the leading-space rule of tok_decode and of a sequence stream,
+ * and that the stream never emits a partial character.
+ * Part 2 compares every line of the reference files (ids from
+ * llama-tokenize, see tests/golden/README_tokenizers.md) token for token:
+ * spm_tiny always, Gemma 3 when models/gemma-3-270m-q4_k_m.gguf (or
+ * $ENGINE_GEMMA_MODEL) exists; without it that part is reported skipped,
+ * as the SmolLM2 comparison in test_tokenizer is.
+ */
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/gguf.h"
+#include "core/tokenizer.h"
+#include "tests/common/test_util.h"
+
+static llm_tokenizer *load(const char *path, gguf_file **keep) {
+    char err[256];
+    gguf_file *f;
+    llm_tokenizer *t = NULL;
+    if (gguf_open(path, &f, err, sizeof err) || tok_load(f, &t, err, sizeof err)) {
+        CHECKF(0, "loading %s: %s", path, err);
+        return NULL;
+    }
+    if (keep) *keep = f;
+    else gguf_close(f);
+    return t;
+}
+
+static char *read_file(const char *path, size_t *len) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return NULL;
+    fseek(fp, 0, SEEK_END);
+    long n = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    *len = fread(buf, 1, (size_t)n, fp);
+    buf[*len] = 0;
+    fclose(fp);
+    return buf;
+}
+
+/* Encode text (no BOS, special tokens parsed) and compare with want[0..n). */
+static int enc_is(const llm_tokenizer *t, const char *text, int add_special, const int32_t *want,
+                  int n) {
+    int32_t *ids;
+    int got = tok_encode(t, text, strlen(text), add_special, 1, &ids);
+    int ok = got == n;
+    for (int i = 0; ok && i < n; i++) ok = ids[i] == want[i];
+    if (!ok) {
+        fprintf(stderr, "encode \"%s\":", text);
+        for (int i = 0; i < got; i++) fprintf(stderr, " %d", ids[i]);
+        fprintf(stderr, "\n");
+    }
+    free(ids);
+    return ok;
+}
+
+static int32_t id_of(const llm_tokenizer *t, const char *text) {
+    return tok_find(t, text, strlen(text));
+}
+
+/* Stream ids through a sequence stream; returns the bytes written. Each
+ * push's output must be valid UTF-8 on its own (*partial counts those that
+ * are not). */
+static int stream_seq(const llm_tokenizer *t, const int32_t *ids, int n, char *out, size_t cap,
+                      int *partial) {
+    tok_stream s;
+    tok_stream_init_sequence(&s, t, 1);
+    size_t o = 0;
+    size_t step = TOK_STREAM_CAP(tok_max_piece_len(t));
+    for (int i = 0; i < n && o + step <= cap; i++) {
+        int k = tok_stream_push(&s, t, ids[i], out + o, step);
+        if (k < 0) return k;
+        /* a complete push ends on a character boundary */
+        if (k > 0) {
+            unsigned char last = (unsigned char)out[o + (size_t)k - 1];
+            *partial += last >= 0xc0;
+        }
+        o += (size_t)k;
+    }
+    int k = tok_stream_flush(&s, out + o, cap - o);
+    return k < 0 ? k : (int)(o + (size_t)k);
+}
+
+static void test_spm_basics(const llm_tokenizer *t) {
+    CHECK(tok_is_spm(t) && strcmp(tok_pre_name(t), "spm") == 0);
+    CHECK(tok_bos(t) == 1 && tok_eos(t) == 2 && tok_add_bos(t) && !tok_add_eos(t));
+    CHECK(tok_add_space_prefix(t));
+    CHECK(tok_is_eog(t, 2) && tok_is_control(t, 1) && tok_type(t, 0) == TOK_TYPE_UNKNOWN);
+    /* <|end|> is an end-of-generation token by its text, as in llama.cpp */
+    CHECK(tok_is_eog(t, id_of(t, "<|end|>")));
+
+    /* byte fallback: a character outside the vocabulary becomes its UTF-8 bytes */
+    int32_t b_e2 = id_of(t, "<0xE2>"), b_98 = id_of(t, "<0x98>"), b_83 = id_of(t, "<0x83>");
+    CHECK(b_e2 >= 0 && tok_type(t, b_e2) == TOK_TYPE_BYTE);
+    int32_t *ids;
+    int n = tok_encode(t, "\xe2\x98\x83", 3, 0, 1, &ids); /* U+2603, not in the vocabulary */
+    CHECK(n == 4 && ids[0] == id_of(t, "\xe2\x96\x81") && ids[1] == b_e2 && ids[2] == b_98 &&
+          ids[3] == b_83);
+    char buf[64];
+    CHECK(n == 4 && tok_decode(t, ids, 4, 0, buf, sizeof buf) == 3 &&
+          memcmp(buf, "\xe2\x98\x83", 3) == 0);
+    free(ids);
+    CHECK(tok_piece(t, b_e2, 0, buf, sizeof buf) == 1 && (unsigned char)buf[0] == 0xe2);
+
+    /* the space prefix: at the start, after BOS, and after a special token */
+    int32_t w = id_of(t, "\xe2\x96\x81the");
+    CHECK(w >= 0);
+    CHECK(enc_is(t, "the", 0, (int32_t[]){w}, 1));
+    CHECK(enc_is(t, "the", 1, (int32_t[]){1, w}, 2));
+    int32_t user = id_of(t, "<|user|>");
+    CHECK(enc_is(t, "<|user|>the", 0, (int32_t[]){user, w}, 2));
+    /* a user-defined token is cut out even without parse_special */
+    int32_t tool = id_of(t, "<tool>");
+    CHECK(tool >= 0 && tok_type(t, tool) == TOK_TYPE_USER_DEFINED);
+    n = tok_encode(t, "<tool>the", 9, 0, 0, &ids);
+    CHECK(n == 2 && ids[0] == tool && ids[1] == w);
+    free(ids);
+
+    /* decoding a whole sequence drops the prefixed space; a stream of
+     * generated tokens keeps it, a sequence stream drops it */
+    CHECK(tok_decode(t, &w, 1, 0, buf, sizeof buf) == 3 && memcmp(buf, "the", 3) == 0);
+    CHECK(tok_piece(t, w, 0, buf, sizeof buf) == 4 && memcmp(buf, " the", 4) == 0);
+    int partial = 0;
+    CHECK(stream_seq(t, &w, 1, buf, sizeof buf, &partial) == 3 && memcmp(buf, "the", 3) == 0);
+    tok_stream s;
+    tok_stream_init(&s, 0);
+    CHECK(tok_stream_push(&s, t, w, buf, sizeof buf) == 4 && memcmp(buf, " the", 4) == 0);
+
+    /* byte tokens of one character are held back until it is complete */
+    tok_stream_init(&s, 0);
+    CHECK(tok_stream_push(&s, t, b_e2, buf, sizeof buf) == 0);
+    CHECK(tok_stream_push(&s, t, b_98, buf, sizeof buf) == 0);
+    CHECK(tok_stream_push(&s, t, b_83, buf, sizeof buf) == 3 &&
+          memcmp(buf, "\xe2\x98\x83", 3) == 0);
+
+    /* invalid UTF-8 passes byte for byte (no U+FFFD repair in SentencePiece) */
+    n = tok_encode(t, "a\xff", 2, 0, 1, &ids);
+    CHECK(n >= 2 && ids[n - 1] == id_of(t, "<0xFF>"));
+    free(ids);
+}
+
+/* A model file for a test: $env when set, else the path under the source tree. */
+static const char *model_file(const char *env, const char *rel) {
+    static char buf[4096];
+    const char *p = getenv(env);
+    snprintf(buf, sizeof buf, "%s", p && *p ? p : tu_src_path(rel));
+    return access(buf, R_OK) == 0 ? buf : NULL;
+}
+
+/* Every reference line, token for token; decoding a line without special
+ * tokens gives back its text exactly, through tok_decode and a stream. */
+static void compare_refs(const llm_tokenizer *t, const char *label, const char *ref_rel) {
+    size_t len;
+    char *data = read_file(tu_src_path(ref_rel), &len);
+    CHECKF(data != NULL, "%s missing", ref_rel);
+    if (!data) return;
+    int total = 0, same = 0, rt_total = 0, rt_ok = 0, partial = 0, shown = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(line);
+        cJSON *text = cJSON_GetObjectItem(j, "text"), *ref = cJSON_GetObjectItem(j, "ids");
+        if (!cJSON_IsString(text) || !cJSON_IsArray(ref)) {
+            CHECKF(0, "bad reference line: %.80s", line);
+            cJSON_Delete(j);
+            continue;
+        }
+        const char *s = text->valuestring;
+        size_t sl = strlen(s);
+        int32_t *ids;
+        int n = tok_encode(t, s, sl, 0, 1, &ids);
+        int ok = n == cJSON_GetArraySize(ref), special = 0;
+        for (int i = 0; ok && i < n; i++) ok = ids[i] == cJSON_GetArrayItem(ref, i)->valueint;
+        for (int i = 0; i < n; i++)
+            special |=
+                tok_type(t, ids[i]) != TOK_TYPE_NORMAL && tok_type(t, ids[i]) != TOK_TYPE_BYTE;
+        if (!ok && shown++ < 5) fprintf(stderr, "%s: differs from llama.cpp on %s\n", label, line);
+        total++;
+        same += ok;
+        /* U+2581 in the text decodes as a space: not a round trip */
+        if (!special && n > 0 && !strstr(s, "\xe2\x96\x81")) {
+            size_t cap = TOK_STREAM_CAP(tok_max_piece_len(t)) * ((size_t)n + 1);
+            char *out = malloc(cap), *dec = malloc(cap);
+            int k = stream_seq(t, ids, n, out, cap, &partial);
+            int d = tok_decode(t, ids, (size_t)n, 1, dec, cap);
+            rt_total++;
+            rt_ok += k == (int)sl && memcmp(out, s, sl) == 0 && d == k && memcmp(dec, out, sl) == 0;
+            free(out);
+            free(dec);
+        }
+        free(ids);
+        cJSON_Delete(j);
+    }
+    free(data);
+    printf("%s: %d/%d lines identical to llama.cpp; %d/%d round trips exact\n", label, same, total,
+           rt_ok, rt_total);
+    CHECK(total >= 2000);
+    CHECKF(same == total, "%s: %d of %d lines differ", label, total - same, total);
+    CHECKF(rt_ok == rt_total, "%s: %d/%d round trips", label, rt_ok, rt_total);
+    CHECKF(partial == 0, "%s: %d stream pushes ended inside a character", label, partial);
+}
+
+static void test_gemma(const char *path) {
+    llm_tokenizer *t = load(path, NULL);
+    if (!t) return;
+    /* Gemma 3 GGUF: tokenizer.ggml.model "llama", pre "default", no space prefix */
+    CHECK(tok_is_spm(t) && !tok_add_space_prefix(t));
+    CHECK(tok_n_vocab(t) == 262144 && tok_bos(t) == 2 && tok_eos(t) == 1 && tok_add_bos(t));
+    CHECK(id_of(t, "<start_of_turn>") == 105 && id_of(t, "<end_of_turn>") == 106);
+    CHECK(tok_is_eog(t, 106) && tok_is_eog(t, 1) && !tok_is_eog(t, 105));
+    compare_refs(t, "gemma3", "tests/golden/tokenize_gemma3.jsonl");
+    tok_free(t);
+}
+
+int main(void) {
+    llm_tokenizer *t = load(tu_src_path("tests/golden/spm_tiny.gguf"), NULL);
+    if (t) {
+        test_spm_basics(t);
+        compare_refs(t, "spm_tiny", "tests/golden/tokenize_spm_tiny.jsonl");
+        tok_free(t);
+    }
+    const char *gemma = model_file("ENGINE_GEMMA_MODEL", "models/gemma-3-270m-q4_k_m.gguf");
+    if (gemma) test_gemma(gemma);
+    else printf("tokenizer_vocabs: Gemma 3 model not found, its llama.cpp comparison skipped\n");
+    return tu_finish("test_tokenizer_vocabs");
+}
