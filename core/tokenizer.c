@@ -139,6 +139,7 @@ int tok_max_piece_len(const llm_tokenizer *t) { return (int)t->max_piece_len; }
 const char *tok_pre_name(const llm_tokenizer *t) { return t->pre->name; }
 int tok_is_spm(const llm_tokenizer *t) { return t->kind == TOK_KIND_SPM; }
 int tok_add_space_prefix(const llm_tokenizer *t) { return t->add_space_prefix; }
+int tok_clean_spaces(const llm_tokenizer *t) { return t->clean_spaces; }
 
 int tok_is_eog(const llm_tokenizer *t, int32_t id) {
     return id >= 0 && id < t->n_vocab && t->eog[id];

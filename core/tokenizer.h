@@ -75,6 +75,10 @@ int tok_is_spm(const llm_tokenizer *t); /* tokenizer.ggml.model "llama" */
 /* SentencePiece's space prefix (tokenizer.ggml.add_space_prefix, default on
  * for "llama"): encoding adds it, decoding a whole sequence strips it. */
 int tok_add_space_prefix(const llm_tokenizer *t);
+/* Whether tok_decode applies llama.cpp's clean-up of spaces before
+ * punctuation and contractions (most byte-level BPE vocabularies; not
+ * SmolLM2's or Qwen2's, nor SentencePiece). */
+int tok_clean_spaces(const llm_tokenizer *t);
 
 /* End of generation: eos, eot, eom, and tokens such as <|im_end|>,
  * <|endoftext|>, <|eot_id|> (llama.cpp's list, including its FIM tokens). */
@@ -111,7 +115,9 @@ int tok_max_piece_len(const llm_tokenizer *t);
 /* Decode a whole sequence into buf (same truncation rule as tok_piece);
  * returns the total length. Bytes are concatenated as is (no UTF-8 repair).
  * With a space prefix, the first piece loses one leading space (llama.cpp's
- * detokenize; a sequence that starts with BOS keeps its text's space). */
+ * detokenize; a sequence that starts with BOS keeps its text's space); with
+ * tok_clean_spaces, " ?", " !", " .", " ,", " ' ", " 's", " 'm", " 're" and
+ * " 've" lose their space as in llama.cpp's detokenize. */
 int tok_decode(const llm_tokenizer *t, const int32_t *ids, size_t n, int render_special, char *buf,
                size_t cap);
 

@@ -82,6 +82,7 @@ struct llm_tokenizer {
     int32_t bos, eos, eot, eom, unk;
     int add_bos, add_eos;
     int add_space_prefix; /* SPM: a text fragment after BOS/special gets a leading space */
+    int clean_spaces;     /* tok_decode removes " ?", " 's", ... (llama.cpp's clean_spaces) */
     const tok_pre_def *pre;
     pcre2_code *re[TOK_MAX_REGEX];
     int n_re;

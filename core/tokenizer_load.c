@@ -48,27 +48,29 @@ static const tok_pre_def k_pre_defs[] = {
      0,
      0},
     {"gpt2",
-     {"gpt2",       "gpt-2",        "phi-2",           "jina-es", "jina-de",
-      "gigachat",   "jina-v2-es",   "jina-v2-de",      "a.x-4.0", "mellum",
-      "jina-v1-en", "jina-v2-code", "roberta-bpe",     "mpt",     "olmo",
-      "jais",       "trillion",     "granite-docling", "exaone4", NULL},
+     {"gpt2",        "gpt-2",       "phi-2",   "jina-es", "jina-de",    "gigachat",
+      "jina-v2-es",  "jina-v2-de",  "a.x-4.0", "mellum",  "jina-v1-en", "jina-v2-code",
+      "roberta-bpe", "mpt",         "olmo",    "jais",    "trillion",   "granite-docling",
+      "exaone4",     "modern-bert", NULL},
      {RX_GPT2, NULL},
      0,
      0},
     {"smollm",
-     {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", NULL},
+     {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", "mellum2",
+      NULL},
      {"\\p{N}", RX_GPT2, NULL},
      0,
      0},
     {"llama3",
      {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
-      NULL},
+      "jina-v5-nano", NULL},
      {RX_LLAMA3_LIKE("\\p{N}{1,3}"), NULL},
      1,
      1},
     {"dbrx", {"dbrx", "smaug-bpe", NULL}, {RX_LLAMA3_LIKE("\\p{N}{1,3}"), NULL}, 0, 0},
     {"qwen2",
-     {"qwen2", "deepseek-r1-qwen", "kormo", "megrez", "stablelm2", "hunyuan", NULL},
+     {"qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan",
+      "solar-open", NULL},
      {RX_LLAMA3_LIKE("\\p{N}"), NULL},
      0,
      0},
@@ -81,6 +83,18 @@ static const tok_pre_def k_pre_defs[] = {
 
 /* SentencePiece vocabularies: no regexes; the name tok_pre_name reports. */
 static const tok_pre_def k_pre_spm = {"spm", {NULL}, {NULL}, 0, 1};
+
+/* tokenizer.ggml.pre names for which llama.cpp turns its decode-time space
+ * clean-up off (on for every other byte-level BPE vocabulary, off for SPM). */
+static const char *const k_no_clean_spaces[] = {
+    "smollm",  "command-r",  "qwen2",    "deepseek-r1-qwen", "kormo", "f2llmv2",
+    "hunyuan", "solar-open", "trillion", "granite-docling",  NULL};
+
+static int name_in(const char *const *list, const char *name, size_t len) {
+    for (; *list; list++)
+        if (strlen(*list) == len && memcmp(*list, name, len) == 0) return 1;
+    return 0;
+}
 
 static const tok_pre_def *pre_find(const char *name, size_t len) {
     for (size_t i = 0; i < sizeof k_pre_defs / sizeof k_pre_defs[0]; i++)
@@ -574,8 +588,8 @@ static int load_merges(llm_tokenizer *t, const gguf_file *f, char *err, size_t e
 /* The vocabulary kind (tokenizer.ggml.model) and, for byte-level BPE, the
  * pre-tokenizer (tokenizer.ggml.pre); SentencePiece has none, as in llama.cpp
  * (which ignores tokenizer.ggml.pre for it: Gemma files say "default"). */
-static int select_model(const gguf_file *f, tok_kind *kind, const tok_pre_def **out, char *err,
-                        size_t errlen) {
+static int select_model(const gguf_file *f, tok_kind *kind, const tok_pre_def **out,
+                        int *clean_spaces, char *err, size_t errlen) {
     gguf_str model;
     int rc = gguf_get_str(f, "tokenizer.ggml.model", &model);
     if (rc) {
@@ -583,6 +597,7 @@ static int select_model(const gguf_file *f, tok_kind *kind, const tok_pre_def **
                 rc == GGUF_ENOTFOUND ? "missing" : "not a string");
         return TOK_EFORMAT;
     }
+    *clean_spaces = 0;
     if (model.len == 5 && memcmp(model.ptr, "llama", 5) == 0) {
         *kind = TOK_KIND_SPM;
         *out = &k_pre_spm;
@@ -611,6 +626,7 @@ static int select_model(const gguf_file *f, tok_kind *kind, const tok_pre_def **
         return TOK_EFORMAT;
     }
     *out = pre;
+    *clean_spaces = rc != 0 || !name_in(k_no_clean_spaces, pre_name.ptr, pre_name.len);
     return 0;
 }
 
@@ -724,7 +740,8 @@ int tok_load(const gguf_file *f, llm_tokenizer **out, char *err, size_t errlen) 
     *out = NULL;
     const tok_pre_def *pre;
     tok_kind kind;
-    int rc = select_model(f, &kind, &pre, err, errlen);
+    int clean;
+    int rc = select_model(f, &kind, &pre, &clean, err, errlen);
     if (rc) return rc;
 
     llm_tokenizer *t = calloc(1, sizeof *t);
@@ -734,6 +751,7 @@ int tok_load(const gguf_file *f, llm_tokenizer **out, char *err, size_t errlen) 
     }
     t->kind = kind;
     t->pre = pre;
+    t->clean_spaces = clean;
     if ((rc = load_vocab(t, f, err, errlen)) || (rc = load_kind(t, f, err, errlen))) goto fail;
 
     if ((rc = get_opt_id(f, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos, err, errlen)) ||

@@ -6,9 +6,12 @@
  * Pieces are precomputed at load (tokenizer_load.c: GPT-2 byte alphabet or
  * SentencePiece's U+2581 and <0xNN> byte tokens), so decoding only copies.
  * A vocabulary with a space prefix (SentencePiece) loses one leading space
- * of the first piece of a whole sequence, as llama.cpp's detokenize does.
+ * of the first piece of a whole sequence, and most byte-level BPE
+ * pre-tokenizers clean up spaces before punctuation, as llama.cpp's
+ * detokenize does; pieces and streams are never cleaned (nor are llama.cpp's).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/tokenizer.h"
@@ -34,8 +37,10 @@ int tok_piece(const llm_tokenizer *t, int32_t id, int render_special, char *buf,
     return (int)n;
 }
 
-int tok_decode(const llm_tokenizer *t, const int32_t *ids, size_t n, int render_special, char *buf,
-               size_t cap) {
+/* Concatenate the pieces into buf (up to cap bytes); returns the full
+ * length or TOK_EINVAL. */
+static int decode_raw(const llm_tokenizer *t, const int32_t *ids, size_t n, int render_special,
+                      char *buf, size_t cap) {
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= t->n_vocab) return TOK_EINVAL;
@@ -50,6 +55,54 @@ int tok_decode(const llm_tokenizer *t, const int32_t *ids, size_t n, int render_
         if (total > INT32_MAX) return TOK_EINVAL;
     }
     return (int)total;
+}
+
+/* llama.cpp's clean_up_tokenization_spaces, in place, in its three passes
+ * (each reads the buffer the previous steps have rewritten, as llama.cpp's
+ * does): " ?" " !" " ." " ," lose the space; " ' " becomes "'"; " 's",
+ * " 'm", " 're", " 've" lose the space. Returns the new length. */
+static size_t clean_spaces(char *s, size_t n) {
+    size_t o = n ? 1 : 0;
+    for (size_t i = 1; i < n; i++) {
+        char x = s[i];
+        if (s[i - 1] == ' ' && (x == '?' || x == '!' || x == '.' || x == ',')) o--;
+        s[o++] = x;
+    }
+    n = o;
+    o = n ? 1 : 0;
+    for (size_t i = 1; i < n; i++) {
+        char x = s[i];
+        if (x == '\'' && i + 1 < n && s[i - 1] == ' ' && s[i + 1] == ' ') {
+            o--;
+            s[++i] = 0;
+        }
+        s[o++] = x;
+    }
+    n = o;
+    o = n ? 1 : 0;
+    for (size_t i = 1; i < n; i++) {
+        char x = s[i];
+        if (s[i - 1] == ' ' && x == '\'' && i + 1 < n) {
+            char x1 = s[i + 1], x2 = i + 2 < n ? s[i + 2] : 0;
+            if (x1 == 's' || x1 == 'm' || (x1 == 'r' && x2 == 'e') || (x1 == 'v' && x2 == 'e')) o--;
+        }
+        s[o++] = x;
+    }
+    return o;
+}
+
+int tok_decode(const llm_tokenizer *t, const int32_t *ids, size_t n, int render_special, char *buf,
+               size_t cap) {
+    if (!t->clean_spaces) return decode_raw(t, ids, n, render_special, buf, cap);
+    int total = decode_raw(t, ids, n, render_special, NULL, 0);
+    if (total <= 0) return total;
+    char *tmp = malloc((size_t)total);
+    if (!tmp) return TOK_ENOMEM;
+    decode_raw(t, ids, n, render_special, tmp, (size_t)total);
+    size_t m = clean_spaces(tmp, (size_t)total);
+    if (buf && cap) memcpy(buf, tmp, m < cap ? m : cap);
+    free(tmp);
+    return (int)m;
 }
 
 /* ---- incremental detokenizer -------------------------------------------------------------- */

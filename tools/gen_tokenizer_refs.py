@@ -12,6 +12,14 @@ Two jobs:
                    writes for a Llama SentencePiece vocabulary
                    (tests/golden/spm_tiny.gguf). Needs `sentencepiece`, `gguf`.
 
+  make-bpe-variant write SmolLM2's byte-level BPE vocabulary with another
+                   tokenizer.ggml.pre (gpt-2, llama-bpe, qwen2, olmo, default, ...)
+                   and one extra control token "<|sep|>" (the separator below;
+                   SmolLM2's own special tokens all occur in the corpus) as a
+                   vocabulary-only GGUF, so each pre-tokenizer is checked on a
+                   real vocabulary. tests/unit/test_tokenizer_vocabs.c builds
+                   the same vocabulary in memory from the model file.
+
   refs             tokenize the tokenizer corpus (the lines of
                    tests/golden/tokenize_lines.jsonl, i.e. tools/gen_references.py's
                    corpus, plus chat-shaped lines of other families below)
@@ -25,6 +33,15 @@ Usage (the reference venv has sentencepiece and gguf):
         --out tests/golden/tokenize_spm_tiny.jsonl
     python3 tools/gen_tokenizer_refs.py refs --vocab models/gemma-3-270m-q4_k_m.gguf \\
         --out tests/golden/tokenize_gemma3.jsonl
+    for pre in gpt-2 llama-bpe qwen2 olmo default; do
+      /work/refenv/bin/python tools/gen_tokenizer_refs.py make-bpe-variant --pre $pre \\
+          --out /tmp/smollm_$pre.gguf
+      /work/refenv/bin/python tools/gen_tokenizer_refs.py refs --vocab /tmp/smollm_$pre.gguf \\
+          --ids-only --out tests/golden/tokenize_pre_$pre.jsonl
+    done
+
+--ids-only writes {"line": k, "ids": [...]} where k indexes the corpus
+(tokenize_lines.jsonl's lines, then EXTRA_LINES), to keep the files small.
 
 llama-tokenize loads a model once per call, so the corpus is tokenized in one
 call: the lines are joined with a separator control token (--sep, default
@@ -154,6 +171,40 @@ def make_spm_vocab(args):
           f"add_space_prefix={bool(proto.normalizer_spec.add_dummy_prefix)}")
 
 
+def make_bpe_variant(args):
+    import gguf
+    r = gguf.GGUFReader(args.base)
+
+    def arr(key):
+        f = r.fields[key]
+        return [f.parts[i] for i in f.data]
+
+    tokens = [bytes(p) for p in arr("tokenizer.ggml.tokens")] + [b"<|sep|>"]
+    types = [int(p[0]) for p in arr("tokenizer.ggml.token_type")] + [gguf.TokenType.CONTROL]
+    merges = [bytes(p).decode("utf-8") for p in arr("tokenizer.ggml.merges")]
+    w = gguf.GGUFWriter(args.out, "llama")
+    w.add_name(f"SmolLM2 vocabulary, pre-tokenizer {args.pre}")
+    w.add_context_length(256)
+    w.add_embedding_length(64)
+    w.add_block_count(1)
+    w.add_feed_forward_length(128)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(args.pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(int(arr("tokenizer.ggml.bos_token_id")[0][0]))
+    w.add_eos_token_id(int(arr("tokenizer.ggml.eos_token_id")[0][0]))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"{args.out}: {len(tokens)} tokens, {len(merges)} merges, pre {args.pre}")
+
+
 # --------------------------------------------------------------------------
 # references from llama-tokenize
 # --------------------------------------------------------------------------
@@ -231,8 +282,11 @@ def refs(args):
         if alone != per_line[k]:
             sys.exit(f"line {k} tokenized alone differs: {alone} vs {per_line[k]}")
     with open(args.out, "w", encoding="utf-8", newline="\n") as f:
-        for text, line_ids in zip(lines, per_line):
-            f.write(json.dumps({"text": text, "ids": line_ids}, ensure_ascii=False) + "\n")
+        for k, (text, line_ids) in enumerate(zip(lines, per_line)):
+            rec = {"line": k} if args.ids_only else {"text": text}
+            rec["ids"] = line_ids
+            f.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":") if args.ids_only
+                               else None) + "\n")
     print(f"{args.out}: {len(lines)} lines, {len(ids) - len(lines) + 1} ids, separator {sep!r}, "
           f"{args.check} lines re-checked alone")
 
@@ -249,8 +303,15 @@ def main():
     r.add_argument("--tokenize", default=DEFAULT_TOKENIZE)
     r.add_argument("--sep", default=None, help="separator control token text")
     r.add_argument("--check", type=int, default=30, help="lines re-tokenized alone")
+    r.add_argument("--ids-only", action="store_true", help="write line numbers, not texts")
+    b = sub.add_parser("make-bpe-variant")
+    b.add_argument("--base", default=os.path.join(REPO_ROOT, "models",
+                                                  "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    b.add_argument("--pre", required=True)
+    b.add_argument("--out", required=True)
     args = ap.parse_args()
-    {"make-spm-vocab": make_spm_vocab, "refs": refs}[args.cmd](args)
+    {"make-spm-vocab": make_spm_vocab, "refs": refs,
+     "make-bpe-variant": make_bpe_variant}[args.cmd](args)
 
 
 if __name__ == "__main__":
