@@ -39,6 +39,11 @@ Usage (the reference venv has sentencepiece and gguf):
       /work/refenv/bin/python tools/gen_tokenizer_refs.py refs --vocab /tmp/smollm_$pre.gguf \\
           --ids-only --out tests/golden/tokenize_pre_$pre.jsonl
     done
+    /work/refenv/bin/python tools/gen_tokenizer_refs.py make-spm-vocab \\
+        --name "Phi-3 test (spm_tiny vocabulary)" --extra-control "<|endoftext|>" \\
+        --out tests/golden/spm_tiny_phi3.gguf
+    /work/refenv/bin/python tools/gen_tokenizer_refs.py refs --only-special \\
+        --vocab tests/golden/spm_tiny_phi3.gguf --out tests/golden/tokenize_spm_tiny_phi3.jsonl
     /work/refenv/bin/python tools/gen_tokenizer_refs.py readme
 
 --ids-only writes {"line": k, "ids": [...]} where k indexes the corpus
@@ -123,7 +128,7 @@ def make_spm_vocab(args):
         spm.SentencePieceTrainer.train(
             input=",".join(texts), model_prefix=prefix, model_type="bpe",
             vocab_size=args.vocab_size, byte_fallback=True, character_coverage=0.9995,
-            control_symbols=SPM_CONTROL, user_defined_symbols=SPM_USER,
+            control_symbols=SPM_CONTROL + args.extra_control, user_defined_symbols=SPM_USER,
             bos_id=1, eos_id=2, unk_id=0, pad_id=-1, split_digits=True,
             num_threads=1, max_sentence_length=1 << 16, minloglevel=2)
         sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
@@ -151,7 +156,7 @@ def make_spm_vocab(args):
         types.append(t)
 
     w = gguf.GGUFWriter(args.out, "llama")
-    w.add_name("spm-tiny test vocabulary")
+    w.add_name(args.name)
     # hyper-parameters llama.cpp reads when loading a llama vocabulary only
     w.add_context_length(256)
     w.add_embedding_length(64)
@@ -260,6 +265,24 @@ def check_separator(lines, sep, specials):
         sys.exit(f"separator {sep!r} occurs in the corpus; choose another with --sep")
 
 
+def write_refs(args, lines, per_line):
+    with open(args.out, "w", encoding="utf-8", newline="\n") as f:
+        for k, (text, line_ids) in enumerate(zip(lines, per_line)):
+            rec = {"line": k} if args.ids_only else {"text": text}
+            rec["ids"] = line_ids
+            f.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":") if args.ids_only
+                               else None) + "\n")
+        for raw in [] if args.only_special else INVALID_UTF8:
+            try:
+                raw_ids = llama_tokenize(args.tokenize, args.vocab, raw)
+            except subprocess.CalledProcessError:
+                # byte-level BPE: llama.cpp throws on a code point past U+10FFFF
+                print(f"llama-tokenize failed on {raw!r}: left out")
+                continue
+            rec = {"hex": raw.hex(), "ids": raw_ids}
+            f.write(json.dumps(rec, separators=(",", ":") if args.ids_only else None) + "\n")
+
+
 def refs(args):
     texts, types = read_vocab(args.vocab)
     specials = [t for t, ty in zip(texts, types) if ty in (2, 3, 4) and t]
@@ -273,6 +296,14 @@ def refs(args):
     if sep is None or sep not in texts:
         sys.exit("no separator control token; pass --sep")
     sep_id = texts.index(sep)
+    if args.only_special:
+        # one call per line: with the Phi-3 rule the separator would eat the
+        # white space that starts the next line
+        lines = [l for l in lines if any(sp in l for sp in specials if sp != sep)]
+        per_line = [llama_tokenize(args.tokenize, args.vocab, l) if l else [] for l in lines]
+        write_refs(args, lines, per_line)
+        print(f"{args.out}: {len(lines)} lines with special tokens, one call each")
+        return
     check_separator(lines, sep, specials)
     ids = llama_tokenize(args.tokenize, args.vocab, sep.join(lines))
     per_line, cur = [], []
@@ -290,21 +321,7 @@ def refs(args):
         alone = llama_tokenize(args.tokenize, args.vocab, lines[k]) if lines[k] else []
         if alone != per_line[k]:
             sys.exit(f"line {k} tokenized alone differs: {alone} vs {per_line[k]}")
-    with open(args.out, "w", encoding="utf-8", newline="\n") as f:
-        for k, (text, line_ids) in enumerate(zip(lines, per_line)):
-            rec = {"line": k} if args.ids_only else {"text": text}
-            rec["ids"] = line_ids
-            f.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":") if args.ids_only
-                               else None) + "\n")
-        for raw in INVALID_UTF8:
-            try:
-                raw_ids = llama_tokenize(args.tokenize, args.vocab, raw)
-            except subprocess.CalledProcessError:
-                # byte-level BPE: llama.cpp throws on a code point past U+10FFFF
-                print(f"llama-tokenize failed on {raw!r}: left out")
-                continue
-            rec = {"hex": raw.hex(), "ids": raw_ids}
-            f.write(json.dumps(rec, separators=(",", ":") if args.ids_only else None) + "\n")
+    write_refs(args, lines, per_line)
     print(f"{args.out}: {len(lines)} lines, {len(ids) - len(lines) + 1} ids, separator {sep!r}, "
           f"{args.check} lines re-checked alone")
 
@@ -337,6 +354,9 @@ def readme(args):
         with open(path, encoding="utf-8") as f:
             n = sum(1 for _ in f)
         vocab = {"tokenize_spm_tiny.jsonl": "`spm_tiny.gguf` (SentencePiece BPE, 2000 tokens)",
+                 "tokenize_spm_tiny_phi3.jsonl": "`spm_tiny_phi3.gguf` (the same training plus "
+                 "<\\|endoftext\\|>, named Phi-3: white space after special tokens "
+                 "stripped); only lines with special tokens",
                  "tokenize_gemma3.jsonl": "`models/gemma-3-270m-q4_k_m.gguf` (Gemma 3, SPM)"}.get(
             name, f"SmolLM2's vocabulary, tokenizer.ggml.pre = "
                   f"`{name[len('tokenize_pre_'):-len('.jsonl')]}`")
@@ -345,7 +365,8 @@ def readme(args):
     commit = subprocess.run(["git", "-C", src, "log", "-1", "--format=%H"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     sha = {}
-    for rel in ["tests/golden/spm_tiny.gguf", "models/gemma-3-270m-q4_k_m.gguf",
+    for rel in ["tests/golden/spm_tiny.gguf", "tests/golden/spm_tiny_phi3.gguf",
+                "models/gemma-3-270m-q4_k_m.gguf",
                 "models/SmolLM2-135M-Instruct.Q4_1.gguf"]:
         p = os.path.join(REPO_ROOT, rel)
         if os.path.exists(p):
@@ -368,6 +389,10 @@ def main():
     m = sub.add_parser("make-spm-vocab")
     m.add_argument("--out", default=os.path.join(GOLDEN, "spm_tiny.gguf"))
     m.add_argument("--vocab-size", type=int, default=2000)
+    m.add_argument("--name", default="spm-tiny test vocabulary",
+                   help="general.name (a name with 'phi-3' switches on llama.cpp's Phi-3 rstrip)")
+    m.add_argument("--extra-control", action="append", default=[],
+                   help="another control token (llama.cpp's Phi-3 rule needs <|endoftext|>)")
     r = sub.add_parser("refs")
     r.add_argument("--vocab", required=True)
     r.add_argument("--out", required=True)
@@ -375,6 +400,8 @@ def main():
     r.add_argument("--sep", default=None, help="separator control token text")
     r.add_argument("--check", type=int, default=30, help="lines re-tokenized alone")
     r.add_argument("--ids-only", action="store_true", help="write line numbers, not texts")
+    r.add_argument("--only-special", action="store_true",
+                   help="only the lines with a special token of the vocabulary (and no hex lines)")
     b = sub.add_parser("make-bpe-variant")
     b.add_argument("--base", default=os.path.join(REPO_ROOT, "models",
                                                   "SmolLM2-135M-Instruct.Q4_1.gguf"))
