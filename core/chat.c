@@ -13,27 +13,71 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { FAM_NONE, FAM_CHATML, FAM_LLAMA3, FAM_LLAMA2, FAM_ZEPHYR, FAM_GEMMA } chat_family;
+typedef enum {
+    FAM_NONE,
+    FAM_CHATML,
+    FAM_PHI4,
+    FAM_MISTRAL_V1,
+    FAM_MISTRAL_V3,
+    FAM_MISTRAL_V3_TEKKEN,
+    FAM_MISTRAL_V7,
+    FAM_LLAMA2,
+    FAM_PHI3,
+    FAM_ZEPHYR,
+    FAM_GEMMA,
+    FAM_LLAMA3,
+    FAM_COUNT
+} chat_family;
 
+/* Family names, which are also accepted as the template itself (as
+ * llama.cpp accepts "chatml", "gemma", ... in place of Jinja source). */
+static const char *const k_family_names[FAM_COUNT] = {
+    [FAM_CHATML] = "chatml",
+    [FAM_PHI4] = "phi4",
+    [FAM_MISTRAL_V1] = "mistral-v1",
+    [FAM_MISTRAL_V3] = "mistral-v3",
+    [FAM_MISTRAL_V3_TEKKEN] = "mistral-v3-tekken",
+    [FAM_MISTRAL_V7] = "mistral-v7",
+    [FAM_LLAMA2] = "llama2",
+    [FAM_PHI3] = "phi3",
+    [FAM_ZEPHYR] = "zephyr",
+    [FAM_GEMMA] = "gemma",
+    [FAM_LLAMA3] = "llama3",
+};
+
+/* The [INST] families, told apart as llama.cpp does: Mistral's official
+ * v1/v3/v3-tekken/v7 templates by their markers, the rest as Llama 2. */
+static chat_family detect_inst(const char *t) {
+    if (strstr(t, "[SYSTEM_PROMPT]")) return FAM_MISTRAL_V7;
+    if (strstr(t, "' [INST] ' + system_message") || strstr(t, "[AVAILABLE_TOOLS]")) {
+        if (strstr(t, " [INST]")) return FAM_MISTRAL_V1;
+        if (strstr(t, "\"[INST]\"")) return FAM_MISTRAL_V3_TEKKEN;
+        return FAM_MISTRAL_V3;
+    }
+    return FAM_LLAMA2;
+}
+
+/* Markers checked in llama.cpp's order (llm_chat_detect_template), so a
+ * template that has several gets the same family. One deliberate
+ * difference: any "<|user|>" template without Phi-3's "<|end|>" is Zephyr
+ * (TinyLlama, zephyr-7b-beta), where llama.cpp requires a literal
+ * "<|endoftext|>" and renders the others without an end-of-turn token. */
 static chat_family detect(const char *t) {
     if (!t) return FAM_NONE;
-    if (strstr(t, "<|im_start|>")) return FAM_CHATML;
-    if (strstr(t, "<|start_header_id|>") && strstr(t, "<|end_header_id|>")) return FAM_LLAMA3;
+    for (int f = FAM_NONE + 1; f < FAM_COUNT; f++)
+        if (strcmp(t, k_family_names[f]) == 0) return (chat_family)f;
+    if (strstr(t, "<|im_start|>")) return strstr(t, "<|im_sep|>") ? FAM_PHI4 : FAM_CHATML;
+    if (strncmp(t, "mistral", 7) == 0 || strstr(t, "[INST]")) return detect_inst(t);
+    if (strstr(t, "<|assistant|>") && strstr(t, "<|end|>")) return FAM_PHI3;
+    if (strstr(t, "<|user|>") && !strstr(t, "[gMASK]")) return FAM_ZEPHYR;
     if (strstr(t, "<start_of_turn>")) return FAM_GEMMA;
-    if (strstr(t, "[INST]")) return FAM_LLAMA2;
-    if (strstr(t, "<|user|>")) return FAM_ZEPHYR;
+    if (strstr(t, "<|start_header_id|>") && strstr(t, "<|end_header_id|>")) return FAM_LLAMA3;
     return FAM_NONE;
 }
 
 const char *chat_template_family(const char *tmpl) {
-    switch (detect(tmpl)) {
-    case FAM_CHATML: return "chatml";
-    case FAM_LLAMA3: return "llama3";
-    case FAM_LLAMA2: return "llama2";
-    case FAM_ZEPHYR: return "zephyr";
-    case FAM_GEMMA: return "gemma";
-    default: return NULL;
-    }
+    chat_family f = detect(tmpl);
+    return f == FAM_NONE ? NULL : k_family_names[f];
 }
 
 /* Append s without leading/trailing whitespace (llama.cpp's trim()). */
@@ -111,6 +155,81 @@ static void fmt_chatml(const char *tmpl, const chat_msg *m, size_t n, int gen, s
     if (gen) strbuf_puts(b, "<|im_start|>assistant\n");
 }
 
+static void fmt_phi4(const chat_msg *m, size_t n, int gen, strbuf *b) {
+    for (size_t i = 0; i < n; i++) {
+        strbuf_puts(b, "<|im_start|>");
+        strbuf_puts(b, m[i].role);
+        strbuf_puts(b, "<|im_sep|>");
+        strbuf_puts(b, m[i].content);
+        strbuf_puts(b, "<|im_end|>");
+    }
+    if (gen) strbuf_puts(b, "<|im_start|>assistant<|im_sep|>");
+}
+
+/* Phi-3 and Zephyr: "<|role|>\n" content end-marker "\n". */
+static void fmt_role_tags(const char *end, const chat_msg *m, size_t n, int gen, strbuf *b) {
+    for (size_t i = 0; i < n; i++) {
+        strbuf_puts(b, "<|");
+        strbuf_puts(b, m[i].role);
+        strbuf_puts(b, "|>\n");
+        strbuf_puts(b, m[i].content);
+        strbuf_puts(b, end);
+        strbuf_puts(b, "\n");
+    }
+    if (gen) strbuf_puts(b, "<|assistant|>\n");
+}
+
+/* Mistral v7: system in [SYSTEM_PROMPT], each user turn in [INST]. */
+static void fmt_mistral_v7(const chat_msg *m, size_t n, strbuf *b) {
+    for (size_t i = 0; i < n; i++) {
+        const char *role = m[i].role;
+        if (strcmp(role, "system") == 0) {
+            strbuf_puts(b, "[SYSTEM_PROMPT] ");
+            strbuf_puts(b, m[i].content);
+            strbuf_puts(b, "[/SYSTEM_PROMPT]");
+        } else if (strcmp(role, "user") == 0) {
+            strbuf_puts(b, "[INST] ");
+            strbuf_puts(b, m[i].content);
+            strbuf_puts(b, "[/INST]");
+        } else {
+            strbuf_puts(b, " ");
+            strbuf_puts(b, m[i].content);
+            strbuf_puts(b, "</s>");
+        }
+    }
+}
+
+/* Mistral v1 / v3 / v3-tekken: spaces around [INST] differ; v3 trims the
+ * assistant's text. The system text opens the first turn. */
+static void fmt_mistral(chat_family fam, const chat_msg *m, size_t n, strbuf *b) {
+    const char *lead = fam == FAM_MISTRAL_V1 ? " " : "";
+    const char *trail = fam == FAM_MISTRAL_V3_TEKKEN ? "" : " ";
+    int inside_turn = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!inside_turn) {
+            strbuf_puts(b, lead);
+            strbuf_puts(b, "[INST]");
+            strbuf_puts(b, trail);
+            inside_turn = 1;
+        }
+        const char *role = m[i].role;
+        if (strcmp(role, "system") == 0) {
+            strbuf_puts(b, m[i].content);
+            strbuf_puts(b, "\n\n");
+        } else if (strcmp(role, "user") == 0) {
+            strbuf_puts(b, m[i].content);
+            strbuf_puts(b, lead);
+            strbuf_puts(b, "[/INST]");
+        } else {
+            strbuf_puts(b, trail);
+            if (fam == FAM_MISTRAL_V3) sb_put_trimmed(b, m[i].content);
+            else strbuf_puts(b, m[i].content);
+            strbuf_puts(b, "</s>");
+            inside_turn = 0;
+        }
+    }
+}
+
 static void fmt_llama3(const chat_msg *m, size_t n, int gen, strbuf *b) {
     for (size_t i = 0; i < n; i++) {
         strbuf_puts(b, "<|start_header_id|>");
@@ -152,19 +271,6 @@ static void fmt_llama2(const char *tmpl, const chat_msg *m, size_t n, strbuf *b)
     }
 }
 
-static void fmt_zephyr(const char *tmpl, const chat_msg *m, size_t n, int gen, strbuf *b) {
-    const char *eot = strstr(tmpl, "<|endoftext|>") ? "<|endoftext|>" : "</s>";
-    for (size_t i = 0; i < n; i++) {
-        strbuf_puts(b, "<|");
-        strbuf_puts(b, m[i].role);
-        strbuf_puts(b, "|>\n");
-        strbuf_puts(b, m[i].content);
-        strbuf_puts(b, eot);
-        strbuf_puts(b, "\n");
-    }
-    if (gen) strbuf_puts(b, "<|assistant|>\n");
-}
-
 static void fmt_gemma(const chat_msg *m, size_t n, int gen, strbuf *b) {
     strbuf sys = {0}; /* Gemma has no system turn: merge it into the next user turn */
     for (size_t i = 0; i < n; i++) {
@@ -200,8 +306,8 @@ int chat_apply(const char *tmpl, const chat_msg *msgs, size_t n, int add_generat
     if (fam == FAM_NONE) {
         snprintf(err, errlen,
                  "unsupported chat template: none of the known markers found (ChatML "
-                 "<|im_start|>, Llama-3 <|start_header_id|>, Llama-2 [INST], Zephyr <|user|>, "
-                 "Gemma <start_of_turn>)");
+                 "<|im_start|>, Llama-3 <|start_header_id|>, Llama-2/Mistral [INST], Phi-3 "
+                 "<|assistant|> with <|end|>, Zephyr <|user|>, Gemma <start_of_turn>)");
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
@@ -210,12 +316,12 @@ int chat_apply(const char *tmpl, const chat_msg *msgs, size_t n, int add_generat
                      !msgs[i].role || !*msgs[i].role ? "role" : "content");
             return -1;
         }
-        if (fam == FAM_LLAMA2 && strcmp(msgs[i].role, "system") != 0 &&
+        if (fam >= FAM_MISTRAL_V1 && fam <= FAM_LLAMA2 && strcmp(msgs[i].role, "system") != 0 &&
             strcmp(msgs[i].role, "user") != 0 && strcmp(msgs[i].role, "assistant") != 0) {
             snprintf(err, errlen,
-                     "chat message %zu: role '%s' not supported by the Llama-2 "
+                     "chat message %zu: role '%s' not supported by the %s "
                      "template (system, user, assistant)",
-                     i, msgs[i].role);
+                     i, msgs[i].role, k_family_names[fam]);
             return -1;
         }
     }
@@ -224,9 +330,19 @@ int chat_apply(const char *tmpl, const chat_msg *msgs, size_t n, int add_generat
     case FAM_CHATML: fmt_chatml(tmpl, msgs, n, add_generation_prompt, &b); break;
     case FAM_LLAMA3: fmt_llama3(msgs, n, add_generation_prompt, &b); break;
     case FAM_LLAMA2: fmt_llama2(tmpl, msgs, n, &b); break;
-    case FAM_ZEPHYR: fmt_zephyr(tmpl, msgs, n, add_generation_prompt, &b); break;
+    case FAM_ZEPHYR:
+        fmt_role_tags(strstr(tmpl, "<|endoftext|>") ? "<|endoftext|>" : "</s>", msgs, n,
+                      add_generation_prompt, &b);
+        break;
+    case FAM_PHI3: fmt_role_tags("<|end|>", msgs, n, add_generation_prompt, &b); break;
+    case FAM_PHI4: fmt_phi4(msgs, n, add_generation_prompt, &b); break;
+    case FAM_MISTRAL_V7: fmt_mistral_v7(msgs, n, &b); break;
+    case FAM_MISTRAL_V1:
+    case FAM_MISTRAL_V3:
+    case FAM_MISTRAL_V3_TEKKEN: fmt_mistral(fam, msgs, n, &b); break;
     case FAM_GEMMA: fmt_gemma(msgs, n, add_generation_prompt, &b); break;
-    case FAM_NONE: break;
+    case FAM_NONE:
+    case FAM_COUNT: break;
     }
     if (!b.oom && !b.p) strbuf_puts(&b, ""); /* empty conversation: still a string */
     if (b.oom) {

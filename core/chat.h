@@ -3,12 +3,17 @@
  *
  * GGUF files carry the template as Jinja source (tokenizer.chat_template).
  * We do not interpret Jinja; as llama.cpp does, we recognize the template
- * family by its markers and format the messages in C:
- *   chatml   "<|im_start|>"           (SmolLM2, Qwen, ...)
+ * family by its markers, in llama.cpp's order, and format the messages in C:
+ *   chatml   "<|im_start|>"           (SmolLM2, Qwen2, ...; phi4 with "<|im_sep|>")
+ *   llama2   "[INST]"                 (system in <<SYS>> when the template has it;
+ *                                      Mistral's v1/v3/v3-tekken/v7 by their markers)
+ *   phi3     "<|assistant|>" and "<|end|>"
+ *   zephyr   "<|user|>"               (TinyLlama, zephyr: turns end with </s>, or
+ *                                      <|endoftext|> when the template names it)
+ *   gemma    "<start_of_turn>"        (no system turn: it opens the first user turn)
  *   llama3   "<|start_header_id|>"
- *   llama2   "[INST]"                 (system in <<SYS>> when the template has it)
- *   zephyr   "<|user|>"
- *   gemma    "<start_of_turn>"
+ * A family name ("chatml", "gemma", "phi3", ...) is accepted as the template. A
+ * template of no known family is an error (the caller decides what to do).
  * A ChatML template that writes a literal default system turn (SmolLM2:
  * "You are a helpful AI assistant named SmolLM, ...") gets that turn inserted
  * when the conversation does not start with a system message; the text is

@@ -5,7 +5,8 @@
  *
  * The goal is llama.cpp's exact output, so each stage follows its behaviour
  * (not its code): the special-token partition goes token by token in
- * length order over all text fragments; each pre-tokenizer regex runs
+ * length order over all text fragments (SentencePiece vocabularies then
+ * continue in tokenizer_spm.c); each pre-tokenizer regex runs
  * separately inside every piece left by the previous regex, and unmatched
  * stretches become pieces of their own; BPE merges the lowest-ranked
  * adjacent pair first (leftmost on ties) and falls back to single-byte
@@ -109,12 +110,7 @@ void tok_byte_alphabet_init(byte_alphabet *a) {
 
 /* ---- growable buffers ------------------------------------------------------------------ */
 
-typedef struct {
-    void *p;
-    size_t n, cap, elem;
-} vec;
-
-static int vec_reserve(vec *v, size_t need) {
+int tok_vec_reserve(tok_vec *v, size_t need) {
     if (need <= v->cap) return 0;
     size_t cap = v->cap ? v->cap : 64;
     while (cap < need) cap *= 2;
@@ -125,8 +121,8 @@ static int vec_reserve(vec *v, size_t need) {
     return 0;
 }
 
-static int vec_push(vec *v, const void *x) {
-    if (vec_reserve(v, v->n + 1)) return TOK_ENOMEM;
+int tok_vec_push(tok_vec *v, const void *x) {
+    if (tok_vec_reserve(v, v->n + 1)) return TOK_ENOMEM;
     memcpy((char *)v->p + v->n * v->elem, x, v->elem);
     v->n++;
     return 0;
@@ -141,6 +137,9 @@ int tok_add_bos(const llm_tokenizer *t) { return t->add_bos; }
 int tok_add_eos(const llm_tokenizer *t) { return t->add_eos; }
 int tok_max_piece_len(const llm_tokenizer *t) { return (int)t->max_piece_len; }
 const char *tok_pre_name(const llm_tokenizer *t) { return t->pre->name; }
+int tok_is_spm(const llm_tokenizer *t) { return t->kind == TOK_KIND_SPM; }
+int tok_add_space_prefix(const llm_tokenizer *t) { return t->add_space_prefix; }
+int tok_clean_spaces(const llm_tokenizer *t) { return t->clean_spaces; }
 
 int tok_is_eog(const llm_tokenizer *t, int32_t id) {
     return id >= 0 && id < t->n_vocab && t->eog[id];
@@ -190,12 +189,12 @@ typedef struct {
 /* Scratch memory for one tok_encode call. */
 typedef struct {
     const llm_tokenizer *t;
-    vec out;      /* int32_t */
-    vec frags[2]; /* fragment */
-    vec spans[2]; /* span */
-    vec word;     /* char: mapped word */
-    vec syms;     /* symbol */
-    vec heap;     /* bigram */
+    tok_vec out;      /* int32_t */
+    tok_vec frags[2]; /* fragment */
+    tok_vec spans[2]; /* span */
+    tok_vec word;     /* char: mapped word */
+    tok_vec syms;     /* symbol */
+    tok_vec heap;     /* bigram */
     pcre2_match_data *md;
 } encoder;
 
@@ -203,8 +202,8 @@ static int bigram_less(const bigram *a, const bigram *b) {
     return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
 }
 
-static int heap_push(vec *h, bigram b) {
-    if (vec_push(h, &b)) return TOK_ENOMEM;
+static int heap_push(tok_vec *h, bigram b) {
+    if (tok_vec_push(h, &b)) return TOK_ENOMEM;
     bigram *v = h->p;
     size_t i = h->n - 1;
     while (i > 0) {
@@ -218,7 +217,7 @@ static int heap_push(vec *h, bigram b) {
     return 0;
 }
 
-static bigram heap_pop(vec *h) {
+static bigram heap_pop(tok_vec *h) {
     bigram *v = h->p;
     bigram top = v[0];
     v[0] = v[--h->n];
@@ -246,7 +245,7 @@ static int add_bigram(encoder *e, int32_t left, int32_t right) {
     return heap_push(&e->heap, b);
 }
 
-static int emit(encoder *e, int32_t id) { return vec_push(&e->out, &id); }
+static int emit(encoder *e, int32_t id) { return tok_vec_push(&e->out, &id); }
 
 /* Map a word's raw bytes (n > 0) into e->word in the byte alphabet, one
  * symbol per byte, linked left to right; the merge heap starts empty. */
@@ -254,7 +253,7 @@ static int map_word(encoder *e, const char *raw, size_t n) {
     e->word.n = 0;
     e->syms.n = 0;
     e->heap.n = 0;
-    if (vec_reserve(&e->word, 2 * n) || vec_reserve(&e->syms, n)) return TOK_ENOMEM;
+    if (tok_vec_reserve(&e->word, 2 * n) || tok_vec_reserve(&e->syms, n)) return TOK_ENOMEM;
     char *w = e->word.p;
     symbol *s = e->syms.p;
     size_t wn = 0;
@@ -324,15 +323,16 @@ static int bpe_word(encoder *e, const char *raw, size_t n) {
     return emit_symbols(e);
 }
 
-static int span_push(vec *v, size_t off, size_t len) {
+static int span_push(tok_vec *v, size_t off, size_t len) {
     span sp = {(uint32_t)off, (uint32_t)len};
-    return len ? vec_push(v, &sp) : 0;
+    return len ? tok_vec_push(v, &sp) : 0;
 }
 
 /* Split every span of `in` with regex re: matches and the stretches between
  * them become spans of `out`. Each span is matched on its own, so lookahead
  * never sees past its end. */
-static int regex_split(encoder *e, pcre2_code *re, const char *text, const vec *in, vec *out) {
+static int regex_split(encoder *e, pcre2_code *re, const char *text, const tok_vec *in,
+                       tok_vec *out) {
     out->n = 0;
     const span *sp = in->p;
     for (size_t k = 0; k < in->n; k++) {
@@ -421,6 +421,35 @@ done:
     return rc;
 }
 
+static int is_c_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+/* Cut every occurrence of special token id out of text fragment fr, pushing
+ * the pieces to out; white space next to the token goes when its strip flags
+ * say so. *found is set when the token occurs. */
+static int cut_special(const llm_tokenizer *t, const char *text, fragment fr, int32_t id,
+                       tok_vec *out, int *found) {
+    const char *st = t->text_pool + t->text_off[id];
+    size_t sn = t->text_len[id];
+    uint8_t strip = t->strip ? t->strip[id] : 0;
+    size_t pos = fr.off, end = fr.off + fr.len;
+    while (pos < end) {
+        const char *m = memmem(text + pos, end - pos, st, sn);
+        if (!m) break;
+        size_t mo = (size_t)(m - text);
+        fragment left = {pos, mo - pos, -1}, tokf = {mo, sn, id};
+        if (strip & TOK_STRIP_LEFT)
+            while (left.len && is_c_space(text[left.off + left.len - 1])) left.len--;
+        if ((left.len && tok_vec_push(out, &left)) || tok_vec_push(out, &tokf)) return TOK_ENOMEM;
+        pos = mo + sn;
+        if (strip & TOK_STRIP_RIGHT)
+            while (pos < end && is_c_space(text[pos])) pos++;
+        *found = 1;
+    }
+    fragment rest = {pos, end - pos, -1};
+    if (rest.len && tok_vec_push(out, &rest)) return TOK_ENOMEM;
+    return 0;
+}
+
 /* Cut special tokens out of the text fragments, one token at a time in
  * length order, leftmost occurrences first (llama.cpp's tokenizer_st_partition). */
 static int partition_special(encoder *e, const char *text, size_t len, int parse_special,
@@ -429,34 +458,20 @@ static int partition_special(encoder *e, const char *text, size_t len, int parse
     int cur = 0;
     e->frags[0].n = 0;
     fragment whole = {0, len, -1};
-    if (vec_push(&e->frags[0], &whole)) return TOK_ENOMEM;
+    if (tok_vec_push(&e->frags[0], &whole)) return TOK_ENOMEM;
     for (int si = 0; si < t->n_special; si++) {
         int32_t id = t->special[si];
         uint8_t ty = t->type[id];
         if (!parse_special && (ty == TOK_TYPE_CONTROL || ty == TOK_TYPE_UNKNOWN)) continue;
-        const char *st = t->text_pool + t->text_off[id];
         size_t sn = t->text_len[id];
-        vec *in = &e->frags[cur], *out = &e->frags[cur ^ 1];
+        tok_vec *in = &e->frags[cur], *out = &e->frags[cur ^ 1];
         out->n = 0;
         int found = 0;
         for (size_t k = 0; k < in->n; k++) {
             fragment fr = ((fragment *)in->p)[k];
-            if (fr.id >= 0 || fr.len < sn) {
-                if (vec_push(out, &fr)) return TOK_ENOMEM;
-                continue;
-            }
-            size_t pos = fr.off, end = fr.off + fr.len;
-            while (pos < end) {
-                const char *m = memmem(text + pos, end - pos, st, sn);
-                if (!m) break;
-                size_t mo = (size_t)(m - text);
-                fragment left = {pos, mo - pos, -1}, tokf = {mo, sn, id};
-                if ((left.len && vec_push(out, &left)) || vec_push(out, &tokf)) return TOK_ENOMEM;
-                pos = mo + sn;
-                found = 1;
-            }
-            fragment rest = {pos, end - pos, -1};
-            if (rest.len && vec_push(out, &rest)) return TOK_ENOMEM;
+            int rc = fr.id >= 0 || fr.len < sn ? tok_vec_push(out, &fr)
+                                               : cut_special(t, text, fr, id, out, &found);
+            if (rc) return TOK_ENOMEM;
         }
         if (found) cur ^= 1;
     }
@@ -476,7 +491,7 @@ static int encoder_init(encoder *e, const llm_tokenizer *t, size_t len) {
     e->syms.elem = sizeof(symbol);
     e->heap.elem = sizeof(bigram);
     e->md = pcre2_match_data_create(4, NULL);
-    if (!e->md || vec_reserve(&e->out, len / 2 + 4)) return TOK_ENOMEM;
+    if (!e->md || tok_vec_reserve(&e->out, len / 2 + 4)) return TOK_ENOMEM;
     return 0;
 }
 
@@ -506,10 +521,16 @@ int tok_encode(const llm_tokenizer *t, const char *text, size_t len, int add_spe
         if ((rc = partition_special(&e, text, len, parse_special, &which))) goto done;
         const fragment *fr = e.frags[which].p;
         size_t nfr = e.frags[which].n;
+        int prev_special = 1; /* SPM: the text at the start counts as following a special */
         for (size_t k = 0; k < nfr; k++) {
             fragment f = fr[k]; /* copy: encode_text does not touch frags, but be explicit */
-            rc = f.id >= 0 ? emit(&e, f.id) : encode_text(&e, text, f.off, f.len);
+            if (f.id >= 0) rc = emit(&e, f.id);
+            else if (t->kind == TOK_KIND_SPM)
+                rc = tok_spm_encode_fragment(t, text + f.off, f.len,
+                                             t->add_space_prefix && prev_special, &e.out);
+            else rc = encode_text(&e, text, f.off, f.len);
             if (rc) goto done;
+            prev_special = f.id >= 0;
         }
     }
     if (add_special && t->add_eos && t->eos >= 0 && (rc = emit(&e, t->eos))) goto done;

@@ -1,15 +1,21 @@
 /*
- * tokenizer.h - byte-level BPE tokenizer (GPT-2 style) built from GGUF
- * metadata, matching llama.cpp's tokenization token for token.
+ * tokenizer.h - the tokenizers of GGUF vocabularies, built from their
+ * metadata and matching llama.cpp's tokenization token for token:
+ *   "gpt2"  byte-level BPE (SmolLM2, Qwen2, Llama 3, GPT-2, Pythia, ...);
+ *   "llama" SentencePiece (Llama 2, TinyLlama, Mistral, Phi-3, Gemma 1-3).
  *
- * Encoding runs in three stages, as llama.cpp does:
+ * Encoding runs in stages, as llama.cpp does:
  *   1. special-token partition: control / user-defined tokens found in the
  *      text are cut out whole (longest first) and emitted as their ids;
- *   2. pre-tokenization: the regex list named by `tokenizer.ggml.pre`
- *      (gpt2, smollm, llama3, qwen2, ...) splits the remaining text into
- *      words, each regex applied within the pieces of the previous one;
- *   3. BPE: each word's bytes are mapped to GPT-2's printable byte alphabet
- *      and merged pair by pair in merge-rank order.
+ *   2. BPE: the regex list named by `tokenizer.ggml.pre` (gpt2, smollm,
+ *      llama3, qwen2, ...) splits the remaining text into words, each
+ *      regex applied within the pieces of the previous one; each word's
+ *      bytes are mapped to GPT-2's printable byte alphabet and merged pair
+ *      by pair in merge-rank order;
+ *   2'. SentencePiece: spaces become U+2581 (one is prefixed to a fragment
+ *      at the start or after a special token when add_space_prefix), the
+ *      characters are merged into tokens highest score first, and leftover
+ *      bytes become <0xNN> byte-fallback tokens.
  * Decoding maps token text back to bytes; tok_stream holds back a partial
  * UTF-8 character until the token that completes it arrives.
  *
@@ -50,9 +56,10 @@ enum {
 
 typedef struct llm_tokenizer llm_tokenizer;
 
-/* Build a tokenizer from tokenizer.ggml.* metadata. Only model "gpt2"
- * (byte-level BPE) is supported; an unknown pre-tokenizer name is an error
- * (an absent one means llama.cpp's "default"). */
+/* Build a tokenizer from tokenizer.ggml.* metadata. Models "gpt2" and
+ * "llama" are supported (others: TOK_EFORMAT naming them). For "gpt2" an
+ * unknown pre-tokenizer name is an error, as in llama.cpp (an absent one
+ * means llama.cpp's "default"); "llama" ignores tokenizer.ggml.pre. */
 int tok_load(const gguf_file *f, llm_tokenizer **out, char *err, size_t errlen);
 void tok_free(llm_tokenizer *t);
 
@@ -62,7 +69,16 @@ int32_t tok_eos(const llm_tokenizer *t);
 int tok_add_bos(
     const llm_tokenizer *t); /* metadata add_bos_token (or the pre-tokenizer's default) */
 int tok_add_eos(const llm_tokenizer *t);
-const char *tok_pre_name(const llm_tokenizer *t); /* canonical pre-tokenizer name, e.g. "smollm" */
+/* Canonical pre-tokenizer name, e.g. "smollm"; "spm" for SentencePiece. */
+const char *tok_pre_name(const llm_tokenizer *t);
+int tok_is_spm(const llm_tokenizer *t); /* tokenizer.ggml.model "llama" */
+/* SentencePiece's space prefix (tokenizer.ggml.add_space_prefix, default on
+ * for "llama"): encoding adds it, decoding a whole sequence strips it. */
+int tok_add_space_prefix(const llm_tokenizer *t);
+/* Whether tok_decode applies llama.cpp's clean-up of spaces before
+ * punctuation and contractions (most byte-level BPE vocabularies; not
+ * SmolLM2's or Qwen2's, nor SentencePiece). */
+int tok_clean_spaces(const llm_tokenizer *t);
 
 /* End of generation: eos, eot, eom, and tokens such as <|im_end|>,
  * <|endoftext|>, <|eot_id|> (llama.cpp's list, including its FIM tokens). */
@@ -72,7 +88,8 @@ int tok_type(const llm_tokenizer *t,
              int32_t id); /* TOK_TYPE_*, after llama.cpp's fix-ups; -1 bad id */
 
 /* Exact vocabulary text -> id, -1 when absent. The text is the stored form
- * (byte-level alphabet: " hello" is stored as "\xc4\xa0hello"); special
+ * (byte-level alphabet: " hello" is stored as "\xc4\xa0hello"; SentencePiece
+ * as "\xe2\x96\x81hello"); special
  * tokens such as "<|im_start|>" look the same either way. */
 int32_t tok_find(const llm_tokenizer *t, const char *text, size_t len);
 /* Stored vocabulary text of a token (not NUL-terminated); NULL for a bad id. */
@@ -96,7 +113,11 @@ int tok_piece(const llm_tokenizer *t, int32_t id, int render_special, char *buf,
 int tok_max_piece_len(const llm_tokenizer *t);
 
 /* Decode a whole sequence into buf (same truncation rule as tok_piece);
- * returns the total length. Bytes are concatenated as is (no UTF-8 repair). */
+ * returns the total length. Bytes are concatenated as is (no UTF-8 repair).
+ * With a space prefix, the first piece loses one leading space (llama.cpp's
+ * detokenize; a sequence that starts with BOS keeps its text's space); with
+ * tok_clean_spaces, " ?", " !", " .", " ,", " ' ", " 's", " 'm", " 're" and
+ * " 've" lose their space as in llama.cpp's detokenize. */
 int tok_decode(const llm_tokenizer *t, const int32_t *ids, size_t n, int render_special, char *buf,
                size_t cap);
 
@@ -112,9 +133,15 @@ typedef struct {
     char pending[8];
     int n_pending;
     int render_special;
+    int strip_space; /* drop one leading space of the next piece */
 } tok_stream;
 
+/* A stream of generated tokens: pieces as they are (what llama.cpp's server
+ * streams; the first one continues the prompt, so its space is kept). */
 void tok_stream_init(tok_stream *s, int render_special);
+/* A stream of a whole sequence from its start: like tok_decode, the first
+ * token loses one leading space when the vocabulary has a space prefix. */
+void tok_stream_init_sequence(tok_stream *s, const llm_tokenizer *t, int render_special);
 int tok_stream_push(tok_stream *s, const llm_tokenizer *t, int32_t id, char *out, size_t cap);
 int tok_stream_flush(tok_stream *s, char *out, size_t cap);
 

@@ -7,8 +7,9 @@
  *
  * tokenizer_load.c builds a llm_tokenizer from GGUF metadata and frees it;
  * tokenizer.c answers queries and encodes (special-token partition,
- * pre-tokenizer regexes, BPE); tokenizer_stream.c decodes and runs the
- * incremental detokenizer. After tok_load the state is never written again.
+ * pre-tokenizer regexes, BPE); tokenizer_spm.c holds SentencePiece's
+ * merge-by-score; tokenizer_stream.c decodes and runs the incremental
+ * detokenizer. After tok_load the state is never written again.
  */
 #ifndef ENGINE_TOKENIZER_INTERNAL_H
 #define ENGINE_TOKENIZER_INTERNAL_H
@@ -38,7 +39,18 @@ typedef struct {
     int16_t dec[0x144]; /* code point -> byte, -1 if none */
 } byte_alphabet;
 
+/* Which algorithm the vocabulary uses (tokenizer.ggml.model). */
+typedef enum {
+    TOK_KIND_BPE, /* "gpt2": byte-level BPE over pre-tokenized words, merges by rank */
+    TOK_KIND_SPM, /* "llama": SentencePiece, merges by token score, <0xNN> byte fallback */
+} tok_kind;
+
+/* Per-token strip flags of the special-token partition (llama.cpp's
+ * LSTRIP/RSTRIP attributes): white space next to the token is dropped. */
+enum { TOK_STRIP_LEFT = 1, TOK_STRIP_RIGHT = 2 };
+
 struct llm_tokenizer {
+    tok_kind kind;
     int n_vocab;
     char *text_pool; /* stored token texts, back to back */
     uint32_t *text_off;
@@ -63,8 +75,14 @@ struct llm_tokenizer {
     int32_t *special; /* control/user-defined/unknown ids, longest text first */
     int n_special;
 
-    int32_t bos, eos, eot, eom;
+    float *score;         /* SPM merge priority (tokenizer.ggml.scores); NULL for BPE */
+    int32_t byte_id[256]; /* SPM byte fallback: <0xNN> (else the one-byte token), -1 none */
+    uint8_t *strip;       /* TOK_STRIP_* per token; NULL when no token has any */
+
+    int32_t bos, eos, eot, eom, unk;
     int add_bos, add_eos;
+    int add_space_prefix; /* SPM: a text fragment after BOS/special gets a leading space */
+    int clean_spaces;     /* tok_decode removes " ?", " 's", ... (llama.cpp's clean_spaces) */
     const tok_pre_def *pre;
     pcre2_code *re[TOK_MAX_REGEX];
     int n_re;
@@ -103,5 +121,20 @@ int tok_utf8_encode(uint32_t cp, char *out);
 
 /* Fill the table from GPT-2's bytes_to_unicode. */
 void tok_byte_alphabet_init(byte_alphabet *a);
+
+/* ---- shared encoding scratch ----------------------------------------------------------- */
+
+typedef struct {
+    void *p;
+    size_t n, cap, elem;
+} tok_vec;
+
+int tok_vec_reserve(tok_vec *v, size_t need);
+int tok_vec_push(tok_vec *v, const void *x);
+
+/* SentencePiece encoding of one text fragment (raw bytes, spaces not yet
+ * escaped); appends ids to out (int32_t). prefix_space: prepend " " first. */
+int tok_spm_encode_fragment(const llm_tokenizer *t, const char *text, size_t len, int prefix_space,
+                            tok_vec *out);
 
 #endif

@@ -48,27 +48,29 @@ static const tok_pre_def k_pre_defs[] = {
      0,
      0},
     {"gpt2",
-     {"gpt2",       "gpt-2",        "phi-2",           "jina-es", "jina-de",
-      "gigachat",   "jina-v2-es",   "jina-v2-de",      "a.x-4.0", "mellum",
-      "jina-v1-en", "jina-v2-code", "roberta-bpe",     "mpt",     "olmo",
-      "jais",       "trillion",     "granite-docling", "exaone4", NULL},
+     {"gpt2",        "gpt-2",       "phi-2",   "jina-es", "jina-de",    "gigachat",
+      "jina-v2-es",  "jina-v2-de",  "a.x-4.0", "mellum",  "jina-v1-en", "jina-v2-code",
+      "roberta-bpe", "mpt",         "olmo",    "jais",    "trillion",   "granite-docling",
+      "exaone4",     "modern-bert", NULL},
      {RX_GPT2, NULL},
      0,
      0},
     {"smollm",
-     {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", NULL},
+     {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", "mellum2",
+      NULL},
      {"\\p{N}", RX_GPT2, NULL},
      0,
      0},
     {"llama3",
      {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
-      NULL},
+      "jina-v5-nano", NULL},
      {RX_LLAMA3_LIKE("\\p{N}{1,3}"), NULL},
      1,
      1},
     {"dbrx", {"dbrx", "smaug-bpe", NULL}, {RX_LLAMA3_LIKE("\\p{N}{1,3}"), NULL}, 0, 0},
     {"qwen2",
-     {"qwen2", "deepseek-r1-qwen", "kormo", "megrez", "stablelm2", "hunyuan", NULL},
+     {"qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan",
+      "solar-open", NULL},
      {RX_LLAMA3_LIKE("\\p{N}"), NULL},
      0,
      0},
@@ -78,6 +80,21 @@ static const tok_pre_def k_pre_defs[] = {
      0,
      0},
 };
+
+/* SentencePiece vocabularies: no regexes; the name tok_pre_name reports. */
+static const tok_pre_def k_pre_spm = {"spm", {NULL}, {NULL}, 0, 1};
+
+/* tokenizer.ggml.pre names for which llama.cpp turns its decode-time space
+ * clean-up off (on for every other byte-level BPE vocabulary, off for SPM). */
+static const char *const k_no_clean_spaces[] = {
+    "smollm",  "command-r",  "qwen2",    "deepseek-r1-qwen", "kormo", "f2llmv2",
+    "hunyuan", "solar-open", "trillion", "granite-docling",  NULL};
+
+static int name_in(const char *const *list, const char *name, size_t len) {
+    for (; *list; list++)
+        if (strlen(*list) == len && memcmp(*list, name, len) == 0) return 1;
+    return 0;
+}
 
 static const tok_pre_def *pre_find(const char *name, size_t len) {
     for (size_t i = 0; i < sizeof k_pre_defs / sizeof k_pre_defs[0]; i++)
@@ -204,6 +221,7 @@ static const char *const k_eot_texts[] = {"<|eot_id|>",
                                           "<|end_of_text|>",
                                           "<EOT>",
                                           "_<EOT>",
+                                          "[EOT]",
                                           "<\xef\xbd\x9c"
                                           "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
                                           "<end_of_utterance>",
@@ -218,6 +236,7 @@ static const char *const k_fim_pre_texts[] = {"<|fim_prefix|>",
                                               "<PRE>",
                                               "\xe2\x96\x81<PRE>",
                                               "<|code_prefix|>",
+                                              "<|prefix|>",
                                               NULL};
 static const char *const k_fim_suf_texts[] = {"<|fim_suffix|>",
                                               "<fim-suffix>",
@@ -227,6 +246,7 @@ static const char *const k_fim_suf_texts[] = {"<|fim_suffix|>",
                                               "<SUF>",
                                               "\xe2\x96\x81<SUF>",
                                               "<|code_suffix|>",
+                                              "<|suffix|>",
                                               NULL};
 static const char *const k_fim_mid_texts[] = {"<|fim_middle|>",
                                               "<fim-middle>",
@@ -237,18 +257,45 @@ static const char *const k_fim_mid_texts[] = {"<|fim_middle|>",
                                               "<MID>",
                                               "\xe2\x96\x81<MID>",
                                               "<|code_middle|>",
+                                              "<|middle|>",
                                               NULL};
-static const char *const k_fim_pad_texts[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>",
-                                              NULL};
+static const char *const k_fim_pad_texts[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>",
+                                              "<PAD>",       "[PAD]",     NULL};
 static const char *const k_fim_rep_texts[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
                                               "<REPO>",       "<reponame>",    NULL};
 static const char *const k_fim_sep_texts[] = {"<|file_sep|>", NULL};
-static const char *const k_eog_texts[] = {
-    "<|eot_id|>",      "<|im_end|>",         "<|end|>",    "<|return|>", "<|call|>",
-    "<end_of_turn>",   "<|endoftext|>",      "<|eom_id|>", "<EOT>",      "_<EOT>",
-    "<|end_of_text|>", "<end_of_utterance>", NULL};
+static const char *const k_eog_texts[] = {"<|eot_id|>",
+                                          "<|im_end|>",
+                                          "<|end|>",
+                                          "<|return|>",
+                                          "<|call|>",
+                                          "<|flush|>",
+                                          "<|calls|>",
+                                          "<end_of_turn>",
+                                          "<|endoftext|>",
+                                          "</s>",
+                                          "<|eom_id|>",
+                                          "<EOT>",
+                                          "_<EOT>",
+                                          "[EOT]",
+                                          "[EOS]",
+                                          "<|end_of_text|>",
+                                          "<end_of_utterance>",
+                                          "<eos>",
+                                          "<turn|>",
+                                          "<|tool_response>",
+                                          "<\xef\xbd\x9c"
+                                          "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+                                          "[e~[",
+                                          NULL};
 static const char *const k_always_user[] = {"<|channel|>", "<|message|>", "<|start|>",
                                             "<|constrain|>", NULL};
+
+/* The id of text when it is an EOG token, else -1. */
+static int32_t eog_id(const llm_tokenizer *t, const char *text) {
+    int32_t id = tok_vocab_lookup(t, text, strlen(text));
+    return id >= 0 && t->eog[id] ? id : -1;
+}
 
 /* The EOG set: the given ids plus every token named in k_eog_texts; then
  * the type fix-ups that depend on it. */
@@ -267,14 +314,20 @@ static void mark_eog(llm_tokenizer *t, const int32_t *extra_eog, size_t n_extra)
         if (id >= 0) t->type[id] = TOK_TYPE_USER_DEFINED;
     }
 
-    /* gpt-oss (harmony): with <|return|> and <|call|> present, <|end|> is not EOG. */
-    int32_t ret_id = tok_vocab_lookup(t, "<|return|>", 10),
-            call_id = tok_vocab_lookup(t, "<|call|>", 8),
-            end_id = tok_vocab_lookup(t, "<|end|>", 7);
-    if (ret_id >= 0 && call_id >= 0 && end_id >= 0 && t->eog[ret_id] && t->eog[call_id] &&
-        t->eog[end_id]) {
+    /* gpt-oss (harmony) and solar-open: with <|return|> and <|call|> (or <|calls|> and
+     * <|flush|>) in the EOG set, <|end|> is not EOG. */
+    int32_t end_id = eog_id(t, "<|end|>"), call_id = eog_id(t, "<|call|>");
+    if (call_id < 0) call_id = eog_id(t, "<|calls|>");
+    if (end_id >= 0 && call_id >= 0 &&
+        (eog_id(t, "<|return|>") >= 0 || eog_id(t, "<|flush|>") >= 0)) {
         t->eog[end_id] = 0;
         t->type[end_id] = TOK_TYPE_USER_DEFINED;
+    }
+    /* Gemma 4 and PLaMo have an ordinary </s> */
+    int32_t s_id = eog_id(t, "</s>");
+    if (s_id >= 0 && (eog_id(t, "<|tool_response>") >= 0 || eog_id(t, "<|plamo:eos|>") >= 0)) {
+        t->eog[s_id] = 0;
+        t->type[s_id] = TOK_TYPE_NORMAL;
     }
 }
 
@@ -320,12 +373,54 @@ static int cmp_special(const void *a, const void *b, void *ctx) {
     return x < y ? -1 : x > y;
 }
 
+/* Decoded bytes of a NORMAL token: SPM turns U+2581 back into spaces; BPE
+ * maps GPT-2's byte alphabet back to bytes (other characters pass). */
+static size_t normal_piece(const llm_tokenizer *t, const uint8_t *s, size_t n, char *dst) {
+    size_t pos = 0;
+    for (size_t i = 0; i < n;) {
+        if (t->kind == TOK_KIND_SPM) {
+            if (n - i >= 3 && memcmp(s + i, "\xe2\x96\x81", 3) == 0) {
+                dst[pos++] = ' ';
+                i += 3;
+            } else {
+                dst[pos++] = (char)s[i++];
+            }
+            continue;
+        }
+        uint32_t cp = 0xfffd;
+        int k = tok_utf8_decode_lenient(s + i, n - i, &cp);
+        if (k == 0) k = 1;
+        if (cp < 0x144 && t->alpha.dec[cp] >= 0) {
+            dst[pos++] = (char)t->alpha.dec[cp];
+        } else {
+            memcpy(dst + pos, s + i, (size_t)k); /* not in the byte alphabet: pass it through */
+            pos += (size_t)k;
+        }
+        i += (size_t)k;
+    }
+    return pos;
+}
+
+/* The byte of a <0xNN> token: up to two hex digits after "<0x", as strtol. */
+static char byte_token_value(const uint8_t *s, size_t n) {
+    unsigned v = 0;
+    for (size_t i = 3; i < 5 && i < n; i++) {
+        uint8_t c = s[i];
+        unsigned d = c >= '0' && c <= '9'   ? c - '0'
+                     : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                     : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                            : 16;
+        if (d == 16) break;
+        v = v * 16 + d;
+    }
+    return (char)v;
+}
+
 static int build_pieces(llm_tokenizer *t) {
-    const byte_alphabet *a = &t->alpha;
     tok_byte_alphabet_init(&t->alpha);
     size_t total = 0;
-    for (int32_t id = 0; id < t->n_vocab; id++) total += t->text_len[id];
-    /* a decoded piece is never longer than its text */
+    for (int32_t id = 0; id < t->n_vocab; id++) total += t->text_len[id] + 1;
+    /* a decoded piece is never longer than its text (a byte token: 1 byte) */
     t->piece_pool = malloc(total + 1);
     t->piece_off = malloc(sizeof(uint32_t) * (size_t)t->n_vocab);
     t->piece_len = malloc(sizeof(uint32_t) * (size_t)t->n_vocab);
@@ -342,22 +437,9 @@ static int build_pieces(llm_tokenizer *t) {
             memcpy(t->piece_pool + pos, s, n);
             pos += n;
             break;
-        case TOK_TYPE_NORMAL:
-            for (size_t i = 0; i < n;) {
-                uint32_t cp = 0xfffd;
-                int k = tok_utf8_decode_lenient(s + i, n - i, &cp);
-                if (k == 0) k = 1;
-                if (cp < 0x144 && a->dec[cp] >= 0) {
-                    t->piece_pool[pos++] = (char)a->dec[cp];
-                } else {
-                    /* not in the byte alphabet: pass the character through */
-                    memcpy(t->piece_pool + pos, s + i, (size_t)k);
-                    pos += (size_t)k;
-                }
-                i += (size_t)k;
-            }
-            break;
-        default: /* byte / unused / undefined tokens decode to nothing */ break;
+        case TOK_TYPE_NORMAL: pos += normal_piece(t, s, n, t->piece_pool + pos); break;
+        case TOK_TYPE_BYTE: t->piece_pool[pos++] = byte_token_value(s, n); break;
+        default: /* unused / undefined tokens decode to nothing */ break;
         }
         t->piece_len[id] = (uint32_t)(pos - t->piece_off[id]);
         if (t->piece_len[id] > t->max_piece_len) t->max_piece_len = t->piece_len[id];
@@ -503,8 +585,11 @@ static int load_merges(llm_tokenizer *t, const gguf_file *f, char *err, size_t e
     return 0;
 }
 
-/* The pre-tokenizer for this file's metadata; only model "gpt2" is accepted. */
-static int select_pre(const gguf_file *f, const tok_pre_def **out, char *err, size_t errlen) {
+/* The vocabulary kind (tokenizer.ggml.model) and, for byte-level BPE, the
+ * pre-tokenizer (tokenizer.ggml.pre); SentencePiece has none, as in llama.cpp
+ * (which ignores tokenizer.ggml.pre for it: Gemma files say "default"). */
+static int select_model(const gguf_file *f, tok_kind *kind, const tok_pre_def **out,
+                        int *clean_spaces, char *err, size_t errlen) {
     gguf_str model;
     int rc = gguf_get_str(f, "tokenizer.ggml.model", &model);
     if (rc) {
@@ -512,12 +597,20 @@ static int select_pre(const gguf_file *f, const tok_pre_def **out, char *err, si
                 rc == GGUF_ENOTFOUND ? "missing" : "not a string");
         return TOK_EFORMAT;
     }
+    *clean_spaces = 0;
+    if (model.len == 5 && memcmp(model.ptr, "llama", 5) == 0) {
+        *kind = TOK_KIND_SPM;
+        *out = &k_pre_spm;
+        return 0;
+    }
     if (model.len != 4 || memcmp(model.ptr, "gpt2", 4) != 0) {
         set_err(err, errlen,
-                "tokenizer: model '%.*s' is not supported (only 'gpt2' byte-level BPE)",
+                "tokenizer: model '%.*s' is not supported ('gpt2' byte-level BPE and 'llama' "
+                "SentencePiece are)",
                 (int)(model.len > 64 ? 64 : model.len), model.ptr);
         return TOK_EFORMAT;
     }
+    *kind = TOK_KIND_BPE;
 
     const tok_pre_def *pre;
     gguf_str pre_name;
@@ -533,6 +626,7 @@ static int select_pre(const gguf_file *f, const tok_pre_def **out, char *err, si
         return TOK_EFORMAT;
     }
     *out = pre;
+    *clean_spaces = rc != 0 || !name_in(k_no_clean_spaces, pre_name.ptr, pre_name.len);
     return 0;
 }
 
@@ -551,10 +645,103 @@ static int build_special_list(llm_tokenizer *t) {
     return 0;
 }
 
+/* tokenizer.ggml.scores (SPM merge priorities): float32 or int32, at least
+ * one per token; absent means all 0, as in llama.cpp. */
+static int load_scores(llm_tokenizer *t, const gguf_file *f, char *err, size_t errlen) {
+    t->score = calloc((size_t)t->n_vocab, sizeof(float));
+    if (!t->score) return TOK_ENOMEM;
+    int64_t idx = gguf_find_key(f, "tokenizer.ggml.scores");
+    if (idx < 0) return 0;
+    gguf_type at =
+        gguf_kv_type(f, idx) == GGUF_TYPE_ARRAY ? gguf_arr_type(f, idx) : GGUF_TYPE_COUNT;
+    if ((at != GGUF_TYPE_FLOAT32 && at != GGUF_TYPE_INT32) ||
+        gguf_arr_len(f, idx) < (uint64_t)t->n_vocab) {
+        set_err(err, errlen,
+                "tokenizer: tokenizer.ggml.scores must be a float32 or int32 array with one "
+                "entry per token");
+        return TOK_EFORMAT;
+    }
+    for (int32_t id = 0; id < t->n_vocab; id++) {
+        int64_t v;
+        if (at == GGUF_TYPE_FLOAT32) gguf_arr_f32(f, idx, (uint64_t)id, &t->score[id]);
+        else if (!gguf_arr_int(f, idx, (uint64_t)id, &v)) t->score[id] = (float)v;
+    }
+    return 0;
+}
+
+/* SPM byte fallback: <0xNN> (upper-case hex), else the token that is the
+ * byte itself, as llama.cpp's byte_to_token. */
+static void build_byte_ids(llm_tokenizer *t) {
+    static const char hex[] = "0123456789ABCDEF";
+    for (int b = 0; b < 256; b++) {
+        char name[6] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
+        char raw = (char)b;
+        int32_t id = tok_vocab_lookup(t, name, 6);
+        t->byte_id[b] = id >= 0 ? id : tok_vocab_lookup(t, &raw, 1);
+    }
+}
+
+/* llama.cpp's per-model token attributes: for a model named Phi-3, white
+ * space after a special token is dropped (except after <unk>, <s> and
+ * <|endoftext|>), and also after </s>. */
+static int set_strip_flags(llm_tokenizer *t, const gguf_file *f) {
+    gguf_str name;
+    if (gguf_get_str(f, "general.name", &name)) return 0;
+    char low[256];
+    size_t n = name.len < sizeof low - 1 ? name.len : sizeof low - 1;
+    for (size_t i = 0; i < n; i++) {
+        char c = name.ptr[i];
+        low[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+    }
+    low[n] = 0;
+    if (!strstr(low, "phi-3") && !strstr(low, "phi3")) return 0;
+    t->strip = calloc((size_t)t->n_vocab, 1);
+    if (!t->strip) return TOK_ENOMEM;
+    for (int i = 0; i < t->n_special; i++) t->strip[t->special[i]] |= TOK_STRIP_RIGHT;
+    static const char *const on[] = {"</s>", NULL}, *const off[] = {"<unk>", "<s>", "<|endoftext|>",
+                                                                    NULL};
+    for (const char *const *p = on; *p; p++) {
+        int32_t id = tok_vocab_lookup(t, *p, strlen(*p));
+        if (id >= 0) t->strip[id] |= TOK_STRIP_RIGHT;
+    }
+    for (const char *const *p = off; *p; p++) {
+        int32_t id = tok_vocab_lookup(t, *p, strlen(*p));
+        if (id >= 0) t->strip[id] &= (uint8_t)~TOK_STRIP_RIGHT;
+    }
+    return 0;
+}
+
+/* Kind-specific state and llama.cpp's defaults before the metadata keys:
+ * BPE has merges and BOS = EOS = 11; SPM has scores, byte tokens, BOS 1,
+ * EOS 2, <unk> 0, adds BOS and a space prefix. */
+static int load_kind(llm_tokenizer *t, const gguf_file *f, char *err, size_t errlen) {
+    int32_t def_bos = 11, def_eos = 11, def_unk = -1;
+    t->add_bos = t->pre->add_bos;
+    if (t->kind == TOK_KIND_SPM) {
+        def_bos = 1;
+        def_eos = 2;
+        def_unk = 0;
+        t->add_bos = 1;
+        t->add_space_prefix = 1;
+        int rc = load_scores(t, f, err, errlen);
+        if (rc) return rc;
+        build_byte_ids(t);
+    } else {
+        int rc = load_merges(t, f, err, errlen);
+        if (rc) return rc;
+    }
+    t->bos = def_bos < t->n_vocab ? def_bos : -1;
+    t->eos = def_eos < t->n_vocab ? def_eos : -1;
+    t->unk = def_unk >= 0 && def_unk < t->n_vocab ? def_unk : -1;
+    return 0;
+}
+
 int tok_load(const gguf_file *f, llm_tokenizer **out, char *err, size_t errlen) {
     *out = NULL;
     const tok_pre_def *pre;
-    int rc = select_pre(f, &pre, err, errlen);
+    tok_kind kind;
+    int clean;
+    int rc = select_model(f, &kind, &pre, &clean, err, errlen);
     if (rc) return rc;
 
     llm_tokenizer *t = calloc(1, sizeof *t);
@@ -562,20 +749,21 @@ int tok_load(const gguf_file *f, llm_tokenizer **out, char *err, size_t errlen) 
         set_err(err, errlen, "tokenizer: out of memory");
         return TOK_ENOMEM;
     }
+    t->kind = kind;
     t->pre = pre;
-    t->add_bos = pre->add_bos;
-    t->add_eos = 0;
-    if ((rc = load_vocab(t, f, err, errlen)) || (rc = load_merges(t, f, err, errlen))) goto fail;
+    t->clean_spaces = clean;
+    if ((rc = load_vocab(t, f, err, errlen)) || (rc = load_kind(t, f, err, errlen))) goto fail;
 
-    /* llama.cpp's defaults for gpt2 vocabularies, then the metadata */
-    t->bos = t->n_vocab > 11 ? 11 : -1;
-    t->eos = t->n_vocab > 11 ? 11 : -1;
     if ((rc = get_opt_id(f, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos, err, errlen)) ||
         (rc = get_opt_id(f, "tokenizer.ggml.eos_token_id", t->n_vocab, &t->eos, err, errlen)) ||
+        (rc = get_opt_id(f, "tokenizer.ggml.unknown_token_id", t->n_vocab, &t->unk, err, errlen)) ||
         (rc = get_opt_bool(f, "tokenizer.ggml.add_bos_token", &t->add_bos, err, errlen)) ||
         (rc = get_opt_bool(f, "tokenizer.ggml.add_eos_token", &t->add_eos, err, errlen)) ||
+        (rc = get_opt_bool(f, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix, err,
+                           errlen)) ||
         (rc = detect_special(t, f, err, errlen)) || (rc = build_special_list(t)) ||
-        (rc = build_pieces(t)) || (rc = compile_regexes(t, err, errlen)))
+        (rc = set_strip_flags(t, f)) || (rc = build_pieces(t)) ||
+        (rc = compile_regexes(t, err, errlen)))
         goto fail;
     *out = t;
     return 0;
@@ -604,5 +792,7 @@ void tok_free(llm_tokenizer *t) {
     free(t->merge_rlen);
     free(t->merge_ht);
     free(t->special);
+    free(t->score);
+    free(t->strip);
     free(t);
 }

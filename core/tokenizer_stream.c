@@ -2,8 +2,16 @@
  * tokenizer_stream.c - decoding: token ids back to bytes (tok_piece,
  * tok_decode) and the incremental detokenizer (tok_stream), which emits only
  * complete, valid UTF-8; see tokenizer.h for the contract.
+ *
+ * Pieces are precomputed at load (tokenizer_load.c: GPT-2 byte alphabet or
+ * SentencePiece's U+2581 and <0xNN> byte tokens), so decoding only copies.
+ * A vocabulary with a space prefix (SentencePiece) loses one leading space
+ * of the first piece of a whole sequence, and most byte-level BPE
+ * pre-tokenizers clean up spaces before punctuation, as llama.cpp's
+ * detokenize does; pieces and streams are never cleaned (nor are llama.cpp's).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/tokenizer.h"
@@ -29,18 +37,72 @@ int tok_piece(const llm_tokenizer *t, int32_t id, int render_special, char *buf,
     return (int)n;
 }
 
-int tok_decode(const llm_tokenizer *t, const int32_t *ids, size_t n, int render_special, char *buf,
-               size_t cap) {
+/* Concatenate the pieces into buf (up to cap bytes); returns the full
+ * length or TOK_EINVAL. */
+static int decode_raw(const llm_tokenizer *t, const int32_t *ids, size_t n, int render_special,
+                      char *buf, size_t cap) {
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= t->n_vocab) return TOK_EINVAL;
         size_t pn;
         const char *p = piece_ptr(t, ids[i], render_special, &pn);
+        if (i == 0 && t->add_space_prefix && pn && p[0] == ' ') {
+            p++;
+            pn--;
+        }
         if (buf && total < cap) memcpy(buf + total, p, pn < cap - total ? pn : cap - total);
         total += pn;
         if (total > INT32_MAX) return TOK_EINVAL;
     }
     return (int)total;
+}
+
+/* llama.cpp's clean_up_tokenization_spaces, in place, in its three passes
+ * (each reads the buffer the previous steps have rewritten, as llama.cpp's
+ * does): " ?" " !" " ." " ," lose the space; " ' " becomes "'"; " 's",
+ * " 'm", " 're", " 've" lose the space. Returns the new length. */
+static size_t clean_spaces(char *s, size_t n) {
+    size_t o = n ? 1 : 0;
+    for (size_t i = 1; i < n; i++) {
+        char x = s[i];
+        if (s[i - 1] == ' ' && (x == '?' || x == '!' || x == '.' || x == ',')) o--;
+        s[o++] = x;
+    }
+    n = o;
+    o = n ? 1 : 0;
+    for (size_t i = 1; i < n; i++) {
+        char x = s[i];
+        if (x == '\'' && i + 1 < n && s[i - 1] == ' ' && s[i + 1] == ' ') {
+            o--;
+            s[++i] = 0;
+        }
+        s[o++] = x;
+    }
+    n = o;
+    o = n ? 1 : 0;
+    for (size_t i = 1; i < n; i++) {
+        char x = s[i];
+        if (s[i - 1] == ' ' && x == '\'' && i + 1 < n) {
+            char x1 = s[i + 1], x2 = i + 2 < n ? s[i + 2] : 0;
+            if (x1 == 's' || x1 == 'm' || (x1 == 'r' && x2 == 'e') || (x1 == 'v' && x2 == 'e')) o--;
+        }
+        s[o++] = x;
+    }
+    return o;
+}
+
+int tok_decode(const llm_tokenizer *t, const int32_t *ids, size_t n, int render_special, char *buf,
+               size_t cap) {
+    if (!t->clean_spaces) return decode_raw(t, ids, n, render_special, buf, cap);
+    int total = decode_raw(t, ids, n, render_special, NULL, 0);
+    if (total <= 0) return total;
+    char *tmp = malloc((size_t)total);
+    if (!tmp) return TOK_ENOMEM;
+    decode_raw(t, ids, n, render_special, tmp, (size_t)total);
+    size_t m = clean_spaces(tmp, (size_t)total);
+    if (buf && cap) memcpy(buf, tmp, m < cap ? m : cap);
+    free(tmp);
+    return (int)m;
 }
 
 /* ---- incremental detokenizer -------------------------------------------------------------- */
@@ -91,6 +153,11 @@ void tok_stream_init(tok_stream *s, int render_special) {
     s->render_special = render_special;
 }
 
+void tok_stream_init_sequence(tok_stream *s, const llm_tokenizer *t, int render_special) {
+    tok_stream_init(s, render_special);
+    s->strip_space = t->add_space_prefix;
+}
+
 /* The bytes a stream works on: what it held back, then the new piece. */
 typedef struct {
     const uint8_t *a;
@@ -133,7 +200,13 @@ int tok_stream_push(tok_stream *s, const llm_tokenizer *t, int32_t id, char *out
     if (id < 0 || id >= t->n_vocab) return TOK_EINVAL;
     size_t pn;
     const char *p = piece_ptr(t, id, s->render_special, &pn);
-    if (pn == 0) return 0;
+    int strip = s->strip_space && pn && p[0] == ' ';
+    p += strip;
+    pn -= (size_t)strip;
+    if (pn == 0) {
+        s->strip_space = 0; /* only the first token, even when it strips nothing */
+        return 0;
+    }
     uint8_t pending[sizeof s->pending];
     memcpy(pending, s->pending, (size_t)s->n_pending);
     two_part d = {pending, (size_t)s->n_pending, (const uint8_t *)p, pn};
@@ -141,6 +214,7 @@ int tok_stream_push(tok_stream *s, const llm_tokenizer *t, int32_t id, char *out
     size_t need = stream_process(&d, NULL, &held);
     if (need > cap || need > INT32_MAX) return TOK_ENOSPC;
     stream_process(&d, out, &held);
+    s->strip_space = 0;
     /* held <= 3: an incomplete character is at most 3 bytes */
     for (size_t k = 0; k < held; k++) s->pending[k] = (char)two_part_at(&d, d.na + d.nb - held + k);
     s->n_pending = (int)held;

@@ -1,8 +1,9 @@
 /*
- * fuzz_tokenizer.c - the tokenizer (core/tokenizer.h) with a tiny
- * vocabulary (tests/fuzz/tiny_vocab.h), built once at start-up.
+ * fuzz_tokenizer.c - the tokenizer (core/tokenizer.h) with two tiny
+ * vocabularies (tests/fuzz/tiny_vocab.h), byte-level BPE and SentencePiece,
+ * built once at start-up.
  *
- * Each input is used twice:
+ * Each input is used twice with each vocabulary:
  *   - as text: tok_encode with and without special-token parsing, then
  *     tok_decode and the incremental detokenizer over the ids;
  *   - as token ids (little-endian u16 each, folded onto the vocabulary plus
@@ -12,10 +13,11 @@
  * Checks, each a promise of the header: encoding succeeds and yields ids of
  * the vocabulary; add_special only adds BOS; text that is valid UTF-8 comes
  * back byte for byte from tok_decode (control tokens rendered when they
- * were parsed); tok_stream's output is the decoded bytes with every invalid
- * or cut-off sequence replaced by one U+FFFD (the reference below, written
- * apart from the tokenizer's); a bad id is refused; a push refused for lack
- * of room changes nothing.
+ * were parsed; for SentencePiece only when the ids are all ordinary and
+ * byte tokens and the text has no U+2581, since a space prefix after a
+ * special token stays and U+2581 decodes as a space); tok_stream's output is the decoded bytes with
+ * every invalid or cut-off sequence replaced by one U+FFFD (the reference below, written apart from
+ * the tokenizer's); a bad id is refused; a push refused for lack of room changes nothing.
  */
 #include <string.h>
 
@@ -25,15 +27,16 @@
 #include "tests/fuzz/fuzz.h"
 #include "tests/fuzz/tiny_vocab.h"
 
-/* Built by LLVMFuzzerInitialize, read-only afterwards. */
+/* Built by LLVMFuzzerInitialize, read-only afterwards; tok is the one the
+ * current checks use. */
+static llm_tokenizer *toks[2];
 static llm_tokenizer *tok;
 
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
-    (void)argc;
-    (void)argv;
+static llm_tokenizer *load_tiny(void (*write)(gguf_writer *)) {
+    llm_tokenizer *t;
     gguf_writer *gw = gw_new(3);
     gw_kv_str(gw, "general.architecture", "llama");
-    tiny_vocab_write(gw);
+    write(gw);
     uint8_t *buf;
     size_t len;
     gw_to_memory(gw, &buf, &len);
@@ -41,9 +44,18 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     gguf_file *f;
     char err[256];
     FUZZ_CHECK(gguf_open_memory(buf, len, &f, err, sizeof err) == GGUF_OK);
-    FUZZ_CHECK(tok_load(f, &tok, err, sizeof err) == TOK_OK);
+    FUZZ_CHECK(tok_load(f, &t, err, sizeof err) == TOK_OK);
     gguf_close(f);
     free(buf);
+    return t;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    (void)argc;
+    (void)argv;
+    toks[0] = load_tiny(tiny_vocab_write);
+    toks[1] = load_tiny(tiny_vocab_write_spm);
+    FUZZ_CHECK(!tok_is_spm(toks[0]) && tok_is_spm(toks[1]));
     return 0;
 }
 
@@ -115,7 +127,7 @@ static void check_stream(const int32_t *ids, size_t n, int render_special) {
     FUZZ_CHECK(want != NULL && got != NULL);
     size_t wlen = utf8_repair((const uint8_t *)decoded, dlen, want), glen = 0;
     tok_stream s;
-    tok_stream_init(&s, render_special);
+    tok_stream_init_sequence(&s, tok, render_special);
     for (size_t i = 0; i < n; i++) {
         int k = push(&s, ids[i], (char *)got + glen);
         FUZZ_CHECK(k >= 0);
@@ -130,12 +142,23 @@ static void check_stream(const int32_t *ids, size_t n, int render_special) {
     free(got);
 }
 
+/* Whether decoding ids must give text back byte for byte. */
+static int round_trips(const char *text, size_t len, const int32_t *ids, int n) {
+    if (!is_valid_utf8((const uint8_t *)text, len)) return 0;
+    if (!tok_is_spm(tok)) return 1;
+    if (memmem(text, len, "\xe2\x96\x81", 3)) return 0;
+    for (int i = 0; i < n; i++)
+        if (tok_type(tok, ids[i]) != TOK_TYPE_NORMAL && tok_type(tok, ids[i]) != TOK_TYPE_BYTE)
+            return 0;
+    return 1;
+}
+
 static void check_text(const char *text, size_t len) {
     int32_t *ids, *with_bos;
     int n = tok_encode(tok, text, len, 0, 1, &ids);
     FUZZ_CHECK(n >= 0);
     for (int i = 0; i < n; i++) FUZZ_CHECK(ids[i] >= 0 && ids[i] < tok_n_vocab(tok));
-    if (is_valid_utf8((const uint8_t *)text, len)) {
+    if (round_trips(text, len, ids, n)) {
         size_t dlen;
         char *back = decode_all(ids, (size_t)n, 1, &dlen);
         FUZZ_CHECK(dlen == len && memcmp(back, text, len) == 0);
@@ -152,7 +175,7 @@ static void check_text(const char *text, size_t len) {
     int bos = tok_add_bos(tok) && tok_bos(tok) >= 0;
     FUZZ_CHECK(m == n + bos && (!bos || with_bos[0] == tok_bos(tok)));
     FUZZ_CHECK(memcmp(with_bos + bos, ids, (size_t)n * sizeof *ids) == 0);
-    if (is_valid_utf8((const uint8_t *)text, len)) {
+    if (round_trips(text, len, ids, n)) {
         size_t dlen;
         char *back = decode_all(ids, (size_t)n, 0, &dlen);
         FUZZ_CHECK(dlen == len && memcmp(back, text, len) == 0);
@@ -189,7 +212,10 @@ static void check_ids(const uint8_t *data, size_t size) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    check_text((const char *)data, size);
-    check_ids(data, size);
+    for (int i = 0; i < 2; i++) {
+        tok = toks[i];
+        check_text((const char *)data, size);
+        check_ids(data, size);
+    }
     return 0;
 }

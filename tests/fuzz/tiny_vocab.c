@@ -1,7 +1,8 @@
 /*
- * tiny_vocab.c - see tiny_vocab.h. Token text is stored in GPT-2's byte
+ * tiny_vocab.c - see tiny_vocab.h. BPE token text is stored in GPT-2's byte
  * alphabet (a space is stored as U+0120), built here from the rule rather
- * than shared with the engine, so a mistake on either side shows up.
+ * than shared with the engine, so a mistake on either side shows up; the
+ * SentencePiece vocabulary stores a space as U+2581.
  */
 #include "tests/fuzz/tiny_vocab.h"
 
@@ -101,4 +102,54 @@ void tiny_vocab_write(gguf_writer *gw) {
     gw_kv_u32(gw, "tokenizer.ggml.bos_token_id", (uint32_t)(v.n - 4));
     gw_kv_u32(gw, "tokenizer.ggml.eos_token_id", (uint32_t)(v.n - 2));
     gw_kv_bool(gw, "tokenizer.ggml.add_bos_token", 1);
+}
+
+/* SentencePiece: <unk>, <s>, </s>, the 256 <0xNN> byte tokens, pieces with
+ * scores (longer ones score higher, as after training), <tool>. */
+void tiny_vocab_write_spm(gguf_writer *gw) {
+    static const char *const pieces[] = {"\xe2\x96\x81",
+                                         "e",
+                                         "h",
+                                         "l",
+                                         "o",
+                                         "w",
+                                         "r",
+                                         "d",
+                                         "he",
+                                         "ll",
+                                         "hell",
+                                         "hello",
+                                         "or",
+                                         "ld",
+                                         "\xe2\x96\x81w",
+                                         "\xe2\x96\x81wor",
+                                         "\xe2\x96\x81world",
+                                         "\xe2\x96\x81h",
+                                         "\xe2\x96\x81hello",
+                                         "\xe2\x96\x81\xe2\x96\x81",
+                                         "\xc3\xa9",
+                                         "\xe4\xbd\xa0",
+                                         "12",
+                                         "123"};
+    enum { N_PIECES = sizeof pieces / sizeof pieces[0], N = 3 + N_BYTES + N_PIECES + 1 };
+    static char bytes[N_BYTES][7];
+    const char *tokens[N];
+    int32_t types[N];
+    float scores[N];
+    int n = 0;
+    tokens[n] = "<unk>", types[n] = TOK_TYPE_UNKNOWN, scores[n++] = 0;
+    tokens[n] = "<s>", types[n] = TOK_TYPE_CONTROL, scores[n++] = 0;
+    tokens[n] = "</s>", types[n] = TOK_TYPE_CONTROL, scores[n++] = 0;
+    for (int b = 0; b < N_BYTES; b++) {
+        snprintf(bytes[b], sizeof bytes[b], "<0x%02X>", b);
+        tokens[n] = bytes[b], types[n] = TOK_TYPE_BYTE, scores[n++] = 0;
+    }
+    for (int i = 0; i < N_PIECES; i++)
+        tokens[n] = pieces[i], types[n] = TOK_TYPE_NORMAL, scores[n++] = (float)strlen(pieces[i]);
+    tokens[n] = "<tool>", types[n] = TOK_TYPE_USER_DEFINED, scores[n++] = 0;
+    gw_kv_str(gw, "tokenizer.ggml.model", "llama");
+    gw_kv_str(gw, "tokenizer.ggml.pre", "default");
+    gw_kv_arr_str(gw, "tokenizer.ggml.tokens", tokens, (size_t)n);
+    gw_kv_arr_i32(gw, "tokenizer.ggml.token_type", types, (size_t)n);
+    gw_kv_arr_f32(gw, "tokenizer.ggml.scores", scores, (size_t)n);
 }

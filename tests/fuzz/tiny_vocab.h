@@ -8,6 +8,10 @@
  * not in the vocabulary, a case tok_load must tolerate); control tokens
  * (<|im_start|> as BOS, <|im_end|>, <|endoftext|> as EOS) and one
  * user-defined token (<tool>). The pre-tokenizer is "smollm".
+ * tiny_vocab_write_spm writes a SentencePiece one (tokenizer.ggml.model
+ * "llama"): <unk>, <s>, </s>, the 256 <0xNN> byte-fallback tokens, a few
+ * dozen scored pieces with U+2581 for spaces and <tool>; llama.cpp's
+ * defaults (BOS <s>, space prefix) apply.
  */
 #ifndef TESTS_FUZZ_TINY_VOCAB_H
 #define TESTS_FUZZ_TINY_VOCAB_H
@@ -16,5 +20,6 @@
 
 /* Add the tokenizer.ggml.* keys to gw. */
 void tiny_vocab_write(gguf_writer *gw);
+void tiny_vocab_write_spm(gguf_writer *gw);
 
 #endif
