@@ -14,8 +14,8 @@
 #                                         (default 10 s per harness; the long
 #                                         runs are in docs/testing.md)
 # Missing system packages are installed first (tools/install-deps) and the
-# default model is fetched (tools/fetch-model). Without the model, the tests
-# that need it skip (ctest reports them as "Not Run ... Skipped") -- except
+# models are fetched (tools/fetch-model --gemma: SmolLM2 and Gemma 3 270M).
+# Without a model, the tests that need it skip (ctest reports them as "Not Run ... Skipped") -- except
 # under CI (CI=true, or STRICT=1): there a model that cannot be fetched fails
 # the run at once, and a phase in which any test skipped fails, so a green
 # run means every test ran.
@@ -48,7 +48,7 @@ fi
 strict="${STRICT:-$([ "${CI:-}" = true ] && echo 1 || echo 0)}"
 
 model_ok=1
-if ! tools/fetch-model; then
+if ! tools/fetch-model --gemma; then
     model_ok=0
     if [ "$strict" = 1 ]; then
         log "ERROR: the model could not be fetched; under CI that fails the run"

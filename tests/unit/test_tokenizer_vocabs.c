@@ -426,7 +426,11 @@ int main(void) {
 
     const char *gemma = model_file("ENGINE_GEMMA_MODEL", "models/gemma-3-270m-q4_k_m.gguf");
     if (gemma) test_gemma(gemma, &c);
-    else printf("tokenizer_vocabs: Gemma 3 model not found, its llama.cpp comparison skipped\n");
+    else
+        printf("tokenizer_vocabs: Gemma 3 model not found (tools/fetch-model --gemma), its "
+               "llama.cpp comparison skipped\n");
     corpus_free(&c);
-    return tu_finish("test_tokenizer_vocabs");
+    int rc = tu_finish("test_tokenizer_vocabs");
+    /* a part skipped for a missing model makes the test a skip (a failure under CI) */
+    return rc == 0 && (!smollm || !gemma) ? TU_SKIP : rc;
 }
