@@ -147,6 +147,14 @@ static int load_globals(llm_model *m, char *err, size_t errlen) {
         return llm_errf(err, errlen, "tensor 'token_embd.weight' has %llu rows",
                         (unsigned long long)te->ne[1]);
     hp->n_vocab = (int)te->ne[1];
+    /* per-frequency rope factors (Phi-3 128k's long/short, Llama 3.1's rope_freqs) change
+     * every angle; Llama files keep loading as before, which ignored them */
+    static const char *const rope_factors[] = {"rope_factors_long.weight",
+                                               "rope_factors_short.weight", "rope_freqs.weight"};
+    for (size_t i = 0; i < 3 && strcmp(hp->arch, "llama") != 0; i++)
+        if (gguf_find_tensor(m->gguf, rope_factors[i]))
+            return llm_errf(err, errlen, "tensor '%s' (rope frequency factors) is not supported",
+                            rope_factors[i]);
     const int is_ln = hp->norm == LLM_NORM_LAYER;
     if (get_weight(m, "token_embd.weight", hp->n_embd, hp->n_vocab, &m->tok_embd, err, errlen) ||
         get_vec(m, "output_norm.weight", hp->n_embd, 1, &m->output_norm, err, errlen) ||
