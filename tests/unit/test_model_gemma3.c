@@ -13,6 +13,9 @@
  * near-ties flip, so the check is an agreement rate (>= 95% of positions;
  * the figures print), not identity. A greedy continuation that diverges
  * keeps diverging, so teacher forcing keeps later positions meaningful.
+ * Measured: 252/256 against HF, 250/256 against llama.cpp (which agree
+ * with each other throughout on 4 of the 8 prompts only: llama.cpp
+ * quantizes activations to 8 bits for these weight types, HF does not).
  */
 #include <stdio.h>
 #include <stdlib.h>
