@@ -1,6 +1,12 @@
 /*
- * model.h - a decoder-only transformer (Llama architecture) loaded from GGUF,
- * and its forward pass over a flattened batch.
+ * model.h - a decoder-only transformer loaded from GGUF, and its forward
+ * pass over a flattened batch.
+ *
+ * Architectures (general.architecture): llama, mistral, qwen2, gemma3,
+ * gpt2, gptneox, phi3. They share one forward pass; what differs between
+ * them (norm kind, activation, rope style, residual layout, which tensors
+ * exist) is data: a per-architecture descriptor (model_arch.c) and the
+ * hyperparameters below, read from the file's `<arch>.*` keys.
  *
  * Weights stay in the memory-mapped file in their stored (quantized) formats.
  * The forward pass is written against the backend ops interface
@@ -22,6 +28,12 @@
 struct backend;
 struct kv_cache;
 
+typedef enum { LLM_NORM_RMS = 0, LLM_NORM_LAYER = 1 } llm_norm_kind;
+/* SWIGLU: silu(gate) * up; GEGLU: gelu(gate) * up; GELU: gelu(up), no gate */
+typedef enum { LLM_FFN_SWIGLU = 0, LLM_FFN_GEGLU = 1, LLM_FFN_GELU = 2 } llm_ffn_kind;
+/* NORM: interleaved pairs (Llama GGUF); NEOX: pairs (i, i + rope_dim/2) */
+typedef enum { LLM_ROPE_NORM = 0, LLM_ROPE_NEOX = 1, LLM_ROPE_NONE = 2 } llm_rope_kind;
+
 typedef struct {
     char arch[32];
     char name[128];
@@ -35,8 +47,18 @@ typedef struct {
     int n_ff;
     int rope_dim;
     float rope_theta;
-    float rms_eps;
+    float rms_eps;       /* epsilon of the model's norm (RMS or LayerNorm) */
     int tied_embeddings; /* output projection reuses token_embd */
+    llm_norm_kind norm;
+    llm_ffn_kind ffn;
+    llm_rope_kind rope;
+    int parallel_residual; /* x += attn(norm1(x)) + ffn(norm2(x)) (GPT-NeoX) */
+    int n_swa;             /* sliding window of the SWA layers; 0: none */
+    float rope_theta_swa;  /* rope base of the SWA layers */
+    float embd_scale;      /* token embeddings are multiplied by this (1: none) */
+    float attn_scale;      /* softmax scale of q.k */
+    float logit_softcap;   /* logits = c * tanh(logits / c); 0: none */
+    int n_pos_embd;        /* rows of learned position embeddings; 0: none */
 } llm_hparams;
 
 typedef struct llm_model llm_model;

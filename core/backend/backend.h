@@ -45,6 +45,10 @@ typedef struct {
     int head_dim;
     float scale;
     const uint8_t *row_single; /* optional, see llm_batch */
+    /* sliding window: 0 = full causal attention; W > 0: the row at position p
+     * attends positions max(0, p - W + 1) .. p only (llama.cpp's standard
+     * SWA mask, which hides p0 when p - p0 >= W) */
+    int window;
 } be_attn;
 
 typedef struct backend backend;
@@ -60,9 +64,13 @@ typedef struct backend_ops {
     /* y = x / rms(x) * g  row by row; y may alias x */
     void (*rmsnorm)(backend *be, const float *x, const float *g, int rows, int cols, float eps,
                     float *y);
-    /* rotate pairs (NeoX=0: interleaved pairs as in Llama GGUF) of each head in place */
+    /* RoPE of each head of each row in place, over the head's first rope_dim
+     * dims (the rest unchanged), angle positions[row] * theta^(-2i/rope_dim)
+     * for pair i < rope_dim / 2. neox = 0: pair i is dims (2i, 2i + 1), as
+     * in Llama GGUF files; neox = 1: pair i is dims (i, i + rope_dim / 2)
+     * (llama.cpp's LLAMA_ROPE_TYPE_NEOX: GPT-NeoX, Qwen2, Gemma, Phi-3) */
     void (*rope)(backend *be, float *x, int rows, int n_heads, int head_dim, int rope_dim,
-                 const int32_t *positions, float theta);
+                 const int32_t *positions, float theta, int neox);
     /* out = silu(gate) * up, elementwise over n */
     void (*swiglu)(backend *be, const float *gate, const float *up, size_t n, float *out);
     /* copy rows' K and V into their slots of `layer` */
@@ -73,6 +81,19 @@ typedef struct backend_ops {
                       float *out);
     /* out[i] = dequantized row ids[i] of the embedding matrix */
     void (*embed)(backend *be, const be_weight *emb, const int32_t *ids, int n, float *out);
+    /* LayerNorm row by row: y = (x - mean) / sqrt(var + eps) * g + b, with
+     * mean and (biased) variance over the row's cols values; g NULL: 1,
+     * b NULL: 0. y may alias x. */
+    void (*layernorm)(backend *be, const float *x, const float *g, const float *b, int rows,
+                      int cols, float eps, float *y);
+    /* x[r][c] += b[c] for r < rows, c < cols (a linear layer's bias) */
+    void (*add_bias)(backend *be, float *x, const float *b, int rows, int cols);
+    /* out[i] = gelu(x[i]) * up[i] (up NULL: out[i] = gelu(x[i])), elementwise
+     * over n; gelu is the tanh form 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715
+     * x^3))). The CPU backend rounds as ggml's CPU op does: for |x| < 10
+     * the input and the gelu value are rounded to f16; gelu(x) = x for
+     * x >= 10 and 0 for x <= -10. out may alias x or up. */
+    void (*gelu)(backend *be, const float *x, const float *up, size_t n, float *out);
 } backend_ops;
 
 struct backend {

@@ -114,6 +114,71 @@ static void key_f32(gguf_writer *gw, const tiny_spec *s, const char *arch, const
     gw_kv_f32(gw, k, v);
 }
 
+static int is_arch(const tiny_spec *s, const char *name) {
+    return s->arch && strcmp(s->arch, name) == 0;
+}
+
+/* One layer's tensors, in the order (and with the random draws) the Llama
+ * layout has always had, the other architectures' tensors around them. */
+static void add_layer(gguf_writer *gw, const tiny_spec *s, uint64_t *st, int il, int layer_norm) {
+    const int64_t E = s->n_embd, F = s->n_ff, QD = (int64_t)s->n_head * s->head_dim,
+                  KD = (int64_t)s->n_head_kv * s->head_dim;
+    /* uniform amplitudes giving a standard deviation of 1/sqrt(n_in) */
+    const float aE = sqrtf(3.0f / (float)E), aQ = sqrtf(3.0f / (float)(QD > 0 ? QD : 1)),
+                aF = sqrtf(3.0f / (float)F);
+    const int fused_qkv = is_arch(s, "gpt2") || is_arch(s, "gptneox") || is_arch(s, "phi3");
+    const int biases = layer_norm, ungated = layer_norm, fused_up = is_arch(s, "phi3");
+    char n[96];
+#define T(nm, kind, type, nin, nout, amp, ctr)                                                     \
+    snprintf(n, sizeof n, "blk.%d." nm "." kind, il);                                              \
+    add_tensor(gw, s, st, n, type, nin, nout, amp, ctr);
+    T("attn_norm", "weight", s->norm_type, E, 0, 0.2f, 1.0f)
+    if (layer_norm) {
+        T("attn_norm", "bias", QT_F32, E, 0, 0.2f, 0.0f)
+    }
+    if (fused_qkv) {
+        T("attn_qkv", "weight", s->attn_type, E, QD + 2 * KD, aE, 0.0f)
+        if (biases) {
+            T("attn_qkv", "bias", QT_F32, QD + 2 * KD, 0, 0.3f, 0.0f)
+        }
+    } else {
+        T("attn_q", "weight", s->attn_type, E, QD, aE, 0.0f)
+        T("attn_k", "weight", s->attn_type, E, KD, aE, 0.0f)
+        T("attn_v", "weight", s->attn_type, E, KD, aE, 0.0f)
+    }
+    if (is_arch(s, "qwen2")) {
+        T("attn_q", "bias", QT_F32, QD, 0, 0.3f, 0.0f)
+        T("attn_k", "bias", QT_F32, KD, 0, 0.3f, 0.0f)
+        T("attn_v", "bias", QT_F32, KD, 0, 0.3f, 0.0f)
+    }
+    if (is_arch(s, "gemma3")) {
+        T("attn_q_norm", "weight", s->norm_type, s->head_dim, 0, 0.2f, 1.0f)
+        T("attn_k_norm", "weight", s->norm_type, s->head_dim, 0, 0.2f, 1.0f)
+        T("post_attention_norm", "weight", s->norm_type, E, 0, 0.2f, 1.0f)
+        T("post_ffw_norm", "weight", s->norm_type, E, 0, 0.2f, 1.0f)
+    }
+    T("attn_output", "weight", s->attn_type, QD, E, aQ, 0.0f)
+    if (biases) {
+        T("attn_output", "bias", QT_F32, E, 0, 0.3f, 0.0f)
+    }
+    T("ffn_norm", "weight", s->norm_type, E, 0, 0.2f, 1.0f)
+    if (layer_norm) {
+        T("ffn_norm", "bias", QT_F32, E, 0, 0.2f, 0.0f)
+    }
+    if (!ungated && !fused_up) {
+        T("ffn_gate", "weight", s->ffn_type, E, F, 1.5f * aE, 0.0f)
+    }
+    T("ffn_up", "weight", s->ffn_type, E, fused_up ? 2 * F : F, aE, 0.0f)
+    if (biases) {
+        T("ffn_up", "bias", QT_F32, F, 0, 0.3f, 0.0f)
+    }
+    T("ffn_down", "weight", s->ffn_type, F, E, aF, 0.0f)
+    if (biases) {
+        T("ffn_down", "bias", QT_F32, E, 0, 0.3f, 0.0f)
+    }
+#undef T
+}
+
 gguf_writer *tiny_model_build(const tiny_spec *s) {
     gguf_writer *gw = gw_new(3);
     const char *arch = s->arch ? s->arch : "llama";
@@ -129,36 +194,38 @@ gguf_writer *tiny_model_build(const tiny_spec *s) {
         key_u32(gw, s, arch, "attention.key_length", (uint32_t)s->head_dim);
         key_u32(gw, s, arch, "attention.value_length", (uint32_t)s->head_dim);
     }
-    key_u32(gw, s, arch, "rope.dimension_count", (uint32_t)s->head_dim);
+    const int layer_norm = is_arch(s, "gpt2") || is_arch(s, "gptneox");
+    if (!is_arch(s, "gpt2"))
+        key_u32(gw, s, arch, "rope.dimension_count",
+                (uint32_t)(s->rope_dim > 0 ? s->rope_dim : s->head_dim));
     key_f32(gw, s, arch, "rope.freq_base", s->rope_theta);
-    key_f32(gw, s, arch, "attention.layer_norm_rms_epsilon", s->rms_eps);
+    key_f32(gw, s, arch,
+            layer_norm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon",
+            s->rms_eps);
+    if (is_arch(s, "gemma3") && s->n_swa > 0) {
+        key_u32(gw, s, arch, "attention.sliding_window", (uint32_t)s->n_swa);
+        key_u32(gw, s, arch, "attention.sliding_window_pattern", (uint32_t)s->swa_pattern);
+    }
+    if (is_arch(s, "gemma3") && s->softcap > 0)
+        key_f32(gw, s, arch, "final_logit_softcapping", s->softcap);
+    if (is_arch(s, "gptneox")) {
+        char k[128];
+        snprintf(k, sizeof k, "%s.use_parallel_residual", arch);
+        if (!s->omit_key || strcmp(s->omit_key, k) != 0) gw_kv_bool(gw, k, s->par_res != 0);
+    }
 
     uint64_t st = s->seed * 0x2545f4914f6cdd1dull + 12345;
-    const int64_t E = s->n_embd, F = s->n_ff, QD = (int64_t)s->n_head * s->head_dim,
-                  KD = (int64_t)s->n_head_kv * s->head_dim;
+    const int64_t E = s->n_embd;
     /* uniform amplitudes giving a standard deviation of 1/sqrt(n_in) */
-    const float aE = sqrtf(3.0f / (float)E), aQ = sqrtf(3.0f / (float)(QD > 0 ? QD : 1)),
-                aF = sqrtf(3.0f / (float)F);
+    const float aE = sqrtf(3.0f / (float)E);
     add_tensor(gw, s, &st, "token_embd.weight", s->embd_type, E, s->n_vocab, 1.0f, 0.0f);
     add_tensor(gw, s, &st, "output_norm.weight", s->norm_type, E, 0, 0.2f, 1.0f);
+    if (layer_norm) add_tensor(gw, s, &st, "output_norm.bias", QT_F32, E, 0, 0.2f, 0.0f);
+    if (is_arch(s, "gpt2"))
+        add_tensor(gw, s, &st, "position_embd.weight", QT_F32, E, s->n_ctx, 0.5f, 0.0f);
     if (!s->tied)
         add_tensor(gw, s, &st, "output.weight", s->output_type, E, s->n_vocab, 3.0f * aE, 0.0f);
-    for (int il = 0; il < s->n_layer; il++) {
-        char n[96];
-#define T(nm, type, nin, nout, amp, ctr)                                                           \
-    snprintf(n, sizeof n, "blk.%d." nm ".weight", il);                                             \
-    add_tensor(gw, s, &st, n, type, nin, nout, amp, ctr);
-        T("attn_norm", s->norm_type, E, 0, 0.2f, 1.0f)
-        T("attn_q", s->attn_type, E, QD, aE, 0.0f)
-        T("attn_k", s->attn_type, E, KD, aE, 0.0f)
-        T("attn_v", s->attn_type, E, KD, aE, 0.0f)
-        T("attn_output", s->attn_type, QD, E, aQ, 0.0f)
-        T("ffn_norm", s->norm_type, E, 0, 0.2f, 1.0f)
-        T("ffn_gate", s->ffn_type, E, F, 1.5f * aE, 0.0f)
-        T("ffn_up", s->ffn_type, E, F, aE, 0.0f)
-        T("ffn_down", s->ffn_type, F, E, aF, 0.0f)
-#undef T
-    }
+    for (int il = 0; il < s->n_layer; il++) add_layer(gw, s, &st, il, layer_norm);
     return gw;
 }
 

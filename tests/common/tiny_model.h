@@ -1,6 +1,15 @@
 /*
- * tiny_model.h - a tiny random Llama model written as GGUF, for tests of
- * the loader and the forward pass that must not depend on the real model.
+ * tiny_model.h - a tiny random model written as GGUF, for tests of the
+ * loader and the forward pass that must not depend on the real model.
+ *
+ * spec.arch picks the tensors and keys written, as llama.cpp's converter
+ * writes them: "llama" (default; also any unknown name), "mistral",
+ * "qwen2" (Q/K/V biases), "gemma3" (Q/K norms, sandwich norms, sliding
+ * window of n_swa with pattern swa_pattern, final logit softcap), "gpt2"
+ * (LayerNorm with biases, fused attn_qkv, biases everywhere, learned
+ * positions, ungated FFN), "gptneox" (the same without learned positions,
+ * with NeoX rope over rope_dim dims and use_parallel_residual = par_res),
+ * "phi3" (fused attn_qkv, ffn_up holding gate and up).
  *
  * tiny_spec_default() fills a valid spec (vocab 64, 64-wide, 2 layers,
  * 4 heads / 2 KV heads of 16 dims, FFN 96); the caller changes fields
@@ -20,12 +29,16 @@ typedef struct {
     const char *arch; /* general.architecture; NULL: key omitted */
     int n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_ctx;
     float rope_theta, rms_eps;
-    uint32_t attn_type;   /* quant_type of attn_q/k/v/output */
-    uint32_t ffn_type;    /* ffn_gate/up/down */
-    uint32_t embd_type;   /* token_embd */
-    uint32_t output_type; /* output.weight when not tied */
-    uint32_t norm_type;   /* the 1-D norm weights (F32 or F16) */
-    int tied;             /* no output.weight: the output reuses token_embd */
+    uint32_t attn_type;     /* quant_type of attn_q/k/v/output */
+    uint32_t ffn_type;      /* ffn_gate/up/down */
+    uint32_t embd_type;     /* token_embd */
+    uint32_t output_type;   /* output.weight when not tied */
+    uint32_t norm_type;     /* the 1-D norm weights (F32 or F16) */
+    int tied;               /* no output.weight: the output reuses token_embd */
+    int rope_dim;           /* rope.dimension_count; 0: head_dim */
+    int n_swa, swa_pattern; /* gemma3: sliding window (0: key omitted) and its pattern */
+    float softcap;          /* gemma3: final_logit_softcapping (0: key omitted) */
+    int par_res;            /* gptneox: use_parallel_residual */
     uint64_t seed;
     /* corruption knobs (NULL / 0: off) */
     const char *omit_tensor; /* leave this tensor out */

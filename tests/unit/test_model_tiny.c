@@ -765,8 +765,8 @@ static void test_load_errors(void) {
     s.retype = QT_I32;
     expect_load_error(&s, 0, "unsupported tensor type", "blk.0.attn_q.weight", "I32");
     tiny_spec_default(&s);
-    s.arch = "gpt2";
-    expect_load_error(&s, 0, "wrong architecture", "gpt2", "architecture");
+    s.arch = "mamba";
+    expect_load_error(&s, 0, "wrong architecture", "mamba", "architecture");
     tiny_spec_default(&s);
     s.arch = NULL;
     expect_load_error(&s, 0, "no architecture", "general.architecture", NULL);

@@ -2,7 +2,8 @@
  * cpu_attention.c - the backend's attention: it walks each sequence's
  * block table directly (no gather into contiguous buffers), computing the
  * byte offset of every context position once per call, and runs the tasks
- * cpu_attn_plan lays out on the pool.
+ * cpu_attn_plan lays out on the pool. A sliding window (be_attn.window)
+ * narrows each row's context to its last `window` positions.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -61,8 +62,12 @@ static void attn_run(const attn_job *j, const attn_task *task, float *work) {
     const cpu_impl *ci = j->ci;
     const int t = task->row, hd = a->head_dim, single = cpu_row_is_single(ci, a, t);
     const int group = a->n_head / a->n_head_kv, h = task->kvh * group + task->h, nq = task->nq;
-    const size_t *off = ci->slot_off + ci->seq_off_start[ci->row_seq[t]];
-    const int n_ctx = a->positions[t] + 1;
+    /* a sliding window starts the row's context later: its first position
+     * is skipped in the offsets (context positions are relative from then on) */
+    const int first =
+        a->window > 0 && a->positions[t] >= a->window ? a->positions[t] - a->window + 1 : 0;
+    const size_t *off = ci->slot_off + ci->seq_off_start[ci->row_seq[t]] + first;
+    const int n_ctx = a->positions[t] + 1 - first;
     const uint8_t *k = j->k0 + (size_t)task->kvh * j->head_bytes,
                   *v = j->v0 + (size_t)task->kvh * j->head_bytes;
     const float *q = j->q + ((size_t)t * a->n_head + h) * hd;

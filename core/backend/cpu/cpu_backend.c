@@ -13,8 +13,18 @@
 #include "core/backend/cpu/cpu_internal.h"
 
 static const backend_ops CPU_OPS = {
-    "cpu",      cpu_matmul,   cpu_matmul_n,  cpu_rmsnorm, cpu_rope,
-    cpu_swiglu, cpu_kv_store, cpu_attention, cpu_embed,
+    .name = "cpu",
+    .matmul = cpu_matmul,
+    .matmul_n = cpu_matmul_n,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .swiglu = cpu_swiglu,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+    .embed = cpu_embed,
+    .layernorm = cpu_layernorm,
+    .add_bias = cpu_add_bias,
+    .gelu = cpu_gelu,
 };
 
 const char *be_numerics_name(be_numerics n) { return n == BE_NUMERICS_FAST ? "fast" : "exact"; }

@@ -5,7 +5,8 @@
  * cpu_matmul.c (matmuls and their work splitting), cpu_packed.c (packed
  * copies of weights and the arenas they live in), cpu_rowops.c (row-wise
  * ops, RoPE table, embedding), cpu_attention.c (attention) and
- * cpu_attn_plan.c (how attention is cut into tasks) each use the fields
+ * cpu_attn_plan.c (how attention is cut into tasks) and cpu_ops_ext.c
+ * (LayerNorm, bias, GELU) each use the fields
  * of their concern. Everything runs on the thread that calls the backend,
  * apart from the jobs it hands to the pool's workers.
  */
@@ -127,11 +128,20 @@ void cpu_matmul_n(backend *be, int n, const be_weight *const *w, const float *x,
 void cpu_rmsnorm(backend *be, const float *x, const float *g, int rows, int cols, float eps,
                  float *y);
 void cpu_rope(backend *be, float *x, int rows, int n_heads, int head_dim, int rope_dim,
-              const int32_t *positions, float theta_base);
+              const int32_t *positions, float theta_base, int neox);
 void cpu_swiglu(backend *be, const float *gate, const float *up, size_t n, float *out);
 void cpu_kv_store(backend *be, kv_cache *kv, int layer, const float *k, const float *v, int rows,
                   const int32_t *slots);
 void cpu_embed(backend *be, const be_weight *emb, const int32_t *ids, int n, float *out);
+/* fn(ctx, r0, r1) over [0, rows) in blocks of grain rows, on the pool for
+ * a prefill's rows, on the calling thread for a few */
+void cpu_par_rows(cpu_impl *ci, int rows, int grain, void (*fn)(void *ctx, int r0, int r1),
+                  void *ctx);
+/* cpu_ops_ext.c */
+void cpu_layernorm(backend *be, const float *x, const float *g, const float *b, int rows, int cols,
+                   float eps, float *y);
+void cpu_add_bias(backend *be, float *x, const float *b, int rows, int cols);
+void cpu_gelu(backend *be, const float *x, const float *up, size_t n, float *out);
 /* cpu_attention.c */
 void cpu_attention(backend *be, kv_cache *kv, int layer, const be_attn *a, const float *q,
                    float *out);

@@ -1,7 +1,9 @@
 /*
  * cpu_rowops.c - the backend's row-wise ops: rmsnorm, RoPE (with its
- * (cos, sin) table), SwiGLU, storing K and V rows into the cache, and
- * embedding lookups.
+ * (cos, sin) table; interleaved or NeoX pairs), SwiGLU, storing K and V rows
+ * into the cache, and embedding lookups. cpu_ops_ext.c holds the ops the
+ * non-Llama architectures add (LayerNorm, bias, GELU), split with
+ * cpu_par_rows from here.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -37,8 +39,8 @@ static void par_worker(void *arg, int ith, int nth) {
 }
 
 /* fn(ctx, r0, r1) over [0, rows) in blocks of grain rows */
-static void par_rows(cpu_impl *ci, int rows, int grain, void (*fn)(void *ctx, int r0, int r1),
-                     void *ctx) {
+void cpu_par_rows(cpu_impl *ci, int rows, int grain, void (*fn)(void *ctx, int r0, int r1),
+                  void *ctx) {
     if (rows < PAR_MIN_ROWS || tp_size(ci->pool) == 1) {
         fn(ctx, 0, rows);
         return;
@@ -66,7 +68,7 @@ void cpu_rmsnorm(backend *be, const float *x, const float *g, int rows, int cols
                  float *y) {
     cpu_impl *ci = impl_of(be);
     norm_ctx c = {ci->k, x, g, cols, eps, y};
-    par_rows(ci, rows, 8, rmsnorm_rows, &c); /* 8: the AVX-512 kernel's row group */
+    cpu_par_rows(ci, rows, 8, rmsnorm_rows, &c); /* 8: the AVX-512 kernel's row group */
 }
 
 /*
@@ -117,12 +119,28 @@ static void rope_rows_fn(void *arg, int r0, int r1) {
                         c->cs + (size_t)r * 2 * c->half, c->n_heads, c->head_dim, c->half);
 }
 
+/* NeoX pairs (i, i + half), with the interleaved kernel's rounding */
+static void rope_neox_rows_fn(void *arg, int r0, int r1) {
+    const rope_ctx *c = arg;
+    for (int r = r0; r < r1; r++) {
+        const float *cs = c->cs + (size_t)r * 2 * c->half;
+        for (int h = 0; h < c->n_heads; h++) {
+            float *x = c->x + ((size_t)r * c->n_heads + h) * c->head_dim;
+            for (int i = 0; i < c->half; i++) {
+                const float x0 = x[i], x1 = x[i + c->half], co = cs[2 * i], si = cs[2 * i + 1];
+                x[i] = fmaf(x0, co, -(x1 * si));
+                x[i + c->half] = fmaf(x0, si, x1 * co);
+            }
+        }
+    }
+}
+
 void cpu_rope(backend *be, float *x, int rows, int n_heads, int head_dim, int rope_dim,
-              const int32_t *positions, float theta_base) {
+              const int32_t *positions, float theta_base, int neox) {
     cpu_impl *ci = impl_of(be);
     if (rope_table(ci, rows, rope_dim, positions, theta_base)) return; /* out of memory */
     rope_ctx c = {ci->k, x, ci->rope_cs, n_heads, head_dim, rope_dim / 2};
-    par_rows(ci, rows, 4, rope_rows_fn, &c);
+    cpu_par_rows(ci, rows, 4, neox ? rope_neox_rows_fn : rope_rows_fn, &c);
 }
 
 typedef struct {
@@ -145,7 +163,7 @@ void cpu_swiglu(backend *be, const float *gate, const float *up, size_t n, float
     size_t rows = n / row;
     if (rows > 0 && rows < (size_t)INT32_MAX) {
         swiglu_ctx c = {ci->k, gate, up, out, row};
-        par_rows(ci, (int)rows, 4, swiglu_rows, &c);
+        cpu_par_rows(ci, (int)rows, 4, swiglu_rows, &c);
     }
     for (size_t i = rows * row; i < n; i += 1 << 20) {
         int c = n - i < (1u << 20) ? (int)(n - i) : 1 << 20;
@@ -177,7 +195,7 @@ void cpu_kv_store(backend *be, kv_cache *kv, int layer, const float *k, const fl
                   const int32_t *slots) {
     cpu_impl *ci = impl_of(be);
     kv_ctx c = {ci->k, kv, layer, {k, v}, slots};
-    par_rows(ci, rows, 4, kv_store_rows, &c);
+    cpu_par_rows(ci, rows, 4, kv_store_rows, &c);
 }
 
 /* A weight packed for the output (tied embeddings) is read back from its
