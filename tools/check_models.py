@@ -12,21 +12,30 @@ the file's tokenizer, exact numerics) gives
   load      does the engine load the file
   tok       tokenizations identical to llama.cpp's (texts x {plain, add_special})
   greedy    32-token argmax continuations identical, of 20 prompts (the
-            prompt ids are llama.cpp's); "~k" = k of the differences start at
-            a step where the reference's top1-top2 margin is < TIE (0.05)
+            prompt ids are llama.cpp's); and how many of the others first
+            differ at a near-tie: a step where the reference's top1-top2
+            margin is < TIE (0.5)
   tf        teacher-forced top-1 agreement over the scored positions
-            (llama-perplexity's chunks; >= 1000 positions)
+            (llama-perplexity's chunks; >= 1000 positions), and over the
+            decisive ones (reference margin >= TIE)
   kl        our KL(F32 file || this file) over the same positions, beside
             llama.cpp's (llama-perplexity --kl-divergence) - the quality
             oracle of a format; it needs the F32 file of the same weights
 and prints a matrix architecture x format. A file whose sha256 differs from
-its reference's is reported STALE (regenerate). Exit status: 1 if any file
-that loads misses greedy >= 18/20 or tf >= 99% against llama.cpp (or
-against HF, for F32 files), or is stale; else 0. Files that do not load are
+its reference's is reported STALE (regenerate). A file passes against a
+source (llama.cpp; HF too for F32 files) when greedy >= 18/20 and tf >= 99%,
+or - near-ties excused - when identical + first-differing-at-a-near-tie
+>= 18/20 and decisive tf >= 99%. Why the second form: the random tiny
+models' logits are Gaussian-like, so top1-top2 gaps are small relative to
+the logit scale and rounding-level differences flip ~2% of argmaxes;
+llama.cpp itself, Q4_0 with and without weight repacking, agrees on 97.9%
+of positions overall and 99.9% of those with margin >= 0.5 (docs/models.md).
+Exit status: 1 if any file that loads fails, or is stale; else 0. Files that do not load are
 reported, not failed (architectures not implemented yet).
 """
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -37,7 +46,7 @@ import tempfile
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIE = 0.05
+TIE = 0.5  # near-tie: reference top1-top2 margin (logits) below this
 GREEDY_MIN, TF_MIN = 18, 0.99
 
 
@@ -55,7 +64,7 @@ def run_probe(probe, path, ref, tmp):
     lc = ref.get("llamacpp") or ref.get("hf")
     texts = os.path.join(tmp, "texts.jsonl")
     with open(texts, "w", encoding="utf-8") as f:
-        for t in ref.get("llamacpp", {}).get("tokenize", []):
+        for t in ref.get("llamacpp", {}).get("tokenize") or []:
             f.write(json.dumps({"text": ref["tok_texts"][t["text_index"]],
                                 "add_special": t["add_special"]}) + "\n")
     prompts = os.path.join(tmp, "prompts.jsonl")
@@ -68,7 +77,7 @@ def run_probe(probe, path, ref, tmp):
     logits = os.path.join(tmp, "logits.bin")
     cmd = [probe, path, "--greedy", prompts, "--n-predict", str(len(lc["greedy"][0]["ids"])),
            "--tf", tokens, "--tf-ctx", str(chunks.shape[1]), "--logits", logits]
-    if "llamacpp" in ref:
+    if ref.get("llamacpp", {}).get("tokenize"):
         cmd += ["--tokenize", texts]
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
@@ -118,7 +127,9 @@ def compare(ours, src):
         ref1 = np.array(src["tf"]["top1"])
         margin = np.array(src["tf"]["margin"])
         agree = top1 == ref1
-        res["tf"] = (float(agree.mean()), len(ref1), int(((~agree) & (margin < TIE)).sum()))
+        decisive = margin >= TIE
+        res["tf"] = (float(agree.mean()), len(ref1), int(((~agree) & ~decisive).sum()),
+                     float(agree[decisive].mean()) if decisive.any() else 1.0)
         res["logprobs"] = lp
     return res
 
@@ -139,18 +150,39 @@ def fmt_cell(r):
     t = lc.get("tf")
     s = f"{g[0]}/{g[1]}" if g else "?"
     s += f" {100 * t[0]:.1f}%" if t else " tf?"
+    if t and t[0] < TF_MIN:
+        s += f" ({100 * t[3]:.1f}%)"
     return s + ("" if r["pass"] else " FAIL")
+
+
+def find_ref(name, mdir, refdir):
+    """MODELDIR/refs/NAME.json, else REFDIR/NAME.json(.gz)."""
+    for p in (os.path.join(mdir, "refs", name + ".json"),
+              os.path.join(refdir, name + ".json") if refdir else None,
+              os.path.join(refdir, name + ".json.gz") if refdir else None):
+        if p and os.path.exists(p):
+            return p
+    return None
+
+
+def load_ref(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
 
 
 def check_file(e, mdir, refdir, probe, tmp, base_logprobs):
     path = os.path.join(mdir, e["name"])
-    refp = next((p for p in (os.path.join(mdir, "refs", e["name"] + ".json"),
-                             os.path.join(refdir, e["name"] + ".json") if refdir else "")
-                 if p and os.path.exists(p)), None)
+    refp = find_ref(e["name"], mdir, refdir)
     if not refp or not os.path.exists(path):
         return None
-    with open(refp) as f:
-        ref = json.load(f)
+    ref = load_ref(refp)
+    lc = ref.get("llamacpp")
+    if lc and "tokenize" not in lc and e.get("base"):
+        # kept with the F32 file of the same model only (same vocabulary)
+        basep = find_ref(e["base"], mdir, refdir)
+        if basep:
+            lc["tokenize"] = load_ref(basep).get("llamacpp", {}).get("tokenize", [])
     r = {"name": e["name"], "arch": e["arch"], "format": e["format"], "load": False,
          "pass": False, "stale": ref.get("sha256") != sha256(path)}
     if r["stale"]:
@@ -167,7 +199,9 @@ def check_file(e, mdir, refdir, probe, tmp, base_logprobs):
             continue
         c = compare(ours, src)
         r[key] = c
-        ok &= c["greedy"][0] >= GREEDY_MIN and "tf" in c and c["tf"][0] >= TF_MIN
+        g, t = c["greedy"], c.get("tf")
+        ok &= t is not None and ((g[0] >= GREEDY_MIN and t[0] >= TF_MIN) or
+                                 (g[0] + g[2] >= GREEDY_MIN and t[3] >= TF_MIN))
     lc = ref.get("llamacpp")
     if lc and ours["tokenize"]:
         want = [t["ids"] for t in lc["tokenize"]]
@@ -201,8 +235,8 @@ def detail_line(r):
         s = f"{label}: greedy {g[0]}/{g[1]}" + (f" ({g[2]} at near-ties)" if g[2] else "")
         if "tf" in c:
             t = c["tf"]
-            s += f", tf top-1 {100 * t[0]:.2f}% of {t[1]}" + (f" ({t[2]} misses at near-ties)"
-                                                             if t[2] else "")
+            s += (f", tf top-1 {100 * t[0]:.2f}% of {t[1]} ({t[2]} misses at near-ties; "
+                  f"{100 * t[3]:.2f}% where margin >= {TIE})")
         else:
             s += ", tf failed"
         parts.append(s)

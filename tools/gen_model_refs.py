@@ -8,14 +8,18 @@ and, for the tiny models' F32 files, HF transformers (float32 forward).
 
 Writes MODELDIR/refs/<file>.json (and MODELDIR/refs/<file>.kld, llama.cpp's
 logits base files, for the KL oracle; not kept). --out DIR also copies the
-JSONs to DIR (tests/golden/models/ for the committed set). Format of a JSON
+JSONs, gzipped, to DIR (tests/golden/models/ for the committed set). An
+existing JSON of the same file (same sha256) keeps the sources this run does
+not redo. Format of a JSON
 (all token ids are the model's own ids):
 
-  {"file", "sha256", "arch", "format", "kind", "base",
+  {"name", "sha256", "arch", "format", "kind", "base",
    "prompts":  [20 prompt strings],
    "tok_texts": [texts for the tokenization check],
-   "llamacpp": {"flash_attn": "off", "build": str, "add_bos": bool,
-       "tokenize": [{"text_index": i, "add_special": b, "ids": [..]}],
+   "llamacpp": {"flash_attn": "off", "add_bos": bool,
+       "tokenize": [{"text_index": i, "add_special": b, "ids": [..]}]
+                   (F32 files of tiny models and real files only: the
+                   vocabulary is the same in every format),
        "greedy":   [{"prompt_ids": [..], "ids": [32], "margins": [32]}],
        "tf": {"n_ctx": 512, "first": 256, "chunks": [[n_ctx ids], ..],
               "top1": [..], "margin": [..]},
@@ -42,10 +46,11 @@ HF: the same prompts ids and chunks fed to AutoModelForCausalLM (float32,
 """
 
 import argparse
+import gzip
 import json
 import os
 import re
-import shutil
+import shlex
 import signal
 import socket
 import subprocess
@@ -136,14 +141,19 @@ class Server:
             "prompt": ids, "n_predict": N_PREDICT, "temperature": 0, "cache_prompt": False,
             "ignore_eos": True, "n_probs": 2, "return_tokens": True, "repeat_penalty": 1.0,
             "samplers": ["top_k", "temperature"], "top_k": 1})
-        probs = r.get("completion_probabilities", [])
-        out = [p["id"] for p in probs] if probs else r["tokens"]
-        margins = []
-        for p in probs:
-            tops = p.get("top_logprobs") or p.get("probs") or []
-            lp = [t.get("logprob") for t in tops]
-            margins.append(round(lp[0] - lp[1], 4) if len(lp) >= 2 and None not in lp else None)
-        return out, margins
+        ids = r["tokens"]
+        # completion_probabilities merges tokens that end inside a UTF-8
+        # character, so it can be shorter than ids: align by id
+        probs, margins, j = r.get("completion_probabilities", []), [], 0
+        for t in ids:
+            m = None
+            if j < len(probs) and probs[j].get("id") == t:
+                lp = [x.get("logprob") for x in probs[j].get("top_logprobs", [])]
+                if len(lp) >= 2 and None not in lp[:2]:
+                    m = round(lp[0] - lp[1], 3)
+                j += 1
+            margins.append(m)
+        return ids, margins
 
     def close(self):
         if self.proc.poll() is None:
@@ -178,16 +188,19 @@ def read_kld(path):
 def top1_margin(logp):
     idx = np.argsort(-logp, axis=1, kind="stable")[:, :2]
     top = np.take_along_axis(logp, idx, axis=1)
-    return idx[:, 0].tolist(), np.round(top[:, 0] - top[:, 1], 4).tolist()
+    return idx[:, 0].tolist(), np.round(top[:, 0] - top[:, 1], 3).tolist()
 
 
 def perplexity(llama_cpp, model, args, log):
     exe = os.path.join(llama_cpp, "bin", "llama-perplexity")
+    cmd = shlex.join([exe, "-m", model, "-t", "2"] + args)
     with open(log, "a") as f:
-        f.write("$ " + " ".join([exe, "-m", model] + args) + "\n")
+        f.write("$ " + cmd + "\n")
         f.flush()
-        r = subprocess.run([exe, "-m", model, "-t", "2"] + args, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+        # under a pty: with its output on a pipe, llama-perplexity loses the
+        # last lines of its log (the KLD summary among them) at exit
+        r = subprocess.run(["script", "-q", "-e", "-c", cmd, "/dev/null"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, errors="replace")
         f.write(r.stdout)
     if r.returncode:
         raise RuntimeError(f"llama-perplexity failed ({r.returncode}); see {log}")
@@ -211,8 +224,11 @@ def llamacpp_refs(entry, mdir, a, prompts, texts, log):
         bos_probe = srv.tokenize("a", True)
         plain = srv.tokenize("a", False)
         ref["add_bos"] = len(bos_probe) > len(plain)
-        ref["tokenize"] = [{"text_index": i, "add_special": sp, "ids": srv.tokenize(t, sp)}
-                           for i, t in enumerate(texts) for sp in (False, True)]
+        if entry["name"] == entry.get("base") or entry["kind"] == "real":
+            # the vocabulary is the same in every format of one model: kept
+            # with the F32 file only (and with each real file)
+            ref["tokenize"] = [{"text_index": i, "add_special": sp, "ids": srv.tokenize(t, sp)}
+                               for i, t in enumerate(texts) for sp in (False, True)]
         ref["greedy"] = []
         for p in prompts:
             ids = srv.tokenize(p, True)
@@ -262,7 +278,7 @@ def hf_refs(entry, mdir, prompt_ids, chunks, first):
                 lg = out.logits[0, -1].double()
                 top = torch.topk(lg, 2)
                 seq.append(int(top.indices[0]))
-                margins.append(round(float(top.values[0] - top.values[1]), 4))
+                margins.append(round(float(top.values[0] - top.values[1]), 3))
                 out = model(torch.tensor([seq[-1:]]), past_key_values=out.past_key_values,
                             use_cache=True)
             ref["greedy"].append({"prompt_ids": list(ids), "ids": seq[len(ids):],
@@ -327,7 +343,14 @@ def main():
         if only and not any(s in e["name"] for s in only):
             continue
         t0 = time.time()
-        ref = {k: e.get(k) for k in ("name", "sha256", "arch", "format", "kind", "base")}
+        path = os.path.join(mdir, "refs", e["name"] + ".json")
+        ref = {}
+        if os.path.exists(path):  # keep the sources this run does not redo
+            with open(path) as f:
+                ref = json.load(f)
+            if ref.get("sha256") != e.get("sha256"):
+                ref = {}
+        ref.update({k: e.get(k) for k in ("name", "sha256", "arch", "format", "kind", "base")})
         ref.update({"prompts": prompts, "tok_texts": texts})
         try:
             if "llamacpp" in sources:
@@ -344,12 +367,13 @@ def main():
         except Exception as ex:  # one bad file must not stop the set
             print(f"{e['name']}: FAILED: {ex}", flush=True)
             continue
-        path = os.path.join(mdir, "refs", e["name"] + ".json")
         with open(path, "w") as f:
             json.dump(ref, f, separators=(",", ":"))
         if a.out:
             os.makedirs(a.out, exist_ok=True)
-            shutil.copy(path, os.path.join(a.out, e["name"] + ".json"))
+            with gzip.open(os.path.join(a.out, e["name"] + ".json.gz"), "wt", encoding="utf-8",
+                           compresslevel=9) as f:
+                json.dump(ref, f, separators=(",", ":"))
         print(f"{e['name']}: {', '.join(k for k in ('llamacpp', 'hf') if k in ref)} "
               f"({time.time() - t0:.1f} s)", flush=True)
 

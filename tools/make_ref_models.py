@@ -40,7 +40,7 @@ The converter identifies BPE pre-tokenizers by hashing the tokenization of a
 test string against known models; a freshly trained vocabulary is unknown,
 so the converter refuses it. We run the converter in-process with
 TextModel.get_vocab_base_pre wrapped: when the original raises
-NotImplementedError (unknown hash), it returns "gpt2", which is exactly the
+NotImplementedError (unknown hash), it returns "gpt-2" (llama.cpp's name for it), which is exactly the
 pre-tokenizer the vocabulary was trained with (ByteLevel, GPT-2 regex). The
 same wrapper fills hyperparameters that transformers 5's AutoConfig drops
 (the converter reads gpt2 `n_ctx` and gpt_neox `rotary_pct`) from the raw
@@ -303,8 +303,8 @@ def _pre(self, tokenizer):
     try:
         return _orig(self, tokenizer)
     except NotImplementedError:
-        print("make_ref_models: unknown BPE pre-tokenizer hash -> 'gpt2'", file=sys.stderr)
-        return "gpt2"
+        print("make_ref_models: unknown BPE pre-tokenizer hash -> 'gpt-2'", file=sys.stderr)
+        return "gpt-2"
 base.TextModel.get_vocab_base_pre = _pre
 import json
 _orig_lh = base.ModelBase.load_hparams
@@ -337,7 +337,7 @@ def convert(hf_dir, out, outtype, llama_cpp, log):
         return
     src = os.path.join(llama_cpp, "src", "llama.cpp")
     run([sys.executable, "-c", CONVERT_SNIPPET, src, hf_dir, "--outtype", outtype, "--outfile",
-         out + ".tmp"], log, ["convert_hf_to_gguf.py (pre-tokenizer fallback gpt2)", hf_dir,
+         out + ".tmp"], log, ["convert_hf_to_gguf.py (pre-tokenizer fallback gpt-2)", hf_dir,
                               "--outtype", outtype, "--outfile", out + ".tmp"])
     os.replace(out + ".tmp", out)
 
