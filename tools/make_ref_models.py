@@ -21,8 +21,8 @@ on tools/ref_corpus only), so regenerating gives byte-identical files and the
 sha256 recorded with the references (tests/golden/models/) says whether a
 reference still belongs to a file.
 
-Tiny models: hidden 256 (so K-quant rows of 256 apply), 2-6 layers, n_ff 512
-or 768, GQA where the architecture has it, vocab ~1000-1200. Weights are
+Tiny models: hidden 256 (so K-quant rows of 256 apply), 2-6 layers, n_ff 512,
+768 or 1024, GQA where the architecture has it, vocab 1000-1200. Weights are
 drawn at a scale where every layer changes the residual stream by O(1) (so
 attention and MLP bugs show in the output) and the output projection is
 scaled so that logits are peaked (top1-top2 margins mostly > 0.5): random
@@ -180,7 +180,8 @@ def make_config(arch, n_vocab, ids):
                                    max_position_embeddings=2048, rms_norm_eps=1e-6,
                                    pad_token_id=None, **common), tf.Gemma3ForCausalLM
     if arch == "gpt2":
-        return tf.GPT2Config(n_embd=256, n_inner=768, n_layer=2, n_head=4, n_positions=2048,
+        # n_inner left at 4 * n_embd: the converter writes that, not n_inner
+        return tf.GPT2Config(n_embd=256, n_inner=None, n_layer=2, n_head=4, n_positions=2048,
                              layer_norm_epsilon=1e-5, vocab_size=n_vocab,
                              bos_token_id=ids["bos"], eos_token_id=ids["eos"],
                              initializer_range=0.06), tf.GPT2LMHeadModel
@@ -257,6 +258,13 @@ def make_tiny(arch, outdir, tokdir):
         model_path = train_spm(tokdir, kind, dummy_prefix=(kind == "spm-llama"))
         cls = "GemmaTokenizer" if kind == "spm-gemma" else "LlamaTokenizer"
         n_vocab, ids = save_spm_tokenizer(hf_dir, model_path, cls)
+        if arch == "phi3":
+            # as Phi-3 ships them: added tokens after the spm pieces
+            # (llama.cpp looks up <|endoftext|> in a model named phi3)
+            added = {"<|endoftext|>": n_vocab, "<|end|>": n_vocab + 1}
+            with open(os.path.join(hf_dir, "added_tokens.json"), "w") as f:
+                json.dump(added, f)
+            n_vocab += len(added)
     cfg, cls = make_config(arch, n_vocab, ids)
     torch.manual_seed(SEED)
     model = cls(cfg).float().eval()
