@@ -287,15 +287,18 @@ def main():
         manifest = json.load(f)
     only = [s for s in a.only.split(",") if s]
     order = sorted(manifest, key=lambda e: (e["name"] != e.get("base"), e["name"]))
+    def selected(e):
+        return not only or any(s in e["name"] for s in only)
+    needed = {e.get("base") for e in order if selected(e)}
     results, base_logprobs = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for e in order:
-            if only and not any(s in e["name"] for s in only) and e["name"] != e.get("base"):
+            if not selected(e) and e["name"] not in needed:
                 continue
             r = check_file(e, mdir, a.refs, a.probe, tmp, base_logprobs)
             if r is None:
                 continue
-            if not only or any(s in e["name"] for s in only):
+            if selected(e):
                 results.append(r)
                 print(detail_line(r), flush=True)
     rows = matrix(results)
