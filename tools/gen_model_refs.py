@@ -23,7 +23,7 @@ not redo. Format of a JSON
        "greedy":   [{"prompt_ids": [..], "ids": [32], "margins": [32]}],
        "tf": {"n_ctx": 512, "first": 256, "chunks": [[n_ctx ids], ..],
               "top1": [..], "margin": [..]},
-       "kl_vs_base": {"mean": x, "p99": x, "max": x, "same_top": x} | absent},
+       "kl_vs_base": {"mean": x, "p99": x, "max": x, "same_top": x} | absent (F32 files)},
    "hf": {"greedy": [...], "tf": {...}}   (tiny F32 files only)}
 
 greedy: the prompt is tokenized by llama.cpp with add_special (BOS where
@@ -39,8 +39,10 @@ tf (teacher forced): llama-perplexity's protocol, so that its
   first = n_ctx/2 .. n_ctx-2 of each chunk are scored (chunks x 255 >= 1000).
   top1/margin come from the base file (log-probs stored as 16-bit codes:
   margins are exact to ~(max-min logit)/65535).
-kl_vs_base: llama-perplexity --kl-divergence of this file against the F32
-  file of the same weights (llama.cpp's own quality number for the format).
+kl_vs_base: llama.cpp's KL of this file against the F32 file of the same
+  weights (its quality number for the format), computed from the two
+  --kl-divergence-base files as llama-perplexity --kl-divergence does
+  (that program's summary lines are sometimes lost from its log at exit).
 HF: the same prompts ids and chunks fed to AutoModelForCausalLM (float32,
   eager attention) from MODELDIR/hf/<arch>: argmax greedy and top-1/margin.
 """
@@ -207,15 +209,6 @@ def perplexity(llama_cpp, model, args, log):
     return r.stdout
 
 
-def parse_kl(out):
-    def num(pat):
-        m = re.search(pat, out)
-        return float(m.group(1)) if m else None
-    return {"mean": num(r"Mean\s+KLD:\s*([-\d.e+]+)"), "p99": num(r"99\.0%\s+KLD:\s*([-\d.e+]+)"),
-            "max": num(r"Maximum KLD:\s*([-\d.e+]+)"),
-            "same_top": num(r"Same top p:\s*([-\d.e+]+)")}
-
-
 def llamacpp_refs(entry, mdir, a, prompts, texts, log):
     path = os.path.join(mdir, entry["name"])
     ref = {"flash_attn": a.fa}
@@ -252,9 +245,16 @@ def llamacpp_refs(entry, mdir, a, prompts, texts, log):
     base = entry.get("base")
     base_kld = os.path.join(mdir, "refs", base + ".kld") if base else None
     if base and base != entry["name"] and os.path.exists(base_kld):
-        out = perplexity(a.llama_cpp, path, common + ["--kl-divergence-base", base_kld,
-                                                       "--kl-divergence"], log)
-        ref["kl_vs_base"] = parse_kl(out)
+        # llama-perplexity --kl-divergence computes this same sum from the
+        # same two files, but its summary lines are sometimes lost from its
+        # log at exit; computed here from the stored log-probs instead
+        _, _, _, _, base_logp = read_kld(base_kld)
+        d = (np.exp(base_logp) * (base_logp - logp)).sum(axis=1)
+        ref["kl_vs_base"] = {"mean": round(float(d.mean()), 6),
+                             "p99": round(float(np.percentile(d, 99)), 6),
+                             "max": round(float(d.max()), 6),
+                             "same_top": round(float((base_logp.argmax(1) ==
+                                                      logp.argmax(1)).mean()), 4)}
     return ref
 
 
