@@ -117,8 +117,8 @@ static cJSON *model_object(srv_http *h) {
 static void handle_models(srv_http *h, httpd_req *req, const char *which) {
     cJSON *root;
     if (which) {
-        if (strcmp(which, h->model_name) != 0) {
-            http_reply_error(req, 404, "model_not_found", NULL, "model '%s' does not exist", which);
+        if (!http_model_accepts(h, which)) {
+            http_reply_model_not_found(h, req, which);
             return;
         }
         root = model_object(h);
@@ -143,6 +143,16 @@ static void handle_models(srv_http *h, httpd_req *req, const char *which) {
  * ------------------------------------------------------------------- */
 
 const char *http_model_name(const srv_http *h) { return h->model_name; }
+
+int http_model_accepts(const srv_http *h, const char *asked) {
+    return server_model_accepts(h->s->cfg.model_path, asked);
+}
+
+void http_reply_model_not_found(const srv_http *h, httpd_req *req, const char *asked) {
+    http_reply_error(req, 404, "model_not_found", NULL,
+                     "model '%.200s' does not exist; this server serves '%s'", asked,
+                     h->model_name);
+}
 
 long http_created(const srv_http *h) { return h->created; }
 
@@ -307,16 +317,6 @@ static void http_handle(httpd_req *req, void *user) {
  * Start and stop
  * ------------------------------------------------------------------- */
 
-static void model_name_from_path(const char *path, char *out, size_t cap) {
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
-    if (!*base) base = "model";
-    size_t n = strlen(base);
-    if (n >= cap) n = cap - 1;
-    memcpy(out, base, n);
-    out[n] = 0;
-    if (n > 5 && strcmp(out + n - 5, ".gguf") == 0) out[n - 5] = 0;
-}
 
 /* "http://HOST:PORT[/]" (HOST may be "[v6]" or empty for any address) into
  * host (NULL = any) and port. Returns 0, or -1 with a message. */
@@ -361,7 +361,7 @@ int srv_http_start(srv *s, const char *url, char *err, size_t errlen) {
     }
     h->s = s;
     h->created = (long)time(NULL);
-    model_name_from_path(s->cfg.model_path, h->model_name, sizeof h->model_name);
+    server_model_id(s->cfg.model_path, h->model_name, sizeof h->model_name);
     pthread_mutex_init(&h->mu, NULL);
     httpd_opts o;
     httpd_opts_default(&o);

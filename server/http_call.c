@@ -362,6 +362,12 @@ static int call_decode(http_call *c, japi_request *jr, srv_request *sr) {
         http_reply_error(c->req, 400, json ? "invalid_json" : "invalid_parameter", NULL, "%s", err);
         return -1;
     }
+    if (jr->model && !http_model_accepts(c->h, jr->model)) {
+        relay_finish(c->r, SRV_NOT_FOUND);
+        http_reply_model_not_found(c->h, c->req, jr->model);
+        japi_request_free(jr);
+        return -1;
+    }
     int st = srv_prepare(c->s, &jr->gen, sr, err, sizeof err);
     if (st != SRV_OK) {
         const char *code;

@@ -35,6 +35,10 @@ typedef struct http_call {
 /* ---- http.c ---- */
 
 const char *http_model_name(const srv_http *h);
+/* A client's "model" names the served model (server_model_accepts); the
+ * 404 reply when it does not, the same for /v1/models/{id} and bodies. */
+int http_model_accepts(const srv_http *h, const char *asked);
+void http_reply_model_not_found(const srv_http *h, httpd_req *req, const char *asked);
 long http_created(const srv_http *h);
 
 /* Put c on the list that srv_http_stop cancels (cancelled at once when the

@@ -513,6 +513,19 @@ static void test_health_models_metrics(int port) {
     CHECK(j && jstr(j, "data.0.object") && !strcmp(jstr(j, "data.0.object"), "model"));
     cJSON_Delete(j);
     resp_free(&r);
+    /* The id and the file name are the aliases /v1/models/{id} and
+     * request bodies both accept. */
+    const char *aliases[] = {"/v1/models/SmolLM2-135M-Instruct.Q4_1",
+                             "/v1/models/SmolLM2-135M-Instruct.Q4_1.gguf"};
+    for (int i = 0; i < 2; i++) {
+        CHECK(http_call(port, "GET", aliases[i], NULL, NULL, &r) == 0);
+        j = resp_json(&r);
+        CHECKF(r.status == 200 && j && jstr(j, "id") &&
+                   !strcmp(jstr(j, "id"), "SmolLM2-135M-Instruct.Q4_1"),
+               "%s: %d %s", aliases[i], r.status, r.body);
+        cJSON_Delete(j);
+        resp_free(&r);
+    }
 
     CHECK(http_call(port, "GET", "/metrics", NULL, NULL, &r) == 0);
     char ct[128] = "";
@@ -634,7 +647,8 @@ static void test_expect_continue(int port) {
 }
 
 static void test_completions(int port, const char *greedy_text) {
-    const char *body = "{\"model\": \"whatever\", \"prompt\": \"The capital of France is\", "
+    const char *body = "{\"model\": \"SmolLM2-135M-Instruct.Q4_1\", "
+                       "\"prompt\": \"The capital of France is\", "
                        "\"max_tokens\": 8, \"temperature\": 0, \"user\": \"u1\", "
                        "\"frequency_penalty\": 0}";
     http_resp r;
@@ -700,7 +714,8 @@ static void test_completions(int port, const char *greedy_text) {
 static void test_chat_stream(int port) {
     sse_result s;
     CHECK(sse_call(port, "/v1/chat/completions",
-                   "{\"model\": \"m\", \"messages\": [{\"role\": \"system\", \"content\": "
+                   "{\"model\": \"SmolLM2-135M-Instruct.Q4_1.gguf\", \"messages\": "
+                   "[{\"role\": \"system\", \"content\": "
                    "\"You are brief.\"}, {\"role\": \"user\", \"content\": [{\"type\": \"text\", "
                    "\"text\": \"Say hello.\"}]}], \"max_tokens\": 8, \"temperature\": 0, "
                    "\"stream\": true}",
@@ -796,7 +811,17 @@ static void test_errors(int port) {
     expect_error(port, "POST", "/v1/nothing", NULL, "{}", 404, "not_found_error", "no route");
     expect_error(port, "GET", "/v1/completions", NULL, NULL, 405, NULL, "use POST");
     expect_error(port, "DELETE", "/health", NULL, NULL, 405, NULL, "use GET");
-    expect_error(port, "GET", "/v1/models/not-a-model", NULL, NULL, 404, NULL, "does not exist");
+    expect_error(port, "GET", "/v1/models/not-a-model", NULL, NULL, 404, "not_found_error",
+                 "does not exist");
+    /* A body naming another model gets the same 404 as /v1/models/{id}. */
+    expect_error(port, "POST", "/v1/completions", NULL,
+                 "{\"model\": \"not-a-model\", \"prompt\": \"x\"}", 404, "not_found_error",
+                 "model 'not-a-model' does not exist; this server serves "
+                 "'SmolLM2-135M-Instruct.Q4_1'");
+    expect_error(port, "POST", "/v1/chat/completions", NULL,
+                 "{\"model\": \"gpt-4\", \"messages\": [{\"role\": \"user\", \"content\": "
+                 "\"x\"}]}",
+                 404, "not_found_error", "does not exist");
 
     /* 413: the Content-Length alone decides; the body is never read. */
     int fd = http_connect(port);
