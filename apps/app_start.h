@@ -22,7 +22,7 @@
 #define APP_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 /* What a user is told when the model file is not there. */
 #define APP_MODEL_HINT                                                                             \
-    "fetch the default model with tools/fetch-model (run from the repository root), "             \
+    "fetch the default model with tools/fetch-model (run from the repository root), "              \
     "or pass -m PATH (or set ENGINE_MODEL=PATH)"
 
 #ifndef ENGINE_VERSION

@@ -156,6 +156,11 @@ void http_reply_model_not_found(const srv_http *h, httpd_req *req, const char *a
 
 long http_created(const srv_http *h) { return h->created; }
 
+void http_call_cancel(http_call *c, relay_end why) {
+    relay_cancel(c->r, why);
+    for (int i = 0; i < c->n_extra; i++) relay_cancel(c->extra[i], why);
+}
+
 void http_calls_register(http_call *c) {
     srv_http *h = c->h;
     pthread_mutex_lock(&h->mu);
@@ -165,7 +170,7 @@ void http_calls_register(http_call *c) {
     h->calls = c;
     int stopping = h->stopping;
     pthread_mutex_unlock(&h->mu);
-    if (stopping) relay_cancel(c->r, RELAY_END_SHUTDOWN);
+    if (stopping) http_call_cancel(c, RELAY_END_SHUTDOWN);
 }
 
 void http_calls_unregister(http_call *c) {
@@ -189,7 +194,8 @@ static void handle_generation(srv_http *h, httpd_req *req, japi_kind kind, doubl
     }
     int limit = s->net.request_timeout_ms;
     http_call c = {.h = h, .s = s, .req = req, .kind = kind};
-    c.r = relay_create(s, limit > 0 ? t_arrival + limit : 0);
+    c.deadline_at = limit > 0 ? t_arrival + limit : 0;
+    c.r = relay_create(s, c.deadline_at);
     if (!c.r) {
         srv_metrics_count_status(&s->metrics, SRV_UNAVAILABLE);
         http_reply_error(req, 503, "overloaded", NULL, "out of memory");
@@ -317,7 +323,6 @@ static void http_handle(httpd_req *req, void *user) {
  * Start and stop
  * ------------------------------------------------------------------- */
 
-
 /* "http://HOST:PORT[/]" (HOST may be "[v6]" or empty for any address) into
  * host (NULL = any) and port. Returns 0, or -1 with a message. */
 static int parse_url(const char *url, char *host, size_t cap, const char **host_out, int *port,
@@ -387,7 +392,7 @@ void srv_http_stop(srv *s) {
     if (!h) return;
     pthread_mutex_lock(&h->mu);
     h->stopping = 1;
-    for (http_call *c = h->calls; c; c = c->next) relay_cancel(c->r, RELAY_END_SHUTDOWN);
+    for (http_call *c = h->calls; c; c = c->next) http_call_cancel(c, RELAY_END_SHUTDOWN);
     pthread_mutex_unlock(&h->mu);
     /* Waits for every handler, so no call can still see h afterwards. */
     httpd_stop(h->d, HTTP_STOP_TIMEOUT_MS);
