@@ -110,6 +110,23 @@ if [ -x "$gen" ]; then
     out=$("$gen" -m "$tmp/none.gguf" -p x 2>&1); st=$?
     [[ $st == 1 && "$out" == *tools/fetch-model* && "$out" == *"-m PATH"* ]]
     check "missing model says how to fetch it" $? "$st $out"
+    out=$("$gen" -m "$model" 2>&1); st=$?
+    [[ $st == 2 && "$out" == *"pass -p TEXT"*"--prompts-file FILE"* ]]; check "no prompts: says what to pass" $? "$st $out"
+    # README's example file, one completion per line
+    ex="$(dirname "${BASH_SOURCE[0]}")/../../examples/prompts.jsonl"
+    "$gen" -m "$model" --prompts-file "$ex" -q -o "$tmp/ex.jsonl" 2>"$tmp/gen.err"; st=$?
+    [[ $st == 0 && $(grep -c '"completion":' "$tmp/ex.jsonl") == "$(grep -c . "$ex")" ]]
+    check "examples/prompts.jsonl" $? "$st $(cat "$tmp/gen.err")"
+    # -l/--generation-length is --max-tokens
+    "$gen" -m "$model" -p "Once upon a time" -l 3 --ignore-eos -q -o "$tmp/l.jsonl" 2>"$tmp/gen.err"
+    st=$?
+    [[ $st == 0 ]] && grep -q '"completion_tokens":3,' "$tmp/l.jsonl"
+    check "-l 3 generates 3 tokens" $? "$st $(cat "$tmp/gen.err" "$tmp/l.jsonl")"
+    if command -v script >/dev/null; then # a terminal: progress redrawn in place
+        script -qec "'$gen' -m '$model' -p a -p b -n 4 -o '$tmp/tty.jsonl'" /dev/null >"$tmp/tty.out" 2>&1
+        grep -aq $'\rgenerating: [0-9]/2 prompts, [0-9]* tokens, .* tokens/s, elapsed [0-9]* s, eta' "$tmp/tty.out"
+        check "infer-generate progress on a terminal" $? "$(tr '\r' '\n' <"$tmp/tty.out" | tail -5)"
+    fi
     absgen=$(cd "$(dirname "$gen")" && pwd)/infer-generate
     out=$(cd / && env -u ENGINE_MODEL "$absgen" --print-config 2>&1)
     if [ -r "$(dirname "$absgen")/../models/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
