@@ -4,6 +4,11 @@
  * the JSON body, hand the call to its relay (server/relay.h) and encode
  * what the relay gives back, as one JSON reply or as Server-Sent Events
  * (httpd's stream: chunked on HTTP/1.1, so the connection may be kept).
+ * A /v1/completions list of prompts runs as one relay per prompt, submitted
+ * together; the reply merges their choices (index = prompt * n + j), a
+ * stream interleaves their events, and the call ends as its worst relay.
+ * A body whose "model" is not the served one is answered 404, as
+ * /v1/models/{id} is.
  *
  * While the call runs, httpd watches its connection (httpd_req_watch): a
  * client that goes away cancels the relay at once, so the engine request's
@@ -211,6 +216,7 @@ static cJSON *openai_json(const call_ctx *x) {
     cJSON_AddItemToObject(root, "usage", usage_json(prompt_tokens, completion_tokens));
     return root;
 }
+
 /* The error reply of a call that did not end OK. */
 static void reply_outcome_error(http_call *c, int st) {
     char msg[160];
