@@ -127,6 +127,12 @@ int app_resolve_config(const app_config_args *a, engine_config *c, const config_
     if (config_apply_env(&b, err, sizeof err) != 0) return cli_bad_arg(a->prog, "%s", err);
     for (int i = 0; i < a->n_ov; i++) {
         const app_override *o = &a->ov[i];
+        size_t sl = strlen(SERVER_CONFIG_SECTION);
+        if (!server && strncmp(o->key, SERVER_CONFIG_SECTION, sl) == 0 && o->key[sl] == '.')
+            return cli_bad_arg(a->prog,
+                               "--set %s: server settings belong to infer-server; %s runs no "
+                               "server",
+                               o->key, a->prog);
         if (config_set(&b, o->key, o->value, err, sizeof err) != 0) {
             if (o->flag) return cli_bad_arg(a->prog, "%s: %s", o->flag, err);
             return cli_bad_arg(a->prog, "--set %s: %s", o->key, err);

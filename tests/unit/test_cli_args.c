@@ -72,6 +72,17 @@ static void test_unique_swap_path(void) {
     CHECKF(strcmp(got[0], got[1]) != 0, "two resolves share '%s'", got[0]);
 }
 
+/* A program that runs no server refuses server settings on its command
+ * line (a config file's server section it skips: one file serves all). */
+static void test_server_keys_refused(void) {
+    app_config_args a;
+    CHECK(app_config_args_init(&a, "infer-generate", 4) < 0);
+    CHECK(app_config_set_arg(&a, "server.api_key=k") < 0);
+    engine_config c;
+    CHECK(app_resolve_config(&a, &c, NULL) == 2);
+    app_config_args_free(&a);
+}
+
 int main(void) {
     int i = 7;
     CHECK(cli_parse_int("42", 0, 100, &i) == 0 && i == 42);
@@ -100,5 +111,6 @@ int main(void) {
     CHECK(!strcmp(cli_invoked_path("test_cli_args"), program_invocation_name));
     test_default_model();
     test_unique_swap_path();
+    test_server_keys_refused();
     return tu_finish("test_cli_args");
 }
