@@ -1,10 +1,13 @@
 /* app_start.c - see app_start.h. */
 #include "apps/app_start.h"
 
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "apps/cli_args.h"
 #include "server/server_config.h"
@@ -61,6 +64,59 @@ static config_bindings app_bindings(engine_config *c, const config_binding *serv
     return (config_bindings){bind, 2, NULL};
 }
 
+void app_default_model(const char *exe, char *out, size_t cap) {
+    const char *env = getenv("ENGINE_MODEL");
+    if (env && *env) {
+        snprintf(out, cap, "%s", env);
+        return;
+    }
+    snprintf(out, cap, "%s", APP_DEFAULT_MODEL);
+    if (access(out, R_OK) == 0) return;
+    char self[PATH_MAX];
+    if (!exe) {
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n <= 0) return;
+        self[n] = 0;
+        exe = self;
+    }
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", exe);
+    char *slash = strrchr(dir, '/');
+    if (!slash) return;
+    *slash = 0;
+    /* build/infer-server: build/, then the repository above it */
+    for (int up = 0; up < 2; up++) {
+        char cand[PATH_MAX + 64];
+        snprintf(cand, sizeof cand, "%s/%s", dir, APP_DEFAULT_MODEL);
+        if (access(cand, R_OK) == 0) {
+            snprintf(out, cap, "%s", cand);
+            return;
+        }
+        slash = strrchr(dir, '/');
+        if (!slash || slash == dir) return;
+        *slash = 0;
+    }
+}
+
+/* cache_config.swap_path ending in XXXXXX: a name of this process's own
+ * (mkstemp), so two programs started from one config never share (and
+ * truncate) one swap file. The file is removed again at once: the KV pool
+ * creates it when the engine starts and removes it when it stops, and a
+ * program that fails before that leaves nothing behind. -1, or 2. */
+static int unique_swap_path(const char *prog, engine_config *c) {
+    size_t n = strlen(c->swap_path);
+    if (n < 6 || strcmp(c->swap_path + n - 6, "XXXXXX") != 0) return -1;
+    int fd = mkstemp(c->swap_path);
+    if (fd < 0) {
+        fprintf(stderr, "%s: cache_config.swap_path: cannot create a file from '%s': %s\n", prog,
+                c->swap_path, strerror(errno));
+        return 2;
+    }
+    close(fd);
+    unlink(c->swap_path);
+    return -1;
+}
+
 int app_resolve_config(const app_config_args *a, engine_config *c, const config_binding *server) {
     char err[1024];
     config_binding bind[2];
@@ -71,14 +127,20 @@ int app_resolve_config(const app_config_args *a, engine_config *c, const config_
     if (config_apply_env(&b, err, sizeof err) != 0) return cli_bad_arg(a->prog, "%s", err);
     for (int i = 0; i < a->n_ov; i++) {
         const app_override *o = &a->ov[i];
+        size_t sl = strlen(SERVER_CONFIG_SECTION);
+        if (!server && strncmp(o->key, SERVER_CONFIG_SECTION, sl) == 0 && o->key[sl] == '.')
+            return cli_bad_arg(a->prog,
+                               "--set %s: server settings belong to infer-server; %s runs no "
+                               "server",
+                               o->key, a->prog);
         if (config_set(&b, o->key, o->value, err, sizeof err) != 0) {
             if (o->flag) return cli_bad_arg(a->prog, "%s: %s", o->flag, err);
             return cli_bad_arg(a->prog, "--set %s: %s", o->key, err);
         }
     }
-    if (!c->model_path[0]) snprintf(c->model_path, sizeof c->model_path, "%s", APP_DEFAULT_MODEL);
+    if (!c->model_path[0]) app_default_model(NULL, c->model_path, sizeof c->model_path);
     if (config_validate(&b, err, sizeof err) != 0) return cli_bad_arg(a->prog, "%s", err);
-    return -1;
+    return a->print_config ? -1 : unique_swap_path(a->prog, c);
 }
 
 int app_print_config(const app_config_args *a, engine_config *c, const config_binding *server) {
@@ -107,6 +169,8 @@ int app_open(const char *prog, const app_open_opts *o, app_runtime *rt) {
         0) {
         if (o->progress_abort) o->progress_abort(o->progress_user);
         fprintf(stderr, "%s: cannot load model '%s': %s\n", prog, o->model_path, err);
+        if (access(o->model_path, F_OK) != 0 && errno == ENOENT)
+            fprintf(stderr, "%s: %s\n", prog, APP_MODEL_HINT);
         return 1;
     }
     if (o->with_tokenizer && tok_load(llm_model_gguf(rt->model), &rt->tok, err, sizeof err) != 0) {

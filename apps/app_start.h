@@ -20,6 +20,10 @@
 #include "engine/engine.h"
 
 #define APP_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+/* What a user is told when the model file is not there. */
+#define APP_MODEL_HINT                                                                             \
+    "fetch the default model with tools/fetch-model (run from the repository root), "              \
+    "or pass -m PATH (or set ENGINE_MODEL=PATH)"
 
 #ifndef ENGINE_VERSION
 #define ENGINE_VERSION "0.1.0"
@@ -51,8 +55,16 @@ void app_config_args_free(app_config_args *a);
 void app_config_flag(app_config_args *a, const char *flag, const char *key, const char *value);
 /* --set KEY=VALUE. */
 int app_config_set_arg(app_config_args *a, const char *arg);
+/* The model to load when the config names none: $ENGINE_MODEL when set,
+ * else the first APP_DEFAULT_MODEL that exists relative to the current
+ * directory, to the executable's directory or to its parent (the
+ * repository, for build/infer-server), else APP_DEFAULT_MODEL as is (the
+ * load then fails with APP_MODEL_HINT). exe is the program's own path
+ * (/proc/self/exe; NULL to look it up). */
+void app_default_model(const char *exe, char *out, size_t cap);
+
 /* defaults < --config < the environment < overrides in order, the default
- * model path when none is set, then config_validate. The engine's sections
+ * model path (app_default_model) when none is set, then config_validate. The engine's sections
  * go to c; server binds the server's table (server/server_config.h) for the
  * program that runs one, and is NULL in the others, which accept and ignore
  * a server section (one config file serves every program). */

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int cli_parse_int(const char *s, long lo, long hi, int *out) {
     char *end;
@@ -41,6 +42,16 @@ int cli_bad_arg(const char *prog, const char *fmt, ...) {
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n(see %s --help)\n", prog);
+    fprintf(stderr, "\n(see %s --help)\n", cli_invoked_path(prog));
     return 2;
+}
+
+const char *cli_invoked_path(const char *prog) {
+    /* argv[0] as the user typed it (e.g. ./build/infer-generate), when it
+     * is this program: the programs are not installed on PATH */
+    const char *inv = program_invocation_name;
+    if (!inv || !*inv) return prog;
+    const char *base = strrchr(inv, '/');
+    base = base ? base + 1 : inv;
+    return strcmp(base, prog) == 0 ? inv : prog;
 }

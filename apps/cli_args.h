@@ -17,8 +17,11 @@ int cli_parse_int(const char *s, long lo, long hi, int *out);
 int cli_parse_u64(const char *s, uint64_t *out);
 /* A finite float (strtof syntax). */
 int cli_parse_float(const char *s, float *out);
-/* Print "PROG: MESSAGE\n(see PROG --help)\n" to stderr; returns 2, the
- * programs' exit status for bad arguments. */
+/* The path the program was started by (argv[0], e.g. "./build/infer-server")
+ * when its file name is prog, else prog: what help texts tell a user to run. */
+const char *cli_invoked_path(const char *prog);
+/* Print "PROG: MESSAGE\n(see PATH --help)\n" to stderr (PATH:
+ * cli_invoked_path); returns 2, the programs' exit status for bad arguments. */
 int cli_bad_arg(const char *prog, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

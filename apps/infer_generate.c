@@ -95,6 +95,7 @@ static void usage(FILE *f) {
             "Generation:\n"
             "  -n, --max-tokens N       tokens to generate per prompt (default 128; -1 = until\n"
             "                           end of generation, the context or the KV cache is full)\n"
+            "  -l, --generation-length N  the same as --max-tokens\n"
             "      --min-tokens N       suppress end-of-generation before N tokens (default 0)\n"
             "      --ignore-eos         never stop at end-of-generation tokens\n"
             "      --stop TEXT          stop when the completion contains TEXT (cut from the\n"
@@ -113,7 +114,7 @@ static void usage(FILE *f) {
             "\n"
             "Engine (batching and KV cache; every key is described in docs/config.md):\n"
             "      --config FILE        engine config JSON (model_loading_config,\n"
-            "                           batcher_config, cache_config; server is ignored)\n"
+            "                           batcher_config, cache_config)\n"
             "      --set KEY=VALUE      set one config key, e.g. --set\n"
             "                           cache_config.kv_memory_mb=512; repeatable\n"
             "      --batching MODE      continuous (default): a finished sequence's place is\n"
@@ -154,7 +155,10 @@ static void usage(FILE *f) {
             "                           ttft_ms), generation_ms (first to last token),\n"
             "                           prompt_tokens_per_s, generation_tokens_per_s}\n"
             "  -s, --stream             print tokens as they are generated (one prompt only)\n"
-            "  -q, --quiet              no progress or report on stderr\n"
+            "  -q, --quiet              no progress or report on stderr; progress is\n"
+            "                           prompts done/total, tokens/s, elapsed and ETA,\n"
+            "                           redrawn in place on a terminal, else a line every\n"
+            "                           10 s\n"
             "  -h, --help               show this help\n"
             "      --version            show the version\n"
             "\n"
@@ -449,8 +453,10 @@ static int parse_option(cli_args *a, int c, const char *v, char **argv) {
     case 'p': a->cli_prompts[a->n_cli_prompts++] = v; break;
     case OPT_PROMPTS_FILE: a->prompts_file = v; break;
     case 'n':
+    case 'l':
         if (cli_parse_int(v, -1, INT_MAX, &a->max_tokens))
-            return cli_bad_arg(PROG, "--max-tokens: expected an integer >= -1, got '%s'", v);
+            return cli_bad_arg(PROG, "%s: expected an integer >= -1, got '%s'",
+                               c == 'n' ? "--max-tokens" : "--generation-length", v);
         break;
     case OPT_MIN_TOKENS:
         if (cli_parse_int(v, 0, INT_MAX, &a->min_tokens))
@@ -522,7 +528,10 @@ static int finish_args(cli_args *a) {
     if (a->prompts_file && read_prompts_file(a) != 0) return 2;
     if (a->n_prompts == 0) {
         if (a->prompts_file) return cli_bad_arg(PROG, "no prompts in '%s'", a->prompts_file);
-        return cli_bad_arg(PROG, "no prompt given (use -p or --prompts-file)");
+        return cli_bad_arg(PROG,
+                           "no prompts given: pass -p TEXT (repeatable), or --prompts-file FILE "
+                           "with one prompt per line or JSON Lines such as "
+                           "examples/prompts.jsonl ('-' reads stdin)");
     }
     if (a->stream && a->n_prompts != 1)
         return cli_bad_arg(PROG, "--stream works with exactly one prompt (got %d)", a->n_prompts);
@@ -541,6 +550,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         {"prompt", required_argument, 0, 'p'},
         {"prompts-file", required_argument, 0, OPT_PROMPTS_FILE},
         {"max-tokens", required_argument, 0, 'n'},
+        {"generation-length", required_argument, 0, 'l'},
         {"min-tokens", required_argument, 0, OPT_MIN_TOKENS},
         {"temperature", required_argument, 0, OPT_TEMPERATURE},
         {"temp", required_argument, 0, OPT_TEMPERATURE},
@@ -586,7 +596,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
     }
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, ":m:p:n:b:o:t:sqh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:p:n:l:b:o:t:sqh", longopts, NULL)) != -1) {
         int is_config_flag = 0;
         for (size_t k = 0; k < sizeof config_flags / sizeof config_flags[0]; k++) {
             if (config_flags[k].opt != c) continue;
@@ -626,14 +636,49 @@ static void on_load_progress(float fraction, void *user) {
     }
 }
 
-static int on_stream_token(void *user, int request, int32_t token, const char *text, size_t len) {
-    (void)user;
+/* Progress of the run on stderr: prompts done of the total, generated
+ * tokens and their rate, elapsed time and an ETA from the rate prompts
+ * finish at; redrawn in place on a terminal, a line every 10 s otherwise.
+ * Counted as gen_run hands the tokens over (request by request, in
+ * order), so it may trail the engine a little. */
+typedef struct {
+    int show;   /* progress wanted (not -q, not --stream) */
+    int stream; /* --stream: tokens go to stdout as they come */
+    int tty, drawn;
+    int total, done;
+    long tokens;
+    double t0, next_ms;
+} run_progress;
+
+static void progress_draw(run_progress *p, int final) {
+    double now = clock_now_ms();
+    if (!final && now < p->next_ms) return;
+    p->next_ms = now + (p->tty ? 250.0 : 10000.0);
+    if (final) {
+        if (p->drawn) fputs("\r\033[K", stderr); /* the report replaces it */
+        return;
+    }
+    double el = (now - p->t0) / 1e3;
+    char eta[32] = "?";
+    if (p->done > 0) snprintf(eta, sizeof eta, "%.0f s", el * (p->total - p->done) / p->done);
+    fprintf(stderr,
+            "%sgenerating: %d/%d prompts, %ld tokens, %.1f tokens/s, elapsed %.0f s, eta %s%s",
+            p->tty ? "\r" : "", p->done, p->total, p->tokens, el > 0 ? p->tokens / el : 0.0, el,
+            eta, p->tty ? "\033[K" : "\n");
+    fflush(stderr);
+    p->drawn = p->tty;
+}
+
+static int on_run_token(void *user, int request, int32_t token, const char *text, size_t len) {
     (void)request;
-    (void)token;
-    if (len) {
+    run_progress *p = user;
+    if (p->stream && len) {
         fwrite(text, 1, len, stdout);
         fflush(stdout);
     }
+    if (token >= 0) p->tokens++;
+    else p->done++; /* the request's final call */
+    if (p->show) progress_draw(p, 0);
     return 0;
 }
 
@@ -875,10 +920,22 @@ static int run(const cli_args *a, const app_runtime *rt, const char *tmpl, doubl
         gen_options opt;
         gen_options_default(&opt);
         opt.engine = &eo;
-        if (a->stream) opt.on_token = on_stream_token;
+        double t_run = clock_now_ms();
+        run_progress rp = {!a->quiet && !a->stream,
+                           a->stream,
+                           isatty(2),
+                           0,
+                           a->n_prompts,
+                           0,
+                           0,
+                           t_run,
+                           t_run + (isatty(2) ? 0.0 : 10000.0)};
+        opt.on_token = on_run_token;
+        opt.user = &rp;
         gen_stats st;
         int ok = gen_run(rt->model, rt->be, rt->tok, reqs, a->n_prompts, &opt, res, &st, err,
                          sizeof err) == 0;
+        if (rp.show) progress_draw(&rp, 1);
         if (a->stream) {
             fputc('\n', stdout);
             fflush(stdout);

@@ -72,7 +72,7 @@ static void usage(FILE *f) {
 "  -h, --help               this text\n"
 "      --version            print the version\n"
 "\n"
-"Query it with: infer-cli generate \"Hello\"  |  curl http://127.0.0.1:8080/health\n",
+"Query it with: build/infer-cli generate \"Hello\"  |  curl http://127.0.0.1:8080/health\n",
             RPC_DEFAULT_FRAME_TIMEOUT_MS);
     // clang-format on
 }
@@ -121,7 +121,13 @@ static int parse_option(args *a, int c, const char *v, char **argv) {
     case 't': app_config_flag(ca, "--threads", "model_loading_config.n_threads", v); break;
     case OPT_HTTP: app_config_flag(ca, "--http", "server.http_listen", v); break;
     case OPT_NUMERICS: app_config_flag(ca, "--numerics", "model_loading_config.numerics", v); break;
-    case OPT_API_KEY: app_config_flag(ca, "--api-key", "server.api_key", v); break;
+    case OPT_API_KEY:
+        /* "--api-key $KEY" with KEY unset must not start a server open to all */
+        if (!*v)
+            return cli_bad_arg(PROG, "--api-key: the key is empty (an unset variable?); give a "
+                                     "key, or leave the flag out to run without one");
+        app_config_flag(ca, "--api-key", "server.api_key", v);
+        break;
     case OPT_CONFIG: ca->config_file = v; break;
     case OPT_SET: return app_config_set_arg(ca, v);
     case OPT_LISTEN: return add_listen(a, v);

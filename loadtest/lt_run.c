@@ -72,7 +72,8 @@ static const char *USAGE =
     "  --url URL              tcp://HOST:PORT or ipc://PATH (infer-server RPC) or\n"
     "                         http://HOST:PORT[/PATH] (OpenAI /v1/completions, SSE)\n"
     "  --api-key K            RPC key / HTTP Authorization: Bearer K\n"
-    "  --model NAME           \"model\" field of HTTP requests (vLLM/TGI want one)\n"
+    "  --model NAME           \"model\" field of HTTP requests (vLLM/TGI want one;\n"
+    "                         infer-server: its model id or none)\n"
     "  --allow-remote         allow targets that are not loopback addresses\n"
     "traffic:\n"
     "  --trace FILE.jsonl     requests (and arrival times t) from a trace\n"
@@ -104,7 +105,10 @@ static int usage_err(const char *fmt, ...) {
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fputs("\n(loadtest --help for the options)\n", stderr);
+    /* argv[0] as typed (build/loadtest): the program is not on PATH */
+    fprintf(stderr, "\n(%s --help for the options)\n",
+            program_invocation_name && *program_invocation_name ? program_invocation_name
+                                                                : "loadtest");
     return 2;
 }
 
@@ -383,6 +387,7 @@ typedef struct run_s {
     size_t n_samples, cap_samples;
     atomic_int monitor_stop;
     int tty;
+    long long n_total; /* requests to send; INT64_MAX: until --duration */
     int have_server_stats;
 } run_t;
 
@@ -688,6 +693,21 @@ static void server_gauges(run_t *r, lt_server_gauges *g, int *fails) {
     if (g->running >= 0 || g->waiting >= 0 || g->kv_blocks_used >= 0) r->have_server_stats = 1;
 }
 
+/* The progress line's "/TOTAL" and "  eta S s": from the requests left
+ * at the rate they have finished so far, or from --duration. */
+static void progress_total_eta(const run_t *r, double elapsed, long finished, char *total,
+                               char *eta) {
+    total[0] = eta[0] = 0;
+    double left = -1;
+    if (r->n_total != INT64_MAX) {
+        snprintf(total, 32, "/%lld", r->n_total);
+        if (finished > 0) left = elapsed * (double)(r->n_total - finished) / (double)finished;
+    } else if (r->o->duration > 0) {
+        left = r->o->duration - elapsed;
+    }
+    if (left >= 0) snprintf(eta, 32, "  eta %.0f s", left);
+}
+
 static void *monitor_main(void *arg) {
     run_t *r = arg;
     double next_sample = r->t0, next_progress = r->t0 + (r->tty ? 0.5 : 5.0);
@@ -726,9 +746,11 @@ static void *monitor_main(void *arg) {
             double tps = now > last_t ? (double)(tok - last_tokens) / (now - last_t) : 0;
             last_tokens = tok;
             last_t = now;
+            char total[32], eta[32];
+            progress_total_eta(r, now - r->t0, done + failed, total, eta);
             fprintf(stderr,
-                    "%s[%7.1f s] sent %zu  done %ld  failed %ld  in flight %ld  %.1f tok/s%s",
-                    r->tty ? "\r" : "", now - r->t0, sent, done, failed, infl, tps,
+                    "%s[%7.1f s] sent %zu  done %ld%s  failed %ld  in flight %ld  %.1f tok/s%s%s",
+                    r->tty ? "\r" : "", now - r->t0, sent, done, total, failed, infl, tps, eta,
                     r->tty ? "\033[K" : "\n");
             if (stop && r->tty) fputc('\n', stderr);
             fflush(stderr);
@@ -1103,6 +1125,7 @@ int lt_main(int argc, char **argv) {
     atomic_init(&r->out_tokens, 0);
     atomic_init(&r->monitor_stop, 0);
     r->tty = isatty(STDERR_FILENO);
+    r->n_total = n_total;
 
     struct sigaction sa = {0}, old_int, old_term, old_pipe;
     sa.sa_handler = on_signal;

@@ -117,8 +117,8 @@ static cJSON *model_object(srv_http *h) {
 static void handle_models(srv_http *h, httpd_req *req, const char *which) {
     cJSON *root;
     if (which) {
-        if (strcmp(which, h->model_name) != 0) {
-            http_reply_error(req, 404, "model_not_found", NULL, "model '%s' does not exist", which);
+        if (!http_model_accepts(h, which)) {
+            http_reply_model_not_found(h, req, which);
             return;
         }
         root = model_object(h);
@@ -144,7 +144,22 @@ static void handle_models(srv_http *h, httpd_req *req, const char *which) {
 
 const char *http_model_name(const srv_http *h) { return h->model_name; }
 
+int http_model_accepts(const srv_http *h, const char *asked) {
+    return server_model_accepts(h->s->cfg.model_path, asked);
+}
+
+void http_reply_model_not_found(const srv_http *h, httpd_req *req, const char *asked) {
+    http_reply_error(req, 404, "model_not_found", NULL,
+                     "model '%.200s' does not exist; this server serves '%s'", asked,
+                     h->model_name);
+}
+
 long http_created(const srv_http *h) { return h->created; }
+
+void http_call_cancel(http_call *c, relay_end why) {
+    relay_cancel(c->r, why);
+    for (int i = 0; i < c->n_extra; i++) relay_cancel(c->extra[i], why);
+}
 
 void http_calls_register(http_call *c) {
     srv_http *h = c->h;
@@ -155,7 +170,7 @@ void http_calls_register(http_call *c) {
     h->calls = c;
     int stopping = h->stopping;
     pthread_mutex_unlock(&h->mu);
-    if (stopping) relay_cancel(c->r, RELAY_END_SHUTDOWN);
+    if (stopping) http_call_cancel(c, RELAY_END_SHUTDOWN);
 }
 
 void http_calls_unregister(http_call *c) {
@@ -179,7 +194,8 @@ static void handle_generation(srv_http *h, httpd_req *req, japi_kind kind, doubl
     }
     int limit = s->net.request_timeout_ms;
     http_call c = {.h = h, .s = s, .req = req, .kind = kind};
-    c.r = relay_create(s, limit > 0 ? t_arrival + limit : 0);
+    c.deadline_at = limit > 0 ? t_arrival + limit : 0;
+    c.r = relay_create(s, c.deadline_at);
     if (!c.r) {
         srv_metrics_count_status(&s->metrics, SRV_UNAVAILABLE);
         http_reply_error(req, 503, "overloaded", NULL, "out of memory");
@@ -307,17 +323,6 @@ static void http_handle(httpd_req *req, void *user) {
  * Start and stop
  * ------------------------------------------------------------------- */
 
-static void model_name_from_path(const char *path, char *out, size_t cap) {
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
-    if (!*base) base = "model";
-    size_t n = strlen(base);
-    if (n >= cap) n = cap - 1;
-    memcpy(out, base, n);
-    out[n] = 0;
-    if (n > 5 && strcmp(out + n - 5, ".gguf") == 0) out[n - 5] = 0;
-}
-
 /* "http://HOST:PORT[/]" (HOST may be "[v6]" or empty for any address) into
  * host (NULL = any) and port. Returns 0, or -1 with a message. */
 static int parse_url(const char *url, char *host, size_t cap, const char **host_out, int *port,
@@ -361,7 +366,7 @@ int srv_http_start(srv *s, const char *url, char *err, size_t errlen) {
     }
     h->s = s;
     h->created = (long)time(NULL);
-    model_name_from_path(s->cfg.model_path, h->model_name, sizeof h->model_name);
+    server_model_id(s->cfg.model_path, h->model_name, sizeof h->model_name);
     pthread_mutex_init(&h->mu, NULL);
     httpd_opts o;
     httpd_opts_default(&o);
@@ -387,7 +392,7 @@ void srv_http_stop(srv *s) {
     if (!h) return;
     pthread_mutex_lock(&h->mu);
     h->stopping = 1;
-    for (http_call *c = h->calls; c; c = c->next) relay_cancel(c->r, RELAY_END_SHUTDOWN);
+    for (http_call *c = h->calls; c; c = c->next) http_call_cancel(c, RELAY_END_SHUTDOWN);
     pthread_mutex_unlock(&h->mu);
     /* Waits for every handler, so no call can still see h afterwards. */
     httpd_stop(h->d, HTTP_STOP_TIMEOUT_MS);

@@ -4,6 +4,11 @@
  * the JSON body, hand the call to its relay (server/relay.h) and encode
  * what the relay gives back, as one JSON reply or as Server-Sent Events
  * (httpd's stream: chunked on HTTP/1.1, so the connection may be kept).
+ * A /v1/completions list of prompts runs as one relay per prompt, submitted
+ * together; the reply merges their choices (index = prompt * n + j), a
+ * stream interleaves their events, and the call ends as its worst relay.
+ * A body whose "model" is not the served one is answered 404, as
+ * /v1/models/{id} is.
  *
  * While the call runs, httpd watches its connection (httpd_req_watch): a
  * client that goes away cancels the relay at once, so the engine request's
@@ -26,6 +31,7 @@
 #include "base/strbuf.h"
 
 #define SSE_BATCH_BYTES 65536 /* events ready at once are sent in one write up to this */
+#define STREAM_POLL_MS 5      /* several prompts: the wait on one stream before the next */
 
 typedef struct {
     http_call *c;
@@ -33,6 +39,29 @@ typedef struct {
     char id[64]; /* OpenAI object id */
     long created;
 } call_ctx;
+
+/* A call's relays: one per prompt (c->r, then c->extra). */
+static int n_relays(const http_call *c) { return 1 + c->n_extra; }
+static relay *relay_at(const http_call *c, int k) { return k == 0 ? c->r : c->extra[k - 1]; }
+
+/* The index of choice i of prompt k (OpenAI: prompt-major). */
+static int choice_index(const http_call *c, int k, int i) {
+    return k * relay_result_get(c->r)->n + i;
+}
+
+/* The call's status: the first relay that did not end OK decides. */
+static int call_outcome(const http_call *c) {
+    for (int k = 0; k < n_relays(c); k++) {
+        int st = relay_outcome(relay_at(c, k));
+        if (st != SRV_OK) return st;
+    }
+    return SRV_OK;
+}
+
+/* relay_finish for every relay, with the call's final status. */
+static void call_finish(http_call *c, int st) {
+    for (int k = 0; k < n_relays(c); k++) relay_finish(relay_at(c, k), st);
+}
 
 /* ---------------------------------------------------------------------
  * JSON pieces
@@ -107,15 +136,14 @@ static void sse_event(strbuf *b, cJSON *j) {
 /* httpd's callback when the client is gone (any thread, quick). */
 static void call_gone(httpd_req *req, void *user) {
     (void)req;
-    http_call *c = user;
-    relay_cancel(c->r, RELAY_END_PEER_GONE);
+    http_call_cancel(user, RELAY_END_PEER_GONE);
 }
 
 /* A piece of a stream; a failed write means the client is gone. */
 static int stream_write(http_call *c, const char *p, size_t n) {
     if (relay_end_reason(c->r) == RELAY_END_PEER_GONE) return HTTPD_EGONE;
     int rv = httpd_stream_write(c->req, p, n);
-    if (rv != HTTPD_OK) relay_cancel(c->r, RELAY_END_PEER_GONE);
+    if (rv != HTTPD_OK) http_call_cancel(c, RELAY_END_PEER_GONE);
     return rv;
 }
 
@@ -153,13 +181,12 @@ static cJSON *generate_json(const call_ctx *x, const relay_result *res) {
     return root;
 }
 
-static cJSON *openai_json(const call_ctx *x, const relay_result *res) {
+/* Prompt k's choices, appended to choices. */
+static void openai_choices(const call_ctx *x, int k, const relay_result *res, cJSON *choices) {
     int chat = x->c->kind == JAPI_CHAT;
-    cJSON *root = openai_object(x, chat ? "chat.completion" : "text_completion");
-    cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     for (int i = 0; i < res->n; i++) {
         cJSON *ch = cJSON_CreateObject();
-        cJSON_AddNumberToObject(ch, "index", i);
+        cJSON_AddNumberToObject(ch, "index", choice_index(x->c, k, i));
         const char *t = res->choices[i].text.p ? res->choices[i].text.p : "";
         if (chat) {
             cJSON *m = cJSON_AddObjectToObject(ch, "message");
@@ -172,7 +199,21 @@ static cJSON *openai_json(const call_ctx *x, const relay_result *res) {
         cJSON_AddStringToObject(ch, "finish_reason", openai_finish(res->choices[i].finish));
         cJSON_AddItemToArray(choices, ch);
     }
-    cJSON_AddItemToObject(root, "usage", usage_json(res->prompt_tokens, res->completion_tokens));
+}
+
+/* The choices of every prompt's relay, and their usage summed. */
+static cJSON *openai_json(const call_ctx *x) {
+    int chat = x->c->kind == JAPI_CHAT;
+    cJSON *root = openai_object(x, chat ? "chat.completion" : "text_completion");
+    cJSON *choices = cJSON_AddArrayToObject(root, "choices");
+    int prompt_tokens = 0, completion_tokens = 0;
+    for (int k = 0; k < n_relays(x->c); k++) {
+        const relay_result *res = relay_result_get(relay_at(x->c, k));
+        openai_choices(x, k, res, choices);
+        prompt_tokens += res->prompt_tokens;
+        completion_tokens += res->completion_tokens;
+    }
+    cJSON_AddItemToObject(root, "usage", usage_json(prompt_tokens, completion_tokens));
     return root;
 }
 
@@ -198,12 +239,12 @@ static void reply_outcome_error(http_call *c, int st) {
 
 static void unary_call(call_ctx *x) {
     http_call *c = x->c;
-    relay_wait(c->r);
+    for (int k = 0; k < n_relays(c); k++) relay_wait(relay_at(c, k));
     const relay_result *res = relay_result_get(c->r);
-    int st = relay_outcome(c->r);
+    int st = call_outcome(c);
     char *txt = NULL;
     if (st == SRV_OK) {
-        cJSON *root = c->kind == JAPI_GENERATE ? generate_json(x, res) : openai_json(x, res);
+        cJSON *root = c->kind == JAPI_GENERATE ? generate_json(x, res) : openai_json(x);
         txt = cJSON_PrintUnformatted(root);
         cJSON_Delete(root);
         if (!txt) st = SRV_RESOURCE_EXHAUSTED;
@@ -211,7 +252,7 @@ static void unary_call(call_ctx *x) {
     /* Counted before the client can see the answer, so that a client
      * reading /metrics (or main's drain loop reading active_calls) right
      * after it finds the call counted. */
-    relay_finish(c->r, st);
+    call_finish(c, st);
     if (txt) http_reply_json(c->req, 200, txt);
     else reply_outcome_error(c, st);
     cJSON_free(txt);
@@ -257,8 +298,9 @@ static cJSON *stream_chunk(const call_ctx *x, int i, const char *text, const eng
     return o;
 }
 
-static void stream_event(const call_ctx *x, strbuf *out, const engine_event *ev) {
-    int i = ev->index;
+/* An event of prompt k's relay. */
+static void stream_event(const call_ctx *x, strbuf *out, int k, const engine_event *ev) {
+    int i = choice_index(x->c, k, ev->index);
     if (ev->type == ENGINE_EV_TOKEN) {
         /* A token whose text is held back (incomplete UTF-8, a possible
          * stop string) is sent with a later one, except to /generate
@@ -276,7 +318,7 @@ static int stream_begin(http_call *c) {
     static const httpd_header hd[] = {{"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}};
     int rv = httpd_stream_begin(c->req, 200, "text/event-stream; charset=utf-8", hd,
                                 sizeof hd / sizeof hd[0]);
-    if (rv != HTTPD_OK) relay_cancel(c->r, RELAY_END_PEER_GONE);
+    if (rv != HTTPD_OK) http_call_cancel(c, RELAY_END_PEER_GONE);
     return rv;
 }
 
@@ -293,18 +335,45 @@ static void stream_roles(const call_ctx *x, strbuf *out, int n) {
     }
 }
 
-/* Relay events until the stream ends; 0, or -1 when out of memory. */
+/* Move what relay k has ready (up to SSE_BATCH_BYTES in out) into out;
+ * with wait_ms != 0 wait that long (-1: until) for its first event.
+ * Returns 1 when something was added, 0 when nothing was ready, -1 when
+ * the relay's stream ended. */
+static int stream_take(const call_ctx *x, strbuf *out, int k, int wait_ms) {
+    relay *r = relay_at(x->c, k);
+    engine_event ev;
+    int added = 0, rv = 0;
+    while (out->len < SSE_BATCH_BYTES && (rv = relay_next(r, &ev, added ? 0 : wait_ms)) == 1) {
+        stream_event(x, out, k, &ev);
+        engine_event_clear(&ev);
+        added = 1;
+    }
+    if (added) return 1;
+    return rv < 0 ? -1 : 0;
+}
+
+/* Relay events until every stream ends, the ready ones of all prompts in
+ * one write, choices interleaved as their tokens come; 0, or -1 when out
+ * of memory. With one prompt it waits on its stream; with several it
+ * polls them in turn, waiting briefly on each when none had anything. */
 static int stream_events(const call_ctx *x, strbuf *out) {
     http_call *c = x->c;
-    engine_event ev;
-    while (relay_next(c->r, &ev, -1) == 1) {
+    int n = n_relays(c), live = n, turn = 0;
+    int ended[JAPI_MAX_PROMPTS] = {0};
+    while (live > 0) {
         out->len = 0;
-        stream_event(x, out, &ev);
-        engine_event_clear(&ev);
-        /* Send what else is ready in the same write. */
-        while (out->len < SSE_BATCH_BYTES && relay_next(c->r, &ev, 0) == 1) {
-            stream_event(x, out, &ev);
-            engine_event_clear(&ev);
+        int any = 0;
+        for (int k = 0; k < n; k++) {
+            if (ended[k]) continue;
+            int rv = stream_take(x, out, k, 0);
+            if (rv < 0) ended[k] = 1, live--;
+            any |= rv > 0;
+        }
+        if (!any && live > 0) {
+            while (ended[turn % n]) turn++;
+            int k = turn++ % n;
+            int rv = stream_take(x, out, k, n == 1 ? -1 : STREAM_POLL_MS);
+            if (rv < 0) ended[k] = 1, live--;
         }
         if (out->oom) return -1;
         if (out->len) stream_write(c, out->p, out->len); /* a failure ends the call */
@@ -324,11 +393,15 @@ static void stream_tail(const call_ctx *x, strbuf *out, int st) {
         strbuf_puts(out, "\n\n");
     }
     if (c->kind != JAPI_GENERATE && x->jr->include_usage) {
-        const relay_result *res = relay_result_get(c->r);
+        int prompt_tokens = 0, completion_tokens = 0;
+        for (int k = 0; k < n_relays(c); k++) {
+            prompt_tokens += relay_result_get(relay_at(c, k))->prompt_tokens;
+            completion_tokens += relay_result_get(relay_at(c, k))->completion_tokens;
+        }
         cJSON *o =
             openai_object(x, c->kind == JAPI_CHAT ? "chat.completion.chunk" : "text_completion");
         cJSON_AddArrayToObject(o, "choices");
-        cJSON_AddItemToObject(o, "usage", usage_json(res->prompt_tokens, res->completion_tokens));
+        cJSON_AddItemToObject(o, "usage", usage_json(prompt_tokens, completion_tokens));
         sse_event(out, o);
     }
     strbuf_puts(out, "data: [DONE]\n\n");
@@ -341,8 +414,8 @@ static void stream_call(const call_ctx *x) {
     int st = SRV_CANCELLED;
     stream_roles(x, &out, relay_result_get(c->r)->n);
     if (!out.oom && stream_begin(c) == HTTPD_OK && stream_write(c, out.p, out.len) == 0)
-        st = stream_events(x, &out) == 0 ? relay_outcome(c->r) : SRV_INTERNAL;
-    relay_finish(c->r, st);
+        st = stream_events(x, &out) == 0 ? call_outcome(c) : SRV_INTERNAL;
+    call_finish(c, st);
     if (st != SRV_CANCELLED) stream_tail(x, &out, st);
     strbuf_free(&out);
 }
@@ -351,8 +424,55 @@ static void stream_call(const call_ctx *x) {
  * The call
  * ------------------------------------------------------------------- */
 
-/* Parse and validate the body. Returns 0, or -1 after answering. */
-static int call_decode(http_call *c, japi_request *jr, srv_request *sr) {
+/* A srv_prepare failure as the reply (the prompt named in a list). */
+static void reply_prepare_error(http_call *c, int st, int k, int listed, const char *err) {
+    const char *code;
+    int hs = http_status_of(st, &code);
+    /* Sampling fields sit at the top level of the JSON bodies. */
+    const char *msg = strncmp(err, "sampling.", 9) == 0 ? err + 9 : err;
+    if (listed) http_reply_error(c->req, hs, code, NULL, "prompt[%d]: %s", k, msg);
+    else http_reply_error(c->req, hs, code, NULL, "%s", msg);
+}
+
+/* Validate every prompt into sr[0..n) (n: 1, or the prompt list's
+ * length). Returns 0, or -1 after answering and freeing what it made. */
+static int call_prepare(http_call *c, japi_request *jr, srv_request *sr, int n) {
+    char err[1024];
+    for (int k = 0; k < n; k++) {
+        if (jr->n_prompts > 0) japi_select_prompt(jr, k);
+        int st = srv_prepare(c->s, &jr->gen, &sr[k], err, sizeof err);
+        if (st != SRV_OK) {
+            for (int i = 0; i < k; i++) srv_request_free(&sr[i]);
+            relay_finish(c->r, st);
+            reply_prepare_error(c, st, k, jr->n_prompts > 0, err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The relays of prompts 1..n-1 (c->extra). Returns 0, or -1 after
+ * answering (c->r and what was made finished; c->extra empty). */
+static int call_extra_relays(http_call *c, int n) {
+    if (n <= 1) return 0;
+    c->extra = calloc((size_t)n - 1, sizeof *c->extra);
+    for (int k = 0; c->extra && k < n - 1; k++) {
+        if (!(c->extra[k] = relay_create(c->s, c->deadline_at))) break;
+        c->n_extra++;
+    }
+    if (c->n_extra == n - 1) return 0;
+    call_finish(c, SRV_RESOURCE_EXHAUSTED);
+    for (int k = 0; k < c->n_extra; k++) relay_free(c->extra[k]);
+    free(c->extra);
+    c->extra = NULL;
+    c->n_extra = 0;
+    http_reply_error(c->req, 503, "overloaded", NULL, "out of memory");
+    return -1;
+}
+
+/* Parse and validate the body into *sr (one per prompt, *n of them).
+ * Returns 0, or -1 after answering. */
+static int call_decode(http_call *c, japi_request *jr, srv_request **sr, int *n) {
     char err[1024];
     size_t len;
     const char *body = httpd_req_body(c->req, &len);
@@ -362,31 +482,40 @@ static int call_decode(http_call *c, japi_request *jr, srv_request *sr) {
         http_reply_error(c->req, 400, json ? "invalid_json" : "invalid_parameter", NULL, "%s", err);
         return -1;
     }
-    int st = srv_prepare(c->s, &jr->gen, sr, err, sizeof err);
-    if (st != SRV_OK) {
-        const char *code;
-        int hs = http_status_of(st, &code);
-        relay_finish(c->r, st);
-        /* Sampling fields sit at the top level of the JSON bodies. */
-        const char *msg = strncmp(err, "sampling.", 9) == 0 ? err + 9 : err;
-        http_reply_error(c->req, hs, code, NULL, "%s", msg);
-        japi_request_free(jr);
-        return -1;
+    int rc = -1;
+    *n = jr->n_prompts > 0 ? jr->n_prompts : 1;
+    *sr = calloc((size_t)*n, sizeof **sr);
+    if (!*sr) {
+        relay_finish(c->r, SRV_RESOURCE_EXHAUSTED);
+        http_reply_error(c->req, 503, "overloaded", NULL, "out of memory");
+    } else if (jr->model && !http_model_accepts(c->h, jr->model)) {
+        relay_finish(c->r, SRV_NOT_FOUND);
+        http_reply_model_not_found(c->h, c->req, jr->model);
+    } else if (call_prepare(c, jr, *sr, *n) == 0) {
+        if (call_extra_relays(c, *n) == 0) return 0;
+        for (int k = 0; k < *n; k++) srv_request_free(&(*sr)[k]);
     }
-    return 0;
+    free(*sr);
+    *sr = NULL;
+    japi_request_free(jr);
+    return rc;
 }
 
-/* Submit and watch the connection. Returns 0, or -1 after answering. */
+/* Submit every prompt and watch the connection. Returns 0, or -1 after
+ * answering. */
 static int call_start(call_ctx *x, const srv_request *sr) {
     http_call *c = x->c;
     char err[1024];
-    int st = relay_submit(c->r, sr, x->jr->stream ? RELAY_STREAM : RELAY_UNARY, err, sizeof err);
-    if (st != SRV_OK) {
-        const char *code;
-        int hs = http_status_of(st, &code);
-        relay_finish(c->r, st);
-        http_reply_error(c->req, hs, code, NULL, "%s", err);
-        return -1;
+    relay_mode mode = x->jr->stream ? RELAY_STREAM : RELAY_UNARY;
+    for (int k = 0; k < n_relays(c); k++) {
+        int st = relay_submit(relay_at(c, k), &sr[k], mode, err, sizeof err);
+        if (st != SRV_OK) {
+            const char *code;
+            int hs = http_status_of(st, &code);
+            call_finish(c, st); /* relay_free cancels those submitted */
+            http_reply_error(c->req, hs, code, NULL, "%s", err);
+            return -1;
+        }
     }
     /* A client already gone cancels the call here and now. */
     httpd_req_watch(c->req, x->jr->stream ? HTTPD_WATCH_STREAM : HTTPD_WATCH_UNARY, call_gone, c);
@@ -400,17 +529,22 @@ static int call_start(call_ctx *x, const srv_request *sr) {
 
 void http_call_run(http_call *c) {
     japi_request jr;
-    srv_request sr;
-    memset(&sr, 0, sizeof sr);
-    if (call_decode(c, &jr, &sr) != 0) return;
+    srv_request *sr = NULL;
+    int n = 0;
+    if (call_decode(c, &jr, &sr, &n) != 0) return;
     call_ctx x = {.c = c, .jr = &jr};
-    if (call_start(&x, &sr) == 0) {
+    if (call_start(&x, sr) == 0) {
         if (jr.stream) stream_call(&x);
         else unary_call(&x);
         http_calls_unregister(c);
         /* No callback may see c after this. */
         httpd_req_watch(c->req, jr.stream ? HTTPD_WATCH_STREAM : HTTPD_WATCH_UNARY, NULL, NULL);
     }
-    srv_request_free(&sr);
+    for (int k = 0; k < c->n_extra; k++) relay_free(c->extra[k]);
+    free(c->extra);
+    c->extra = NULL;
+    c->n_extra = 0;
+    for (int k = 0; k < n; k++) srv_request_free(&sr[k]);
+    free(sr);
     japi_request_free(&jr);
 }

@@ -27,6 +27,11 @@ typedef struct http_call {
     relay *r;       /* created with the call: it counts it from the start */
     httpd_req *req; /* the request; valid until the handler returns */
     japi_kind kind;
+    double deadline_at; /* r's deadline (relay_create), 0 = none */
+    /* A /v1/completions list of prompts: one relay per prompt after the
+     * first (r), owned by http_call.c; cancelled together with r. */
+    relay **extra;
+    int n_extra;
 
     int registered; /* in h's list, for srv_http_stop */
     struct http_call *next, *prev;
@@ -35,8 +40,14 @@ typedef struct http_call {
 /* ---- http.c ---- */
 
 const char *http_model_name(const srv_http *h);
+/* A client's "model" names the served model (server_model_accepts); the
+ * 404 reply when it does not, the same for /v1/models/{id} and bodies. */
+int http_model_accepts(const srv_http *h, const char *asked);
+void http_reply_model_not_found(const srv_http *h, httpd_req *req, const char *asked);
 long http_created(const srv_http *h);
 
+/* Cancel every relay of c (r and extra). Any thread. */
+void http_call_cancel(http_call *c, relay_end why);
 /* Put c on the list that srv_http_stop cancels (cancelled at once when the
  * server already stops), and take it off. */
 void http_calls_register(http_call *c);

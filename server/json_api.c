@@ -371,9 +371,46 @@ static int get_stop(const cJSON *obj, japi_request *r, char *err, size_t errlen)
     return 0;
 }
 
+/* /v1/completions "prompt" as a list of prompts: each a string or an
+ * array of token ids. */
+static int get_prompt_list(const cJSON *v, japi_request *r, char *err, size_t errlen) {
+    int count = cJSON_GetArraySize(v);
+    if (count > JAPI_MAX_PROMPTS)
+        return fail(err, errlen, "prompt: at most %d prompts per request, got %d", JAPI_MAX_PROMPTS,
+                    count);
+    r->prompts = calloc((size_t)count, sizeof *r->prompts);
+    if (!r->prompts) return fail(err, errlen, "out of memory");
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v) {
+        japi_prompt *p = &r->prompts[r->n_prompts];
+        char what[32];
+        snprintf(what, sizeof what, "prompt[%d]", r->n_prompts);
+        if (cJSON_IsString(e)) {
+            p->text = e->valuestring;
+        } else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) > 0) {
+            if (int_array(e, what, &p->ids, &p->n_ids, err, errlen)) return -1;
+        } else {
+            return fail(err, errlen,
+                        "%s must be a string or a non-empty array of token ids, got %s", what,
+                        cJSON_IsArray(e) ? "an empty array" : json_type_name(e));
+        }
+        r->n_prompts++;
+    }
+    japi_select_prompt(r, 0);
+    return 0;
+}
+
+void japi_select_prompt(japi_request *r, int i) {
+    const japi_prompt *p = &r->prompts[i];
+    r->gen.prompt = (char *)p->text;
+    r->gen.prompt_ids = p->ids;
+    r->gen.n_prompt_ids = p->text ? 0 : p->n_ids;
+}
+
 /* "prompt": a string, a token-id array, or a one-element array of either
- * (the OpenAI SDKs wrap single prompts that way). */
-static int get_prompt(const cJSON *obj, japi_request *r, char *err, size_t errlen) {
+ * (the OpenAI SDKs wrap single prompts that way); /v1/completions takes a
+ * list of several too (get_prompt_list). */
+static int get_prompt(japi_kind kind, const cJSON *obj, japi_request *r, char *err, size_t errlen) {
     const cJSON *v = field(obj, "prompt");
     if (v && cJSON_IsArray(v) && cJSON_GetArraySize(v) == 1) {
         const cJSON *only = cJSON_GetArrayItem(v, 0);
@@ -384,13 +421,17 @@ static int get_prompt(const cJSON *obj, japi_request *r, char *err, size_t errle
             r->gen.prompt = v->valuestring;
         } else if (cJSON_IsArray(v)) {
             const cJSON *first = cJSON_GetArrayItem(v, 0);
-            if (first && cJSON_IsString(first))
-                return fail(
-                    err, errlen,
-                    "prompt: batched prompts are not supported; send one prompt per request");
-            if (int_array(v, "prompt", &r->prompt_ids, &r->gen.n_prompt_ids, err, errlen))
-                return -1;
-            r->gen.prompt_ids = r->prompt_ids;
+            if (first && (cJSON_IsString(first) || cJSON_IsArray(first))) {
+                if (kind != JAPI_COMPLETIONS)
+                    return fail(err, errlen,
+                                "prompt: a list of prompts is for /v1/completions; send one "
+                                "prompt per request here");
+                if (get_prompt_list(v, r, err, errlen)) return -1;
+            } else {
+                if (int_array(v, "prompt", &r->prompt_ids, &r->gen.n_prompt_ids, err, errlen))
+                    return -1;
+                r->gen.prompt_ids = r->prompt_ids;
+            }
         } else {
             return fail(err, errlen, "prompt must be a string or an array of token ids, got %s",
                         json_type_name(v));
@@ -548,7 +589,7 @@ static int map_request(japi_kind kind, const cJSON *o, japi_request *r, char *er
     if (kind == JAPI_CHAT) {
         if (get_messages(o, r, 1, err, errlen)) return -1;
     } else {
-        if (get_prompt(o, r, err, errlen)) return -1;
+        if (get_prompt(kind, o, r, err, errlen)) return -1;
         if (kind == JAPI_GENERATE && get_messages(o, r, 0, err, errlen)) return -1;
     }
 
@@ -655,6 +696,8 @@ void japi_request_free(japi_request *r) {
     free(r->stop);
     free(r->prompt_ids);
     free(r->stop_ids);
+    for (int i = 0; i < r->n_prompts; i++) free(r->prompts[i].ids);
+    free(r->prompts);
     cJSON_Delete(r->root);
     memset(r, 0, sizeof *r);
 }

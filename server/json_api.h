@@ -29,6 +29,16 @@
 
 typedef enum { JAPI_GENERATE = 0, JAPI_COMPLETIONS, JAPI_CHAT } japi_kind;
 
+/* /v1/completions: the most prompts one "prompt" list may hold. */
+#define JAPI_MAX_PROMPTS 16
+
+/* One prompt of a /v1/completions "prompt" list: text, or token ids. */
+typedef struct {
+    const char *text; /* NULL for ids */
+    int32_t *ids;
+    size_t n_ids;
+} japi_prompt;
+
 typedef struct {
     Inference__GenerateRequest gen; /* ready for srv_prepare */
     Inference__SamplingParams sampling;
@@ -36,6 +46,12 @@ typedef struct {
     int include_usage; /* "stream_options": {"include_usage": true} */
     int return_tokens; /* /generate: token ids in the response */
     const char *model; /* "model" as sent, or NULL */
+    /* /v1/completions with a list of prompts (OpenAI: one set of choices
+     * per prompt, choice index = prompt index * n + j): the prompts, 0
+     * when "prompt" is a single one. gen holds prompts[0];
+     * japi_select_prompt points it at another. */
+    japi_prompt *prompts;
+    int n_prompts;
 
     /* storage behind gen */
     struct cJSON *root;
@@ -56,5 +72,7 @@ typedef struct {
 int japi_parse(japi_kind kind, const char *body, size_t len, japi_request *out, char *err,
                size_t errlen);
 void japi_request_free(japi_request *r);
+/* Point r->gen's prompt at prompts[i] (0 <= i < n_prompts). */
+void japi_select_prompt(japi_request *r, int i);
 
 #endif

@@ -569,7 +569,9 @@ static void do_model_info(sconn *sc, const Rpc__Frame *f) {
     srv *s = sc->rs->s;
     const llm_hparams *hp = llm_model_hparams(s->model);
     Inference__ModelInfoResponse out = INFERENCE__MODEL_INFO_RESPONSE__INIT;
-    out.name = (char *)hp->name;
+    char id[1024]; /* the name HTTP uses too */
+    server_model_id(s->cfg.model_path, id, sizeof id);
+    out.name = id;
     out.architecture = (char *)hp->arch;
     out.path = s->cfg.model_path;
     int context = s->cfg.model_max_length > 0 && s->cfg.model_max_length < hp->n_ctx_train

@@ -185,3 +185,22 @@ const config_table server_config_table = {
     .defaults = server_defaults,
     .apply_env = server_apply_env,
 };
+
+void server_model_id(const char *model_path, char *out, size_t cap) {
+    const char *base = strrchr(model_path, '/');
+    base = base ? base + 1 : model_path;
+    if (!*base) base = "model";
+    size_t n = strlen(base);
+    if (n >= cap) n = cap - 1;
+    memcpy(out, base, n);
+    out[n] = 0;
+    if (n > 5 && strcmp(out + n - 5, ".gguf") == 0) out[n - 5] = 0;
+}
+
+int server_model_accepts(const char *model_path, const char *asked) {
+    char id[1024];
+    server_model_id(model_path, id, sizeof id);
+    if (strcmp(asked, id) == 0) return 1;
+    size_t n = strlen(id);
+    return strncmp(asked, id, n) == 0 && strcmp(asked + n, ".gguf") == 0;
+}

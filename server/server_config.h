@@ -47,4 +47,12 @@ extern const config_table server_config_table;
 
 void server_settings_defaults(server_settings *s);
 
+/* The one name of the served model, the same on every front end: HTTP's
+ * "model" fields and /v1/models ids, RPC ModelInfo.name (so infer-cli):
+ * the model file's name without its directory and ".gguf". */
+void server_model_id(const char *model_path, char *out, size_t cap);
+/* Whether a client's "model" (a request body, /v1/models/{id}) names the
+ * served model: its id, or the model file's name with ".gguf". */
+int server_model_accepts(const char *model_path, const char *asked);
+
 #endif

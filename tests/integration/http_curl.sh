@@ -73,6 +73,18 @@ code=$(c -o "$tmp/err.json" -w '%{http_code}' "$base/generate" -d '{"prompt": "x
 [[ "$code" == 400 ]] && grep -q 'temperature must be a number' "$tmp/err.json"
 check "bad parameter -> 400" $? "$code $(cat "$tmp/err.json")"
 
+code=$(c -o "$tmp/err.json" -w '%{http_code}' "$base/v1/completions" -d '{"model": "gpt-4", "prompt": "x"}')
+[[ "$code" == 404 ]] && grep -q "model 'gpt-4' does not exist" "$tmp/err.json"
+check "unknown model -> 404 as /v1/models/{id}" $? "$code $(cat "$tmp/err.json")"
+
+# One name for the model: HTTP's id is RPC ModelInfo's (infer-cli model) name.
+id=$(c "$base/v1/models" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+cli="${ENGINE_BUILD_DIR:-build}/infer-cli"
+if [ -x "$cli" ]; then
+    out=$("$cli" --url "tcp://127.0.0.1:$rpc_port" model 2>&1)
+    [[ -n "$id" ]] && grep -Eq "^name +$id\$" <<<"$out"; check "model name: HTTP = RPC" $? "id '$id' vs $out"
+fi
+
 code=$(c -o /dev/null -w '%{http_code}' "$base/nope")
 [[ "$code" == 404 ]]; check "unknown path -> 404" $? "$code"
 
@@ -89,6 +101,39 @@ for _ in $(seq 1 600); do
     sleep 0.1
 done
 check "SIGTERM -> exit 0" "$status" "exit status $status"
+
+# Start-up refusals and hints, without a server running.
+out=$("$bin" -m "$model" --api-key "" 2>&1); st=$?
+[[ $st == 2 && "$out" == *"--api-key: the key is empty"* ]]; check "--api-key \"\" refused" $? "$st $out"
+gen="${ENGINE_BUILD_DIR:-build}/infer-generate"
+if [ -x "$gen" ]; then
+    out=$("$gen" -m "$tmp/none.gguf" -p x 2>&1); st=$?
+    [[ $st == 1 && "$out" == *tools/fetch-model* && "$out" == *"-m PATH"* ]]
+    check "missing model says how to fetch it" $? "$st $out"
+    out=$("$gen" -m "$model" 2>&1); st=$?
+    [[ $st == 2 && "$out" == *"pass -p TEXT"*"--prompts-file FILE"* ]]; check "no prompts: says what to pass" $? "$st $out"
+    # README's example file, one completion per line
+    ex="$(dirname "${BASH_SOURCE[0]}")/../../examples/prompts.jsonl"
+    "$gen" -m "$model" --prompts-file "$ex" -q -o "$tmp/ex.jsonl" 2>"$tmp/gen.err"; st=$?
+    [[ $st == 0 && $(grep -c '"completion":' "$tmp/ex.jsonl") == "$(grep -c . "$ex")" ]]
+    check "examples/prompts.jsonl" $? "$st $(cat "$tmp/gen.err")"
+    # -l/--generation-length is --max-tokens
+    "$gen" -m "$model" -p "Once upon a time" -l 3 --ignore-eos -q -o "$tmp/l.jsonl" 2>"$tmp/gen.err"
+    st=$?
+    [[ $st == 0 ]] && grep -q '"completion_tokens":3,' "$tmp/l.jsonl"
+    check "-l 3 generates 3 tokens" $? "$st $(cat "$tmp/gen.err" "$tmp/l.jsonl")"
+    if command -v script >/dev/null; then # a terminal: progress redrawn in place
+        script -qec "'$gen' -m '$model' -p a -p b -n 4 -o '$tmp/tty.jsonl'" /dev/null >"$tmp/tty.out" 2>&1
+        grep -aq $'\rgenerating: [0-9]/2 prompts, [0-9]* tokens, .* tokens/s, elapsed [0-9]* s, eta' "$tmp/tty.out"
+        check "infer-generate progress on a terminal" $? "$(tr '\r' '\n' <"$tmp/tty.out" | tail -5)"
+    fi
+    absgen=$(cd "$(dirname "$gen")" && pwd)/infer-generate
+    out=$(cd / && env -u ENGINE_MODEL "$absgen" --print-config 2>&1)
+    if [ -r "$(dirname "$absgen")/../models/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+        grep -Eq '"model_path":[[:space:]]*"/.*/models/SmolLM2-135M-Instruct.Q4_1.gguf"' <<<"$out"
+        check "default model found from another directory" $? "$out"
+    fi
+fi
 
 if [ $fails != 0 ]; then
     echo "---- server log ----"; cat "$tmp/server.log"

@@ -93,6 +93,10 @@ t0=$(date +%s)
 rc=$?
 [ $rc = 0 ] || { echo "FAIL rpc run exited $rc"; cat "$tmp/rpc.err"; fails=$((fails + 1)); }
 check "rpc: 50 requests, concurrency 8" "$tmp/rpc" "$tmp/rpc.out" 50
+# stderr is no terminal: plain progress lines; the last one (at the end)
+# counts done against the total.
+grep -Eq '^\[ *[0-9.]+ s\] sent 50  done 50/50  failed 0 ' "$tmp/rpc.err" ||
+    { echo "FAIL rpc: no final progress line 'done 50/50'"; cat "$tmp/rpc.err"; fails=$((fails + 1)); }
 
 "$lt" --url "http://127.0.0.1:$http_port" --rate 25 --burstiness 0.5 -n 50 --max-tokens 8 \
     --prompt-len 32 --seed 3 --slo ttft=2000 --out "$tmp/http" --sample-interval 0.2 \

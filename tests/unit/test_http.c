@@ -513,6 +513,19 @@ static void test_health_models_metrics(int port) {
     CHECK(j && jstr(j, "data.0.object") && !strcmp(jstr(j, "data.0.object"), "model"));
     cJSON_Delete(j);
     resp_free(&r);
+    /* The id and the file name are the aliases /v1/models/{id} and
+     * request bodies both accept. */
+    const char *aliases[] = {"/v1/models/SmolLM2-135M-Instruct.Q4_1",
+                             "/v1/models/SmolLM2-135M-Instruct.Q4_1.gguf"};
+    for (int i = 0; i < 2; i++) {
+        CHECK(http_call(port, "GET", aliases[i], NULL, NULL, &r) == 0);
+        j = resp_json(&r);
+        CHECKF(r.status == 200 && j && jstr(j, "id") &&
+                   !strcmp(jstr(j, "id"), "SmolLM2-135M-Instruct.Q4_1"),
+               "%s: %d %s", aliases[i], r.status, r.body);
+        cJSON_Delete(j);
+        resp_free(&r);
+    }
 
     CHECK(http_call(port, "GET", "/metrics", NULL, NULL, &r) == 0);
     char ct[128] = "";
@@ -634,7 +647,8 @@ static void test_expect_continue(int port) {
 }
 
 static void test_completions(int port, const char *greedy_text) {
-    const char *body = "{\"model\": \"whatever\", \"prompt\": \"The capital of France is\", "
+    const char *body = "{\"model\": \"SmolLM2-135M-Instruct.Q4_1\", "
+                       "\"prompt\": \"The capital of France is\", "
                        "\"max_tokens\": 8, \"temperature\": 0, \"user\": \"u1\", "
                        "\"frequency_penalty\": 0}";
     http_resp r;
@@ -697,10 +711,59 @@ static void test_completions(int port, const char *greedy_text) {
     sse_free(&s);
 }
 
+/* "prompt" as a list (OpenAI): one set of n choices per prompt, index =
+ * prompt * n + j; streamed choices interleave, each with its index. */
+static void test_completions_prompt_list(int port, const char *greedy_text) {
+    http_resp r;
+    CHECK(http_call(port, "POST", "/v1/completions", NULL,
+                    "{\"prompt\": [\"The capital of France is\", \"Once upon a time\", [1, 2, 3]], "
+                    "\"max_tokens\": 8, \"temperature\": 0, \"n\": 2}",
+                    &r) == 0);
+    cJSON *j = resp_json(&r);
+    cJSON *ch = j ? cJSON_GetObjectItem(j, "choices") : NULL;
+    CHECKF(r.status == 200 && cJSON_GetArraySize(ch) == 6, "%d %s", r.status, r.body);
+    for (int i = 0; ch && i < cJSON_GetArraySize(ch); i++) {
+        cJSON *c = cJSON_GetArrayItem(ch, i);
+        CHECKF(jnum(c, "index") == i, "choice %d has index %g", i, jnum(c, "index"));
+    }
+    const char *t0 = j ? jstr(j, "choices.0.text") : NULL,
+               *t1 = j ? jstr(j, "choices.1.text") : NULL;
+    CHECKF(t0 && t1 && !strcmp(t0, greedy_text) && !strcmp(t1, greedy_text),
+           "prompt 0: '%s' '%s' vs '%s'", t0 ? t0 : "-", t1 ? t1 : "-", greedy_text);
+    CHECK(j && jnum(j, "usage.completion_tokens") >= 6);
+    cJSON_Delete(j);
+    resp_free(&r);
+
+    sse_result s;
+    CHECK(sse_call(port, "/v1/completions",
+                   "{\"prompt\": [\"Once upon a time\", \"The capital of France is\"], "
+                   "\"max_tokens\": 8, \"temperature\": 0, \"stream\": true, "
+                   "\"stream_options\": {\"include_usage\": true}}",
+                   &s, 0, NULL) == 0);
+    char text[2][1024] = {"", ""};
+    int finished[2] = {0, 0};
+    for (int e = 0; e < s.n_events; e++) {
+        cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(s.events[e], "choices"), 0);
+        if (!c) continue;
+        int i = (int)jnum(c, "index");
+        CHECKF(i == 0 || i == 1, "streamed index %d", i);
+        if (i != 0 && i != 1) continue;
+        const char *t = jstr(c, "text");
+        if (t) strncat(text[i], t, sizeof text[i] - strlen(text[i]) - 1);
+        finished[i] += jstr(c, "finish_reason") != NULL;
+    }
+    CHECK(s.status == 200 && s.done && finished[0] == 1 && finished[1] == 1);
+    CHECKF(!strcmp(text[1], greedy_text), "streamed prompt 1 '%s' vs '%s'", text[1], greedy_text);
+    cJSON *last = s.n_events ? s.events[s.n_events - 1] : NULL;
+    CHECKF(last && jnum(last, "usage.completion_tokens") >= 2, "usage chunk missing");
+    sse_free(&s);
+}
+
 static void test_chat_stream(int port) {
     sse_result s;
     CHECK(sse_call(port, "/v1/chat/completions",
-                   "{\"model\": \"m\", \"messages\": [{\"role\": \"system\", \"content\": "
+                   "{\"model\": \"SmolLM2-135M-Instruct.Q4_1.gguf\", \"messages\": "
+                   "[{\"role\": \"system\", \"content\": "
                    "\"You are brief.\"}, {\"role\": \"user\", \"content\": [{\"type\": \"text\", "
                    "\"text\": \"Say hello.\"}]}], \"max_tokens\": 8, \"temperature\": 0, "
                    "\"stream\": true}",
@@ -796,7 +859,29 @@ static void test_errors(int port) {
     expect_error(port, "POST", "/v1/nothing", NULL, "{}", 404, "not_found_error", "no route");
     expect_error(port, "GET", "/v1/completions", NULL, NULL, 405, NULL, "use POST");
     expect_error(port, "DELETE", "/health", NULL, NULL, 405, NULL, "use GET");
-    expect_error(port, "GET", "/v1/models/not-a-model", NULL, NULL, 404, NULL, "does not exist");
+    expect_error(port, "POST", "/v1/completions", NULL, "{\"prompt\": [\"a\", 5]}", 400, NULL,
+                 "prompt[1] must be a string or a non-empty array of token ids, got number");
+    expect_error(port, "POST", "/v1/completions", NULL, "{\"prompt\": [\"a\", []]}", 400, NULL,
+                 "prompt[1] must be a string or a non-empty array of token ids");
+    expect_error(port, "POST", "/v1/completions", NULL, "{\"prompt\": [\"a\", \"\"]}", 400, NULL,
+                 "prompt[1]: prompt is empty");
+    expect_error(port, "POST", "/v1/completions", NULL,
+                 "{\"prompt\": [\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\","
+                 "\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\"]}",
+                 400, NULL, "at most 16 prompts per request, got 17");
+    expect_error(port, "POST", "/generate", NULL, "{\"prompt\": [\"a\", \"b\"]}", 400, NULL,
+                 "a list of prompts is for /v1/completions");
+    expect_error(port, "GET", "/v1/models/not-a-model", NULL, NULL, 404, "not_found_error",
+                 "does not exist");
+    /* A body naming another model gets the same 404 as /v1/models/{id}. */
+    expect_error(port, "POST", "/v1/completions", NULL,
+                 "{\"model\": \"not-a-model\", \"prompt\": \"x\"}", 404, "not_found_error",
+                 "model 'not-a-model' does not exist; this server serves "
+                 "'SmolLM2-135M-Instruct.Q4_1'");
+    expect_error(port, "POST", "/v1/chat/completions", NULL,
+                 "{\"model\": \"gpt-4\", \"messages\": [{\"role\": \"user\", \"content\": "
+                 "\"x\"}]}",
+                 404, "not_found_error", "does not exist");
 
     /* 413: the Content-Length alone decides; the body is never read. */
     int fd = http_connect(port);
@@ -1312,6 +1397,7 @@ int main(void) {
     test_keep_alive(port);
     test_expect_continue(port);
     test_completions(port, greedy);
+    test_completions_prompt_list(port, greedy);
     test_chat_stream(port);
     test_errors(port);
     test_json_rules(port);
