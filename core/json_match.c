@@ -46,9 +46,13 @@ typedef struct {
     int n;
 } stack_set;
 
+enum { TRIE_LEVELS = 16 }; /* token prefixes whose states jg_mask_logits keeps */
+
 struct jg_matcher {
     const jg_schema *g;
     stack_set cur, tmp[2];
+    stack_set lvl[TRIE_LEVELS + 1]; /* jg_mask_logits: state after d bytes of a token; lazily
+                                        allocated */
     uint8_t first_ok[256];
     int first_valid;
 };
@@ -370,18 +374,23 @@ static void feed(const jg_schema *g, stack *st, uint8_t b, stack_set *out) {
     }
 }
 
-/* in -> out over bytes p[0..n); returns the set that holds the result. */
+/* dst = src advanced by byte b. */
+static void feed_set(const jg_schema *g, const stack_set *src, uint8_t b, stack_set *dst) {
+    dst->n = 0;
+    for (int k = 0; k < src->n; k++) {
+        stack st;
+        memcpy(&st, &src->s[k], stack_bytes(&src->s[k]));
+        feed(g, &st, b, dst);
+    }
+}
+
+/* in -> out over bytes p[0..n) (n >= 1); returns the set that holds the result. */
 static stack_set *feed_bytes(jg_matcher *m, const stack_set *in, const uint8_t *p, size_t n) {
     const stack_set *src = in;
     stack_set *dst = NULL;
     for (size_t i = 0; i < n; i++) {
         dst = &m->tmp[i & 1];
-        dst->n = 0;
-        for (int k = 0; k < src->n; k++) {
-            stack st;
-            memcpy(&st, &src->s[k], stack_bytes(&src->s[k]));
-            feed(m->g, &st, p[i], dst);
-        }
+        feed_set(m->g, src, p[i], dst);
         if (dst->n == 0) return dst;
         src = dst;
     }
@@ -410,6 +419,7 @@ void jg_matcher_free(jg_matcher *m) {
     free(m->cur.s);
     free(m->tmp[0].s);
     free(m->tmp[1].s);
+    for (int d = 0; d <= TRIE_LEVELS; d++) free(m->lvl[d].s);
     free(m);
 }
 
@@ -459,6 +469,34 @@ struct jg_vocab {
     int n_never;
 };
 
+typedef struct {
+    const uint8_t *p;
+    uint32_t n;
+    int32_t id;
+} tok_key;
+
+static int tok_key_cmp(const void *pa, const void *pb) {
+    const tok_key *a = pa, *b = pb;
+    uint32_t n = a->n < b->n ? a->n : b->n;
+    int c = memcmp(a->p, b->p, n);
+    return c ? c : (a->n > b->n) - (a->n < b->n);
+}
+
+/* by_first in byte order, so tokens sharing a prefix are neighbours and
+ * jg_mask_logits walks each prefix once (a trie walked in order). */
+static void sort_by_bytes(jg_vocab *v) {
+    uint32_t total = v->by_first_start[256];
+    tok_key *k = malloc((size_t)total * sizeof *k + 1);
+    if (!k) return; /* unsorted still masks correctly, only slower */
+    for (uint32_t i = 0; i < total; i++) {
+        int32_t id = v->by_first[i];
+        k[i] = (tok_key){v->bytes + v->off[id], v->off[id + 1] - v->off[id], id};
+    }
+    qsort(k, total, sizeof *k, tok_key_cmp);
+    for (uint32_t i = 0; i < total; i++) v->by_first[i] = k[i].id;
+    free(k);
+}
+
 static int vocab_fill(jg_vocab *v, const llm_tokenizer *tok) {
     size_t total = 0;
     for (int32_t id = 0; id < v->n_vocab; id++) {
@@ -485,6 +523,7 @@ static int vocab_fill(jg_vocab *v, const llm_tokenizer *tok) {
         size_t len = v->off[id + 1] - v->off[id];
         if (len && !v->eog[id]) v->by_first[fill[v->bytes[v->off[id]]]++] = id;
     }
+    sort_by_bytes(v);
     return 0;
 }
 
@@ -550,17 +589,44 @@ int jg_token_allowed(const jg_vocab *v, jg_matcher *m, int32_t id) {
     return n == 1 || jg_matcher_can_feed(m, p, n);
 }
 
+/* Whether the token at p[0..n) survives, reusing m->lvl[0..*valid] (the
+ * states after the first bytes of the previous token, which shares `common`
+ * bytes with this one) and leaving them valid for this token. */
+static int trie_step(jg_matcher *m, const uint8_t *p, size_t n, size_t common, size_t *valid) {
+    size_t d = common < *valid ? common : *valid;
+    while (m->lvl[d].n > 0 && d < n && d < TRIE_LEVELS) {
+        if (!m->lvl[d + 1].s && !(m->lvl[d + 1].s = malloc(JG_MAX_STACKS * sizeof(stack)))) break;
+        feed_set(m->g, &m->lvl[d], p[d], &m->lvl[d + 1]);
+        d++;
+    }
+    *valid = d;
+    if (m->lvl[d].n == 0) return 0;
+    return d == n || feed_bytes(m, &m->lvl[d], p + d, n - d)->n > 0;
+}
+
 void jg_mask_logits(const jg_vocab *v, jg_matcher *m, float *logits) {
     first_bytes(m);
+    m->lvl[0] = m->cur; /* borrowed: level 0 is never written */
     for (int b = 0; b < 256; b++) {
+        const uint8_t *prev = NULL;
+        size_t prev_n = 0, valid = 0;
+        if (!m->first_ok[b]) {
+            for (uint32_t k = v->by_first_start[b]; k < v->by_first_start[b + 1]; k++)
+                logits[v->by_first[k]] = -INFINITY;
+            continue;
+        }
         for (uint32_t k = v->by_first_start[b]; k < v->by_first_start[b + 1]; k++) {
             int32_t id = v->by_first[k];
             if (logits[id] == -INFINITY) continue;
-            size_t n = v->off[id + 1] - v->off[id];
-            if (!m->first_ok[b] || (n > 1 && !jg_matcher_can_feed(m, v->bytes + v->off[id], n)))
-                logits[id] = -INFINITY;
+            const uint8_t *p = v->bytes + v->off[id];
+            size_t n = v->off[id + 1] - v->off[id], common = 0;
+            while (prev && common < n && common < prev_n && p[common] == prev[common]) common++;
+            if (!trie_step(m, p, n, common, &valid)) logits[id] = -INFINITY;
+            prev = p;
+            prev_n = n;
         }
     }
+    m->lvl[0].s = NULL;
     for (int k = 0; k < v->n_never; k++) logits[v->never[k]] = -INFINITY;
     if (!jg_matcher_accepting(m))
         for (int32_t id = 0; id < v->n_vocab; id++)

@@ -10,9 +10,11 @@
  *     grammar accepts;
  *   - the unconstrained request in the same batch gives exactly the tokens
  *     it gives alone (constraints are per sequence);
- *   - a schema outside the subset is refused naming the keyword.
+ *   - a schema outside the subset is refused naming the keyword;
+ *   - the whole-vocabulary mask agrees with the token-by-token check.
  * Skips (77) without the model.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,6 +181,47 @@ static void test_batch(engine *e) {
     for (int i = 0; i < N; i++) free(jobs[i].prompt);
 }
 
+/* jg_mask_logits (prefix-sharing walk) agrees with jg_token_allowed (one
+ * token at a time) on every token of the vocabulary, in several states. */
+static void test_mask_consistency(void) {
+    char err[256];
+    jg_vocab *v = jg_vocab_new(TOK, err, sizeof err);
+    jg_schema *g = jg_compile(CASES[0].schema, strlen(CASES[0].schema), err, sizeof err);
+    jg_schema *any = jg_compile_any_object(err, sizeof err);
+    CHECK(v && g && any);
+    const int V = tok_n_vocab(TOK);
+    float *l = malloc((size_t)V * sizeof *l);
+    const struct {
+        jg_schema *g;
+        const char *prefix;
+    } st[] = {{g, ""},
+              {g, "{\"na"},
+              {g, "{\"name\": \"Al"},
+              {g, "{\"name\":\"A\",\"age\":1"},
+              {any, "{\"a\": "},
+              {any, "{\"a\": [1, {\"b\":tr"},
+              {any, "{}"}};
+    for (size_t k = 0; k < sizeof st / sizeof st[0]; k++) {
+        jg_matcher *m = jg_matcher_new(st[k].g);
+        CHECK(jg_matcher_feed(m, st[k].prefix, strlen(st[k].prefix)) == 0);
+        for (int i = 0; i < V; i++) l[i] = (float)(i % 7);
+        jg_mask_logits(v, m, l);
+        int bad = 0, n_ok = 0;
+        for (int i = 0; i < V; i++) {
+            int ok = jg_token_allowed(v, m, i);
+            n_ok += ok;
+            bad += ok != (l[i] > -INFINITY);
+        }
+        CHECKF(bad == 0, "state '%s': %d tokens disagree", st[k].prefix, bad);
+        CHECKF(n_ok > 0, "state '%s': nothing allowed", st[k].prefix);
+        jg_matcher_free(m);
+    }
+    free(l);
+    jg_schema_free(g);
+    jg_schema_free(any);
+    jg_vocab_free(v);
+}
+
 static void test_refused(engine *e) {
     job j = {0};
     j.n_prompt = encode_chat("hi", &j.prompt);
@@ -213,6 +256,7 @@ int main(void) {
     engine *e = NULL;
     CHECKF(engine_create(M, BE, TOK, &o, &e, err, sizeof err) == 0, "engine_create: %s", err);
     if (e) {
+        test_mask_consistency();
         test_batch(e);
         test_refused(e);
         engine_destroy(e);
