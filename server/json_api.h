@@ -32,10 +32,11 @@ typedef enum { JAPI_GENERATE = 0, JAPI_COMPLETIONS, JAPI_CHAT } japi_kind;
 typedef struct {
     Inference__GenerateRequest gen; /* ready for srv_prepare */
     Inference__SamplingParams sampling;
-    int stream;        /* "stream": true */
-    int include_usage; /* "stream_options": {"include_usage": true} */
-    int return_tokens; /* /generate: token ids in the response */
-    const char *model; /* "model" as sent, or NULL */
+    Inference__ResponseFormat response_format; /* gen.response_format when given */
+    int stream;                                /* "stream": true */
+    int include_usage;                         /* "stream_options": {"include_usage": true} */
+    int return_tokens;                         /* /generate: token ids in the response */
+    const char *model;                         /* "model" as sent, or NULL */
 
     /* storage behind gen */
     struct cJSON *root;
@@ -46,6 +47,7 @@ typedef struct {
     char **stop;
     int32_t *prompt_ids;
     int32_t *stop_ids;
+    char *schema_text; /* response_format's schema as JSON text (cJSON_free) */
 } japi_request;
 
 /* Parse body[0..len) as a request of the given dialect. Returns 0, or -1
