@@ -14,6 +14,7 @@
  */
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -467,6 +468,7 @@ struct jg_vocab {
     int32_t *by_first;
     int32_t *never; /* tokens that never match (no bytes, not end-of-generation) */
     int n_never;
+    uint8_t *plain; /* token is printable ASCII without '"' or '\\': plain string content */
 };
 
 typedef struct {
@@ -512,6 +514,11 @@ static int vocab_fill(jg_vocab *v, const llm_tokenizer *tok) {
         size_t len = v->off[id + 1] - v->off[id];
         if (len) tok_piece(tok, id, 0, (char *)v->bytes + v->off[id], len);
         v->eog[id] = (uint8_t)(tok_is_eog(tok, id) != 0);
+        v->plain[id] = len > 0;
+        for (size_t i = 0; i < len; i++) {
+            uint8_t c = v->bytes[v->off[id] + i];
+            if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') v->plain[id] = 0;
+        }
         if (len && !v->eog[id]) count[v->bytes[v->off[id]]]++;
         else if (!v->eog[id]) v->never[v->n_never++] = id;
     }
@@ -535,8 +542,10 @@ jg_vocab *jg_vocab_new(const llm_tokenizer *tok, char *err, size_t errlen) {
         v->eog = malloc((size_t)v->n_vocab);
         v->by_first = malloc((size_t)v->n_vocab * sizeof *v->by_first);
         v->never = malloc((size_t)v->n_vocab * sizeof *v->never);
+        v->plain = malloc((size_t)v->n_vocab);
     }
-    if (!v || !v->off || !v->eog || !v->by_first || !v->never || vocab_fill(v, tok) != 0) {
+    if (!v || !v->off || !v->eog || !v->by_first || !v->never || !v->plain ||
+        vocab_fill(v, tok) != 0) {
         jg_vocab_free(v);
         snprintf(err, errlen, "out of memory building the token table for JSON output");
         return NULL;
@@ -551,6 +560,7 @@ void jg_vocab_free(jg_vocab *v) {
     free(v->eog);
     free(v->by_first);
     free(v->never);
+    free(v->plain);
     free(v);
 }
 
@@ -604,8 +614,29 @@ static int trie_step(jg_matcher *m, const uint8_t *p, size_t n, size_t common, s
     return d == n || feed_bytes(m, &m->lvl[d], p + d, n - d)->n > 0;
 }
 
+/* How many bytes of plain content (see jg_vocab.plain) some stack takes
+ * here as they come: inside a string (up to its maxLength) or an object key
+ * that may be another than the properties (up to MAX_KEY). A plain token no
+ * longer than that is allowed without walking it. */
+static size_t plain_room(const jg_matcher *m) {
+    size_t room = 0;
+    for (int k = 0; k < m->cur.n; k++) {
+        const stack *s = &m->cur.s[k];
+        if (s->depth == 0) continue;
+        const frame *f = &s->f[s->depth - 1];
+        const jg_node *n = &m->g->nodes[f->node];
+        size_t r = 0;
+        if (n->kind == JG_N_STRING && f->phase == S_IN)
+            r = n->hi < 0 ? SIZE_MAX : (size_t)(n->hi - (long)f->n);
+        else if (n->kind == JG_N_OBJECT && f->phase == O_KEY && f->flag) r = MAX_KEY - f->n;
+        if (r > room) room = r;
+    }
+    return room;
+}
+
 void jg_mask_logits(const jg_vocab *v, jg_matcher *m, float *logits) {
     first_bytes(m);
+    const size_t room = plain_room(m);
     m->lvl[0] = m->cur; /* borrowed: level 0 is never written */
     for (int b = 0; b < 256; b++) {
         const uint8_t *prev = NULL;
@@ -620,6 +651,7 @@ void jg_mask_logits(const jg_vocab *v, jg_matcher *m, float *logits) {
             if (logits[id] == -INFINITY) continue;
             const uint8_t *p = v->bytes + v->off[id];
             size_t n = v->off[id + 1] - v->off[id], common = 0;
+            if (v->plain[id] && n <= room) continue;
             while (prev && common < n && common < prev_n && p[common] == prev[common]) common++;
             if (!trie_step(m, p, n, common, &valid)) logits[id] = -INFINITY;
             prev = p;

@@ -200,7 +200,9 @@ static void test_mask_consistency(void) {
               {g, "{\"name\":\"A\",\"age\":1"},
               {any, "{\"a\": "},
               {any, "{\"a\": [1, {\"b\":tr"},
-              {any, "{}"}};
+              {any, "{}"},
+              {any, "{\"ab"},
+              {any, "{\"a\": \"xy"}};
     for (size_t k = 0; k < sizeof st / sizeof st[0]; k++) {
         jg_matcher *m = jg_matcher_new(st[k].g);
         CHECK(jg_matcher_feed(m, st[k].prefix, strlen(st[k].prefix)) == 0);
