@@ -19,7 +19,9 @@
  * message naming the keyword and where it is, e.g. "unsupported keyword
  * 'pattern' at /properties/name"):
  *   type (a name or a list of them): object, array, string, number,
- *   integer, boolean, null; properties, required, additionalProperties
+ *   integer, boolean, null; minimum, maximum, exclusiveMinimum,
+ *   exclusiveMaximum on integers (bounds below 1e15); properties, required,
+ *   additionalProperties
  *   (false, true or a schema; absent = true); items (a schema or true),
  *   minItems, maxItems; minLength, maxLength (code points); enum, const (any
  *   JSON values, matched in their compact form); anyOf; oneOf when no two

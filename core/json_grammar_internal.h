@@ -38,6 +38,8 @@ typedef struct {
     uint64_t required; /* OBJECT: bit i = property i is required */
     int extra;   /* OBJECT: additionalProperties node or JG_NONE; ARRAY: items; ALIAS: target */
     long lo, hi; /* ARRAY, STRING: bounds; hi < 0 = none */
+    int has_min, has_max; /* INTEGER: inclusive bounds (|bound| < 1e15) */
+    int64_t min, max;
 } jg_node;
 
 struct jg_schema {

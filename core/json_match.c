@@ -266,6 +266,54 @@ static step_result number_to(frame *f, int phase, int digit) {
     return R_OK;
 }
 
+/* ---- integer bounds (minimum / maximum) ---- */
+
+static int64_t pow10_i(int j) {
+    int64_t p = 1;
+    while (j-- > 0) p *= 10;
+    return p;
+}
+
+static int int_in_range(const jg_node *n, const frame *f) {
+    int64_t x = f->flag ? -(int64_t)f->a : (int64_t)f->a;
+    return (!n->has_min || x >= n->min) && (!n->has_max || x <= n->max);
+}
+
+/* Some integer that starts as written so far (sign f->flag, magnitude f->a
+ * of f->aux digits; a leading 0 takes no more) lies within the bounds. */
+static int int_feasible(const jg_node *n, const frame *f) {
+    const int k = f->aux, zero = f->phase == N_ZERO;
+    for (int j = 0; k + j <= MAX_INT_DIGITS; j++) {
+        if ((k == 0 && j == 0) || (zero && j > 0)) continue;
+        int64_t lo, hi; /* magnitudes reachable with j more digits */
+        if (k == 0) {
+            lo = j == 1 ? 0 : pow10_i(j - 1);
+            hi = pow10_i(j) - 1;
+        } else {
+            lo = (int64_t)f->a * pow10_i(j);
+            hi = lo + pow10_i(j) - 1;
+        }
+        int64_t a = f->flag ? -hi : lo, b = f->flag ? -lo : hi;
+        if ((!n->has_min || b >= n->min) && (!n->has_max || a <= n->max)) return 1;
+    }
+    return 0;
+}
+
+static step_result step_number(frame *f, int integer, uint8_t b);
+
+/* An integer with bounds: the number grammar, plus every digit must leave
+ * a way into the range and the value must be in it to end. */
+static step_result step_integer(frame *f, const jg_node *n, uint8_t b) {
+    if (!n->has_min && !n->has_max) return step_number(f, 1, b);
+    const frame before = *f;
+    step_result r = step_number(f, 1, b);
+    if (r == R_POP_RETRY) return int_in_range(n, &before) ? r : R_REJECT;
+    if (r != R_OK) return r;
+    if (b == '-') f->flag = 1;
+    else f->a = before.a * 10 + (uint64_t)(b - '0');
+    return int_feasible(n, f) ? R_OK : R_REJECT;
+}
+
 static step_result step_number(frame *f, int integer, uint8_t b) {
     const int digit = b >= '0' && b <= '9';
     const int e = !integer && (b == 'e' || b == 'E');
@@ -356,8 +404,8 @@ static void feed(const jg_schema *g, stack *st, uint8_t b, stack_set *out) {
         case JG_N_OBJECT: r = step_object(st, f, n, b, &child); break;
         case JG_N_ARRAY: r = step_array(st, f, n, b, &child); break;
         case JG_N_STRING: r = step_string(f, n, b); break;
-        case JG_N_NUMBER:
-        case JG_N_INTEGER: r = step_number(f, n->kind == JG_N_INTEGER, b); break;
+        case JG_N_NUMBER: r = step_number(f, 0, b); break;
+        case JG_N_INTEGER: r = step_integer(f, n, b); break;
         case JG_N_LITERALS: r = step_literals(f, n, b); break;
         default: break;
         }
@@ -451,7 +499,8 @@ int jg_matcher_accepting(const jg_matcher *m) {
         if (s->depth != 1) continue;
         const frame *f = &s->f[0];
         const jg_node *n = &m->g->nodes[f->node];
-        if ((n->kind == JG_N_NUMBER || n->kind == JG_N_INTEGER) && number_can_end(f)) return 1;
+        if (n->kind == JG_N_NUMBER && number_can_end(f)) return 1;
+        if (n->kind == JG_N_INTEGER && number_can_end(f) && int_in_range(n, f)) return 1;
         if (n->kind == JG_N_LITERALS && f->n > 0 && literal_complete(f, n)) return 1;
     }
     return 0;

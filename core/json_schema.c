@@ -132,12 +132,27 @@ static int any_node(jc *c) {
 static const char *const annotations[] = {
     "title", "description", "default",    "examples", "$schema",   "$id",      "$comment",
     "$defs", "definitions", "deprecated", "readOnly", "writeOnly", "examples", NULL};
-static const char *const assertions[] = {
-    "type",      "properties", "required", "additionalProperties",
-    "items",     "minItems",   "maxItems", "minLength",
-    "maxLength", "enum",       "const",    "anyOf",
-    "oneOf",     "allOf",      "$ref",     "uniqueItems",
-    NULL};
+static const char *const assertions[] = {"type",
+                                         "properties",
+                                         "required",
+                                         "additionalProperties",
+                                         "items",
+                                         "minItems",
+                                         "maxItems",
+                                         "minLength",
+                                         "maxLength",
+                                         "enum",
+                                         "const",
+                                         "anyOf",
+                                         "oneOf",
+                                         "allOf",
+                                         "$ref",
+                                         "uniqueItems",
+                                         "minimum",
+                                         "maximum",
+                                         "exclusiveMinimum",
+                                         "exclusiveMaximum",
+                                         NULL};
 
 static int in_list(const char *const *list, const char *s) {
     for (int i = 0; list[i]; i++)
@@ -273,6 +288,46 @@ static int compile_array(jc *c, const cJSON *s, const char *path, int depth) {
     return i;
 }
 
+static const char *const numeric_bounds[] = {"minimum", "maximum", "exclusiveMinimum",
+                                             "exclusiveMaximum", NULL};
+
+/* The first numeric bound keyword s has, or NULL. */
+static const char *numeric_bound(const cJSON *s) {
+    for (int k = 0; numeric_bounds[k]; k++)
+        if (cJSON_GetObjectItemCaseSensitive(s, numeric_bounds[k])) return numeric_bounds[k];
+    return NULL;
+}
+
+/* An integer node with minimum / maximum / exclusive* as inclusive bounds. */
+static int compile_integer(jc *c, const cJSON *s, const char *path) {
+    int i = node_new(c, JG_N_INTEGER);
+    if (i < 0) return i;
+    jg_node *n = &c->g->nodes[i];
+    for (int k = 0; numeric_bounds[k]; k++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(s, numeric_bounds[k]);
+        if (!v) continue;
+        if (!cJSON_IsNumber(v) || fabs(v->valuedouble) >= 1e15)
+            return jc_fail(c, "%s at %s must be a number of magnitude below 1e15",
+                           numeric_bounds[k], at(path));
+        double x = v->valuedouble;
+        int64_t b = k == 0   ? (int64_t)ceil(x)
+                    : k == 1 ? (int64_t)floor(x)
+                    : k == 2 ? (int64_t)floor(x) + 1
+                             : (int64_t)ceil(x) - 1;
+        if (k % 2 == 0 && (!n->has_min || b > n->min)) {
+            n->min = b;
+            n->has_min = 1;
+        }
+        if (k % 2 == 1 && (!n->has_max || b < n->max)) {
+            n->max = b;
+            n->has_max = 1;
+        }
+    }
+    if (n->has_min && n->has_max && n->min > n->max)
+        return jc_fail(c, "no integer lies within the bounds at %s", at(path));
+    return i;
+}
+
 static int compile_type(jc *c, const cJSON *s, const char *type, const char *path, int depth) {
     if (!strcmp(type, "object")) return compile_object(c, s, path, depth);
     if (!strcmp(type, "array")) return compile_array(c, s, path, depth);
@@ -282,8 +337,14 @@ static int compile_type(jc *c, const cJSON *s, const char *type, const char *pat
             return JG_NONE;
         return i;
     }
-    if (!strcmp(type, "number")) return node_new(c, JG_N_NUMBER);
-    if (!strcmp(type, "integer")) return node_new(c, JG_N_INTEGER);
+    if (!strcmp(type, "number")) {
+        const char *k = numeric_bound(s);
+        if (k)
+            return jc_fail(c, "'%s' on type number at %s is not supported (only on integer)", k,
+                           at(path));
+        return node_new(c, JG_N_NUMBER);
+    }
+    if (!strcmp(type, "integer")) return compile_integer(c, s, path);
     if (!strcmp(type, "boolean")) {
         static const char *const b[] = {"true", "false"};
         return literals_node(c, b, 2);
@@ -467,6 +528,8 @@ static int compile(jc *c, const cJSON *s, const char *path, int depth) {
         return compile_array(c, s, path, depth);
     if (has(s, "minLength") || has(s, "maxLength"))
         return compile_type(c, s, "string", path, depth);
+    if (numeric_bound(s))
+        return jc_fail(c, "'%s' at %s needs \"type\": \"integer\"", numeric_bound(s), at(path));
     return any_node(c);
 }
 

@@ -114,6 +114,15 @@ static int valid(const cJSON *v, const cJSON *s, const cJSON *root, int depth, c
         for (const cJSON *x = e->child; x && !ok; x = x->next) ok = cJSON_Compare(v, x, 1);
         if (!ok) return snprintf(why, wl, "not in enum"), 0;
     }
+    if (cJSON_IsNumber(v)) {
+        const cJSON *b;
+        double x = v->valuedouble;
+        if (((b = kw(s, "minimum")) && x < b->valuedouble) ||
+            ((b = kw(s, "maximum")) && x > b->valuedouble) ||
+            ((b = kw(s, "exclusiveMinimum")) && x <= b->valuedouble) ||
+            ((b = kw(s, "exclusiveMaximum")) && x >= b->valuedouble))
+            return snprintf(why, wl, "%g out of bounds", x), 0;
+    }
     if (cJSON_IsString(v) && !count_ok(s, "minLength", "maxLength", utf8_len(v->valuestring)))
         return snprintf(why, wl, "string length"), 0;
     if (cJSON_IsObject(v) && !valid_object(v, s, root, depth, why, wl)) return 0;

@@ -67,6 +67,13 @@ static void test_accept_reject(void) {
     CHECK(matches("{\"enum\":[1,12,\"x\"]}", "1") == 1);
     CHECK(matches("{\"enum\":[1,12,\"x\"]}", "13") == 0);
     CHECK(matches("{\"type\":\"string\",\"minLength\":2}", "\"a\"") == 0);
+    const char *range = "{\"type\":\"integer\",\"minimum\":-5,\"exclusiveMaximum\":120}";
+    CHECK(matches(range, "-5") == 1 && matches(range, "0") == 1 && matches(range, "119") == 1);
+    CHECK(matches(range, "-6") == 0 && matches(range, "120") == 0 && matches(range, "-0") == 1);
+    CHECK(matches(range, "1000") == 0 && matches(range, "-10") == 0);
+    const char *tight = "{\"type\":\"integer\",\"minimum\":37,\"maximum\":41}";
+    CHECK(matches(tight, "37") == 1 && matches(tight, "41") == 1 && matches(tight, "3") == 0);
+    CHECK(matches(tight, "42") == 0 && matches(tight, "-1") == 0);
     CHECK(matches("{\"type\":\"array\",\"minItems\":1}", "[]") == 0);
     CHECK(matches("{\"anyOf\":[{\"type\":\"integer\"},{\"type\":\"object\",\"properties\":"
                   "{\"a\":{\"type\":\"boolean\"}},\"additionalProperties\":false}]}",
@@ -115,8 +122,8 @@ static int refused_with(const char *schema, const char *needle) {
 
 static void test_refusals(void) {
     CHECK(refused_with("{\"type\":\"string\",\"pattern\":\"a+\"}", "'pattern' at the root"));
-    CHECK(refused_with("{\"properties\":{\"x\":{\"type\":\"integer\",\"minimum\":0}}}",
-                       "'minimum' at /properties/x"));
+    CHECK(refused_with("{\"properties\":{\"x\":{\"type\":\"integer\",\"multipleOf\":2}}}",
+                       "'multipleOf' at /properties/x"));
     CHECK(refused_with("{\"type\":\"strin\"}", "unknown type 'strin'"));
     CHECK(refused_with("{\"type\":\"object\",\"required\":[\"a\"]}", "'a', which is not in"));
     CHECK(refused_with("{\"$ref\":\"http://x/y\"}", "$ref 'http://x/y'"));
@@ -135,6 +142,9 @@ static void test_refusals(void) {
     CHECK(refused_with("{\"allOf\":[{},{}]}", "allOf"));
     CHECK(refused_with("{\"properties\":{\"a\\\"b\":{}}}", "quote"));
     CHECK(refused_with("{\"type\":\"string\",\"format\":\"date\"}", "'format'"));
+    CHECK(refused_with("{\"type\":\"number\",\"minimum\":0}", "only on integer"));
+    CHECK(refused_with("{\"maximum\":3}", "needs \"type\": \"integer\""));
+    CHECK(refused_with("{\"type\":\"integer\",\"minimum\":3,\"maximum\":2.5}", "no integer"));
     /* hostile: deep nesting, many nodes, huge text */
     char *deep = malloc(20000);
     strcpy(deep, "");
@@ -209,6 +219,9 @@ static void test_random_walks(void) {
         "\"required\":[\"v\",\"kids\"],\"additionalProperties\":false}},\"$ref\":\"#/$defs/t\"}",
         "{\"oneOf\":[{\"type\":\"string\",\"minLength\":3},{\"type\":\"integer\"},{\"type\":"
         "\"null\"}]}",
+        "{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"minimum\":-30,\"maximum\":7}}",
+        "{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"exclusiveMinimum\":999,"
+        "\"maximum\":1002}}",
         "{\"type\":\"object\",\"additionalProperties\":{\"type\":\"string\"},\"properties\":{\"a\":"
         "{\"type\":\"integer\"},\"ab\":{\"type\":\"boolean\"}}}",
     };

@@ -38,7 +38,8 @@ static const struct {
 } CASES[] = {
     {"Describe a person as JSON with a name, an age and hobbies.",
      "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":40},\"age\":"
-     "{\"type\":\"integer\"},\"hobbies\":{\"type\":\"array\",\"items\":{\"type\":\"string\"},"
+     "{\"type\":\"integer\",\"minimum\":18,\"maximum\":99},\"hobbies\":{\"type\":\"array\","
+     "\"items\":{\"type\":\"string\"},"
      "\"maxItems\":4}},\"required\":[\"name\",\"age\",\"hobbies\"],\"additionalProperties\":"
      "false}"},
     {"Is the sky blue? Answer in JSON.",
