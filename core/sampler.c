@@ -286,13 +286,24 @@ static int32_t prepare(sampler *s, const float *logits, const int32_t *history, 
 /* Build the final distribution in s->cands[0..n) with unnormalized weights
  * in .logit; returns n (>= 1), or -1 when no token is possible. *total gets
  * the weights' sum. */
+static int finish_dist(sampler *s, int32_t best, double *total);
+
+static int is_greedy(const sampler *s) { return s->p.temperature == 0.0f || s->p.top_k == 1; }
+
 static int build_dist(sampler *s, const float *logits, const int32_t *history, size_t n_history,
                       double *total) {
-    const int V = s->n_vocab;
-    const int greedy = s->p.temperature == 0.0f || s->p.top_k == 1;
+    const int greedy = is_greedy(s);
     int32_t best = greedy && !penalty_applies(s, history, n_history)
-                       ? argmax_first(logits, V) /* nothing else needs the copy */
+                       ? argmax_first(logits, s->n_vocab) /* nothing else needs the copy */
                        : prepare(s, logits, history, n_history);
+    return finish_dist(s, best, total);
+}
+
+/* The rest of build_dist, from best (the argmax of s->work, which holds the
+ * penalized logits unless greedy). */
+static int finish_dist(sampler *s, int32_t best, double *total) {
+    const int V = s->n_vocab;
+    const int greedy = is_greedy(s);
     if (best < 0) return -1;
     const float mx = greedy ? 0.0f : s->work[best]; /* only sampling reads it */
     if (greedy || isinf(mx)) {
@@ -364,9 +375,8 @@ static int build_dist(sampler *s, const float *logits, const int32_t *history, s
     return n;
 }
 
-int32_t sampler_sample(sampler *s, const float *logits, const int32_t *history, size_t n_history) {
-    double total;
-    int n = build_dist(s, logits, history, n_history, &total);
+/* Draw from the distribution build_dist left in s->cands[0..n). */
+static int32_t draw(sampler *s, int n, double total) {
     if (n < 0) return -1;
     if (n == 1) return s->cands[0].id;
     double u = rng_uniform(s->rng) * total, acc = 0.0;
@@ -378,6 +388,85 @@ int32_t sampler_sample(sampler *s, const float *logits, const int32_t *history, 
     for (int i = n - 1; i >= 0; i--)
         if (s->cands[i].logit > 0.0f) return s->cands[i].id;
     return s->cands[0].id;
+}
+
+int32_t sampler_sample(sampler *s, const float *logits, const int32_t *history, size_t n_history) {
+    double total = 0.0;
+    int n = build_dist(s, logits, history, n_history, &total);
+    return draw(s, n, total);
+}
+
+/* ---- a filter (constrained decoding) ---- */
+
+/* Candidates checked one by one, best first, before the whole vocabulary is
+ * handed to the filter's mask. */
+enum { FILTER_WINDOW = 64 };
+
+/* The best w finite candidates of s->work in rank order into s->cands;
+ * returns how many (fewer than w only when the vocabulary has no more). */
+static int best_candidates(sampler *s, int w) {
+    cand *c = s->cands;
+    int n = 0;
+    for (int i = 0; i < s->n_vocab; i++) {
+        cand x = {i, s->work[i]};
+        if (x.logit == -INFINITY) continue;
+        if (n < w) {
+            c[n] = x;
+            heap_sift_up(c, n++);
+        } else if (cand_better(&x, &c[0])) {
+            c[0] = x;
+            heap_sift_down(c, n, 0);
+        }
+    }
+    qsort(c, (size_t)n, sizeof *c, cand_cmp);
+    return n;
+}
+
+/* Leave in s->work only tokens f allows, as build_dist's cuts need them:
+ * greedy needs the best allowed token, top-k the k best, min-p those within
+ * its ratio of the best allowed; those are checked in rank order from a
+ * window of the best candidates, every other token set to -inf (the cuts
+ * would drop it anyway, so the result equals masking the whole vocabulary).
+ * When the window does not settle it, f->mask filters every token. Returns
+ * the best allowed token or -1. */
+static int32_t filter_work(sampler *s, const sampler_filter *f) {
+    const int greedy = is_greedy(s);
+    const int need = greedy ? 1 : s->p.top_k;
+    const int minp = !greedy && s->p.min_p > 0.0f;
+    const float inv_t = greedy ? 0.0f : 1.0f / s->p.temperature;
+    int w = need > FILTER_WINDOW ? need : FILTER_WINDOW;
+    if (w > s->n_vocab) w = s->n_vocab;
+    cand *c = s->cands;
+    int n = best_candidates(s, w), kept = 0, settled = n < w;
+    for (int i = 0; i < n && !settled; i++) {
+        if (minp && kept > 0 && expf((c[i].logit - c[0].logit) * inv_t) < s->p.min_p) settled = 1;
+        else if (f->allowed(f->ctx, c[i].id)) c[kept++] = c[i];
+        if (need > 0 && kept == need) settled = 1;
+    }
+    if (n < w) { /* every finite token was in the window: the checks above decide */
+        kept = 0;
+        for (int i = 0; i < n; i++)
+            if (f->allowed(f->ctx, c[i].id)) c[kept++] = c[i];
+    }
+    if (settled) {
+        for (int i = 0; i < s->n_vocab; i++) s->work[i] = -INFINITY;
+        for (int i = 0; i < kept; i++) s->work[c[i].id] = c[i].logit;
+        return kept ? c[0].id : -1;
+    }
+    f->mask(f->ctx, s->work);
+    int32_t best = -1;
+    for (int i = 0; i < s->n_vocab; i++)
+        if (s->work[i] > -INFINITY && (best < 0 || s->work[i] > s->work[best])) best = i;
+    return best;
+}
+
+int32_t sampler_sample_filtered(sampler *s, const float *logits, const int32_t *history,
+                                size_t n_history, const sampler_filter *f) {
+    if (!f) return sampler_sample(s, logits, history, n_history);
+    if (prepare(s, logits, history, n_history) < 0) return -1;
+    double total = 0.0;
+    int n = finish_dist(s, filter_work(s, f), &total);
+    return draw(s, n, total);
 }
 
 int sampler_probs(sampler *s, const float *logits, const int32_t *history, size_t n_history,

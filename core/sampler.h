@@ -56,6 +56,27 @@ const sampler_params *sampler_get_params(const sampler *s);
  * token id, or -1 when every logit is -inf/NaN. */
 int32_t sampler_sample(sampler *s, const float *logits, const int32_t *history, size_t n_history);
 
+/* A constraint on the next token (e.g. a grammar, core/json_grammar.h):
+ * allowed(ctx, id) says whether token id may come next; mask(ctx, logits)
+ * sets logits[id] = -INFINITY for every token allowed() refuses (entries
+ * already -inf may be skipped). Both must agree. */
+typedef struct {
+    int (*allowed)(void *ctx, int32_t id);
+    void (*mask)(void *ctx, float *logits);
+    void *ctx;
+} sampler_filter;
+
+/* sampler_sample over only the tokens f allows: the distribution
+ * sampler_sample has on logits with every refused token set to -inf
+ * (greedy: the same token; a draw may pick another token of it than
+ * sampler_sample would for the seed, candidates being in another order), but allowed() is asked
+ * about the best candidates in rank order only as far as the cuts need (greedy: until the first
+ * allowed one; top-k: the first k allowed; min-p: down to its threshold), and the whole-vocabulary
+ * mask() runs only when a window of the best 64 (or top_k) candidates does not settle it. f NULL =
+ * sampler_sample. Returns -1 when no token is allowed. */
+int32_t sampler_sample_filtered(sampler *s, const float *logits, const int32_t *history,
+                                size_t n_history, const sampler_filter *f);
+
 /* The distribution sampler_sample would draw from: fills up to cap
  * (id, probability) pairs, most likely first, probabilities summing to 1.
  * Returns the number of candidates (which may exceed cap: only cap are

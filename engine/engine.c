@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "core/backend/backend.h"
+#include "core/json_grammar.h"
 #include "core/model.h"
 #include "core/tokenizer.h"
 #include "paged_kv/paged_kv.h"
@@ -130,6 +131,7 @@ typedef struct {
     int cap;
     int n_gen;
     sampler *smp;
+    jg_matcher *gm; /* constrained decoding: where the output is in the grammar; NULL = none */
     tok_stream ts;
     char *text; /* completion text so far */
     size_t text_len, text_cap, emitted;
@@ -138,7 +140,8 @@ typedef struct {
 
 struct ereq {
     int64_t id;
-    engine_request p; /* stop / stop_ids copied below; prompt not kept */
+    engine_request p;   /* stop / stop_ids copied below; prompt, json_schema not kept */
+    jg_schema *grammar; /* compiled response format, shared by the completions; NULL = text */
     char **stop;
     int32_t *stop_ids;
     int n_prompt;
@@ -183,6 +186,7 @@ struct engine {
     uint64_t arrival;
     int32_t *eog;
     int n_eog;
+    jg_vocab *jv; /* token bytes for constrained decoding, built by the first request needing it */
     /* batch buffers */
     int32_t *b_tok, *b_pos, *b_slot, *b_seq_start, *b_ctx, *b_logit_rows;
     const int32_t **b_tables;
@@ -269,16 +273,19 @@ engine_fit engine_check_fit(const engine_limits *l, long n_prompt, long max_toke
     return ENGINE_FITS;
 }
 
+static void seq_free(eseq *q) {
+    if (!q) return;
+    sampler_free(q->smp);
+    jg_matcher_free(q->gm);
+    free(q->tokens);
+    free(q->text);
+    free(q);
+}
+
 static void req_free(ereq *r) {
     if (!r) return;
-    for (int i = 0; i < r->p.n; i++) {
-        eseq *q = r->seqs ? r->seqs[i] : NULL;
-        if (!q) continue;
-        sampler_free(q->smp);
-        free(q->tokens);
-        free(q->text);
-        free(q);
-    }
+    for (int i = 0; i < r->p.n; i++) seq_free(r->seqs ? r->seqs[i] : NULL);
+    jg_schema_free(r->grammar);
     for (int i = 0; i < r->p.n_stop; i++) free(r->stop[i]);
     free(r->stop);
     free(r->stop_ids);
@@ -298,10 +305,10 @@ static eseq *seq_new(engine *e, ereq *r, int index, const int32_t *tokens, int n
     sp.seed += (uint64_t)index; /* distinct streams for n > 1, same seed => same output */
     char err[128];
     if (sampler_create(&sp, e->n_vocab, &q->smp, err, sizeof err) != 0) q->smp = NULL;
-    if (!q->tokens || !q->smp) {
-        sampler_free(q->smp);
-        free(q->tokens);
-        free(q);
+    if (r->grammar && !e->jv) e->jv = jg_vocab_new(e->tok, err, sizeof err);
+    if (r->grammar && e->jv) q->gm = jg_matcher_new(r->grammar);
+    if (!q->tokens || !q->smp || (r->grammar && !q->gm)) {
+        seq_free(q);
         return NULL;
     }
     memcpy(q->tokens, tokens, (size_t)n_tokens * sizeof *tokens);
@@ -422,21 +429,51 @@ static int is_eog(const engine *e, int32_t t) {
     return 0;
 }
 
+typedef struct {
+    const jg_vocab *v;
+    jg_matcher *m;
+} grammar_ctx;
+
+static int grammar_allowed(void *ctx, int32_t id) {
+    grammar_ctx *g = ctx;
+    return jg_token_allowed(g->v, g->m, id);
+}
+
+static void grammar_mask(void *ctx, float *logits) {
+    grammar_ctx *g = ctx;
+    jg_mask_logits(g->v, g->m, logits);
+}
+
+/* The sampler's pick; under a response format, among the tokens the grammar
+ * allows (sequences without one pay nothing). */
+static int32_t sample_next(engine *e, eseq *q, const float *row) {
+    const int32_t *hist = q->tokens + q->req->n_prompt;
+    if (!q->gm) return sampler_sample(q->smp, row, hist, (size_t)q->n_gen);
+    grammar_ctx gc = {e->jv, q->gm};
+    sampler_filter f = {grammar_allowed, grammar_mask, &gc};
+    return sampler_sample_filtered(q->smp, row, hist, (size_t)q->n_gen, &f);
+}
+
 /* Sample q's next token from row (modified in place), then update text,
  * stops and events. */
 static void seq_sample(engine *e, eseq *q, float *row) {
     ereq *r = q->req;
     if (r->p.ignore_eos || q->n_gen < r->p.min_tokens)
         for (int i = 0; i < e->n_eog; i++) row[e->eog[i]] = -INFINITY;
-    int32_t t = sampler_sample(q->smp, row, q->tokens + r->n_prompt, (size_t)q->n_gen);
+    int32_t t = sample_next(e, q, row);
     if (t < 0) {
-        seq_finish(e, q, GEN_FINISH_ERROR);
+        /* a complete value whose end-of-generation token was suppressed */
+        seq_finish(e, q, q->gm && jg_matcher_accepting(q->gm) ? GEN_FINISH_EOS : GEN_FINISH_ERROR);
         return;
     }
     if (r->t_first_token == 0) r->t_first_token = clock_now_ms();
     e->generated_tokens++;
     if (is_eog(e, t)) {
         seq_finish(e, q, GEN_FINISH_EOS);
+        return;
+    }
+    if (q->gm && jg_matcher_feed_token(e->jv, q->gm, t) != 0) {
+        seq_finish(e, q, GEN_FINISH_ERROR); /* the mask allowed it: cannot happen */
         return;
     }
     q->tokens[q->ss.n_tokens++] = t;
@@ -471,7 +508,8 @@ static void seq_sample(engine *e, eseq *q, float *row) {
             seq_finish(e, q, GEN_FINISH_STOP);
             return;
         }
-    if (q->n_gen >= r->p.max_tokens) seq_finish(e, q, GEN_FINISH_LENGTH);
+    if (q->gm && jg_matcher_done(q->gm)) seq_finish(e, q, GEN_FINISH_EOS); /* value complete */
+    else if (q->n_gen >= r->p.max_tokens) seq_finish(e, q, GEN_FINISH_LENGTH);
 }
 
 /* ---------------- the step loop ---------------- */
@@ -525,11 +563,7 @@ static void intake(engine *e) {
         r->next = NULL;
         eseq *q = r->p.max_tokens > 0 ? seq_new(e, r, 0, r->prompt, r->n_prompt) : NULL;
         if (r->p.max_tokens > 0 && (!q || live_add(e, r) != 0)) {
-            if (q) {
-                sampler_free(q->smp);
-                free(q->tokens);
-                free(q);
-            }
+            seq_free(q);
             engine_event ev = {
                 .type = ENGINE_EV_FINISH, .finish = GEN_FINISH_ERROR, .prompt_tokens = r->n_prompt};
             for (int i = 0; i < r->p.n; i++) {
@@ -600,9 +634,7 @@ static void fork_completions(engine *e, ereq *r) {
                 r->n_live++;
                 continue;
             }
-            sampler_free(c->smp);
-            free(c->tokens);
-            free(c);
+            seq_free(c);
         }
         engine_event ev = {.type = ENGINE_EV_FINISH,
                            .finish = GEN_FINISH_ERROR,
@@ -871,6 +903,7 @@ void engine_destroy(engine *e) {
     free(e->live);
     free(e->cancels);
     free(e->eog);
+    jg_vocab_free(e->jv);
     free(e->b_tok);
     free(e->b_pos);
     free(e->b_slot);
@@ -927,17 +960,45 @@ static int validate(const engine *e, const engine_request *r, char *err, size_t 
             snprintf(err, errlen, "stop string %d is empty", i);
             return -1;
         }
+    if (r->format < ENGINE_FORMAT_TEXT || r->format > ENGINE_FORMAT_JSON_SCHEMA) {
+        snprintf(err, errlen, "unknown response format %d", (int)r->format);
+        return -1;
+    }
+    if (r->format == ENGINE_FORMAT_JSON_SCHEMA && !r->json_schema) {
+        snprintf(err, errlen, "response_format json_schema needs a schema");
+        return -1;
+    }
     return sampler_params_validate(&r->sampling, err, errlen) == 0 ? 0 : -1;
+}
+
+/* The request's response format as a grammar (NULL for text); 0 or -1 with
+ * a message naming what the schema uses that is not supported. */
+static int compile_format(const engine_request *r, jg_schema **out, char *err, size_t errlen) {
+    char msg[400];
+    *out = NULL;
+    if (r->format == ENGINE_FORMAT_TEXT) return 0;
+    *out = r->format == ENGINE_FORMAT_JSON_OBJECT
+               ? jg_compile_any_object(msg, sizeof msg)
+               : jg_compile(r->json_schema, strlen(r->json_schema), msg, sizeof msg);
+    if (!*out) snprintf(err, errlen, "response_format: %s", msg);
+    return *out ? 0 : -1;
 }
 
 int engine_submit(engine *e, const engine_request *rq, engine_stream **out, int64_t *id, char *err,
                   size_t errlen) {
     *out = NULL;
     if (validate(e, rq, err, errlen) != 0) return ENGINE_EINVAL;
+    jg_schema *grammar;
+    if (compile_format(rq, &grammar, err, errlen) != 0) return ENGINE_EINVAL;
     ereq *r = calloc(1, sizeof *r);
     engine_stream *s = calloc(1, sizeof *s);
-    if (!r || !s) goto oom;
+    if (!r || !s) {
+        jg_schema_free(grammar);
+        goto oom;
+    }
     r->p = *rq;
+    r->p.json_schema = NULL;
+    r->grammar = grammar;
     r->n_prompt = rq->n_prompt;
     r->prompt = malloc((size_t)rq->n_prompt * sizeof *r->prompt);
     r->seqs = calloc((size_t)rq->n, sizeof *r->seqs);

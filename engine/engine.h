@@ -86,6 +86,17 @@ enum {
     ENGINE_ENOMEM = -4,
 };
 
+/* What the completion text must be. JSON_OBJECT: any JSON object;
+ * JSON_SCHEMA: a JSON value valid against json_schema (the subset of
+ * core/json_grammar.h). Both are enforced by masking each step's logits
+ * (constrained decoding); the completion ends ("eos") as soon as the value
+ * is complete, or is cut by max_tokens ("length") or a stop string. */
+typedef enum {
+    ENGINE_FORMAT_TEXT = 0,
+    ENGINE_FORMAT_JSON_OBJECT,
+    ENGINE_FORMAT_JSON_SCHEMA,
+} engine_format;
+
 typedef struct {
     const int32_t *prompt; /* borrowed for the duration of engine_submit */
     int n_prompt;
@@ -98,6 +109,10 @@ typedef struct {
     const int32_t *stop_ids; /* copied; generation ends after one of these */
     int n_stop_ids;
     int n; /* completions for this prompt (>= 1); they share the prompt's blocks */
+    engine_format format;
+    const char *json_schema; /* JSON_SCHEMA: the schema's JSON text, compiled at submit (a
+                              * schema outside the subset is ENGINE_EINVAL, the message
+                              * names the keyword); borrowed for engine_submit */
 } engine_request;
 
 /* Why a completion ended. (Named gen_ for its first client, generate.h;

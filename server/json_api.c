@@ -557,11 +557,6 @@ static int refuse_unsupported(const cJSON *obj, char *err, size_t errlen) {
         return fail(err, errlen, "functions are not supported");
     if ((v = field(obj, "logit_bias")) && cJSON_GetArraySize(v) > 0)
         return fail(err, errlen, "logit_bias is not supported");
-    if ((v = field(obj, "response_format"))) {
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
-        if (!cJSON_IsString(t) || strcmp(t->valuestring, "text") != 0)
-            return fail(err, errlen, "response_format: only {\"type\": \"text\"} is supported");
-    }
     /* Accepted and ignored, but still type-checked. */
     static const char *const numbers[] = {"frequency_penalty", "presence_penalty"};
     for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++) {
@@ -570,6 +565,52 @@ static int refuse_unsupported(const cJSON *obj, char *err, size_t errlen) {
     }
     if ((v = field(obj, "user")) && !cJSON_IsString(v))
         return fail(err, errlen, "user must be a string, got %s", json_type_name(v));
+    return 0;
+}
+
+/* OpenAI's response_format: {"type": "text"}, {"type": "json_object"} or
+ * {"type": "json_schema", "json_schema": {"name": .., "schema": {..},
+ * "strict": ..}}. The schema travels as its JSON text; srv_prepare compiles
+ * it (and refuses what the engine cannot enforce). */
+static int get_response_format(const cJSON *o, japi_request *r, char *err, size_t errlen) {
+    const cJSON *v = field(o, "response_format");
+    if (!v) return 0;
+    if (!cJSON_IsObject(v))
+        return fail(err, errlen, "response_format must be an object, got %s", json_type_name(v));
+    const cJSON *t = field(v, "type");
+    if (!cJSON_IsString(t))
+        return fail(err, errlen, "response_format.type must be a string, got %s",
+                    t ? json_type_name(t) : "nothing");
+    const char *type = t->valuestring;
+    if (strcmp(type, "text") && strcmp(type, "json_object") && strcmp(type, "json_schema"))
+        return fail(err, errlen,
+                    "response_format.type must be \"text\", \"json_object\" or \"json_schema\", "
+                    "got \"%s\"",
+                    type);
+    Inference__ResponseFormat init = INFERENCE__RESPONSE_FORMAT__INIT;
+    r->response_format = init;
+    r->response_format.type = (char *)type;
+    if (!strcmp(type, "json_schema")) {
+        const cJSON *js = field(v, "json_schema");
+        if (!cJSON_IsObject(js))
+            return fail(err, errlen, "response_format.json_schema must be an object with a schema");
+        const cJSON *name = field(js, "name"), *strict = field(js, "strict");
+        const cJSON *schema = field(js, "schema");
+        if (name && !cJSON_IsString(name))
+            return fail(err, errlen, "response_format.json_schema.name must be a string");
+        if (strict && !cJSON_IsBool(strict))
+            return fail(err, errlen, "response_format.json_schema.strict must be a boolean");
+        if (!cJSON_IsObject(schema) && !cJSON_IsBool(schema))
+            return fail(err, errlen, "response_format.json_schema.schema must be an object, got %s",
+                        schema ? json_type_name(schema) : "nothing");
+        if (!(r->schema_text = cJSON_PrintUnformatted(schema)))
+            return fail(err, errlen, "out of memory");
+        r->response_format.json_schema = r->schema_text;
+        r->response_format.name = name ? name->valuestring : NULL;
+        r->response_format.has_strict = strict != NULL;
+        r->response_format.strict = cJSON_IsTrue(strict);
+    }
+    r->gen.response_format = &r->response_format;
     return 0;
 }
 
@@ -620,6 +661,7 @@ static int map_request(japi_kind kind, const cJSON *o, japi_request *r, char *er
     GET(get_int(o, "n", &has, &g->n, err, errlen), g->has_n);
 
     if (get_stop(o, r, err, errlen)) return -1;
+    if (get_response_format(o, r, err, errlen)) return -1;
     const cJSON *sid = field(o, "stop_ids");
     if (sid) {
         if (!cJSON_IsArray(sid))
@@ -698,6 +740,7 @@ void japi_request_free(japi_request *r) {
     free(r->stop_ids);
     for (int i = 0; i < r->n_prompts; i++) free(r->prompts[i].ids);
     free(r->prompts);
+    cJSON_free(r->schema_text);
     cJSON_Delete(r->root);
     memset(r, 0, sizeof *r);
 }

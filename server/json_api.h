@@ -42,10 +42,11 @@ typedef struct {
 typedef struct {
     Inference__GenerateRequest gen; /* ready for srv_prepare */
     Inference__SamplingParams sampling;
-    int stream;        /* "stream": true */
-    int include_usage; /* "stream_options": {"include_usage": true} */
-    int return_tokens; /* /generate: token ids in the response */
-    const char *model; /* "model" as sent, or NULL */
+    Inference__ResponseFormat response_format; /* gen.response_format when given */
+    int stream;                                /* "stream": true */
+    int include_usage;                         /* "stream_options": {"include_usage": true} */
+    int return_tokens;                         /* /generate: token ids in the response */
+    const char *model;                         /* "model" as sent, or NULL */
     /* /v1/completions with a list of prompts (OpenAI: one set of choices
      * per prompt, choice index = prompt index * n + j): the prompts, 0
      * when "prompt" is a single one. gen holds prompts[0];
@@ -62,6 +63,7 @@ typedef struct {
     char **stop;
     int32_t *prompt_ids;
     int32_t *stop_ids;
+    char *schema_text; /* response_format's schema as JSON text (cJSON_free) */
 } japi_request;
 
 /* Parse body[0..len) as a request of the given dialect. Returns 0, or -1

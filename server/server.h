@@ -63,6 +63,7 @@ typedef struct {
     int32_t *prompt_ids;
     char **stop;
     int32_t *stop_ids;
+    char *json_schema; /* req.json_schema's copy */
     int return_token_ids;
 } srv_request;
 

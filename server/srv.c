@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "core/chat.h"
+#include "core/json_grammar.h"
 #include "core/model.h"
 #include "core/tokenizer.h"
 #include "server/server.h"
@@ -226,6 +227,37 @@ static int prepare_prompt(srv *s, const Inference__GenerateRequest *in, int32_t 
     return SRV_OK;
 }
 
+/* response_format -> r->format; the schema is compiled once here so that a
+ * schema outside the subset is INVALID_ARGUMENT naming the keyword (the
+ * engine compiles its own copy at submit). */
+static int prepare_format(const Inference__ResponseFormat *in, srv_request *out, char *err,
+                          size_t errlen) {
+    engine_request *r = &out->req;
+    const char *t = in && in->type ? in->type : "text";
+    if (!strcmp(t, "text")) return SRV_OK;
+    if (!strcmp(t, "json_object")) {
+        r->format = ENGINE_FORMAT_JSON_OBJECT;
+        return SRV_OK;
+    }
+    if (strcmp(t, "json_schema") != 0)
+        return fail(err, errlen, SRV_INVALID_ARGUMENT,
+                    "response_format.type must be \"text\", \"json_object\" or \"json_schema\", "
+                    "got \"%s\"",
+                    t);
+    if (!in->json_schema)
+        return fail(err, errlen, SRV_INVALID_ARGUMENT,
+                    "response_format.json_schema is required with type \"json_schema\"");
+    char msg[400];
+    jg_schema *g = jg_compile(in->json_schema, strlen(in->json_schema), msg, sizeof msg);
+    if (!g) return fail(err, errlen, SRV_INVALID_ARGUMENT, "response_format: %s", msg);
+    jg_schema_free(g);
+    if (!(out->json_schema = strdup(in->json_schema)))
+        return fail(err, errlen, SRV_RESOURCE_EXHAUSTED, "out of memory");
+    r->format = ENGINE_FORMAT_JSON_SCHEMA;
+    r->json_schema = out->json_schema;
+    return SRV_OK;
+}
+
 int srv_prepare(srv *s, const Inference__GenerateRequest *in, srv_request *out, char *err,
                 size_t errlen) {
     memset(out, 0, sizeof *out);
@@ -283,8 +315,15 @@ int srv_prepare(srv *s, const Inference__GenerateRequest *in, srv_request *out, 
                         "stop_ids[%zu] = %d is outside the vocabulary [0, %d)", i, in->stop_ids[i],
                         n_vocab);
 
+    if ((rc = prepare_format(in->response_format, out, err, errlen)) != SRV_OK) {
+        srv_request_free(out);
+        return rc;
+    }
     int n_prompt;
-    if ((rc = prepare_prompt(s, in, &out->prompt_ids, &n_prompt, err, errlen)) != SRV_OK) return rc;
+    if ((rc = prepare_prompt(s, in, &out->prompt_ids, &n_prompt, err, errlen)) != SRV_OK) {
+        srv_request_free(out);
+        return rc;
+    }
     r->prompt = out->prompt_ids;
     r->n_prompt = n_prompt;
 
@@ -327,6 +366,7 @@ void srv_request_free(srv_request *r) {
         for (int i = 0; i < r->req.n_stop; i++) free(r->stop[i]);
     free(r->stop);
     free(r->stop_ids);
+    free(r->json_schema);
     memset(r, 0, sizeof *r);
 }
 

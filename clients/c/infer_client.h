@@ -125,6 +125,10 @@ typedef struct {
     int n;                /* completions */
     int add_special;      /* INFER_UNSET_BOOL, 0, 1 */
     int return_token_ids; /* INFER_UNSET_BOOL, 0, 1 */
+    /* structured output (docs/api.md): NULL/"text", "json_object" or
+     * "json_schema" with json_schema = the schema as JSON text */
+    const char *response_format;
+    const char *json_schema;
 } infer_gen_params;
 
 void infer_gen_params_init(infer_gen_params *p);

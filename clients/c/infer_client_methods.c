@@ -35,6 +35,7 @@ typedef struct {
     Inference__SamplingParams sp;
     Inference__ChatMessage *msg_store;
     Inference__ChatMessage **msgs;
+    Inference__ResponseFormat rf;
 } icl_gen_request;
 
 static int icl_gen_build(const infer_gen_params *p, icl_gen_request *r, infer_status *st) {
@@ -101,6 +102,13 @@ static int icl_gen_build(const infer_gen_params *p, icl_gen_request *r, infer_st
     ICL_SET_REQ(add_special, INFER_UNSET_BOOL)
     ICL_SET_REQ(return_token_ids, INFER_UNSET_BOOL)
 #undef ICL_SET_REQ
+    if (p->response_format) {
+        Inference__ResponseFormat init = INFERENCE__RESPONSE_FORMAT__INIT;
+        r->rf = init;
+        r->rf.type = (char *)p->response_format;
+        r->rf.json_schema = (char *)p->json_schema;
+        q->response_format = &r->rf;
+    }
     q->n_stop = p->n_stop;
     q->stop = (char **)p->stop;
     q->n_stop_ids = p->n_stop_ids;
