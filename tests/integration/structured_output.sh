@@ -15,8 +15,14 @@ bin="${ENGINE_BUILD_DIR:-build}/infer-server"
 model="${ENGINE_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 [ -x "$bin" ] || { echo "structured_output: $bin not built, skipping"; exit 77; }
 [ -r "$model" ] || { echo "structured_output: $model missing, skipping"; exit 77; }
-python3 -c 'import jsonschema' 2>/dev/null ||
-    { echo "structured_output: python3 with jsonschema needed, skipping"; exit 77; }
+# the first python3 that has jsonschema (Debian's python3-jsonschema lives in
+# /usr/bin/python3 even where another python3 comes first on PATH)
+py=""
+for cand in python3 /usr/bin/python3; do
+    if "$cand" -c 'import jsonschema' 2>/dev/null; then py="$cand" && break; fi
+done
+[ -n "$py" ] ||
+    { echo "structured_output: python3 with jsonschema needed (python3-jsonschema), skipping"; exit 77; }
 
 # shellcheck source=free_port.sh
 . "$(dirname "${BASH_SOURCE[0]}")/free_port.sh"
@@ -30,7 +36,7 @@ unset ENGINE_API_KEY
 pid=$!
 trap 'kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
 
-python3 - "$base" <<'PY' || { cat "$tmp/server.log" | tail -20; exit 1; }
+"$py" - "$base" <<'PY' || { cat "$tmp/server.log" | tail -20; exit 1; }
 import json, sys, time, urllib.error, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 import jsonschema
