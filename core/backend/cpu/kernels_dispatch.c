@@ -56,6 +56,17 @@ const kern_table *kern_select(void) {
 }
 
 #if KERN_X86
+/* The kernels of the formats beyond Q4_0 / Q4_1 / Q8_0, which both x86
+ * tables take from the AVX2 files (none has an AVX-512 variant yet). */
+#define AVX2_OTHER_FORMATS                                                                         \
+    .quantize_q8k = kern_quantize_q8k_avx2, .gemm_q5_0 = kern_gemm_q5_0_avx2,                      \
+    .gemm_q5_1 = kern_gemm_q5_1_avx2, .gemm_iq4_nl = kern_gemm_iq4_nl_avx2,                        \
+    .gemm_q4_k = kern_gemm_q4_k_avx2, .gemm_q5_k = kern_gemm_q5_k_avx2,                            \
+    .gemm_q6_k = kern_gemm_q6_k_avx2, .gemm_q2_k = kern_gemm_q2_k_avx2,                            \
+    .gemm_q3_k = kern_gemm_q3_k_avx2, .gemm_iq4_xs = kern_gemm_iq4_xs_avx2,                        \
+    .gemm_f32 = kern_gemm_f32_avx2, .gemm_f16 = kern_gemm_f16_avx2,                                \
+    .gemm_bf16 = kern_gemm_bf16_avx2
+
 static const kern_table AVX2 = {
     .isa = "avx2",
     .quantize = kern_quantize_avx2,
@@ -65,19 +76,7 @@ static const kern_table AVX2 = {
     .gemm_q4_0_fast = kern_gemm_q4_0_fast_avx2,
     .gemm_q4_1_fast = kern_gemm_q4_1_fast_avx2,
     .gemm_q8_0_fast = kern_gemm_q8_0_fast_avx2,
-    .quantize_q8k = kern_quantize_q8k_avx2,
-    .gemm_q5_0 = kern_gemm_q5_0_avx2,
-    .gemm_q5_1 = kern_gemm_q5_1_avx2,
-    .gemm_iq4_nl = kern_gemm_iq4_nl_avx2,
-    .gemm_q4_k = kern_gemm_q4_k_avx2,
-    .gemm_q5_k = kern_gemm_q5_k_avx2,
-    .gemm_q6_k = kern_gemm_q6_k_avx2,
-    .gemm_q2_k = kern_gemm_q2_k_avx2,
-    .gemm_q3_k = kern_gemm_q3_k_avx2,
-    .gemm_iq4_xs = kern_gemm_iq4_xs_avx2,
-    .gemm_f32 = kern_gemm_f32_avx2,
-    .gemm_f16 = kern_gemm_f16_avx2,
-    .gemm_bf16 = kern_gemm_bf16_avx2,
+    AVX2_OTHER_FORMATS,
     .dot_f16 = kern_dot_f16_avx2,
     .dot_f16_x4 = kern_dot_f16_x4_avx2,
     .axpy_f16 = kern_axpy_f16_avx2,
@@ -104,19 +103,7 @@ static const kern_table VNNI = {
     .gemm_q4_0_packed_exact = kern_gemm_q4_0_packed_exact_avx512,
     .gemm_q4_1_packed_exact = kern_gemm_q4_1_packed_exact_avx512,
     .gemm_q8_0_packed_exact = kern_gemm_q8_0_packed_exact_avx512,
-    .quantize_q8k = kern_quantize_q8k_avx2,
-    .gemm_q5_0 = kern_gemm_q5_0_avx2,
-    .gemm_q5_1 = kern_gemm_q5_1_avx2,
-    .gemm_iq4_nl = kern_gemm_iq4_nl_avx2,
-    .gemm_q4_k = kern_gemm_q4_k_avx2,
-    .gemm_q5_k = kern_gemm_q5_k_avx2,
-    .gemm_q6_k = kern_gemm_q6_k_avx2,
-    .gemm_q2_k = kern_gemm_q2_k_avx2,
-    .gemm_q3_k = kern_gemm_q3_k_avx2,
-    .gemm_iq4_xs = kern_gemm_iq4_xs_avx2,
-    .gemm_f32 = kern_gemm_f32_avx2,
-    .gemm_f16 = kern_gemm_f16_avx2,
-    .gemm_bf16 = kern_gemm_bf16_avx2,
+    AVX2_OTHER_FORMATS,
     .dot_f16 = kern_dot_f16_avx2,
     .dot_f16_x4 = kern_dot_f16_x4_avx2,
     .axpy_f16 = kern_axpy_f16_avx2,
