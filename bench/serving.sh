@@ -44,7 +44,8 @@
 # Full default run: about 35 minutes on 2 cores. Needs build/infer-server,
 # build/loadtest, curl, the model (tools/fetch-model); part d needs
 # .llama-cpp/bin/llama-server (tools/setup-llama-server); plots need
-# matplotlib (python3-matplotlib).
+# matplotlib (python3-matplotlib), which the script installs when missing
+# (tools/install-deps --plot).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -113,6 +114,9 @@ die() { echo "error: $*" >&2; exit 1; }
 [ -f "$model" ] || die "model not found: $model (tools/fetch-model)"
 command -v curl >/dev/null || die "curl is needed"
 
+# plots need matplotlib, which the serving install leaves out: ask for it here
+/usr/bin/python3 -c 'import matplotlib' 2>/dev/null || tools/install-deps --plot ||
+    echo "warning: could not install matplotlib (tools/install-deps --plot)" >&2
 PY=python3
 for p in python3 /usr/bin/python3; do
     if command -v "$p" >/dev/null && "$p" -c 'import matplotlib' 2>/dev/null; then PY="$p"; break; fi

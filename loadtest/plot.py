@@ -33,9 +33,11 @@ into one PNG. SWEEP.json:
               ...],
    "capacity": {"ours": 3.4, ...}}          (optional: marked on the x axis)
 
-matplotlib comes from Debian (python3-matplotlib, tools/install-deps). When
-the interpreter running this file lacks it (a pyenv or venv python), the
-script re-runs itself with /usr/bin/python3 if that one has it.
+matplotlib comes from Debian (python3-matplotlib). It is not part of the
+serving install: the first plot asked for installs it (tools/install-deps
+--plot, as root or through sudo). When the interpreter running this file
+lacks it (a pyenv or venv python), the script re-runs itself with
+/usr/bin/python3 if that one has it.
 """
 import argparse
 import json
@@ -50,14 +52,21 @@ def _import_matplotlib():
         import matplotlib
     except ImportError:
         sys_py = "/usr/bin/python3"
+        deps = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "install-deps")
+        if (__name__ == "__main__" and os.path.exists(deps) and os.path.exists(sys_py)
+                and subprocess.run([sys_py, "-c", "import matplotlib"],
+                                   capture_output=True).returncode != 0):
+            print("plot: matplotlib is needed for plots; installing it (tools/install-deps --plot)",
+                  file=sys.stderr)
+            subprocess.run([deps, "--plot"])
         if (__name__ == "__main__" and os.path.realpath(sys.executable) != os.path.realpath(sys_py)
                 and os.path.exists(sys_py) and not os.environ.get("LOADTEST_PLOT_REEXEC")):
             ok = subprocess.run([sys_py, "-c", "import matplotlib"], capture_output=True).returncode == 0
             if ok:
                 os.environ["LOADTEST_PLOT_REEXEC"] = "1"
                 os.execv(sys_py, [sys_py, os.path.abspath(__file__)] + sys.argv[1:])
-        sys.exit("error: matplotlib is not installed (apt-get install -y python3-matplotlib, "
-                 "or tools/install-deps)")
+        sys.exit("error: matplotlib is not installed (tools/install-deps --plot, or "
+                 "apt-get install -y python3-matplotlib)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
