@@ -31,6 +31,7 @@
 #include "core/backend/backend.h"
 #include "core/chat.h"
 #include "core/gguf.h"
+#include "core/json_grammar.h"
 #include "core/model.h"
 #include "core/sampler.h"
 #include "core/tokenizer.h"
@@ -50,7 +51,9 @@ typedef struct {
     int ignore_eos;
     char **stop;
     int n_stop;
-    int seed_set; /* the file gave a seed */
+    int seed_set;      /* the file gave a seed */
+    int format;        /* engine_format, from "response_format" */
+    char *json_schema; /* its schema as JSON text (ENGINE_FORMAT_JSON_SCHEMA) */
 } prompt_spec;
 
 typedef struct {
@@ -87,6 +90,7 @@ static void usage(FILE *f) {
             "                           \"temperature\": 0.7, \"top_k\": 40, \"top_p\": 0.9,\n"
             "                           \"min_p\": 0.05, \"repetition_penalty\": 1.1,\n"
             "                           \"min_tokens\": 0, \"seed\": 1, \"ignore_eos\": false,\n"
+            "                           \"response_format\": {\"type\": \"json_object\"},\n"
             "                           \"stop\": [\"...\"]}; fields left out take the\n"
             "                           command-line values; empty lines are skipped\n"
             "      --chat               wrap each prompt as a user message with the model's\n"
@@ -201,6 +205,7 @@ static void free_args(cli_args *a) {
     for (int i = 0; i < a->n_prompts; i++) {
         free(a->prompts[i].text);
         free(a->prompts[i].origin);
+        free(a->prompts[i].json_schema);
         if (a->prompts[i].stop != a->stop) {
             for (int k = 0; k < a->prompts[i].n_stop; k++) free(a->prompts[i].stop[k]);
             free(a->prompts[i].stop);
@@ -210,6 +215,46 @@ static void free_args(cli_args *a) {
     free(a->stop);
     free(a->cli_prompts);
     app_config_args_free(&a->ca);
+}
+
+/* A file entry's "response_format" (as the HTTP API takes it: {"type":
+ * "text" | "json_object" | "json_schema", "json_schema": {"schema": {...}}}),
+ * the schema checked here so a bad one is refused before the model loads. */
+static int json_response_format(const cJSON *v, const char *where, prompt_spec *p) {
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
+    const char *type = cJSON_IsObject(v) && cJSON_IsString(t) ? t->valuestring : NULL;
+    if (!type ||
+        (strcmp(type, "text") && strcmp(type, "json_object") && strcmp(type, "json_schema"))) {
+        fprintf(stderr,
+                "infer-generate: %s: 'response_format' must be {\"type\": \"text\", "
+                "\"json_object\" or \"json_schema\"}\n",
+                where);
+        return -1;
+    }
+    p->format = !strcmp(type, "text")          ? ENGINE_FORMAT_TEXT
+                : !strcmp(type, "json_object") ? ENGINE_FORMAT_JSON_OBJECT
+                                               : ENGINE_FORMAT_JSON_SCHEMA;
+    if (p->format != ENGINE_FORMAT_JSON_SCHEMA) return 0;
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(v, "json_schema");
+    const cJSON *schema = cJSON_GetObjectItemCaseSensitive(js, "schema");
+    if (!cJSON_IsObject(schema)) {
+        fprintf(stderr,
+                "infer-generate: %s: 'response_format.json_schema.schema' must be an "
+                "object\n",
+                where);
+        return -1;
+    }
+    free(p->json_schema);
+    p->json_schema = cJSON_PrintUnformatted(schema);
+    if (!p->json_schema) return -1;
+    char msg[400];
+    jg_schema *g = jg_compile(p->json_schema, strlen(p->json_schema), msg, sizeof msg);
+    if (!g) {
+        fprintf(stderr, "infer-generate: %s: response_format: %s\n", where, msg);
+        return -1;
+    }
+    jg_schema_free(g);
+    return 0;
 }
 
 /* Defaults from the command line; file entries override them field by field. */
@@ -297,6 +342,8 @@ static int parse_json_prompt(cli_args *a, const char *line, const char *where) {
             }
             p->sp.seed = (uint64_t)d;
             p->seed_set = 1;
+        } else if (strcmp(k, "response_format") == 0) {
+            if (json_response_format(v, where, p)) goto out;
         } else if (strcmp(k, "ignore_eos") == 0) {
             if (!cJSON_IsBool(v)) {
                 fprintf(stderr, "infer-generate: %s: 'ignore_eos' must be true or false\n", where);
@@ -333,7 +380,7 @@ static int parse_json_prompt(cli_args *a, const char *line, const char *where) {
             fprintf(stderr,
                     "infer-generate: %s: unknown key '%s' (known: prompt, max_tokens, "
                     "min_tokens, temperature, top_k, top_p, min_p, repetition_penalty, "
-                    "repeat_last_n, seed, ignore_eos, stop)\n",
+                    "repeat_last_n, seed, ignore_eos, stop, response_format)\n",
                     where, k);
             goto out;
         }
@@ -843,6 +890,8 @@ static int build_request(const prompt_spec *p, const llm_tokenizer *tok, const c
         .ignore_eos = p->ignore_eos,
         .stop = (const char *const *)p->stop,
         .n_stop = p->n_stop,
+        .format = p->format,
+        .json_schema = p->json_schema,
     };
     return -1;
 }

@@ -52,6 +52,36 @@ static int append(gen_result *r, int32_t tok, const char *text, size_t len, int 
     return 0;
 }
 
+/* Submit every request, held so that all reach the scheduler in the same
+ * step; 0, or -1 with the message of the first refused. */
+static int submit_all(engine *e, const gen_request *reqs, int n, engine_stream **streams, char *err,
+                      size_t errlen) {
+    int rc = 0;
+    engine_hold(e, 1);
+    for (int i = 0; i < n && rc == 0; i++) {
+        const gen_request *q = &reqs[i];
+        engine_request r = {0};
+        r.prompt = q->prompt;
+        r.n_prompt = q->n_prompt;
+        r.sampling = q->sampling;
+        r.max_tokens = q->max_tokens;
+        r.min_tokens = q->min_tokens;
+        r.ignore_eos = q->ignore_eos;
+        r.stop = q->stop;
+        r.n_stop = q->n_stop;
+        r.format = (engine_format)q->format;
+        r.json_schema = q->json_schema;
+        r.n = 1;
+        char e2[256];
+        if (engine_submit(e, &r, &streams[i], NULL, e2, sizeof e2) != 0) {
+            snprintf(err, errlen, "request %d: %s", i, e2);
+            rc = -1;
+        }
+    }
+    engine_hold(e, 0);
+    return rc;
+}
+
 int gen_run(llm_model *m, backend *be, const llm_tokenizer *tok, const gen_request *reqs, int n,
             const gen_options *opt, gen_result *results, gen_stats *stats, char *err,
             size_t errlen) {
@@ -101,27 +131,7 @@ int gen_run(llm_model *m, backend *be, const llm_tokenizer *tok, const gen_reque
         return -1;
     }
     double t0 = clock_now_ms();
-    int rc = 0;
-    engine_hold(e, 1); /* all prompts reach the scheduler in the same step */
-    for (int i = 0; i < n && rc == 0; i++) {
-        const gen_request *q = &reqs[i];
-        engine_request r = {0};
-        r.prompt = q->prompt;
-        r.n_prompt = q->n_prompt;
-        r.sampling = q->sampling;
-        r.max_tokens = q->max_tokens;
-        r.min_tokens = q->min_tokens;
-        r.ignore_eos = q->ignore_eos;
-        r.stop = q->stop;
-        r.n_stop = q->n_stop;
-        r.n = 1;
-        char e2[256];
-        if (engine_submit(e, &r, &streams[i], NULL, e2, sizeof e2) != 0) {
-            snprintf(err, errlen, "request %d: %s", i, e2);
-            rc = -1;
-        }
-    }
-    engine_hold(e, 0);
+    int rc = submit_all(e, reqs, n, streams, err, errlen);
     double last_first = t0;
     for (int i = 0; i < n && rc == 0; i++) {
         gen_result *res = &results[i];

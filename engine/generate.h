@@ -39,6 +39,8 @@ typedef struct {
     const char *const *stop; /* stop strings (borrowed, may be NULL): generation ends
                                 when the text contains one; it is cut from the text */
     int n_stop;
+    int format;              /* engine_format (engine.h): text, any JSON object, a schema */
+    const char *json_schema; /* the schema's JSON text with ENGINE_FORMAT_JSON_SCHEMA (borrowed) */
 } gen_request;
 
 typedef struct {

@@ -2,15 +2,18 @@
  * test_generate.c - the generation loop on the real model: batching and
  * prefill chunking do not change greedy tokens, limits (max_tokens,
  * min_tokens, stop strings, context) hold, sampling is reproducible per
- * seed, and streamed text adds up to the final text. Skips (77) when the
+ * seed, streamed text adds up to the final text, and a response format
+ * constrains the output. Skips (77) when the
  * model file is absent.
  */
+#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/backend/backend.h"
 #include "core/model.h"
 #include "core/tokenizer.h"
+#include "engine/engine.h"
 #include "engine/generate.h"
 #include "tests/common/test_util.h"
 
@@ -219,6 +222,35 @@ static void test_context_limit_is_an_error(void) {
     gen_result_free(&out[0]);
 }
 
+/* A response format reaches the engine: each prompt's output is a JSON
+ * object (json_object) or an object with the schema's one integer field,
+ * parsed by cJSON, while a text request in the same run is unchanged. */
+static void test_response_format(void) {
+    gen_request r[3];
+    gen_result out[3], alone[1];
+    make_reqs(r, 3, 40, 0.0f, 1);
+    r[0].format = ENGINE_FORMAT_JSON_OBJECT;
+    r[1].format = ENGINE_FORMAT_JSON_SCHEMA;
+    r[1].json_schema = "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\"}},"
+                       "\"required\":[\"n\"],\"additionalProperties\":false}";
+    CHECK(run(r, 3, 3, 0, out) == 0);
+    for (int i = 0; i < 2; i++) {
+        if (out[i].finish == GEN_FINISH_LENGTH) continue; /* cut by max_tokens: a prefix */
+        cJSON *j = cJSON_Parse(out[i].text);
+        CHECKF(cJSON_IsObject(j), "request %d: '%s' is not a JSON object", i, out[i].text);
+        if (i == 1 && j) {
+            CHECKF(cJSON_GetArraySize(j) == 1 &&
+                       cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "n")),
+                   "'%s' does not follow the schema", out[i].text);
+        }
+        cJSON_Delete(j);
+    }
+    CHECK(run(&r[2], 1, 1, 0, alone) == 0);
+    CHECK(same_tokens(&out[2], &alone[0]));
+    free_results(out, 3);
+    free_results(alone, 1);
+}
+
 int main(void) {
     const char *path = tu_model_path();
     if (!path) {
@@ -249,6 +281,7 @@ int main(void) {
     test_stop_strings_and_streaming();
     test_min_tokens_suppresses_eos();
     test_context_limit_is_an_error();
+    test_response_format();
     for (int i = 0; i < N_PROMPTS; i++) free(g_ids[i]);
     backend_free(g_be);
     tok_free(g_tok);
