@@ -234,6 +234,9 @@ static void test_response_format(void) {
     r[1].json_schema = "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\"}},"
                        "\"required\":[\"n\"],\"additionalProperties\":false}";
     CHECK(run(r, 3, 3, 0, out) == 0);
+    /* {"n": <integer>} is complete long before 40 tokens: the grammar ends it */
+    CHECKF(out[1].finish != GEN_FINISH_LENGTH, "schema output cut by max_tokens: '%s'",
+           out[1].text);
     for (int i = 0; i < 2; i++) {
         if (out[i].finish == GEN_FINISH_LENGTH) continue; /* cut by max_tokens: a prefix */
         cJSON *j = cJSON_Parse(out[i].text);
