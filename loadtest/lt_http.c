@@ -471,6 +471,8 @@ static void json_event(sse_ctx *c, const char *data, double when) {
         else snprintf(c->error, sizeof c->error, "server error event");
     }
     const cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0);
+    /* /generate streams its fields at the top level: {"index", "text", "finish_reason"?} */
+    if (!ch && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(o, "text"))) ch = o;
     if (ch) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(ch, "text");
         if (!cJSON_IsString(t)) /* chat-style delta */

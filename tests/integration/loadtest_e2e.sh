@@ -105,6 +105,13 @@ rc=$?
 [ $rc = 0 ] || { echo "FAIL http run exited $rc"; cat "$tmp/http.err"; fails=$((fails + 1)); }
 check "http: 50 requests, 25/s gamma arrivals" "$tmp/http" "$tmp/http.out" 50
 
+# the lab's /generate stream (its events carry "text" at the top level)
+"$lt" --url "http://127.0.0.1:$http_port/generate" --concurrency 4 -n 20 --max-tokens 8 \
+    --prompt-len 32 --seed 5 --slo ttft=2000 --out "$tmp/gen" >"$tmp/gen.out" 2>"$tmp/gen.err"
+rc=$?
+[ $rc = 0 ] || { echo "FAIL /generate run exited $rc"; cat "$tmp/gen.err"; fails=$((fails + 1)); }
+check "http /generate: 20 requests" "$tmp/gen" "$tmp/gen.out" 20
+
 # trace replay over HTTP at 4x speed, text prompts and token-length prompts
 {
     echo '# t, prompt or prompt_len, sampling'
