@@ -28,3 +28,16 @@ const char *tu_src_path(const char *rel) {
     snprintf(buf, sizeof buf, "%s/%s", root && *root ? root : ".", rel);
     return buf;
 }
+
+char *tu_read_file(const char *path, size_t *len) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return NULL;
+    long n = fseek(fp, 0, SEEK_END) == 0 ? ftell(fp) : -1;
+    char *buf = n >= 0 && fseek(fp, 0, SEEK_SET) == 0 ? malloc((size_t)n + 1) : NULL;
+    if (buf) {
+        *len = fread(buf, 1, (size_t)n, fp);
+        buf[*len] = 0;
+    }
+    fclose(fp);
+    return buf;
+}

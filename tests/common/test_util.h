@@ -43,6 +43,9 @@ int tu_finish(const char *name);
 const char *tu_model_path(void);
 /* Path under the source tree (ENGINE_SOURCE_DIR env, else "."); static buffer. */
 const char *tu_src_path(const char *rel);
+/* The whole file as a malloc'd NUL-terminated buffer (its length in *len),
+ * or NULL when it cannot be opened or read. */
+char *tu_read_file(const char *path, size_t *len);
 
 #define TU_SKIP 77
 

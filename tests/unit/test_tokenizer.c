@@ -425,19 +425,6 @@ static void test_load_errors(const vocab_spec *v) {
 
 /* ---- the real model against llama.cpp --------------------------------------------------- */
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    *len = fread(buf, 1, (size_t)n, fp);
-    buf[*len] = 0;
-    fclose(fp);
-    return buf;
-}
-
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -463,7 +450,7 @@ static void test_real_model(const char *model_path) {
     CHECK(ENC(t, "Hello world! 123", 0, 1, 19556, 905, 17, 216, 33, 34, 35));
 
     size_t len;
-    char *data = read_file(tu_src_path("tests/golden/tokenize_lines.jsonl"), &len);
+    char *data = tu_read_file(tu_src_path("tests/golden/tokenize_lines.jsonl"), &len);
     if (!data) {
         printf(
             "tokenizer: tests/golden/tokenize_lines.jsonl missing, llama.cpp comparison skipped\n");

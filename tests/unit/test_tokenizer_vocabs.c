@@ -39,19 +39,6 @@ static llm_tokenizer *load(const char *path, gguf_file **keep) {
     return t;
 }
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    *len = fread(buf, 1, (size_t)n, fp);
-    buf[*len] = 0;
-    fclose(fp);
-    return buf;
-}
-
 /* Encode text (no BOS, special tokens parsed) and compare with want[0..n). */
 static int enc_is(const llm_tokenizer *t, const char *text, int add_special, const int32_t *want,
                   int n) {
@@ -171,7 +158,7 @@ typedef struct {
 static void corpus_load(corpus *c, const char *ref_rel) {
     memset(c, 0, sizeof *c);
     size_t len;
-    char *data = read_file(tu_src_path(ref_rel), &len);
+    char *data = tu_read_file(tu_src_path(ref_rel), &len);
     if (!data) return;
     char *save = NULL;
     for (char *line = strtok_r(data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -221,7 +208,7 @@ static const char *record_text(const cJSON *j, const corpus *c, char *buf, size_
 static void compare_refs(const llm_tokenizer *t, const char *label, const char *ref_rel,
                          const corpus *c, int min_total) {
     size_t len;
-    char *data = read_file(tu_src_path(ref_rel), &len);
+    char *data = tu_read_file(tu_src_path(ref_rel), &len);
     CHECKF(data != NULL, "%s missing", ref_rel);
     if (!data) return;
     int total = 0, same = 0, rt_total = 0, rt_ok = 0, partial = 0, shown = 0;
