@@ -222,18 +222,15 @@ static void free_args(cli_args *a) {
  * the schema checked here so a bad one is refused before the model loads. */
 static int json_response_format(const cJSON *v, const char *where, prompt_spec *p) {
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
-    const char *type = cJSON_IsObject(v) && cJSON_IsString(t) ? t->valuestring : NULL;
-    if (!type ||
-        (strcmp(type, "text") && strcmp(type, "json_object") && strcmp(type, "json_schema"))) {
+    engine_format f;
+    if (!cJSON_IsObject(v) || !cJSON_IsString(t) || engine_format_parse(t->valuestring, &f)) {
         fprintf(stderr,
                 "infer-generate: %s: 'response_format' must be {\"type\": \"text\", "
                 "\"json_object\" or \"json_schema\"}\n",
                 where);
         return -1;
     }
-    p->format = !strcmp(type, "text")          ? ENGINE_FORMAT_TEXT
-                : !strcmp(type, "json_object") ? ENGINE_FORMAT_JSON_OBJECT
-                                               : ENGINE_FORMAT_JSON_SCHEMA;
+    p->format = f;
     if (p->format != ENGINE_FORMAT_JSON_SCHEMA) return 0;
     const cJSON *js = cJSON_GetObjectItemCaseSensitive(v, "json_schema");
     const cJSON *schema = cJSON_GetObjectItemCaseSensitive(js, "schema");

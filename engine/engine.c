@@ -1114,3 +1114,13 @@ void engine_wait_idle(engine *e) {
     while (e->busy || e->n_pending > 0 || e->n_cancels > 0) pthread_cond_wait(&e->cv_idle, &e->mu);
     pthread_mutex_unlock(&e->mu);
 }
+
+int engine_format_parse(const char *name, engine_format *out) {
+    static const char *const names[] = {"text", "json_object", "json_schema"};
+    for (int i = 0; i < (int)(sizeof names / sizeof *names); i++)
+        if (name && !strcmp(name, names[i])) {
+            *out = (engine_format)i;
+            return 0;
+        }
+    return -1;
+}

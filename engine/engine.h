@@ -97,6 +97,10 @@ typedef enum {
     ENGINE_FORMAT_JSON_SCHEMA,
 } engine_format;
 
+/* The format named as the OpenAI API names it ("text", "json_object",
+ * "json_schema"); -1 for any other name. */
+int engine_format_parse(const char *name, engine_format *out);
+
 typedef struct {
     const int32_t *prompt; /* borrowed for the duration of engine_submit */
     int n_prompt;

@@ -234,16 +234,16 @@ static int prepare_format(const Inference__ResponseFormat *in, srv_request *out,
                           size_t errlen) {
     engine_request *r = &out->req;
     const char *t = in && in->type ? in->type : "text";
-    if (!strcmp(t, "text")) return SRV_OK;
-    if (!strcmp(t, "json_object")) {
-        r->format = ENGINE_FORMAT_JSON_OBJECT;
-        return SRV_OK;
-    }
-    if (strcmp(t, "json_schema") != 0)
+    engine_format f;
+    if (engine_format_parse(t, &f) != 0)
         return fail(err, errlen, SRV_INVALID_ARGUMENT,
                     "response_format.type must be \"text\", \"json_object\" or \"json_schema\", "
                     "got \"%s\"",
                     t);
+    if (f != ENGINE_FORMAT_JSON_SCHEMA) {
+        r->format = f;
+        return SRV_OK;
+    }
     if (!in->json_schema)
         return fail(err, errlen, SRV_INVALID_ARGUMENT,
                     "response_format.json_schema is required with type \"json_schema\"");
