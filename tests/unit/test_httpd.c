@@ -509,7 +509,9 @@ static void test_idle_connections(server_state *s) {
     }
     CHECK(opened == 1000);
     sleep_ms(300);
-    CHECKF(thread_count() == before, "threads %d -> %d", before, thread_count());
+    /* idle connections add no thread (one may go: a worker of an earlier part
+     * of the test ending its 5 s idle wait) */
+    CHECKF(thread_count() <= before, "threads %d -> %d", before, thread_count());
     char buf[4096];
     int extra = connect_to(port);
     read_all(extra, buf, sizeof buf, 2000);
