@@ -518,6 +518,12 @@ struct jg_vocab {
     int32_t *never; /* tokens that never match (no bytes, not end-of-generation) */
     int n_never;
     uint8_t *plain; /* token is printable ASCII without '"' or '\\': plain string content */
+    /* the by_first tokens in that order, for jg_mask_logits to read in
+     * sequence: bytes from s_bytes + s_off[k], length s_off[k + 1] - s_off[k],
+     * bytes shared with token k - 1 (0 for the first of its first byte;
+     * capped at 255), plain as above */
+    uint8_t *s_bytes, *s_lcp, *s_plain;
+    uint32_t *s_off;
 };
 
 typedef struct {
@@ -546,6 +552,39 @@ static void sort_by_bytes(jg_vocab *v) {
     qsort(k, total, sizeof *k, tok_key_cmp);
     for (uint32_t i = 0; i < total; i++) v->by_first[i] = k[i].id;
     free(k);
+}
+
+/* The s_ arrays of jg_vocab from by_first (sorted or not: s_lcp is exact
+ * either way). */
+static int sorted_copy(jg_vocab *v) {
+    uint32_t total = v->by_first_start[256];
+    v->s_off = malloc(((size_t)total + 1) * sizeof *v->s_off);
+    v->s_bytes = malloc((size_t)v->off[v->n_vocab] + 1);
+    v->s_lcp = malloc((size_t)total + 1);
+    v->s_plain = malloc((size_t)total + 1);
+    if (!v->s_off || !v->s_bytes || !v->s_lcp || !v->s_plain) return -1;
+    uint32_t o = 0;
+    for (int b = 0; b < 256; b++)
+        for (uint32_t k = v->by_first_start[b]; k < v->by_first_start[b + 1]; k++) {
+            int32_t id = v->by_first[k];
+            uint32_t n = v->off[id + 1] - v->off[id];
+            const uint8_t *p = v->bytes + v->off[id];
+            v->s_off[k] = o;
+            memcpy(v->s_bytes + o, p, n);
+            o += n;
+            v->s_plain[k] = v->plain[id];
+            uint32_t common = 0;
+            if (k > v->by_first_start[b]) {
+                const int32_t prev = v->by_first[k - 1];
+                const uint8_t *q = v->bytes + v->off[prev];
+                uint32_t qn = v->off[prev + 1] - v->off[prev];
+                while (common < n && common < qn && common < 255 && p[common] == q[common])
+                    common++;
+            }
+            v->s_lcp[k] = (uint8_t)common;
+        }
+    v->s_off[total] = o;
+    return 0;
 }
 
 static int vocab_fill(jg_vocab *v, const llm_tokenizer *tok) {
@@ -580,7 +619,7 @@ static int vocab_fill(jg_vocab *v, const llm_tokenizer *tok) {
         if (len && !v->eog[id]) v->by_first[fill[v->bytes[v->off[id]]]++] = id;
     }
     sort_by_bytes(v);
-    return 0;
+    return sorted_copy(v);
 }
 
 jg_vocab *jg_vocab_new(const llm_tokenizer *tok, char *err, size_t errlen) {
@@ -610,6 +649,10 @@ void jg_vocab_free(jg_vocab *v) {
     free(v->by_first);
     free(v->never);
     free(v->plain);
+    free(v->s_off);
+    free(v->s_bytes);
+    free(v->s_lcp);
+    free(v->s_plain);
     free(v);
 }
 
@@ -688,8 +731,11 @@ void jg_mask_logits(const jg_vocab *v, jg_matcher *m, float *logits) {
     const size_t room = plain_room(m);
     m->lvl[0] = m->cur; /* borrowed: level 0 is never written */
     for (int b = 0; b < 256; b++) {
-        const uint8_t *prev = NULL;
-        size_t prev_n = 0, valid = 0;
+        /* run: bytes the current token shares with the last walked one (the
+         * least s_lcp since); dead: a prefix of that token no state
+         * survives (SIZE_MAX: none) */
+        size_t valid = 0, run = SIZE_MAX, dead = SIZE_MAX;
+        int walked = 0;
         if (!m->first_ok[b]) {
             for (uint32_t k = v->by_first_start[b]; k < v->by_first_start[b + 1]; k++)
                 logits[v->by_first[k]] = -INFINITY;
@@ -697,14 +743,20 @@ void jg_mask_logits(const jg_vocab *v, jg_matcher *m, float *logits) {
         }
         for (uint32_t k = v->by_first_start[b]; k < v->by_first_start[b + 1]; k++) {
             int32_t id = v->by_first[k];
+            if (v->s_lcp[k] < run) run = v->s_lcp[k];
+            if (run >= dead) { /* begins with the prefix the last walked token died on */
+                logits[id] = -INFINITY;
+                continue;
+            }
             if (logits[id] == -INFINITY) continue;
-            const uint8_t *p = v->bytes + v->off[id];
-            size_t n = v->off[id + 1] - v->off[id], common = 0;
-            if (v->plain[id] && n <= room) continue;
-            while (prev && common < n && common < prev_n && p[common] == prev[common]) common++;
-            if (!trie_step(m, p, n, common, &valid)) logits[id] = -INFINITY;
-            prev = p;
-            prev_n = n;
+            const uint8_t *p = v->s_bytes + v->s_off[k];
+            size_t n = v->s_off[k + 1] - v->s_off[k];
+            if (v->s_plain[k] && n <= room) continue;
+            int ok = trie_step(m, p, n, walked ? run : 0, &valid);
+            walked = 1;
+            run = SIZE_MAX;
+            dead = ok || valid > n || m->lvl[valid].n > 0 ? SIZE_MAX : valid;
+            if (!ok) logits[id] = -INFINITY;
         }
     }
     m->lvl[0].s = NULL;

@@ -182,14 +182,18 @@ static void test_batch(engine *e) {
     for (int i = 0; i < N; i++) free(jobs[i].prompt);
 }
 
-/* jg_mask_logits (prefix-sharing walk) agrees with jg_token_allowed (one
- * token at a time) on every token of the vocabulary, in several states. */
+/* jg_mask_logits (prefix-sharing walk, skipping the tokens that begin with a
+ * prefix already rejected) agrees with jg_token_allowed (one token at a
+ * time) on every token of the vocabulary, in several states; tokens already
+ * at -inf stay there and do not change the others' results. */
 static void test_mask_consistency(void) {
     char err[256];
     jg_vocab *v = jg_vocab_new(TOK, err, sizeof err);
     jg_schema *g = jg_compile(CASES[0].schema, strlen(CASES[0].schema), err, sizeof err);
     jg_schema *any = jg_compile_any_object(err, sizeof err);
-    CHECK(v && g && any);
+    const char *ints_schema = "{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}";
+    jg_schema *ints = jg_compile(ints_schema, strlen(ints_schema), err, sizeof err);
+    CHECK(v && g && any && ints);
     const int V = tok_n_vocab(TOK);
     float *l = malloc((size_t)V * sizeof *l);
     const struct {
@@ -203,25 +207,33 @@ static void test_mask_consistency(void) {
               {any, "{\"a\": [1, {\"b\":tr"},
               {any, "{}"},
               {any, "{\"ab"},
-              {any, "{\"a\": \"xy"}};
+              {any, "{\"a\": \"xy"},
+              {ints, ""},
+              {ints, "["},
+              {ints, "[1, 23, 4"},
+              {ints, "[1,\n -"},
+              {ints, "[0"}};
     for (size_t k = 0; k < sizeof st / sizeof st[0]; k++) {
         jg_matcher *m = jg_matcher_new(st[k].g);
         CHECK(jg_matcher_feed(m, st[k].prefix, strlen(st[k].prefix)) == 0);
-        for (int i = 0; i < V; i++) l[i] = (float)(i % 7);
-        jg_mask_logits(v, m, l);
-        int bad = 0, n_ok = 0;
-        for (int i = 0; i < V; i++) {
-            int ok = jg_token_allowed(v, m, i);
-            n_ok += ok;
-            bad += ok != (l[i] > -INFINITY);
+        for (int pre = 0; pre < 2; pre++) { /* pre: every 5th token starts at -inf */
+            for (int i = 0; i < V; i++) l[i] = pre && i % 5 == 0 ? -INFINITY : (float)(i % 7);
+            jg_mask_logits(v, m, l);
+            int bad = 0, n_ok = 0;
+            for (int i = 0; i < V; i++) {
+                int ok = jg_token_allowed(v, m, i) && !(pre && i % 5 == 0);
+                n_ok += ok;
+                bad += ok != (l[i] > -INFINITY);
+            }
+            CHECKF(bad == 0, "state '%s' (pre %d): %d tokens disagree", st[k].prefix, pre, bad);
+            CHECKF(n_ok > 0, "state '%s' (pre %d): nothing allowed", st[k].prefix, pre);
         }
-        CHECKF(bad == 0, "state '%s': %d tokens disagree", st[k].prefix, bad);
-        CHECKF(n_ok > 0, "state '%s': nothing allowed", st[k].prefix);
         jg_matcher_free(m);
     }
     free(l);
     jg_schema_free(g);
     jg_schema_free(any);
+    jg_schema_free(ints);
     jg_vocab_free(v);
 }
 
