@@ -804,6 +804,10 @@ static void print_report(const cli_args *a, const gen_result *res, const gen_sta
             "engine:           %ld steps, %ld preemptions, KV peak %d blocks at %.1f%% slot "
             "efficiency\n",
             st->steps, st->preemptions, st->peak_blocks, 100.0 * st->kv_efficiency_peak);
+    fprintf(stderr, "engine thread:    forward %.3f s, sampling %.3f s (%.1f%% of the two)\n",
+            st->forward_ms / 1e3, st->sample_ms / 1e3,
+            100.0 * st->sample_ms /
+                (st->forward_ms + st->sample_ms > 0 ? st->forward_ms + st->sample_ms : 1));
     fprintf(stderr, "finished:         %d length, %d eos, %d stop\n", by_reason[GEN_FINISH_LENGTH],
             by_reason[GEN_FINISH_EOS], by_reason[GEN_FINISH_STOP]);
     fprintf(stderr, "total time:       %.3f s (model load %.3f s, generation %.3f s)\n",

@@ -191,10 +191,16 @@ struct engine {
     int32_t *b_tok, *b_pos, *b_slot, *b_seq_start, *b_ctx, *b_logit_rows;
     const int32_t **b_tables;
     uint8_t *b_single;
+    /* the step's picks, made in parallel (run_step): sequence, its logits row,
+     * the token */
+    eseq **pick_q;
+    float **pick_row;
+    int32_t *pick_t;
     float *logits, *row;
     char *piece;
     size_t piece_cap;
     long prompt_tokens, generated_tokens, finished;
+    double forward_ms, sample_ms; /* engine_stats */
 };
 
 const char *const engine_batching_names[ENGINE_BATCH_COUNT] = {"continuous", "static"};
@@ -446,7 +452,7 @@ static void grammar_mask(void *ctx, float *logits) {
 
 /* The sampler's pick; under a response format, among the tokens the grammar
  * allows (sequences without one pay nothing). */
-static int32_t sample_next(engine *e, eseq *q, const float *row) {
+static int32_t sample_next(const engine *e, eseq *q, const float *row) {
     const int32_t *hist = q->tokens + q->req->n_prompt;
     if (!q->gm) return sampler_sample(q->smp, row, hist, (size_t)q->n_gen);
     grammar_ctx gc = {e->jv, q->gm};
@@ -454,13 +460,19 @@ static int32_t sample_next(engine *e, eseq *q, const float *row) {
     return sampler_sample_filtered(q->smp, row, hist, (size_t)q->n_gen, &f);
 }
 
-/* Sample q's next token from row (modified in place), then update text,
- * stops and events. */
-static void seq_sample(engine *e, eseq *q, float *row) {
-    ereq *r = q->req;
+/* q's next token from row (modified in place), or -1 when the grammar
+ * allows none. Touches only q's sampler and matcher, and reads the engine's
+ * immutable state, so the picks of a step run in parallel (run_step). */
+static int32_t seq_pick(const engine *e, eseq *q, float *row) {
+    const ereq *r = q->req;
     if (r->p.ignore_eos || q->n_gen < r->p.min_tokens)
         for (int i = 0; i < e->n_eog; i++) row[e->eog[i]] = -INFINITY;
-    int32_t t = sample_next(e, q, row);
+    return sample_next(e, q, row);
+}
+
+/* Take t, q's pick (seq_pick), then update text, stops and events. */
+static void seq_take(engine *e, eseq *q, int32_t t) {
+    ereq *r = q->req;
     if (t < 0) {
         /* a complete value whose end-of-generation token was suppressed */
         seq_finish(e, q, q->gm && jg_matcher_accepting(q->gm) ? GEN_FINISH_EOS : GEN_FINISH_ERROR);
@@ -510,6 +522,13 @@ static void seq_sample(engine *e, eseq *q, float *row) {
         }
     if (q->gm && jg_matcher_done(q->gm)) seq_finish(e, q, GEN_FINISH_EOS); /* value complete */
     else if (q->n_gen >= r->p.max_tokens) seq_finish(e, q, GEN_FINISH_LENGTH);
+}
+
+static void seq_sample(engine *e, eseq *q, float *row) { seq_take(e, q, seq_pick(e, q, row)); }
+
+static void pick_one(void *ctx, int i) {
+    engine *e = ctx;
+    e->pick_t[i] = seq_pick(e, e->pick_q[i], e->pick_row[i]);
 }
 
 /* ---------------- the step loop ---------------- */
@@ -665,6 +684,8 @@ static void publish_stats(engine *e) {
     st->prompt_tokens = e->prompt_tokens;
     st->generated_tokens = e->generated_tokens;
     st->requests_finished = e->finished;
+    st->forward_ms = e->forward_ms;
+    st->sample_ms = e->sample_ms;
     st->last_step_tokens = ss.last_step_tokens;
     st->kv_tokens = ps.tokens[PKV_DEVICE];
     int used = ps.total[PKV_DEVICE] - ps.free[PKV_DEVICE];
@@ -721,9 +742,12 @@ static int run_step(engine *e) {
         .row_single = e->b_single,
     };
     char err[256];
+    double t0 = clock_now_ms();
     int rc = llm_forward(e->m, e->be, pkv_device_cache(e->pool), &lb, e->logits, err, sizeof err);
+    double t1 = clock_now_ms();
+    e->forward_ms += t1 - t0;
     sched_commit(e->sc, &b);
-    int li = 0;
+    int li = 0, n_picks = 0;
     for (int i = 0; i < b.n_items; i++) {
         if (!b.items[i].samples) continue;
         eseq *q = b.items[i].seq->user;
@@ -742,8 +766,15 @@ static int run_step(engine *e) {
                 seq_sample(e, r->seqs[c], e->row);
             }
         }
-        seq_sample(e, q, row);
+        e->pick_q[n_picks] = q;
+        e->pick_row[n_picks++] = row;
     }
+    /* sampling (and a grammar's mask) on the backend's threads, which are
+     * idle between forward passes; taking the tokens (text, events) stays
+     * on this thread, in batch order */
+    be_host_for(e->be, n_picks, pick_one, e);
+    for (int j = 0; j < n_picks; j++) seq_take(e, e->pick_q[j], e->pick_t[j]);
+    e->sample_ms += clock_now_ms() - t1;
     return b.n_items;
 }
 
@@ -854,10 +885,14 @@ int engine_create(llm_model *m, backend *be, const llm_tokenizer *tok, const eng
     e->b_tables = malloc((size_t)S * sizeof *e->b_tables);
     e->logits = malloc((size_t)S * (size_t)hp->n_vocab * sizeof *e->logits);
     e->row = malloc((size_t)hp->n_vocab * sizeof *e->row);
+    e->pick_q = malloc((size_t)S * sizeof *e->pick_q);
+    e->pick_row = malloc((size_t)S * sizeof *e->pick_row);
+    e->pick_t = malloc((size_t)S * sizeof *e->pick_t);
     e->piece_cap = 256;
     e->piece = malloc(e->piece_cap);
     if (!e->b_tok || !e->b_pos || !e->b_slot || !e->b_single || !e->b_seq_start || !e->b_ctx ||
-        !e->b_logit_rows || !e->b_tables || !e->logits || !e->row || !e->piece)
+        !e->b_logit_rows || !e->b_tables || !e->logits || !e->row || !e->pick_q || !e->pick_row ||
+        !e->pick_t || !e->piece)
         goto oom;
     e->stats.block_size = opt->block_size;
     e->stats.num_blocks = num_blocks;
@@ -914,6 +949,9 @@ void engine_destroy(engine *e) {
     free(e->b_tables);
     free(e->logits);
     free(e->row);
+    free(e->pick_q);
+    free(e->pick_row);
+    free(e->pick_t);
     free(e->piece);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv_work);

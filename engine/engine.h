@@ -224,6 +224,10 @@ typedef struct {
     long kv_tokens;            /* tokens held in the device tier now */
     int peak_blocks_used;      /* most device blocks in use at once */
     double kv_efficiency_peak; /* tokens / allocated slots at that peak */
+    /* engine-thread time since start: in forward passes, and in sampling
+     * (the picks with a response format's masks, and taking the tokens:
+     * text, stops, events) */
+    double forward_ms, sample_ms;
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *st);

@@ -86,6 +86,8 @@ typedef struct {
     double total_ms;
     long steps;                /* engine steps */
     long preemptions;          /* swap + recompute */
+    double forward_ms;         /* engine thread in forward passes */
+    double sample_ms;          /* engine thread sampling (engine_stats) */
     int peak_blocks;           /* most device KV blocks in use at once */
     double kv_efficiency_peak; /* tokens held / allocated KV slots at that peak */
 } gen_stats;

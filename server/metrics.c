@@ -148,6 +148,12 @@ int srv_metrics_render(srv_metrics *m, const srv_metrics_gauges *g, engine *eng,
         metric_long(&b, "infer_engine_steps_total", "counter", "Engine forward steps.", st.steps);
         metric_long(&b, "infer_last_step_tokens", "gauge", "Rows in the latest forward step.",
                     st.last_step_tokens);
+        header(&b, "infer_engine_seconds_total", "counter",
+               "Engine thread time by phase: forward passes, sampling (masks included).");
+        strbuf_printf(&b, "infer_engine_seconds_total{phase=\"forward\"} %.6f\n",
+                      st.forward_ms / 1e3);
+        strbuf_printf(&b, "infer_engine_seconds_total{phase=\"sample\"} %.6f\n",
+                      st.sample_ms / 1e3);
     }
     if (b.oom) {
         free(b.p);

@@ -94,6 +94,12 @@ typedef struct backend_ops {
      * the input and the gelu value are rounded to f16; gelu(x) = x for
      * x >= 10 and 0 for x <= -10. out may alias x or up. */
     void (*gelu)(backend *be, const float *x, const float *up, size_t n, float *out);
+    /* Host work between steps (the engine's sampling): fn(ctx, i) once for
+     * each i < n, in any order, on the backend's host threads (the caller
+     * among them); returns when all have run. Calls for different i must
+     * not share mutable state. NULL (a backend without host threads): the
+     * caller runs them in order (be_host_for). */
+    void (*host_for)(backend *be, int n, void (*fn)(void *ctx, int i), void *ctx);
 } backend_ops;
 
 struct backend {
@@ -101,6 +107,14 @@ struct backend {
     int n_threads;
     void *impl;
 };
+
+/* fn(ctx, i) for i < n through be->ops->host_for, or in order on the
+ * calling thread when the backend has none. */
+static inline void be_host_for(backend *be, int n, void (*fn)(void *ctx, int i), void *ctx) {
+    if (be->ops->host_for) be->ops->host_for(be, n, fn, ctx);
+    else
+        for (int i = 0; i < n; i++) fn(ctx, i);
+}
 
 /* Arithmetic of the quantized matmuls (backend/cpu/kernels.h states both):
  * EXACT reproduces llama.cpp's results bit for bit; FAST keeps one float

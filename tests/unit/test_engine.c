@@ -259,6 +259,8 @@ static void test_cancel(void) {
     engine_stats st;
     engine_get_stats(e, &st);
     check_all_free(&st, "cancel");
+    CHECKF(st.forward_ms > 0 && st.sample_ms > 0 && st.sample_ms < st.forward_ms,
+           "engine thread time: forward %.3f ms, sampling %.3f ms", st.forward_ms, st.sample_ms);
     engine_destroy(e);
 }
 

@@ -551,6 +551,8 @@ static void test_health_models_metrics(int port) {
         "infer_prompt_tokens_total",
         "infer_generated_tokens_total",
         "infer_engine_steps_total",
+        "infer_engine_seconds_total{phase=\"forward\"}",
+        "infer_engine_seconds_total{phase=\"sample\"}",
         "infer_active_calls",
         "infer_rpc_connections",
         "# TYPE infer_time_to_first_token_seconds histogram",

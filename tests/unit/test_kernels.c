@@ -1,6 +1,7 @@
 /*
  * test_kernels.c - the CPU kernels (core/backend/cpu/kernels.h: the scalar
- * references, the x86 tables, the packed layout) and the thread pool.
+ * references, the x86 tables, the packed layout), the thread pool, and the
+ * backend's host_for (core/backend/backend.h) over it.
  *
  * The numerics contract in kernels.h says every SIMD table computes exactly
  * what the scalar reference computes, so each table this CPU supports is
@@ -20,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/backend/backend.h"
 #include "core/backend/cpu/kernels.h"
 #include "core/backend/cpu/threadpool.h"
 #include "core/quant.h"
@@ -1107,6 +1109,50 @@ static void test_threadpool(void) {
     tp_free(NULL);
 }
 
+typedef struct {
+    atomic_int calls[128];
+    int order[128], n_order;
+} host_items;
+
+static void host_count(void *ctx, int i) {
+    host_items *h = ctx;
+    atomic_fetch_add(&h->calls[i], 1);
+}
+
+static void host_record(void *ctx, int i) {
+    host_items *h = ctx;
+    h->order[h->n_order++] = i;
+}
+
+/* be_host_for: each item exactly once on the CPU backend's threads, for
+ * every count (none, one, fewer and more than the threads); in order on the
+ * caller when a backend has no host_for. */
+static void test_host_for(void) {
+    static const int counts[] = {0, 1, 2, 3, 7, 128};
+    for (int nt = 1; nt <= 3; nt++) {
+        char err[256];
+        backend *be = backend_cpu_create(nt, err, sizeof err);
+        CHECKF(be != NULL, "backend_cpu_create(%d): %s", nt, err);
+        if (!be) continue;
+        int bad = 0;
+        for (int rep = 0; rep < 300; rep++)
+            for (size_t c = 0; c < sizeof counts / sizeof *counts; c++) {
+                static host_items h;
+                memset(&h, 0, sizeof h);
+                be_host_for(be, counts[c], host_count, &h);
+                for (int i = 0; i < 128; i++) bad += atomic_load(&h.calls[i]) != (i < counts[c]);
+            }
+        CHECKF(bad == 0, "%d threads: host_for ran %d items other than once", nt, bad);
+        backend_free(be);
+    }
+    backend_ops no_host = {.name = "no-host"};
+    backend plain = {&no_host, 1, NULL};
+    static host_items h;
+    memset(&h, 0, sizeof h);
+    be_host_for(&plain, 5, host_record, &h);
+    CHECK(h.n_order == 5 && h.order[0] == 0 && h.order[4] == 4);
+}
+
 int main(void) {
     if (kern_avx2()) tables[n_tables++] = (simd_table){"avx2", kern_avx2()};
     else
@@ -1132,5 +1178,6 @@ int main(void) {
     test_f32_to_f16();
     test_rmsnorm();
     test_threadpool();
+    test_host_for();
     return tu_finish("test_kernels");
 }

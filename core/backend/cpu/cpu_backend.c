@@ -25,6 +25,7 @@ static const backend_ops CPU_OPS = {
     .layernorm = cpu_layernorm,
     .add_bias = cpu_add_bias,
     .gelu = cpu_gelu,
+    .host_for = cpu_host_for,
 };
 
 const char *be_numerics_name(be_numerics n) { return n == BE_NUMERICS_FAST ? "fast" : "exact"; }

@@ -133,6 +133,7 @@ void cpu_swiglu(backend *be, const float *gate, const float *up, size_t n, float
 void cpu_kv_store(backend *be, kv_cache *kv, int layer, const float *k, const float *v, int rows,
                   const int32_t *slots);
 void cpu_embed(backend *be, const be_weight *emb, const int32_t *ids, int n, float *out);
+void cpu_host_for(backend *be, int n, void (*fn)(void *ctx, int i), void *ctx);
 /* fn(ctx, r0, r1) over [0, rows) in blocks of grain rows, on the pool for
  * a prefill's rows, on the calling thread for a few */
 void cpu_par_rows(cpu_impl *ci, int rows, int grain, void (*fn)(void *ctx, int r0, int r1),

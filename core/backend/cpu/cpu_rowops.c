@@ -3,7 +3,8 @@
  * (cos, sin) table; interleaved or NeoX pairs), SwiGLU, storing K and V rows
  * into the cache, and embedding lookups. cpu_ops_ext.c holds the ops the
  * non-Llama architectures add (LayerNorm, bias, GELU), split with
- * cpu_par_rows from here.
+ * cpu_par_rows from here; host_for (the engine's sampling) shares the
+ * same dynamic split.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -46,6 +47,31 @@ void cpu_par_rows(cpu_impl *ci, int rows, int grain, void (*fn)(void *ctx, int r
         return;
     }
     par_job j = {ci, fn, ctx, rows, grain};
+    atomic_store(&ci->counter, 0);
+    tp_run_any(ci->pool, par_worker, &j);
+}
+
+typedef struct {
+    void (*fn)(void *ctx, int i);
+    void *ctx;
+} host_job;
+
+static void host_items(void *arg, int i0, int i1) {
+    const host_job *h = arg;
+    for (int i = i0; i < i1; i++) h->fn(h->ctx, i);
+}
+
+/* backend.h host_for: items claimed one at a time (an item is a whole
+ * sequence's sampling, large next to the claim); a single item runs on the
+ * caller with no job posted */
+void cpu_host_for(backend *be, int n, void (*fn)(void *ctx, int i), void *ctx) {
+    cpu_impl *ci = impl_of(be);
+    host_job h = {fn, ctx};
+    if (n < 2 || tp_size(ci->pool) == 1) {
+        host_items(&h, 0, n);
+        return;
+    }
+    par_job j = {ci, host_items, &h, n, 1};
     atomic_store(&ci->counter, 0);
     tp_run_any(ci->pool, par_worker, &j);
 }
