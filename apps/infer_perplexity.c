@@ -505,37 +505,45 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static void progress(int done, int total, double elapsed) {
+/* One line, rewritten in place; erased after the last window. */
+static void progress(int done, int total, double elapsed, double ppl) {
     double eta = done > 0 ? elapsed / done * (total - done) : 0;
-    fprintf(stderr, "\r%s: %d/%d %s, %.1f s elapsed, ETA %.1f s   ", PROG, done, total,
-            total == 1 ? "window" : "windows", elapsed, eta);
-    if (done == total) fputc('\n', stderr);
+    fprintf(stderr, "\r\033[K%s: %d/%d %s, PPL so far %.4f, %.1f s elapsed, ETA %.1f s", PROG, done,
+            total, total == 1 ? "window" : "windows", ppl, elapsed, eta);
+    if (done == total) fputs("\r\033[K", stderr);
     fflush(stderr);
 }
 
-/* Every window of the plan; prints the running estimates. */
+/* Every window of the plan; prints the running estimates, as each window
+ * ends, or, when stdout and the progress line share a terminal, at the end
+ * (the progress line shows the running figure meanwhile). */
 static int run_windows(ppl_ctx *c, const ppl_plan *p, const int32_t *toks, int32_t bos) {
     int32_t *win = malloc((size_t)p->ctx * sizeof *win);
-    if (!win) {
+    double *est = malloc((size_t)p->n_windows * sizeof *est);
+    if (!win || !est) {
+        free(win);
+        free(est);
         snprintf(c->err, sizeof c->err, "out of memory");
         return -1;
     }
-    int tty = isatty(STDERR_FILENO);
+    int tty = isatty(STDERR_FILENO), live = !(tty && isatty(STDOUT_FILENO)), rc = 0;
     double t0 = now_s();
-    for (int w = 0; w < p->n_windows; w++) {
+    for (int w = 0; w < p->n_windows && rc == 0; w++) {
         memcpy(win, toks + plan_start(p, w), (size_t)p->ctx * sizeof *win);
         if (bos >= 0) win[0] = bos;
-        if (eval_window(c, win, p->ctx, plan_lo(p, w))) {
-            free(win);
-            return -1;
-        }
-        if (tty) progress(w + 1, p->n_windows, now_s() - t0);
-        printf("[%d]%.4f,", w + 1, exp(c->sum.nll / (double)c->sum.count));
+        rc = eval_window(c, win, p->ctx, plan_lo(p, w));
+        if (rc) break;
+        est[w] = exp(c->sum.nll / (double)c->sum.count);
+        if (tty) progress(w + 1, p->n_windows, now_s() - t0, est[w]);
+        if (live) printf("[%d]%.4f,", w + 1, est[w]);
         fflush(stdout);
     }
-    printf("\n");
+    if (rc == 0 && !live)
+        for (int w = 0; w < p->n_windows; w++) printf("[%d]%.4f,", w + 1, est[w]);
+    if (rc == 0) printf("\n");
     free(win);
-    return 0;
+    free(est);
+    return rc;
 }
 
 static void print_final(const nll_sum *s) {
