@@ -695,6 +695,7 @@ static void publish_stats(engine *e) {
     st->blocks_cached = ps.cached;
     st->prefix_queried_tokens = ps.prefix_queried_tokens;
     st->prefix_hit_tokens = ps.prefix_hit_tokens;
+    st->prefix_evictions = ps.prefix_evictions;
     int used = ps.total[PKV_DEVICE] - ps.free[PKV_DEVICE];
     if (used > st->peak_blocks_used) {
         st->peak_blocks_used = used;
@@ -1179,6 +1180,17 @@ void engine_get_stats(engine *e, engine_stats *st) {
     pthread_mutex_lock(&e->mu);
     *st = e->stats;
     pthread_mutex_unlock(&e->mu);
+}
+
+int engine_check_kv(engine *e, char *err, size_t errlen) {
+    pthread_mutex_lock(&e->mu);
+    /* not busy and nothing pending: the engine thread waits for work (or is
+     * about to) and cannot touch the pool while we hold the mutex */
+    int rc = -1;
+    if (e->busy || e->n_pending > 0 || e->n_cancels > 0) snprintf(err, errlen, "engine is busy");
+    else rc = pkv_check(e->pool, err, errlen) == 0 ? 0 : -1;
+    pthread_mutex_unlock(&e->mu);
+    return rc;
 }
 
 void engine_wait_idle(engine *e) {

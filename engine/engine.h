@@ -235,9 +235,13 @@ typedef struct {
      * prompt tokens looked up at admission and those found computed */
     int blocks_cached;
     long prefix_queried_tokens, prefix_hit_tokens;
+    long prefix_evictions; /* cached blocks reused for other KV */
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *st);
+/* pkv_check of the engine's block pool, for tests: 0, or -1 with the
+ * message (also when the engine is busy and the pool cannot be looked at). */
+int engine_check_kv(engine *e, char *err, size_t errlen);
 /* Block until no request is waiting, running or swapped. */
 void engine_wait_idle(engine *e);
 
