@@ -219,6 +219,13 @@ static int check_key(const config_table *t, const config_key *k, const void *st,
     int rc = 0;
     switch (k->kind) {
     case CONFIG_INT: rc = check_int(k, int_value(st, k), err, errlen); break;
+    case CONFIG_BOOL:
+        if (int_value(st, k) != 0 && int_value(st, k) != 1) {
+            snprintf(err, errlen, "%s.%s: must be true or false, got %d", k->section, k->name,
+                     int_value(st, k));
+            rc = -1;
+        }
+        break;
     case CONFIG_DOUBLE: rc = check_double(k, double_value(st, k), err, errlen); break;
     case CONFIG_BLOCKS: {
         int v = int_value(st, k);
@@ -377,6 +384,10 @@ static int apply_value(const config_table *t, const config_key *k, const cJSON *
         if (rc == 0) *int_field(st, k) = x;
         break;
     }
+    case CONFIG_BOOL:
+        if (!cJSON_IsBool(v)) return type_error(path, "true or false", v, err, errlen);
+        *int_field(st, k) = cJSON_IsTrue(v) ? 1 : 0;
+        break;
     case CONFIG_DOUBLE:
         if (!cJSON_IsNumber(v)) return type_error(path, "a number", v, err, errlen);
         *double_field(st, k) = v->valuedouble;
@@ -633,6 +644,7 @@ static cJSON *value_node(const config_key *k, const char *value) {
     switch (k->kind) {
     case CONFIG_STRING:
     case CONFIG_ENUM: return cJSON_CreateString(value);
+    case CONFIG_BOOL:
     case CONFIG_INT:
     case CONFIG_DOUBLE:
     case CONFIG_BLOCKS: {
@@ -748,6 +760,7 @@ static cJSON *strlist_node(const config_key *k, const void *st) {
 static cJSON *key_node(const config_table *t, const config_key *k, const void *st) {
     switch (k->kind) {
     case CONFIG_INT: return cJSON_CreateNumber(int_value(st, k));
+    case CONFIG_BOOL: return cJSON_CreateBool(int_value(st, k) != 0);
     case CONFIG_DOUBLE: return cJSON_CreateNumber(double_value(st, k));
     case CONFIG_STRING: {
         const char *str = str_value(st, k);
@@ -856,6 +869,7 @@ static const config_key engine_keys[] = {
     CONFIG_STR_KEY(engine_config, "cache_config", "swap_path", swap_path),
     CONFIG_ENUM_KEY(engine_config, "cache_config", "preemption_mode", preemption_mode,
                     engine_preempt_names),
+    CONFIG_BOOL_KEY(engine_config, "cache_config", "enable_prefix_caching", enable_prefix_caching),
 };
 
 static const char *const engine_sections[] = {"model_loading_config", "batcher_config",
@@ -896,6 +910,7 @@ void config_engine_defaults(engine_config *c) {
     c->block_size = o.block_size;
     c->watermark = o.watermark;
     c->preemption_mode = o.preempt_mode;
+    c->enable_prefix_caching = o.enable_prefix_caching;
 }
 static void engine_defaults(void *st) { config_engine_defaults(st); }
 
@@ -1003,4 +1018,5 @@ void config_engine_options(const engine_config *c, int num_blocks, engine_option
     o->preempt_mode = c->preemption_mode;
     o->kv_type = c->kv_dtype;
     o->max_context = c->model_max_length;
+    o->enable_prefix_caching = c->enable_prefix_caching;
 }

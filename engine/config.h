@@ -39,12 +39,13 @@
 /* ---- the mechanism ---- */
 
 typedef enum {
-    CONFIG_INT,    /* JSON integer in [min, max] */
-    CONFIG_DOUBLE, /* JSON number in [min, max] (min exclusive when min_open) */
-    CONFIG_STRING, /* JSON string shorter than its field (char[cap]) */
-    CONFIG_ENUM,   /* JSON string, one of names[]; stored through the table's enum hooks */
-    CONFIG_BLOCKS, /* integer in [min, max] or "auto" (stored as CFG_NUM_BLOCKS_AUTO) */
-    CONFIG_STRLIST /* JSON array of at most max strings: char[max][cap] and an int count */
+    CONFIG_INT,     /* JSON integer in [min, max] */
+    CONFIG_DOUBLE,  /* JSON number in [min, max] (min exclusive when min_open) */
+    CONFIG_STRING,  /* JSON string shorter than its field (char[cap]) */
+    CONFIG_ENUM,    /* JSON string, one of names[]; stored through the table's enum hooks */
+    CONFIG_BLOCKS,  /* integer in [min, max] or "auto" (stored as CFG_NUM_BLOCKS_AUTO) */
+    CONFIG_STRLIST, /* JSON array of at most max strings: char[max][cap] and an int count */
+    CONFIG_BOOL     /* JSON true / false, stored as an int 1 / 0 */
 } config_kind;
 
 typedef enum {
@@ -76,6 +77,8 @@ struct config_key {
     int (*check)(const config_key *k, const void *st, char *err, size_t errlen);
 };
 
+#define CONFIG_BOOL_KEY(T, s, n, f)                                                                \
+    { .section = s, .name = n, .kind = CONFIG_BOOL, .off = offsetof(T, f), .min = 0, .max = 1 }
 #define CONFIG_INT_KEY(T, s, n, f, lo, hi)                                                         \
     { .section = s, .name = n, .kind = CONFIG_INT, .off = offsetof(T, f), .min = lo, .max = hi }
 #define CONFIG_STR_KEY(T, s, n, f)                                                                 \
@@ -140,8 +143,8 @@ int config_apply_env(const config_bindings *b, char *err, size_t errlen);
 
 /* One override: dotted_key is "section.key", value is the text given on the
  * command line: numbers as written, strings bare ("/models/x.gguf"),
- * CONFIG_BLOCKS keys an integer or "auto", CONFIG_STRLIST keys a
- * comma-separated list or a JSON array. */
+ * CONFIG_BLOCKS keys an integer or "auto", CONFIG_BOOL keys true or false,
+ * CONFIG_STRLIST keys a comma-separated list or a JSON array. */
 int config_set(const config_bindings *b, const char *dotted_key, const char *value, char *err,
                size_t errlen);
 
@@ -180,6 +183,7 @@ typedef struct {
     double watermark;     /* fraction of device blocks kept free at admission */
     char swap_path[1024]; /* "" = swap tier in RAM, else a file backs it */
     engine_preempt_mode preemption_mode;
+    int enable_prefix_caching; /* share computed prompt blocks between requests */
 } engine_config;
 
 /* The engine's table: model_loading_config, batcher_config and

@@ -221,6 +221,7 @@ void engine_options_default(engine_options *o) {
     o->preempt_mode = ENGINE_PREEMPT_AUTO;
     o->kv_type = KV_F16;
     o->max_context = 0;
+    o->enable_prefix_caching = 1;
 }
 
 void engine_limits_for(const llm_model *m, const engine_options *o, engine_limits *out) {
@@ -319,6 +320,9 @@ static eseq *seq_new(engine *e, ereq *r, int index, const int32_t *tokens, int n
     }
     memcpy(q->tokens, tokens, (size_t)n_tokens * sizeof *tokens);
     q->ss.n_tokens = n_tokens;
+    q->ss.tokens = q->tokens;
+    /* rows run_step computes in the multi-token shape (b_single) */
+    q->ss.n_multi = r->n_prompt == 1 ? 0 : r->n_prompt;
     q->ss.user = q;
     q->live = 1;
     tok_stream_init(&q->ts, 0);
@@ -688,6 +692,10 @@ static void publish_stats(engine *e) {
     st->sample_ms = e->sample_ms;
     st->last_step_tokens = ss.last_step_tokens;
     st->kv_tokens = ps.tokens[PKV_DEVICE];
+    st->blocks_cached = ps.cached;
+    st->prefix_queried_tokens = ps.prefix_queried_tokens;
+    st->prefix_hit_tokens = ps.prefix_hit_tokens;
+    st->prefix_evictions = ps.prefix_evictions;
     int used = ps.total[PKV_DEVICE] - ps.free[PKV_DEVICE];
     if (used > st->peak_blocks_used) {
         st->peak_blocks_used = used;
@@ -746,6 +754,12 @@ static int run_step(engine *e) {
     int rc = llm_forward(e->m, e->be, pkv_device_cache(e->pool), &lb, e->logits, err, sizeof err);
     double t1 = clock_now_ms();
     e->forward_ms += t1 - t0;
+    if (rc != 0) /* the step's KV is garbage: nothing may continue from it or cache it */
+        for (int i = 0; i < b.n_items; i++) {
+            eseq *q = b.items[i].seq->user;
+            seq_finish(e, q, GEN_FINISH_ERROR);
+            finish_unforked(q->req, GEN_FINISH_ERROR);
+        }
     sched_commit(e->sc, &b);
     int li = 0, n_picks = 0;
     for (int i = 0; i < b.n_items; i++) {
@@ -836,6 +850,27 @@ static int warm_up(engine *e, char *err, size_t errlen) {
 
 /* ---------------- public API ---------------- */
 
+/* What besides the tokens decides a block's KV, for the prefix cache's
+ * hashes: the model (its name, shape and weights' size) and a tag for the
+ * rules that compute a row (bump it when they change). The pool mixes in
+ * the KV dtype and block size. */
+static uint64_t prefix_salt(const llm_model *m) {
+    const llm_hparams *hp = llm_model_hparams(m);
+    const char *tag = "engine-rows-v1";
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    const unsigned char *parts[] = {(const unsigned char *)hp->arch,
+                                    (const unsigned char *)hp->name, (const unsigned char *)tag};
+    for (int k = 0; k < 3; k++)
+        for (const unsigned char *c = parts[k]; *c; c++) h = (h ^ *c) * 1099511628211ULL;
+    const int64_t nums[] = {hp->n_vocab, hp->n_embd,      hp->n_layer,
+                            hp->n_head,  hp->n_head_kv,   hp->head_dim,
+                            hp->n_ff,    hp->n_ctx_train, (int64_t)llm_model_weight_bytes(m)};
+    for (size_t k = 0; k < sizeof nums / sizeof *nums; k++)
+        for (int i = 0; i < 8; i++)
+            h = (h ^ (uint8_t)((uint64_t)nums[k] >> (8 * i))) * 1099511628211ULL;
+    return h;
+}
+
 static sched_preempt sched_preempt_of(engine_preempt_mode m) {
     switch (m) {
     case ENGINE_PREEMPT_SWAP: return SCHED_PREEMPT_SWAP;
@@ -860,9 +895,9 @@ int engine_create(llm_model *m, backend *be, const llm_tokenizer *tok, const eng
     pthread_cond_init(&e->cv_work, NULL);
     pthread_cond_init(&e->cv_idle, NULL);
     const int num_blocks = e->limits.num_blocks;
-    pkv_config pc = {hp->n_layer,   hp->n_head_kv * hp->head_dim, opt->block_size,
-                     num_blocks,    opt->num_blocks_cpu,          opt->kv_type,
-                     opt->swap_path};
+    pkv_config pc = {hp->n_layer,    hp->n_head_kv * hp->head_dim, opt->block_size,
+                     num_blocks,     opt->num_blocks_cpu,          opt->kv_type,
+                     opt->swap_path, opt->enable_prefix_caching,   prefix_salt(m)};
     if (pkv_create(&pc, &e->pool, err, errlen) != 0) goto fail;
     sched_config scfg = {opt->batch_max_tokens, opt->batch_max_seqs, opt->watermark,
                          opt->batching == ENGINE_BATCH_STATIC, sched_preempt_of(opt->preempt_mode)};
@@ -1145,6 +1180,17 @@ void engine_get_stats(engine *e, engine_stats *st) {
     pthread_mutex_lock(&e->mu);
     *st = e->stats;
     pthread_mutex_unlock(&e->mu);
+}
+
+int engine_check_kv(engine *e, char *err, size_t errlen) {
+    pthread_mutex_lock(&e->mu);
+    /* not busy and nothing pending: the engine thread waits for work (or is
+     * about to) and cannot touch the pool while we hold the mutex */
+    int rc = -1;
+    if (e->busy || e->n_pending > 0 || e->n_cancels > 0) snprintf(err, errlen, "engine is busy");
+    else rc = pkv_check(e->pool, err, errlen) == 0 ? 0 : -1;
+    pthread_mutex_unlock(&e->mu);
+    return rc;
 }
 
 void engine_wait_idle(engine *e) {

@@ -8,7 +8,9 @@
  * decodes together), runs the forward pass, samples the sequences whose
  * chunk reached their last token with each one's own sampler, detokenizes
  * incrementally, applies stop strings / stop ids / EOS / max_tokens, and
- * pushes events. A finished or cancelled sequence frees its blocks at once.
+ * pushes events. A finished or cancelled sequence frees its blocks at once;
+ * with prefix caching its computed full blocks stay cached (evictable) for
+ * later prompts that begin with the same tokens (paged_kv.h).
  *
  * Numerics: a row uses the single-token attention shape when it is a
  * generated token (or the prompt is one token long), the multi-token shape
@@ -71,7 +73,8 @@ typedef struct engine_options {
     const char *swap_path;    /* NULL: swap tier in RAM */
     engine_preempt_mode preempt_mode;
     kv_dtype kv_type;
-    int max_context; /* 0: the model's training context */
+    int max_context;           /* 0: the model's training context */
+    int enable_prefix_caching; /* share computed full prompt blocks between sequences */
 } engine_options;
 
 /* The defaults of every option: the one table of them (engine/config.c
@@ -228,9 +231,17 @@ typedef struct {
      * (the picks with a response format's masks, and taking the tokens:
      * text, stops, events) */
     double forward_ms, sample_ms;
+    /* prefix cache: device blocks cached (free for allocation, evictable),
+     * prompt tokens looked up at admission and those found computed */
+    int blocks_cached;
+    long prefix_queried_tokens, prefix_hit_tokens;
+    long prefix_evictions; /* cached blocks reused for other KV */
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *st);
+/* pkv_check of the engine's block pool, for tests: 0, or -1 with the
+ * message (also when the engine is busy and the pool cannot be looked at). */
+int engine_check_kv(engine *e, char *err, size_t errlen);
 /* Block until no request is waiting, running or swapped. */
 void engine_wait_idle(engine *e);
 

@@ -9,6 +9,13 @@
  * kv_seq_* allocator is never used); the CPU tier's bytes are calloc'd or a
  * shared mapping of a swap file.
  *
+ * The prefix cache (device tier) adds per block: its hash and what it was
+ * registered with (parent hash, token ids, shape split, to verify a match
+ * beyond the 64-bit hash), a link in a chained hash table (buckets indexed
+ * by the hash's low bits) and links in the LRU list of cached blocks (head:
+ * least recently used). All of it is O(1) per block but the lookup, which
+ * hashes the prompt's full blocks once.
+ *
  * Every mutating call checks everything that can fail (handles, tier, free
  * blocks, host allocations for tables and handles) before it changes any
  * state, so a failed call leaves the pool exactly as it was. See
@@ -41,7 +48,27 @@ typedef struct {
     int n_blocks; /* == ceil(len / block_size) */
     int cap;      /* table capacity; kept when the handle is recycled */
     int32_t *table;
+    uint64_t *hashes; /* chain hashes of the first n_hashed blocks (registered or not) */
+    int n_hashed, hcap;
 } pkv_seq;
+
+/* The device tier's prefix cache; arrays are per block unless noted. */
+typedef struct {
+    int enabled;
+    uint64_t salt;    /* root of every hash chain */
+    uint8_t *hashed;  /* registered: in the hash table under hash[b] */
+    uint64_t *hash;   /* the block's chain hash */
+    uint64_t *parent; /* the parent's chain hash it was registered with */
+    int32_t *extra;   /* the shape split (rows in the multi-token shape) */
+    int32_t *tokens;  /* block_size token ids per block */
+    int32_t *hnext;   /* next block in its bucket, -1 ends */
+    int32_t *bucket;  /* n_buckets heads, -1 empty */
+    uint32_t mask;    /* n_buckets - 1 (a power of two) */
+    int32_t *lru_prev, *lru_next;
+    int32_t lru_head, lru_tail; /* -1 when empty */
+    int n_cached;
+    long queried, hits, evictions;
+} pkv_prefix;
 
 struct pkv_pool {
     int block_size;
@@ -55,6 +82,7 @@ struct pkv_pool {
     int32_t *free_handles; /* stack of recycled handles, capacity cap_seqs */
     int n_free_handles;
     long swaps_out, swaps_in, blocks_copied_cow;
+    pkv_prefix pc;
 };
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...) {
@@ -72,14 +100,102 @@ static pkv_seq *seq_get(const pkv_pool *p, int h) {
     return &p->seqs[h];
 }
 
-static int32_t block_alloc(pkv_tier_pool *t) {
-    int32_t b = t->free_list[--t->n_free];
+/* ---- prefix cache: hash table and LRU list ---- */
+
+static uint64_t mix64(uint64_t x) { /* splitmix64's finalizer */
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+static uint64_t block_hash(uint64_t parent, const int32_t *tok, int n, int extra) {
+    uint64_t h = mix64(parent ^ 0x9e3779b97f4a7c15ULL);
+    h = mix64(h ^ (uint64_t)(uint32_t)extra ^ ((uint64_t)(uint32_t)n << 32));
+    for (int i = 0; i < n; i++) h = mix64(h + 0x9e3779b97f4a7c15ULL + (uint64_t)(uint32_t)tok[i]);
+    return h;
+}
+
+/* Rows of block i of a sequence computed in the multi-token shape. */
+static int block_extra(int i, int bs, int n_multi) {
+    long r = (long)n_multi - (long)i * bs;
+    return r < 0 ? 0 : r > bs ? bs : (int)r;
+}
+
+/* The registered block with hash h, parent and contents, or -1. */
+static int32_t hash_find(const pkv_pool *p, uint64_t h, uint64_t parent, const int32_t *tok,
+                         int extra) {
+    const pkv_prefix *c = &p->pc;
+    for (int32_t b = c->bucket[h & c->mask]; b >= 0; b = c->hnext[b])
+        if (c->hash[b] == h && c->parent[b] == parent && c->extra[b] == extra &&
+            !memcmp(c->tokens + (size_t)b * p->block_size, tok,
+                    (size_t)p->block_size * sizeof *tok))
+            return b;
+    return -1;
+}
+
+static int hash_has(const pkv_prefix *c, uint64_t h) {
+    for (int32_t b = c->bucket[h & c->mask]; b >= 0; b = c->hnext[b])
+        if (c->hash[b] == h) return 1;
+    return 0;
+}
+
+static void hash_remove(pkv_prefix *c, int32_t b) {
+    int32_t *at = &c->bucket[c->hash[b] & c->mask];
+    while (*at != b) at = &c->hnext[*at];
+    *at = c->hnext[b];
+    c->hnext[b] = -1;
+    c->hashed[b] = 0;
+}
+
+static void lru_push_tail(pkv_prefix *c, int32_t b) {
+    c->lru_prev[b] = c->lru_tail;
+    c->lru_next[b] = -1;
+    if (c->lru_tail >= 0) c->lru_next[c->lru_tail] = b;
+    else c->lru_head = b;
+    c->lru_tail = b;
+    c->n_cached++;
+}
+
+static void lru_remove(pkv_prefix *c, int32_t b) {
+    if (c->lru_prev[b] >= 0) c->lru_next[c->lru_prev[b]] = c->lru_next[b];
+    else c->lru_head = c->lru_next[b];
+    if (c->lru_next[b] >= 0) c->lru_prev[c->lru_next[b]] = c->lru_prev[b];
+    else c->lru_tail = c->lru_prev[b];
+    c->lru_prev[b] = c->lru_next[b] = -1;
+    c->n_cached--;
+}
+
+/* ---- blocks ---- */
+
+/* Blocks an allocation in tier t may take. */
+static int n_avail(const pkv_pool *p, pkv_tier t) {
+    return p->tier[t].n_free + (t == PKV_DEVICE ? p->pc.n_cached : 0);
+}
+
+/* A free block, else (device) the least recently used cached one, which
+ * loses its hash. The caller checked n_avail. */
+static int32_t block_alloc(pkv_pool *p, pkv_tier tier) {
+    pkv_tier_pool *t = &p->tier[tier];
+    int32_t b;
+    if (t->n_free > 0) {
+        b = t->free_list[--t->n_free];
+    } else {
+        b = p->pc.lru_head;
+        lru_remove(&p->pc, b);
+        hash_remove(&p->pc, b);
+        p->pc.evictions++;
+    }
     t->ref[b] = 1;
     return b;
 }
 
-static void block_release(pkv_tier_pool *t, int32_t b) {
-    if (--t->ref[b] == 0) t->free_list[t->n_free++] = b;
+static void block_release(pkv_pool *p, pkv_tier tier, int32_t b) {
+    pkv_tier_pool *t = &p->tier[tier];
+    if (--t->ref[b] != 0) return;
+    if (tier == PKV_DEVICE && p->pc.enabled && p->pc.hashed[b]) lru_push_tail(&p->pc, b);
+    else t->free_list[t->n_free++] = b;
 }
 
 static uint8_t *block_data(const pkv_pool *p, pkv_tier t, int32_t b) {
@@ -128,6 +244,7 @@ static int handle_take(pkv_pool *p) {
     s->tier = PKV_DEVICE;
     s->len = 0;
     s->n_blocks = 0;
+    s->n_hashed = 0;
     return h;
 }
 
@@ -197,6 +314,33 @@ static int swap_file_map(pkv_pool *p, const char *path, size_t bytes, char *err,
     return 0;
 }
 
+static int prefix_init(pkv_pool *p, const pkv_config *cfg) {
+    pkv_prefix *c = &p->pc;
+    size_t n = (size_t)cfg->num_blocks;
+    uint32_t nb = 1;
+    while (nb < n && nb < (1u << 30)) nb <<= 1;
+    c->enabled = 1;
+    c->salt = mix64(mix64(cfg->prefix_salt ^ 0x7072656669780001ULL) ^ (uint64_t)cfg->dtype ^
+                    ((uint64_t)(uint32_t)cfg->block_size << 8));
+    c->mask = nb - 1;
+    c->lru_head = c->lru_tail = -1;
+    c->hashed = calloc(n, 1);
+    c->hash = calloc(n, sizeof *c->hash);
+    c->parent = calloc(n, sizeof *c->parent);
+    c->extra = calloc(n, sizeof *c->extra);
+    c->tokens = calloc(n * (size_t)cfg->block_size, sizeof *c->tokens);
+    c->hnext = malloc(n * sizeof *c->hnext);
+    c->bucket = malloc((size_t)nb * sizeof *c->bucket);
+    c->lru_prev = malloc(n * sizeof *c->lru_prev);
+    c->lru_next = malloc(n * sizeof *c->lru_next);
+    if (!c->hashed || !c->hash || !c->parent || !c->extra || !c->tokens || !c->hnext ||
+        !c->bucket || !c->lru_prev || !c->lru_next)
+        return PKV_ENOMEM;
+    for (size_t i = 0; i < n; i++) c->hnext[i] = c->lru_prev[i] = c->lru_next[i] = -1;
+    for (uint32_t i = 0; i < nb; i++) c->bucket[i] = -1;
+    return 0;
+}
+
 int pkv_create(const pkv_config *cfg, pkv_pool **out, char *err, size_t errlen) {
     if (!out) return PKV_EINVAL;
     *out = NULL;
@@ -249,6 +393,11 @@ int pkv_create(const pkv_config *cfg, pkv_pool **out, char *err, size_t errlen) 
         return rc;
     }
     p->tier[PKV_DEVICE].data = p->dev->data;
+    if (cfg->enable_prefix_caching && prefix_init(p, cfg) != 0) {
+        set_err(err, errlen, "out of memory for the prefix cache");
+        pkv_free(p);
+        return PKV_ENOMEM;
+    }
     if (cfg->num_blocks_cpu > 0) {
         size_t bytes = (size_t)cfg->num_blocks_cpu * p->block_bytes;
         if (cfg->swap_path) {
@@ -272,8 +421,21 @@ int pkv_create(const pkv_config *cfg, pkv_pool **out, char *err, size_t errlen) 
 
 void pkv_free(pkv_pool *p) {
     if (!p) return;
-    for (int i = 0; i < p->n_seqs; i++) free(p->seqs[i].table);
+    for (int i = 0; i < p->n_seqs; i++) {
+        free(p->seqs[i].table);
+        free(p->seqs[i].hashes);
+    }
     free(p->seqs);
+    pkv_prefix *c = &p->pc;
+    free(c->hashed);
+    free(c->hash);
+    free(c->parent);
+    free(c->extra);
+    free(c->tokens);
+    free(c->hnext);
+    free(c->bucket);
+    free(c->lru_prev);
+    free(c->lru_next);
     free(p->free_handles);
     for (int t = 0; t < 2; t++) {
         free(p->tier[t].free_list);
@@ -301,8 +463,10 @@ int pkv_n_total(const pkv_pool *p, pkv_tier t) {
 
 int pkv_n_free(const pkv_pool *p, pkv_tier t) {
     if (!p || (t != PKV_DEVICE && t != PKV_CPU)) return PKV_EINVAL;
-    return p->tier[t].n_free;
+    return n_avail(p, t);
 }
+
+int pkv_n_cached(const pkv_pool *p) { return p ? p->pc.n_cached : PKV_EINVAL; }
 
 void *pkv_slot_ptr(const pkv_pool *p, pkv_tier t, int layer, int kind, int32_t slot) {
     if (!p || (t != PKV_DEVICE && t != PKV_CPU) || layer < 0 || layer >= p->dev->n_layer ||
@@ -351,7 +515,7 @@ int pkv_seq_append(pkv_pool *p, int seq, int n_new) {
     if (s->tier != PKV_DEVICE) return PKV_ESTATE;
     pkv_tier_pool *t = &p->tier[PKV_DEVICE];
     int need = pkv_blocks_needed(p, seq, n_new);
-    if (need > t->n_free) return PKV_ENOMEM;
+    if (need > n_avail(p, PKV_DEVICE)) return PKV_ENOMEM;
     int grown = blocks_for(s->len + n_new, p->block_size);
     if (table_reserve(s, grown) != 0) return PKV_ENOMEM;
 
@@ -359,14 +523,18 @@ int pkv_seq_append(pkv_pool *p, int seq, int n_new) {
     if (n_new > 0 && filled != 0) {
         int32_t old = s->table[s->n_blocks - 1];
         if (t->ref[old] > 1) {
-            int32_t b = block_alloc(t);
+            int32_t b = block_alloc(p, PKV_DEVICE);
             copy_filled(p, block_data(p, PKV_DEVICE, b), block_data(p, PKV_DEVICE, old), filled);
             t->ref[old]--; /* still > 0: others keep it */
             s->table[s->n_blocks - 1] = b;
             p->blocks_copied_cow++;
+        } else if (p->pc.enabled && p->pc.hashed[old]) {
+            /* registered while shared, then truncated into (pkv_seq_truncate):
+             * now private, it leaves the hash table before it changes */
+            hash_remove(&p->pc, old);
         }
     }
-    while (s->n_blocks < grown) s->table[s->n_blocks++] = block_alloc(t);
+    while (s->n_blocks < grown) s->table[s->n_blocks++] = block_alloc(p, PKV_DEVICE);
     s->len += n_new;
     return 0;
 }
@@ -374,10 +542,17 @@ int pkv_seq_append(pkv_pool *p, int seq, int n_new) {
 int pkv_seq_truncate(pkv_pool *p, int seq, int n) {
     pkv_seq *s = seq_get(p, seq);
     if (!s || n < 0 || n > s->len) return PKV_EINVAL;
-    pkv_tier_pool *t = &p->tier[s->tier];
     int keep = blocks_for(n, p->block_size);
-    while (s->n_blocks > keep) block_release(t, s->table[--s->n_blocks]);
+    while (s->n_blocks > keep) block_release(p, s->tier, s->table[--s->n_blocks]);
     s->len = n;
+    if (s->n_hashed > n / p->block_size) s->n_hashed = n / p->block_size;
+    /* The next append writes into a now partial last block: a registered
+     * one must not change under its hash. Shared, it is copied first
+     * (copy-on-write); private, it leaves the hash table. */
+    if (s->tier == PKV_DEVICE && n % p->block_size != 0 && p->pc.enabled) {
+        int32_t b = s->table[s->n_blocks - 1];
+        if (p->pc.hashed[b] && p->tier[PKV_DEVICE].ref[b] == 1) hash_remove(&p->pc, b);
+    }
     return 0;
 }
 
@@ -430,10 +605,10 @@ int pkv_seq_fork(pkv_pool *p, int parent) {
 void pkv_seq_free(pkv_pool *p, int seq) {
     pkv_seq *s = seq_get(p, seq);
     if (!s) return;
-    pkv_tier_pool *t = &p->tier[s->tier];
     /* Release back to front so the free stack hands the blocks out again in
-     * table order. */
-    while (s->n_blocks > 0) block_release(t, s->table[--s->n_blocks]);
+     * table order, and the LRU list evicts a chain's tail before its head. */
+    while (s->n_blocks > 0) block_release(p, s->tier, s->table[--s->n_blocks]);
+    s->n_hashed = 0;
     s->live = 0;
     s->len = 0;
     s->tier = PKV_DEVICE;
@@ -444,14 +619,16 @@ void pkv_seq_free(pkv_pool *p, int seq) {
  * its references in the other tier. The caller checked for room. */
 static void seq_move(pkv_pool *p, pkv_seq *s, pkv_tier to) {
     pkv_tier from = s->tier;
-    pkv_tier_pool *src = &p->tier[from], *dst = &p->tier[to];
     for (int i = 0; i < s->n_blocks; i++) {
-        int32_t b = block_alloc(dst);
+        int32_t b = block_alloc(p, to);
         memcpy(block_data(p, to, b), block_data(p, from, s->table[i]), p->block_bytes);
-        block_release(src, s->table[i]);
+        block_release(p, from, s->table[i]);
         s->table[i] = b;
     }
     s->tier = to;
+    /* the device copies are new blocks: register them again (those whose
+     * hash is still cached stay unregistered duplicates) */
+    if (to == PKV_DEVICE) s->n_hashed = 0;
 }
 
 int pkv_swap_out(pkv_pool *p, int seq) {
@@ -468,13 +645,169 @@ int pkv_swap_in(pkv_pool *p, int seq) {
     pkv_seq *s = seq_get(p, seq);
     if (!s) return PKV_EINVAL;
     if (s->tier != PKV_CPU) return PKV_ESTATE;
-    if (s->n_blocks > p->tier[PKV_DEVICE].n_free) return PKV_ENOMEM;
+    if (s->n_blocks > n_avail(p, PKV_DEVICE)) return PKV_ENOMEM;
     seq_move(p, s, PKV_DEVICE);
     p->swaps_in++;
     return 0;
 }
 
+/* ---- prefix cache ---- */
+
+/* Capacity for n chain hashes; changes nothing observable. */
+static int hashes_reserve(pkv_seq *s, int n) {
+    if (n <= s->hcap) return 0;
+    int cap = s->hcap > INT_MAX / 2 ? INT_MAX : s->hcap * 2;
+    if (cap < n) cap = n;
+    if (cap < 4) cap = 4;
+    uint64_t *h = realloc(s->hashes, (size_t)cap * sizeof *h);
+    if (!h) return PKV_ENOMEM;
+    s->hashes = h;
+    s->hcap = cap;
+    return 0;
+}
+
+/* Walk the chain of tokens' full blocks (never all tokens) while the cache
+ * holds them; blocks[] and hashes[] (either may be NULL) get the matches.
+ * Returns the count; *n_idle counts the cached (ref 0) ones. */
+static int prefix_walk(const pkv_pool *p, const int32_t *tokens, int n_tokens, int n_multi,
+                       int32_t *blocks, uint64_t *hashes, int *n_idle) {
+    const int bs = p->block_size;
+    int n = 0, idle = 0;
+    if (p->pc.enabled && n_tokens > 1) {
+        uint64_t parent = p->pc.salt;
+        for (int i = 0; i < (n_tokens - 1) / bs; i++) {
+            const int32_t *tok = tokens + (size_t)i * bs;
+            int extra = block_extra(i, bs, n_multi);
+            uint64_t h = block_hash(parent, tok, bs, extra);
+            int32_t b = hash_find(p, h, parent, tok, extra);
+            if (b < 0) break;
+            if (blocks) blocks[n] = b;
+            if (hashes) hashes[n] = h;
+            idle += p->tier[PKV_DEVICE].ref[b] == 0;
+            n++;
+            parent = h;
+        }
+    }
+    if (n_idle) *n_idle = idle;
+    return n;
+}
+
+int pkv_prefix_lookup(const pkv_pool *p, const int32_t *tokens, int n_tokens, int n_multi,
+                      int *n_idle) {
+    if (n_idle) *n_idle = 0;
+    if (!p || n_tokens < 0 || (n_tokens > 0 && !tokens)) return PKV_EINVAL;
+    return prefix_walk(p, tokens, n_tokens, n_multi, NULL, NULL, n_idle);
+}
+
+int pkv_seq_new_prefix(pkv_pool *p, const int32_t *tokens, int n_tokens, int n_multi, int *n_hit) {
+    if (n_hit) *n_hit = 0;
+    if (!p || n_tokens < 0 || (n_tokens > 0 && !tokens)) return PKV_EINVAL;
+    if (handle_reserve(p) != 0) return PKV_ENOMEM;
+    int h = handle_next(p);
+    pkv_seq *s = &p->seqs[h];
+    int most = p->pc.enabled && n_tokens > 1 ? (n_tokens - 1) / p->block_size : 0;
+    if (table_reserve(s, most) != 0 || hashes_reserve(s, most) != 0) return PKV_ENOMEM;
+    handle_take(p);
+    int n = prefix_walk(p, tokens, n_tokens, n_multi, s->table, s->hashes, NULL);
+    pkv_tier_pool *t = &p->tier[PKV_DEVICE];
+    for (int i = 0; i < n; i++) {
+        int32_t b = s->table[i];
+        if (t->ref[b]++ == 0) lru_remove(&p->pc, b);
+    }
+    s->n_blocks = s->n_hashed = n;
+    s->len = n * p->block_size;
+    if (p->pc.enabled) {
+        p->pc.queried += n_tokens;
+        p->pc.hits += s->len;
+    }
+    if (n_hit) *n_hit = s->len;
+    return h;
+}
+
+void pkv_seq_cache_computed(pkv_pool *p, int seq, const int32_t *tokens, int n_computed,
+                            int n_multi) {
+    pkv_seq *s = seq_get(p, seq);
+    if (!s || !p->pc.enabled || s->tier != PKV_DEVICE || !tokens) return;
+    const int bs = p->block_size;
+    int full = (n_computed < s->len ? n_computed : s->len) / bs;
+    if (full <= s->n_hashed || hashes_reserve(s, full) != 0) return;
+    pkv_prefix *c = &p->pc;
+    for (int i = s->n_hashed; i < full; i++) {
+        const int32_t *tok = tokens + (size_t)i * bs;
+        uint64_t parent = i > 0 ? s->hashes[i - 1] : c->salt;
+        int extra = block_extra(i, bs, n_multi);
+        uint64_t h = block_hash(parent, tok, bs, extra);
+        s->hashes[i] = h;
+        int32_t b = s->table[i];
+        /* registered already (a shared block), or a twin holds this hash */
+        if (c->hashed[b] || hash_has(c, h)) continue;
+        c->hashed[b] = 1;
+        c->hash[b] = h;
+        c->parent[b] = parent;
+        c->extra[b] = extra;
+        memcpy(c->tokens + (size_t)b * bs, tok, (size_t)bs * sizeof *tok);
+        c->hnext[b] = c->bucket[h & c->mask];
+        c->bucket[h & c->mask] = b;
+    }
+    s->n_hashed = full;
+}
+
 /* ---- checking ---- */
+
+#define FAILC(...)                                                                                 \
+    do {                                                                                           \
+        set_err(err, errlen, __VA_ARGS__);                                                         \
+        return PKV_EINVAL;                                                                         \
+    } while (0)
+
+/* The prefix cache's part of pkv_check: the LRU list's links, the hash
+ * table's chains, and that only registered blocks are cached. Marks
+ * in_lru[b] for every cached block. in_free: the device free list marks. */
+static int check_prefix(const pkv_pool *p, const int32_t *in_free, int32_t *in_lru, char *err,
+                        size_t errlen) {
+    const pkv_prefix *c = &p->pc;
+    const int total = p->tier[PKV_DEVICE].total;
+    if (!c->enabled) {
+        if (c->n_cached != 0) FAILC("prefix caching is off but %d blocks are cached", c->n_cached);
+        return 0;
+    }
+    int n = 0, n_hashed = 0, n_entries = 0;
+    for (int32_t b = c->lru_head, prev = -1; b != -1; prev = b, b = c->lru_next[b]) {
+        if (b < 0 || b >= total) FAILC("LRU list holds bad block %d", b);
+        if (in_lru[b]++) FAILC("block %d twice in the LRU list", b);
+        if (c->lru_prev[b] != prev)
+            FAILC("LRU list: block %d links back to %d, not %d", b, c->lru_prev[b], prev);
+        if (!c->hashed[b]) FAILC("cached block %d is not registered", b);
+        if (p->tier[PKV_DEVICE].ref[b] != 0 || in_free[b])
+            FAILC("cached block %d has ref count %d%s", b, p->tier[PKV_DEVICE].ref[b],
+                  in_free[b] ? " and is on the free list" : "");
+        if (c->lru_next[b] == -1 && c->lru_tail != b) FAILC("LRU tail is not the last block");
+        n++;
+    }
+    if (n != c->n_cached) FAILC("LRU list holds %d blocks but %d are counted", n, c->n_cached);
+    for (int b = 0; b < total; b++) {
+        if (!c->hashed[b]) continue;
+        n_hashed++;
+        if (in_free[b]) FAILC("free block %d is registered", b);
+    }
+    for (uint32_t k = 0; k <= c->mask; k++) {
+        for (int32_t b = c->bucket[k]; b != -1; b = c->hnext[b]) {
+            if (b < 0 || b >= total) FAILC("hash bucket %u holds bad block %d", k, b);
+            if (!c->hashed[b] || (c->hash[b] & c->mask) != k)
+                FAILC("hash bucket %u holds block %d, %s", k, b,
+                      c->hashed[b] ? "whose hash is another bucket's" : "which is not registered");
+            int steps = 0;
+            for (int32_t o = c->hnext[b]; o >= 0 && o < total && steps++ <= n_hashed;
+                 o = c->hnext[o])
+                if (o == b || c->hash[o] == c->hash[b])
+                    FAILC("hash bucket %u holds blocks %d and %d under one hash", k, b, o);
+            if (++n_entries > n_hashed) break; /* a cycle: reported below */
+        }
+    }
+    if (n_entries != n_hashed)
+        FAILC("hash table holds %d entries but %d blocks are registered", n_entries, n_hashed);
+    return 0;
+}
 
 int pkv_check(const pkv_pool *p, char *err, size_t errlen) {
     if (!p) {
@@ -486,7 +819,7 @@ int pkv_check(const pkv_pool *p, char *err, size_t errlen) {
     /* Per block: entries seen in tables, on the free list, last sequence seen
      * (+1, to catch a block twice in one table). Per handle: on the free
      * stack. */
-    int32_t *scratch = calloc(3 * (n_dev + n_cpu) + (size_t)p->n_seqs + 1, sizeof *scratch);
+    int32_t *scratch = calloc(3 * (n_dev + n_cpu) + n_dev + (size_t)p->n_seqs + 1, sizeof *scratch);
     if (!scratch) {
         set_err(err, errlen, "pkv_check: out of memory");
         return PKV_EINVAL;
@@ -494,7 +827,8 @@ int pkv_check(const pkv_pool *p, char *err, size_t errlen) {
     int32_t *cnt[2] = {scratch, scratch + n_dev};
     int32_t *in_free[2] = {scratch + n_dev + n_cpu, scratch + 2 * n_dev + n_cpu};
     int32_t *seen[2] = {scratch + 2 * (n_dev + n_cpu), scratch + 3 * n_dev + 2 * n_cpu};
-    int32_t *handle_free = scratch + 3 * (n_dev + n_cpu);
+    int32_t *in_lru = scratch + 3 * (n_dev + n_cpu);
+    int32_t *handle_free = in_lru + n_dev;
     int rc = PKV_EINVAL;
 #define FAIL(...)                                                                                  \
     do {                                                                                           \
@@ -511,6 +845,8 @@ int pkv_check(const pkv_pool *p, char *err, size_t errlen) {
             if (in_free[t][b]++) FAIL("tier %d: block %d twice on the free list", t, b);
         }
     }
+
+    if (check_prefix(p, in_free[PKV_DEVICE], in_lru, err, errlen) != 0) goto out;
 
     int n_dead = 0;
     for (int h = 0; h < p->n_seqs; h++) {
@@ -538,9 +874,12 @@ int pkv_check(const pkv_pool *p, char *err, size_t errlen) {
     }
 
     for (int t = 0; t < 2; t++) {
-        int used = 0;
+        int used = 0, cached = 0;
         for (int b = 0; b < tp[t].total; b++) {
-            if (in_free[t][b]) {
+            if (t == PKV_DEVICE && in_lru[b]) {
+                if (cnt[t][b] != 0) FAIL("cached block %d has %d table entries", b, cnt[t][b]);
+                cached++;
+            } else if (in_free[t][b]) {
                 if (tp[t].ref[b] != 0 || cnt[t][b] != 0)
                     FAIL("tier %d: free block %d has ref count %d and %d table entries", t, b,
                          tp[t].ref[b], cnt[t][b]);
@@ -552,8 +891,9 @@ int pkv_check(const pkv_pool *p, char *err, size_t errlen) {
                 used++;
             }
         }
-        if (tp[t].n_free + used != tp[t].total)
-            FAIL("tier %d: free %d + used %d != total %d", t, tp[t].n_free, used, tp[t].total);
+        if (tp[t].n_free + cached + used != tp[t].total)
+            FAIL("tier %d: free %d + cached %d + used %d != total %d", t, tp[t].n_free, cached,
+                 used, tp[t].total);
     }
 
     if (p->n_free_handles != n_dead)
@@ -565,6 +905,7 @@ int pkv_check(const pkv_pool *p, char *err, size_t errlen) {
     }
     rc = 0;
 #undef FAIL
+#undef FAILC
 out:
     free(scratch);
     return rc;
@@ -575,8 +916,12 @@ void pkv_get_stats(const pkv_pool *p, pkv_stats *s) {
     if (!p) return;
     for (int t = 0; t < 2; t++) {
         s->total[t] = p->tier[t].total;
-        s->free[t] = p->tier[t].n_free;
+        s->free[t] = n_avail(p, (pkv_tier)t);
     }
+    s->cached = p->pc.n_cached;
+    s->prefix_queried_tokens = p->pc.queried;
+    s->prefix_hit_tokens = p->pc.hits;
+    s->prefix_evictions = p->pc.evictions;
     for (int i = 0; i < p->n_seqs; i++)
         if (p->seqs[i].live) s->tokens[p->seqs[i].tier] += p->seqs[i].len;
     s->swaps_out = p->swaps_out;

@@ -12,10 +12,27 @@
  * scheduler decides who runs and who is preempted; this module answers
  * "can it grow", grows, forks, swaps and frees.
  *
+ * Prefix cache (device tier, enable_prefix_caching): a full block whose KV
+ * has been computed is registered under a hash of (its parent block's hash,
+ * its token ids, its shape split - see pkv_seq_cache_computed), the chain
+ * rooted in a salt of the pool (model identity, KV dtype, block size, a
+ * policy tag). A registered block whose ref count falls to 0 is not freed
+ * but kept, cached, in an LRU list; allocation takes a free block first,
+ * then evicts the least recently used cached block (dropping its hash). A
+ * new sequence whose tokens begin with registered blocks takes them by
+ * reference (pkv_seq_new_prefix). Cached blocks count as available: the
+ * device tier's pkv_n_free is free + cached. The swap tier caches nothing.
+ *
  * Invariants (pkv_check verifies them; tests call it after every operation):
- *   - per tier: free + used == total, and the free list holds no duplicates;
+ *   - per tier: free + cached + used == total, and the free list holds no
+ *     duplicates (cached is 0 in the swap tier);
  *   - every block's ref count == number of block-table entries (over all
- *     live sequences) that point at it; free blocks have ref count 0;
+ *     live sequences) that point at it; free and cached blocks have ref
+ *     count 0;
+ *   - every cached block is registered, and is in the LRU list and the hash
+ *     table exactly once; a free block is not registered; the hash table
+ *     holds exactly the registered (cached or used) blocks, each under its
+ *     own hash, no hash twice;
  *   - a sequence's table covers exactly ceil(len / block_size) blocks, all
  *     in the sequence's current tier.
  *
@@ -49,6 +66,9 @@ typedef struct {
     int num_blocks_cpu; /* swap tier; 0 disables swapping */
     kv_dtype dtype;
     const char *swap_path; /* NULL: swap tier in RAM; else a file created/truncated for it */
+    int enable_prefix_caching;
+    uint64_t prefix_salt; /* what else changes the KV (model identity, policy tag); the pool
+                           * mixes in dtype and block size */
 } pkv_config;
 
 typedef struct pkv_pool pkv_pool;
@@ -61,7 +81,10 @@ kv_cache *pkv_device_cache(pkv_pool *p);
 size_t pkv_block_bytes(const pkv_pool *p);
 
 int pkv_n_total(const pkv_pool *p, pkv_tier t);
+/* Blocks an allocation may take: free plus (device tier) cached. */
 int pkv_n_free(const pkv_pool *p, pkv_tier t);
+/* Cached blocks: registered, ref count 0, evictable (device tier only). */
+int pkv_n_cached(const pkv_pool *p);
 int pkv_block_size(const pkv_pool *p);
 
 /* ---- sequences ---- */
@@ -93,12 +116,44 @@ const int32_t *pkv_seq_block_table(const pkv_pool *p, int seq, int *n_blocks);
  * parent's tier; the next append to either copies the shared last block if
  * it is partial. */
 int pkv_seq_fork(pkv_pool *p, int parent);
-/* Release the sequence and its blocks (ref count - 1, free at 0). */
+/* Release the sequence and its blocks (ref count - 1; at 0 a registered
+ * block becomes cached, the others free). Blocks are released back to
+ * front, so a sequence's last blocks are evicted before its first. */
 void pkv_seq_free(pkv_pool *p, int seq);
 
+/* ---- prefix cache ----
+ * n_multi: how many leading tokens of the sequence have their rows computed
+ * in the multi-token (prompt) shape, the rest in the single-token shape;
+ * the shapes may round differently, so a block's identity includes how many
+ * of its rows are of each. With caching disabled, lookups find nothing and
+ * registration does nothing. */
+
+/* Leading full blocks of tokens[0, n_tokens) the cache holds, never all
+ * of the tokens: at most (n_tokens - 1) / block_size blocks, so at least
+ * one token is left to compute (its logits are wanted). *n_idle (may be
+ * NULL) gets how many of them are cached (ref count 0): taking them lowers
+ * pkv_n_free by that much. Returns the block count, or PKV_EINVAL. */
+int pkv_prefix_lookup(const pkv_pool *p, const int32_t *tokens, int n_tokens, int n_multi,
+                      int *n_idle);
+/* A new device sequence holding the blocks pkv_prefix_lookup finds (ref
+ * counts + 1, cached ones leave the LRU list); its length is their tokens,
+ * also stored in *n_hit (may be NULL). Counts n_tokens queried and the hit
+ * tokens in the stats. Returns the handle, or a PKV_E* code (nothing
+ * changed). */
+int pkv_seq_new_prefix(pkv_pool *p, const int32_t *tokens, int n_tokens, int n_multi, int *n_hit);
+/* Register the sequence's full blocks among positions [0, n_computed),
+ * whose KV the caller has computed, under the hashes of tokens (the
+ * sequence's tokens, at least n_computed of them). A block whose hash is
+ * already registered (another block holds the same KV) stays unregistered.
+ * Call it only after the step that wrote those positions; does nothing for
+ * a swapped-out sequence or when an allocation for its hashes fails. */
+void pkv_seq_cache_computed(pkv_pool *p, int seq, const int32_t *tokens, int n_computed,
+                            int n_multi);
+
 /* Move all of a device sequence's blocks to the CPU tier (copying data) and
- * free the device blocks; PKV_ENOMEM when the CPU tier lacks room. Shared
- * blocks are copied per sequence (sharing is not preserved across swap). */
+ * release the device blocks (registered ones stay cached on the device);
+ * PKV_ENOMEM when the CPU tier lacks room. Shared blocks are copied per
+ * sequence (sharing is not preserved across swap). */
 int pkv_swap_out(pkv_pool *p, int seq);
 /* The reverse; PKV_ENOMEM when the device tier lacks room. */
 int pkv_swap_in(pkv_pool *p, int seq);
@@ -114,9 +169,12 @@ void *pkv_slot_ptr(const pkv_pool *p, pkv_tier t, int layer, int kind, int32_t s
 int pkv_check(const pkv_pool *p, char *err, size_t errlen);
 
 typedef struct {
-    int total[2], free[2];
+    int total[2], free[2]; /* free: as pkv_n_free (device: free + cached) */
+    int cached;            /* device blocks cached (ref count 0, evictable) */
     long tokens[2]; /* tokens held by live sequences per tier (shared blocks count per sequence) */
     long swaps_out, swaps_in, blocks_copied_cow;
+    long prefix_queried_tokens, prefix_hit_tokens; /* pkv_seq_new_prefix: asked, found */
+    long prefix_evictions;                         /* cached blocks taken for allocation */
 } pkv_stats;
 void pkv_get_stats(const pkv_pool *p, pkv_stats *s);
 

@@ -137,6 +137,24 @@ static int blocks_for(const sched *s, int n_tokens) {
     return (n_tokens + bs - 1) / bs;
 }
 
+/* Device blocks admitting q takes from pkv_n_free: its blocks less the
+ * cached prefix it starts on, plus the prefix's idle (cached, ref 0)
+ * blocks, which leave the evictable list. */
+static int admit_cost(const sched *s, const sched_seq *q) {
+    int idle = 0, hit = 0;
+    if (q->tokens) hit = pkv_prefix_lookup(s->pool, q->tokens, q->n_tokens, q->n_multi, &idle);
+    if (hit < 0) hit = idle = 0;
+    return blocks_for(s, q->n_tokens) - hit + idle;
+}
+
+/* A device sequence for q holding its cached prefix; *n_hit gets the
+ * prefix's tokens (computed already). Returns the handle or < 0. */
+static int admit_kv(sched *s, const sched_seq *q, int *n_hit) {
+    *n_hit = 0;
+    if (!q->tokens) return pkv_seq_new(s->pool);
+    return pkv_seq_new_prefix(s->pool, q->tokens, q->n_tokens, q->n_multi, n_hit);
+}
+
 /* Take the newest running sequence out of the device pool: swap it out
  * when allowed and possible, otherwise drop its cache for recomputation. */
 static void preempt(sched *s, sched_seq *v, sched_batch *b) {
@@ -181,12 +199,13 @@ int sched_step(sched *s, sched_batch *b) {
         int free_blocks = pkv_n_free(s->pool, PKV_DEVICE), admitted = 0;
         while (s->waiting.head && admitted < s->cfg.batch_max_seqs) {
             sched_seq *q = s->waiting.head;
-            int need = blocks_for(s, q->n_tokens);
+            int need = admit_cost(s, q), hit;
             if (admitted > 0 && free_blocks - need < wm) break;
-            int kv = pkv_seq_new(s->pool);
+            int kv = admit_kv(s, q, &hit);
             if (kv < 0) break;
             q_remove(&s->waiting, q);
             q->kv = kv;
+            q->n_computed = hit;
             q->state = SEQ_RUNNING;
             q_insert_ordered(&s->running, q);
             free_blocks -= need;
@@ -250,18 +269,19 @@ int sched_step(sched *s, sched_batch *b) {
     if (!s->cfg.static_mode && !preempted && s->swapped.n == 0) {
         while (s->waiting.head && budget_tok > 0 && budget_seq > 0) {
             sched_seq *q = s->waiting.head;
-            int need_total = blocks_for(s, q->n_tokens);
+            int need_total = admit_cost(s, q), hit;
             if (pkv_n_free(s->pool, PKV_DEVICE) - need_total < reserve(s, wm)) break;
-            int take = q->n_tokens < budget_tok ? q->n_tokens : budget_tok;
-            int kv = pkv_seq_new(s->pool);
+            int kv = admit_kv(s, q, &hit);
             if (kv < 0) break;
+            int left = q->n_tokens - hit;
+            int take = left < budget_tok ? left : budget_tok;
             if (pkv_seq_append(s->pool, kv, take) != 0) {
                 pkv_seq_free(s->pool, kv);
                 break;
             }
             q_remove(&s->waiting, q);
             q->kv = kv;
-            q->n_computed = 0;
+            q->n_computed = hit;
             q->state = SEQ_RUNNING;
             q_insert_ordered(&s->running, q);
             b->n_admitted++;
@@ -278,8 +298,13 @@ int sched_step(sched *s, sched_batch *b) {
 }
 
 void sched_commit(sched *s, const sched_batch *b) {
-    (void)s;
-    for (int i = 0; i < b->n_items; i++) b->items[i].seq->n_computed += b->items[i].n_tokens;
+    for (int i = 0; i < b->n_items; i++) {
+        sched_seq *q = b->items[i].seq;
+        if (q->state == SEQ_FINISHED) continue;
+        q->n_computed += b->items[i].n_tokens;
+        if (q->tokens && q->kv >= 0)
+            pkv_seq_cache_computed(s->pool, q->kv, q->tokens, q->n_computed, q->n_multi);
+    }
 }
 
 int sched_has_work(const sched *s) { return s->waiting.n + s->running.n + s->swapped.n > 0; }

@@ -41,6 +41,13 @@ typedef struct sched_seq {
     int n_tokens;     /* tokens known: prompt + generated */
     int n_computed;   /* tokens whose K/V are in the cache */
     int kv;           /* paged_kv handle, -1 when none */
+    /* Prefix caching (NULL tokens: none for this sequence): the caller's
+     * tokens, n_tokens of them valid, and how many leading ones are
+     * computed in the multi-token shape (paged_kv.h). Admission starts the
+     * sequence on the cached blocks its tokens begin with (n_computed set
+     * past them); each commit registers the blocks it filled. */
+    const int32_t *tokens;
+    int n_multi;
     sched_state state;
     int n_preempted; /* times this sequence was preempted */
     long step_stamp; /* scheduler-owned: last step that scheduled it */
@@ -98,7 +105,10 @@ void sched_finish(sched *s, sched_seq *q);
 /* Build the next step's batch (valid until the next call). Blocks for every
  * scheduled token are allocated before it returns. */
 int sched_step(sched *s, sched_batch *out);
-/* After the forward pass: n_computed += n_tokens for each item. */
+/* After the forward pass: n_computed += n_tokens for each item, and the
+ * full blocks it completed join the prefix cache. Call it only for a pass
+ * that succeeded (after a failed one, finish the items' sequences first;
+ * finished ones are skipped). */
 void sched_commit(sched *s, const sched_batch *b);
 
 int sched_has_work(const sched *s);

@@ -119,7 +119,8 @@ int srv_metrics_render(srv_metrics *m, const srv_metrics_gauges *g, engine *eng,
         for (int t = 0; t < 2; t++)
             strbuf_printf(&b, "infer_kv_blocks_total{tier=\"%s\"} %d\n", tiers[t],
                           st.blocks_total[t]);
-        header(&b, "infer_kv_blocks_free", "gauge", "Free KV cache blocks per tier.");
+        header(&b, "infer_kv_blocks_free", "gauge",
+               "KV cache blocks free for allocation per tier (device: with the cached ones).");
         for (int t = 0; t < 2; t++)
             strbuf_printf(&b, "infer_kv_blocks_free{tier=\"%s\"} %d\n", tiers[t],
                           st.blocks_free[t]);
@@ -127,6 +128,17 @@ int srv_metrics_render(srv_metrics *m, const srv_metrics_gauges *g, engine *eng,
         for (int t = 0; t < 2; t++)
             strbuf_printf(&b, "infer_kv_blocks_used{tier=\"%s\"} %d\n", tiers[t],
                           st.blocks_total[t] - st.blocks_free[t]);
+        metric_long(&b, "infer_kv_blocks_cached", "gauge",
+                    "Device blocks kept for the prefix cache (unused, evictable; counted free).",
+                    st.blocks_cached);
+        metric_long(&b, "infer_prefix_cache_queried_tokens_total", "counter",
+                    "Prompt tokens looked up in the prefix cache at admission.",
+                    st.prefix_queried_tokens);
+        metric_long(&b, "infer_prefix_cache_hit_tokens_total", "counter",
+                    "Prompt tokens found computed in the prefix cache (not prefilled again).",
+                    st.prefix_hit_tokens);
+        metric_long(&b, "infer_prefix_cache_evictions_total", "counter",
+                    "Cached blocks evicted to be reused for other KV.", st.prefix_evictions);
         metric_long(&b, "infer_kv_block_size_tokens", "gauge", "Tokens per KV block.",
                     st.block_size);
         metric_long(&b, "infer_kv_tokens", "gauge", "Tokens held in the device tier.",

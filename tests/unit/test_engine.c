@@ -9,7 +9,11 @@
  *     finish unchanged;
  *   - n > 1 completions share the prompt and completion 0 equals n = 1;
  *   - requests submitted while the engine is held form one static batch;
- *   - invalid requests are refused with a message.
+ *   - invalid requests are refused with a message;
+ *   - prompts sharing a long prefix give the same greedy outputs with the
+ *     prefix cache on and off, find the prefix cached, and still do in a
+ *     tiny pool that evicts cached blocks and preempts (recompute, swap),
+ *     ending with every block free or cached and pkv_check passing.
  * Under AddressSanitizer the workload is smaller (same checks).
  * Skips (77) without the model.
  */
@@ -440,6 +444,129 @@ static void test_limits(void) {
     engine_destroy(e);
 }
 
+/* ---- prefix caching ---- */
+
+#define N_SHARED 8
+#define SHARED_PREFIX 64 /* four 16-token blocks */
+
+static prompt SP[N_SHARED];
+static outcome SREF[N_SHARED], SGOT[N_SHARED];
+
+/* N_SHARED prompts: one 64-token prefix, then 9..30 tokens of their own;
+ * the last repeats the first, whose 80 tokens are five full blocks (the
+ * lookup must still leave its last token to compute). */
+static void make_shared_prompts(void) {
+    for (int i = 0; i < N_SHARED; i++) {
+        int own = i == 0 || i == N_SHARED - 1 ? 16 : 9 + 3 * i;
+        const prompt *src = &P[i + 1];
+        SP[i].n = SHARED_PREFIX + own;
+        SP[i].ids = malloc((size_t)SP[i].n * sizeof *SP[i].ids);
+        for (int k = 0; k < SHARED_PREFIX; k++) SP[i].ids[k] = P[0].ids[k % P[0].n] + k % 7;
+        for (int k = 0; k < own; k++) SP[i].ids[SHARED_PREFIX + k] = src->ids[k % src->n];
+        SP[i].max_tokens = 6 + i;
+    }
+    memcpy(SP[N_SHARED - 1].ids, SP[0].ids, (size_t)SP[0].n * sizeof *SP[0].ids);
+}
+
+static int submit_shared(engine *e, int i, engine_stream **s) {
+    engine_request r = {0};
+    r.prompt = SP[i].ids;
+    r.n_prompt = SP[i].n;
+    sampler_params_default(&r.sampling);
+    r.sampling.temperature = 0;
+    r.max_tokens = SP[i].max_tokens;
+    r.ignore_eos = 1;
+    r.n = 1;
+    char err[256];
+    if (engine_submit(e, &r, s, NULL, err, sizeof err) == 0) return 0;
+    fprintf(stderr, "submit shared %d: %s\n", i, err);
+    return -1;
+}
+
+/* Prompt 0 alone first (its blocks get cached), then the rest at once. */
+static int run_shared(const engine_options *opt, outcome *out, engine_stats *st) {
+    engine *e;
+    char err[256];
+    if (engine_create(M, BE, TOK, opt, &e, err, sizeof err) != 0) {
+        fprintf(stderr, "engine_create: %s\n", err);
+        return -1;
+    }
+    engine_stream *ss[N_SHARED] = {0};
+    memset(out, 0, N_SHARED * sizeof *out);
+    int rc = submit_shared(e, 0, &ss[0]);
+    if (rc == 0) drain(ss[0], &out[0]);
+    for (int i = 1; i < N_SHARED && rc == 0; i++) rc = submit_shared(e, i, &ss[i]);
+    for (int i = 0; i < N_SHARED; i++) {
+        if (ss[i] && i > 0) drain(ss[i], &out[i]);
+        engine_stream_free(ss[i]);
+    }
+    engine_wait_idle(e);
+    engine_get_stats(e, st);
+    if (engine_check_kv(e, err, sizeof err) != 0) {
+        fprintf(stderr, "pool: %s\n", err);
+        rc = -1;
+    }
+    engine_destroy(e);
+    return rc;
+}
+
+static int n_same_shared(const char *what) {
+    int n = 0;
+    for (int i = 0; i < N_SHARED; i++) {
+        int ok = same(&SGOT[i], &SREF[i]) && SGOT[i].n == SP[i].max_tokens;
+        if (!ok) fprintf(stderr, "%s: shared-prefix prompt %d differs from no caching\n", what, i);
+        n += ok;
+    }
+    return n;
+}
+
+static void test_prefix_caching_identical(void) {
+    make_shared_prompts();
+    engine_options o;
+    engine_options_default(&o);
+    o.batch_max_seqs = 8;
+    o.batch_max_tokens = 256;
+    o.num_blocks = 64;
+    o.enable_prefix_caching = 0;
+    engine_stats st;
+    CHECK(run_shared(&o, SREF, &st) == 0);
+    CHECK(st.prefix_hit_tokens == 0 && st.blocks_cached == 0);
+
+    o.enable_prefix_caching = 1;
+    CHECK(run_shared(&o, SGOT, &st) == 0);
+    int n = n_same_shared("cached");
+    printf("prefix cache: %d/%d identical; %ld of %ld prompt tokens found cached, %d blocks "
+           "cached at the end\n",
+           n, N_SHARED, st.prefix_hit_tokens, st.prefix_queried_tokens, st.blocks_cached);
+    CHECK(n == N_SHARED);
+    /* the 7 prompts after the first find at least the shared prefix */
+    CHECK(st.prefix_hit_tokens >= (N_SHARED - 1) * SHARED_PREFIX);
+    CHECK(st.prefix_hit_tokens < st.prefix_queried_tokens);
+    CHECK(st.blocks_cached > 0 && st.blocks_free[0] == st.blocks_total[0]);
+
+    /* a pool too small for the batch: cached blocks are evicted and
+     * sequences preempted (recompute: their computed blocks are found
+     * again; swap), and the outputs do not change */
+    for (int mode = 0; mode < 2; mode++) {
+        o.num_blocks = 14;
+        o.watermark = 0;
+        o.num_blocks_cpu = mode ? 64 : 0;
+        o.preempt_mode = mode ? ENGINE_PREEMPT_SWAP : ENGINE_PREEMPT_RECOMPUTE;
+        const char *what = mode ? "tiny pool, swap" : "tiny pool, recompute";
+        CHECK(run_shared(&o, SGOT, &st) == 0);
+        n = n_same_shared(what);
+        long pre = st.preempt_recompute + st.preempt_swap;
+        printf("%s: %d/%d identical; %ld preemptions, %ld evictions, %ld tokens found cached\n",
+               what, n, N_SHARED, pre, st.prefix_evictions, st.prefix_hit_tokens);
+        CHECK(n == N_SHARED);
+        CHECKF(pre > 0 && st.prefix_evictions > 0, "%s: %ld preemptions, %ld evictions", what, pre,
+               st.prefix_evictions);
+        CHECK(st.prefix_hit_tokens > 0);
+        check_all_free(&st, what);
+    }
+    for (int i = 0; i < N_SHARED; i++) free(SP[i].ids);
+}
+
 int main(void) {
     const char *path = tu_model_path();
     if (!path) {
@@ -457,6 +584,7 @@ int main(void) {
         fprintf(stderr, "cannot build prompts from tools/ref_corpus/prose.txt\n");
         return 1;
     }
+    test_prefix_caching_identical();
     test_preemption_identical(0);
     test_cancel();
     test_n_completions();

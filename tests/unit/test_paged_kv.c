@@ -6,6 +6,11 @@
  * swap in round-trips the bytes (RAM and a swap file), handles are reused
  * and bad ones rejected. A long seeded random run checks every invariant
  * after every operation against a shadow model of lengths, tiers and data.
+ * The prefix cache: lookups find only computed full blocks (never the whole
+ * prompt), shared blocks are taken by reference, freed ones stay cached and
+ * are evicted least recently used first, a rewrite never changes a
+ * registered block, and a random run checks that every block a lookup hands
+ * out holds the KV of the new sequence's own tokens.
  */
 #include <limits.h>
 #include <stdint.h>
@@ -20,7 +25,7 @@
 
 static pkv_pool *make_pool(int n_layer, int kv_dim, int bs, int nb, int nb_cpu, kv_dtype dt,
                            const char *swap_path) {
-    pkv_config c = {n_layer, kv_dim, bs, nb, nb_cpu, dt, swap_path};
+    pkv_config c = {n_layer, kv_dim, bs, nb, nb_cpu, dt, swap_path, 0, 0};
     pkv_pool *p = NULL;
     char err[256];
     int rc = pkv_create(&c, &p, err, sizeof err);
@@ -457,7 +462,7 @@ static void test_swap_roundtrips_bytes_in_a_file(void) {
 }
 
 static void test_swap_file_errors_name_the_path(void) {
-    pkv_config c = {1, 4, 4, 4, 4, KV_F32, "/nonexistent-dir-for-pkv/swap"};
+    pkv_config c = {1, 4, 4, 4, 4, KV_F32, "/nonexistent-dir-for-pkv/swap", 0, 0};
     pkv_pool *p = (pkv_pool *)1;
     char err[256] = "";
     CHECK(pkv_create(&c, &p, err, sizeof err) == PKV_EIO && p == NULL);
@@ -544,14 +549,14 @@ static void test_handles_are_reused(void) {
 
 static void test_invalid_handles_and_arguments_are_rejected(void) {
     pkv_config bad[] = {
-        {0, 4, 4, 4, 0, KV_F32, NULL},
-        {1, 0, 4, 4, 0, KV_F32, NULL},
-        {1, 4, 0, 4, 0, KV_F32, NULL},
-        {1, 4, 4, 0, 0, KV_F32, NULL},
-        {1, 4, 4, 4, -1, KV_F32, NULL},
-        {1, 4, 4, 4, 0, (kv_dtype)7, NULL},
-        {1, 4, 1 << 20, 1 << 12, 0, KV_F32, NULL}, /* slots overflow int32 */
-        {INT_MAX, INT_MAX, 1 << 10, 1 << 20, 0, KV_F32, NULL},
+        {0, 4, 4, 4, 0, KV_F32, NULL, 0, 0},
+        {1, 0, 4, 4, 0, KV_F32, NULL, 0, 0},
+        {1, 4, 0, 4, 0, KV_F32, NULL, 0, 0},
+        {1, 4, 4, 0, 0, KV_F32, NULL, 0, 0},
+        {1, 4, 4, 4, -1, KV_F32, NULL, 0, 0},
+        {1, 4, 4, 4, 0, (kv_dtype)7, NULL, 0, 0},
+        {1, 4, 1 << 20, 1 << 12, 0, KV_F32, NULL, 0, 0}, /* slots overflow int32 */
+        {INT_MAX, INT_MAX, 1 << 10, 1 << 20, 0, KV_F32, NULL, 0, 0},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         pkv_pool *q = NULL;
@@ -865,12 +870,278 @@ static void test_random_operations_keep_invariants(void) {
     CHECK(rc.cow > 0 && rc.swaps > 0);
 }
 
+/* ---- prefix cache ---- */
+
+static pkv_pool *make_cached_pool(int bs, int nb, int nb_cpu) {
+    pkv_config c = {1, 4, bs, nb, nb_cpu, KV_F32, NULL, 1, 42};
+    pkv_pool *p = NULL;
+    char err[256];
+    int rc = pkv_create(&c, &p, err, sizeof err);
+    CHECKF(rc == 0 && p, "pkv_create: %d %s", rc, err);
+    return rc == 0 ? p : NULL;
+}
+
+/* A device sequence of n tokens whose KV counts as computed and registered. */
+static int computed_seq(pkv_pool *p, const int32_t *tok, int n, int n_multi) {
+    int s = pkv_seq_new(p);
+    CHECK(s >= 0 && pkv_seq_append(p, s, n) == 0);
+    pkv_seq_cache_computed(p, s, tok, n, n_multi);
+    return s;
+}
+
+static void test_prefix_lookup_finds_computed_full_blocks_only(void) {
+    pkv_pool *p = make_cached_pool(4, 16, 0);
+    if (!p) return;
+    int32_t tok[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+    int a = pkv_seq_new(p), idle = -1;
+    CHECK(pkv_seq_append(p, a, 10) == 0);
+    /* nothing is registered before its KV is computed */
+    CHECK(pkv_prefix_lookup(p, tok, 10, 0, &idle) == 0 && idle == 0);
+    pkv_seq_cache_computed(p, a, tok, 6, 0); /* one full block computed */
+    CHECK(pkv_prefix_lookup(p, tok, 12, 0, NULL) == 1);
+    pkv_seq_cache_computed(p, a, tok, 10, 0); /* the partial third block stays out */
+    CHECK(pool_ok(p));
+    CHECK(pkv_prefix_lookup(p, tok, 12, 0, &idle) == 2 && idle == 0);
+    /* never the whole prompt: one token is left to compute */
+    CHECK(pkv_prefix_lookup(p, tok, 8, 0, NULL) == 1);
+    CHECK(pkv_prefix_lookup(p, tok, 9, 0, NULL) == 2);
+    CHECK(pkv_prefix_lookup(p, tok, 1, 0, NULL) == 0);
+    /* the shape split, the first block or a later one differing: no match past it */
+    CHECK(pkv_prefix_lookup(p, tok, 12, 6, NULL) == 0);
+    int32_t other[12];
+    memcpy(other, tok, sizeof tok);
+    other[5] = 99;
+    CHECK(pkv_prefix_lookup(p, other, 12, 0, NULL) == 1);
+    other[0] = 99;
+    CHECK(pkv_prefix_lookup(p, other, 12, 0, NULL) == 0);
+
+    /* a new sequence takes the blocks by reference: no blocks spent */
+    int free0 = pkv_n_free(p, PKV_DEVICE), hit = -1;
+    int b = pkv_seq_new_prefix(p, tok, 11, 0, &hit);
+    CHECK(b >= 0 && hit == 8 && pkv_seq_len(p, b) == 8 && pkv_n_free(p, PKV_DEVICE) == free0);
+    CHECK(pkv_seq_slot(p, b, 0) == pkv_seq_slot(p, a, 0));
+    CHECK(pkv_seq_slot(p, b, 7) == pkv_seq_slot(p, a, 7));
+    CHECK(pool_ok(p));
+    pkv_stats st;
+    pkv_get_stats(p, &st);
+    CHECK(st.prefix_queried_tokens == 11 && st.prefix_hit_tokens == 8 && st.cached == 0);
+    /* growing b past the shared full blocks takes a fresh block */
+    CHECK(pkv_seq_append(p, b, 3) == 0 && pkv_seq_slot(p, b, 8) != pkv_seq_slot(p, a, 8));
+    pkv_seq_free(p, a);
+    pkv_seq_free(p, b);
+    CHECK(pool_ok(p));
+    CHECK(pkv_n_cached(p) == 2 && pkv_n_free(p, PKV_DEVICE) == 16);
+    pkv_free(p);
+}
+
+static void test_prefix_cache_evicts_least_recently_used(void) {
+    pkv_pool *p = make_cached_pool(4, 4, 0);
+    if (!p) return;
+    int32_t ta[9] = {1, 2, 3, 4, 5, 6, 7, 8, 0}, tb[9] = {11, 12, 13, 14, 15, 16, 17, 18, 0};
+    int a = computed_seq(p, ta, 8, 0), b = computed_seq(p, tb, 8, 0);
+    pkv_seq_free(p, a); /* LRU: a's second block, then its first */
+    pkv_seq_free(p, b); /* then b's second, b's first */
+    CHECK(pool_ok(p));
+    CHECK(pkv_n_cached(p) == 4 && pkv_n_free(p, PKV_DEVICE) == 4);
+    int idle = 0;
+    CHECK(pkv_prefix_lookup(p, ta, 9, 0, &idle) == 2 && idle == 2);
+    /* allocation evicts the least recently used: a chain's tail first */
+    int c = pkv_seq_new(p);
+    CHECK(pkv_seq_append(p, c, 4) == 0);
+    CHECK(pool_ok(p));
+    CHECK(pkv_prefix_lookup(p, ta, 9, 0, NULL) == 1 && pkv_prefix_lookup(p, tb, 9, 0, NULL) == 2);
+    /* taking b's blocks makes them used (not evictable); the next
+     * allocation evicts a's first block */
+    int hit = 0, b2 = pkv_seq_new_prefix(p, tb, 9, 0, &hit);
+    CHECK(b2 >= 0 && hit == 8 && pkv_n_cached(p) == 1 && pkv_n_free(p, PKV_DEVICE) == 1);
+    CHECK(pkv_seq_append(p, c, 4) == 0);
+    CHECK(pool_ok(p));
+    CHECK(pkv_prefix_lookup(p, ta, 9, 0, NULL) == 0 && pkv_n_cached(p) == 0);
+    CHECK(pkv_n_free(p, PKV_DEVICE) == 0 && pkv_seq_append(p, c, 1) == PKV_ENOMEM);
+    pkv_stats st;
+    pkv_get_stats(p, &st);
+    CHECK(st.prefix_evictions == 2);
+    /* b's blocks freed again become cached, most recently used last */
+    pkv_seq_free(p, b2);
+    pkv_seq_free(p, c);
+    CHECK(pool_ok(p));
+    CHECK(pkv_n_cached(p) == 2 && pkv_n_free(p, PKV_DEVICE) == 4);
+    pkv_free(p);
+}
+
+static void test_prefix_cache_rewrites_never_change_a_registered_block(void) {
+    pkv_pool *p = make_cached_pool(4, 8, 0);
+    if (!p) return;
+    int32_t tok[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    /* private: truncating into a registered block unregisters it */
+    int a = computed_seq(p, tok, 8, 0);
+    CHECK(pkv_seq_truncate(p, a, 6) == 0);
+    CHECK(pool_ok(p));
+    CHECK(pkv_prefix_lookup(p, tok, 9, 0, NULL) == 1);
+    pkv_seq_free(p, a);
+    /* shared: the writer copies the block first, the cached one stays */
+    a = computed_seq(p, tok, 8, 0);
+    int hit = 0, b = pkv_seq_new_prefix(p, tok, 9, 0, &hit);
+    CHECK(b >= 0 && hit == 8);
+    int32_t shared = pkv_seq_slot(p, b, 4);
+    CHECK(pkv_seq_truncate(p, a, 6) == 0 && pkv_seq_append(p, a, 2) == 0);
+    CHECK(pkv_seq_slot(p, a, 4) != shared && pkv_seq_slot(p, b, 4) == shared);
+    CHECK(pool_ok(p));
+    CHECK(pkv_prefix_lookup(p, tok, 9, 0, NULL) == 2);
+    pkv_seq_free(p, a);
+    pkv_seq_free(p, b);
+    CHECK(pool_ok(p));
+    pkv_free(p);
+}
+
+static void test_prefix_cache_and_swap(void) {
+    pkv_pool *p = make_cached_pool(4, 4, 4);
+    if (!p) return;
+    int32_t tok[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    int a = computed_seq(p, tok, 8, 0);
+    /* swapped out, the blocks stay cached on the device (the CPU tier caches nothing) */
+    CHECK(pkv_swap_out(p, a) == 0);
+    CHECK(pool_ok(p));
+    CHECK(pkv_n_cached(p) == 2 && pkv_n_free(p, PKV_DEVICE) == 4 && pkv_n_free(p, PKV_CPU) == 2);
+    int hit = 0, b = pkv_seq_new_prefix(p, tok, 9, 0, &hit);
+    CHECK(b >= 0 && hit == 8 && pkv_n_free(p, PKV_DEVICE) == 2);
+    CHECK(pkv_swap_in(p, a) == 0); /* fresh device blocks */
+    CHECK(pkv_n_free(p, PKV_DEVICE) == 0 && pkv_seq_slot(p, a, 0) != pkv_seq_slot(p, b, 0));
+    /* its copies duplicate registered blocks: registering them again keeps one of each */
+    pkv_seq_cache_computed(p, a, tok, 8, 0);
+    CHECK(pool_ok(p));
+    pkv_seq_free(p, b);
+    pkv_seq_free(p, a);
+    CHECK(pool_ok(p));
+    CHECK(pkv_n_cached(p) == 2 && pkv_n_free(p, PKV_DEVICE) == 4);
+    pkv_free(p);
+}
+
+/* Prefix-cache random run: the KV of position i is a function of tokens
+ * 0..i (a prefix stamp), so any block a lookup hands out must hold exactly
+ * the stamps of the new sequence's own tokens. Tokens come from a few
+ * documents with random edits, so prefixes are shared and diverge. */
+#define PDOC 48
+static uint32_t prefix_stamp(const int32_t *tok, int i) {
+    uint32_t h = 2166136261u;
+    for (int k = 0; k <= i; k++) h = (h ^ (uint32_t)tok[k]) * 16777619u;
+    return h | 1;
+}
+
+typedef struct {
+    int live;
+    pkv_tier tier;
+    int len;
+    int32_t tok[PDOC];
+} pshadow;
+
+static int prefix_random_run(uint64_t seed, int n_ops, long *hits) {
+    uint64_t rng_state = seed * 0x9E3779B97F4A7C15ULL + 7, *rng = &rng_state;
+    int bs = 1 + rnd_below(rng, 5), nb = 6 + rnd_below(rng, 40), nb_cpu = rnd_below(rng, 24);
+    int n_multi = rnd_below(rng, 3) * 5;
+    pkv_pool *p = make_cached_pool(bs, nb, nb_cpu);
+    if (!p) return 1;
+    int32_t docs[3][PDOC];
+    for (int d = 0; d < 3; d++)
+        for (int i = 0; i < PDOC; i++) docs[d][i] = (int32_t)rnd_below(rng, 4 + d);
+    pshadow sh[MAX_HANDLES];
+    memset(sh, 0, sizeof sh);
+    int n_live = 0, failed = 0;
+    char err[256];
+    for (int op = 0; op < n_ops && !failed; op++) {
+        int kind = rnd_below(rng, 100), h = -1;
+        for (int k = rnd_below(rng, MAX_HANDLES), i = 0; i < MAX_HANDLES && h < 0; i++)
+            if (sh[(k + i) % MAX_HANDLES].live) h = (k + i) % MAX_HANDLES;
+        if (kind < 20 || h < 0) { /* a new sequence on its cached prefix */
+            if (n_live >= 12) continue;
+            int32_t tok[PDOC];
+            memcpy(tok, docs[rnd_below(rng, 3)], sizeof tok);
+            if (rnd_below(rng, 3) == 0) tok[rnd_below(rng, PDOC)] = 9;
+            int n = 1 + rnd_below(rng, PDOC), idle = 0, hit = -1;
+            int want = pkv_prefix_lookup(p, tok, n, n_multi, &idle);
+            int free0 = pkv_n_free(p, PKV_DEVICE);
+            int s = pkv_seq_new_prefix(p, tok, n, n_multi, &hit);
+            CHECKF(s >= 0 && s < MAX_HANDLES && hit == want * bs && hit < n &&
+                       pkv_n_free(p, PKV_DEVICE) == free0 - idle,
+                   "seed %llu op %d: new_prefix %d hit %d want %d", (unsigned long long)seed, op, s,
+                   hit, want);
+            if (s < 0 || s >= MAX_HANDLES) return 1;
+            for (int i = 0; i < hit && !failed; i++)
+                if (!slot_has(p, PKV_DEVICE, pkv_seq_slot(p, s, i), prefix_stamp(tok, i))) {
+                    CHECKF(0, "seed %llu op %d: cached position %d holds other KV",
+                           (unsigned long long)seed, op, i);
+                    failed = 1;
+                }
+            *hits += hit;
+            sh[s].live = 1;
+            sh[s].tier = PKV_DEVICE;
+            sh[s].len = hit;
+            memcpy(sh[s].tok, tok, sizeof tok);
+            n_live++;
+        } else if (kind < 60) { /* compute more tokens, then register them */
+            int n = 1 + rnd_below(rng, 2 * bs);
+            if (sh[h].tier != PKV_DEVICE || sh[h].len + n > PDOC) continue;
+            if (pkv_seq_append(p, h, n) != 0) continue;
+            for (int i = sh[h].len; i < sh[h].len + n; i++)
+                write_slot(p, PKV_DEVICE, pkv_seq_slot(p, h, i), prefix_stamp(sh[h].tok, i));
+            sh[h].len += n;
+            pkv_seq_cache_computed(p, h, sh[h].tok, sh[h].len, n_multi);
+        } else if (kind < 68) { /* rewrite a tail with other tokens */
+            int n = rnd_below(rng, sh[h].len + 1);
+            CHECK(pkv_seq_truncate(p, h, n) == 0);
+            sh[h].len = n;
+            for (int i = n; i < PDOC; i++) sh[h].tok[i] = (int32_t)rnd_below(rng, 6);
+        } else if (kind < 74) {
+            if (n_live >= 12) continue;
+            int c = pkv_seq_fork(p, h);
+            CHECK(c >= 0 && c < MAX_HANDLES);
+            if (c < 0 || c >= MAX_HANDLES) return 1;
+            sh[c] = sh[h];
+            n_live++;
+        } else if (kind < 86) {
+            pkv_seq_free(p, h);
+            sh[h].live = 0;
+            n_live--;
+        } else if (kind < 93) {
+            if (pkv_swap_out(p, h) == 0) sh[h].tier = PKV_CPU;
+        } else {
+            if (pkv_swap_in(p, h) == 0) sh[h].tier = PKV_DEVICE;
+        }
+        if (pkv_check(p, err, sizeof err) != 0) {
+            CHECKF(0, "seed %llu op %d (kind %d): %s", (unsigned long long)seed, op, kind, err);
+            failed = 1;
+        }
+        for (int s = 0; s < MAX_HANDLES && !failed; s++)
+            if (sh[s].live && sh[s].len > 0 &&
+                !slot_has(p, sh[s].tier, pkv_seq_slot(p, s, sh[s].len - 1),
+                          prefix_stamp(sh[s].tok, sh[s].len - 1))) {
+                CHECKF(0, "seed %llu op %d: seq %d last position data", (unsigned long long)seed,
+                       op, s);
+                failed = 1;
+            }
+    }
+    for (int s = 0; s < MAX_HANDLES; s++)
+        if (sh[s].live) pkv_seq_free(p, s);
+    CHECK(pool_ok(p));
+    CHECK(pkv_n_free(p, PKV_DEVICE) == nb && pkv_n_free(p, PKV_CPU) == nb_cpu);
+    pkv_free(p);
+    return failed;
+}
+
+static void test_prefix_random_operations_share_only_equal_kv(void) {
+    long hits = 0;
+    for (int s = 1; s <= 24; s++)
+        CHECKF(!prefix_random_run((uint64_t)s, 4000, &hits), "seed %d", s);
+    printf("prefix random: %ld tokens found cached\n", hits);
+    CHECK(hits > 0);
+}
+
 /* kv_block_bytes is the stride the pool really uses between blocks, for
  * both element types: what sizing and banners compute is what is allocated. */
 static void test_block_bytes_is_the_pool_stride(void) {
     const kv_dtype types[2] = {KV_F16, KV_F32};
     for (int t = 0; t < 2; t++) {
-        pkv_config cfg = {3, 24, 8, 4, 0, types[t], NULL};
+        pkv_config cfg = {3, 24, 8, 4, 0, types[t], NULL, 0, 0};
         pkv_pool *p = NULL;
         char err[256];
         CHECKF(pkv_create(&cfg, &p, err, sizeof err) == PKV_OK, "%s", err);
@@ -905,5 +1176,10 @@ int main(void) {
     test_invalid_handles_and_arguments_are_rejected();
     test_check_detects_a_corrupted_table();
     test_random_operations_keep_invariants();
+    test_prefix_lookup_finds_computed_full_blocks_only();
+    test_prefix_cache_evicts_least_recently_used();
+    test_prefix_cache_rewrites_never_change_a_registered_block();
+    test_prefix_cache_and_swap();
+    test_prefix_random_operations_share_only_equal_kv();
     return tu_finish("test_paged_kv");
 }

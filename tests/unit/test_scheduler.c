@@ -81,7 +81,7 @@ static int rnd_range(harness *h, int lo, int hi) { return lo + rnd_below(h, hi -
 
 static int h_init(harness *h, int bs, int nb, int nb_cpu, const sched_config *cfg) {
     memset(h, 0, sizeof *h);
-    pkv_config pc = {1, 8, bs, nb, nb_cpu, KV_F32, NULL};
+    pkv_config pc = {1, 8, bs, nb, nb_cpu, KV_F32, NULL, 0, 0};
     char err[256] = "";
     int rc = pkv_create(&pc, &h->pool, err, sizeof err);
     CHECKF(rc == 0, "pkv_create: %s", err);
@@ -464,7 +464,7 @@ static sched_config mkcfg(int max_tokens, int max_seqs, double wm, int static_mo
 /* ---- scenarios ---- */
 
 static void test_create_rejects_bad_budgets(void) {
-    pkv_config pc = {1, 8, 4, 8, 0, KV_F32, NULL};
+    pkv_config pc = {1, 8, 4, 8, 0, KV_F32, NULL, 0, 0};
     pkv_pool *p = NULL;
     char err[256] = "";
     CHECK(pkv_create(&pc, &p, err, sizeof err) == 0);
