@@ -808,6 +808,8 @@ static void print_report(const cli_args *a, const gen_result *res, const gen_sta
             st->forward_ms / 1e3, st->sample_ms / 1e3,
             100.0 * st->sample_ms /
                 (st->forward_ms + st->sample_ms > 0 ? st->forward_ms + st->sample_ms : 1));
+    fprintf(stderr, "prefix cache:     %ld of %ld prompt tokens found cached\n",
+            st->prefix_hit_tokens, st->prefix_queried_tokens);
     fprintf(stderr, "finished:         %d length, %d eos, %d stop\n", by_reason[GEN_FINISH_LENGTH],
             by_reason[GEN_FINISH_EOS], by_reason[GEN_FINISH_STOP]);
     fprintf(stderr, "total time:       %.3f s (model load %.3f s, generation %.3f s)\n",

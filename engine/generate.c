@@ -173,6 +173,8 @@ int gen_run(llm_model *m, backend *be, const llm_tokenizer *tok, const gen_reque
     stats->kv_efficiency_peak = es.kv_efficiency_peak;
     stats->forward_ms = es.forward_ms;
     stats->sample_ms = es.sample_ms;
+    stats->prefix_queried_tokens = es.prefix_queried_tokens;
+    stats->prefix_hit_tokens = es.prefix_hit_tokens;
     for (int i = 0; i < n; i++) engine_stream_free(streams[i]);
     engine_destroy(e);
     double t1 = clock_now_ms();

@@ -84,12 +84,14 @@ typedef struct {
     double prompt_ms; /* wall time until every request had its first token */
     double gen_ms;    /* the rest of the wall time */
     double total_ms;
-    long steps;                /* engine steps */
-    long preemptions;          /* swap + recompute */
-    double forward_ms;         /* engine thread in forward passes */
-    double sample_ms;          /* engine thread sampling (engine_stats) */
-    int peak_blocks;           /* most device KV blocks in use at once */
-    double kv_efficiency_peak; /* tokens held / allocated KV slots at that peak */
+    long steps;                 /* engine steps */
+    long preemptions;           /* swap + recompute */
+    double forward_ms;          /* engine thread in forward passes */
+    double sample_ms;           /* engine thread sampling (engine_stats) */
+    long prefix_queried_tokens; /* prompt tokens looked up in the prefix cache */
+    long prefix_hit_tokens;     /* of those, found cached (not computed) */
+    int peak_blocks;            /* most device KV blocks in use at once */
+    double kv_efficiency_peak;  /* tokens held / allocated KV slots at that peak */
 } gen_stats;
 
 /* Run requests reqs[0..n) and fill results[0..n) (zeroed first). On error
