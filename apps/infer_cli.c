@@ -24,7 +24,9 @@
 #define CLI_MAX_IDS 65536
 
 typedef struct {
-    const char *url;
+    const char *urls[INFER_MAX_ENDPOINTS];
+    size_t n_urls;
+    float heartbeat_s; /* heart_beat_interval_seconds; 0 = the library's default */
     const char *api_key;
     int timeout_ms;
     int quiet;
@@ -39,7 +41,7 @@ typedef struct {
 } cli_opts;
 
 static const char *cli_usage_main =
-    "usage: infer-cli [--url URL] [--api-key KEY] [--timeout MS] COMMAND [options] [ARGS]\n"
+    "usage: infer-cli [--url URL]... [--api-key KEY] [--timeout MS] COMMAND [options] [ARGS]\n"
     "\n"
     "A client of infer-server (RPC over nng). Commands:\n"
     "  generate PROMPT...   one completion, printed when it is complete\n"
@@ -52,7 +54,11 @@ static const char *cli_usage_main =
     "  model                the loaded model\n"
     "\n"
     "Common options (before or after the command):\n"
-    "  --url URL            server address (default " CLI_DEFAULT_URL ")\n"
+    "  --url URL            server address (default " CLI_DEFAULT_URL "); repeat it\n"
+    "                       for several servers: each call goes to the one with the\n"
+    "                       fewest calls in flight, unary calls fail over (docs/clients.md)\n"
+    "  --heartbeat SECONDS  Health check of each server every SECONDS (default 5;\n"
+    "                       a negative value turns it off)\n"
     "  --api-key KEY        shared secret (default: $ENGINE_API_KEY)\n"
     "  --timeout MS         deadline of each call in milliseconds (default: none)\n"
     "  -h, --help           help; `infer-cli COMMAND --help` for a command's options\n";
@@ -209,7 +215,7 @@ typedef struct {
     { name, alias, kind, offsetof(cli_opts, field), lo, hi }
 
 static const cli_opt_def cli_opt_table[] = {
-    CLI_OPT("--url", NULL, CLI_ARG_STR, url, 0, 0),
+    CLI_OPT("--heartbeat", NULL, CLI_ARG_FLOAT, heartbeat_s, 0, 0),
     CLI_OPT("--api-key", NULL, CLI_ARG_STR, api_key, 0, 0),
     CLI_OPT("--timeout", NULL, CLI_ARG_INT, timeout_ms, 0, INT_MAX),
     CLI_OPT("--quiet", "-q", CLI_ARG_SET, quiet, 1, 0),
@@ -299,6 +305,15 @@ static cli_opt_result cli_opt_stop(cli_opts *o, const char *v) {
     return CLI_OPT_VALUE;
 }
 
+static cli_opt_result cli_opt_url(cli_opts *o, const char *v) {
+    if (o->n_urls == INFER_MAX_ENDPOINTS) {
+        fprintf(stderr, "infer-cli: at most %d --url\n", INFER_MAX_ENDPOINTS);
+        return CLI_OPT_ERROR;
+    }
+    o->urls[o->n_urls++] = v;
+    return CLI_OPT_VALUE;
+}
+
 static cli_opt_result cli_opt_ids(cli_opts *o, const char *v) {
     static int32_t ids[CLI_MAX_IDS];
     long n = cli_parse_ids(v, ids, CLI_MAX_IDS);
@@ -326,6 +341,7 @@ static cli_opt_result cli_opt_other(cli_opts *o, const char *a, const char *v) {
     if (!strcmp(a, "--seed")) with_value = cli_opt_seed;
     else if (!strcmp(a, "--stop")) with_value = cli_opt_stop;
     else if (!strcmp(a, "--ids")) with_value = cli_opt_ids;
+    else if (!strcmp(a, "--url")) with_value = cli_opt_url;
     else return CLI_OPT_UNKNOWN;
     return v ? with_value(o, v) : cli_missing_value(a);
 }
@@ -555,7 +571,8 @@ static int cli_chat(infer_client *c, cli_opts *o) {
     size_t linecap = 0;
     int rc = 0;
     if (interactive)
-        fprintf(stderr, "chat with %s - /quit to leave, /reset to start over\n", o->url);
+        fprintf(stderr, "chat with %s%s - /quit to leave, /reset to start over\n", o->urls[0],
+                o->n_urls > 1 ? " (and others)" : "");
     for (;;) {
         if (interactive) {
             fputs("> ", stderr);
@@ -743,8 +760,7 @@ static int cli_model(infer_client *c, cli_opts *o) {
 }
 
 int main(int argc, char **argv) {
-    cli_opts o = {.url = CLI_DEFAULT_URL,
-                  .add_special = INFER_UNSET_BOOL,
+    cli_opts o = {.add_special = INFER_UNSET_BOOL,
                   .parse_special = INFER_UNSET_BOOL,
                   .render_special = INFER_UNSET_BOOL};
     infer_gen_params_init(&o.gp);
@@ -784,10 +800,11 @@ int main(int argc, char **argv) {
     if (pthread_create(&sig_thread, NULL, cli_sigint_thread, &sigint_set) == 0)
         pthread_detach(sig_thread);
 
-    infer_client_opts copts = {.api_key = o.api_key};
+    if (!o.n_urls) o.urls[o.n_urls++] = CLI_DEFAULT_URL;
+    infer_client_opts copts = {.api_key = o.api_key, .heart_beat_interval_seconds = o.heartbeat_s};
     infer_client *c;
     char err[256];
-    if (infer_connect(o.url, &copts, &c, err, sizeof err)) {
+    if (infer_connect_multi(o.urls, o.n_urls, &copts, &c, err, sizeof err)) {
         fprintf(stderr, "infer-cli: %s\n", err);
         free(pos);
         return 1;

@@ -1,7 +1,9 @@
 /*
- * infer_client.c - connection and call table of libinfer_client.
+ * infer_client.c - one connection to one server and its call table
+ * (icl_conn); the endpoints, the choice among them and the heartbeat are
+ * infer_client_pool.c's.
  *
- * One rpc_conn per client (rpc/rpc.h): its receive thread runs
+ * One rpc_conn per icl_conn (rpc/rpc.h): its receive thread runs
  * icl_on_frame for every frame, looks the call up by call_id and either
  * keeps the reply (unary), hands a decoded chunk to the call's callback
  * (streaming) or ends the call (STATUS). Callers block on their own call's
@@ -15,12 +17,19 @@
  * A call ends exactly once (icl_finish): by its STATUS frame, by its
  * deadline, by a cancel, or by the connection closing. Ending removes it
  * from the table, so late frames for it are dropped; call ids are never
- * reused on a connection. A call whose callback is running when it ends
+ * reused on a connection. Ending also takes the call off its endpoint's
+ * in-flight count (an atomic the pool reads when it picks a server).
+ *
+ * Lifetime: an icl_conn is reference-counted (the endpoint that holds it,
+ * each call started on it); the last reference closes the transport and
+ * frees it, so a call may outlive the endpoint's switch to a new
+ * connection. A call whose callback is running when it ends
  * is not reported as ended (infer_call_wait) until the callback returns.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,13 +37,12 @@
 
 #include "clients/c/infer_client_impl.h"
 
-#define ICL_BUCKETS 256 /* call table: chained hash on call_id */
-#define ICL_DEFAULT_CONNECT_MS 5000
+#define ICL_BUCKETS 256         /* call table: chained hash on call_id */
 #define ICL_CANCEL_SEND_MS 1000 /* how long a CANCEL may wait for queue room */
 #define ICL_CLOSE_LINGER_MS 200
 
 struct infer_call {
-    infer_client *c;
+    icl_conn *c;
     uint64_t id;
     struct infer_call *next; /* bucket chain, while in the table */
     pthread_cond_t cv;
@@ -48,10 +56,13 @@ struct infer_call {
     Rpc__Frame *reply; /* unary: the first MESSAGE */
     infer_chunk_fn cb; /* streaming: chunk callback */
     void *user;
+    atomic_int *inflight; /* the endpoint's count; decremented when the call ends */
+    int64_t tokens;       /* streaming: token chunks received */
 };
 
-struct infer_client {
+struct icl_conn {
     rpc_conn *conn;
+    atomic_int refs;
     pthread_mutex_t mu;
     infer_call *table[ICL_BUCKETS];
     uint64_t next_id;
@@ -82,20 +93,20 @@ static int64_t icl_now_ns(void) {
 
 /* ---- call table (callers hold c->mu) ---- */
 
-static void icl_table_add(infer_client *c, infer_call *call) {
+static void icl_table_add(icl_conn *c, infer_call *call) {
     infer_call **b = &c->table[call->id % ICL_BUCKETS];
     call->next = *b;
     *b = call;
     call->in_table = 1;
 }
 
-static infer_call *icl_table_find(infer_client *c, uint64_t id) {
+static infer_call *icl_table_find(icl_conn *c, uint64_t id) {
     for (infer_call *k = c->table[id % ICL_BUCKETS]; k; k = k->next)
         if (k->id == id) return k;
     return NULL;
 }
 
-static void icl_table_remove(infer_client *c, infer_call *call) {
+static void icl_table_remove(icl_conn *c, infer_call *call) {
     if (!call->in_table) return;
     for (infer_call **p = &c->table[call->id % ICL_BUCKETS]; *p; p = &(*p)->next) {
         if (*p == call) {
@@ -114,10 +125,11 @@ static void icl_finish(infer_call *call, int code, const char *msg) {
     call->code = code;
     snprintf(call->message, sizeof call->message, "%s", msg ? msg : "");
     icl_table_remove(call->c, call);
+    if (call->inflight) atomic_fetch_sub(call->inflight, 1);
     pthread_cond_broadcast(&call->cv);
 }
 
-static void icl_send_cancel(infer_client *c, uint64_t id) {
+static void icl_send_cancel(icl_conn *c, uint64_t id) {
     /* Best effort: the call has already ended here; a CANCEL that cannot be
      * queued only means the server finishes its sequence on its own. */
     (void)rpc_send_cancel(c->conn, id, ICL_CANCEL_SEND_MS);
@@ -135,7 +147,7 @@ static int icl_code_of_close(int err) {
 
 static void icl_on_close(rpc_conn *conn, int err, const char *msg, void *user) {
     (void)conn;
-    infer_client *c = user;
+    icl_conn *c = user;
     pthread_mutex_lock(&c->mu);
     if (!c->closed) {
         c->closed = 1;
@@ -143,8 +155,17 @@ static void icl_on_close(rpc_conn *conn, int err, const char *msg, void *user) {
         snprintf(c->close_msg, sizeof c->close_msg, "connection lost: %s",
                  msg && *msg ? msg : rpc_strerror(err));
     }
-    for (int b = 0; b < ICL_BUCKETS; b++)
-        while (c->table[b]) icl_finish(c->table[b], c->close_code, c->close_msg);
+    for (int b = 0; b < ICL_BUCKETS; b++) {
+        while (c->table[b]) {
+            infer_call *call = c->table[b];
+            char m[256];
+            if (call->cb) /* a stream is not retried: say how far it got */
+                snprintf(m, sizeof m, "%.180s (the stream had received %lld tokens)", c->close_msg,
+                         (long long)call->tokens);
+            else snprintf(m, sizeof m, "%s", c->close_msg);
+            icl_finish(call, c->close_code, m);
+        }
+    }
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -152,7 +173,7 @@ static void icl_on_bad_frame(rpc_conn *conn, int err, int has_call_id, uint64_t 
                              const char *msg, void *user) {
     (void)conn;
     (void)err;
-    infer_client *c = user;
+    icl_conn *c = user;
     if (!has_call_id) return; /* nothing to address it to; the stream is still in sync */
     pthread_mutex_lock(&c->mu);
     infer_call *call = icl_table_find(c, call_id);
@@ -167,7 +188,7 @@ static void icl_on_bad_frame(rpc_conn *conn, int err, int has_call_id, uint64_t 
 /* Hand one GenerateChunk to the call's callback. Called with c->mu held
  * and call->delivering set; drops the lock around the callback. Returns
  * the callback's verdict (nonzero = cancel). */
-static int icl_deliver(infer_client *c, infer_call *call, const Rpc__Frame *f) {
+static int icl_deliver(icl_conn *c, infer_call *call, const Rpc__Frame *f) {
     pthread_mutex_unlock(&c->mu);
     int verdict = 0;
     Inference__GenerateChunk *ch = inference__generate_chunk__unpack(
@@ -194,6 +215,7 @@ static int icl_deliver(infer_client *c, infer_call *call, const Rpc__Frame *f) {
                 k.usage.total_ms = ch->timings->total_ms;
             }
         }
+        if (!ch->finish_reason) call->tokens++; /* the server sends one chunk per token */
         verdict = call->cb(&k, call->user) ? 1 : 0;
         inference__generate_chunk__free_unpacked(ch, NULL);
     } else {
@@ -205,7 +227,7 @@ static int icl_deliver(infer_client *c, infer_call *call, const Rpc__Frame *f) {
 
 static void icl_on_frame(rpc_conn *conn, Rpc__Frame *f, void *user) {
     (void)conn;
-    infer_client *c = user;
+    icl_conn *c = user;
     int send_cancel = 0;
     uint64_t id = f->call_id;
     pthread_mutex_lock(&c->mu);
@@ -248,36 +270,30 @@ static void icl_on_frame(rpc_conn *conn, Rpc__Frame *f, void *user) {
 
 /* ---- connection ---- */
 
-int infer_connect(const char *url, const infer_client_opts *opts, infer_client **out, char *err,
-                  size_t errlen) {
+int icl_conn_open(const char *url, const infer_client_opts *o, int connect_timeout_ms,
+                  icl_conn **out, char *err, size_t errlen) {
     *out = NULL;
-    infer_client_opts o = {0};
-    if (opts) o = *opts;
-    if (!url || !*url) {
-        snprintf(err, errlen, "no server URL");
-        return -1;
-    }
-    infer_client *c = calloc(1, sizeof *c);
+    icl_conn *c = calloc(1, sizeof *c);
     if (!c) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
     pthread_mutex_init(&c->mu, NULL);
+    atomic_init(&c->refs, 1);
     c->next_id = 1;
-    if (o.api_key && *o.api_key && !(c->api_key = strdup(o.api_key))) {
+    if (o->api_key && *o->api_key && !(c->api_key = strdup(o->api_key))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
     rpc_conn_opts co;
     rpc_conn_opts_default(&co);
-    if (o.max_frame_bytes) co.max_frame = o.max_frame_bytes;
-    rpc_tls_opts tls = {.cert_key_file = o.tls_cert_key_file,
-                        .ca_file = o.tls_ca_file,
-                        .server_name = o.tls_server_name,
-                        .insecure = o.tls_insecure};
-    int timeout = o.connect_timeout_ms ? o.connect_timeout_ms : ICL_DEFAULT_CONNECT_MS;
+    if (o->max_frame_bytes) co.max_frame = o->max_frame_bytes;
+    rpc_tls_opts tls = {.cert_key_file = o->tls_cert_key_file,
+                        .ca_file = o->tls_ca_file,
+                        .server_name = o->tls_server_name,
+                        .insecure = o->tls_insecure};
     char e[200];
-    if (rpc_dial(url, &tls, &co, timeout, &c->conn, e, sizeof e) != RPC_OK) {
+    if (rpc_dial(url, &tls, &co, connect_timeout_ms, &c->conn, e, sizeof e) != RPC_OK) {
         snprintf(err, errlen, "%s", e);
         goto fail;
     }
@@ -297,8 +313,14 @@ fail:
     return -1;
 }
 
-void infer_close(infer_client *c) {
-    if (!c) return;
+void icl_conn_shut(icl_conn *c) {
+    rpc_conn_close(c->conn, ICL_CLOSE_LINGER_MS); /* on_close ends the open calls */
+}
+
+void icl_conn_ref(icl_conn *c) { atomic_fetch_add(&c->refs, 1); }
+
+void icl_conn_unref(icl_conn *c) {
+    if (!c || atomic_fetch_sub(&c->refs, 1) != 1) return;
     rpc_conn_close(c->conn, ICL_CLOSE_LINGER_MS);
     rpc_conn_release(c->conn); /* waits for the receive thread */
     pthread_mutex_lock(&c->mu);
@@ -311,7 +333,7 @@ void infer_close(infer_client *c) {
     free(c);
 }
 
-int infer_connected(infer_client *c) {
+int icl_conn_is_up(icl_conn *c) {
     pthread_mutex_lock(&c->mu);
     int up = !c->closed;
     pthread_mutex_unlock(&c->mu);
@@ -320,12 +342,15 @@ int infer_connected(infer_client *c) {
 
 /* ---- calls ---- */
 
-int icl_call_start(infer_client *c, const char *method, const ProtobufCMessage *req,
-                   int deadline_ms, infer_chunk_fn cb, void *user, infer_call **out,
-                   infer_status *st) {
+int icl_conn_call_start(icl_conn *c, const char *method, const ProtobufCMessage *req,
+                        int deadline_ms, infer_chunk_fn cb, void *user, atomic_int *inflight,
+                        infer_call **out, infer_status *st) {
     *out = NULL;
     infer_call *call = calloc(1, sizeof *call);
-    if (!call) return icl_status(st, INFER_RESOURCE_EXHAUSTED, "out of memory");
+    if (!call) {
+        if (inflight) atomic_fetch_sub(inflight, 1);
+        return icl_status(st, INFER_RESOURCE_EXHAUSTED, "out of memory");
+    }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -341,6 +366,7 @@ int icl_call_start(infer_client *c, const char *method, const ProtobufCMessage *
 
     pthread_mutex_lock(&c->mu);
     if (c->closed) {
+        if (inflight) atomic_fetch_sub(inflight, 1);
         int code = icl_status(st, c->close_code, "%s", c->close_msg);
         pthread_mutex_unlock(&c->mu);
         pthread_cond_destroy(&call->cv);
@@ -348,7 +374,8 @@ int icl_call_start(infer_client *c, const char *method, const ProtobufCMessage *
         return code;
     }
     call->id = c->next_id++;
-    icl_table_add(c, call); /* before sending: the answer may come at once */
+    call->inflight = inflight; /* counted by the caller; icl_finish uncounts */
+    icl_table_add(c, call);    /* before sending: the answer may come at once */
     pthread_mutex_unlock(&c->mu);
 
     char full[96];
@@ -374,12 +401,13 @@ int icl_call_start(infer_client *c, const char *method, const ProtobufCMessage *
         free(call);
         return code;
     }
+    icl_conn_ref(c); /* the call's reference: infer_call_free drops it */
     *out = call;
     return icl_status(st, INFER_OK, "%s", "");
 }
 
 int infer_call_wait(infer_call *call, infer_status *st) {
-    infer_client *c = call->c;
+    icl_conn *c = call->c;
     int send_cancel = 0;
     pthread_mutex_lock(&c->mu);
     while (!call->done || call->delivering) {
@@ -405,7 +433,7 @@ int infer_call_wait(infer_call *call, infer_status *st) {
 
 void infer_call_cancel(infer_call *call) {
     if (!call) return;
-    infer_client *c = call->c;
+    icl_conn *c = call->c;
     pthread_mutex_lock(&c->mu);
     int was_open = !call->done;
     icl_finish(call, INFER_CANCELLED, "cancelled by the client");
@@ -419,7 +447,16 @@ void infer_call_free(infer_call *call) {
     infer_call_wait(call, NULL); /* lets a running callback return */
     if (call->reply) rpc_frame_free(call->reply);
     pthread_cond_destroy(&call->cv);
+    icl_conn *c = call->c;
     free(call);
+    icl_conn_unref(c);
+}
+
+int64_t infer_call_tokens_received(infer_call *call) {
+    pthread_mutex_lock(&call->c->mu);
+    int64_t n = call->tokens;
+    pthread_mutex_unlock(&call->c->mu);
+    return n;
 }
 
 Rpc__Frame *icl_call_take_reply(infer_call *call) {
@@ -430,11 +467,11 @@ Rpc__Frame *icl_call_take_reply(infer_call *call) {
     return f;
 }
 
-int icl_unary(infer_client *c, const char *method, const ProtobufCMessage *req, int deadline_ms,
-              Rpc__Frame **reply, infer_status *st) {
+int icl_conn_unary(icl_conn *c, const char *method, const ProtobufCMessage *req, int deadline_ms,
+                   atomic_int *inflight, Rpc__Frame **reply, infer_status *st) {
     *reply = NULL;
     infer_call *call;
-    int code = icl_call_start(c, method, req, deadline_ms, NULL, NULL, &call, st);
+    int code = icl_conn_call_start(c, method, req, deadline_ms, NULL, NULL, inflight, &call, st);
     if (code != INFER_OK) return code;
     code = infer_call_wait(call, st);
     if (code == INFER_OK) {

@@ -1,25 +1,42 @@
 /*
  * infer_client.h - C client of infer-server (libinfer_client).
  *
- * One infer_client is one connection (tcp://, ipc://, tls+tcp:// as nng
- * supports them) carrying any number of concurrent calls, multiplexed by
- * call id as proto/rpc.proto describes. A receive thread per connection
- * reads every frame and hands it to its call; callers block on their own
- * call only.
+ * One infer_client talks to one or more servers (endpoints: tcp://,
+ * ipc://, tls+tcp:// as nng supports them), one connection each, carrying
+ * any number of concurrent calls, multiplexed by call id as
+ * proto/rpc.proto describes. A receive thread per connection reads every
+ * frame and hands it to its call; callers block on their own call only.
+ *
+ * Balancing (docs/clients.md): a heartbeat thread calls Health (and Stats)
+ * on every endpoint each heart_beat_interval_seconds and marks it up or
+ * down; an endpoint that is down is redialled with exponential backoff
+ * (capped at one interval) and takes calls again once Health says SERVING.
+ * A new call goes to the up endpoint with the fewest calls in flight from
+ * this client; ties go to the shorter server queue (Stats `waiting` at the
+ * last heartbeat), then round robin. infer_connect is the list of one.
  *
  * Thread-safety: every function may be called from any thread, on the same
  * client, concurrently. infer_close must not race with calls still being
  * started on that client (finish or abandon them first; calls in flight
- * when it runs end with UNAVAILABLE).
+ * when it runs end with UNAVAILABLE); it stops and joins the heartbeat
+ * thread before it returns.
  *
  * Status: every call ends with exactly one status (gRPC codes, below). The
  * functions return that code (INFER_OK = 0) and, when `st` is non-NULL,
  * fill it with the code and a message saying what went wrong. Transport
- * failures are UNAVAILABLE; there are no automatic retries.
+ * failures are UNAVAILABLE. Failover: a unary call (Generate, Tokenize,
+ * ...) that ends UNAVAILABLE is tried again on another up endpoint (each
+ * endpoint once per call): unary methods change nothing on the server but
+ * their answer, so the caller still gets exactly one result. Streams are
+ * never retried once started: a stream whose server goes away ends with
+ * UNAVAILABLE and a message saying how many tokens it had received (also
+ * infer_call_tokens_received); only a stream whose connection was already
+ * closed before its CALL was sent goes to another endpoint.
  *
- * Deadlines: deadline_ms > 0 is a relative deadline, sent to the server in
- * the CALL frame and also enforced here (the call ends with
- * DEADLINE_EXCEEDED and a CANCEL goes to the server); <= 0 means none.
+ * Deadlines: deadline_ms > 0 is a relative deadline for the whole call,
+ * retries included (each attempt sends the time left to its server); it is
+ * also enforced here (the call ends with DEADLINE_EXCEEDED and a CANCEL
+ * goes to the server); <= 0 means none.
  *
  * Ownership: parameters are only read during the call. Results are owned
  * by the caller and released with their _free function; chunk data passed
@@ -72,17 +89,45 @@ typedef struct {
     const char *tls_cert_key_file;
     const char *tls_server_name;
     int tls_insecure;
+    /* Health (+ Stats) per endpoint every this many seconds; 0 = 5 s,
+     * < 0 = no heartbeat (an endpoint that goes down stays down). */
+    double heart_beat_interval_seconds;
 } infer_client_opts;
 
-/* Connect and start the receive thread. Returns 0, or -1 with a message in
- * err (nothing is created). opts may be NULL (defaults). */
+/* Connect to one server and start the receive and heartbeat threads.
+ * Returns 0, or -1 with a message in err (nothing is created). opts may be
+ * NULL (defaults). The same as infer_connect_multi with one URL. */
 int infer_connect(const char *url, const infer_client_opts *opts, infer_client **out, char *err,
                   size_t errlen);
-/* Close the connection: calls still open end with UNAVAILABLE; waits for
- * the receive thread, then frees the client. NULL is a no-op. */
+
+#define INFER_MAX_ENDPOINTS 64
+
+/* Connect to n_urls servers (1..INFER_MAX_ENDPOINTS; the same opts for
+ * all). Succeeds when at least one answers; the others start down and are
+ * retried by the heartbeat. Returns 0, or -1 with a message in err. */
+int infer_connect_multi(const char *const *urls, size_t n_urls, const infer_client_opts *opts,
+                        infer_client **out, char *err, size_t errlen);
+
+/* Stop the heartbeat thread (joined), close every connection (calls still
+ * open end with UNAVAILABLE), wait for the receive threads, free the
+ * client. NULL is a no-op. */
 void infer_close(infer_client *c);
-/* 1 while the connection is up. */
+/* 1 while at least one endpoint is up. */
 int infer_connected(infer_client *c);
+
+/* What the client knows of one endpoint (a snapshot). */
+typedef struct {
+    char url[256];
+    int up;               /* takes new calls */
+    int in_flight;        /* calls from this client open on it now */
+    int64_t calls;        /* calls this client started on it */
+    int64_t waiting;      /* server queue at the last heartbeat; -1 unknown */
+    char last_error[160]; /* why it went down last ("" if never) */
+} infer_endpoint_info;
+
+/* Fill up to max entries (in the order given to infer_connect_multi);
+ * returns the number of endpoints. */
+size_t infer_endpoints(infer_client *c, infer_endpoint_info *out, size_t max);
 
 /* ---- Generate ---------------------------------------------------------- */
 
@@ -200,6 +245,9 @@ void infer_call_cancel(infer_call *call);
 /* Wait for the end of the call (its status, or its deadline), fill st and
  * return the code. May be called again; returns the same status. */
 int infer_call_wait(infer_call *call, infer_status *st);
+/* Token chunks the stream has received so far (the count a lost stream's
+ * UNAVAILABLE message gives). */
+int64_t infer_call_tokens_received(infer_call *call);
 /* Free the call, cancelling it first if it has not ended. Not from the
  * call's own callback. NULL is a no-op. */
 void infer_call_free(infer_call *call);

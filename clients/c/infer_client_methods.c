@@ -216,7 +216,7 @@ int infer_stream_start(infer_client *c, const infer_gen_params *p, int deadline_
     icl_gen_request r;
     int code = icl_gen_build(p, &r, st);
     if (code != INFER_OK) return code;
-    code = icl_call_start(c, "GenerateStream", &r.req.base, deadline_ms, cb, user, out, st);
+    code = icl_stream_start(c, "GenerateStream", &r.req.base, deadline_ms, cb, user, out, st);
     icl_gen_release(&r); /* the frame was encoded when it was queued */
     return code;
 }
@@ -287,6 +287,15 @@ int infer_detokenize(infer_client *c, const int32_t *ids, size_t n_ids, int rend
     return *text ? INFER_OK : icl_status(st, INFER_RESOURCE_EXHAUSTED, "out of memory");
 }
 
+int icl_health_decode(const Rpc__Frame *f, char *status, size_t statuslen, infer_status *st) {
+    Inference__HealthResponse *resp = (Inference__HealthResponse *)icl_unpack(
+        &inference__health_response__descriptor, f, "Health", st);
+    if (!resp) return INFER_INTERNAL;
+    if (status && statuslen) snprintf(status, statuslen, "%s", resp->status ? resp->status : "");
+    inference__health_response__free_unpacked(resp, NULL);
+    return INFER_OK;
+}
+
 int infer_health(infer_client *c, int deadline_ms, char *status, size_t statuslen,
                  infer_status *st) {
     if (status && statuslen) status[0] = 0;
@@ -294,24 +303,15 @@ int infer_health(infer_client *c, int deadline_ms, char *status, size_t statusle
     Rpc__Frame *f;
     int code = icl_unary(c, "Health", &req.base, deadline_ms, &f, st);
     if (code != INFER_OK) return code;
-    Inference__HealthResponse *resp = (Inference__HealthResponse *)icl_unpack(
-        &inference__health_response__descriptor, f, "Health", st);
+    code = icl_health_decode(f, status, statuslen, st);
     rpc_frame_free(f);
-    if (!resp) return INFER_INTERNAL;
-    if (status && statuslen) snprintf(status, statuslen, "%s", resp->status ? resp->status : "");
-    inference__health_response__free_unpacked(resp, NULL);
-    return INFER_OK;
+    return code;
 }
 
-int infer_stats(infer_client *c, int deadline_ms, infer_stats_t *out, infer_status *st) {
+int icl_stats_decode(const Rpc__Frame *f, infer_stats_t *out, infer_status *st) {
     memset(out, 0xff, sizeof *out); /* every field -1 */
-    Inference__StatsRequest req = INFERENCE__STATS_REQUEST__INIT;
-    Rpc__Frame *f;
-    int code = icl_unary(c, "Stats", &req.base, deadline_ms, &f, st);
-    if (code != INFER_OK) return code;
     Inference__StatsResponse *r = (Inference__StatsResponse *)icl_unpack(
         &inference__stats_response__descriptor, f, "Stats", st);
-    rpc_frame_free(f);
     if (!r) return INFER_INTERNAL;
 #define ICL_COPY(field)                                                                            \
     if (r->has_##field) out->field = r->field;
@@ -333,6 +333,17 @@ int infer_stats(infer_client *c, int deadline_ms, infer_stats_t *out, infer_stat
 #undef ICL_COPY
     inference__stats_response__free_unpacked(r, NULL);
     return INFER_OK;
+}
+
+int infer_stats(infer_client *c, int deadline_ms, infer_stats_t *out, infer_status *st) {
+    memset(out, 0xff, sizeof *out); /* every field -1 */
+    Inference__StatsRequest req = INFERENCE__STATS_REQUEST__INIT;
+    Rpc__Frame *f;
+    int code = icl_unary(c, "Stats", &req.base, deadline_ms, &f, st);
+    if (code != INFER_OK) return code;
+    code = icl_stats_decode(f, out, st);
+    rpc_frame_free(f);
+    return code;
 }
 
 int infer_model_info(infer_client *c, int deadline_ms, infer_model_info_t *out, infer_status *st) {
