@@ -42,9 +42,15 @@
 
 typedef enum { MODE_TRACE, MODE_RATE, MODE_CONCURRENCY } run_mode;
 
+#define LT_MAX_URLS INFER_MAX_ENDPOINTS
+
 typedef struct {
-    const char *url;
-    lt_url u;
+    const char *url; /* urls[0]: the target as printed */
+    lt_url u;        /* us[0]: every URL has its kind */
+    const char *urls[LT_MAX_URLS];
+    lt_url us[LT_MAX_URLS];
+    size_t n_urls;
+    double heartbeat; /* RPC: the client's heartbeat interval; 0 = its default */
     const char *trace_path;
     double rate, burstiness;
     int concurrency;
@@ -71,7 +77,10 @@ static const char *USAGE =
     "target:\n"
     "  --url URL              tcp://HOST:PORT or ipc://PATH (infer-server RPC) or\n"
     "                         http://HOST:PORT[/PATH] (SSE: /v1/completions by default,\n"
-    "                         or /generate)\n"
+    "                         or /generate); repeat it for several servers of one kind:\n"
+    "                         RPC goes through the C client's balancing, HTTP to the\n"
+    "                         URL with the fewest requests in flight\n"
+    "  --heartbeat S          RPC with several URLs: Health every S s (default 5)\n"
     "  --api-key K            RPC key / HTTP Authorization: Bearer K\n"
     "  --model NAME           \"model\" field of HTTP requests (vLLM/TGI want one;\n"
     "                         infer-server: its model id or none)\n"
@@ -159,6 +168,7 @@ static int parse_slo(const char *s, lt_slo *slo) {
 
 enum {
     O_URL = 256,
+    O_HEARTBEAT,
     O_API_KEY,
     O_MODEL,
     O_ALLOW_REMOTE,
@@ -185,6 +195,7 @@ enum {
 };
 
 static const struct option LONG_OPTS[] = {{"url", 1, 0, O_URL},
+                                          {"heartbeat", 1, 0, O_HEARTBEAT},
                                           {"api-key", 1, 0, O_API_KEY},
                                           {"model", 1, 0, O_MODEL},
                                           {"allow-remote", 0, 0, O_ALLOW_REMOTE},
@@ -231,7 +242,15 @@ static int apply_opt(opts_t *o, int c, const char *arg, const char *word, int *h
     long long iv;
     double dv;
     switch (c) {
-    case O_URL: o->url = arg; break;
+    case O_URL:
+        if (o->n_urls == LT_MAX_URLS) return usage_err("at most %d --url", LT_MAX_URLS);
+        o->urls[o->n_urls++] = arg;
+        o->url = o->urls[0];
+        break;
+    case O_HEARTBEAT:
+        if (num_arg("--heartbeat", arg, 0, &o->heartbeat)) return 2;
+        if (o->heartbeat <= 0) return usage_err("--heartbeat must be > 0");
+        break;
     case O_API_KEY: o->api_key = arg; break;
     case O_MODEL: o->model = arg; break;
     case O_ALLOW_REMOTE: o->allow_remote = 1; break;
@@ -307,13 +326,19 @@ static int apply_opt(opts_t *o, int c, const char *arg, const char *word, int *h
 /* After all options: the target is allowed and exactly one traffic mode is
  * chosen. 0 ok, 2 usage error. */
 static int check_opts(opts_t *o, int has_rate) {
-    if (!o->url) return usage_err("--url is required");
+    if (!o->n_urls) return usage_err("--url is required");
     char err[512];
-    if (lt_url_parse(o->url, &o->u, err, sizeof err)) return usage_err("%s", err);
-    if (o->u.host[0] && !o->allow_remote && !lt_host_is_loopback(o->u.host))
-        return usage_err("%s is not a loopback address; only loopback targets are allowed here "
-                         "(--allow-remote overrides)",
-                         o->u.host);
+    for (size_t i = 0; i < o->n_urls; i++) {
+        lt_url *u = &o->us[i];
+        if (lt_url_parse(o->urls[i], u, err, sizeof err)) return usage_err("%s", err);
+        if (u->host[0] && !o->allow_remote && !lt_host_is_loopback(u->host))
+            return usage_err("%s is not a loopback address; only loopback targets are allowed "
+                             "here (--allow-remote overrides)",
+                             u->host);
+        if (u->kind != o->us[0].kind)
+            return usage_err("--url %s: all URLs must be RPC or all HTTP", o->urls[i]);
+    }
+    o->u = o->us[0];
     if (has_rate && o->concurrency) return usage_err("give --rate or --concurrency, not both");
     if (has_rate) o->mode = MODE_RATE;
     else if (o->concurrency) o->mode = MODE_CONCURRENCY;
@@ -354,6 +379,7 @@ typedef struct {
     int done;
     atomic_int cancel;
     infer_call *call; /* RPC, guarded by run.mu */
+    int endpoint;     /* HTTP: index of the URL it went to; RPC: -1 (the client chose) */
     int pending_tokens_counted;
     char finish_reason[24];
     int usage_in, usage_out; /* -1 = not reported */
@@ -383,7 +409,11 @@ typedef struct run_s {
     long inflight, completed, failed;
     atomic_llong out_tokens;
     size_t inflight_waits; /* releases that found every worker busy at --max-inflight */
-    infer_client *rpc, *rpc_stats;
+    infer_client *rpc;
+    infer_client *rpc_stats[LT_MAX_URLS]; /* one per URL: each server's gauges */
+    /* HTTP: requests per URL (guarded by mu): in flight now, sent, failed */
+    long ep_inflight[LT_MAX_URLS], ep_sent[LT_MAX_URLS], ep_failed[LT_MAX_URLS];
+    size_t ep_rr; /* round-robin start among ties */
     sample_t *samples;
     size_t n_samples, cap_samples;
     atomic_int monitor_stop;
@@ -522,6 +552,31 @@ static char *http_body(run_t *r, slot_t *s, const lt_request *q, int max_tokens)
     return txt;
 }
 
+/* HTTP with several base URLs: the one with the fewest requests in flight
+ * from this run, ties round robin (a server that answers faster frees its
+ * share sooner and takes more). Counts the request there; mu not held. */
+static int http_pick(run_t *r) {
+    size_t n = r->o->n_urls;
+    pthread_mutex_lock(&r->mu);
+    size_t best = r->ep_rr % n;
+    for (size_t k = 1; k < n; k++) {
+        size_t i = (r->ep_rr + k) % n;
+        if (r->ep_inflight[i] < r->ep_inflight[best]) best = i;
+    }
+    r->ep_rr = best + 1;
+    r->ep_inflight[best]++;
+    r->ep_sent[best]++;
+    pthread_mutex_unlock(&r->mu);
+    return (int)best;
+}
+
+static void http_done(run_t *r, int ep, int failed) {
+    pthread_mutex_lock(&r->mu);
+    r->ep_inflight[ep]--;
+    r->ep_failed[ep] += failed;
+    pthread_mutex_unlock(&r->mu);
+}
+
 static void run_http(run_t *r, slot_t *s, const lt_request *q, int max_tokens, char *err,
                      size_t errlen, int *failed) {
     char *body = http_body(r, s, q, max_tokens);
@@ -534,8 +589,10 @@ static void run_http(run_t *r, slot_t *s, const lt_request *q, int max_tokens, c
     res.on_tokens = http_on_tokens;
     res.user = s;
     res.now = http_now;
-    int rc = lt_http_stream(&r->o->u, r->o->api_key, body, now_s(r) + r->o->request_timeout,
-                            &s->cancel, &res, err, errlen);
+    s->endpoint = http_pick(r);
+    int rc = lt_http_stream(&r->o->us[s->endpoint], r->o->api_key, body,
+                            now_s(r) + r->o->request_timeout, &s->cancel, &res, err, errlen);
+    http_done(r, s->endpoint, rc != 0);
     cJSON_free(body);
     snprintf(s->finish_reason, sizeof s->finish_reason, "%s", res.finish_reason);
     s->usage_in = res.prompt_tokens;
@@ -643,6 +700,7 @@ static int release(run_t *r, size_t i, double t_sched) {
     if (!s) return -1;
     s->index = i;
     s->run = r;
+    s->endpoint = -1;
     s->spec = r->trace.n ? &r->trace.reqs[i % r->trace.n] : &r->defaults;
     lt_record_init(&s->rec, t_sched);
     atomic_init(&s->cancel, 0);
@@ -658,37 +716,56 @@ static int release(run_t *r, size_t i, double t_sched) {
 
 /* ---- monitor: timeline and progress ------------------------------------ */
 
-static void server_gauges(run_t *r, lt_server_gauges *g, int *fails) {
+/* One server's gauges (-1 = absent); 0, or -1 when it did not answer. */
+static int endpoint_gauges(run_t *r, size_t i, lt_server_gauges *g) {
     g->running = g->waiting = g->swapped = g->kv_blocks_used = -1;
-    if (*fails >= 3) return; /* the server has no stats for us; stop asking */
     if (r->o->u.kind == LT_TARGET_RPC) {
         infer_stats_t st;
         infer_status s;
-        if (!r->rpc_stats || infer_stats(r->rpc_stats, 1000, &st, &s) != INFER_OK) {
-            (*fails)++;
-            return;
-        }
-        g->running = (double)st.running;
-        g->waiting = (double)st.waiting;
-        g->swapped = (double)st.swapped;
+        if (!r->rpc_stats[i] || infer_stats(r->rpc_stats[i], 1000, &st, &s) != INFER_OK) return -1;
+        if (st.running >= 0) g->running = (double)st.running;
+        if (st.waiting >= 0) g->waiting = (double)st.waiting;
+        if (st.swapped >= 0) g->swapped = (double)st.swapped;
         if (st.blocks_total >= 0 && st.blocks_free >= 0)
             g->kv_blocks_used = (double)(st.blocks_total - st.blocks_free);
-        if (st.running < 0) g->running = -1;
-        if (st.waiting < 0) g->waiting = -1;
-        if (st.swapped < 0) g->swapped = -1;
-    } else {
-        int status = 0;
-        char *body = NULL, err[256];
-        double timeout = r->o->sample_interval < 1.0 ? r->o->sample_interval : 1.0;
-        if (lt_http_get(&r->o->u, "/metrics", r->o->api_key, timeout, &r->monitor_stop, &status,
-                        &body, err, sizeof err) ||
-            status != 200) {
-            free(body);
-            (*fails)++;
-            return;
-        }
-        lt_parse_prometheus(body, g);
+        return 0;
+    }
+    int status = 0;
+    char *body = NULL, err[256];
+    double timeout = r->o->sample_interval < 1.0 ? r->o->sample_interval : 1.0;
+    if (lt_http_get(&r->o->us[i], "/metrics", r->o->api_key, timeout, &r->monitor_stop, &status,
+                    &body, err, sizeof err) ||
+        status != 200) {
         free(body);
+        return -1;
+    }
+    lt_parse_prometheus(body, g);
+    free(body);
+    return 0;
+}
+
+static void gauge_add(double *sum, double v) {
+    if (v >= 0) *sum = (*sum < 0 ? 0 : *sum) + v;
+}
+
+/* The servers' gauges, summed over those that answered (several URLs: the
+ * timeline shows the whole fleet). */
+static void server_gauges(run_t *r, lt_server_gauges *g, int *fails) {
+    g->running = g->waiting = g->swapped = g->kv_blocks_used = -1;
+    if (*fails >= 3) return; /* the servers have no stats for us; stop asking */
+    int answered = 0;
+    for (size_t i = 0; i < r->o->n_urls; i++) {
+        lt_server_gauges e;
+        if (endpoint_gauges(r, i, &e)) continue;
+        answered = 1;
+        gauge_add(&g->running, e.running);
+        gauge_add(&g->waiting, e.waiting);
+        gauge_add(&g->swapped, e.swapped);
+        gauge_add(&g->kv_blocks_used, e.kv_blocks_used);
+    }
+    if (!answered) {
+        (*fails)++;
+        return;
     }
     *fails = 0;
     if (g->running >= 0 || g->waiting >= 0 || g->kv_blocks_used >= 0) r->have_server_stats = 1;
@@ -769,6 +846,41 @@ static cJSON *num_or_null(int has, double v) {
     return has ? cJSON_CreateNumber(v) : cJSON_CreateNull();
 }
 
+/* Requests per URL. HTTP: counted here (sent, failed). RPC: the calls the
+ * C client started on each endpoint (infer_endpoints; a stream that found
+ * its connection closed before sending counts on both endpoints it tried),
+ * failed unknown (-1). */
+static void endpoint_counts(run_t *r, long *sent, long *failed) {
+    size_t n = r->o->n_urls;
+    if (r->o->u.kind == LT_TARGET_HTTP) {
+        pthread_mutex_lock(&r->mu);
+        memcpy(sent, r->ep_sent, n * sizeof *sent);
+        memcpy(failed, r->ep_failed, n * sizeof *failed);
+        pthread_mutex_unlock(&r->mu);
+        return;
+    }
+    infer_endpoint_info info[LT_MAX_URLS];
+    size_t got = r->rpc ? infer_endpoints(r->rpc, info, LT_MAX_URLS) : 0;
+    for (size_t i = 0; i < n; i++) {
+        sent[i] = i < got ? (long)info[i].calls : 0;
+        failed[i] = -1;
+    }
+}
+
+static cJSON *endpoints_json(run_t *r) {
+    long sent[LT_MAX_URLS], failed[LT_MAX_URLS];
+    endpoint_counts(r, sent, failed);
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; a && i < r->o->n_urls; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "url", r->o->urls[i]);
+        cJSON_AddNumberToObject(e, "requests", (double)sent[i]);
+        cJSON_AddItemToObject(e, "failed", num_or_null(failed[i] >= 0, (double)failed[i]));
+        cJSON_AddItemToArray(a, e);
+    }
+    return a;
+}
+
 static cJSON *dist_json(const lt_dist *d) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "count", (double)d->n);
@@ -831,6 +943,8 @@ static int write_outputs(run_t *r, const lt_summary *sm, int argc, char **argv) 
         const lt_record *rec = &s->rec;
         cJSON *e = cJSON_CreateObject();
         cJSON_AddNumberToObject(e, "index", (double)s->index);
+        if (s->endpoint >= 0) cJSON_AddStringToObject(e, "endpoint", o->urls[s->endpoint]);
+        else cJSON_AddNullToObject(e, "endpoint");
         if (s->spec->id) cJSON_AddStringToObject(e, "id", s->spec->id);
         else cJSON_AddNullToObject(e, "id");
         cJSON_AddNumberToObject(e, "t_sched", rec->t_sched);
@@ -856,6 +970,7 @@ static int write_outputs(run_t *r, const lt_summary *sm, int argc, char **argv) 
     cJSON *su = cJSON_CreateObject();
     cJSON_AddStringToObject(su, "target", o->url);
     cJSON_AddStringToObject(su, "kind", o->u.kind == LT_TARGET_RPC ? "rpc" : "http");
+    cJSON_AddItemToObject(su, "endpoints", endpoints_json(r));
     cJSON_AddStringToObject(su, "mode", mode_name(o->mode));
     if (o->trace_path) cJSON_AddStringToObject(su, "trace", o->trace_path);
     else cJSON_AddNullToObject(su, "trace");
@@ -932,6 +1047,15 @@ static void print_summary(run_t *r, const lt_summary *sm) {
     printf("target               %s (%s, mode %s)\n", o->url,
            o->u.kind == LT_TARGET_RPC ? "rpc" : "http", mode_name(o->mode));
     printf("requests             sent %zu, ok %zu, failed %zu\n", sm->sent, sm->ok, sm->failed);
+    if (o->n_urls > 1) {
+        long sent[LT_MAX_URLS], failed[LT_MAX_URLS];
+        endpoint_counts(r, sent, failed);
+        for (size_t i = 0; i < o->n_urls; i++) {
+            printf("  endpoint           %s: %ld requests", o->urls[i], sent[i]);
+            if (failed[i] >= 0) printf(", %ld failed", failed[i]);
+            putchar('\n');
+        }
+    }
     printf("duration             %.3f s (first send -> last completion)\n", sm->duration_s);
     printf("throughput           %.2f req/s, %.1f input tok/s, %.1f output tok/s\n",
            sm->request_rps, sm->input_tps, sm->output_tps);
@@ -1110,13 +1234,18 @@ int lt_main(int argc, char **argv) {
     if (o.u.kind == LT_TARGET_RPC) {
         infer_client_opts co = {0};
         co.api_key = o.api_key;
-        if (infer_connect(o.url, &co, &r->rpc, err, sizeof err)) {
+        co.heart_beat_interval_seconds = o.heartbeat;
+        if (infer_connect_multi(o.urls, o.n_urls, &co, &r->rpc, err, sizeof err)) {
             fprintf(stderr, "loadtest: %s\n", err);
             lt_trace_free(&r->trace);
             free(r);
             return 1;
         }
-        if (infer_connect(o.url, &co, &r->rpc_stats, err, sizeof err)) r->rpc_stats = NULL;
+        /* gauges: one client per server, no heartbeat of their own */
+        co.heart_beat_interval_seconds = -1;
+        for (size_t i = 0; i < o.n_urls; i++)
+            if (infer_connect(o.urls[i], &co, &r->rpc_stats[i], err, sizeof err))
+                r->rpc_stats[i] = NULL;
     }
     int max_workers = o.mode == MODE_CONCURRENCY ? o.concurrency : o.max_inflight;
     r->workers = calloc((size_t)max_workers + 1, sizeof *r->workers);
@@ -1174,7 +1303,7 @@ int lt_main(int argc, char **argv) {
     free(r->slots);
     free(r->samples);
     free(r->workers);
-    infer_close(r->rpc_stats);
+    for (size_t i = 0; i < o.n_urls; i++) infer_close(r->rpc_stats[i]);
     infer_close(r->rpc);
     lt_trace_free(&r->trace);
     pthread_mutex_destroy(&r->mu);

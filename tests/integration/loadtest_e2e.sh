@@ -4,7 +4,9 @@
 # arrivals, plus a short trace replay): every request completes, the
 # summary adds up (ok + failed = sent = 50; output tokens = the sum over
 # responses.json), one "request N done" line per request, and the timeline
-# carries the server's gauges.
+# carries the server's gauges. Then two servers: --url twice, over RPC (the
+# C client's balancing) and over HTTP (least requests in flight): both
+# servers get requests and the per-endpoint counts add up.
 #
 # Environment (ctest sets them): ENGINE_BUILD_DIR, ENGINE_MODEL.
 # Exit: 0 pass, 1 fail, 77 skipped (no server binary, model or python3).
@@ -24,22 +26,29 @@ command -v python3 >/dev/null || { echo "loadtest_e2e: python3 missing, skipping
 
 tmp=$(mktemp -d)
 rpc_port=$(free_port) && http_port=$(free_port) || { echo "no free port"; exit 1; }
+rpc_port2=$(free_port) && http_port2=$(free_port) || { echo "no free port"; exit 1; }
 unset ENGINE_API_KEY
 "$bin" -m "$model" --set "server.listen=tcp://127.0.0.1:$rpc_port" \
     --set "server.http_listen=http://127.0.0.1:$http_port" --set cache_config.num_blocks=256 \
     2>"$tmp/server.log" &
 pid=$!
-trap 'kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
+"$bin" -m "$model" --set "server.listen=tcp://127.0.0.1:$rpc_port2" \
+    --set "server.http_listen=http://127.0.0.1:$http_port2" --set cache_config.num_blocks=256 \
+    2>"$tmp/server2.log" &
+pid2=$!
+trap 'kill -9 $pid $pid2 2>/dev/null; wait $pid $pid2 2>/dev/null; rm -rf "$tmp"' EXIT
 
-up=1
-for _ in $(seq 1 1200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$http_port") 2>/dev/null; then up=0; break; fi
-    kill -0 $pid 2>/dev/null || break
-    sleep 0.1
+for p in "$http_port:$pid:server" "$http_port2:$pid2:server2"; do
+    up=1
+    for _ in $(seq 1 1200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/${p%%:*}") 2>/dev/null; then up=0; break; fi
+        kill -0 "$(echo "$p" | cut -d: -f2)" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ $up != 0 ]; then
+        echo "FAIL infer-server (${p##*:}) did not come up"; cat "$tmp/${p##*:}.log"; exit 1
+    fi
 done
-if [ $up != 0 ]; then
-    echo "FAIL infer-server did not come up"; cat "$tmp/server.log"; exit 1
-fi
 
 fails=0
 # check NAME OUTDIR STDOUT N: the result files and the printed lines agree
@@ -144,6 +153,56 @@ rc=$?
 want="$tmp/bad.jsonl:1: max_tokens must be an integer >= 1, got \"abc\""
 if [ $rc = 2 ] && grep -qF "$want" "$tmp/bad.err"; then echo "ok   bad trace line -> exit 2"; else
     echo "FAIL bad trace: exit $rc: $(cat "$tmp/bad.err")"; fails=$((fails + 1)); fi
+
+# two servers: both take requests; the per-endpoint counts add up to the total
+# check_spread NAME OUTDIR N
+check_spread() {
+    local msg
+    msg=$(python3 - "$2" "$3" <<'PY'
+import json, sys
+d, n = sys.argv[1], int(sys.argv[2])
+s = json.load(open(d + "/summary.json"))
+r = json.load(open(d + "/responses.json"))
+eps = s["endpoints"]
+errs = []
+if len(eps) != 2: errs.append(f"{len(eps)} endpoints in the summary")
+elif min(e["requests"] for e in eps) < 1: errs.append(f"a server got no request: {eps}")
+elif sum(e["requests"] for e in eps) != n: errs.append(f"per-endpoint requests {eps} != {n}")
+if s["kind"] == "http":
+    per = {e["url"]: sum(1 for x in r if x["endpoint"] == e["url"]) for e in eps}
+    if any(per[e["url"]] != e["requests"] for e in eps): errs.append(f"responses {per} vs {eps}")
+print("; ".join(errs))
+PY
+    )
+    if [ $? = 0 ] && [ -z "$msg" ]; then echo "ok   $1: both servers used"; else
+        echo "FAIL $1: $msg"; fails=$((fails + 1)); fi
+}
+
+"$lt" --url "tcp://127.0.0.1:$rpc_port" --url "tcp://127.0.0.1:$rpc_port2" --heartbeat 1 \
+    --concurrency 4 -n 20 --max-tokens 8 --prompt-len 32 --slo ttft=2000 --out "$tmp/rpc2" \
+    --sample-interval 0.2 >"$tmp/rpc2.out" 2>"$tmp/rpc2.err"
+rc=$?
+[ $rc = 0 ] || { echo "FAIL rpc x2 run exited $rc"; cat "$tmp/rpc2.err"; fails=$((fails + 1)); }
+check "rpc, two servers: 20 requests" "$tmp/rpc2" "$tmp/rpc2.out" 20
+check_spread "rpc, two servers" "$tmp/rpc2" 20
+grep -q "^  endpoint  *tcp://127.0.0.1:$rpc_port2: [0-9]* requests" "$tmp/rpc2.out" ||
+    { echo "FAIL rpc x2: no endpoint line in the summary"; fails=$((fails + 1)); }
+
+"$lt" --url "http://127.0.0.1:$http_port" --url "http://127.0.0.1:$http_port2" \
+    --concurrency 4 -n 20 --max-tokens 8 --prompt-len 32 --slo ttft=2000 --out "$tmp/http2" \
+    --sample-interval 0.2 >"$tmp/http2.out" 2>"$tmp/http2.err"
+rc=$?
+[ $rc = 0 ] || { echo "FAIL http x2 run exited $rc"; cat "$tmp/http2.err"; fails=$((fails + 1)); }
+check "http, two servers: 20 requests" "$tmp/http2" "$tmp/http2.out" 20
+check_spread "http, two servers" "$tmp/http2" 20
+
+# mixed kinds: a usage error
+"$lt" --url "tcp://127.0.0.1:$rpc_port" --url "http://127.0.0.1:$http_port" -n 1 \
+    --concurrency 1 >/dev/null 2>"$tmp/mixed.err"
+rc=$?
+if [ $rc = 2 ] && grep -q "all URLs must be RPC or all HTTP" "$tmp/mixed.err"; then
+    echo "ok   mixed RPC and HTTP URLs -> exit 2"; else
+    echo "FAIL mixed URLs: exit $rc: $(cat "$tmp/mixed.err")"; fails=$((fails + 1)); fi
 
 echo "loadtest_e2e: $(($(date +%s) - t0)) s, $fails failed"
 [ $fails = 0 ] || { tail -n 20 "$tmp/server.log"; exit 1; }

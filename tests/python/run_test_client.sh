@@ -2,7 +2,8 @@
 # run_test_client.sh - ctest entry for the Python client: prepare its
 # environment (clients/python/setup.sh: a venv with protobuf and
 # grpcio-tools from PyPI, messages generated from proto/) and run
-# tests/python/test_client.py against a real infer-server.
+# tests/python/test_client.py against a real infer-server, then
+# tests/python/test_client_balance.py (several endpoints: three servers).
 # Exit 77 (skip) when the model, infer-server or the Python environment is
 # unavailable (e.g. no PyPI on a first run); otherwise the test's status.
 set -uo pipefail
@@ -22,4 +23,5 @@ if ! py="$("$src/clients/python/setup.sh" | tail -n 1)" || [ ! -x "$py" ]; then
     exit 77
 fi
 export ENGINE_SOURCE_DIR="$src" ENGINE_BUILD_DIR="$build" ENGINE_MODEL="$model"
-exec "$py" "$src/tests/python/test_client.py"
+"$py" "$src/tests/python/test_client.py" || exit 1
+exec "$py" "$src/tests/python/test_client_balance.py"

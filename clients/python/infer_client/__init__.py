@@ -14,8 +14,8 @@ except ImportError as e:  # pragma: no cover - a clear message beats a bare Impo
     raise ImportError("infer_client: generated protobuf modules missing or unusable; "
                       "run clients/python/setup.sh (" + str(e) + ")") from e
 
-from .client import (DEFAULT_URL, Client, RpcError, StatusCode, Stream, make_request,
+from .client import (DEFAULT_URL, Client, Connection, RpcError, StatusCode, Stream, make_request,
                      status_name)
 
-__all__ = ["Client", "Stream", "RpcError", "StatusCode", "make_request", "status_name",
+__all__ = ["Client", "Connection", "Stream", "RpcError", "StatusCode", "make_request", "status_name",
            "DEFAULT_URL", "inference_pb2", "rpc_pb2"]
