@@ -481,3 +481,31 @@ int sampler_probs(sampler *s, const float *logits, const int32_t *history, size_
     }
     return n;
 }
+
+int sampler_logprobs(sampler *s, const float *logits, const int32_t *history, size_t n_history,
+                     int32_t token, double *token_lp, int32_t *ids, double *lps, int n_top) {
+    *token_lp = -INFINITY;
+    int32_t best = prepare(s, logits, history, n_history);
+    if (best < 0) return -1;
+    const int V = s->n_vocab;
+    const double mx = s->work[best];
+    double lse;
+    if (isinf(mx)) {
+        /* +inf logits share all the mass equally; every other token gets -inf */
+        int n_inf = 0;
+        for (int i = 0; i < V; i++) n_inf += isinf(s->work[i]) && s->work[i] > 0;
+        for (int i = 0; i < V; i++) s->work[i] = s->work[i] == INFINITY ? 0.0f : -INFINITY;
+        lse = log((double)n_inf);
+    } else {
+        double z = 0.0;
+        for (int i = 0; i < V; i++) z += exp((double)s->work[i] - mx); /* exp(-inf) = 0 */
+        lse = mx + log(z);
+    }
+    if (token >= 0 && token < V) *token_lp = (double)s->work[token] - lse;
+    int n = n_top > 0 ? best_candidates(s, n_top < V ? n_top : V) : 0;
+    for (int i = 0; i < n; i++) {
+        ids[i] = s->cands[i].id;
+        lps[i] = (double)s->cands[i].logit - lse;
+    }
+    return n;
+}

@@ -84,4 +84,19 @@ int32_t sampler_sample_filtered(sampler *s, const float *logits, const int32_t *
 int sampler_probs(sampler *s, const float *logits, const int32_t *history, size_t n_history,
                   int32_t *ids, float *probs, int cap);
 
+/* The model's own log-probabilities at this step (what OpenAI's and vLLM's
+ * default "logprobs" report): log_softmax, in double precision, of the
+ * logits after the repetition penalty and before temperature, top-k, top-p
+ * and min-p - so they do not depend on those settings. *token_lp gets
+ * token's log-probability (-inf when its logit is -inf, or token is outside
+ * the vocabulary, e.g. -1); ids/lps get the n_top most likely tokens, most
+ * likely first, ties to the lowest id (the order greedy sampling uses, so
+ * at temperature 0 without a filter the sampled token is ids[0]). Returns
+ * how many were written (< n_top only when fewer tokens have a finite
+ * logit), or -1 when every logit is -inf/NaN. Uses the sampler's scratch
+ * (call it before or after sampler_sample*, not between their uses of it);
+ * does not advance the PRNG. */
+int sampler_logprobs(sampler *s, const float *logits, const int32_t *history, size_t n_history,
+                     int32_t token, double *token_lp, int32_t *ids, double *lps, int n_top);
+
 #endif

@@ -136,6 +136,7 @@ typedef struct {
     char *text; /* completion text so far */
     size_t text_len, text_cap, emitted;
     int live;
+    engine_logprobs lp; /* the pick's logprobs (request.logprobs): seq_pick -> emit_token */
 } eseq;
 
 struct ereq {
@@ -388,6 +389,8 @@ static void emit_token(eseq *q, int32_t tok, size_t upto) {
     ev.index = q->index;
     ev.token = tok;
     ev.t_ms = clock_now_ms(); /* the token was sampled in this step */
+    ev.has_logprobs = r->p.logprobs != 0;
+    if (ev.has_logprobs) ev.lp = q->lp;
     size_t n = upto > q->emitted ? upto - q->emitted : 0;
     ev.text = dup_range(q->text ? q->text + q->emitted : "", n);
     ev.text_len = ev.text ? n : 0;
@@ -471,7 +474,16 @@ static int32_t seq_pick(const engine *e, eseq *q, float *row) {
     const ereq *r = q->req;
     if (r->p.ignore_eos || q->n_gen < r->p.min_tokens)
         for (int i = 0; i < e->n_eog; i++) row[e->eog[i]] = -INFINITY;
-    return sample_next(e, q, row);
+    int32_t t = sample_next(e, q, row);
+    if (r->p.logprobs && t >= 0) {
+        /* from row, which the grammar's mask never touches (it masks the
+         * sampler's copy): the unconstrained model's distribution */
+        const int32_t *hist = q->tokens + r->n_prompt;
+        int n = sampler_logprobs(q->smp, row, hist, (size_t)q->n_gen, t, &q->lp.logprob,
+                                 q->lp.top_ids, q->lp.top_logprobs, r->p.top_logprobs);
+        q->lp.n_top = n > 0 ? n : 0;
+    }
+    return t;
 }
 
 /* Take t, q's pick (seq_pick), then update text, stops and events. */
@@ -1035,6 +1047,11 @@ static int validate(const engine *e, const engine_request *r, char *err, size_t 
         }
     if (r->format < ENGINE_FORMAT_TEXT || r->format > ENGINE_FORMAT_JSON_SCHEMA) {
         snprintf(err, errlen, "unknown response format %d", (int)r->format);
+        return -1;
+    }
+    if (r->top_logprobs < 0 || r->top_logprobs > ENGINE_MAX_TOP_LOGPROBS) {
+        snprintf(err, errlen, "top_logprobs must be in [0, %d] (got %d)", ENGINE_MAX_TOP_LOGPROBS,
+                 r->top_logprobs);
         return -1;
     }
     if (r->format == ENGINE_FORMAT_JSON_SCHEMA && !r->json_schema) {

@@ -120,7 +120,27 @@ typedef struct {
     const char *json_schema; /* JSON_SCHEMA: the schema's JSON text, compiled at submit (a
                               * schema outside the subset is ENGINE_EINVAL, the message
                               * names the keyword); borrowed for engine_submit */
+    int logprobs;            /* != 0: TOKEN events carry log-probabilities (engine_logprobs) */
+    int top_logprobs; /* alternatives per token, 0 .. ENGINE_MAX_TOP_LOGPROBS (needs logprobs) */
 } engine_request;
+
+/* Most alternatives a TOKEN event reports (OpenAI's top_logprobs limit). */
+#define ENGINE_MAX_TOP_LOGPROBS 20
+
+/* A sampled token's log-probability and the most likely alternatives, from
+ * the model's own distribution at that step (sampler_logprobs): the log
+ * softmax, in double precision, of the logits after the repetition penalty
+ * and after the EOS suppression of ignore_eos / min_tokens, but before
+ * temperature, top-k, top-p and min-p (vLLM's default). Under a response
+ * format the grammar's mask is NOT applied: the values are those of the
+ * unconstrained model, so a forced token may have a low logprob and the
+ * alternatives may include tokens the grammar refused. */
+typedef struct {
+    double logprob; /* the sampled token's */
+    int n_top;      /* entries in top_ids / top_logprobs, most likely first */
+    int32_t top_ids[ENGINE_MAX_TOP_LOGPROBS];
+    double top_logprobs[ENGINE_MAX_TOP_LOGPROBS];
+} engine_logprobs;
 
 /* Why a completion ended. (Named gen_ for its first client, generate.h;
  * the engine produces it.) */
@@ -149,8 +169,10 @@ typedef struct {
     double ttft_ms;  /* submit -> first token */
     double total_ms; /* submit -> finish */
     int n_preempted;
-    double t_ms; /* CLOCK_MONOTONIC ms when the engine thread created the event
-                  * (TOKEN: right after the token was sampled and detokenized) */
+    double t_ms;        /* CLOCK_MONOTONIC ms when the engine thread created the event
+                         * (TOKEN: right after the token was sampled and detokenized) */
+    int has_logprobs;   /* TOKEN of a request with logprobs: lp is filled */
+    engine_logprobs lp; /* of token */
 } engine_event;
 
 /* Free an event's text. */

@@ -29,6 +29,7 @@
 #include <cjson/cJSON.h>
 
 #include "base/strbuf.h"
+#include "core/tokenizer.h"
 
 #define SSE_BATCH_BYTES 65536 /* events ready at once are sent in one write up to this */
 #define STREAM_POLL_MS 5      /* several prompts: the wait on one stream before the next */
@@ -38,6 +39,7 @@ typedef struct {
     japi_request *jr;
     char id[64]; /* OpenAI object id */
     long created;
+    size_t *lp_offsets; /* stream with logprobs: per choice, /v1/completions' next text_offset */
 } call_ctx;
 
 /* A call's relays: one per prompt (c->r, then c->extra). */
@@ -103,6 +105,109 @@ static cJSON *ids_json(const int32_t *ids, size_t n) {
     cJSON *a = cJSON_CreateArray();
     for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
     return a;
+}
+
+/* ---- logprobs (docs/http.md "Log-probabilities") ---- */
+
+/* Length of the valid UTF-8 sequence at p[0..n), 0 when it is not one. */
+static size_t utf8_seq(const unsigned char *p, size_t n) {
+    unsigned c = p[0];
+    size_t len = c < 0x80                 ? 1
+                 : c >= 0xc2 && c <= 0xdf ? 2
+                 : c >= 0xe0 && c <= 0xef ? 3
+                 : c >= 0xf0 && c <= 0xf4 ? 4
+                                          : 0;
+    if (len == 0 || len > n) return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((p[i] & 0xc0) != 0x80) return 0;
+    if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0) || (c == 0xf0 && p[1] < 0x90) ||
+        (c == 0xf4 && p[1] >= 0x90))
+        return 0; /* overlong, surrogate or above U+10FFFF */
+    return len;
+}
+
+/* A token's bytes (special tokens rendered) into raw, and as JSON-safe text
+ * into txt: bytes that are not valid UTF-8 (part of a character split over
+ * tokens) become U+FFFD there; the exact bytes are in raw. */
+static void token_piece(const srv *s, int32_t id, strbuf *raw, strbuf *txt) {
+    raw->len = txt->len = 0;
+    char buf[256];
+    int n = tok_piece(s->tok, id, 1, buf, sizeof buf);
+    if (n < 0) n = 0;
+    if ((size_t)n > sizeof buf) n = (int)sizeof buf; /* no vocabulary has such pieces */
+    strbuf_putn(raw, buf, (size_t)n);
+    const unsigned char *p = (const unsigned char *)buf;
+    for (size_t i = 0; i < (size_t)n;) {
+        size_t k = utf8_seq(p + i, (size_t)n - i);
+        if (k) strbuf_putn(txt, buf + i, k);
+        else strbuf_puts(txt, "\xef\xbf\xbd");
+        i += k ? k : 1;
+    }
+    strbuf_putn(txt, "", 0); /* NUL-terminated, also when empty */
+}
+
+/* JSON has no -inf: OpenAI's -9999.0 stands for an impossible token. */
+static double lp_value(double lp) { return isfinite(lp) ? lp : -9999.0; }
+
+/* Chat: {"token", "logprob", "bytes"}. */
+static cJSON *chat_lp_entry(const srv *s, int32_t id, double lp, strbuf *raw, strbuf *txt) {
+    token_piece(s, id, raw, txt);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "token", txt->p ? txt->p : "");
+    cJSON_AddNumberToObject(o, "logprob", lp_value(lp));
+    cJSON *b = cJSON_AddArrayToObject(o, "bytes");
+    for (size_t i = 0; i < raw->len; i++)
+        cJSON_AddItemToArray(b, cJSON_CreateNumber((unsigned char)raw->p[i]));
+    return o;
+}
+
+/* A choice's "logprobs" object before its first token. */
+static cJSON *logprobs_object(japi_kind kind) {
+    cJSON *o = cJSON_CreateObject();
+    if (kind == JAPI_CHAT) {
+        cJSON_AddArrayToObject(o, "content");
+        return o;
+    }
+    cJSON_AddArrayToObject(o, "tokens");
+    cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON_AddArrayToObject(o, "top_logprobs");
+    cJSON_AddArrayToObject(o, "text_offset");
+    return o;
+}
+
+/* Append token tok and its logprobs to o (logprobs_object's shape);
+ * /v1/completions: *offset is the token's text_offset, advanced by its bytes. */
+static void logprobs_add(const call_ctx *x, cJSON *o, int32_t tok, const engine_logprobs *lp,
+                         size_t *offset) {
+    const srv *s = x->c->s;
+    strbuf raw = {0}, txt = {0};
+    if (x->c->kind == JAPI_CHAT) {
+        cJSON *e = chat_lp_entry(s, tok, lp->logprob, &raw, &txt);
+        cJSON *top = cJSON_AddArrayToObject(e, "top_logprobs");
+        for (int i = 0; i < lp->n_top; i++)
+            cJSON_AddItemToArray(top,
+                                 chat_lp_entry(s, lp->top_ids[i], lp->top_logprobs[i], &raw, &txt));
+        cJSON_AddItemToArray(cJSON_GetObjectItem(o, "content"), e);
+    } else {
+        cJSON *top = cJSON_CreateObject();
+        for (int i = 0; i < lp->n_top; i++) {
+            token_piece(s, lp->top_ids[i], &raw, &txt);
+            /* two ids with one text: the first (more likely) one stands */
+            if (!cJSON_GetObjectItemCaseSensitive(top, txt.p ? txt.p : ""))
+                cJSON_AddNumberToObject(top, txt.p ? txt.p : "", lp_value(lp->top_logprobs[i]));
+        }
+        token_piece(s, tok, &raw, &txt);
+        cJSON_AddItemToArray(cJSON_GetObjectItem(o, "tokens"),
+                             cJSON_CreateString(txt.p ? txt.p : ""));
+        cJSON_AddItemToArray(cJSON_GetObjectItem(o, "token_logprobs"),
+                             cJSON_CreateNumber(lp_value(lp->logprob)));
+        cJSON_AddItemToArray(cJSON_GetObjectItem(o, "top_logprobs"), top);
+        cJSON_AddItemToArray(cJSON_GetObjectItem(o, "text_offset"),
+                             cJSON_CreateNumber((double)*offset));
+        *offset += raw.len;
+    }
+    strbuf_free(&raw);
+    strbuf_free(&txt);
 }
 
 /* The head shared by every OpenAI object. */
@@ -195,7 +300,16 @@ static void openai_choices(const call_ctx *x, int k, const relay_result *res, cJ
         } else {
             cJSON_AddStringToObject(ch, "text", t);
         }
-        cJSON_AddNullToObject(ch, "logprobs");
+        if (x->jr->gen.logprobs) {
+            cJSON *lo = logprobs_object(x->c->kind);
+            size_t offset = 0;
+            const relay_choice *c = &res->choices[i];
+            for (size_t j = 0; j < c->n_lps; j++)
+                logprobs_add(x, lo, c->lps[j].token, &c->lps[j].lp, &offset);
+            cJSON_AddItemToObject(ch, "logprobs", lo);
+        } else {
+            cJSON_AddNullToObject(ch, "logprobs");
+        }
         cJSON_AddStringToObject(ch, "finish_reason", openai_finish(res->choices[i].finish));
         cJSON_AddItemToArray(choices, ch);
     }
@@ -304,9 +418,20 @@ static void stream_event(const call_ctx *x, strbuf *out, int k, const engine_eve
     if (ev->type == ENGINE_EV_TOKEN) {
         /* A token whose text is held back (incomplete UTF-8, a possible
          * stop string) is sent with a later one, except to /generate
-         * clients that asked for the ids. */
-        if (ev->text_len || (x->c->kind == JAPI_GENERATE && x->jr->return_tokens))
-            sse_event(out, stream_chunk(x, i, ev->text ? ev->text : "", NULL, &ev->token));
+         * clients that asked for the ids, and to OpenAI clients that asked
+         * for logprobs: each token's chunk carries its logprobs, with
+         * whatever text became final (maybe none). */
+        int lp = ev->has_logprobs && x->c->kind != JAPI_GENERATE && x->lp_offsets;
+        if (ev->text_len || lp || (x->c->kind == JAPI_GENERATE && x->jr->return_tokens)) {
+            cJSON *o = stream_chunk(x, i, ev->text ? ev->text : "", NULL, &ev->token);
+            if (lp) {
+                cJSON *lo = logprobs_object(x->c->kind);
+                logprobs_add(x, lo, ev->token, &ev->lp, &x->lp_offsets[i]);
+                cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+                cJSON_ReplaceItemInObject(ch, "logprobs", lo);
+            }
+            sse_event(out, o);
+        }
         return;
     }
     if (ev->text_len) sse_event(out, stream_chunk(x, i, ev->text, NULL, NULL));
@@ -408,16 +533,23 @@ static void stream_tail(const call_ctx *x, strbuf *out, int st) {
     if (!out->oom) stream_write(c, out->p, out->len);
 }
 
-static void stream_call(const call_ctx *x) {
+static void stream_call(call_ctx *x) {
     http_call *c = x->c;
     strbuf out = {0};
     int st = SRV_CANCELLED;
+    size_t n_choices = (size_t)n_relays(c) * (size_t)relay_result_get(c->r)->n;
+    if (x->jr->gen.logprobs && !(x->lp_offsets = calloc(n_choices, sizeof *x->lp_offsets))) {
+        call_finish(c, SRV_RESOURCE_EXHAUSTED);
+        reply_error(c, 500, "internal_error", "out of memory");
+        return;
+    }
     stream_roles(x, &out, relay_result_get(c->r)->n);
     if (!out.oom && stream_begin(c) == HTTPD_OK && stream_write(c, out.p, out.len) == 0)
         st = stream_events(x, &out) == 0 ? call_outcome(c) : SRV_INTERNAL;
     call_finish(c, st);
     if (st != SRV_CANCELLED) stream_tail(x, &out, st);
     strbuf_free(&out);
+    free(x->lp_offsets);
 }
 
 /* ---------------------------------------------------------------------

@@ -542,11 +542,6 @@ static int refuse_unsupported(const cJSON *obj, char *err, size_t errlen) {
     const cJSON *v;
     if ((v = field(obj, "echo")) && !cJSON_IsFalse(v))
         return fail(err, errlen, "echo is not supported");
-    if ((v = field(obj, "logprobs")) && !cJSON_IsFalse(v) &&
-        !(cJSON_IsNumber(v) && v->valuedouble == 0))
-        return fail(err, errlen, "logprobs is not supported");
-    if ((v = field(obj, "top_logprobs")) && !(cJSON_IsNumber(v) && v->valuedouble == 0))
-        return fail(err, errlen, "top_logprobs is not supported");
     if ((v = field(obj, "best_of")) && !(cJSON_IsNumber(v) && v->valuedouble == 1))
         return fail(err, errlen, "best_of is not supported (use n)");
     if ((v = field(obj, "suffix")) && !(cJSON_IsString(v) && v->valuestring[0] == 0))
@@ -614,6 +609,42 @@ static int get_response_format(const cJSON *o, japi_request *r, char *err, size_
     return 0;
 }
 
+/* /v1/completions' "logprobs": N (an integer in [0, JAPI_MAX_LEGACY_LOGPROBS]: each
+ * token's logprob and the N most likely alternatives; false = off), or
+ * /v1/chat/completions' "logprobs": true with "top_logprobs": N (srv_prepare
+ * checks N's range). */
+static int get_logprobs(japi_kind kind, const cJSON *o, japi_request *r, char *err, size_t errlen) {
+    Inference__GenerateRequest *g = &r->gen;
+    const cJSON *v = field(o, "logprobs");
+    if (kind == JAPI_CHAT) {
+        int has = 0, on = 0;
+        if (get_bool(o, "logprobs", &has, &on, err, errlen)) return -1;
+        g->has_logprobs = has;
+        g->logprobs = on;
+        has = 0;
+        if (get_int(o, "top_logprobs", &has, &g->top_logprobs, err, errlen)) return -1;
+        g->has_top_logprobs = has;
+        return 0;
+    }
+    if ((v = field(o, "top_logprobs")))
+        return fail(err, errlen,
+                    "top_logprobs belongs to /v1/chat/completions; /v1/completions takes "
+                    "\"logprobs\": N");
+    if (!(v = field(o, "logprobs")) || cJSON_IsFalse(v)) return 0;
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
+        v->valuedouble > JAPI_MAX_LEGACY_LOGPROBS) {
+        char got[64];
+        if (cJSON_IsNumber(v)) snprintf(got, sizeof got, "%g", v->valuedouble);
+        else snprintf(got, sizeof got, "%s", json_type_name(v));
+        return fail(err, errlen, "logprobs must be an integer in [0, %d], got %s",
+                    JAPI_MAX_LEGACY_LOGPROBS, got);
+    }
+    g->has_logprobs = g->logprobs = 1;
+    g->has_top_logprobs = 1;
+    g->top_logprobs = (int32_t)v->valuedouble;
+    return 0;
+}
+
 static int map_request(japi_kind kind, const cJSON *o, japi_request *r, char *err, size_t errlen) {
     Inference__GenerateRequest *g = &r->gen;
     Inference__SamplingParams *sp = &r->sampling;
@@ -662,6 +693,7 @@ static int map_request(japi_kind kind, const cJSON *o, japi_request *r, char *er
 
     if (get_stop(o, r, err, errlen)) return -1;
     if (get_response_format(o, r, err, errlen)) return -1;
+    if (kind != JAPI_GENERATE && get_logprobs(kind, o, r, err, errlen)) return -1;
     const cJSON *sid = field(o, "stop_ids");
     if (sid) {
         if (!cJSON_IsArray(sid))

@@ -10,7 +10,7 @@
  * must be a number"); value ranges are srv_prepare's business. Unknown
  * fields are ignored, as OpenAI-compatible servers do, except the OpenAI
  * features we do not implement when they would change the output (echo,
- * logprobs, best_of > 1, suffix, tools, logit_bias): those are refused so a
+ * best_of > 1, suffix, tools, logit_bias): those are refused so a
  * client is never silently given something else than it asked for. For the
  * same reason a body is refused when a string holds a NUL ("\u0000",
  * which would cut it), a number is out of a double's range (1e400), or an
@@ -28,6 +28,11 @@
 #include "proto/inference.pb-c.h"
 
 typedef enum { JAPI_GENERATE = 0, JAPI_COMPLETIONS, JAPI_CHAT } japi_kind;
+
+/* /v1/completions: the most alternatives "logprobs": N may ask for (OpenAI's
+ * legacy limit; /v1/chat/completions' top_logprobs goes to
+ * ENGINE_MAX_TOP_LOGPROBS). */
+#define JAPI_MAX_LEGACY_LOGPROBS 5
 
 /* /v1/completions: the most prompts one "prompt" list may hold. */
 #define JAPI_MAX_PROMPTS 16

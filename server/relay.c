@@ -25,6 +25,7 @@ struct relay {
     srv *s;
     relay_mode mode;
     int return_token_ids;
+    int logprobs; /* the request's: accumulate each token's in unary mode */
     double deadline_at;
     engine_stream *es;
     atomic_llong eid; /* engine request id; -1 until submitted */
@@ -61,6 +62,7 @@ int relay_submit(relay *r, const srv_request *req, relay_mode mode, char *err, s
         return SRV_RESOURCE_EXHAUSTED;
     }
     r->return_token_ids = req->return_token_ids;
+    r->logprobs = req->req.logprobs;
     int64_t id = 0;
     int st = srv_submit(r->s, req, &r->es, &id, err, errlen);
     if (st != SRV_OK) return st;
@@ -93,6 +95,19 @@ static int acc_id(relay_choice *c, int32_t id) {
     return 0;
 }
 
+static int acc_logprob(relay_choice *c, const engine_event *ev) {
+    if (c->n_lps == c->cap_lps) {
+        size_t cap = c->cap_lps ? c->cap_lps * 2 : 16;
+        relay_logprob *p = realloc(c->lps, cap * sizeof *p);
+        if (!p) return -1;
+        c->lps = p;
+        c->cap_lps = cap;
+    }
+    c->lps[c->n_lps].token = ev->token;
+    c->lps[c->n_lps++].lp = ev->lp;
+    return 0;
+}
+
 /* Account one event: ITL, usage, timings and, in unary mode, the reply. */
 static void account(relay *r, const engine_event *ev) {
     relay_result *res = &r->res;
@@ -102,6 +117,8 @@ static void account(relay *r, const engine_event *ev) {
         if (*last > 0) srv_hist_observe(&r->s->metrics.itl_ms, ev->t_ms - *last);
         *last = ev->t_ms;
         if (r->mode == RELAY_UNARY && r->return_token_ids && acc_id(c, ev->token) != 0)
+            res->oom = 1;
+        if (r->mode == RELAY_UNARY && r->logprobs && ev->has_logprobs && acc_logprob(c, ev) != 0)
             res->oom = 1;
     } else {
         c->finish = ev->finish;
@@ -191,6 +208,7 @@ void relay_free(relay *r) {
     for (int i = 0; r->res.choices && i < r->res.n; i++) {
         strbuf_free(&r->res.choices[i].text);
         free(r->res.choices[i].ids);
+        free(r->res.choices[i].lps);
     }
     free(r->res.choices);
     free(r->last_token_ms);

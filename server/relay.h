@@ -42,7 +42,7 @@
 #include "server/server.h"
 
 typedef enum {
-    RELAY_UNARY = 0, /* one reply at the end: text and ids are accumulated */
+    RELAY_UNARY = 0, /* one reply at the end: text, ids and logprobs are accumulated */
     RELAY_STREAM,    /* every event is handed to the front end */
 } relay_mode;
 
@@ -55,10 +55,18 @@ typedef enum {
     RELAY_END_SHUTDOWN,  /* the server cancelled it while shutting down */
 } relay_end;
 
+/* A sampled token and its logprobs (unary mode, request.logprobs). */
+typedef struct {
+    int32_t token;
+    engine_logprobs lp;
+} relay_logprob;
+
 typedef struct {
     strbuf text;  /* unary mode */
     int32_t *ids; /* unary mode, when the request asked for token ids */
     size_t n_ids, cap_ids;
+    relay_logprob *lps; /* unary mode, when the request asked for logprobs: one per token */
+    size_t n_lps, cap_lps;
     gen_finish finish; /* GEN_FINISH_ERROR until its FINISH event */
     int finished;
     int completion_tokens;

@@ -221,12 +221,56 @@ static void timings_pb(Inference__Timings *tm, double queue_ms, double ttft_ms, 
     tm->total_ms = total_ms;
 }
 
+/* One token's logprobs as protobuf: the message, its alternatives and the
+ * pointers to them (protobuf-c's repeated fields). */
+typedef struct {
+    Inference__TokenLogprob t;
+    Inference__TopLogprob tops[ENGINE_MAX_TOP_LOGPROBS];
+    Inference__TopLogprob *tp[ENGINE_MAX_TOP_LOGPROBS];
+} lp_pb;
+
+static Inference__TokenLogprob *logprob_pb(lp_pb *m, int32_t token, const engine_logprobs *lp) {
+    inference__token_logprob__init(&m->t);
+    m->t.has_token_id = m->t.has_logprob = 1;
+    m->t.token_id = token;
+    m->t.logprob = lp->logprob;
+    for (int i = 0; i < lp->n_top; i++) {
+        inference__top_logprob__init(&m->tops[i]);
+        m->tops[i].has_token_id = m->tops[i].has_logprob = 1;
+        m->tops[i].token_id = lp->top_ids[i];
+        m->tops[i].logprob = lp->top_logprobs[i];
+        m->tp[i] = &m->tops[i];
+    }
+    m->t.n_top_logprobs = (size_t)lp->n_top;
+    m->t.top_logprobs = m->tp;
+    return &m->t;
+}
+
+/* A completion's logprobs (c->lps) into comp; *mem (the caller frees it)
+ * backs them. 0, or -1 when out of memory. */
+static int completion_logprobs_pb(Inference__Completion *comp, const relay_choice *c, void **mem) {
+    *mem = NULL;
+    if (c->n_lps == 0) return 0;
+    /* the pointer array first: lp_pb's alignment is a pointer's */
+    *mem = malloc(c->n_lps * (sizeof(Inference__TokenLogprob *) + sizeof(lp_pb)));
+    if (!*mem) return -1;
+    Inference__TokenLogprob **ptrs = *mem;
+    lp_pb *store = (lp_pb *)(ptrs + c->n_lps);
+    for (size_t j = 0; j < c->n_lps; j++)
+        ptrs[j] = logprob_pb(&store[j], c->lps[j].token, &c->lps[j].lp);
+    comp->n_logprobs = c->n_lps;
+    comp->logprobs = ptrs;
+    return 0;
+}
+
 /* One engine event as a GenerateChunk. */
 static void send_event(scall *k, const engine_event *ev) {
     Inference__GenerateChunk ch = INFERENCE__GENERATE_CHUNK__INIT;
     Inference__Usage u = INFERENCE__USAGE__INIT;
     Inference__Timings tm = INFERENCE__TIMINGS__INIT;
     int32_t tokid = ev->token;
+    lp_pb lpm;
+    Inference__TokenLogprob *tlp;
     ch.has_index = 1;
     ch.index = ev->index;
     ch.text = ev->text ? ev->text : "";
@@ -236,6 +280,11 @@ static void send_event(scall *k, const engine_event *ev) {
         if (k->req.return_token_ids) {
             ch.n_token_ids = 1;
             ch.token_ids = &tokid;
+        }
+        if (ev->has_logprobs) {
+            tlp = logprob_pb(&lpm, ev->token, &ev->lp);
+            ch.n_logprobs = 1;
+            ch.logprobs = &tlp;
         }
     } else {
         ch.finish_reason = (char *)srv_finish_reason(ev->finish);
@@ -265,17 +314,22 @@ static int send_response(scall *k, char *msg, size_t msglen) {
     Inference__GenerateResponse resp = INFERENCE__GENERATE_RESPONSE__INIT;
     Inference__Completion *comps = calloc((size_t)n, sizeof *comps);
     Inference__Completion **cp = calloc((size_t)n, sizeof *cp);
+    void **lp_mem = calloc((size_t)n, sizeof *lp_mem);
     Inference__Usage u = INFERENCE__USAGE__INIT;
     Inference__Timings tm = INFERENCE__TIMINGS__INIT;
     int code = SRV_OK;
-    if (!comps || !cp) {
+    int oom = !comps || !cp || !lp_mem;
+    for (int i = 0; i < n && !oom; i++) {
+        inference__completion__init(&comps[i]);
+        oom = completion_logprobs_pb(&comps[i], &res->choices[i], &lp_mem[i]) != 0;
+    }
+    if (oom) {
         code = SRV_RESOURCE_EXHAUSTED;
         snprintf(msg, msglen, "out of memory while building the response");
         goto out;
     }
     for (int i = 0; i < n; i++) {
         const relay_choice *c = &res->choices[i];
-        inference__completion__init(&comps[i]);
         comps[i].has_index = 1;
         comps[i].index = i;
         comps[i].text = c->text.p ? c->text.p : "";
@@ -299,6 +353,8 @@ static int send_response(scall *k, char *msg, size_t msglen) {
         code = -1;
     }
 out:
+    for (int i = 0; lp_mem && i < n; i++) free(lp_mem[i]);
+    free(lp_mem);
     free(comps);
     free(cp);
     return code;

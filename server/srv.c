@@ -258,6 +258,22 @@ static int prepare_format(const Inference__ResponseFormat *in, srv_request *out,
     return SRV_OK;
 }
 
+/* logprobs / top_logprobs -> r; top_logprobs > 0 needs logprobs, as in
+ * OpenAI's chat API. */
+static int prepare_logprobs(const Inference__GenerateRequest *in, engine_request *r, char *err,
+                            size_t errlen) {
+    r->logprobs = in->has_logprobs && in->logprobs;
+    if (!in->has_top_logprobs) return SRV_OK;
+    if (in->top_logprobs < 0 || in->top_logprobs > ENGINE_MAX_TOP_LOGPROBS)
+        return fail(err, errlen, SRV_INVALID_ARGUMENT, "top_logprobs must be in [0, %d], got %d",
+                    ENGINE_MAX_TOP_LOGPROBS, in->top_logprobs);
+    if (in->top_logprobs > 0 && !r->logprobs)
+        return fail(err, errlen, SRV_INVALID_ARGUMENT,
+                    "top_logprobs (%d) needs logprobs set to true", in->top_logprobs);
+    r->top_logprobs = in->top_logprobs;
+    return SRV_OK;
+}
+
 int srv_prepare(srv *s, const Inference__GenerateRequest *in, srv_request *out, char *err,
                 size_t errlen) {
     memset(out, 0, sizeof *out);
@@ -295,6 +311,7 @@ int srv_prepare(srv *s, const Inference__GenerateRequest *in, srv_request *out, 
         r->n = in->n;
     }
     r->ignore_eos = in->has_ignore_eos && in->ignore_eos;
+    if ((rc = prepare_logprobs(in, r, err, errlen)) != SRV_OK) return rc;
     if (in->n_stop > (size_t)s->net.max_stop_strings)
         return fail(err, errlen, SRV_INVALID_ARGUMENT,
                     "too many stop strings: %zu (server.max_stop_strings is %d)", in->n_stop,

@@ -444,6 +444,19 @@ static void g_stop_empty(Inference__GenerateRequest *r, Inference__SamplingParam
     r->n_stop = 1;
     r->stop = STOP_EMPTY;
 }
+static void g_top_lp(Inference__GenerateRequest *r, Inference__SamplingParams *sp) {
+    (void)sp;
+    PROMPT_OK(r);
+    r->has_logprobs = r->has_top_logprobs = 1;
+    r->logprobs = 1;
+    r->top_logprobs = 21;
+}
+static void g_top_lp_alone(Inference__GenerateRequest *r, Inference__SamplingParams *sp) {
+    (void)sp;
+    PROMPT_OK(r);
+    r->has_top_logprobs = 1;
+    r->top_logprobs = 2;
+}
 static void g_max_neg(Inference__GenerateRequest *r, Inference__SamplingParams *sp) {
     (void)sp;
     PROMPT_OK(r);
@@ -657,6 +670,10 @@ static const bad_case CASES[] = {
     {"invalid UTF-8 stop string", K_GEN, NULL, 0, 0, NULL, g_stop_utf8, NULL, 0, 3,
      "stop[0] is not valid UTF-8", 0},
     {"empty stop string", K_GEN, NULL, 0, 0, NULL, g_stop_empty, NULL, 0, 3, "stop[0] is empty", 0},
+    {"top_logprobs > 20", K_GEN, NULL, 0, 0, NULL, g_top_lp, NULL, 0, 3,
+     "top_logprobs must be in [0, 20], got 21", 0},
+    {"top_logprobs without logprobs", K_GEN, NULL, 0, 0, NULL, g_top_lp_alone, "GenerateStream", 0,
+     3, "top_logprobs (2) needs logprobs set to true", 0},
     {"max_tokens < 0", K_GEN, NULL, 0, 0, NULL, g_max_neg, NULL, 0, 3,
      "max_tokens must be >= 0, got -5", 0},
     {"min_tokens < 0", K_GEN, NULL, 0, 0, NULL, g_min_neg, NULL, 0, 3,
@@ -921,6 +938,9 @@ static void test_greedy_equals_gen_run(const server *sv) {
     r.has_max_tokens = r.has_return_token_ids = 1;
     r.max_tokens = N;
     r.return_token_ids = 1;
+    r.has_logprobs = r.has_top_logprobs = 1;
+    r.logprobs = 1;
+    r.top_logprobs = 3;
     Rpc__Frame *rep;
     char msg[256];
     int code = unary(c, 1, RPC_METHOD_PREFIX "Generate", &r.base, NULL, &rep, msg, sizeof msg);
@@ -964,6 +984,14 @@ static void test_greedy_equals_gen_run(const server *sv) {
         for (int i = 0; i < res.n_tokens && i < (int)cp->n_token_ids; i++)
             CHECKF(cp->token_ids[i] == res.tokens[i], "token %d: %d vs %d", i, cp->token_ids[i],
                    res.tokens[i]);
+        /* greedy: each token is its own top-1 alternative, with its logprob */
+        CHECKF(cp->n_logprobs == cp->n_token_ids, "%zu logprobs", cp->n_logprobs);
+        for (size_t i = 0; i < cp->n_logprobs && i < cp->n_token_ids; i++) {
+            const Inference__TokenLogprob *lp = cp->logprobs[i];
+            CHECK(lp->token_id == cp->token_ids[i] && lp->n_top_logprobs == 3);
+            CHECK(lp->n_top_logprobs > 0 && lp->top_logprobs[0]->token_id == lp->token_id &&
+                  lp->top_logprobs[0]->logprob == lp->logprob && lp->logprob <= 0);
+        }
         CHECK(strcmp(cp->finish_reason, gen_finish_name(res.finish)) == 0);
         CHECK(resp->usage && resp->usage->prompt_tokens == n &&
               resp->usage->completion_tokens == res.n_tokens);
