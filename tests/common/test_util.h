@@ -47,6 +47,12 @@ const char *tu_src_path(const char *rel);
  * or NULL when it cannot be opened or read. */
 char *tu_read_file(const char *path, size_t *len);
 
+/* Sleep ms milliseconds. */
+void tu_sleep_ms(int ms);
+/* A loopback TCP port that was free a moment ago (a server the test starts
+ * binds it right after), or -1. */
+int tu_free_port(void);
+
 #define TU_SKIP 77
 
 #endif

@@ -45,25 +45,6 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
-/* A port that was free a moment ago (the server binds it right after). */
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
 static void stop_server(void) {
     if (g_server > 0) {
         kill(g_server, SIGKILL);
@@ -74,7 +55,7 @@ static void stop_server(void) {
 
 /* Start infer-server on loopback and wait until Health answers. */
 static int start_server(const char *bin, const char *model) {
-    int port = free_port();
+    int port = tu_free_port();
     if (port < 0) return -1;
     snprintf(g_url, sizeof g_url, "tcp://127.0.0.1:%d", port);
     g_server = fork();
@@ -105,7 +86,7 @@ static int start_server(const char *bin, const char *model) {
             infer_close(c);
             if (rc == INFER_OK) return 0;
         }
-        sleep_ms(100);
+        tu_sleep_ms(100);
     }
     fprintf(stderr, "infer-server did not answer Health within 120 s\n");
     stop_server();
@@ -442,7 +423,7 @@ static void test_all_blocks_free(infer_client *c) {
             settled = 1;
             break;
         }
-        sleep_ms(50);
+        tu_sleep_ms(50);
     }
     CHECKF(settled, "after the tests: running %lld waiting %lld blocks free %lld of %lld",
            (long long)s.running, (long long)s.waiting, (long long)s.blocks_free,

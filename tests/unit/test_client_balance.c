@@ -49,24 +49,6 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
 static void kill_server(int i) {
     if (g_pid[i] > 0) {
         kill(g_pid[i], SIGKILL);
@@ -96,7 +78,7 @@ static int start_server(int i) {
               "cache_config.num_blocks=256", (char *)NULL);
         _exit(127);
     }
-    for (double t0 = now_s(); now_s() - t0 < 120; sleep_ms(50)) {
+    for (double t0 = now_s(); now_s() - t0 < 120; tu_sleep_ms(50)) {
         int wst;
         if (waitpid(g_pid[i], &wst, WNOHANG) == g_pid[i]) {
             fprintf(stderr, "infer-server %d exited during start-up (status %d)\n", i, wst);
@@ -181,7 +163,7 @@ static void run_load(infer_client *c, int total, int max_tokens, int kill_at, in
     pthread_t th[N_THREADS];
     for (int t = 0; t < N_THREADS; t++) pthread_create(&th[t], NULL, load_main, &a);
     if (kill_at >= 0) {
-        while (atomic_load(&n_ok) + atomic_load(&n_failed) < total / 3) sleep_ms(5);
+        while (atomic_load(&n_ok) + atomic_load(&n_failed) < total / 3) tu_sleep_ms(5);
         kill_server(kill_at);
     }
     for (int t = 0; t < N_THREADS; t++) pthread_join(th[t], NULL);
@@ -231,7 +213,7 @@ static void test_restart_is_used_again(infer_client *c) {
             up_at = now_s();
             break;
         }
-        sleep_ms(10);
+        tu_sleep_ms(10);
     }
     CHECKF(up_at >= 0 && up_at - ready <= 2 * HEARTBEAT_S,
            "restarted server up in the client %.2f s after it answered (limit %.1f s)",
@@ -267,7 +249,7 @@ static void test_stream_loses_server(infer_client *c) {
     CHECKF(infer_stream_start(c, &p, 60000, count_chunk, &seen, &call, &st) == INFER_OK, "%s",
            st.message);
     if (st.code != INFER_OK) return;
-    while (atomic_load(&seen.chunks) < 3) sleep_ms(5);
+    while (atomic_load(&seen.chunks) < 3) tu_sleep_ms(5);
     infer_endpoint_info e[N_SERVERS];
     infer_endpoints(c, e, N_SERVERS);
     int victim = -1;
@@ -308,7 +290,7 @@ int main(void) {
     }
     signal(SIGPIPE, SIG_IGN);
     for (int i = 0; i < N_SERVERS; i++) {
-        snprintf(g_url[i], sizeof g_url[i], "tcp://127.0.0.1:%d", free_port());
+        snprintf(g_url[i], sizeof g_url[i], "tcp://127.0.0.1:%d", tu_free_port());
         if (start_server(i) != 0) {
             CHECKF(0, "infer-server %d started", i);
             for (int k = 0; k < N_SERVERS; k++) kill_server(k);

@@ -62,25 +62,6 @@ static double now_ms(void) {
     return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
-/* A port that was free a moment ago (the server binds it right after). */
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
 /* ---------------------------------------------------------------------
  * A minimal HTTP/1.1 client
  * ------------------------------------------------------------------- */
@@ -264,7 +245,7 @@ static int server_stop(server *sv) {
             sv->pid = -1;
             return WIFEXITED(wst) ? WEXITSTATUS(wst) : 128 + WTERMSIG(wst);
         }
-        sleep_ms(50);
+        tu_sleep_ms(50);
     }
     server_kill(sv);
     return -2;
@@ -283,8 +264,8 @@ static void server_dump_log(const server *sv) {
  * sequence per step and one waiting request at most). */
 static int server_start(server *sv, const char *bin, const char *model, int second) {
     memset(sv, 0, sizeof *sv);
-    int rpc_port = free_port();
-    sv->http_port = free_port();
+    int rpc_port = tu_free_port();
+    sv->http_port = tu_free_port();
     if (rpc_port < 0 || sv->http_port < 0) return -1;
     snprintf(sv->log, sizeof sv->log, "/tmp/test_http_server_%d_%d.log", (int)getpid(),
              sv->http_port);
@@ -327,7 +308,7 @@ static int server_start(server *sv, const char *bin, const char *model, int seco
             return 0;
         }
         resp_free(&r);
-        sleep_ms(100);
+        tu_sleep_ms(100);
     }
     fprintf(stderr, "infer-server's /health did not answer within 120 s\n");
     server_kill(sv);
@@ -363,7 +344,7 @@ static double metric_auth(int port, const char *series) {
 static int all_blocks_free_within(int port, int auth, int ms) {
     double (*get)(int, const char *) = auth ? metric_auth : metric;
     double total = get(port, "infer_kv_blocks_total{tier=\"device\"}");
-    for (double t0 = now_ms(); now_ms() - t0 < ms; sleep_ms(10))
+    for (double t0 = now_ms(); now_ms() - t0 < ms; tu_sleep_ms(10))
         if (total > 0 && get(port, "infer_kv_blocks_free{tier=\"device\"}") == total) return 1;
     return 0;
 }
@@ -1155,14 +1136,14 @@ static void check_disconnect_frees(int port, int fd, double total, double cancel
             freed_after = now_ms() - t0;
             break;
         }
-        sleep_ms(20);
+        tu_sleep_ms(20);
     }
     CHECKF(freed_after >= 0, "%s: KV blocks not all free 1 s after the client disconnected", what);
     fprintf(stderr, "%s: blocks free again %.0f ms after the disconnect\n", what, freed_after);
     double cancelled = -1;
     for (int i = 0; i < 50 && cancelled <= cancelled0; i++) {
         cancelled = metric(port, "infer_calls_total{status=\"CANCELLED\"}");
-        if (cancelled <= cancelled0) sleep_ms(20);
+        if (cancelled <= cancelled0) tu_sleep_ms(20);
     }
     CHECKF(cancelled == cancelled0 + 1, "%s: CANCELLED calls %g -> %g", what, cancelled0,
            cancelled);
@@ -1207,7 +1188,7 @@ static void test_unary_disconnect_frees_blocks(int port, int keep_alive) {
     if (fd < 0) return;
     /* Generating: some blocks are held. */
     int running = 0;
-    for (double t0 = now_ms(); now_ms() - t0 < 10000 && !running; sleep_ms(10))
+    for (double t0 = now_ms(); now_ms() - t0 < 10000 && !running; tu_sleep_ms(10))
         running = metric(port, "infer_sequences_running") == 1 &&
                   metric(port, "infer_kv_blocks_free{tier=\"device\"}") < total;
     CHECKF(running, "the non-streaming call did not start");
@@ -1249,7 +1230,7 @@ static void test_drain(server *sv) {
             strstr(r.body, "draining"))
             draining = 1;
         resp_free(&r);
-        if (!draining) sleep_ms(20);
+        if (!draining) tu_sleep_ms(20);
     }
     CHECK(draining);
     expect_error(port, "POST", "/generate", NULL, "{\"prompt\": \"Hi\"}", 503,
@@ -1294,7 +1275,7 @@ static void test_drain(server *sv) {
             st = WIFEXITED(wst) ? WEXITSTATUS(wst) : 128 + WTERMSIG(wst);
             break;
         }
-        sleep_ms(50);
+        tu_sleep_ms(50);
     }
     server_kill(sv);
     CHECKF(st == 0, "exit status %d after SIGTERM", st);
@@ -1345,7 +1326,7 @@ static void test_api_key_and_deadline(const char *bin, const char *model) {
     CHECK(afd >= 0 && send_all(afd, a_req, (size_t)n) == 0);
     for (double t0 = now_ms();
          now_ms() - t0 < 2000 && metric_auth(port, "infer_sequences_waiting") < 1;)
-        sleep_ms(10);
+        tu_sleep_ms(10);
     expect_error(port, "POST", "/generate", "Authorization: Bearer s3cret-key\r\n", a_body, 429,
                  "rate_limit_error", "waiting");
     if (sfd >= 0) close(sfd); /* cancels the stream: A runs */

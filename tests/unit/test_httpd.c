@@ -39,11 +39,6 @@ static int64_t now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* ---- the handler under test ---- */
 
 typedef struct {
@@ -83,13 +78,13 @@ static void handler(httpd_req *r, void *user) {
         httpd_respond(r, 200, "text/plain", &allow, 1, out, (size_t)n);
     } else if (strcmp(path, "/stream") == 0) {
         httpd_req_watch(r, HTTPD_WATCH_STREAM, on_gone, s);
-        sleep_ms(100); /* the client half-closes meanwhile */
+        tu_sleep_ms(100); /* the client half-closes meanwhile */
         int ok = httpd_stream_begin(r, 200, "text/event-stream", NULL, 0) == HTTPD_OK;
         for (int i = 0; i < 5 && ok; i++) {
             char piece[32];
             int n = snprintf(piece, sizeof piece, "data: %d\n\n", i);
             ok = httpd_stream_write(r, piece, (size_t)n) == HTTPD_OK;
-            sleep_ms(20);
+            tu_sleep_ms(20);
         }
         ok = ok && httpd_stream_end(r) == HTTPD_OK;
         atomic_store(&s->stream_ok, ok);
@@ -104,7 +99,7 @@ static void handler(httpd_req *r, void *user) {
     } else if (strcmp(path, "/wait-gone") == 0 || strcmp(path, "/hold") == 0) {
         httpd_req_watch(r, HTTPD_WATCH_UNARY, on_gone, s);
         int64_t until = now_ms() + (path[1] == 'w' ? 3000 : 60000);
-        while (!httpd_req_gone(r) && now_ms() < until) sleep_ms(10);
+        while (!httpd_req_gone(r) && now_ms() < until) tu_sleep_ms(10);
         atomic_store(&s->saw_gone, httpd_req_gone(r));
         httpd_req_watch(r, HTTPD_WATCH_UNARY, NULL, NULL);
         httpd_respond(r, 200, "text/plain", NULL, 0, "late", 4);
@@ -416,7 +411,7 @@ static void test_timeouts(int port) {
     int fd = connect_to(port);
     int64_t t0 = now_ms();
     send_str(fd, "GET / HTTP/1.1\r\nHost: a\r\n", 25);
-    sleep_ms(100);
+    tu_sleep_ms(100);
     send_str(fd, "X-A: 1\r\n", 8);
     size_t n = read_all(fd, buf, sizeof buf, 3000);
     int64_t dt = now_ms() - t0;
@@ -454,13 +449,13 @@ static void test_gone_unary(int port, server_state *s) {
     int fd = connect_to(port);
     const char *req = "GET /wait-gone HTTP/1.1\r\nHost: a\r\n\r\n";
     send_str(fd, req, strlen(req));
-    sleep_ms(200); /* the handler runs */
+    tu_sleep_ms(200); /* the handler runs */
     int64_t t0 = now_ms();
     close(fd);
-    while (atomic_load(&s->gone_calls) == 0 && now_ms() - t0 < 2000) sleep_ms(5);
+    while (atomic_load(&s->gone_calls) == 0 && now_ms() - t0 < 2000) tu_sleep_ms(5);
     CHECKF(atomic_load(&s->gone_calls) == 1, "gone callbacks: %d", atomic_load(&s->gone_calls));
     CHECKF(s->gone_at - t0 < 1000, "gone noticed after %lld ms", (long long)(s->gone_at - t0));
-    while (atomic_load(&s->running) > 0 && now_ms() - t0 < 4000) sleep_ms(5);
+    while (atomic_load(&s->running) > 0 && now_ms() - t0 < 4000) tu_sleep_ms(5);
     CHECK(atomic_load(&s->saw_gone) == 1);
 }
 
@@ -473,7 +468,7 @@ static void test_write_timeout(int port, server_state *s) {
     const char *req = "GET /flood HTTP/1.1\r\nHost: a\r\n\r\n";
     send_str(fd, req, strlen(req));
     int64_t t0 = now_ms();
-    while (atomic_load(&s->flood_rc) == 1 && now_ms() - t0 < 5000) sleep_ms(10);
+    while (atomic_load(&s->flood_rc) == 1 && now_ms() - t0 < 5000) tu_sleep_ms(10);
     CHECKF(atomic_load(&s->flood_rc) == HTTPD_ETIMEDOUT, "flood ended with %d",
            atomic_load(&s->flood_rc));
     CHECK(atomic_load(&s->saw_gone) == 1);
@@ -508,7 +503,7 @@ static void test_idle_connections(server_state *s) {
         if (fds[i] >= 0) opened++;
     }
     CHECK(opened == 1000);
-    sleep_ms(300);
+    tu_sleep_ms(300);
     /* idle connections add no thread (one may go: a worker of an earlier part
      * of the test ending its 5 s idle wait) */
     CHECKF(thread_count() <= before, "threads %d -> %d", before, thread_count());
@@ -528,11 +523,11 @@ static void test_idle_connections(server_state *s) {
     int hold = connect_to(port); /* refused: over the cap while the others are open */
     close(hold);
     close(fds[1]);
-    sleep_ms(100);
+    tu_sleep_ms(100);
     hold = connect_to(port);
     const char *hreq = "GET /hold HTTP/1.1\r\nHost: a\r\n\r\n";
     send_str(hold, hreq, strlen(hreq));
-    sleep_ms(200);
+    tu_sleep_ms(200);
     CHECK(atomic_load(&s->running) == 1);
     int64_t t0 = now_ms();
     int rc = httpd_stop(h, 300);
@@ -556,7 +551,7 @@ static void test_stop_graceful(server_state *s) {
     int running = connect_to(port);
     const char *req = "GET /wait-gone HTTP/1.1\r\nHost: a\r\n\r\n";
     send_str(running, req, strlen(req));
-    sleep_ms(200);
+    tu_sleep_ms(200);
     /* the handler returns on its own within its 3 s: a graceful stop */
     CHECK(httpd_stop(h, 5000) == HTTPD_OK);
     char buf[4096];

@@ -75,11 +75,6 @@ static double now_ms(void) {
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static void kill_live_servers(void) {
     for (int i = 0; i < 4; i++)
         if (LIVE[i] && LIVE[i]->pid > 0) {
@@ -233,7 +228,7 @@ static double wait_all_free(rpc_conn *c, int timeout_ms, const char *key) {
                  s->blocks_free == s->blocks_total;
         if (s) inference__stats_response__free_unpacked(s, NULL);
         if (ok) return now_ms() - t0;
-        sleep_ms(10);
+        tu_sleep_ms(10);
     }
     return -1;
 }
@@ -290,7 +285,7 @@ static int start_server(server *sv, const char *const *extra, int n_extra) {
             for (int i = 0; i + 1 < n_extra; i++)
                 if (strcmp(extra[i], "--api-key") == 0) key = extra[i + 1];
             if (health(sv, NULL, 0, key) == 0) return 0;
-            sleep_ms(50);
+            tu_sleep_ms(50);
         }
         if (!exited) {
             kill(pid, SIGKILL);
@@ -327,7 +322,7 @@ static int stop_server(server *sv, int term, int timeout_ms) {
             sv->pid = 0;
             return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         }
-        sleep_ms(10);
+        tu_sleep_ms(10);
     }
     kill(sv->pid, SIGKILL);
     waitpid(sv->pid, NULL, 0);
@@ -1202,7 +1197,7 @@ static void test_api_key_and_drain_timeout(void) {
     }
     CHECK(rpc_send_call(c, 11, RPC_METHOD_PREFIX "GenerateStream", 0, "s3cret-key", &r.base,
                         1000) == RPC_OK);
-    sleep_ms(50);
+    tu_sleep_ms(50);
     CHECK(rpc_send_call(c, 12, RPC_METHOD_PREFIX "Generate", 0, "s3cret-key", &r.base, 1000) ==
           RPC_OK);
     wait_status(c, 12, 10000, &o);
@@ -1257,7 +1252,7 @@ static void test_drain(server *sv) {
         rpc_frame_free(f);
     }
     kill(sv->pid, SIGTERM);
-    sleep_ms(50);
+    tu_sleep_ms(50);
     /* a new call on the same connection */
     Inference__GenerateRequest r2 = INFERENCE__GENERATE_REQUEST__INIT;
     r2.prompt = "Hello";
@@ -1368,12 +1363,12 @@ static void test_connection_limits(const server *sv) {
     double t_open = now_ms();
     CHECK(silent >= 0 && partial >= 0);
     if (partial >= 0) CHECK(write(partial, "\x10\x00", 2) == 2);
-    sleep_ms(1000); /* the partial frame's cut is over (it ran on threads) */
+    tu_sleep_ms(1000); /* the partial frame's cut is over (it ran on threads) */
     int before = process_threads(sv->pid);
     int opened = 0;
     for (int i = 0; i < N; i++) opened += (fds[i] = tcp_connect(sv->port)) >= 0;
     CHECKF(opened == N, "%d of %d connections opened", opened, N);
-    sleep_ms(300);
+    tu_sleep_ms(300);
     int during = process_threads(sv->pid);
     int refused = 0, refused_ok = 0, code;
     char msg[256];
