@@ -1,6 +1,9 @@
 /* test_util.c - see test_util.h. */
 #include "tests/common/test_util.h"
 
+#include "core/model.h"
+#include "core/tokenizer.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -62,4 +65,19 @@ int tu_free_port(void) {
         port = ntohs(a.sin_port);
     close(fd);
     return port;
+}
+
+int tu_load_model(const char *name, llm_model **m, llm_tokenizer **tok) {
+    const char *path = tu_model_path();
+    if (!path) {
+        printf("%s: model absent (run tools/fetch-model): SKIP\n", name);
+        return TU_SKIP;
+    }
+    char err[512];
+    if (llm_model_load(path, m, NULL, NULL, err, sizeof err) ||
+        tok_load(llm_model_gguf(*m), tok, err, sizeof err)) {
+        fprintf(stderr, "%s: load: %s\n", name, err);
+        return 1;
+    }
+    return 0;
 }

@@ -53,6 +53,13 @@ void tu_sleep_ms(int ms);
  * binds it right after), or -1. */
 int tu_free_port(void);
 
+struct llm_model;
+struct llm_tokenizer;
+/* Load the real model (tu_model_path) and its tokenizer for test `name`:
+ * 0 on success; TU_SKIP (after saying so) when the model is absent; 1 (after
+ * printing why) when it does not load. */
+int tu_load_model(const char *name, struct llm_model **m, struct llm_tokenizer **tok);
+
 #define TU_SKIP 77
 
 #endif

@@ -568,17 +568,9 @@ static void test_prefix_caching_identical(void) {
 }
 
 int main(void) {
-    const char *path = tu_model_path();
-    if (!path) {
-        printf("test_engine: model absent (run tools/fetch-model): SKIP\n");
-        return TU_SKIP;
-    }
+    int lrc = tu_load_model("test_engine", &M, &TOK);
+    if (lrc) return lrc;
     char err[512];
-    if (llm_model_load(path, &M, NULL, NULL, err, sizeof err) ||
-        tok_load(llm_model_gguf(M), &TOK, err, sizeof err)) {
-        fprintf(stderr, "load: %s\n", err);
-        return 1;
-    }
     BE = backend_cpu_create(0, err, sizeof err);
     if (make_prompts() != 0) {
         fprintf(stderr, "cannot build prompts from tools/ref_corpus/prose.txt\n");

@@ -249,17 +249,9 @@ static void test_engine_logprobs(void) {
 
 int main(void) {
     test_sampler_logprobs();
-    const char *path = tu_model_path();
-    if (!path) {
-        printf("test_logprobs: model absent (run tools/fetch-model): SKIP\n");
-        return TU_SKIP;
-    }
+    int lrc = tu_load_model("test_logprobs", &M, &TOK);
+    if (lrc) return lrc;
     char err[512];
-    if (llm_model_load(path, &M, NULL, NULL, err, sizeof err) ||
-        tok_load(llm_model_gguf(M), &TOK, err, sizeof err)) {
-        fprintf(stderr, "load: %s\n", err);
-        return 1;
-    }
     V = llm_model_hparams(M)->n_vocab;
     BE = backend_cpu_create(0, err, sizeof err);
     CHECK(BE != NULL);

@@ -252,17 +252,9 @@ static void test_refused(engine *e) {
 }
 
 int main(void) {
-    const char *path = tu_model_path();
-    if (!path) {
-        printf("test_structured_output: model absent (run tools/fetch-model): SKIP\n");
-        return TU_SKIP;
-    }
+    int lrc = tu_load_model("test_structured_output", &M, &TOK);
+    if (lrc) return lrc;
     char err[512];
-    if (llm_model_load(path, &M, NULL, NULL, err, sizeof err) ||
-        tok_load(llm_model_gguf(M), &TOK, err, sizeof err)) {
-        fprintf(stderr, "load: %s\n", err);
-        return 1;
-    }
     BE = backend_cpu_create(0, err, sizeof err);
     engine_options o;
     engine_options_default(&o);
