@@ -27,14 +27,7 @@ done
 # shellcheck source=free_port.sh
 . "$(dirname "${BASH_SOURCE[0]}")/free_port.sh"
 
-tmp=$(mktemp -d)
-rpc_port=$(free_port) && http_port=$(free_port) || { echo "no free port"; exit 1; }
-base="http://127.0.0.1:$http_port"
-unset ENGINE_API_KEY
-"$bin" -m "$model" --set "server.listen=tcp://127.0.0.1:$rpc_port" \
-    --set "server.http_listen=$base" --set cache_config.num_blocks=512 2>"$tmp/server.log" &
-pid=$!
-trap 'kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
+start_server 512
 
 "$py" - "$base" <<'PY' || { cat "$tmp/server.log" | tail -20; exit 1; }
 import json, sys, time, urllib.error, urllib.request
