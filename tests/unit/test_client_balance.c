@@ -225,6 +225,80 @@ static void test_restart_is_used_again(infer_client *c) {
            (long long)(server_finished(1) - before));
 }
 
+/* ---- a deadline spans the retries ---- */
+
+/* Requests running on server i (its own count), or -1. */
+static int64_t server_running(int i) {
+    infer_client *c;
+    char err[256];
+    infer_client_opts o = {.heart_beat_interval_seconds = -1};
+    if (infer_connect(g_url[i], &o, &c, err, sizeof err)) return -1;
+    infer_stats_t s;
+    int rc = infer_stats(c, 2000, &s, NULL);
+    infer_close(c);
+    return rc == INFER_OK ? s.running : -1;
+}
+
+typedef struct {
+    infer_client *c;
+    int rc;
+    double seconds;
+    infer_status st;
+} long_call;
+
+enum { DEADLINE_MS = 2500 };
+
+static void *long_call_main(void *arg) {
+    long_call *lc = arg;
+    infer_gen_params p;
+    infer_gen_params_init(&p);
+    p.prompt = "Count: one two three";
+    p.max_tokens = 4000; /* far longer than the deadline on any server */
+    p.ignore_eos = 1;
+    p.temperature = 0;
+    infer_result r;
+    double t0 = now_s();
+    lc->rc = infer_generate(lc->c, &p, DEADLINE_MS, &r, &lc->st);
+    lc->seconds = now_s() - t0;
+    if (lc->rc == INFER_OK) infer_result_free(&r);
+    return NULL;
+}
+
+/* A unary call whose server is killed under it is retried elsewhere, but
+ * within what is left of its deadline: it ends DEADLINE_EXCEEDED at about
+ * DEADLINE_MS from its start, not DEADLINE_MS after the retry. */
+static void test_deadline_spans_retries(infer_client *c) {
+    long_call lc = {.c = c};
+    pthread_t th;
+    if (pthread_create(&th, NULL, long_call_main, &lc) != 0) {
+        CHECK(!"thread started");
+        return;
+    }
+    /* 1 s into the call (40% of its deadline), so that a retry given the
+     * whole deadline again would end a second late */
+    tu_sleep_ms(1000);
+    int victim = -1;
+    for (int tries = 0; tries < 50 && victim < 0; tries++) {
+        if (tries) tu_sleep_ms(10);
+        for (int i = 0; i < N_SERVERS && victim < 0; i++)
+            if (server_running(i) > 0) victim = i;
+    }
+    CHECKF(victim >= 0, "the long call runs on some server");
+    if (victim >= 0) kill_server(victim);
+    pthread_join(th, NULL);
+    CHECKF(lc.rc == INFER_DEADLINE_EXCEEDED, "long call: %s %s", infer_status_name(lc.rc),
+           lc.st.message);
+    CHECKF(lc.seconds < DEADLINE_MS / 1e3 + 0.5,
+           "the retried call ended %.2f s after it started (deadline %.1f s)", lc.seconds,
+           DEADLINE_MS / 1e3);
+    printf(
+        "deadline across a retry: server %d killed under the call, which ended %s after %.2f s\n",
+        victim, infer_status_name(lc.rc), lc.seconds);
+    if (victim >= 0) CHECKF(start_server(victim) == 0, "server %d restarted", victim);
+    for (double t0 = now_s(); victim >= 0 && !endpoint_up(c, victim) && now_s() - t0 < 5;)
+        tu_sleep_ms(10);
+}
+
 /* ---- a stream is not retried ---- */
 
 typedef struct {
@@ -308,6 +382,7 @@ int main(void) {
         test_concurrent_spread(c);
         test_kill_under_load(c);
         test_restart_is_used_again(c);
+        test_deadline_spans_retries(c);
         test_stream_loses_server(c);
         test_all_gone(c);
         infer_close(c);
