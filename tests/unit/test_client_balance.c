@@ -91,16 +91,21 @@ static int start_server(int i) {
     return -1;
 }
 
-/* Generate calls the server has finished (its own count). */
-static int64_t server_finished(int i) {
+/* Server i's own Stats over a connection of its own; 0 on success. */
+static int server_stats(int i, infer_stats_t *s) {
     infer_client *c;
     char err[256];
     infer_client_opts o = {.heart_beat_interval_seconds = -1};
     if (infer_connect(g_url[i], &o, &c, err, sizeof err)) return -1;
-    infer_stats_t s;
-    int rc = infer_stats(c, 2000, &s, NULL);
+    int rc = infer_stats(c, 2000, s, NULL);
     infer_close(c);
-    return rc == INFER_OK ? s.requests_finished : -1;
+    return rc == INFER_OK ? 0 : -1;
+}
+
+/* Generate calls the server has finished (its own count), or -1. */
+static int64_t server_finished(int i) {
+    infer_stats_t s;
+    return server_stats(i, &s) == 0 ? s.requests_finished : -1;
 }
 
 static int generate_small(infer_client *c, int max_tokens, infer_status *st) {
@@ -229,14 +234,8 @@ static void test_restart_is_used_again(infer_client *c) {
 
 /* Requests running on server i (its own count), or -1. */
 static int64_t server_running(int i) {
-    infer_client *c;
-    char err[256];
-    infer_client_opts o = {.heart_beat_interval_seconds = -1};
-    if (infer_connect(g_url[i], &o, &c, err, sizeof err)) return -1;
     infer_stats_t s;
-    int rc = infer_stats(c, 2000, &s, NULL);
-    infer_close(c);
-    return rc == INFER_OK ? s.running : -1;
+    return server_stats(i, &s) == 0 ? s.running : -1;
 }
 
 typedef struct {
