@@ -517,11 +517,10 @@ struct jg_vocab {
     int32_t *by_first;
     int32_t *never; /* tokens that never match (no bytes, not end-of-generation) */
     int n_never;
-    uint8_t *plain; /* token is printable ASCII without '"' or '\\': plain string content */
     /* the by_first tokens in that order, for jg_mask_logits to read in
      * sequence: bytes from s_bytes + s_off[k], length s_off[k + 1] - s_off[k],
      * bytes shared with token k - 1 (0 for the first of its first byte;
-     * capped at 255), plain as above */
+     * capped at 255), whether it is plain string content (is_plain) */
     uint8_t *s_bytes, *s_lcp, *s_plain;
     uint32_t *s_off;
 };
@@ -554,6 +553,13 @@ static void sort_by_bytes(jg_vocab *v) {
     free(k);
 }
 
+/* Printable ASCII without '"' or '\\': plain string content. */
+static int is_plain(const uint8_t *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i] < 0x20 || p[i] > 0x7e || p[i] == '"' || p[i] == '\\') return 0;
+    return n > 0;
+}
+
 /* The s_ arrays of jg_vocab from by_first (sorted or not: s_lcp is exact
  * either way). */
 static int sorted_copy(jg_vocab *v) {
@@ -572,7 +578,7 @@ static int sorted_copy(jg_vocab *v) {
             v->s_off[k] = o;
             memcpy(v->s_bytes + o, p, n);
             o += n;
-            v->s_plain[k] = v->plain[id];
+            v->s_plain[k] = is_plain(p, n);
             uint32_t common = 0;
             if (k > v->by_first_start[b]) {
                 const int32_t prev = v->by_first[k - 1];
@@ -602,11 +608,6 @@ static int vocab_fill(jg_vocab *v, const llm_tokenizer *tok) {
         size_t len = v->off[id + 1] - v->off[id];
         if (len) tok_piece(tok, id, 0, (char *)v->bytes + v->off[id], len);
         v->eog[id] = (uint8_t)(tok_is_eog(tok, id) != 0);
-        v->plain[id] = len > 0;
-        for (size_t i = 0; i < len; i++) {
-            uint8_t c = v->bytes[v->off[id] + i];
-            if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') v->plain[id] = 0;
-        }
         if (len && !v->eog[id]) count[v->bytes[v->off[id]]]++;
         else if (!v->eog[id]) v->never[v->n_never++] = id;
     }
@@ -630,10 +631,8 @@ jg_vocab *jg_vocab_new(const llm_tokenizer *tok, char *err, size_t errlen) {
         v->eog = malloc((size_t)v->n_vocab);
         v->by_first = malloc((size_t)v->n_vocab * sizeof *v->by_first);
         v->never = malloc((size_t)v->n_vocab * sizeof *v->never);
-        v->plain = malloc((size_t)v->n_vocab);
     }
-    if (!v || !v->off || !v->eog || !v->by_first || !v->never || !v->plain ||
-        vocab_fill(v, tok) != 0) {
+    if (!v || !v->off || !v->eog || !v->by_first || !v->never || vocab_fill(v, tok) != 0) {
         jg_vocab_free(v);
         snprintf(err, errlen, "out of memory building the token table for JSON output");
         return NULL;
@@ -648,7 +647,6 @@ void jg_vocab_free(jg_vocab *v) {
     free(v->eog);
     free(v->by_first);
     free(v->never);
-    free(v->plain);
     free(v->s_off);
     free(v->s_bytes);
     free(v->s_lcp);
@@ -706,7 +704,7 @@ static int trie_step(jg_matcher *m, const uint8_t *p, size_t n, size_t common, s
     return d == n || feed_bytes(m, &m->lvl[d], p + d, n - d)->n > 0;
 }
 
-/* How many bytes of plain content (see jg_vocab.plain) some stack takes
+/* How many bytes of plain content (is_plain) some stack takes
  * here as they come: inside a string (up to its maxLength) or an object key
  * that may be another than the properties (up to MAX_KEY). A plain token no
  * longer than that is allowed without walking it. */
