@@ -629,6 +629,52 @@ static void test_engine_options_mapping(void) {
           o.preempt_mode == ENGINE_PREEMPT_AUTO);
 }
 
+static engine_config PC;
+static const config_binding PBIND[] = {{&config_engine_table, &PC}};
+static const config_bindings PB = {PBIND, 1, NULL};
+
+/* cache_config.enable_prefix_caching, the first boolean key: on by default,
+ * read from JSON true / false and from --set text, refused as anything else
+ * with a message naming the key, printed back as a JSON boolean, carried
+ * into the engine options. */
+static void test_prefix_caching_default_is_on(void) {
+    config_defaults(&PB);
+    CHECK(PC.enable_prefix_caching == 1);
+    engine_options o;
+    config_engine_options(&PC, 16, &o);
+    CHECK(o.enable_prefix_caching == 1);
+}
+
+static void test_prefix_caching_json_and_set_values(void) {
+    config_defaults(&PB);
+    CHECK(config_load_string(&PB, "{\"cache_config\": {\"enable_prefix_caching\": false}}", err,
+                             sizeof err) == 0);
+    CHECK(PC.enable_prefix_caching == 0);
+    engine_options o;
+    config_engine_options(&PC, 16, &o);
+    CHECK(o.enable_prefix_caching == 0);
+    CHECK(config_set(&PB, "cache_config.enable_prefix_caching", "true", err, sizeof err) == 0);
+    CHECK(PC.enable_prefix_caching == 1);
+    char *json = NULL;
+    CHECK(config_to_json(&PB, &json) == 0 && json);
+    CHECKF(json && strstr(json, "\"enable_prefix_caching\":\ttrue"), "%s", json ? json : "");
+    free(json);
+}
+
+static void test_prefix_caching_other_values_are_refused(void) {
+    const char *bad[] = {"1", "yes", "\"true\"", "null"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        config_defaults(&PB);
+        CHECK(config_set(&PB, "cache_config.enable_prefix_caching", bad[i], err, sizeof err) != 0);
+        CHECKF(strstr(err, "cache_config.enable_prefix_caching") && strstr(err, "true or false"),
+               "%s: %s", bad[i], err);
+        CHECK(PC.enable_prefix_caching == 1); /* a failed set changes nothing */
+    }
+    CHECK(config_load_string(&PB, "{\"cache_config\": {\"enable_prefix_caching\": 0}}", err,
+                             sizeof err) != 0);
+    CHECKF(strstr(err, "true or false"), "%s", err);
+}
+
 int main(void) {
     test_defaults_are_documented_values_and_valid();
     test_engine_options_mapping();
@@ -645,5 +691,8 @@ int main(void) {
     test_example_files_load_and_validate();
     test_engine_only_binding_skips_the_server_section();
     test_to_json_prints_sections_in_binding_order();
+    test_prefix_caching_default_is_on();
+    test_prefix_caching_json_and_set_values();
+    test_prefix_caching_other_values_are_refused();
     return tu_finish("test_config");
 }
