@@ -37,7 +37,10 @@ async def spread(c, urls, dead):
         check(r.usage.completion_tokens >= 1, "sequential generate")
     eps = by_url(c)
     calls = [eps[u]["calls"] for u in urls]
-    check(calls == [3] * len(urls), f"sequential calls rotate over the servers: {calls}")
+    # 3 each, give or take a tie that the heartbeat's queue reading moves (a
+    # heartbeat that catches a call waiting on a server sends the next tie elsewhere)
+    check(sum(calls) == 3 * len(urls) and all(2 <= n <= 4 for n in calls),
+          f"sequential calls spread over the servers: {calls}")
     check(eps[dead]["calls"] == 0, "no call to the dead endpoint")
 
     before = [by_url(c)[u]["calls"] for u in urls]

@@ -131,10 +131,16 @@ static void test_round_robin(infer_client *c) {
     for (int k = 0; k < 30; k++)
         if (generate_small(c, 1, &st) != INFER_OK) failed++;
     CHECKF(failed == 0, "%d sequential calls failed (last: %s)", failed, st.message);
+    /* 10 each, give or take the ties a heartbeat's queue reading moves (see
+     * test_restart_is_used_again) */
+    int64_t total = 0;
     for (int i = 0; i < N_SERVERS; i++) {
         int64_t got = server_finished(i) - before[i];
-        CHECKF(got == 10, "server %d served %lld of 30 sequential calls", i, (long long)got);
+        total += got;
+        CHECKF(got >= 8 && got <= 12, "server %d served %lld of 30 sequential calls", i,
+               (long long)got);
     }
+    CHECKF(total == 30, "the servers count %lld of 30 calls", (long long)total);
 }
 
 typedef struct {
@@ -223,11 +229,21 @@ static void test_restart_is_used_again(infer_client *c) {
     CHECKF(up_at >= 0 && up_at - ready <= 2 * HEARTBEAT_S,
            "restarted server up in the client %.2f s after it answered (limit %.1f s)",
            up_at < 0 ? -1.0 : up_at - ready, 2 * HEARTBEAT_S);
-    int64_t before = server_finished(1);
+    /* 9 sequential calls: each server, the restarted one included, takes a
+     * fair share. Not exactly 3 each: a tie goes to the shorter queue the
+     * last heartbeat saw, and a heartbeat that caught a call waiting on one
+     * server sends the next tie elsewhere (seen once: 4 / 3 / 2). */
+    int64_t before[N_SERVERS], total = 0;
+    for (int i = 0; i < N_SERVERS; i++) before[i] = server_finished(i);
     infer_status st;
     for (int k = 0; k < 9; k++) CHECKF(generate_small(c, 1, &st) == INFER_OK, "%s", st.message);
-    CHECKF(server_finished(1) - before == 3, "restarted server served %lld of 9",
-           (long long)(server_finished(1) - before));
+    for (int i = 0; i < N_SERVERS; i++) {
+        int64_t served = server_finished(i) - before[i];
+        total += served;
+        CHECKF(served >= 2, "server %d%s served %lld of 9", i, i == 1 ? " (restarted)" : "",
+               (long long)served);
+    }
+    CHECKF(total == 9, "the servers count %lld of 9 calls", (long long)total);
 }
 
 /* ---- a deadline spans the retries ---- */
